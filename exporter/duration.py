@@ -1,0 +1,29 @@
+"""Go ``time.Duration`` strings, as Kubernetes writes them and as our config reads them."""
+
+from __future__ import annotations
+
+import re
+
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}  # fmt: skip
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Seconds in "1.5s", "250ms", "1m2.5s", "100µs"; None when not a duration."""
+    text = text.strip()
+    if not text:
+        return None
+    if text == "0":
+        return 0.0
+    total = 0.0
+    pos = 0
+    for m in _PART.finditer(text):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text):
+        return None
+    return total

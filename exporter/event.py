@@ -1,0 +1,431 @@
+"""Decoding of audit.k8s.io Event and EventList documents (v1 and v1beta1).
+
+The API server writes one Event per line to its log file and POSTs an
+``EventList`` (items without ``kind``/``apiVersion``) to its webhook backend.
+Everything here turns bytes into :class:`AuditEvent` objects or into an
+:class:`InvalidEvent` that says why not; nothing raises past the decoder, so a
+bad line never stops the good ones around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+API_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1"})
+STAGES = frozenset({"RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"})
+
+# Every reason an input can be refused for. Metrics pre-initialise these so the
+# series exist at zero; keep the list in sync with the raises below.
+INVALID_REASONS = (
+    "invalid_json",  # not JSON at all, or truncated
+    "wrong_type",  # JSON, but a field has the wrong type (e.g. {"kind": 0})
+    "missing_field",  # auditID, stage, verb or the timestamps are absent
+    "invalid_value",  # unknown stage, unparseable timestamp
+    "unknown_api_version",  # apiVersion is not audit.k8s.io/v1 or v1beta1
+    "not_an_event",  # valid JSON of another kind (a GKE LogEntry, a Status, ...)
+    "too_large",  # over the configured per-event size limit
+)
+
+USER_KINDS = ("human", "serviceaccount", "node", "system", "anonymous", "unauthenticated")
+
+DEFAULT_MAX_EVENT_BYTES = 1 << 20
+
+
+class InvalidEvent(Exception):
+    """An input that is not a usable audit event; ``reason`` is one of INVALID_REASONS."""
+
+    def __init__(self, reason: str, detail: str, *, line: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.line = line
+
+
+class AuditEvent:
+    """One decoded audit event.
+
+    ``obj`` is the decoded JSON, untouched (v1beta1 timestamps are back-filled
+    into the attributes, never into ``obj``), and ``raw`` the exact bytes it
+    came from when the input was one event per line; later stages use them to
+    forward the event byte-identical when nothing has to be redacted.
+    """
+
+    __slots__ = (
+        "annotations",
+        "api_group",
+        "audit_id",
+        "code",
+        "impersonated_user",
+        "name",
+        "namespace",
+        "obj",
+        "raw",
+        "received_ts",
+        "request_uri",
+        "resource",
+        "source_ip",
+        "stage",
+        "stage_ts",
+        "subresource",
+        "user_agent",
+        "user_kind",
+        "username",
+        "verb",
+    )
+
+    def __init__(self, obj: dict[str, Any], raw: bytes | None = None) -> None:
+        self.obj = obj
+        self.raw = raw
+
+        audit_id = obj.get("auditID")
+        stage = obj.get("stage")
+        verb = obj.get("verb")
+        if audit_id is None:
+            raise InvalidEvent("missing_field", "auditID is missing")
+        if stage is None:
+            raise InvalidEvent("missing_field", "stage is missing")
+        if verb is None:
+            raise InvalidEvent("missing_field", "verb is missing")
+        if type(audit_id) is not str or type(stage) is not str or type(verb) is not str:
+            raise InvalidEvent("wrong_type", "auditID, stage and verb must be strings")
+        if stage not in STAGES:
+            raise InvalidEvent("invalid_value", f"unknown stage {stage[:40]!r}")
+        self.audit_id: str = audit_id
+        self.stage: str = stage
+        self.verb: str = verb
+
+        uri = obj.get("requestURI", "")
+        self.request_uri: str = uri if type(uri) is str else ""
+        agent = obj.get("userAgent", "")
+        self.user_agent: str = agent if type(agent) is str else ""
+
+        user = obj.get("user")
+        username = ""
+        if user is not None:
+            if type(user) is not dict:
+                raise InvalidEvent("wrong_type", "user must be an object")
+            name = user.get("username", "")
+            if type(name) is not str:
+                raise InvalidEvent("wrong_type", "user.username must be a string")
+            username = name
+        self.username: str = username
+        self.user_kind: str = classify_user(username)
+
+        imp = obj.get("impersonatedUser")
+        imp_name = ""
+        if imp is not None:
+            if type(imp) is not dict:
+                raise InvalidEvent("wrong_type", "impersonatedUser must be an object")
+            n = imp.get("username", "")
+            imp_name = n if type(n) is str else ""
+        self.impersonated_user: str = imp_name
+
+        ips = obj.get("sourceIPs")
+        source_ip = ""
+        if ips is not None:
+            if type(ips) is not list:
+                raise InvalidEvent("wrong_type", "sourceIPs must be a list")
+            # The API server appends the peer address last; earlier entries come
+            # from X-Forwarded-For / X-Real-Ip and are whatever the client says.
+            if ips and type(ips[-1]) is str:
+                source_ip = ips[-1]
+        self.source_ip: str = source_ip
+
+        ref = obj.get("objectRef")
+        if ref is None:
+            self.resource = self.subresource = self.namespace = self.name = self.api_group = ""
+        else:
+            if type(ref) is not dict:
+                raise InvalidEvent("wrong_type", "objectRef must be an object")
+            self.resource = _str(ref, "resource")
+            self.subresource = _str(ref, "subresource")
+            self.namespace = _str(ref, "namespace")
+            self.name = _str(ref, "name")
+            self.api_group = _str(ref, "apiGroup")
+
+        status = obj.get("responseStatus")
+        code = 0
+        if status is not None:
+            if type(status) is not dict:
+                raise InvalidEvent("wrong_type", "responseStatus must be an object")
+            c = status.get("code", 0)
+            if type(c) is not int:
+                raise InvalidEvent("wrong_type", "responseStatus.code must be an integer")
+            code = c
+        self.code: int = code
+
+        ann = obj.get("annotations")
+        if ann is not None and type(ann) is not dict:
+            raise InvalidEvent("wrong_type", "annotations must be an object")
+        self.annotations: dict[str, Any] = ann or {}
+
+        self.received_ts, self.stage_ts = _timestamps(obj)
+
+    @property
+    def resource_label(self) -> str:
+        """``resource`` or ``resource/subresource``, as the metric label wants it."""
+        if self.subresource:
+            return f"{self.resource}/{self.subresource}"
+        return self.resource
+
+    @property
+    def code_class(self) -> str:
+        return code_class(self.code)
+
+    def to_bytes(self) -> bytes:
+        """The event as JSON bytes: the original line when there was one."""
+        if self.raw is not None:
+            return self.raw
+        return orjson.dumps(self.obj)
+
+    def __repr__(self) -> str:
+        return f"AuditEvent({self.audit_id} {self.stage} {self.verb} {self.request_uri[:60]!r})"
+
+
+def _str(d: dict[str, Any], key: str) -> str:
+    v = d.get(key, "")
+    if type(v) is not str:
+        raise InvalidEvent("wrong_type", f"objectRef.{key} must be a string")
+    return v
+
+
+def code_class(code: int) -> str:
+    if 200 <= code < 300:
+        return "2xx"
+    if 300 <= code < 400:
+        return "3xx"
+    if 400 <= code < 500:
+        return "4xx"
+    if code >= 500:
+        return "5xx"
+    # 1xx is a protocol upgrade (exec/attach/portforward answered 101): a success.
+    return "2xx" if 100 <= code < 200 else "unknown"
+
+
+def classify_user(username: str) -> str:
+    """One of USER_KINDS for an audit ``user.username``."""
+    if not username:
+        # A failed authentication is logged with an empty user.
+        return "unauthenticated"
+    if username == "system:anonymous":
+        return "anonymous"
+    if username.startswith("system:serviceaccount:"):
+        return "serviceaccount"
+    if username.startswith("system:node:"):
+        return "node"
+    if username.startswith("system:"):
+        return "system"
+    return "human"
+
+
+# --- timestamps ------------------------------------------------------------
+
+# Events arrive in time order, so the "YYYY-MM-DDTHH:MM:SS" prefix repeats many
+# times; caching its epoch value makes parsing a dict lookup plus a fraction.
+_SECOND_CACHE: dict[str, float] = {}
+_SECOND_CACHE_MAX = 8192
+
+
+def parse_time(value: Any) -> float:
+    """RFC 3339 (as the API server writes it) to seconds since the epoch."""
+    if type(value) is not str:
+        raise InvalidEvent("wrong_type", "timestamps must be strings")
+    head = value[:19]
+    base = _SECOND_CACHE.get(head)
+    if base is None:
+        try:
+            if len(head) != 19 or head[10] not in "Tt ":
+                raise ValueError(value)
+            base = datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            raise InvalidEvent("invalid_value", f"bad timestamp {value[:40]!r}") from None
+        if len(_SECOND_CACHE) >= _SECOND_CACHE_MAX:
+            _SECOND_CACHE.clear()
+        _SECOND_CACHE[head] = base
+    rest = value[19:]
+    if rest == "Z" or rest == "z":
+        return base
+    if len(rest) > 2 and rest[0] == "." and rest[-1] in "Zz" and rest[1:-1].isdigit():
+        frac = rest[1:-1]
+        return base + int(frac) / 10 ** len(frac)
+    # An explicit offset or another unusual form: take the slow, exact path.
+    try:
+        dt = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise InvalidEvent("invalid_value", f"bad timestamp {value[:40]!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _timestamps(obj: dict[str, Any]) -> tuple[float, float]:
+    received = obj.get("requestReceivedTimestamp")
+    stage = obj.get("stageTimestamp")
+    if received is not None and stage is not None:
+        return parse_time(received), parse_time(stage)
+    # audit.k8s.io/v1beta1 written by old API servers: only second-precision
+    # ``timestamp`` (request received) and metadata.creationTimestamp (event).
+    legacy = obj.get("timestamp")
+    meta = obj.get("metadata")
+    created = meta.get("creationTimestamp") if type(meta) is dict else None
+    if received is None:
+        received = legacy if legacy is not None else created
+    if stage is None:
+        stage = created if created is not None else legacy
+    if received is None or stage is None:
+        raise InvalidEvent("missing_field", "requestReceivedTimestamp/stageTimestamp are missing")
+    return parse_time(received), parse_time(stage)
+
+
+# --- documents ---------------------------------------------------------------
+
+
+class Decoder:
+    """Turns lines and documents into events, refusing bad input item by item."""
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+
+    def decode_line(self, line: bytes) -> AuditEvent:
+        """One JSON line of an audit log (the trailing newline may be present)."""
+        if len(line) > self.max_event_bytes:
+            raise InvalidEvent(
+                "too_large", f"{len(line)} bytes is over the {self.max_event_bytes} byte limit"
+            )
+        line = line.rstrip(b"\r\n")
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise InvalidEvent("invalid_json", str(e)) from None
+        return self._event(obj, line)
+
+    def decode_object(self, obj: Any, raw: bytes | None = None) -> AuditEvent:
+        return self._event(obj, raw)
+
+    def _event(self, obj: Any, raw: bytes | None) -> AuditEvent:
+        if type(obj) is not dict:
+            raise InvalidEvent("wrong_type", f"an event must be a JSON object, not {_kind(obj)}")
+        kind = obj.get("kind", "Event")
+        if type(kind) is not str:
+            raise InvalidEvent("wrong_type", "kind must be a string")
+        if kind != "Event":
+            unwrapped = _unwrap(obj)
+            if unwrapped is not None:
+                return self._inner(unwrapped)
+            raise InvalidEvent("not_an_event", f"kind {kind[:40]!r} is not an audit Event")
+        api_version = obj.get("apiVersion")
+        if api_version is not None and api_version not in API_VERSIONS:
+            if type(api_version) is not str:
+                raise InvalidEvent("wrong_type", "apiVersion must be a string")
+            raise InvalidEvent("unknown_api_version", f"apiVersion {api_version[:60]!r}")
+        if "auditID" not in obj and "stage" not in obj:
+            unwrapped = _unwrap(obj)
+            if unwrapped is not None:
+                return self._inner(unwrapped)
+            if "kind" not in obj and "apiVersion" not in obj:
+                raise InvalidEvent("not_an_event", "no kind, apiVersion, auditID or stage")
+        return AuditEvent(obj, raw)
+
+    def _inner(self, wrapped: bytes | dict[str, Any]) -> AuditEvent:
+        if type(wrapped) is bytes:
+            return self.decode_line(wrapped)
+        return self._event(wrapped, None)
+
+    def decode_document(self, body: bytes) -> Iterator[AuditEvent | InvalidEvent]:
+        """A webhook body or a whole file: an Event, an EventList, a JSON array
+        of events, or JSON lines. Yields events and refusals in input order."""
+        stripped = body.strip()
+        if not stripped:
+            return
+        try:
+            doc = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            doc = _NOT_ONE_DOCUMENT
+        if doc is _NOT_ONE_DOCUMENT:
+            # JSON lines (or garbage): each line stands or falls alone.
+            for lineno, line in enumerate(stripped.split(b"\n"), 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield self.decode_line(line)
+                except InvalidEvent as e:
+                    e.line = lineno
+                    yield e
+            return
+        items: list[Any]
+        if type(doc) is list:
+            items = doc
+        elif type(doc) is dict and (doc.get("kind") == "EventList" or _is_list(doc)):
+            api_version = doc.get("apiVersion")
+            if api_version is not None and api_version not in API_VERSIONS:
+                yield InvalidEvent("unknown_api_version", f"EventList apiVersion {api_version!r}")
+                return
+            raw_items = doc.get("items")
+            if raw_items is None:
+                return  # an empty EventList serialises its items as null
+            if type(raw_items) is not list:
+                yield InvalidEvent("wrong_type", "EventList.items must be a list")
+                return
+            items = raw_items
+        else:
+            # A single event: the document is its own exact bytes.
+            try:
+                if len(stripped) > self.max_event_bytes:
+                    raise InvalidEvent(
+                        "too_large",
+                        f"{len(stripped)} bytes is over the {self.max_event_bytes} byte limit",
+                    )
+                yield self._event(doc, None)
+            except InvalidEvent as e:
+                yield e
+            return
+        # Only a document larger than the limit can hold an item over it.
+        check_size = len(stripped) > self.max_event_bytes
+        for index, item in enumerate(items):
+            try:
+                if check_size:
+                    size = len(orjson.dumps(item))
+                    if size > self.max_event_bytes:
+                        raise InvalidEvent(
+                            "too_large",
+                            f"item {index}: {size} bytes is over the {self.max_event_bytes} limit",
+                        )
+                yield self._event(item, None)
+            except InvalidEvent as e:
+                e.line = index
+                yield e
+
+
+_NOT_ONE_DOCUMENT = object()
+
+
+def _is_list(doc: dict[str, Any]) -> bool:
+    return "items" in doc and "kind" not in doc and "auditID" not in doc
+
+
+def _kind(obj: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(obj), type(obj).__name__)
+
+
+def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
+    """The audit event inside a managed-cluster export, when ``obj`` is one.
+
+    AKS diagnostic settings (categories kube-audit, kube-audit-admin) wrap the
+    API server's JSON line as a string in ``properties.log``; Azure Log
+    Analytics queries return it in ``log_s``. Some exports carry the event
+    as an object instead of a string.
+    """
+    props = obj.get("properties")
+    if type(props) is dict:
+        inner = props.get("log")
+        if type(inner) is str:
+            return inner.encode()
+        if type(inner) is dict and ("auditID" in inner or inner.get("kind") == "Event"):
+            return inner
+    if type(obj.get("log_s")) is str:
+        return str(obj["log_s"]).encode()
+    return None

@@ -1,0 +1,100 @@
+"""Structured logging (logfmt or JSON) and a rate limiter for noisy inputs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
+    "message",
+    "asctime",
+}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in record.__dict__.items():
+        if key not in _RESERVED and not key.startswith("_"):
+            out[key] = value
+    if record.exc_info and record.exc_info[0] is not None:
+        out["exc"] = logging.Formatter().formatException(record.exc_info)
+    return out
+
+
+def _logfmt_value(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if text == "" or any(c in text for c in ' ="\\\n\t'):
+        return orjson.dumps(text).decode()
+    return text
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(_fields(record), default=str).decode()
+
+
+def setup(fmt: str = "logfmt", level: str = "info") -> None:
+    """Configure the root logger once, at start-up, from the validated config."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class RateLimitedLog:
+    """Log at most ``burst`` messages per ``interval`` seconds; say how many
+    were suppressed when the next window opens. Bad input can arrive at
+    100k lines per second and must not flood the exporter's own logs."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 10,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._window_start = -float("inf")
+        self._sent = 0
+        self._suppressed = 0
+
+    def warning(self, msg: str, **fields: Any) -> bool:
+        with self._lock:
+            now = self.clock()
+            if now - self._window_start >= self.interval:
+                if self._suppressed:
+                    self.logger.warning(
+                        "suppressed similar messages", extra={"suppressed": self._suppressed}
+                    )
+                self._window_start = now
+                self._sent = 0
+                self._suppressed = 0
+            if self._sent >= self.burst:
+                self._suppressed += 1
+                return False
+            self._sent += 1
+        self.logger.warning(msg, extra=fields)
+        return True

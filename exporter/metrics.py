@@ -1,0 +1,412 @@
+"""Every metric the exporter exposes, built in one place on an injected registry.
+
+The hot path (one call per audit event) must stay well under ten
+microseconds, so the request families are plain dictionaries keyed by label
+tuples and rendered by a custom collector at scrape time, instead of
+``prometheus_client`` children with a lock per increment. Callers hold
+:attr:`AuditMetrics.lock` while they update a batch; scrapes take it only to
+copy the dictionaries.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import orjson
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from . import __version__
+from .duration import parse_go_duration
+from .event import INVALID_REASONS, AuditEvent
+
+PREFIX = "kube_audit_"
+OTHER = "__other__"
+
+REQUEST_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+PHASE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LAG_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
+
+# Requests that stay open by design; their duration says nothing about latency.
+LONG_RUNNING_VERBS = frozenset({"watch", "watchList"})
+LONG_RUNNING_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "proxy"})
+
+# apiserver.latency.k8s.io/<phase> annotations (added to slow requests). Phases
+# outside this list are folded into "other" so the label stays bounded.
+LATENCY_PREFIX = "apiserver.latency.k8s.io/"
+KNOWN_PHASES = frozenset(
+    {
+        "apf-queue-wait",
+        "authentication",
+        "authorization",
+        "decode-response-object",
+        "etcd",
+        "mutating-webhook",
+        "response-write",
+        "serialize-response-object",
+        "total",
+        "transform-response-object",
+        "validating-webhook",
+    }
+)
+PSA_LEVELS = ("privileged", "baseline", "restricted")
+_PSA_LEVEL = re.compile(r'PodSecurity "([a-z]+):')
+FAILED_OPEN_PREFIXES = (
+    "failed-open.validating.webhook.admission.k8s.io/",
+    "failed-open.mutation.webhook.admission.k8s.io/",
+)
+
+SOURCES = ("webhook", "logfile", "replay")
+
+
+def is_long_running(ev: AuditEvent) -> bool:
+    if ev.verb in LONG_RUNNING_VERBS or ev.subresource in LONG_RUNNING_SUBRESOURCES:
+        return True
+    return ev.subresource == "log" and "follow=true" in ev.request_uri
+
+
+def counts_as_request(ev: AuditEvent) -> bool:
+    """True for the one event per request that the request families count.
+
+    ResponseComplete normally; a failed authentication is logged once, at
+    ResponseStarted with code 401; a panic once, at Panic.
+    """
+    stage = ev.stage
+    return (
+        stage == "ResponseComplete"
+        or stage == "Panic"
+        or (stage == "ResponseStarted" and ev.code == 401)
+    )
+
+
+def auth_failure_reason(ev: AuditEvent) -> str | None:
+    if ev.code == 401:
+        return "unauthenticated"
+    if ev.code == 403:
+        # A 403 with decision "allow" came from admission (e.g. Pod Security),
+        # not from authorization; without the annotation we cannot tell.
+        if ev.annotations.get("authorization.k8s.io/decision", "forbid") != "allow":
+            return "forbidden"
+    return None
+
+
+class _Counter:
+    __slots__ = ("doc", "labelnames", "name", "values")
+
+    def __init__(self, name: str, doc: str, labelnames: tuple[str, ...]) -> None:
+        self.name = PREFIX + name
+        self.doc = doc
+        self.labelnames = labelnames
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        v = self.values
+        v[key] = v.get(key, 0.0) + amount
+
+    def init(self, key: tuple[str, ...]) -> None:
+        self.values.setdefault(key, 0.0)
+
+    def render(self) -> Metric:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for key, value in list(self.values.items()):
+            fam.add_metric(key, value)
+        return fam
+
+
+class _CappedCounter(_Counter):
+    """A counter whose first label is unbounded (user, source IP).
+
+    At most ``cap`` distinct values are kept; later ones are folded into
+    ``__other__`` and the fold is counted in series_overflow_total."""
+
+    __slots__ = ("cap", "known", "overflow")
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labelnames: tuple[str, ...],
+        cap: int,
+        overflow: _Counter,
+    ) -> None:
+        super().__init__(name, doc, labelnames)
+        self.cap = cap
+        self.known: set[str] = set()
+        self.overflow = overflow
+
+    def inc_capped(self, first: str, rest: tuple[str, ...]) -> None:
+        known = self.known
+        if first not in known:
+            if len(known) >= self.cap:
+                self.overflow.inc((self.name,))
+                first = OTHER
+            else:
+                known.add(first)
+        self.inc((first, *rest))
+
+
+class _Histogram:
+    __slots__ = ("bounds", "doc", "labelnames", "name", "values")
+
+    def __init__(
+        self, name: str, doc: str, labelnames: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> None:
+        self.name = PREFIX + name
+        self.doc = doc
+        self.labelnames = labelnames
+        self.bounds = bounds
+        # per key: [count in each bucket (non-cumulative) ..., +Inf bucket, sum]
+        self.values: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        row = self.values.get(key)
+        if row is None:
+            row = self.values[key] = [0.0] * (len(self.bounds) + 2)
+        row[bisect_left(self.bounds, value)] += 1
+        row[-1] += value
+
+    def render(self) -> Metric:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        names = [*(repr(b) for b in self.bounds), "+Inf"]
+        for key, row in list(self.values.items()):
+            row = list(row)
+            acc = 0.0
+            buckets = []
+            for name, n in zip(names, row[:-1], strict=True):
+                acc += n
+                buckets.append((name, acc))
+            fam.add_metric(key, buckets, row[-1])
+        return fam
+
+
+StateProvider = Callable[[], Iterable[Metric]]
+
+
+class AuditMetrics(Collector):
+    """The kube_audit_* families, registered on ``registry``."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        max_users: int = 1000,
+        max_source_ips: int = 1000,
+        sources: Iterable[str] = SOURCES,
+    ) -> None:
+        self.lock = threading.Lock()
+        self._state: list[StateProvider] = []
+        c = _Counter
+        self.series_overflow = c(
+            "series_overflow_total",
+            "Increments folded into __other__ because a capped family was full.",
+            ("metric",),
+        )
+        self.requests = c(
+            "requests_total",
+            "API requests, counted once each (ResponseComplete, a 401, or Panic).",
+            ("verb", "resource", "code", "user_kind"),
+        )
+        self.duration = _Histogram(
+            "request_duration_seconds",
+            "Request latency (stageTimestamp - requestReceivedTimestamp), "
+            "long-running requests excluded.",
+            ("verb", "resource"),
+            REQUEST_DURATION_BUCKETS,
+        )
+        self.auth_failures = c(
+            "auth_failures_total",
+            "Requests refused by authentication (401) or authorization (403).",
+            ("reason", "verb", "resource", "user_kind"),
+        )
+        self.user_requests = _CappedCounter(
+            "user_requests_total",
+            "Requests per authenticated user (capped; overflow in __other__).",
+            ("user", "verb", "code_class"),
+            max_users,
+            self.series_overflow,
+        )
+        self.source_auth_failures = _CappedCounter(
+            "source_auth_failures_total",
+            "Authentication and authorization failures per source IP (capped).",
+            ("source_ip", "reason"),
+            max_source_ips,
+            self.series_overflow,
+        )
+        self.phase = _Histogram(
+            "slow_request_phase_seconds",
+            "Time spent per phase of slow requests (apiserver.latency.k8s.io annotations).",
+            ("phase",),
+            PHASE_BUCKETS,
+        )
+        self.psa = c(
+            "pod_security_violations_total",
+            "Pod Security admission violations (audit annotations and enforce denials).",
+            ("level",),
+        )
+        self.failed_open = c(
+            "webhook_failed_open_total",
+            "Admission webhook calls that failed and were ignored (failurePolicy Ignore).",
+            ("webhook",),
+        )
+        self.events = c("events_total", "Audit events accepted, all stages.", ("source",))
+        self.invalid = c(
+            "events_invalid_total", "Inputs refused, by reason.", ("source", "reason")
+        )
+        self.duplicates = c(
+            "events_duplicate_total",
+            "Events dropped as retries of one already seen (auditID, stage).",
+            ("source",),
+        )
+        self.lag = _Histogram(
+            "event_lag_seconds",
+            "Time from an event's stageTimestamp to its ingestion.",
+            ("source",),
+            LAG_BUCKETS,
+        )
+        self.last_event: dict[str, float] = {}
+        self.webhook_requests = c(
+            "webhook_requests_total", "Webhook HTTP requests answered, by status code.", ("code",)
+        )
+        self.logfile_rotations = c(
+            "logfile_rotations_total",
+            "Audit log rotations followed, by kind (rename, truncate).",
+            ("kind",),
+        )
+        self._families: tuple[_Counter | _Histogram, ...] = (
+            self.requests,
+            self.duration,
+            self.auth_failures,
+            self.user_requests,
+            self.source_auth_failures,
+            self.phase,
+            self.psa,
+            self.failed_open,
+            self.events,
+            self.invalid,
+            self.duplicates,
+            self.lag,
+            self.series_overflow,
+            self.webhook_requests,
+            self.logfile_rotations,
+        )
+        for level in PSA_LEVELS:
+            self.psa.init((level,))
+        for source in sources:
+            self.events.init((source,))
+            self.duplicates.init((source,))
+            for reason in INVALID_REASONS:
+                self.invalid.init((source, reason))
+        for fam in (self.user_requests, self.source_auth_failures):
+            self.series_overflow.init((fam.name,))
+        for kind in ("rename", "truncate"):
+            self.logfile_rotations.init((kind,))
+        registry.register(self)
+
+    # --- updates (callers hold self.lock) ---------------------------------
+
+    def observe_event(self, ev: AuditEvent, source: str, now: float) -> None:
+        """Account for one accepted, non-duplicate event."""
+        self.events.inc((source,))
+        self.lag.observe((source,), max(0.0, now - ev.stage_ts))
+        last = self.last_event.get(source, 0.0)
+        if ev.stage_ts > last:
+            self.last_event[source] = ev.stage_ts
+        if not counts_as_request(ev):
+            return
+        verb = ev.verb
+        resource = ev.resource_label
+        code = str(ev.code) if ev.code else "unknown"
+        kind = ev.user_kind
+        self.requests.inc((verb, resource, code, kind))
+        if ev.stage == "ResponseComplete" and not is_long_running(ev):
+            self.duration.observe((verb, resource), max(0.0, ev.stage_ts - ev.received_ts))
+        if ev.username:
+            self.user_requests.inc_capped(ev.username, (verb, ev.code_class))
+        reason = auth_failure_reason(ev)
+        if reason is not None:
+            self.auth_failures.inc((reason, verb, resource, kind))
+            if ev.source_ip:
+                self.source_auth_failures.inc_capped(ev.source_ip, (reason,))
+        if ev.annotations:
+            self._annotations(ev)
+
+    def _annotations(self, ev: AuditEvent) -> None:
+        for key, value in ev.annotations.items():
+            if type(value) is not str:
+                continue
+            if key.startswith(LATENCY_PREFIX):
+                seconds = parse_go_duration(value)
+                if seconds is not None:
+                    phase = key[len(LATENCY_PREFIX) :]
+                    self.phase.observe((phase if phase in KNOWN_PHASES else "other",), seconds)
+            elif key == "pod-security.kubernetes.io/audit-violations":
+                self._psa(value)
+            elif key.startswith(FAILED_OPEN_PREFIXES):
+                self.failed_open.inc((_webhook_name(value),))
+        if ev.code == 403 and "pod-security.kubernetes.io/enforce-policy" in ev.annotations:
+            status = ev.obj.get("responseStatus")
+            message = status.get("message", "") if type(status) is dict else ""
+            if type(message) is str and "violates PodSecurity" in message:
+                self._psa(message)
+
+    def _psa(self, text: str) -> None:
+        m = _PSA_LEVEL.search(text)
+        level = m.group(1) if m and m.group(1) in PSA_LEVELS else "unknown"
+        self.psa.inc((level,))
+
+    def invalid_input(self, source: str, reason: str, amount: int = 1) -> None:
+        with self.lock:
+            self.invalid.inc((source, reason), amount)
+
+    def duplicate(self, source: str, amount: int = 1) -> None:
+        self.duplicates.inc((source,), amount)
+
+    # --- exposition ----------------------------------------------------------
+
+    def add_state(self, provider: StateProvider) -> None:
+        """Register a callback whose metrics are read at scrape time
+        (queue depth, spool size, checkpoint offset...)."""
+        self._state.append(provider)
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            rendered = [fam.render() for fam in self._families]
+            last = dict(self.last_event)
+        yield from rendered
+        g = GaugeMetricFamily(
+            PREFIX + "last_event_timestamp_seconds",
+            "stageTimestamp of the newest event seen, per source.",
+            labels=("source",),
+        )
+        for source, ts in last.items():
+            g.add_metric((source,), ts)
+        yield g
+        info = GaugeMetricFamily(
+            PREFIX + "build_info", "Build information.", labels=("version",)
+        )
+        info.add_metric((__version__,), 1.0)
+        yield info
+        for provider in self._state:
+            yield from provider()
+
+
+def _webhook_name(value: str) -> str:
+    """The webhook name inside a failed-open annotation value."""
+    try:
+        doc: Any = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        doc = None
+    if type(doc) is dict and type(doc.get("name")) is str:
+        return str(doc["name"])[:253]
+    return value[:253] if value else "unknown"

@@ -1,0 +1,1 @@
+"""Event sources: the webhook server, the log file tailer and replay."""
