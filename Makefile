@@ -1,0 +1,67 @@
+# The verbs people expect. `make run` and `make test` are the README's two
+# set-up commands: each installs what it needs (idempotently) and runs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   := demo/audit.log.gz
+OUT    := demo/out
+WEB    ?= 127.0.0.1:9784
+
+.PHONY: run test lint bench demo-data generate clean deps-system
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Prometheus, promtool and Alertmanager for the integration tests, from Debian.
+deps-system:
+	@missing=""; \
+	for cmd in prometheus promtool prometheus-alertmanager; do \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager >/dev/null; \
+	fi
+
+# Replay the bundled simulated audit log, then run the exporter tailing it.
+run: $(VENV)/.installed
+	$(BIN)/kube-audit-exporter replay $(DEMO)
+	@mkdir -p $(OUT)
+	@gzip -dc $(DEMO) > $(OUT)/audit.log
+	@echo
+	@echo "Now serving metrics for the demo log at http://$(WEB)/metrics (Ctrl-C stops)."
+	@echo "Try: curl -s http://$(WEB)/metrics | grep kube_audit_auth_failures_total"
+	$(BIN)/kube-audit-exporter run --web.listen-address $(WEB) \
+	  --logfile.path $(OUT)/audit.log --logfile.checkpoint-file $(OUT)/checkpoint.json \
+	  --logfile.start-at beginning
+
+test: deps-system $(VENV)/.installed-test lint
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check exporter tests bench
+	$(BIN)/ruff format --check exporter tests bench
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/run.py
+
+demo-data: $(VENV)/.installed
+	$(BIN)/kube-audit-exporter simulate --events 30000 --seed 20240501 \
+	  --start 2024-05-01T08:00:00Z --output - | gzip -n -9 > $(DEMO)
+
+clean:
+	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache
