@@ -1,0 +1,91 @@
+"""Real components on loopback: the exporter as a process, Prometheus."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def poll(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+    """Call ``fn`` until it returns something truthy or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except (requests.RequestException, OSError) as e:
+            last = e
+        if last:
+            return last  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} is not installed; `make test` installs it (Debian package)")
+    return path
+
+
+class Process:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args, stdout=self._fh, stderr=subprocess.STDOUT, env=env or os.environ.copy()
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    procs: list[Process] = []
+
+    def start(args: list[str], name: str, env: dict[str, str] | None = None) -> Process:
+        p = Process(args, tmp_path / f"{name}.log", env)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in reversed(procs):
+        p.stop()
+
+
+def exporter_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "exporter.cli", *args]

@@ -1,0 +1,29 @@
+"""The README's reference tables stay true to the code."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from exporter.config import OPTIONS
+from exporter.metrics import AuditMetrics
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_option_is_documented() -> None:
+    missing = [o.key for o in OPTIONS if f"| `{o.key}` |" not in README]
+    assert not missing, f"README configuration table lacks {missing}"
+
+
+def test_every_metric_is_documented() -> None:
+    registry = CollectorRegistry()
+    AuditMetrics(registry)
+    names = {m.name for m in registry.collect()}
+    missing = [n for n in sorted(names) if n not in README]
+    assert not missing, f"README metrics table lacks {missing}"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "make test" in README
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
