@@ -251,7 +251,7 @@ def parse_time(value: Any) -> float:
         return base
     if len(rest) > 2 and rest[0] == "." and rest[-1] in "Zz" and rest[1:-1].isdigit():
         frac = rest[1:-1]
-        return base + int(frac) / 10 ** len(frac)
+        return base + int(frac) / float(10 ** len(frac))
     # An explicit offset or another unusual form: take the slow, exact path.
     try:
         dt = datetime.fromisoformat(value.replace("z", "Z"))
@@ -408,7 +408,8 @@ def _is_list(doc: dict[str, Any]) -> bool:
 
 
 def _kind(obj: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string"}.get(type(obj), type(obj).__name__)
+    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    return names.get(type(obj), type(obj).__name__)
 
 
 def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import __version__
 from .duration import parse_go_duration
 from .event import INVALID_REASONS, AuditEvent
+from .sensitive import categories as sensitive_categories
 
 PREFIX = "kube_audit_"
 OTHER = "__other__"
@@ -93,11 +94,10 @@ def counts_as_request(ev: AuditEvent) -> bool:
 def auth_failure_reason(ev: AuditEvent) -> str | None:
     if ev.code == 401:
         return "unauthenticated"
-    if ev.code == 403:
-        # A 403 with decision "allow" came from admission (e.g. Pod Security),
-        # not from authorization; without the annotation we cannot tell.
-        if ev.annotations.get("authorization.k8s.io/decision", "forbid") != "allow":
-            return "forbidden"
+    # A 403 with decision "allow" came from admission (e.g. Pod Security), not
+    # from authorization; without the annotation we cannot tell, so it counts.
+    if ev.code == 403 and ev.annotations.get("authorization.k8s.io/decision") != "allow":
+        return "forbidden"
     return None
 
 
@@ -249,6 +249,12 @@ class AuditMetrics(Collector):
             ("phase",),
             PHASE_BUCKETS,
         )
+        self.sensitive = c(
+            "sensitive_operations_total",
+            "Sensitive requests: secrets and tokens, exec/attach/portforward, RBAC writes, "
+            "impersonation, anonymous access.",
+            ("category", "verb", "resource", "code_class", "user_kind"),
+        )
         self.psa = c(
             "pod_security_violations_total",
             "Pod Security admission violations (audit annotations and enforce denials).",
@@ -260,9 +266,7 @@ class AuditMetrics(Collector):
             ("webhook",),
         )
         self.events = c("events_total", "Audit events accepted, all stages.", ("source",))
-        self.invalid = c(
-            "events_invalid_total", "Inputs refused, by reason.", ("source", "reason")
-        )
+        self.invalid = c("events_invalid_total", "Inputs refused, by reason.", ("source", "reason"))
         self.duplicates = c(
             "events_duplicate_total",
             "Events dropped as retries of one already seen (auditID, stage).",
@@ -290,6 +294,7 @@ class AuditMetrics(Collector):
             self.user_requests,
             self.source_auth_failures,
             self.phase,
+            self.sensitive,
             self.psa,
             self.failed_open,
             self.events,
@@ -338,6 +343,8 @@ class AuditMetrics(Collector):
             self.auth_failures.inc((reason, verb, resource, kind))
             if ev.source_ip:
                 self.source_auth_failures.inc_capped(ev.source_ip, (reason,))
+        for category in sensitive_categories(ev):
+            self.sensitive.inc((category, verb, resource, ev.code_class, kind))
         if ev.annotations:
             self._annotations(ev)
 
@@ -392,9 +399,7 @@ class AuditMetrics(Collector):
         for source, ts in last.items():
             g.add_metric((source,), ts)
         yield g
-        info = GaugeMetricFamily(
-            PREFIX + "build_info", "Build information.", labels=("version",)
-        )
+        info = GaugeMetricFamily(PREFIX + "build_info", "Build information.", labels=("version",))
         info.add_metric((__version__,), 1.0)
         yield info
         for provider in self._state:

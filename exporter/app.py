@@ -1,0 +1,108 @@
+"""The running exporter: the configured sources, the pipeline and the
+endpoints, started together and stopped in order (stop accepting, drain,
+checkpoint, close the sinks, then the metrics endpoint)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from . import __version__
+from .config import Config
+from .event import Decoder
+from .metrics import AuditMetrics
+from .pipeline import Pipeline
+from .sources.logfile import LogFileSource
+from .sources.webhook import WebhookServer
+from .web import MetricsServer
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, cfg: Config, registry: CollectorRegistry | None = None) -> None:
+        self.cfg = cfg
+        self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        sources = [
+            name
+            for name, on in (
+                ("webhook", bool(cfg.webhook.listen_address)),
+                ("logfile", bool(cfg.logfile.path)),
+            )
+            if on
+        ]
+        self.metrics = AuditMetrics(
+            self.registry,
+            max_users=cfg.metrics.max_users,
+            max_source_ips=cfg.metrics.max_source_ips,
+            sources=sources,
+        )
+        self.decoder = Decoder(cfg.events.max_bytes)
+        self.pipeline = Pipeline(self.metrics, dedupe_capacity=cfg.events.dedupe_capacity)
+        self._ready = threading.Event()
+        self.web = MetricsServer(cfg.web.listen_address, self.registry, self._ready.is_set)
+        self.webhook: WebhookServer | None = None
+        if cfg.webhook.listen_address:
+            w = cfg.webhook
+            self.webhook = WebhookServer(
+                listen_address=w.listen_address,
+                path=w.path,
+                pipeline=self.pipeline,
+                decoder=self.decoder,
+                metrics=self.metrics,
+                tls_cert_file=w.tls_cert_file or None,
+                tls_key_file=w.tls_key_file or None,
+                client_ca_file=w.client_ca_file or None,
+                insecure=w.insecure,
+                max_body_bytes=w.max_body_bytes,
+                read_timeout=w.read_timeout,
+                max_connections=w.max_connections,
+            )
+        self.logfile: LogFileSource | None = None
+        if cfg.logfile.path:
+            f = cfg.logfile
+            self.logfile = LogFileSource(
+                path=f.path,
+                checkpoint_file=f.checkpoint_file or None,
+                start_at=f.start_at,
+                pipeline=self.pipeline,
+                decoder=self.decoder,
+                metrics=self.metrics,
+                poll_interval=f.poll_interval,
+                checkpoint_interval=f.checkpoint_interval,
+            )
+
+    def start(self) -> None:
+        log.info(
+            "starting kube-audit-exporter",
+            extra={"version": __version__, "config": self.cfg.redacted()},
+        )
+        self.web.start()
+        if self.webhook is not None:
+            self.webhook.start()
+            log.info("webhook listening", extra={"address": _fmt(self.webhook.address)})
+        if self.logfile is not None:
+            self.logfile.start()
+            log.info("tailing audit log", extra={"path": self.cfg.logfile.path})
+        self._ready.set()
+        log.info("ready", extra={"metrics": _fmt(self.web.address)})
+
+    def stop(self, timeout: float = 10.0) -> None:
+        log.info("shutting down")
+        self._ready.clear()
+        if self.webhook is not None:
+            self.webhook.shutdown(timeout)
+        if self.logfile is not None:
+            self.logfile.stop(timeout)
+        self.pipeline.close()
+        self.web.shutdown(timeout)
+        log.info("stopped")
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,512 @@
+"""One frozen, validated configuration: flags > environment > YAML file > defaults.
+
+The dataclasses below are the single source of truth: each field's metadata
+gives its help text and kind, and from that come the YAML key
+(``webhook.listen_address``), the flag (``--webhook.listen-address``) and the
+environment variable (``KUBE_AUDIT_WEBHOOK_LISTEN_ADDRESS``). Every problem is
+reported with its location, all at once, and the caller exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .duration import parse_go_duration
+
+ENV_PREFIX = "KUBE_AUDIT_"
+
+
+class ConfigError(Exception):
+    """All the problems found, each located (``loki.batch_size: must be > 0``)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def opt(
+    help: str,
+    *,
+    kind: str | None = None,
+    choices: Sequence[str] = (),
+    minimum: float | None = None,
+    secret: bool = False,
+) -> dict[str, Any]:
+    """Field metadata. ``kind`` refines the Python type: "duration" (Go
+    duration or seconds), "bytes" (1048576, 1MiB, 64Mi, 1GB), "address"
+    (host:port, :port, [v6]:port), "file" (must exist and be readable)."""
+    return {
+        "help": help,
+        "kind": kind,
+        "choices": tuple(choices),
+        "minimum": minimum,
+        "secret": secret,
+    }
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen_address: str = field(
+        default="0.0.0.0:9784",
+        metadata=opt("Address for /metrics, /healthz and /readyz.", kind="address"),
+    )
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    listen_address: str = field(
+        default="",
+        metadata=opt("Address of the audit webhook receiver; empty disables it.", kind="address"),
+    )
+    path: str = field(default="/audit", metadata=opt("URL path the API server POSTs to."))
+    tls_cert_file: str = field(
+        default="",
+        metadata=opt("Serving certificate (PEM); reloaded when it changes.", kind="file"),
+    )
+    tls_key_file: str = field(
+        default="", metadata=opt("Private key of the serving certificate (PEM).", kind="file")
+    )
+    client_ca_file: str = field(
+        default="",
+        metadata=opt(
+            "CA bundle for client certificates; when set, a client certificate is mandatory.",
+            kind="file",
+        ),
+    )
+    insecure: bool = field(
+        default=False, metadata=opt("Serve plain HTTP instead of HTTPS. For tests only.")
+    )
+    max_body_bytes: int = field(
+        default=64 << 20,
+        metadata=opt("Largest request body accepted (413 above).", kind="bytes", minimum=1024),
+    )
+    read_timeout: float = field(
+        default=30.0,
+        metadata=opt(
+            "How long a connection may take to send a request.", kind="duration", minimum=0.01
+        ),
+    )
+    max_connections: int = field(default=64, metadata=opt("Connections served at once.", minimum=1))
+
+
+@dataclass(frozen=True)
+class LogfileConfig:
+    path: str = field(
+        default="",
+        metadata=opt("The API server's --audit-log-path to tail; empty disables it."),
+    )
+    checkpoint_file: str = field(
+        default="",
+        metadata=opt("Where the read position is kept; empty means no checkpoint."),
+    )
+    start_at: str = field(
+        default="checkpoint",
+        metadata=opt(
+            "Where to start without a usable checkpoint.",
+            choices=("checkpoint", "beginning", "end"),
+        ),
+    )
+    poll_interval: float = field(
+        default=0.25,
+        metadata=opt(
+            "How often the file is checked for new lines.", kind="duration", minimum=0.001
+        ),
+    )
+    checkpoint_interval: float = field(
+        default=5.0,
+        metadata=opt("How often the checkpoint is written.", kind="duration", minimum=0.01),
+    )
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    max_bytes: int = field(
+        default=1 << 20,
+        metadata=opt(
+            "Largest single audit event accepted; larger ones are counted too_large.",
+            kind="bytes",
+            minimum=1024,
+        ),
+    )
+    dedupe_capacity: int = field(
+        default=100_000,
+        metadata=opt(
+            "How many recent (auditID, stage) keys are remembered to drop retried events.",
+            minimum=0,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    max_users: int = field(
+        default=1000,
+        metadata=opt("Distinct users in user_requests_total before __other__.", minimum=1),
+    )
+    max_source_ips: int = field(
+        default=1000,
+        metadata=opt(
+            "Distinct source IPs in source_auth_failures_total before __other__.", minimum=1
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = field(default="logfmt", metadata=opt("Log format.", choices=("logfmt", "json")))
+    level: str = field(
+        default="info",
+        metadata=opt("Log level.", choices=("debug", "info", "warning", "error")),
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: str = field(default="", metadata=opt("Name of the cluster, added to Loki streams."))
+    web: WebConfig = field(default_factory=WebConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    logfile: LogfileConfig = field(default_factory=LogfileConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as a flat dict for the start-up log line."""
+        out: dict[str, Any] = {}
+        for o in OPTIONS:
+            value = o.get(self)
+            out[o.key] = "<redacted>" if o.secret and value else value
+        return out
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # "webhook.listen_address"
+    section: str | None
+    name: str
+    type: type
+    kind: str | None
+    default: Any
+    help: str
+    choices: tuple[str, ...]
+    minimum: float | None
+    secret: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.replace(".", "_").upper()
+
+    @property
+    def dest(self) -> str:
+        return "cfg__" + self.key.replace(".", "__")
+
+    def get(self, cfg: Config) -> Any:
+        obj: Any = getattr(cfg, self.section) if self.section else cfg
+        return getattr(obj, self.name)
+
+
+def _section_class(f: dataclasses.Field[Any]) -> Any:
+    factory: Any = f.default_factory
+    return type(factory())
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _options() -> tuple[Option, ...]:
+    out: list[Option] = []
+
+    def walk(cls: Any, section: str | None) -> None:
+        for f in dataclasses.fields(cls):
+            ftype = f.type if isinstance(f.type, type) else None
+            if ftype is None and isinstance(f.type, str):
+                ftype = _TYPES.get(f.type)
+            if ftype is None:
+                # a nested section
+                walk(_section_class(f), f.name)
+                continue
+            meta = f.metadata
+            default = f.default
+            out.append(
+                Option(
+                    key=f"{section}.{f.name}" if section else f.name,
+                    section=section,
+                    name=f.name,
+                    type=ftype,
+                    kind=meta.get("kind"),
+                    default=default,
+                    help=meta.get("help", ""),
+                    choices=meta.get("choices", ()),
+                    minimum=meta.get("minimum"),
+                    secret=meta.get("secret", False),
+                )
+            )
+
+    walk(Config, None)
+    return tuple(out)
+
+
+OPTIONS = _options()
+OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mi": 1024**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "ti": 1024**4, "tib": 1024**4,
+}  # fmt: skip
+_ADDRESS = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):(\d{1,5})$")
+
+
+def parse_size(value: Any) -> int:
+    if type(value) is int:
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size (e.g. 1048576, 512KiB, 64MiB, 1GiB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
+def parse_duration(value: Any) -> float:
+    if type(value) in (int, float):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    seconds = parse_go_duration(text)
+    if seconds is None:
+        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 250ms, 5m)")
+    return seconds
+
+
+def parse_bool(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true or false)")
+
+
+def _convert(o: Option, value: Any) -> Any:
+    if o.kind == "bytes":
+        return parse_size(value)
+    if o.kind == "duration":
+        return parse_duration(value)
+    if o.type is bool:
+        return parse_bool(value)
+    if o.type is int:
+        if type(value) is bool:
+            raise ValueError(f"{value!r} is not an integer")
+        try:
+            return int(str(value), 10) if not isinstance(value, int) else value
+        except ValueError:
+            raise ValueError(f"{value!r} is not an integer") from None
+    if o.type is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number") from None
+    if o.type is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError("must be a string")
+        return "" if value is None else str(value)
+    raise AssertionError(o.type)
+
+
+def _flatten(doc: Mapping[str, Any], problems: list[str], where: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    sections = {o.section for o in OPTIONS if o.section}
+    for key, value in doc.items():
+        if key in sections:
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                problems.append(f"{key}: must be a mapping ({where})")
+                continue
+            for sub, subvalue in value.items():
+                full = f"{key}.{sub}"
+                if full not in OPTIONS_BY_KEY:
+                    problems.append(f"{full}: unknown key ({where})")
+                else:
+                    flat[full] = subvalue
+        elif key in OPTIONS_BY_KEY:
+            flat[key] = value
+        else:
+            problems.append(f"{key}: unknown key ({where})")
+    return flat
+
+
+def load_file(path: str, problems: list[str]) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as e:
+        problems.append(f"config.file: cannot read {path}: {e.strerror}")
+        return {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problems.append(f"config.file: {path}{loc}: not valid YAML: {getattr(e, 'problem', e)}")
+        return {}
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        problems.append(f"config.file: {path}: the top level must be a mapping")
+        return {}
+    return _flatten(doc, problems, path)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config.file`` and one flag per option (defaults suppressed, so
+    that only what was given on the command line takes precedence)."""
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=None,
+        metavar="FILE",
+        help=f"YAML configuration file (env {ENV_PREFIX}CONFIG_FILE).",
+    )
+    group = parser.add_argument_group("configuration (flag > environment > file)")
+    for o in OPTIONS:
+        text = f"{o.help} (env {o.env}; default {o.default!r})"
+        if o.type is bool:
+            group.add_argument(
+                o.flag,
+                dest=o.dest,
+                nargs="?",
+                const="true",
+                default=argparse.SUPPRESS,
+                metavar="BOOL",
+                help=text,
+            )
+        else:
+            group.add_argument(
+                o.flag,
+                dest=o.dest,
+                default=argparse.SUPPRESS,
+                metavar=o.name.upper(),
+                choices=o.choices or None,
+                help=text,
+            )
+
+
+def load(
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    check_files: Callable[[str], bool] | None = None,
+) -> Config:
+    """Build the configuration from parsed flags, the environment and the file
+    they name; raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    config_file = getattr(args, "config_file", None) or environ.get(ENV_PREFIX + "CONFIG_FILE")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file:
+        layers.append((config_file, load_file(config_file, problems)))
+    env_layer = {o.key: environ[o.env] for o in OPTIONS if o.env in environ}
+    layers.append(("environment", env_layer))
+    if args is not None:
+        flag_layer = {o.key: getattr(args, o.dest) for o in OPTIONS if hasattr(args, o.dest)}
+        layers.append(("flags", flag_layer))
+
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for where, layer in layers:
+        for key, raw in layer.items():
+            o = OPTIONS_BY_KEY[key]
+            src = o.flag if where == "flags" else o.env if where == "environment" else where
+            try:
+                values[key] = _convert(o, raw)
+                origin[key] = src
+            except ValueError as e:
+                problems.append(f"{key}: {e} (from {src})")
+
+    for key, value in values.items():
+        o = OPTIONS_BY_KEY[key]
+        if o.choices and value not in o.choices:
+            problems.append(
+                f"{key}: must be one of {', '.join(o.choices)}, not {value!r} (from {origin[key]})"
+            )
+        if o.minimum is not None and value < o.minimum:
+            problems.append(f"{key}: must be >= {o.minimum:g} (from {origin[key]})")
+        if o.kind == "address" and value and not _ADDRESS.match(value):
+            problems.append(
+                f"{key}: {value!r} is not host:port, :port or [v6]:port (from {origin[key]})"
+            )
+        if o.kind == "file" and value and not (check_files or _readable)(value):
+            problems.append(f"{key}: cannot read {value} (from {origin[key]})")
+
+    cfg = _build(values)
+    problems.extend(_cross_checks(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _readable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def _build(values: Mapping[str, Any]) -> Config:
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        o = OPTIONS_BY_KEY[key]
+        if o.section:
+            sections.setdefault(o.section, {})[o.name] = value
+        else:
+            top[o.name] = value
+    nested = {
+        f.name: _section_class(f)(**sections.get(f.name, {}))
+        for f in dataclasses.fields(Config)
+        if f.name in sections
+    }
+    return Config(**top, **nested)
+
+
+def _cross_checks(cfg: Config) -> Iterator[str]:
+    w = cfg.webhook
+    if w.listen_address:
+        has_tls = bool(w.tls_cert_file or w.tls_key_file)
+        if w.insecure and has_tls:
+            yield "webhook.insecure: contradicts webhook.tls_cert_file/tls_key_file; choose one"
+        if not w.insecure and not (w.tls_cert_file and w.tls_key_file):
+            yield (
+                "webhook.tls_cert_file: the webhook needs a certificate and key "
+                "(or webhook.insecure for plain HTTP)"
+            )
+        if w.insecure and w.client_ca_file:
+            yield "webhook.client_ca_file: client certificates need TLS; webhook.insecure is set"
+        if not w.path.startswith("/"):
+            yield f"webhook.path: must start with '/', not {w.path!r}"
+        if w.listen_address == cfg.web.listen_address:
+            yield "webhook.listen_address: must differ from web.listen_address"
+    if cfg.logfile.checkpoint_file and not cfg.logfile.path:
+        yield "logfile.checkpoint_file: set without logfile.path"
+
+
+def require_source(cfg: Config) -> None:
+    """``run`` needs at least one source."""
+    if not cfg.webhook.listen_address and not cfg.logfile.path:
+        raise ConfigError(
+            ["webhook.listen_address: no source configured; set it or logfile.path (or both)"]
+        )
