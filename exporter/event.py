@@ -66,6 +66,8 @@ class AuditEvent:
         "raw",
         "received_ts",
         "request_uri",
+        "rules",
+        "severity",
         "resource",
         "source_ip",
         "stage",
@@ -80,6 +82,10 @@ class AuditEvent:
     def __init__(self, obj: dict[str, Any], raw: bytes | None = None) -> None:
         self.obj = obj
         self.raw = raw
+        # Set by detection: ids of the rules this event matched and the
+        # highest severity among them ("" when none).
+        self.rules: tuple[str, ...] = ()
+        self.severity: str = ""
 
         audit_id = obj.get("auditID")
         stage = obj.get("stage")

@@ -255,6 +255,11 @@ class AuditMetrics(Collector):
             "impersonation, anonymous access.",
             ("category", "verb", "resource", "code_class", "user_kind"),
         )
+        self.rule_matches = c(
+            "rule_matches_total",
+            "Detection rule matches, by rule and severity.",
+            ("rule", "severity"),
+        )
         self.psa = c(
             "pod_security_violations_total",
             "Pod Security admission violations (audit annotations and enforce denials).",
@@ -295,6 +300,7 @@ class AuditMetrics(Collector):
             self.source_auth_failures,
             self.phase,
             self.sensitive,
+            self.rule_matches,
             self.psa,
             self.failed_open,
             self.events,
