@@ -77,7 +77,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .event import Decoder
     from .metrics import AuditMetrics
     from .pipeline import Pipeline
-    from .replay import Progress, Report, open_input, read_batches, render_text
+    from .report import Report, render_text
+    from .sources.replay import Progress, open_input, read_batches
 
     logs.setup("logfmt", "warning" if not args.verbose else "info")
     registry = CollectorRegistry()

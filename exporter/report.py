@@ -1,162 +1,17 @@
-"""``kube-audit-exporter replay``: historical logs through the same pipeline,
-as fast as possible, with a report that answers an auditor's questions."""
+"""The auditor's report that ``replay`` prints: who did what, auth failures,
+sensitive operations, slowest requests."""
 
 from __future__ import annotations
 
-import gzip
 import heapq
-import io
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any, cast
+from typing import Any
 
-import orjson
-
-from .event import AuditEvent, Decoder, InvalidEvent
+from .event import AuditEvent
 from .metrics import counts_as_request, is_long_running
 from .sensitive import categories
-
-BATCH_LINES = 1000
-SNIFF_BYTES = 1 << 16
-
-Item = AuditEvent | InvalidEvent
-
-
-class Progress:
-    """A one-line progress indicator on stderr, only when it is a terminal."""
-
-    def __init__(self, total_bytes: int | None, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self.total = total_bytes
-        self.start = time.monotonic()
-        self._last = 0.0
-
-    def update(self, done_bytes: int, events: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.2:
-            return
-        self._last = now
-        rate = events / max(now - self.start, 1e-9)
-        size = f"{done_bytes / 1e6:,.1f} MB"
-        if self.total:
-            pct = min(100.0, 100.0 * done_bytes / self.total)
-            width = 30
-            filled = int(width * pct / 100)
-            size = f"[{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}% {size}"
-        self.stream.write(f"\r{size}  {events:,} events  {rate:,.0f}/s ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-class _Counting(io.RawIOBase):
-    """Counts the compressed bytes read, for progress on .gz files."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self.raw.read(len(b))
-        n = len(data)
-        b[:n] = data
-        self.count += n
-        return n
-
-
-def open_input(path: str) -> tuple[IO[bytes], _Counting | None, int | None]:
-    """(binary stream, byte counter, total size) for a path, ``.gz`` or ``-``."""
-    if path == "-":
-        return sys.stdin.buffer, None, None
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    size: int | None
-    try:
-        import os
-
-        size = os.fstat(raw.fileno()).st_size
-    except OSError:
-        size = None
-    counter = _Counting(raw)
-    if path.endswith(".gz"):
-        gz = gzip.GzipFile(fileobj=io.BufferedReader(counter))
-        return cast(IO[bytes], gz), counter, size
-    return io.BufferedReader(counter, buffer_size=1 << 20), counter, size
-
-
-def read_batches(
-    stream: IO[bytes], decoder: Decoder, batch_lines: int = BATCH_LINES
-) -> Iterator[list[Item]]:
-    """Batches of decoded items from JSON lines, or from one JSON document
-    (a pretty-printed Event, an EventList, an array) when the input starts
-    with a value that spans lines."""
-    head = stream.read(SNIFF_BYTES)
-    if not head:
-        return
-    if _starts_multiline_document(head):
-        body = head + stream.read()
-        items = list(decoder.decode_document(body))
-        for i in range(0, len(items), batch_lines):
-            yield items[i : i + batch_lines]
-        return
-    batch: list[Item] = []
-    decode = decoder.decode_line
-    lineno = 0
-    for line in _lines(head, stream):
-        lineno += 1
-        if not line.strip():
-            continue
-        try:
-            batch.append(decode(line))
-        except InvalidEvent as e:
-            e.line = lineno
-            batch.append(e)
-        if len(batch) >= batch_lines:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _lines(head: bytes, stream: IO[bytes]) -> Iterator[bytes]:
-    nl = head.rfind(b"\n")
-    if nl < 0:
-        rest = stream.readline()
-        yield head + rest
-        yield from stream
-        return
-    yield from head[: nl + 1].splitlines(keepends=True)
-    tail = head[nl + 1 :]
-    if tail:
-        yield tail + stream.readline()
-    yield from stream
-
-
-def _starts_multiline_document(head: bytes) -> bool:
-    text = head.lstrip()
-    if not text or text[:1] not in (b"{", b"["):
-        return False
-    first = text.split(b"\n", 1)[0]
-    try:
-        orjson.loads(first)
-    except orjson.JSONDecodeError:
-        return True  # the first line is not a value by itself
-    return False
-
-
-# --- the report ---------------------------------------------------------------
 
 
 def _iso(ts: float) -> str:

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import main
+from exporter.event import Decoder
+from exporter.sources.replay import Progress, read_batches
+from tests.conftest import CORPORA
+
+PERFSPEC = CORPORA / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log"
+
+
+def replay_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    status = main(["replay", "--output", "json", *args])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_gzip_gives_the_same_report_as_plain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gz = tmp_path / "audit-2023-01-27T18-32-12.000.log.gz"
+    gz.write_bytes(gzip.compress(PERFSPEC.read_bytes()))
+    _, plain = replay_json(capsys, str(PERFSPEC))
+    _, packed = replay_json(capsys, str(gz))
+    assert plain == packed
+    assert plain["events"] == 16_563
+
+
+def test_stdin_and_text_output() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "replay", "-"],
+        input=(CORPORA / "audit2rbac-demo" / "demo.log").read_bytes(),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    assert out.startswith("757 events")
+    for section in ("Top users", "Auth failures by user", "Sensitive operations", "Slowest"):
+        assert section in out
+    assert "impersonation" in out
+
+
+def test_truncated_gzip_keeps_what_was_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = gzip.compress(PERFSPEC.read_bytes())
+    gz = tmp_path / "cut.log.gz"
+    gz.write_bytes(data[: len(data) // 2])
+    status, report = replay_json(capsys, str(gz))
+    assert status == 2
+    assert 0 < report["events"] < 16_563
+
+
+def test_missing_file_is_reported_and_others_still_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, report = replay_json(capsys, str(tmp_path / "nope.log"), str(PERFSPEC))
+    assert status == 2
+    assert report["events"] == 16_563
+
+
+def test_pretty_printed_document_is_read_whole() -> None:
+    path = CORPORA / "small-samples" / "afcollins-kube-audit-log-tool" / "single-event.json"
+    with open(path, "rb") as fh:
+        batches = list(read_batches(fh, Decoder()))
+    assert [len(b) for b in batches] == [1]
+    assert batches[0][0].audit_id == "532b1164-8b26-4b49-95f2-907424a80cac"  # type: ignore[union-attr]
+
+
+def test_lines_mode_batches_and_numbers_lines() -> None:
+    body = PERFSPEC.read_bytes()[:200_000]
+    body = body[: body.rfind(b"\n") + 1] + b"not json\n"
+    batches = list(read_batches(io.BytesIO(body), Decoder(), batch_lines=100))
+    items = [x for b in batches for x in b]
+    assert all(len(b) <= 100 for b in batches)
+    last = items[-1]
+    assert getattr(last, "reason", None) == "invalid_json"
+    assert getattr(last, "line", None) == body.count(b"\n")
+
+
+def test_progress_only_on_a_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    quiet = io.StringIO()
+    Progress(100, quiet).update(50, 10, force=True)
+    assert quiet.getvalue() == ""
+    tty = Tty()
+    p = Progress(100, tty)
+    p.update(50, 10, force=True)
+    assert "50.0%" in tty.getvalue() and "10 events" in tty.getvalue()
