@@ -1,0 +1,352 @@
+"""The Loki output: a pipeline Sink in front of a disk spool and a sender thread.
+
+``submit`` (the pipeline's thread) redacts, builds the entries and appends
+them to the spool; it returns False, taking nothing, when the spool is full,
+so the webhook answers 503 and the log tailer keeps its checkpoint. The
+sender thread reads the spool in order, cuts batches at ``batch_bytes`` or
+after ``batch_wait``, pushes them and acknowledges each batch in the spool
+only once Loki has answered for it:
+
+- 2xx: sent.
+- 400 (and other final 4xx): Loki kept the valid entries; the refused ones
+  are counted by reason and logged, never retried.
+- 413: the batch is split in halves and each half pushed; a single entry
+  that is still too large is counted (reason ``too_large``) and logged.
+- 408, 425, 429, 5xx, timeouts, connection errors: the same batch again after
+  a jittered exponential backoff (``backoff_min`` doubling up to
+  ``backoff_max``, at least any Retry-After), without limit unless
+  ``max_retries`` says otherwise.
+- 401, 403, 404, 405: the configuration is wrong. The sender stops, says so
+  at error level, shows ``loki_sender_up 0``, and resumes only when a
+  credential file changes; the spool keeps filling meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import requests
+from prometheus_client.core import Metric
+
+from ..event import AuditEvent
+from ..logs import RateLimitedLog
+from ..metrics import AuditMetrics
+from ..redact import Redactor
+from . import client as c
+from .encode import encode
+from .entry import Entry, EntryBuilder, MetadataHook, decode_record, encode_record
+from .metrics import LokiMetrics
+from .settings import LokiSettings, safe_url
+from .spool import Record, Spool
+
+log = logging.getLogger(__name__)
+
+# How often a stopped sender looks for changed credential files.
+CREDENTIALS_POLL = 1.0
+
+
+class LokiSink:
+    """Implements :class:`exporter.pipeline.Sink` for Loki."""
+
+    def __init__(
+        self,
+        settings: LokiSettings,
+        metrics: AuditMetrics | None = None,
+        *,
+        metadata_hook: MetadataHook | None = None,
+        redact: bool | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        session: requests.Session | None = None,
+        start: bool = True,
+    ) -> None:
+        """``redact`` defaults to ``settings.redact``; pass False when a
+        :class:`~exporter.redact.Redactor` already runs as a pipeline
+        processor (running it twice is harmless, only slower).
+        ``metadata_hook`` adds structured metadata per event (the detection
+        stage's ``rules`` and ``severity``)."""
+        problems = settings.problems()
+        if problems:
+            raise c.LokiSetupError("; ".join(problems))
+        self.settings = settings
+        self.clock = clock
+        self.rng = rng
+        self.builder = EntryBuilder(settings, metadata_hook)
+        do_redact = settings.redact if redact is None else redact
+        self.redactor = Redactor(settings.redact_paths) if do_redact else None
+        self.client = c.LokiClient(settings, session)
+        self.spool = Spool(
+            settings.spool_dir,
+            max_bytes=settings.spool_max_bytes,
+            segment_bytes=settings.segment_bytes,
+            fsync=settings.fsync,
+            fsync_interval=settings.fsync_interval,
+            clock=clock,
+        )
+        self.stats = LokiMetrics()
+        if metrics is not None:
+            metrics.add_state(self.collect)
+        self._warn = RateLimitedLog(log, burst=5, interval=60.0)
+        self._closing = False
+        self._stop = threading.Event()
+        self.stopped_reason: str | None = None
+        self._thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
+        backlog = self.spool.stats()
+        log.info(
+            "loki output enabled",
+            extra={
+                "url": safe_url(settings.push_url),
+                "tenant": settings.tenant or "-",
+                "format": settings.format,
+                "spool_dir": settings.spool_dir,
+                "spool_entries": backlog.entries,
+                "redaction": "on" if do_redact else "upstream" if settings.redact else "off",
+            },
+        )
+        if start:
+            self._thread.start()
+
+    # --- the pipeline side ---------------------------------------------------
+
+    def build(self, events: Sequence[AuditEvent]) -> list[Entry]:
+        """The Loki entries for ``events`` (redacted first when configured)."""
+        if self.redactor is not None:
+            redact = self.redactor.redact
+            for ev in events:
+                redact(ev)
+        build = self.builder.build
+        return [build(ev) for ev in events]
+
+    def submit(self, events: Sequence[AuditEvent]) -> bool:
+        if not events:
+            return True
+        payloads = [encode_record(e) for e in self.build(events)]
+        if self.spool.append(payloads):
+            return True
+        self.stats.full()
+        self._warn.warning(
+            "spool full: refusing events until Loki catches up",
+            events=len(events),
+            spool_bytes=self.spool.stats().disk_bytes,
+            spool_max_bytes=self.settings.spool_max_bytes,
+        )
+        return False
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Block until the spool is at most half full (for replay, which can
+        wait instead of failing); False on timeout."""
+        deadline = time.monotonic() + timeout
+        half = self.settings.spool_max_bytes // 2
+        with self.spool.changed:
+            while not self.spool.has_room(half):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return False
+                self.spool.changed.wait(min(left, 1.0))
+        return True
+
+    def wake(self) -> None:
+        """Make the sender look at the clock and the spool again now."""
+        with self.spool.changed:
+            self.spool.changed.notify_all()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Send what is spooled, for at most ``timeout`` seconds, then stop.
+        True when everything was acknowledged; the rest stays in the spool
+        for the next start."""
+        self._closing = True
+        self.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._stop.set()
+        self.wake()
+        if self._thread.is_alive():
+            # A push in flight ends within the HTTP timeouts.
+            self._thread.join(self.settings.connect_timeout + self.settings.timeout)
+        drained = self.spool.empty()
+        self.spool.close()
+        left = self.spool.stats()
+        if not drained:
+            log.warning(
+                "loki output stopped with entries left in the spool; the next start sends them",
+                extra={"spool_entries": left.entries, "spool_bytes": left.bytes},
+            )
+        return drained
+
+    def collect(self) -> list[Metric]:
+        self.stats.entries_shrunk = float(self.builder.shrunk)
+        return list(self.stats.collect(self.spool.stats(), self.clock))
+
+    # --- the sender thread ----------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("loki sender failed; entries stay in the spool")
+            with self.stats.lock:
+                self.stats.sender_up = 0.0
+
+    def _loop(self) -> None:
+        spool = self.spool
+        batch_bytes = self.settings.batch_bytes
+        batch_wait = self.settings.batch_wait
+        cursor = spool.head()
+        pending: list[Record] = []
+        pending_bytes = 0
+        while not self._stop.is_set():
+            spool.sync_if_due()
+            if pending_bytes < batch_bytes:
+                records, cursor = spool.read(cursor, batch_bytes - pending_bytes)
+                pending.extend(records)
+                pending_bytes += sum(len(r.payload) for r in records)
+            if pending and (
+                pending_bytes >= batch_bytes
+                or self._closing
+                or self.clock() - pending[0].append_ts >= batch_wait
+            ):
+                batch, pending, pending_bytes = pending, [], 0
+                if not self._deliver(batch):
+                    return
+                continue
+            with spool.changed:
+                if self._stop.is_set() or (spool.available(cursor) and pending_bytes < batch_bytes):
+                    continue
+                if not pending:
+                    if self._closing:
+                        return  # drained
+                    timeout = self.settings.fsync_interval
+                else:
+                    timeout = max(0.0, batch_wait - (self.clock() - pending[0].append_ts))
+                spool.changed.wait(min(timeout, batch_wait, 1.0) or 0.001)
+
+    def _deliver(self, batch: list[Record]) -> bool:
+        """Push ``batch`` until Loki has answered for every entry; then ack.
+        False when stopped first (the batch stays in the spool)."""
+        entries: list[Entry] = []
+        for r in batch:
+            try:
+                entries.append(decode_record(r.payload))
+            except ValueError:
+                self.stats.rejected({"other": 1})
+                log.error("spool record could not be decoded; skipped")
+        work: list[list[Entry]] = [entries] if entries else []
+        attempt = 0
+        fmt = self.settings.format
+        while work:
+            part = work[0]
+            body = encode(part, fmt)
+            start = time.monotonic()
+            result = self.client.push(body, len(part))
+            self.stats.request(result.code, time.monotonic() - start, result.reason)
+            outcome = result.outcome
+            if outcome == c.OK:
+                self.stats.sent(len(part))
+                if self.stopped_reason is not None:
+                    self._resumed()
+                work.pop(0)
+                attempt = 0
+            elif outcome == c.REJECTED:
+                refused = sum(result.rejected.values())
+                self.stats.rejected(result.rejected)
+                self.stats.sent(len(part) - refused)
+                self._warn.warning(
+                    "loki refused entries; not retrying them",
+                    status=result.code,
+                    refused=refused,
+                    entries=len(part),
+                    reasons=",".join(f"{k}={v}" for k, v in sorted(result.rejected.items())),
+                    detail=result.detail,
+                )
+                work.pop(0)
+                attempt = 0
+            elif outcome == c.TOO_LARGE:
+                if len(part) == 1:
+                    self.stats.rejected({"too_large": 1})
+                    log.error(
+                        "loki refused a single entry as too large; dropped",
+                        extra={"bytes": len(part[0].line), "detail": result.detail},
+                    )
+                    work.pop(0)
+                else:
+                    half = len(part) // 2
+                    work[0:1] = [part[:half], part[half:]]
+                    log.info(
+                        "loki answered 413; splitting the batch",
+                        extra={"entries": len(part), "bytes": body.raw_size},
+                    )
+            elif outcome == c.STOP:
+                self._stopped(result)
+                if not self._wait_for_credentials():
+                    return False
+            else:
+                attempt += 1
+                limit = self.settings.max_retries
+                if limit and attempt > limit:
+                    self.stats.rejected({"retries_exhausted": len(part)})
+                    log.error(
+                        "giving up on a batch after max_retries",
+                        extra={"entries": len(part), "retries": limit, "last": result.reason},
+                    )
+                    work.pop(0)
+                    attempt = 0
+                    continue
+                self.stats.retry()
+                delay = self._backoff(attempt, result.retry_after)
+                self._warn.warning(
+                    "loki push failed; retrying",
+                    reason=result.reason,
+                    status=result.code,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    detail=result.detail[:200],
+                )
+                if self._stop.wait(delay):
+                    return False
+        self.spool.ack(batch[-1].end, len(batch))
+        return True
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        s = self.settings
+        base: float = min(s.backoff_max, s.backoff_min * 2.0 ** min(attempt - 1, 40))
+        delay: float = base / 2 + self.rng() * base / 2
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, s.backoff_max))
+        return delay
+
+    def _stopped(self, result: c.PushResult) -> None:
+        if self.stopped_reason is None:
+            log.error(
+                "LOKI REFUSED THE EXPORTER: pushing stopped until the credentials or the "
+                "configuration are fixed; events are kept in the spool meanwhile",
+                extra={
+                    "status": result.code,
+                    "reason": result.reason,
+                    "url": safe_url(self.settings.push_url),
+                    "detail": result.detail[:200],
+                },
+            )
+        self.stopped_reason = result.reason
+        with self.stats.lock:
+            self.stats.sender_up = 0.0
+
+    def _resumed(self) -> None:
+        log.info("loki accepts pushes again", extra={"was": self.stopped_reason})
+        self.stopped_reason = None
+        with self.stats.lock:
+            self.stats.sender_up = 1.0
+
+    def _wait_for_credentials(self) -> bool:
+        """Wait until a credential file changes (True) or the sink stops."""
+        before = self.client.credentials_signature()
+        while not self._stop.wait(CREDENTIALS_POLL):
+            if self._closing:
+                return False
+            if self.client.credentials_signature() != before:
+                log.info("credential file changed; trying Loki again")
+                return True
+        return False

@@ -1,0 +1,578 @@
+"""A durable, bounded, append-only disk queue for Loki entries.
+
+Layout of the spool directory::
+
+    0000000000000001.seg   segment files, records appended in order
+    0000000000000002.seg
+    ack                    position up to which Loki acknowledged everything
+
+A record is ``magic(2) | length(4) | crc32(4) | body`` with
+``body = append time in ms (8) | payload``; the CRC covers the length and the
+body, so a torn write, a zeroed block or a bit flip is detected. After a bad
+record the reader looks for the next magic that starts a valid record, so one
+damaged record costs only itself (counted in ``corrupt_records``). A torn
+tail of the last segment (power loss mid-append) is cut off at start-up so
+appends continue on a clean end.
+
+Entries leave the spool only through :meth:`Spool.ack`, after Loki answered
+for their batch: the ack position is written to ``ack`` (write, fsync,
+rename) before whole segments behind it are deleted. Everything after it is
+read again on the next start, so delivery is at least once.
+
+Thread safety: one writer (the pipeline, under its lock), one reader (the
+sender thread), and scrapes reading :meth:`stats`, all through one lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"\xa7\x5d"
+_HEADER = struct.Struct("<2sII")  # magic, body length, crc32(length bytes + body)
+_STAMP = struct.Struct("<Q")  # append time, milliseconds since the epoch
+_ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
+HEADER_SIZE = _HEADER.size + _STAMP.size
+MAX_RECORD = 64 << 20
+_SEGMENT_NAME = re.compile(r"^(\d{16})\.seg$")
+_READ_CHUNK = 1 << 20
+
+Position = tuple[int, int]  # (segment id, byte offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    payload: bytes
+    append_ts: float
+    # The position just after this record: acknowledging it acknowledges
+    # this record and all before it.
+    end: Position
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    bytes: int  # unacknowledged record bytes on disk
+    disk_bytes: int  # segment files, acknowledged head included
+    entries: int
+    oldest_append_ts: float | None
+    corrupt_records: int
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Good:
+    start: int
+    end: int
+    ts: float
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Bad:
+    start: int
+    end: int
+    torn: bool  # runs to the end of the data: an interrupted write
+
+
+def _record_ok(data: bytes | memoryview, pos: int) -> int:
+    """The end of a valid record at ``pos``, or -1."""
+    if len(data) - pos < HEADER_SIZE:
+        return -1
+    magic: bytes
+    length: int
+    crc: int
+    magic, length, crc = _HEADER.unpack_from(data, pos)
+    if magic != MAGIC or length < _STAMP.size or length > MAX_RECORD:
+        return -1
+    end = pos + _HEADER.size + length
+    if end > len(data):
+        return -1
+    check = zlib.crc32(bytes(data[pos + 2 : pos + 6]))
+    if zlib.crc32(data[pos + _HEADER.size : end], check) != crc:
+        return -1
+    return end
+
+
+def _parse(data: bytes, start: int) -> Iterator[_Good | _Bad]:
+    pos = start
+    n = len(data)
+    while pos < n:
+        end = _record_ok(data, pos)
+        if end >= 0:
+            (ms,) = _STAMP.unpack_from(data, pos + _HEADER.size)
+            yield _Good(pos, end, ms / 1000.0, data[pos + HEADER_SIZE : end])
+            pos = end
+            continue
+        # Resynchronise on the next magic that starts a valid record.
+        nxt = data.find(MAGIC, pos + 1)
+        while nxt >= 0 and _record_ok(data, nxt) < 0:
+            nxt = data.find(MAGIC, nxt + 1)
+        if nxt < 0:
+            yield _Bad(pos, n, True)
+            return
+        yield _Bad(pos, nxt, False)
+        pos = nxt
+
+
+def encode(payload: bytes, append_ts: float) -> bytes:
+    body = _STAMP.pack(int(append_ts * 1000)) + payload
+    length = struct.pack("<I", len(body))
+    crc = zlib.crc32(body, zlib.crc32(length))
+    return MAGIC + length + struct.pack("<I", crc) + body
+
+
+class Spool:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        max_bytes: int = 1 << 30,
+        segment_bytes: int = 64 << 20,
+        fsync: str = "always",
+        fsync_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self.clock = clock
+        self._lock = threading.RLock()
+        # Notified on every append and ack; the sender waits on it.
+        self.changed = threading.Condition(self._lock)
+        self._sizes: dict[int, int] = {}  # segment id -> committed size, in id order
+        self._ack: Position = (0, 0)
+        self._entries = 0
+        self._corrupt = 0
+        self._known_bad: dict[Position, int] = {}  # start -> end of damage already counted
+        self._oldest: float | None = None
+        self._active = 0
+        self._fd: int | None = None
+        self._dirty = False
+        self._last_sync = clock()
+        self._closed = False
+        os.makedirs(directory, exist_ok=True)
+        self._recover()
+
+    # --- paths ---------------------------------------------------------------
+
+    def _path(self, seg: int) -> str:
+        return os.path.join(self.directory, f"{seg:016d}.seg")
+
+    def _sync_dir(self) -> None:
+        if self.fsync == "never":
+            return
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # --- start-up -----------------------------------------------------------
+
+    def _read_ack(self) -> Position | None:
+        try:
+            with open(os.path.join(self.directory, "ack"), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        if len(data) != _ACK.size:
+            log.warning(
+                "spool ack file is damaged; resending everything", extra={"dir": self.directory}
+            )
+            return None
+        seg, off, crc = _ACK.unpack(data)
+        if zlib.crc32(data[:16]) != crc:
+            log.warning(
+                "spool ack file is damaged; resending everything", extra={"dir": self.directory}
+            )
+            return None
+        return seg, off
+
+    def _recover(self) -> None:
+        segs = sorted(
+            int(m.group(1))
+            for name in os.listdir(self.directory)
+            if (m := _SEGMENT_NAME.match(name)) is not None
+        )
+        ack = self._read_ack()
+        if ack is not None:
+            for seg in [s for s in segs if s < ack[0]]:
+                os.unlink(self._path(seg))
+            segs = [s for s in segs if s >= ack[0]]
+        for i, seg in enumerate(segs):
+            with open(self._path(seg), "rb") as f:
+                data = f.read()
+            start = 0
+            if ack is not None and seg == ack[0]:
+                start = ack[1] if ack[1] <= len(data) else 0
+            size = len(data)
+            last = i == len(segs) - 1
+            for item in _parse(data, start):
+                if type(item) is _Good:
+                    self._entries += 1
+                    if self._oldest is None:
+                        self._oldest = item.ts
+                    continue
+                assert type(item) is _Bad
+                self._corrupt += 1
+                if item.torn and last:
+                    size = item.start
+                    log.warning(
+                        "spool: cut a torn record off the end of the last segment",
+                        extra={
+                            "segment": seg,
+                            "offset": item.start,
+                            "bytes": item.end - item.start,
+                        },
+                    )
+                else:
+                    self._known_bad[(seg, item.start)] = item.end
+                    log.warning(
+                        "spool: skipping a damaged region",
+                        extra={
+                            "segment": seg,
+                            "offset": item.start,
+                            "bytes": item.end - item.start,
+                        },
+                    )
+            if size != len(data):
+                with open(self._path(seg), "r+b") as f:
+                    f.truncate(size)
+                    os.fsync(f.fileno())
+            self._sizes[seg] = size
+        if segs:
+            first = segs[0]
+            self._ack = (first, ack[1] if ack is not None and ack[0] == first else 0)
+            if self._ack[1] > self._sizes[first]:
+                self._ack = (first, 0)
+            self._active = segs[-1]
+        else:
+            self._active = ack[0] if ack is not None else 0
+            self._ack = (self._active, 0)
+        if self._entries or self._corrupt:
+            log.info(
+                "spool recovered",
+                extra={
+                    "dir": self.directory,
+                    "entries": self._entries,
+                    "segments": len(segs),
+                    "corrupt_records": self._corrupt,
+                },
+            )
+
+    # --- writing --------------------------------------------------------------
+
+    def _open_active(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        if self._active not in self._sizes or self._sizes[self._active] >= self.segment_bytes:
+            if self._active in self._sizes:
+                self._active += 1
+            self._fd = os.open(
+                self._path(self._active), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+            )
+            self._sizes[self._active] = os.fstat(self._fd).st_size
+            self._sync_dir()
+        else:
+            self._fd = os.open(self._path(self._active), os.O_WRONLY | os.O_APPEND)
+        return self._fd
+
+    def _close_active(self) -> None:
+        if self._fd is not None:
+            if self._dirty and self.fsync != "never":
+                os.fdatasync(self._fd)
+            self._dirty = False
+            os.close(self._fd)
+            self._fd = None
+
+    def append(self, payloads: Sequence[bytes]) -> bool:
+        """Store all of ``payloads`` durably (per the fsync policy) and return
+        True, or store none and return False when they do not fit."""
+        if not payloads:
+            return True
+        now = self.clock()
+        records = [encode(p, now) for p in payloads]
+        total = sum(len(r) for r in records)
+        with self._lock:
+            if self._closed:
+                return False
+            if sum(self._sizes.values()) + total > self.max_bytes:
+                return False
+            try:
+                self._write(records)
+            except OSError as e:
+                log.error("spool write failed", extra={"dir": self.directory, "error": str(e)})
+                return False
+            self._entries += len(records)
+            if self._oldest is None:
+                self._oldest = now
+            self.changed.notify_all()
+        return True
+
+    def _write(self, records: list[bytes]) -> None:
+        i = 0
+        while i < len(records):
+            fd = self._open_active()
+            seg = self._active
+            size = self._sizes[seg]
+            # Fill this segment up to its size (at least one record per segment).
+            j = i
+            chunk = 0
+            while j < len(records) and (
+                j == i or size + chunk + len(records[j]) <= self.segment_bytes
+            ):
+                chunk += len(records[j])
+                j += 1
+            data = b"".join(records[i:j])
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                if self.fsync == "always":
+                    os.fdatasync(fd)
+                else:
+                    self._dirty = True
+            except OSError:
+                # Leave no partial record behind: the next start would count it.
+                os.ftruncate(fd, size)
+                raise
+            self._sizes[seg] = size + len(data)
+            if self._sizes[seg] >= self.segment_bytes:
+                self._close_active()
+            i = j
+        if self.fsync == "interval":
+            self.sync_if_due()
+
+    def sync_if_due(self) -> None:
+        """For the ``interval`` policy: fsync when the interval has passed."""
+        with self._lock:
+            if not self._dirty or self._fd is None:
+                return
+            now = self.clock()
+            if self.fsync == "interval" and now - self._last_sync >= self.fsync_interval:
+                os.fdatasync(self._fd)
+                self._dirty = False
+                self._last_sync = now
+
+    # --- reading -------------------------------------------------------------------
+
+    def head(self) -> Position:
+        """The first unacknowledged position."""
+        with self._lock:
+            return self._ack
+
+    def available(self, pos: Position) -> bool:
+        """Whether anything was written after ``pos``."""
+        with self._lock:
+            seg, off = pos
+            if off < self._sizes.get(seg, 0):
+                return True
+            return any(size > 0 for s, size in self._sizes.items() if s > seg)
+
+    def _next_segment(self, seg: int) -> int | None:
+        later = [s for s in self._sizes if s > seg]
+        return min(later) if later else None
+
+    def read(self, pos: Position, max_bytes: int) -> tuple[list[Record], Position]:
+        """Records from ``pos`` on, about ``max_bytes`` of payload (at least
+        one record when there is one), and the position after them."""
+        out: list[Record] = []
+        budget = max_bytes
+        while budget > 0:
+            with self._lock:
+                seg, off = pos
+                if seg not in self._sizes:
+                    nxt = self._next_segment(seg)
+                    if nxt is None:
+                        return out, pos
+                    pos = (nxt, 0)
+                    continue
+                size = self._sizes[seg]
+                if off >= size:
+                    nxt = self._next_segment(seg)
+                    if nxt is None:
+                        return out, pos
+                    pos = (nxt, 0)
+                    continue
+                path = self._path(seg)
+                known = dict(self._known_bad)
+            want = min(size - off, max(budget + HEADER_SIZE * 64, _READ_CHUNK))
+            data = self._pread(path, off, want)
+            got, consumed = self._records(seg, off, data, size, out, budget, known)
+            if consumed == 0 and not got:
+                # A single record larger than the chunk: read exactly it.
+                if len(data) >= _HEADER.size:
+                    _, length, _ = _HEADER.unpack_from(data, 0)
+                    need = _HEADER.size + length
+                    if length <= MAX_RECORD and off + need <= size:
+                        data = self._pread(path, off, need)
+                        got, consumed = self._records(seg, off, data, size, out, budget, known)
+                if consumed == 0:
+                    # Damage up to the end of what was written: skip it all.
+                    self._count_bad(seg, off, size, known)
+                    consumed = size - off
+            pos = (seg, off + consumed)
+            budget -= got
+            if got == 0 and consumed == 0:
+                break
+        return out, pos
+
+    def _pread(self, path: str, off: int, n: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.pread(fd, n, off)
+        finally:
+            os.close(fd)
+
+    def _records(
+        self,
+        seg: int,
+        base: int,
+        data: bytes,
+        size: int,
+        out: list[Record],
+        budget: int,
+        known: dict[Position, int],
+    ) -> tuple[int, int]:
+        """Append whole records from ``data`` (at ``base``) to ``out``; return
+        (payload bytes taken, bytes consumed)."""
+        got = 0
+        pos = 0
+        n = len(data)
+        while pos < n and got < budget:
+            end = _record_ok(data, pos)
+            if end >= 0:
+                (ms,) = _STAMP.unpack_from(data, pos + _HEADER.size)
+                payload = data[pos + HEADER_SIZE : end]
+                out.append(Record(payload, ms / 1000.0, (seg, base + end)))
+                got += len(payload)
+                pos = end
+                continue
+            # Incomplete at the end of this chunk (but not of the file): stop here.
+            if base + n < size and n - pos >= _HEADER.size:
+                magic, length, _ = _HEADER.unpack_from(data, pos)
+                if magic == MAGIC and pos + _HEADER.size + length > n and length <= MAX_RECORD:
+                    break
+            if base + n < size and n - pos < _HEADER.size:
+                break
+            bad_end = known.get((seg, base + pos))
+            if bad_end is None:
+                nxt = data.find(MAGIC, pos + 1)
+                while nxt >= 0 and _record_ok(data, nxt) < 0:
+                    nxt = data.find(MAGIC, nxt + 1)
+                if nxt < 0:
+                    if base + n < size:
+                        break  # maybe the next chunk holds the resync point
+                    nxt = n
+                self._count_bad(seg, base + pos, base + nxt, known)
+                bad_end = base + nxt
+            pos = bad_end - base
+        return got, pos
+
+    def _count_bad(self, seg: int, start: int, end: int, known: dict[Position, int]) -> None:
+        if (seg, start) in known:
+            return
+        with self._lock:
+            self._known_bad[(seg, start)] = end
+            self._corrupt += 1
+        known[(seg, start)] = end
+        log.warning(
+            "spool: skipping a damaged record",
+            extra={"segment": seg, "offset": start, "bytes": end - start},
+        )
+
+    # --- acknowledging -------------------------------------------------------
+
+    def ack(self, pos: Position, count: int) -> None:
+        """Loki has everything before ``pos`` (``count`` records since the last ack)."""
+        with self._lock:
+            self._entries = max(0, self._entries - count)
+            seg, off = pos
+            if self._next_segment(seg) is None and off >= self._sizes.get(seg, 0):
+                # Nothing is left (records found damaged while reading were
+                # never handed out, so the count may still hold them).
+                self._entries = 0
+            if seg == self._active and off >= self._sizes.get(seg, 0) and off > 0:
+                # Everything is acknowledged: start the next append on a new
+                # segment so this one can go.
+                self._close_active()
+                self._active += 1
+                pos = (self._active, 0)
+            self._ack = pos
+            self._write_ack(pos)
+            for s in [s for s in self._sizes if s < pos[0]]:
+                del self._sizes[s]
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path(s))
+            self._known_bad = {k: v for k, v in self._known_bad.items() if k[0] >= pos[0]}
+            self._oldest = self._peek_ts(pos) if self._entries else None
+            self.changed.notify_all()
+
+    def _write_ack(self, pos: Position) -> None:
+        data = _ACK.pack(pos[0], pos[1], 0)
+        data = data[:16] + struct.pack("<I", zlib.crc32(data[:16]))
+        path = os.path.join(self.directory, "ack")
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if self.fsync != "never":
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._sync_dir()
+
+    def _peek_ts(self, pos: Position) -> float | None:
+        seg, off = pos
+        while True:
+            if seg not in self._sizes or off >= self._sizes[seg]:
+                nxt = self._next_segment(seg)
+                if nxt is None:
+                    return None
+                seg, off = nxt, 0
+                continue
+            data = self._pread(self._path(seg), off, HEADER_SIZE)
+            if len(data) == HEADER_SIZE and data[:2] == MAGIC:
+                (ms,) = _STAMP.unpack_from(data, _HEADER.size)
+                return float(ms) / 1000.0
+            return None
+
+    # --- state ------------------------------------------------------------------
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            disk = sum(self._sizes.values())
+            head = self._ack[1] if self._ack[0] in self._sizes else 0
+            return SpoolStats(
+                bytes=disk - head,
+                disk_bytes=disk,
+                entries=self._entries,
+                oldest_append_ts=self._oldest,
+                corrupt_records=self._corrupt,
+                max_bytes=self.max_bytes,
+            )
+
+    def has_room(self, nbytes: int) -> bool:
+        with self._lock:
+            return sum(self._sizes.values()) + nbytes <= self.max_bytes
+
+    def empty(self) -> bool:
+        with self._lock:
+            return self._entries == 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_active()
+            self._closed = True
+            self.changed.notify_all()
