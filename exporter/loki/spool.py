@@ -411,6 +411,8 @@ class Spool:
             want = min(size - off, max(budget + HEADER_SIZE * 64, _READ_CHUNK))
             data = self._pread(path, off, want)
             got, consumed = self._records(seg, off, data, size, out, budget, known)
+            if consumed == 0 and not got and out:
+                break  # the next record does not fit this read
             if consumed == 0 and not got:
                 # A single record larger than the chunk: read exactly it.
                 if len(data) >= _HEADER.size:

@@ -1,0 +1,208 @@
+"""The disk spool: order, acknowledgement, bounds, crash and damage recovery."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from exporter.loki import spool as spool_mod
+from exporter.loki.spool import Spool
+
+
+def payloads(n: int, size: int = 100, start: int = 0) -> list[bytes]:
+    return [f"{i:08d}".encode().ljust(size, b".") for i in range(start, start + n)]
+
+
+def drain(s: Spool, batch: int = 1 << 20) -> list[bytes]:
+    """Read and acknowledge everything."""
+    out: list[bytes] = []
+    pos = s.head()
+    while True:
+        records, pos = s.read(pos, batch)
+        if not records:
+            return out
+        out += [r.payload for r in records]
+        s.ack(records[-1].end, len(records))
+
+
+def segments(d: Path) -> list[Path]:
+    return sorted(d.glob("*.seg"))
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_records_come_back_in_order_across_segments(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=4096)
+    for i in range(10):
+        assert s.append(payloads(20, start=i * 20))
+    assert len(segments(tmp_path)) > 5
+    assert s.stats().entries == 200
+    assert drain(s, 3000) == payloads(200)
+    st = s.stats()
+    assert (st.entries, st.bytes, st.oldest_append_ts) == (0, 0, None)
+    # Acknowledged segments are gone.
+    assert sum(p.stat().st_size for p in segments(tmp_path)) == 0
+
+
+def test_unacknowledged_records_survive_a_restart(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=4096)
+    s.append(payloads(100))
+    records, _ = s.read(s.head(), 2500)
+    s.ack(records[-1].end, len(records))
+    done = len(records)
+    # No close(): the process dies here.
+    s2 = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=4096)
+    assert s2.stats().entries == 100 - done
+    assert drain(s2) == payloads(100)[done:]
+
+
+def test_full_spool_refuses_whole_batches_and_takes_them_after_acks(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), max_bytes=10_000, segment_bytes=2048)
+    taken = 0
+    while s.append(payloads(10, start=taken)):
+        taken += 10
+    before = s.stats()
+    assert before.disk_bytes <= 10_000
+    assert not s.append(payloads(10))
+    assert s.stats().entries == before.entries == taken
+    assert drain(s) == payloads(taken)
+    assert s.append(payloads(10))
+
+
+def test_oldest_entry_age_follows_acknowledgements(tmp_path: Path) -> None:
+    clock = Clock()
+    s = Spool(str(tmp_path), clock=clock, segment_bytes=1 << 16)
+    s.append(payloads(1))
+    clock.t += 10
+    s.append(payloads(1, start=1))
+    assert s.stats().oldest_append_ts == pytest.approx(clock.t - 10)
+    records, _ = s.read(s.head(), 1)
+    assert len(records) == 1
+    s.ack(records[0].end, 1)
+    assert s.stats().oldest_append_ts == pytest.approx(clock.t)
+
+
+def test_torn_tail_is_cut_counted_and_good_records_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    s.append(payloads(50))
+    s.close()
+    seg = segments(tmp_path)[-1]
+    good_size = seg.stat().st_size
+    # Power loss in the middle of the next append: half a record on disk.
+    torn = spool_mod.encode(b"z" * 500, 0.0)[:260]
+    with open(seg, "ab") as f:
+        f.write(torn)
+    caplog.set_level(logging.WARNING)
+    s2 = Spool(str(tmp_path), segment_bytes=1 << 20)
+    st = s2.stats()
+    assert st.entries == 50
+    assert st.corrupt_records == 1
+    assert seg.stat().st_size == good_size
+    assert "torn" in caplog.text
+    # Appends continue on a clean end.
+    s2.append(payloads(5, start=50))
+    assert drain(s2) == payloads(55)
+
+
+def test_damaged_record_in_the_middle_costs_only_itself(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    s.append(payloads(30))
+    s.close()
+    seg = segments(tmp_path)[-1]
+    data = bytearray(seg.read_bytes())
+    record = len(spool_mod.encode(payloads(1)[0], 0.0))
+    data[record * 10 + 40] ^= 0xFF  # a bit flip inside record 10's payload
+    seg.write_bytes(bytes(data))
+    s2 = Spool(str(tmp_path), segment_bytes=1 << 20)
+    assert s2.stats().corrupt_records == 1
+    assert s2.stats().entries == 29
+    expected = payloads(30)
+    del expected[10]
+    assert drain(s2, 500) == expected
+    # Counted once, not again when read.
+    assert s2.stats().corrupt_records == 1
+
+
+def test_damage_found_while_reading_is_skipped_and_counted(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    s.append(payloads(20))
+    seg = segments(tmp_path)[-1]
+    record = len(spool_mod.encode(payloads(1)[0], 0.0))
+    with open(seg, "r+b") as f:
+        f.seek(record * 5 + 30)
+        f.write(b"\x00\x00\x00\x00")
+    got = drain(s)
+    expected = payloads(20)
+    del expected[5]
+    assert got == expected
+    st = s.stats()
+    assert (st.corrupt_records, st.entries) == (1, 0)
+
+
+def test_damaged_ack_file_resends_everything(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    s.append(payloads(10))
+    records, _ = s.read(s.head(), 300)
+    s.ack(records[-1].end, len(records))
+    (tmp_path / "ack").write_bytes(b"garbage")
+    s2 = Spool(str(tmp_path), segment_bytes=1 << 20)
+    assert drain(s2) == payloads(10)
+
+
+def test_fully_acknowledged_segment_is_removed_and_numbering_continues(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    s.append(payloads(3))
+    drain(s)
+    assert [p.stat().st_size for p in segments(tmp_path)] == []
+    s.append(payloads(3, start=3))
+    names = [p.name for p in segments(tmp_path)]
+    assert names == ["0000000000000001.seg"]
+    s2 = Spool(str(tmp_path), segment_bytes=1 << 20)
+    assert drain(s2) == payloads(3, start=3)
+
+
+@pytest.mark.parametrize("policy", ["always", "interval", "never"])
+def test_fsync_policies_store_the_same_data(
+    tmp_path: Path, policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    clock = Clock()
+    s = Spool(str(tmp_path), fsync=policy, fsync_interval=5.0, clock=clock)
+    for i in range(4):
+        s.append(payloads(5, start=i * 5))
+    after_appends = len(synced)
+    clock.t += 6
+    s.sync_if_due()
+    if policy == "always":
+        assert after_appends == 4
+    elif policy == "interval":
+        assert after_appends == 0 and len(synced) == 1
+    else:
+        assert len(synced) == 0
+    s2 = Spool(str(tmp_path))
+    assert drain(s2) == payloads(20)
+
+
+def test_a_record_larger_than_a_read_chunk_is_read_whole(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    big = b"B" * (3 << 20)
+    s.append([b"small", big, b"after"])
+    records, pos = s.read(s.head(), 10)
+    assert [r.payload for r in records] == [b"small"]
+    records, pos = s.read(pos, 10)
+    assert [r.payload for r in records] == [big]
+    records, pos = s.read(pos, 10)
+    assert [r.payload for r in records] == [b"after"]
