@@ -530,6 +530,25 @@ def test_checkpoint_of_a_reused_inode_with_other_content_starts_at_the_beginning
     assert tail.invalid_total() == 0
 
 
+def test_damaged_checkpoint_is_ignored_and_reading_starts_at_the_beginning(
+    tmp_path: Path, lines: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    log = ApiServerLog(tmp_path)
+    log.write(lines[:100])
+    (tmp_path / "checkpoint.json").write_bytes(b'{"version": 1, "offset": "half')
+    with caplog.at_level(logging.WARNING, logger="exporter.sources.logfile"):
+        tail = Tail(tmp_path)
+    assert any("damaged log file checkpoint" in r.getMessage() for r in caplog.records)
+    tail.poll()
+    assert tail.events == 100
+
+
+def test_unreadable_checkpoint_fails_at_start_up(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint.json").mkdir()
+    with pytest.raises(OSError, match=r"logfile\.checkpoint_file: cannot read"):
+        Tail(tmp_path)
+
+
 # --- the pipeline's answers ----------------------------------------------------------------
 
 
@@ -558,6 +577,23 @@ def test_refused_batch_is_retried_and_the_checkpoint_does_not_pass_it(
     refused = [ids for ok, ids in sink.submitted if not ok]
     assert refused == [audit_ids(lines[100:200])] * 2
     assert sink.taken() == audit_ids(lines[:400])
+
+
+def test_refused_batch_at_a_rotation_is_retried_and_the_old_file_finished(
+    tmp_path: Path, lines: list[bytes]
+) -> None:
+    log = ApiServerLog(tmp_path)
+    sink = FlakySink([True, False])
+    tail = Tail(tmp_path, batch_lines=200, sinks=[sink])
+    log.write(lines[:500])
+    assert tail.poll() == 200
+    log.rotate()  # while the second batch waits to be retried
+    log.write(lines[500:1000])
+    assert tail.poll() == 800
+
+    assert tail.events == 1000
+    assert sink.taken() == audit_ids(lines[:1000])
+    assert tail.rotations("rename") == 1
 
 
 def test_invalid_lines_between_good_ones_are_counted_by_reason(

@@ -370,7 +370,6 @@ class LogFileSource:
 
         self._resolved = False
         self._resume_from: Checkpoint | None = None
-        self._resume_loaded = False
         self._file: _File | None = None
         self._pending: _Pending | None = None
         # Key of the newest rotated file known to be read (or older than
@@ -387,6 +386,8 @@ class LogFileSource:
         self._errors = dict.fromkeys(ERROR_OPERATIONS, 0)
         self._errors_lock = threading.Lock()
         self._read_failed = False
+        if start_at == "checkpoint" and checkpoint_file:
+            self._resume_from = self._load_checkpoint(checkpoint_file)
         metrics.add_state(self._collect)
 
     # --- public API -------------------------------------------------------
@@ -704,6 +705,8 @@ class LogFileSource:
         ``live`` if it has been rotated in the meantime."""
         try:
             newer = [r for r in rotated_files(self.path) if r.key > after]
+        except FileNotFoundError:
+            return []  # no directory yet: waited for like the file
         except OSError as e:
             self._io_log.warning("cannot list rotated audit logs", path=self.path, error=str(e))
             return []
@@ -795,23 +798,26 @@ class LogFileSource:
 
     def _resolve(self) -> bool:
         """Find where to start; False to try again on the next poll."""
-        if self.start_at == "checkpoint" and self.checkpoint_file:
-            if not self._resume_loaded:
-                self._resume_from = self._load_checkpoint(self.checkpoint_file)
-                self._resume_loaded = True
-            if self._resume_from is not None:
-                return self._resume(self._resume_from)
+        if self._resume_from is not None:
+            return self._resume(self._resume_from)
         return self._start_fresh(at_end=self.start_at == "end")
 
     def _load_checkpoint(self, filename: str) -> Checkpoint | None:
+        """The checkpoint to resume from. One that cannot be read fails the
+        start-up (starting over would count the whole file again); one that
+        is damaged or for another path is ignored, with a warning."""
         try:
             ck = ckpt.load(filename)
-        except (OSError, CheckpointError) as e:
+        except CheckpointError as e:
             log.warning(
-                "ignoring the log file checkpoint, starting at the beginning",
-                extra={"checkpoint": filename, "error": _describe(e)},
+                "ignoring a damaged log file checkpoint, starting at the beginning",
+                extra={"checkpoint": filename, "error": str(e)},
             )
             return None
+        except OSError as e:
+            raise OSError(
+                e.errno, f"logfile.checkpoint_file: cannot read {filename}: {e.strerror or e}"
+            ) from e
         if ck is None:
             log.info("no log file checkpoint yet, starting at the beginning")
         elif os.path.abspath(ck.path) != self.path:
