@@ -6,6 +6,7 @@ import gzip
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import cramjam
 import pytest
@@ -22,7 +23,13 @@ from exporter.loki.entry import (
 )
 from exporter.loki.settings import LokiSettings
 from tests.loki_corpus import corpus_events
-from tests.loki_receiver import parse_selector, push_pb2  # noqa: F401 - fixture
+from tests.loki_receiver import compile_push_proto, parse_selector
+
+
+@pytest.fixture(scope="session")
+def push_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    return compile_push_proto(tmp_path_factory.mktemp("proto"))
+
 
 TS_CASES = [
     0,
@@ -35,7 +42,7 @@ TS_CASES = [
 ]
 
 
-def decode(pb2: ModuleType, data: bytes) -> object:
+def decode(pb2: ModuleType, data: bytes) -> Any:
     msg = pb2.PushRequest()
     msg.ParseFromString(data)
     return msg
@@ -117,7 +124,7 @@ def test_json_format_is_gzip_with_structured_metadata() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["plain", 'quo"te', "back\\slash", "new\nline", "tab\t", "bell\x07", "ünï", "{x=\"y\"}", ""],
+    ["plain", 'quo"te', "back\\slash", "new\nline", "tab\t", "bell\x07", "ünï", '{x="y"}', ""],
 )
 def test_label_string_is_sorted_and_parses_like_loki(value: str) -> None:
     text = render_labels([("verb", "get"), ("cluster", value), ("service_name", "kube-audit")])
@@ -169,7 +176,10 @@ def test_oversized_event_is_shrunk_and_marked_not_lost() -> None:
     assert "requestObject" not in out and "responseObject" not in out
     assert out["auditID"] == "a1"
     assert out["annotations"]["authorization.k8s.io/decision"] == "allow"
-    assert "dropped requestObject,responseObject" in out["annotations"]["kube-audit-exporter/truncated"]
+    assert (
+        "dropped requestObject,responseObject"
+        in out["annotations"]["kube-audit-exporter/truncated"]
+    )
 
 
 def test_shrink_falls_back_to_the_events_identity() -> None:

@@ -178,7 +178,12 @@ def test_fsync_policies_store_the_same_data(
 ) -> None:
     synced: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
     clock = Clock()
     s = Spool(str(tmp_path), fsync=policy, fsync_interval=5.0, clock=clock)
     for i in range(4):

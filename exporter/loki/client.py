@@ -249,13 +249,14 @@ class LokiClient:
             return PushResult(RETRY, "error", "error", _short(type(e).__name__))
         status = resp.status_code
         code = str(status)
-        text = _short(resp.text, 2000)
+        full = resp.text[: 4 << 20]
+        text = _short(full, 2000)
         resp.close()
         if 200 <= status < 300:
             return PushResult(OK, code)
         if status == 400:
             return PushResult(
-                REJECTED, code, "rejected", text, None, parse_rejections(text, entries)
+                REJECTED, code, "rejected", text, None, parse_rejections(full, entries)
             )
         if status in (401, 403, 404, 405):
             return PushResult(STOP, code, _STOP_REASONS[status], text)

@@ -94,6 +94,8 @@ class LokiSink:
         self._closing = False
         self._stop = threading.Event()
         self.stopped_reason: str | None = None
+        # Entries the sender has read and holds for the next batch.
+        self.pending_entries = 0
         self._thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
         backlog = self.spool.stats()
         log.info(
@@ -204,12 +206,14 @@ class LokiSink:
                 records, cursor = spool.read(cursor, batch_bytes - pending_bytes)
                 pending.extend(records)
                 pending_bytes += sum(len(r.payload) for r in records)
+                self.pending_entries = len(pending)
             if pending and (
                 pending_bytes >= batch_bytes
                 or self._closing
                 or self.clock() - pending[0].append_ts >= batch_wait
             ):
                 batch, pending, pending_bytes = pending, [], 0
+                self.pending_entries = 0
                 if not self._deliver(batch):
                     return
                 continue
