@@ -110,7 +110,8 @@ class LogfileConfig:
     start_at: str = field(
         default="checkpoint",
         metadata=opt(
-            "Where to start without a usable checkpoint.",
+            "checkpoint: resume from the checkpoint (the beginning when there is none); "
+            "beginning or end: ignore it.",
             choices=("checkpoint", "beginning", "end"),
         ),
     )
