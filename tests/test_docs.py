@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry
 
 from exporter.config import OPTIONS
+from exporter.event import Decoder
 from exporter.metrics import AuditMetrics
+from exporter.pipeline import Pipeline
+from exporter.sources.logfile import LogFileSource
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -16,9 +21,17 @@ def test_every_option_is_documented() -> None:
     assert not missing, f"README configuration table lacks {missing}"
 
 
-def test_every_metric_is_documented() -> None:
+def test_every_metric_is_documented(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    AuditMetrics(registry)
+    metrics = AuditMetrics(registry)
+    # Sources register their scrape-time families on the same registry.
+    LogFileSource(
+        path=str(tmp_path / "audit.log"),
+        checkpoint_file=None,
+        pipeline=Pipeline(metrics),
+        decoder=Decoder(),
+        metrics=metrics,
+    )
     names = {m.name for m in registry.collect()}
     missing = [n for n in sorted(names) if n not in README]
     assert not missing, f"README metrics table lacks {missing}"
