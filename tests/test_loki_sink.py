@@ -476,10 +476,10 @@ def test_401_stops_loudly_and_resumes_when_the_token_changes(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("LOKI REFUSED" in r.getMessage() for r in errors)
     token.write_text("fresh-token-value\n")
-    wait_for(lambda: loki.count() == 20)
+    wait_for(lambda: registry.get_sample_value("kube_audit_loki_sender_up") == 1)
+    assert loki.count() == 20
     # One refused push, then one that worked: no retry storm while stopped.
     assert loki.statuses() == [401, 204]
-    assert registry.get_sample_value("kube_audit_loki_sender_up") == 1
     logs = formatted_logs(caplog)
     assert "expired-token-value" not in logs and "fresh-token-value" not in logs
 

@@ -334,9 +334,9 @@ class LokiSink:
                     "detail": result.detail[:200],
                 },
             )
-        self.stopped_reason = result.reason
         with self.stats.lock:
             self.stats.sender_up = 0.0
+        self.stopped_reason = result.reason
 
     def _resumed(self) -> None:
         log.info("loki accepts pushes again", extra={"was": self.stopped_reason})
