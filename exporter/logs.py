@@ -34,7 +34,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _logfmt_value(value: Any) -> str:
-    text = value if isinstance(value, str) else str(value)
+    if isinstance(value, (dict, list, tuple)):
+        text = orjson.dumps(value, default=str).decode()
+    else:
+        text = value if isinstance(value, str) else str(value)
     if text == "" or any(c in text for c in ' ="\\\n\t'):
         return orjson.dumps(text).decode()
     return text

@@ -31,11 +31,13 @@ def poll(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "conditi
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            last = fn()
+            result = fn()
         except (requests.RequestException, OSError) as e:
             last = e
-        if last:
-            return last  # type: ignore[no-any-return]
+        else:
+            if result:
+                return result
+            last = result
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 

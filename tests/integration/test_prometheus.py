@@ -21,11 +21,16 @@ def test_prometheus_scrapes_webhook_fed_counts(tmp_path: Path, spawn) -> None:  
     exporter = spawn(
         exporter_cmd(
             "run",
-            "--web.listen-address", f"127.0.0.1:{web_port}",
-            "--webhook.listen-address", f"127.0.0.1:{hook_port}",
-            "--webhook.tls-cert-file", str(pki.server_cert),
-            "--webhook.tls-key-file", str(pki.server_key),
-            "--webhook.client-ca-file", str(pki.ca_cert),
+            "--web.listen-address",
+            f"127.0.0.1:{web_port}",
+            "--webhook.listen-address",
+            f"127.0.0.1:{hook_port}",
+            "--webhook.tls-cert-file",
+            str(pki.server.cert_file),
+            "--webhook.tls-key-file",
+            str(pki.server.key_file),
+            "--webhook.client-ca-file",
+            str(pki.ca.cert_file),
         ),  # fmt: skip
         "exporter",
     )
@@ -48,11 +53,14 @@ def test_prometheus_scrapes_webhook_fed_counts(tmp_path: Path, spawn) -> None:  
         if obj["stage"] == "ResponseComplete":
             expected[obj["verb"]] += 1
     session = requests.Session()
-    session.verify = str(pki.ca_cert)
-    session.cert = (str(pki.client_cert), str(pki.client_key))
+    # verify per request: requests lets REQUESTS_CA_BUNDLE override session.verify
+    tls = {
+        "verify": str(pki.ca.cert_file),
+        "cert": (str(pki.client.cert_file), str(pki.client.key_file)),
+    }
     for i in range(0, len(items), 400):
         body = {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items[i : i + 400]}
-        r = session.post(f"https://127.0.0.1:{hook_port}/audit", json=body, timeout=30)
+        r = session.post(f"https://127.0.0.1:{hook_port}/audit", json=body, timeout=30, **tls)
         assert r.status_code == 200, r.text
 
     config = tmp_path / "prometheus.yml"
