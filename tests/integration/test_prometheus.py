@@ -31,7 +31,7 @@ def test_prometheus_scrapes_webhook_fed_counts(tmp_path: Path, spawn) -> None:  
             str(pki.server.key_file),
             "--webhook.client-ca-file",
             str(pki.ca.cert_file),
-        ),  # fmt: skip
+        ),
         "exporter",
     )
     poll(
