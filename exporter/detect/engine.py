@@ -1,0 +1,376 @@
+"""The Detector: a pipeline processor that runs the compiled rules over each
+batch, keeps the stateful rules' state, and reports matches (event fields for
+Loki, rule_matches_total, Alertmanager notifications)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ..event import AuditEvent
+from ..logs import RateLimitedLog
+from ..metrics import AuditMetrics
+from .alerts import build_alert
+from .matchers import (
+    DIMS,
+    Constraint,
+    Context,
+    compile_predicate,
+    constraints,
+    merge_and,
+    merge_union,
+)
+from .paths import ATTRIBUTE_FIELDS, DERIVED, compile_getter, parse
+from .rules import Rule, RuleSet
+from .settings import SEVERITY_RANK, DetectionSettings
+from .state import FirstSeenState, Key, SequenceState, ThresholdState
+
+log = logging.getLogger(__name__)
+
+# Requests remembered per rule between their ResponseStarted and
+# ResponseComplete events, so that a long-running request matches once.
+STARTED_CAPACITY = 10_000
+# (stage, verb, resource, user_kind) combinations whose candidate rules are cached.
+INDEX_CAPACITY = 50_000
+
+
+class Notifier(Protocol):
+    def send(self, alert: dict[str, Any]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Match:
+    """One firing of a rule on an event (for stateful rules, the event that
+    completed the threshold, sequence or first sighting)."""
+
+    rule: Rule
+    event: AuditEvent
+    group: Key = ()
+    value: str = ""
+
+
+class _WorkloadContext:
+    """Derived values that depend on the settings (critical workloads)."""
+
+    def __init__(self, settings: DetectionSettings) -> None:
+        self.workloads = settings.critical_workloads
+
+    def _find(self, ev: AuditEvent) -> Any:
+        for w in self.workloads:
+            if w.touches(ev.namespace, ev.resource, ev.subresource, ev.name):
+                return w
+        return None
+
+    def critical_workload(self, ev: AuditEvent) -> list[Any]:
+        w = self._find(ev)
+        return [w.name] if w is not None else []
+
+    def critical_access(self, ev: AuditEvent) -> list[Any]:
+        w = self._find(ev)
+        if w is None:
+            return []
+        user = ev.obj.get("user")
+        groups = user.get("groups") if type(user) is dict else None
+        if not w.allows(ev.username, groups if type(groups) is list else ()):
+            return ["principal_not_allowed"]
+        if not w.in_window(ev.stage_ts):
+            return ["outside_window"]
+        return ["allowed"]
+
+
+def _key_getter(path: str, ctx: Any) -> Callable[[AuditEvent], str]:
+    """The first value a path yields, as a string ("" when none)."""
+    attr = ATTRIBUTE_FIELDS.get(path)
+    if attr is not None:
+        get_attr = attrgetter(attr[0])
+        if attr[1] is int:
+            return lambda ev: str(get_attr(ev) or "")
+        return get_attr
+    if path in DERIVED:
+        fn = DERIVED[path].make(ctx)
+
+        def derived(ev: AuditEvent) -> str:
+            values = fn(ev)
+            return str(values[0]) if values else ""
+
+        return derived
+    get = compile_getter(parse(path))
+
+    def generic(ev: AuditEvent) -> str:
+        values = get(ev.obj)
+        return str(values[0]) if values else ""
+
+    return generic
+
+
+class CompiledRule:
+    __slots__ = (
+        "check",
+        "constraint",
+        "errors",
+        "group",
+        "id",
+        "rank",
+        "rule",
+        "severity",
+        "stages",
+        "started",
+        "state",
+    )
+
+    def __init__(self, rule: Rule, ctx: Context, settings: DetectionSettings) -> None:
+        self.rule = rule
+        self.id = rule.id
+        self.severity = rule.severity
+        self.rank = SEVERITY_RANK[rule.severity]
+        self.stages = rule.stages
+        self.errors = 0
+        self.started: dict[str, None] = {}
+        self.state: ThresholdState | SequenceState | FirstSeenState | None = None
+        test = compile_predicate(rule.match, rule.excepts, ctx, rule.id)
+        base = constraints(rule.match) if rule.match is not None else dict.fromkeys(DIMS)
+        getters = [_key_getter(p, ctx.derived) for p in rule.group_by]
+        self.group: Callable[[AuditEvent], Key] = lambda ev: tuple(g(ev) for g in getters)
+        limit = settings.max_state_entries
+        if rule.kind == "sequence":
+            steps = [compile_predicate(s.match, [], ctx, f"{rule.id}-{s.name}") for s in rule.steps]
+            self.constraint: Constraint = merge_and(
+                base, merge_union(constraints(s.match) for s in rule.steps)
+            )
+            state = SequenceState([s.count for s in rule.steps], rule.window, limit)
+            self.state = state
+            group = self.group
+
+            def check(ev: AuditEvent) -> Match | None:
+                if not test(ev):
+                    return None
+                key = group(ev)
+                if state.observe(key, ev.stage_ts, lambda i: steps[i](ev)):
+                    return Match(rule, ev, key)
+                return None
+
+        elif rule.kind == "threshold":
+            self.constraint = base
+            tstate = ThresholdState(rule.window, rule.count, limit)
+            self.state = tstate
+            group = self.group
+
+            def check(ev: AuditEvent) -> Match | None:
+                if not test(ev):
+                    return None
+                key = group(ev)
+                if tstate.observe(key, ev.stage_ts):
+                    return Match(rule, ev, key)
+                return None
+
+        elif rule.kind == "first_seen":
+            self.constraint = base
+            fstate = FirstSeenState(rule.ttl, rule.learning, limit)
+            self.state = fstate
+            value_of = _key_getter(rule.value, ctx.derived)
+            group = self.group
+
+            def check(ev: AuditEvent) -> Match | None:
+                if not test(ev):
+                    return None
+                value = value_of(ev)
+                if not value:
+                    return None
+                key = group(ev)
+                if fstate.observe(key, value, ev.stage_ts):
+                    return Match(rule, ev, key, value)
+                return None
+
+        else:
+            self.constraint = base
+
+            def check(ev: AuditEvent) -> Match | None:
+                return Match(rule, ev) if test(ev) else None
+
+        self.check = check
+
+    def applies(self, key: tuple[str, str, str, str]) -> bool:
+        if key[0] not in self.stages:
+            return False
+        for dim, value in zip(DIMS, key, strict=True):
+            allowed = self.constraint[dim]
+            if allowed is not None and value not in allowed:
+                return False
+        return True
+
+
+class Detector:
+    """A pipeline processor: ``Pipeline(processors=[detector])``.
+
+    For each fresh event, sets ``event.rules`` (ids of the rules it matched)
+    and ``event.severity`` (the highest of their severities), counts
+    ``kube_audit_rule_matches_total{rule,severity}``, and hands a notification
+    to ``notifier`` for matches at or above ``settings.alert_min_severity``.
+    Rules whose settings are missing (no trusted networks configured, ...)
+    and rules listed in ``settings.disabled_rules`` are inactive.
+    """
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        settings: DetectionSettings,
+        metrics: AuditMetrics | None = None,
+        notifier: Notifier | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        on_match: Callable[[Match], None] | None = None,
+    ) -> None:
+        import time
+
+        self.settings = settings
+        self.metrics = metrics
+        self.notifier = notifier
+        self.clock = clock or time.time
+        self.on_match = on_match
+        self.min_rank = SEVERITY_RANK[settings.alert_min_severity]
+        self.inactive: dict[str, str] = {}
+        ctx = Context(settings.networks, _WorkloadContext(settings))
+        compiled: list[CompiledRule] = []
+        disabled = set(settings.disabled_rules)
+        for rule in ruleset.rules:
+            if not rule.enabled:
+                self.inactive[rule.id] = "disabled in its rule file"
+                continue
+            if rule.id in disabled:
+                self.inactive[rule.id] = "listed in detect.disabled_rules"
+                continue
+            missing = rule.missing(settings)
+            if missing:
+                self.inactive[rule.id] = "needs " + ", ".join(f"detect.{m}" for m in missing)
+                continue
+            compiled.append(CompiledRule(rule, ctx, settings))
+        self.rules = compiled
+        self._index: dict[tuple[str, str, str, str], tuple[CompiledRule, ...]] = {}
+        self._errors_log = RateLimitedLog(log)
+        self.alerts_built = 0
+        if metrics is not None:
+            with metrics.lock:
+                for r in compiled:
+                    metrics.rule_matches.init((r.id, r.severity))
+            metrics.add_state(self.collect)
+
+    # --- the processor ---------------------------------------------------------
+
+    def _candidates(self, key: tuple[str, str, str, str]) -> tuple[CompiledRule, ...]:
+        found = tuple(r for r in self.rules if r.applies(key))
+        if len(self._index) >= INDEX_CAPACITY:
+            self._index.clear()
+        self._index[key] = found
+        return found
+
+    def __call__(self, events: list[AuditEvent]) -> None:
+        index = self._index
+        matches: list[Match] = []
+        for ev in events:
+            key = (ev.stage, ev.verb, ev.resource, ev.user_kind)
+            cands = index.get(key)
+            if cands is None:
+                cands = self._candidates(key)
+            if not cands:
+                continue
+            found: list[Match] | None = None
+            for r in cands:
+                try:
+                    m = r.check(ev)
+                except Exception as e:  # a rule must never stop the pipeline
+                    r.errors += 1
+                    self._errors_log.warning(
+                        "rule failed on an event",
+                        rule=r.id,
+                        audit_id=ev.audit_id,
+                        error=f"{type(e).__name__}: {e}"[:200],
+                    )
+                    continue
+                if m is None:
+                    continue
+                if ev.stage == "ResponseStarted":
+                    if ev.code != 401:
+                        started = r.started
+                        started[ev.audit_id] = None
+                        if len(started) > STARTED_CAPACITY:
+                            del started[next(iter(started))]
+                elif r.started and r.started.pop(ev.audit_id, 0) is None:
+                    continue  # the same request matched at ResponseStarted
+                if found is None:
+                    found = []
+                found.append(m)
+            if found:
+                self._mark(ev, found)
+                matches.extend(found)
+        if matches:
+            self._report(matches)
+
+    def _mark(self, ev: AuditEvent, found: Sequence[Match]) -> None:
+        ids = list(ev.rules)
+        top = SEVERITY_RANK.get(ev.severity, -1)
+        for m in found:
+            if m.rule.id not in ids:
+                ids.append(m.rule.id)
+            rank = SEVERITY_RANK[m.rule.severity]
+            if rank > top:
+                top = rank
+                ev.severity = m.rule.severity
+        ev.rules = tuple(ids)
+
+    def _report(self, matches: list[Match]) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            with metrics.lock:
+                inc = metrics.rule_matches.inc
+                for m in matches:
+                    inc((m.rule.id, m.rule.severity))
+        if self.on_match is not None:
+            for m in matches:
+                self.on_match(m)
+        notifier = self.notifier
+        if notifier is None:
+            return
+        now = self.clock()
+        for m in matches:
+            if SEVERITY_RANK[m.rule.severity] >= self.min_rank:
+                notifier.send(build_alert(m, self.settings, now))
+                self.alerts_built += 1
+
+    # --- metrics read at scrape time --------------------------------------------
+
+    def collect(self) -> Iterable[Metric]:
+        entries = GaugeMetricFamily(
+            "kube_audit_detect_state_entries",
+            "Groups, sequences or key/value pairs held by stateful rules (bounded by "
+            "detect.max_state_entries per rule).",
+            labels=("rule",),
+        )
+        evictions = CounterMetricFamily(
+            "kube_audit_detect_state_evictions",
+            "State entries evicted because a stateful rule reached its bound.",
+            labels=("rule",),
+        )
+        errors = CounterMetricFamily(
+            "kube_audit_detect_errors",
+            "Rule evaluations that failed on an event (the event went on).",
+            labels=("rule",),
+        )
+        active = GaugeMetricFamily(
+            "kube_audit_detect_rule_active",
+            "1 for each loaded rule that runs, 0 for rules disabled or missing settings.",
+            labels=("rule",),
+        )
+        for r in self.rules:
+            active.add_metric((r.id,), 1.0)
+            errors.add_metric((r.id,), float(r.errors))
+            if r.state is not None:
+                entries.add_metric((r.id,), float(r.state.entries))
+                evictions.add_metric((r.id,), float(r.state.evictions))
+        for rule_id in self.inactive:
+            active.add_metric((rule_id,), 0.0)
+        return [entries, evictions, errors, active]

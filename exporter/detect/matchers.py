@@ -1,0 +1,572 @@
+"""Conditions over an audit event: parsed (and validated) when rules load,
+compiled once into a Python function when a Detector is built.
+
+A condition is a mapping; all its entries must hold:
+
+- ``<field path>: <field condition>`` (see paths.py for paths);
+- ``any: [condition, ...]`` at least one holds, ``all: [...]`` every one holds,
+  ``not: condition`` it does not hold.
+
+A field condition is a value (equality), a list of values (any of them), or a
+mapping of operators, all of which must hold:
+
+- ``eq``: a value or list (as above); ``glob``: shell patterns (``system:*``);
+  ``regex``: Python regular expressions, searched (anchor with ``^...$``);
+  ``cidr``: networks, or ``$trusted_networks``, ``$pod_cidrs``, ``$node_cidrs``,
+  ``$cluster_networks`` from the settings; ``gt``, ``gte``, ``lt``, ``lte``:
+  numbers. A field that yields several values (``[*]``, lists) matches when one
+  value satisfies all of these together.
+- ``exists: true|false``: the path yields a value, or none (``absent: true`` is
+  the same as ``exists: false``).
+- ``not: <field condition>``: the inner condition does not hold (for lists:
+  no value satisfies it; ``user.groups: {not: system:masters}``).
+
+Strings compare exactly and case-sensitively; ``true`` never equals ``1``.
+For fields the decoder parses (verb, objectRef.*, user.username, ...), an
+empty string or a code of 0 counts as absent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from fnmatch import translate
+from typing import Any
+
+from ..event import AuditEvent
+from .located import Where
+from .paths import ATTRIBUTE_FIELDS, DERIVED, PathError, compile_getter, parse
+from .settings import NETWORK_SETTINGS, Network, parse_network
+
+VALUE_OPS = ("eq", "glob", "regex", "cidr", "gt", "gte", "lt", "lte")
+FIELD_OPS = (*VALUE_OPS, "exists", "absent", "not")
+COMBINATORS = ("any", "all", "not")
+INDEX_DIMS = {
+    "stage": "stage",
+    "verb": "verb",
+    "objectRef.resource": "resource",
+    "$user_kind": "user_kind",
+}
+DIMS = ("stage", "verb", "resource", "user_kind")
+
+Scalar = str | int | float | bool
+
+
+# --- syntax tree ------------------------------------------------------------------
+
+
+@dataclass
+class FieldCond:
+    eq: tuple[Scalar, ...] | None = None
+    globs: tuple[str, ...] = ()
+    regexes: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()  # literal networks and $references
+    compare: tuple[tuple[str, float], ...] = ()
+    exists: bool | None = None
+    negated: list[FieldCond] = field(default_factory=list)
+
+    def value_ops(self) -> bool:
+        return bool(self.eq is not None or self.globs or self.regexes or self.cidrs or self.compare)
+
+
+@dataclass
+class Field:
+    path: str
+    cond: FieldCond
+
+
+@dataclass
+class And:
+    items: list[Node]
+
+
+@dataclass
+class Or:
+    items: list[Node]
+
+
+@dataclass
+class Not:
+    item: Node
+
+
+Node = Field | And | Or | Not
+
+
+# --- parsing ----------------------------------------------------------------------
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool))
+
+
+class Parser:
+    """Validates conditions, collecting located problems."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        self.references: set[str] = set()  # settings and derived values used
+
+    def condition(self, doc: Any, where: Where) -> Node:
+        where = where.at(doc)
+        if not isinstance(doc, dict) or not doc:
+            self.problems.append(where("a condition is a non-empty mapping of field paths"))
+            return And([])
+        items: list[Node] = []
+        for key, value in doc.items():
+            w = where.key(doc, key)
+            if key in ("any", "all"):
+                if not isinstance(value, list) or not value:
+                    self.problems.append(w(f"{key}: takes a non-empty list of conditions"))
+                    continue
+                subs = [self.condition(v, w.item(value, i)) for i, v in enumerate(value)]
+                items.append(Or(subs) if key == "any" else And(subs))
+            elif key == "not":
+                items.append(Not(self.condition(value, w)))
+            else:
+                items.append(self.field(key, value, w))
+        return And(items) if len(items) != 1 else items[0]
+
+    def field(self, path: Any, value: Any, where: Where) -> Field:
+        if not isinstance(path, str):
+            self.problems.append(where(f"{path!r} is not a field path"))
+            return Field("", FieldCond())
+        if path.startswith("$") and path.split(".")[0].split("[")[0] not in (
+            *DERIVED,
+            *(k for k in ATTRIBUTE_FIELDS if k.startswith("$")),
+            "$pod_spec",
+            "$containers",
+        ):
+            known = sorted({*DERIVED, *(k for k in ATTRIBUTE_FIELDS if k.startswith("$"))})
+            self.problems.append(
+                where(f"unknown derived field {path!r} (known: {', '.join(known)})")
+            )
+            return Field(path, FieldCond())
+        if path in DERIVED:
+            self.references.add(path)
+        elif path not in ATTRIBUTE_FIELDS:
+            try:
+                parse(path)
+            except PathError as e:
+                self.problems.append(where(str(e)))
+                return Field(path, FieldCond())
+        cond = self.field_cond(value, where.at(value))
+        attr = ATTRIBUTE_FIELDS.get(path)
+        if attr is not None and attr[1] is str and cond.compare:
+            self.problems.append(where(f"{path} is a string; gt/gte/lt/lte need a number field"))
+        return Field(path, cond)
+
+    def field_cond(self, value: Any, where: Where) -> FieldCond:
+        if _is_scalar(value) or isinstance(value, list):
+            return FieldCond(eq=self.values(value, where))
+        if not isinstance(value, dict) or not value:
+            self.problems.append(
+                where("a field condition is a value, a list or a mapping of operators")
+            )
+            return FieldCond()
+        cond = FieldCond()
+        for op, arg in value.items():
+            w = where.key(value, op)
+            if op == "eq":
+                cond.eq = self.values(arg, w)
+            elif op in ("glob", "regex"):
+                pats = self.strings(arg, w)
+                if op == "regex":
+                    for p in pats:
+                        try:
+                            re.compile(p)
+                        except re.error as e:
+                            self.problems.append(w(f"{p!r} is not a regular expression: {e}"))
+                    cond.regexes = pats
+                else:
+                    cond.globs = pats
+            elif op == "cidr":
+                items = self.strings(arg, w)
+                for item in items:
+                    if item.startswith("$"):
+                        name = item[1:]
+                        if name not in NETWORK_SETTINGS:
+                            self.problems.append(
+                                w(
+                                    f"unknown network list {item!r} (known: "
+                                    + ", ".join("$" + n for n in NETWORK_SETTINGS)
+                                    + ")"
+                                )
+                            )
+                        else:
+                            self.references.add(item)
+                    else:
+                        try:
+                            parse_network(item)
+                        except ValueError as e:
+                            self.problems.append(w(str(e)))
+                cond.cidrs = items
+            elif op in ("gt", "gte", "lt", "lte"):
+                if isinstance(arg, bool) or not isinstance(arg, (int, float)):
+                    self.problems.append(w(f"{op} takes a number"))
+                else:
+                    cond.compare = (*cond.compare, (op, float(arg)))
+            elif op in ("exists", "absent"):
+                if not isinstance(arg, bool):
+                    self.problems.append(w(f"{op} takes true or false"))
+                else:
+                    cond.exists = arg if op == "exists" else not arg
+            elif op == "not":
+                cond.negated.append(self.field_cond(arg, w.at(arg)))
+            else:
+                self.problems.append(w(f"unknown operator {op!r} (known: {', '.join(FIELD_OPS)})"))
+        return cond
+
+    def values(self, value: Any, where: Where) -> tuple[Scalar, ...]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            self.problems.append(where("an empty list matches nothing"))
+        out: list[Scalar] = []
+        for i, v in enumerate(items):
+            if not _is_scalar(v):
+                w = where.item(value, i) if isinstance(value, list) else where
+                self.problems.append(w(f"{v!r} is not a value (string, number or boolean)"))
+            else:
+                out.append(v)
+        return tuple(out)
+
+    def strings(self, value: Any, where: Where) -> tuple[str, ...]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            self.problems.append(where("an empty list matches nothing"))
+        out: list[str] = []
+        for i, v in enumerate(items):
+            if not isinstance(v, str):
+                w = where.item(value, i) if isinstance(value, list) else where
+                self.problems.append(w(f"{v!r} is not a string"))
+            else:
+                out.append(v)
+        return tuple(out)
+
+
+# --- prefilter (index) ------------------------------------------------------------
+
+Constraint = dict[str, frozenset[str] | None]
+
+
+def constraints(node: Node) -> Constraint:
+    """For each index dimension, the values an event must have to possibly
+    match (None: any value)."""
+    out: Constraint = dict.fromkeys(DIMS)
+    if isinstance(node, Field):
+        dim = INDEX_DIMS.get(node.path)
+        c = node.cond
+        if (
+            dim is not None
+            and c.eq is not None
+            and not (c.globs or c.regexes or c.cidrs or c.compare or c.negated)
+            and c.exists is not False
+        ):
+            out[dim] = frozenset(v for v in c.eq if isinstance(v, str))
+        return out
+    if isinstance(node, And):
+        for item in node.items:
+            sub = constraints(item)
+            for d in DIMS:
+                a, b = out[d], sub[d]
+                out[d] = b if a is None else a if b is None else a & b
+        return out
+    if isinstance(node, Or):
+        subs = [constraints(item) for item in node.items]
+        for d in DIMS:
+            vals = [s[d] for s in subs]
+            out[d] = None if any(v is None for v in vals) else frozenset().union(*vals)  # type: ignore[arg-type]
+        return out
+    return out
+
+
+def merge_union(items: Iterable[Constraint]) -> Constraint:
+    items = list(items)
+    out: Constraint = dict.fromkeys(DIMS)
+    for d in DIMS:
+        vals = [c[d] for c in items]
+        out[d] = None if not vals or any(v is None for v in vals) else frozenset().union(*vals)  # type: ignore[arg-type]
+    return out
+
+
+def merge_and(a: Constraint, b: Constraint) -> Constraint:
+    out: Constraint = {}
+    for d in DIMS:
+        x, y = a[d], b[d]
+        out[d] = y if x is None else x if y is None else x & y
+    return out
+
+
+# --- compilation -------------------------------------------------------------------
+
+
+class Context:
+    """What compiled conditions need from the settings: named networks and
+    the derived values that depend on configuration."""
+
+    def __init__(self, networks: Callable[[str], tuple[Network, ...]], derived: Any) -> None:
+        self.networks = networks
+        self.derived = derived
+
+
+def _ip_in(nets: tuple[Network, ...]) -> Callable[[Any], bool]:
+    cache: dict[str, bool] = {}
+
+    def test(v: Any) -> bool:
+        if type(v) is not str:
+            return False
+        hit = cache.get(v)
+        if hit is not None:
+            return hit
+        text = v.strip("[]").split("%", 1)[0]
+        try:
+            ip: Any = ipaddress.ip_address(text)
+        except ValueError:
+            result = False
+        else:
+            if ip.version == 6 and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            result = any(ip.version == n.version and ip in n for n in nets)
+        if len(cache) >= 10_000:
+            cache.clear()
+        cache[v] = result
+        return result
+
+    return test
+
+
+def _eq_sets(
+    values: tuple[Scalar, ...],
+) -> tuple[frozenset[str], frozenset[float], frozenset[bool]]:
+    strs = frozenset(v for v in values if isinstance(v, str))
+    nums = frozenset(
+        float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    bools = frozenset(v for v in values if isinstance(v, bool))
+    return strs, nums, bools
+
+
+def _compare(op: str, num: float) -> Callable[[Any], bool]:
+    def test(v: Any) -> bool:
+        if type(v) is not int and type(v) is not float:
+            return False
+        if op == "gt":
+            return bool(v > num)
+        if op == "gte":
+            return bool(v >= num)
+        if op == "lt":
+            return bool(v < num)
+        return bool(v <= num)
+
+    return test
+
+
+_CMP_SRC = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+class Compiler:
+    """Turns a syntax tree into the source of one Python expression over
+    ``ev``; constants live in ``namespace`` (never spliced into the source)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.namespace: dict[str, Any] = {}
+        self._n = 0
+
+    def const(self, value: Any) -> str:
+        name = f"_k{self._n}"
+        self._n += 1
+        self.namespace[name] = value
+        return name
+
+    def expr(self, node: Node) -> str:
+        if isinstance(node, Field):
+            return self.field(node)
+        if isinstance(node, Not):
+            return f"(not {self.expr(node.item)})"
+        if not node.items:
+            return "True"
+        parts = [self.expr(i) for i in _by_cost(node.items)]
+        joiner = " and " if isinstance(node, And) else " or "
+        return "(" + joiner.join(parts) + ")"
+
+    # fields -----------------------------------------------------------
+
+    def field(self, node: Field) -> str:
+        attr = ATTRIBUTE_FIELDS.get(node.path)
+        if attr is not None:
+            return self.attr_cond(f"ev.{attr[0]}", attr[1], node.cond)
+        return self.generic_cond(self.getter(node.path), node.cond)
+
+    def getter(self, path: str) -> str:
+        if path in DERIVED:
+            fn = DERIVED[path].make(self.ctx.derived)
+            return self.const(fn) + "(ev)"
+        get = compile_getter(parse(path))
+        return self.const(get) + "(ev.obj)"
+
+    def attr_cond(self, ref: str, typ: type, c: FieldCond) -> str:
+        absent = '""' if typ is str else "0"
+        parts: list[str] = []
+        if c.value_ops():
+            parts.append(f"{ref} != {absent}")
+            parts.extend(self.attr_value_tests(ref, typ, c))
+        if c.exists is not None:
+            parts.append(f"{ref} {'!=' if c.exists else '=='} {absent}")
+        for neg in c.negated:
+            parts.append(f"(not {self.attr_cond(ref, typ, neg)})")
+        if not parts:
+            return "True"
+        return "(" + " and ".join(parts) + ")"
+
+    def attr_value_tests(self, ref: str, typ: type, c: FieldCond) -> list[str]:
+        out: list[str] = []
+        if c.eq is not None:
+            vals: list[str | int]
+            if typ is str:
+                vals = [v for v in c.eq if isinstance(v, str) and v]
+            else:
+                vals = [
+                    int(v)
+                    for v in c.eq
+                    if isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                    and float(v).is_integer()
+                ]
+            if not vals:
+                out.append("False")
+            elif len(vals) == 1:
+                out.append(f"{ref} == {self.const(vals[0])}")
+            else:
+                out.append(f"{ref} in {self.const(frozenset(vals))}")
+        if typ is str:
+            if c.globs:
+                out.append(f"{self.const(_glob_regex(c.globs).match)}({ref}) is not None")
+            if c.regexes:
+                out.append(f"{self.const(_any_regex(c.regexes).search)}({ref}) is not None")
+            if c.cidrs:
+                out.append(f"{self.const(_ip_in(self.networks(c.cidrs)))}({ref})")
+        else:
+            if c.globs or c.regexes or c.cidrs:
+                out.append("False")
+            for op, num in c.compare:
+                out.append(f"{ref} {_CMP_SRC[op]} {self.const(num)}")
+        return out
+
+    def networks(self, items: tuple[str, ...]) -> tuple[Network, ...]:
+        nets: list[Network] = []
+        for item in items:
+            if item.startswith("$"):
+                nets.extend(self.ctx.networks(item[1:]))
+            else:
+                nets.append(parse_network(item))
+        return tuple(nets)
+
+    def generic_cond(self, getter: str, c: FieldCond) -> str:
+        test = self.value_test(c)
+        name = self.const(_field_fn(test, c.exists, [self.value_test_full(n) for n in c.negated]))
+        # the values are computed once and shared by every part of the condition
+        return f"{name}({getter})"
+
+    def value_test(self, c: FieldCond) -> Callable[[Any], bool] | None:
+        if not c.value_ops():
+            return None
+        tests: list[Callable[[Any], bool]] = []
+        if c.eq is not None:
+            strs, nums, bools = _eq_sets(c.eq)
+
+            def eq(v: Any) -> bool:
+                t = type(v)
+                if t is str:
+                    return v in strs
+                if t is bool:
+                    return v in bools
+                if t is int or t is float:
+                    return float(v) in nums
+                return False
+
+            tests.append(eq)
+        if c.globs:
+            gm = _glob_regex(c.globs).match
+            tests.append(lambda v: type(v) is str and gm(v) is not None)
+        if c.regexes:
+            rs = _any_regex(c.regexes).search
+            tests.append(lambda v: type(v) is str and rs(v) is not None)
+        if c.cidrs:
+            tests.append(_ip_in(self.networks(c.cidrs)))
+        for op, num in c.compare:
+            tests.append(_compare(op, num))
+        if len(tests) == 1:
+            return tests[0]
+        return lambda v: all(t(v) for t in tests)
+
+    def value_test_full(self, c: FieldCond) -> Callable[[list[Any]], bool]:
+        """A whole field condition as a function of the list of values."""
+        return _field_fn(self.value_test(c), c.exists, [self.value_test_full(n) for n in c.negated])
+
+
+def _field_fn(
+    test: Callable[[Any], bool] | None,
+    exists: bool | None,
+    negated: list[Callable[[list[Any]], bool]],
+) -> Callable[[list[Any]], bool]:
+    def fn(values: list[Any]) -> bool:
+        if exists is not None and bool(values) != exists:
+            return False
+        if test is not None:
+            for v in values:
+                if test(v):
+                    break
+            else:
+                return False
+        return all(not n(values) for n in negated)
+
+    return fn
+
+
+def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns), re.DOTALL)
+
+
+def _any_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    if len(patterns) == 1:
+        return re.compile(patterns[0])
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+def _cost(node: Node) -> int:
+    if isinstance(node, Field):
+        return 0 if node.path in ATTRIBUTE_FIELDS else 2
+    if isinstance(node, Not):
+        return _cost(node.item)
+    return max((_cost(i) for i in node.items), default=0) + 1
+
+
+def _by_cost(items: list[Node]) -> list[Node]:
+    return sorted(items, key=_cost)
+
+
+def compile_predicate(
+    match: Node | None, excepts: list[Node], ctx: Context, name: str = "rule"
+) -> Callable[[AuditEvent], bool]:
+    """One function: ``match`` holds and none of ``excepts`` does."""
+    comp = Compiler(ctx)
+    parts = []
+    if match is not None:
+        parts.append(comp.expr(match))
+    if excepts:
+        parts.append("not (" + " or ".join(comp.expr(e) for e in excepts) + ")")
+    body = " and ".join(parts) if parts else "True"
+    src = f"def {_ident(name)}(ev):\n    return {body}\n"
+    code = compile(src, f"<rule {name}>", "exec")
+    ns = dict(comp.namespace)
+    exec(code, ns)  # source built from validated syntax; constants by name
+    fn: Callable[[AuditEvent], bool] = ns[_ident(name)]
+    fn.__doc__ = src
+    return fn
+
+
+def _ident(name: str) -> str:
+    return "rule_" + re.sub(r"\W", "_", name)

@@ -1,0 +1,442 @@
+"""Field paths into an audit event.
+
+A path names values inside the event's JSON: ``objectRef.resource``,
+``user.groups``, ``annotations["authorization.k8s.io/decision"]``,
+``requestObject.spec.containers[*].securityContext.privileged``. Steps:
+
+- ``name`` or ``["any key"]``: a mapping key (quote keys with dots or slashes);
+- ``[N]`` an item of a list (``[-1]`` is the last), ``[*]`` every item;
+- ``*`` every value of a mapping, ``@keys`` every key of a mapping;
+- ``{a,b.c}`` alternatives, each a path of its own:
+  ``requestObject.spec.{containers,initContainers}[*].image``.
+
+A path yields every value it reaches (none when it reaches nothing); a list at
+the end stands for its items, so ``user.groups`` yields each group and
+``exists: false`` holds for an empty list. Two shorthands cover pod templates
+in pods, workload controllers and cron jobs:
+
+- ``$pod_spec``   = ``requestObject.{spec,spec.template.spec,spec.jobTemplate.spec.template.spec}``
+- ``$containers`` = ``$pod_spec.{containers,initContainers,ephemeralContainers}[*]``
+
+Names starting with ``$`` are values the exporter derives (see DERIVED).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from ..event import AuditEvent
+
+MACROS = {
+    "$pod_spec": "requestObject.{spec,spec.template.spec,spec.jobTemplate.spec.template.spec}",
+    "$containers": "$pod_spec.{containers,initContainers,ephemeralContainers}[*]",
+}
+
+# Paths answered by AuditEvent's parsed attributes: (attribute, type). An empty
+# string (or code 0) stands for "absent", as the decoder fills it that way.
+ATTRIBUTE_FIELDS: dict[str, tuple[str, type]] = {
+    "verb": ("verb", str),
+    "stage": ("stage", str),
+    "auditID": ("audit_id", str),
+    "requestURI": ("request_uri", str),
+    "userAgent": ("user_agent", str),
+    "user.username": ("username", str),
+    "impersonatedUser.username": ("impersonated_user", str),
+    "objectRef.resource": ("resource", str),
+    "objectRef.subresource": ("subresource", str),
+    "objectRef.namespace": ("namespace", str),
+    "objectRef.name": ("name", str),
+    "objectRef.apiGroup": ("api_group", str),
+    "responseStatus.code": ("code", int),
+    # derived, but plain attributes
+    "$source_ip": ("source_ip", str),
+    "$user_kind": ("user_kind", str),
+    "$resource": ("resource_label", str),
+}
+
+
+class PathError(ValueError):
+    pass
+
+
+# --- parsing -------------------------------------------------------------------
+
+Step = tuple[Any, ...]  # ("key", name) | ("index", n) | ("items",) | ("values",) | ("keys",)
+# | ("alt", [steps, ...])
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.i = 0
+
+    def error(self, message: str) -> PathError:
+        return PathError(f"{message} at position {self.i + 1} of path {self.text!r}")
+
+    def peek(self) -> str:
+        return self.text[self.i] if self.i < len(self.text) else ""
+
+    def seq(self, stop: str = "") -> list[Step]:
+        steps: list[Step] = []
+        while True:
+            self.atom(steps)
+            while self.peek() == "[":
+                self.suffix(steps)
+            c = self.peek()
+            if c == ".":
+                self.i += 1
+                continue
+            if c == "" or c in stop:
+                return steps
+            raise self.error(f"unexpected {c!r}")
+
+    def atom(self, steps: list[Step]) -> None:
+        c = self.peek()
+        if c == "[":
+            # a leading quoted key: ["a.b"]; an index needs something before it
+            self.suffix(steps, key_only=True)
+            return
+        if c == "*":
+            self.i += 1
+            steps.append(("values",))
+            return
+        if c == "{":
+            self.i += 1
+            alts: list[list[Step]] = []
+            while True:
+                alts.append(self.seq(stop=",}"))
+                c = self.peek()
+                self.i += 1
+                if c == "}":
+                    break
+            if len(alts) < 2:
+                raise self.error("{...} needs at least two alternatives")
+            steps.append(("alt", alts))
+            return
+        if self.text.startswith("@keys", self.i):
+            self.i += len("@keys")
+            steps.append(("keys",))
+            return
+        start = self.i
+        while self.i < len(self.text) and (
+            self.text[self.i].isalnum() or self.text[self.i] in "_-"
+        ):
+            self.i += 1
+        if self.i == start:
+            raise self.error("expected a field name")
+        steps.append(("key", self.text[start : self.i]))
+
+    def suffix(self, steps: list[Step], key_only: bool = False) -> None:
+        assert self.peek() == "["
+        self.i += 1
+        c = self.peek()
+        if c in "\"'":
+            end = self.text.find(c, self.i + 1)
+            if end < 0:
+                raise self.error("unterminated quoted key")
+            steps.append(("key", self.text[self.i + 1 : end]))
+            self.i = end + 1
+        elif key_only:
+            raise self.error("a path cannot start with an index")
+        elif c == "*":
+            self.i += 1
+            steps.append(("items",))
+        else:
+            end = self.text.find("]", self.i)
+            if end < 0:
+                raise self.error("unterminated [")
+            try:
+                steps.append(("index", int(self.text[self.i : end])))
+            except ValueError:
+                raise self.error("[...] takes a number, * or a quoted key") from None
+            self.i = end
+        if self.peek() != "]":
+            raise self.error("expected ]")
+        self.i += 1
+
+
+def expand_macros(text: str) -> str:
+    for _ in range(4):
+        for name, expansion in MACROS.items():
+            if text == name or text.startswith(name + ".") or text.startswith(name + "["):
+                text = expansion + text[len(name) :]
+                break
+        else:
+            return text
+    return text
+
+
+def parse(text: str) -> list[Step]:
+    if not isinstance(text, str) or not text:
+        raise PathError("a field path must be a non-empty string")
+    return _Parser(expand_macros(text)).seq()
+
+
+# --- evaluation ---------------------------------------------------------------
+
+Getter = Callable[[Any], list[Any]]
+
+
+def _apply(steps: list[Step], frontier: list[Any]) -> list[Any]:
+    for step in steps:
+        kind = step[0]
+        out: list[Any] = []
+        if kind == "key":
+            name = step[1]
+            for v in frontier:
+                if type(v) is dict:
+                    x = v.get(name)
+                    if x is not None:
+                        out.append(x)
+        elif kind == "index":
+            n = step[1]
+            for v in frontier:
+                if type(v) is list and -len(v) <= n < len(v):
+                    x = v[n]
+                    if x is not None:
+                        out.append(x)
+        elif kind == "items":
+            for v in frontier:
+                if type(v) is list:
+                    out.extend(x for x in v if x is not None)
+        elif kind == "values":
+            for v in frontier:
+                if type(v) is dict:
+                    out.extend(x for x in v.values() if x is not None)
+        elif kind == "keys":
+            for v in frontier:
+                if type(v) is dict:
+                    out.extend(v.keys())
+        else:  # alt
+            for alt in step[1]:
+                out.extend(_apply(alt, frontier))
+        frontier = out
+        if not frontier:
+            return frontier
+    return frontier
+
+
+def _flatten(values: list[Any]) -> list[Any]:
+    if not any(type(v) is list for v in values):
+        return values
+    out: list[Any] = []
+    for v in values:
+        if type(v) is list:
+            out.extend(x for x in v if x is not None)
+        else:
+            out.append(v)
+    return out
+
+
+def compile_getter(steps: list[Step]) -> Getter:
+    """A function from the event's JSON object to the list of values reached."""
+    if all(s[0] == "key" for s in steps):
+        keys = tuple(s[1] for s in steps)
+
+        def get_keys(obj: Any) -> list[Any]:
+            cur = obj
+            for k in keys:
+                if type(cur) is not dict:
+                    return []
+                cur = cur.get(k)
+                if cur is None:
+                    return []
+            if type(cur) is list:
+                return [x for x in cur if x is not None]
+            return [cur]
+
+        return get_keys
+
+    def get(obj: Any) -> list[Any]:
+        return _flatten(_apply(steps, [obj]))
+
+    return get
+
+
+# --- derived values -------------------------------------------------------------
+
+
+def exec_command(ev: AuditEvent) -> list[Any]:
+    """The command of an exec request (``command=`` query parameters), joined
+    by spaces; empty for anything else."""
+    if ev.subresource != "exec":
+        return []
+    query = urlsplit(ev.request_uri).query
+    parts = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "command"]
+    return [" ".join(parts)] if parts else []
+
+
+def csr_organizations(ev: AuditEvent) -> list[Any]:
+    """The subject organisations (O=) of the PEM certificate request in a
+    CertificateSigningRequest's ``spec.request``: ``system:masters`` there asks
+    for a certificate that is cluster-admin and cannot be revoked."""
+    if ev.resource != "certificatesigningrequests":
+        return []
+    obj = ev.obj.get("requestObject")
+    spec = obj.get("spec") if type(obj) is dict else None
+    request = spec.get("request") if type(spec) is dict else None
+    if type(request) is not str:
+        return []
+    try:
+        pem = base64.b64decode(request, validate=False).decode("ascii", "replace")
+        body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+        der = base64.b64decode(body)
+    except (binascii.Error, ValueError):
+        return []
+    return _csr_subject_values(der, _OID_ORGANIZATION)
+
+
+_OID_ORGANIZATION = bytes([0x55, 0x04, 0x0A])  # 2.5.4.10
+
+
+def _der(data: bytes, i: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER element at ``i``."""
+    tag = data[i]
+    length = data[i + 1]
+    i += 2
+    if length & 0x80:
+        n = length & 0x7F
+        if n == 0 or n > 4:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(data[i : i + n], "big")
+        i += n
+    end = i + length
+    if end > len(data):
+        raise ValueError("truncated DER")
+    return tag, i, end
+
+
+def _csr_subject_values(der: bytes, oid: bytes) -> list[Any]:
+    try:
+        tag, start, _ = _der(der, 0)  # CertificationRequest SEQUENCE
+        tag, info, _ = _der(der, start)  # CertificationRequestInfo SEQUENCE
+        tag, _, vend = _der(der, info)  # version INTEGER
+        tag, nstart, nend = _der(der, vend)  # subject Name (SEQUENCE OF RDN SETs)
+        if tag != 0x30:
+            return []
+        out: list[Any] = []
+        i = nstart
+        while i < nend:
+            _, sstart, send = _der(der, i)  # RelativeDistinguishedName SET
+            j = sstart
+            while j < send:
+                _, astart, aend = _der(der, j)  # AttributeTypeAndValue SEQUENCE
+                otag, ostart, oend = _der(der, astart)
+                _, value_start, value_end = _der(der, oend)
+                if otag == 0x06 and der[ostart:oend] == oid:
+                    out.append(der[value_start:value_end].decode("utf-8", "replace"))
+                j = aend
+            i = send
+        return out
+    except (IndexError, ValueError):
+        return []
+
+
+# Service accounts of kube-controller-manager's built-in controllers (with
+# --use-service-account-credentials), which act on everything all day.
+CONTROLLER_ACCOUNTS = frozenset(
+    "system:serviceaccount:kube-system:" + name
+    for name in (
+        "attachdetach-controller",
+        "bootstrap-signer",
+        "certificate-controller",
+        "clusterrole-aggregation-controller",
+        "cronjob-controller",
+        "daemon-set-controller",
+        "deployment-controller",
+        "disruption-controller",
+        "endpoint-controller",
+        "endpointslice-controller",
+        "endpointslicemirroring-controller",
+        "ephemeral-volume-controller",
+        "expand-controller",
+        "generic-garbage-collector",
+        "horizontal-pod-autoscaler",
+        "job-controller",
+        "legacy-service-account-token-cleaner",
+        "namespace-controller",
+        "node-controller",
+        "persistent-volume-binder",
+        "pod-garbage-collector",
+        "pv-protection-controller",
+        "pvc-protection-controller",
+        "replicaset-controller",
+        "replication-controller",
+        "resource-claim-controller",
+        "resourcequota-controller",
+        "root-ca-cert-publisher",
+        "route-controller",
+        "service-account-controller",
+        "service-controller",
+        "statefulset-controller",
+        "token-cleaner",
+        "ttl-after-finished-controller",
+        "ttl-controller",
+        "validatingadmissionpolicy-status-controller",
+    )
+)
+
+
+def control_plane(ev: AuditEvent) -> list[Any]:
+    """True for the control plane acting: ``system:`` users (API server,
+    controller manager, scheduler), nodes, and the built-in controllers'
+    service accounts."""
+    kind = ev.user_kind
+    return [kind == "system" or kind == "node" or ev.username in CONTROLLER_ACCOUNTS]
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A derived value: ``make(context)`` returns the function of the event.
+    ``requires`` names the settings that must be non-empty for it to mean
+    anything; a rule using it is inactive otherwise."""
+
+    description: str
+    make: Callable[[Any], Callable[[AuditEvent], list[Any]]]
+    requires: tuple[str, ...] = ()
+
+
+def _static(
+    fn: Callable[[AuditEvent], list[Any]],
+) -> Callable[[Any], Callable[[AuditEvent], list[Any]]]:
+    return lambda _ctx: fn
+
+
+DERIVED: dict[str, Derived] = {
+    "$control_plane": Derived(
+        "true for system: users, nodes and the built-in controllers' service accounts",
+        _static(control_plane),
+    ),
+    "$exec_command": Derived("the command line of an exec request", _static(exec_command)),
+    "$csr_organizations": Derived(
+        "subject O= values of a CertificateSigningRequest's PEM request",
+        _static(csr_organizations),
+    ),
+    "$critical_workload": Derived(
+        "name of the configured critical workload the request touches",
+        lambda ctx: ctx.critical_workload,
+        ("critical_workloads",),
+    ),
+    "$critical_access": Derived(
+        "for a request touching a critical workload: allowed, principal_not_allowed "
+        "or outside_window",
+        lambda ctx: ctx.critical_access,
+        ("critical_workloads",),
+    ),
+}
+
+ATTRIBUTE_DOCS = {
+    "$source_ip": "the last entry of sourceIPs (the peer address; earlier ones are "
+    "whatever the client claims)",
+    "$user_kind": "human, serviceaccount, node, system, anonymous or unauthenticated",
+    "$resource": "resource, or resource/subresource",
+}
+
+
+def known_derived() -> list[str]:
+    return sorted([*DERIVED, *(k for k in ATTRIBUTE_FIELDS if k.startswith("$"))])

@@ -1,0 +1,583 @@
+"""Rule files: loading, validation with located errors, the rule set.
+
+A rule file is a YAML mapping::
+
+    example_settings:          # optional: detection settings for `rules test`
+      trusted_networks: [10.20.0.0/16]
+    rules:
+      - id: secret-deleted-by-human          # lower-case letters, digits, dashes
+        title: Secret deleted by a person
+        severity: warning                    # info, warning or critical
+        mitre: T1485                         # ATT&CK technique(s)
+        description: Why this matters and what to check.
+        kind: match                          # match (default), threshold, sequence, first_seen
+        stages: [ResponseComplete]           # default: ResponseStarted, ResponseComplete, Panic
+        match: {verb: delete, objectRef.resource: secrets, $user_kind: human}
+        except:                              # allow-list: any condition here suppresses
+          - {objectRef.namespace: scratch}
+        examples:
+          match: [<event>, ...]              # each must fire the rule
+          no_match: [<event>, ...]           # none may fire it
+
+Stateful kinds, all on event time (stageTimestamp):
+
+- ``threshold``: ``group_by`` (paths), ``window`` and ``count``: fires when
+  ``count`` matching events of one group fall within ``window``, then starts
+  counting afresh.
+- ``sequence``: ``group_by``, ``window`` and ``steps`` (each ``name``,
+  ``match``, optional ``count``): fires when the steps happen in order within
+  ``window`` of the sequence's first event. ``match``/``except`` at the top
+  apply to every step.
+- ``first_seen``: ``group_by`` (the key), ``value`` (a path), ``ttl`` and
+  optional ``learning``: fires when the key shows a value not seen for it
+  within ``ttl``; during the first ``learning`` after the rule's first event
+  values are only remembered.
+
+Examples of stateful rules are lists of events: ``{events: [<event> |
+{event: <event>, after: 30s, repeat: 3}, ...]}``; a ``match`` example must
+fire on its last event and not before. Example events are audit events in
+YAML; auditID, stage (ResponseComplete), timestamps (one second apart from
+2024-05-01T10:00:00Z, or ``after`` the previous) and apiVersion are filled in
+when missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..event import STAGES
+from . import located
+from .errors import RuleError
+from .located import LDict, LList, Where
+from .matchers import Node, Parser
+from .paths import ATTRIBUTE_FIELDS, DERIVED, PathError, parse
+from .settings import SEVERITIES, DetectionSettings, parse_duration_text
+
+KINDS = ("match", "threshold", "sequence", "first_seen")
+DEFAULT_STAGES = frozenset({"ResponseStarted", "ResponseComplete", "Panic"})
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_MITRE = re.compile(r"^T\d{4}(?:\.\d{3})?$")
+_RULE_KEYS = (
+    "id",
+    "title",
+    "severity",
+    "mitre",
+    "description",
+    "kind",
+    "stages",
+    "match",
+    "except",
+    "group_by",
+    "window",
+    "count",
+    "steps",
+    "value",
+    "ttl",
+    "learning",
+    "examples",
+    "enabled",
+)
+_KIND_KEYS = {
+    "match": (),
+    "threshold": ("group_by", "window", "count"),
+    "sequence": ("group_by", "window", "steps"),
+    "first_seen": ("group_by", "value", "ttl", "learning"),
+}
+_STATE_KEYS = ("group_by", "window", "count", "steps", "value", "ttl", "learning")
+
+
+@dataclass
+class Step:
+    name: str
+    match: Node
+    count: int = 1
+
+
+@dataclass
+class ExampleEvent:
+    event: dict[str, Any]
+    after: float | None = None
+    repeat: int = 1
+
+
+@dataclass
+class Example:
+    expect: bool  # True: must fire (on the last event), False: must never fire
+    events: list[ExampleEvent]
+    where: Where
+
+
+@dataclass
+class Rule:
+    id: str
+    title: str
+    severity: str
+    description: str
+    where: Where
+    mitre: tuple[str, ...] = ()
+    kind: str = "match"
+    stages: frozenset[str] = DEFAULT_STAGES
+    match: Node | None = None
+    excepts: list[Node] = field(default_factory=list)
+    group_by: tuple[str, ...] = ()
+    window: float = 0.0
+    count: int = 1
+    steps: list[Step] = field(default_factory=list)
+    value: str = ""
+    ttl: float = 0.0
+    learning: float = 0.0
+    enabled: bool = True
+    examples: list[Example] = field(default_factory=list)
+    references: frozenset[str] = frozenset()
+    source: str = ""
+
+    @property
+    def stateful(self) -> bool:
+        return self.kind != "match"
+
+    @property
+    def alertname(self) -> str:
+        return "KubeAudit" + "".join(p[:1].upper() + p[1:] for p in self.id.split("-"))
+
+    def requirements(self) -> list[str]:
+        """The settings this rule needs (``trusted_networks``...)."""
+        out: list[str] = []
+        for ref in sorted(self.references):
+            if ref in DERIVED:
+                out.extend(DERIVED[ref].requires)
+            elif ref.startswith("$"):
+                out.append(ref[1:])
+        return sorted(set(out))
+
+    def missing(self, settings: DetectionSettings) -> list[str]:
+        """Settings this rule needs that are empty: it is inactive then."""
+        return [r for r in self.requirements() if not settings.is_set(r)]
+
+
+@dataclass
+class RuleFile:
+    path: str
+    rules: list[Rule]
+    example_settings: DetectionSettings
+
+
+@dataclass
+class RuleSet:
+    files: list[RuleFile]
+
+    @property
+    def rules(self) -> list[Rule]:
+        return [r for f in self.files for r in f.rules]
+
+    def __len__(self) -> int:
+        return sum(len(f.rules) for f in self.files)
+
+    def get(self, rule_id: str) -> Rule | None:
+        for r in self.rules:
+            if r.id == rule_id:
+                return r
+        return None
+
+    def __add__(self, other: RuleSet) -> RuleSet:
+        merged = RuleSet(self.files + other.files)
+        _check_unique(merged.rules)
+        return merged
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def default_rule_files() -> list[str]:
+    """The shipped rule files (package data), in a stable order."""
+    root = resources.files("exporter.detect") / "rules"
+    return sorted(str(p) for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_rules(paths: Sequence[str] | None = None, *, with_defaults: bool = False) -> RuleSet:
+    """Load and validate rule files (None: the default set). Raise RuleError
+    listing every problem of every file, each located."""
+    files: list[str] = []
+    if paths is None or with_defaults:
+        files.extend(default_rule_files())
+    files.extend(paths or ())
+    problems: list[str] = []
+    loaded: list[RuleFile] = []
+    for path in files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            problems.append(f"{path}: cannot read: {e.strerror}")
+            continue
+        except UnicodeDecodeError:
+            problems.append(f"{path}: not UTF-8 text")
+            continue
+        rf = parse_rule_file(text, _display(path), problems)
+        if rf is not None:
+            loaded.append(rf)
+    if not problems:
+        try:
+            _check_unique([r for f in loaded for r in f.rules])
+        except RuleError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise RuleError(problems)
+    return RuleSet(loaded)
+
+
+def _display(path: str) -> str:
+    """Shipped files are shown as ``<default>/name.yaml``."""
+    p = Path(path)
+    if (
+        p.parent.name == "rules"
+        and p.parent.parent.name == "detect"
+        and p.parent.parent.parent.name == "exporter"
+    ):
+        return f"<default>/{p.name}"
+    return path
+
+
+def _check_unique(rules: Iterable[Rule]) -> None:
+    seen: dict[str, Rule] = {}
+    problems: list[str] = []
+    for r in rules:
+        first = seen.get(r.id)
+        if first is not None:
+            problems.append(
+                r.where(
+                    f"duplicate rule id {r.id!r} "
+                    f"(first defined at {first.where.file}:{first.where.pos[0]})"
+                )
+            )
+        else:
+            seen[r.id] = r
+    if problems:
+        raise RuleError(problems)
+
+
+def parse_rule_file(text: str, path: str, problems: list[str]) -> RuleFile | None:
+    try:
+        doc = located.load(text)
+    except yaml.YAMLError as e:
+        problems.append(located.yaml_problem(path, e))
+        return None
+    top = Where(path)
+    if not isinstance(doc, LDict):
+        problems.append(top("the top level must be a mapping with a `rules:` list"))
+        return None
+    for key in doc:
+        if key not in ("rules", "example_settings"):
+            problems.append(top.key(doc, key)("unknown key (known: rules, example_settings)"))
+    settings = DetectionSettings()
+    if "example_settings" in doc:
+        try:
+            settings = DetectionSettings.from_config(doc["example_settings"], source=path)
+        except RuleError as e:
+            problems.extend(p.replace(": detect.", ": example_settings.", 1) for p in e.problems)
+    raw = doc.get("rules")
+    if not isinstance(raw, LList):
+        problems.append(top.key(doc, "rules").at(raw)("must be a list of rules"))
+        return None
+    rules: list[Rule] = []
+    where_rules = top.key(doc, "rules")
+    for i, item in enumerate(raw):
+        rule = parse_rule(item, where_rules.item(raw, i).at(item), problems)
+        if rule is not None:
+            rule.source = path
+            rules.append(rule)
+    return RuleFile(path, rules, settings)
+
+
+def parse_rule(doc: Any, where: Where, problems: list[str]) -> Rule | None:
+    if not isinstance(doc, LDict):
+        problems.append(where("a rule is a mapping"))
+        return None
+    before = len(problems)
+    rid = doc.get("id")
+    if isinstance(rid, str) and _ID.match(rid):
+        where = Where(where.file, f"{where.path} ({rid})", where.pos)
+    else:
+        problems.append(
+            where.key(doc, "id")(
+                f"{rid!r} is not a rule id (lower-case letters, digits and dashes)"
+            )
+        )
+        rid = ""
+    for key in doc:
+        if key not in _RULE_KEYS:
+            problems.append(where.key(doc, key)(f"unknown key (known: {', '.join(_RULE_KEYS)})"))
+    kind = doc.get("kind", "match")
+    if kind not in KINDS:
+        problems.append(where.key(doc, "kind")(f"must be one of {', '.join(KINDS)}, not {kind!r}"))
+        kind = "match"
+    for key in _STATE_KEYS:
+        if key in doc and key not in _KIND_KEYS[kind]:
+            problems.append(where.key(doc, key)(f"not used by kind {kind}"))
+    title = _text(doc, "title", where, problems)
+    description = _text(doc, "description", where, problems)
+    severity = doc.get("severity")
+    if severity not in SEVERITIES:
+        problems.append(
+            where.key(doc, "severity")(f"must be one of {', '.join(SEVERITIES)}, not {severity!r}")
+        )
+    mitre: tuple[str, ...] = ()
+    if "mitre" in doc:
+        raw = doc["mitre"]
+        items = raw if isinstance(raw, list) else [raw]
+        for m in items:
+            if not isinstance(m, str) or not _MITRE.match(m):
+                problems.append(
+                    where.key(doc, "mitre")(
+                        f"{m!r} is not an ATT&CK technique id (T1234 or T1234.001)"
+                    )
+                )
+        mitre = tuple(m for m in items if isinstance(m, str))
+    enabled = doc.get("enabled", True)
+    if not isinstance(enabled, bool):
+        problems.append(where.key(doc, "enabled")("must be true or false"))
+        enabled = True
+    stages = DEFAULT_STAGES
+    if "stages" in doc:
+        raw = doc["stages"]
+        items = raw if isinstance(raw, list) else [raw]
+        bad = [s for s in items if s not in STAGES]
+        if bad or not items:
+            problems.append(
+                where.key(doc, "stages")(f"must list stages among {', '.join(sorted(STAGES))}")
+            )
+        stages = frozenset(s for s in items if s in STAGES)
+
+    parser = Parser(problems)
+    match: Node | None = None
+    if "match" in doc:
+        match = parser.condition(doc["match"], where.key(doc, "match"))
+    elif kind != "sequence":
+        problems.append(where("a rule needs a `match:` condition"))
+    excepts: list[Node] = []
+    if "except" in doc:
+        raw = doc["except"]
+        w = where.key(doc, "except")
+        if isinstance(raw, LDict):
+            raw_list: list[Any] = [raw]
+            excepts = [parser.condition(raw, w)]
+        elif isinstance(raw, LList) and raw:
+            raw_list = raw
+            excepts = [parser.condition(c, w.item(raw, i)) for i, c in enumerate(raw)]
+        else:
+            problems.append(w.at(raw)("must be a condition or a list of conditions"))
+            raw_list = []
+        del raw_list
+
+    rule = Rule(
+        id=rid,
+        title=title,
+        severity=severity if severity in SEVERITIES else "info",
+        description=description,
+        where=where,
+        mitre=mitre,
+        kind=kind,
+        stages=stages,
+        match=match,
+        excepts=excepts,
+        enabled=enabled,
+    )
+    if kind != "match":
+        _parse_state(doc, rule, where, parser, problems)
+    rule.references = frozenset(parser.references)
+    rule.examples = _parse_examples(doc.get("examples"), where.key(doc, "examples"), problems)
+    if len(problems) > before:
+        return None
+    return rule
+
+
+def _text(doc: LDict, key: str, where: Where, problems: list[str]) -> str:
+    v = doc.get(key)
+    if not isinstance(v, str) or not v.strip():
+        problems.append(where.key(doc, key)("must be a non-empty string"))
+        return ""
+    return " ".join(v.split())
+
+
+def _paths(
+    doc: LDict, key: str, where: Where, problems: list[str], parser: Parser
+) -> tuple[str, ...]:
+    raw = doc.get(key)
+    w = where.key(doc, key)
+    if raw is None:
+        problems.append(where(f"kind {doc.get('kind')} needs `{key}:`"))
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    out: list[str] = []
+    for i, p in enumerate(items):
+        wi = w.item(raw, i) if isinstance(raw, list) else w
+        if not isinstance(p, str):
+            problems.append(wi(f"{p!r} is not a field path"))
+            continue
+        try:
+            if p in DERIVED:
+                parser.references.add(p)
+            elif p not in ATTRIBUTE_FIELDS:
+                if p.startswith("$") and not p.startswith(("$pod_spec", "$containers")):
+                    raise PathError(f"unknown derived field {p!r}")
+                parse(p)
+        except PathError as e:
+            problems.append(wi(str(e)))
+            continue
+        out.append(p)
+    return tuple(out)
+
+
+def _positive(doc: LDict, key: str, where: Where, problems: list[str], *, duration: bool) -> float:
+    raw = doc.get(key)
+    w = where.key(doc, key)
+    if raw is None:
+        problems.append(where(f"kind {doc.get('kind')} needs `{key}:`"))
+        return 0.0
+    try:
+        if duration:
+            v = parse_duration_text(raw)
+        else:
+            if type(raw) is not int:
+                raise ValueError(f"{raw!r} is not an integer")
+            v = float(raw)
+    except ValueError as e:
+        problems.append(w(str(e)))
+        return 0.0
+    if v <= 0:
+        problems.append(w("must be > 0"))
+    return v
+
+
+def _parse_state(doc: LDict, rule: Rule, where: Where, parser: Parser, problems: list[str]) -> None:
+    rule.group_by = _paths(doc, "group_by", where, problems, parser)
+    if rule.kind == "threshold":
+        rule.window = _positive(doc, "window", where, problems, duration=True)
+        rule.count = int(_positive(doc, "count", where, problems, duration=False))
+    elif rule.kind == "sequence":
+        rule.window = _positive(doc, "window", where, problems, duration=True)
+        raw = doc.get("steps")
+        w = where.key(doc, "steps")
+        if not isinstance(raw, LList) or len(raw) < 2:
+            problems.append(w.at(raw)("a sequence needs a list of at least two steps"))
+            return
+        names: set[str] = set()
+        for i, item in enumerate(raw):
+            wi = w.item(raw, i).at(item)
+            if not isinstance(item, LDict):
+                problems.append(wi("a step is a mapping with name, match and optional count"))
+                continue
+            for key in item:
+                if key not in ("name", "match", "count"):
+                    problems.append(wi.key(item, key)("unknown key (known: name, match, count)"))
+            name = item.get("name", f"step{i + 1}")
+            if not isinstance(name, str) or name in names:
+                problems.append(wi.key(item, "name")("must be a unique string"))
+            names.add(str(name))
+            if "match" not in item:
+                problems.append(wi("a step needs `match:`"))
+                continue
+            count = item.get("count", 1)
+            if type(count) is not int or count < 1:
+                problems.append(wi.key(item, "count")("must be an integer >= 1"))
+                count = 1
+            rule.steps.append(
+                Step(str(name), parser.condition(item["match"], wi.key(item, "match")), count)
+            )
+    else:
+        values = _paths(doc, "value", where, problems, parser)
+        if len(values) != 1:
+            if values:
+                problems.append(where.key(doc, "value")("takes one field path"))
+        else:
+            rule.value = values[0]
+        rule.ttl = _positive(doc, "ttl", where, problems, duration=True)
+        if "learning" in doc:
+            try:
+                rule.learning = parse_duration_text(doc["learning"])
+                if rule.learning < 0:
+                    raise ValueError("must be >= 0")
+            except ValueError as e:
+                problems.append(where.key(doc, "learning")(str(e)))
+
+
+def plain(value: Any) -> Any:
+    """Located YAML containers as plain dicts and lists (the decoder checks
+    ``type(x) is dict``)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def _parse_examples(doc: Any, where: Where, problems: list[str]) -> list[Example]:
+    if doc is None:
+        return []
+    if not isinstance(doc, LDict):
+        problems.append(where.at(doc)("must be a mapping with `match:` and `no_match:` lists"))
+        return []
+    out: list[Example] = []
+    for key in doc:
+        if key not in ("match", "no_match"):
+            problems.append(where.key(doc, key)("unknown key (known: match, no_match)"))
+            continue
+        items = doc[key]
+        w = where.key(doc, key)
+        if not isinstance(items, LList):
+            problems.append(w.at(items)("must be a list of examples"))
+            continue
+        for i, item in enumerate(items):
+            wi = w.item(items, i).at(item)
+            ex = _example(item, key == "match", wi, problems)
+            if ex is not None:
+                out.append(ex)
+    return out
+
+
+def _example(item: Any, expect: bool, where: Where, problems: list[str]) -> Example | None:
+    if not isinstance(item, LDict):
+        problems.append(where("an example is an event (a mapping) or {events: [...]}"))
+        return None
+    if "events" not in item:
+        return Example(expect, [ExampleEvent(plain(item))], where)
+    if len(item) != 1:
+        problems.append(where("an {events: [...]} example takes no other keys"))
+        return None
+    raw = item["events"]
+    w = where.key(item, "events")
+    if not isinstance(raw, LList) or not raw:
+        problems.append(w.at(raw)("must be a non-empty list of events"))
+        return None
+    events: list[ExampleEvent] = []
+    for i, ev in enumerate(raw):
+        wi = w.item(raw, i).at(ev)
+        if not isinstance(ev, LDict):
+            problems.append(wi("an event is a mapping"))
+            continue
+        if "event" not in ev:
+            events.append(ExampleEvent(plain(ev)))
+            continue
+        for key in ev:
+            if key not in ("event", "after", "repeat"):
+                problems.append(wi.key(ev, key)("unknown key (known: event, after, repeat)"))
+        after: float | None = None
+        if "after" in ev:
+            try:
+                after = parse_duration_text(ev["after"])
+            except ValueError as e:
+                problems.append(wi.key(ev, "after")(str(e)))
+        repeat = ev.get("repeat", 1)
+        if type(repeat) is not int or repeat < 1:
+            problems.append(wi.key(ev, "repeat")("must be an integer >= 1"))
+            repeat = 1
+        if not isinstance(ev["event"], LDict):
+            problems.append(wi.key(ev, "event")("must be a mapping"))
+            continue
+        events.append(ExampleEvent(plain(ev["event"]), after, repeat))
+    return Example(expect, events, where)

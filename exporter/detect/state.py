@@ -1,0 +1,168 @@
+"""State of the stateful rule kinds, on event time, with bounded memory.
+
+Each state keeps at most ``max_entries`` groups (or key/value pairs). Entries
+are kept in least-recently-touched order; expired ones are dropped from the
+front as time (the newest event time seen, the watermark) advances, and when
+the bound is reached the least recently touched entry is evicted and counted.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Callable, Hashable
+
+Key = tuple[str, ...]
+
+
+class _Bounded:
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self.evictions = 0
+        self.watermark = float("-inf")
+
+    def _evict(self, d: dict[Hashable, object]) -> None:
+        while len(d) > self.max_entries:
+            del d[next(iter(d))]
+            self.evictions += 1
+
+
+class ThresholdState(_Bounded):
+    """Fires when ``count`` events of one group fall within ``window`` seconds
+    (inclusive), then forgets that group's events and counts afresh."""
+
+    def __init__(self, window: float, count: int, max_entries: int) -> None:
+        super().__init__(max_entries)
+        self.window = window
+        self.count = count
+        self.groups: dict[Key, list[float]] = {}
+
+    @property
+    def entries(self) -> int:
+        return len(self.groups)
+
+    def observe(self, key: Key, t: float) -> bool:
+        if t > self.watermark:
+            self.watermark = t
+        horizon = self.watermark - self.window
+        if t < horizon:
+            return False  # too late to count: its window has passed
+        groups = self.groups
+        # drop groups whose newest event is out of the window
+        while groups:
+            first = next(iter(groups))
+            if groups[first][-1] >= horizon:
+                break
+            del groups[first]
+        times = groups.pop(key, None)
+        if times is None:
+            times = [t]
+        else:
+            insort(times, t)
+            cut = 0
+            while cut < len(times) and times[cut] < horizon:
+                cut += 1
+            if cut:
+                del times[:cut]
+        if len(times) >= self.count:
+            return True  # fired: the group starts again from nothing
+        groups[key] = times
+        self._evict(groups)  # type: ignore[arg-type]
+        return False
+
+
+class _Progress:
+    __slots__ = ("n", "start", "step")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.step = 0
+        self.n = 0
+
+
+class SequenceState(_Bounded):
+    """Ordered steps per group: fires when every step has been seen (each
+    ``counts[i]`` times), in order, within ``window`` of the first one."""
+
+    def __init__(self, counts: list[int], window: float, max_entries: int) -> None:
+        super().__init__(max_entries)
+        self.counts = counts
+        self.window = window
+        self.groups: dict[Key, _Progress] = {}
+
+    @property
+    def entries(self) -> int:
+        return len(self.groups)
+
+    def observe(self, key: Key, t: float, step_matches: Callable[[int], bool]) -> bool:
+        if t > self.watermark:
+            self.watermark = t
+        horizon = self.watermark - self.window
+        groups = self.groups
+        while groups:
+            first = next(iter(groups))
+            if groups[first].start >= horizon:
+                break
+            del groups[first]
+        p = groups.get(key)
+        if p is not None and t - p.start > self.window:
+            del groups[key]
+            p = None
+        if p is None:
+            if t < horizon or not step_matches(0):
+                return False
+            p = _Progress(t)
+        elif step_matches(p.step):
+            del groups[key]  # re-inserted below: most recently touched last
+        else:
+            return False
+        p.n += 1
+        if p.n >= self.counts[p.step]:
+            p.step += 1
+            p.n = 0
+            if p.step == len(self.counts):
+                return True
+        groups[key] = p
+        self._evict(groups)  # type: ignore[arg-type]
+        return False
+
+    def step_of(self, key: Key) -> int | None:
+        p = self.groups.get(key)
+        return None if p is None else p.step
+
+
+class FirstSeenState(_Bounded):
+    """Remembers (key, value) pairs for ``ttl`` seconds after they were last
+    seen; a pair not remembered is new. During ``learning`` seconds from the
+    first event, new pairs are remembered but not reported."""
+
+    def __init__(self, ttl: float, learning: float, max_entries: int) -> None:
+        super().__init__(max_entries)
+        self.ttl = ttl
+        self.learning = learning
+        self.started: float | None = None
+        self.seen: dict[tuple[Key, str], float] = {}
+
+    @property
+    def entries(self) -> int:
+        return len(self.seen)
+
+    def observe(self, key: Key, value: str, t: float) -> bool:
+        if self.started is None:
+            self.started = t
+        if t > self.watermark:
+            self.watermark = t
+        horizon = self.watermark - self.ttl
+        seen = self.seen
+        while seen:
+            first = next(iter(seen))
+            if seen[first] >= horizon:
+                break
+            del seen[first]
+        pair = (key, value)
+        last = seen.pop(pair, None)
+        new = last is None or t - last > self.ttl
+        seen[pair] = t if last is None or t > last else last
+        self._evict(seen)  # type: ignore[arg-type]
+        return new and t >= self.started + self.learning
