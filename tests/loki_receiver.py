@@ -21,6 +21,7 @@ import importlib
 import json
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -180,8 +181,9 @@ Action = int | str | tuple[str, float]
 
 
 class LokiReceiver:
-    def __init__(self, pb2: ModuleType) -> None:
+    def __init__(self, pb2: ModuleType, ssl_context: ssl.SSLContext | None = None) -> None:
         self.pb2 = pb2
+        self.tls = ssl_context is not None
         self.lock = threading.Lock()
         self.received: list[Received] = []
         self.requests: list[Request] = []
@@ -206,12 +208,15 @@ class LokiReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
 
     def close(self) -> None:
         self.server.shutdown()

@@ -7,6 +7,7 @@ import copy
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from exporter.loki import sink as sink_mod
 from exporter.metrics import AuditMetrics
 from tests.loki_corpus import CorpusEvent, corpus_events, expected_ts_ns
 from tests.loki_receiver import LokiReceiver, basic_auth, compile_push_proto, wait_for
+from tests.tlsutil import PKI, make_pki
 
 CLUSTER = "test-cluster"
 FALCO = "falco-k8s-audit-trace-files"
@@ -716,3 +718,88 @@ def test_oversized_event_arrives_shrunk_and_marked(
     assert "requestObject" not in out and out["auditID"] == obj["auditID"]
     assert "kube-audit-exporter/truncated" in out["annotations"]
     assert registry.get_sample_value("kube_audit_loki_entries_shrunk_total") == 1
+
+
+# --- TLS -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_loki(push_pb2: ModuleType, tmp_path: Path) -> Iterator[tuple[LokiReceiver, PKI]]:
+    pki = make_pki(tmp_path / "pki")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.server.cert_file), str(pki.server.key_file))
+    ctx.load_verify_locations(str(pki.ca.cert_file))
+    ctx.verify_mode = ssl.CERT_REQUIRED  # Loki behind a proxy that wants client certificates
+    receiver = LokiReceiver(push_pb2, ssl_context=ctx)
+    yield receiver, pki
+    receiver.close()
+
+
+def test_tls_with_a_private_ca_and_a_client_certificate(
+    tmp_path: Path,
+    tls_loki: tuple[LokiReceiver, PKI],
+    corpora: Path,
+    sinks: list[LokiSink],
+) -> None:
+    loki, pki = tls_loki
+    sink = open_sink(
+        sinks,
+        settings(
+            tmp_path,
+            loki,
+            ca_file=str(pki.ca.cert_file),
+            cert_file=str(pki.client.cert_file),
+            key_file=str(pki.client.key_file),
+        ),
+    )
+    assert sink.submit(unique_events(corpora, 10))
+    wait_for(lambda: loki.count() == 10)
+
+
+def test_tls_verification_failure_is_retried_and_counted(
+    tmp_path: Path,
+    tls_loki: tuple[LokiReceiver, PKI],
+    corpora: Path,
+    sinks: list[LokiSink],
+) -> None:
+    loki, pki = tls_loki
+    registry = CollectorRegistry()
+    # No ca_file: the system trust store does not know the test CA.
+    s = settings(
+        tmp_path,
+        loki,
+        cert_file=str(pki.client.cert_file),
+        key_file=str(pki.client.key_file),
+    )
+    sink = open_sink(sinks, s, metrics=AuditMetrics(registry))
+    assert sink.submit(unique_events(corpora, 3))
+    wait_for(
+        lambda: (
+            (
+                registry.get_sample_value("kube_audit_loki_push_failures_total", {"reason": "tls"})
+                or 0
+            )
+            >= 2
+        )
+    )
+    assert loki.count() == 0
+    assert registry.get_sample_value("kube_audit_spool_entries") == 3
+
+
+def test_insecure_skip_verify_accepts_an_unknown_ca(
+    tmp_path: Path,
+    tls_loki: tuple[LokiReceiver, PKI],
+    corpora: Path,
+    sinks: list[LokiSink],
+) -> None:
+    loki, pki = tls_loki
+    s = settings(
+        tmp_path,
+        loki,
+        insecure_skip_verify=True,
+        cert_file=str(pki.client.cert_file),
+        key_file=str(pki.client.key_file),
+    )
+    sink = open_sink(sinks, s)
+    assert sink.submit(unique_events(corpora, 4))
+    wait_for(lambda: loki.count() == 4)

@@ -243,6 +243,9 @@ class LokiClient:
             )
         except requests.Timeout:
             return PushResult(RETRY, "timeout", "timeout", "no answer within the timeout")
+        except requests.exceptions.SSLError:
+            # Certificates can be fixed on the other side: retried, but said.
+            return PushResult(RETRY, "tls_error", "tls", "TLS handshake or verification failed")
         except requests.ConnectionError as e:
             return PushResult(RETRY, "connection_error", "connection", _short(type(e).__name__))
         except requests.RequestException as e:

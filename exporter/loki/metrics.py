@@ -26,6 +26,7 @@ PUSH_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 FAILURE_REASONS = (
     "timeout",
     "connection",
+    "tls",
     "error",
     "rate_limited",
     "http_5xx",

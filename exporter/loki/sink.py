@@ -109,6 +109,8 @@ class LokiSink:
                 "redaction": "on" if do_redact else "upstream" if settings.redact else "off",
             },
         )
+        if settings.insecure_skip_verify:
+            log.warning("loki: TLS certificate verification is off (insecure_skip_verify)")
         if start:
             self._thread.start()
 
@@ -147,6 +149,21 @@ class LokiSink:
             while not self.spool.has_room(half):
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
+                    return False
+                self.spool.changed.wait(min(left, 1.0))
+        return True
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until everything spooled is acknowledged (True), the sender
+        stopped on a configuration error, or ``timeout`` passed (False).
+        For replay, which ends only when its events are in Loki."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.spool.changed:
+            while not self.spool.empty():
+                if self.stopped_reason is not None or not self._thread.is_alive():
+                    return False
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
                     return False
                 self.spool.changed.wait(min(left, 1.0))
         return True
