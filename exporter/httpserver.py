@@ -374,7 +374,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         """Hook: a response with status ``code`` is being sent."""
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug(format % args, extra={"peer": self.peer})
+        log.debug(format, *args, extra={"peer": self.peer})
 
     # --- answers ---------------------------------------------------------------
 
