@@ -420,6 +420,43 @@ def _oversized_chunked(h: Harness, items: list[dict[str, Any]]) -> Reply:
         return raw_exchange(sock, head + framed)
 
 
+def _raw_head(h: Harness, head: str) -> Reply:
+    with h.tls_connect() as sock:
+        return raw_exchange(sock, head.encode() + b"{}")
+
+
+def _two_framings(h: Harness, items: list[dict[str, Any]]) -> Reply:
+    return _raw_head(
+        h,
+        f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+
+
+def _bad_length(h: Harness, items: list[dict[str, Any]]) -> Reply:
+    return _raw_head(
+        h,
+        f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        "Content-Length: -2\r\n\r\n",
+    )
+
+
+def _unknown_transfer_encoding(h: Harness, items: list[dict[str, Any]]) -> Reply:
+    return _raw_head(
+        h,
+        f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: gzip, chunked\r\n\r\n",
+    )
+
+
+def _bad_chunk(h: Harness, items: list[dict[str, Any]]) -> Reply:
+    return _raw_head(
+        h,
+        f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+
+
 @pytest.mark.parametrize(
     ("send", "code", "reason"),
     [
@@ -434,6 +471,10 @@ def _oversized_chunked(h: Harness, items: list[dict[str, Any]]) -> Reply:
         (_get, 405, "method_not_allowed"),
         (_other_path, 404, "not_found"),
         (_no_length, 411, "length_required"),
+        (_two_framings, 400, "bad_framing"),
+        (_bad_length, 400, "bad_framing"),
+        (_bad_chunk, 400, "bad_framing"),
+        (_unknown_transfer_encoding, 501, "unsupported_transfer_encoding"),
     ],
     ids=lambda v: v.__name__.strip("_") if callable(v) else None,
 )
@@ -463,6 +504,23 @@ def test_bad_request_is_refused_counted_and_the_server_keeps_serving(
     assert h.post(event_list(good)).status == 200
     assert h.value("kube_audit_events_total", source="webhook") == 20
     assert h.answered(200) == 1
+
+
+def test_pipeline_failure_answers_500_and_the_server_keeps_serving(
+    webhook: Factory, demo_items: list[dict[str, Any]]
+) -> None:
+    failures = [RuntimeError("a bug in a processor")]
+
+    def flaky(events: list[AuditEvent]) -> None:
+        if failures:
+            raise failures.pop()
+
+    h = webhook(processors=[flaky])
+    body = event_list(demo_items[:10])
+    assert h.post(body).status == 500
+    assert h.post(body).status == 200
+    assert h.answered(500) == 1
+    assert h.value("kube_audit_events_total", source="webhook") == 10
 
 
 def test_expect_100_continue_is_refused_before_the_body_is_sent(webhook: Factory) -> None:
@@ -624,6 +682,15 @@ def test_replaced_certificate_is_served_to_new_connections(
         return der
 
     assert served_certificate() == pki.server.der
+
+    # Files that cannot be read (a Secret being rewritten): the old certificate stays.
+    key_file.rename(tmp_path / "tls.key.moved")
+    with caplog.at_level(logging.ERROR, logger="exporter.httpserver"):
+        assert served_certificate() == pki.server.der
+        assert served_certificate() == pki.server.der
+    assert sum("cannot read TLS files" in r.getMessage() for r in caplog.records) == 1
+    (tmp_path / "tls.key.moved").rename(key_file)
+    caplog.clear()
 
     # A broken file is refused: the old certificate stays, the error is logged once.
     with caplog.at_level(logging.ERROR, logger="exporter.httpserver"):
