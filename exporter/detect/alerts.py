@@ -57,8 +57,13 @@ def context_line(m: Match) -> str:
     r = m.rule
     group = ", ".join(f"{p}={v or '(none)'}" for p, v in zip(r.group_by, m.group, strict=False))
     if r.kind == "threshold":
+        what = (
+            f"{r.count} distinct {'/'.join(r.distinct)} values"
+            if r.distinct
+            else f"{r.count} matching requests"
+        )
         return (
-            f"{r.count} matching requests for {group} within {_duration_text(r.window)}; "
+            f"{what} for {group} within {_duration_text(r.window)}; "
             "this request completed the count."
         )
     if r.kind == "sequence":

@@ -28,7 +28,13 @@ from .matchers import (
 from .paths import ATTRIBUTE_FIELDS, DERIVED, compile_getter, parse
 from .rules import Rule, RuleSet
 from .settings import SEVERITY_RANK, DetectionSettings
-from .state import FirstSeenState, Key, SequenceState, ThresholdState
+from .state import (
+    DistinctThresholdState,
+    FirstSeenState,
+    Key,
+    SequenceState,
+    ThresholdState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +137,9 @@ class CompiledRule:
         self.stages = rule.stages
         self.errors = 0
         self.started: dict[str, None] = {}
-        self.state: ThresholdState | SequenceState | FirstSeenState | None = None
+        self.state: (
+            ThresholdState | DistinctThresholdState | SequenceState | FirstSeenState | None
+        ) = None
         test = compile_predicate(rule.match, rule.excepts, ctx, rule.id)
         base = constraints(rule.match) if rule.match is not None else dict.fromkeys(DIMS)
         getters = [_key_getter(p, ctx.derived) for p in rule.group_by]
@@ -151,6 +159,21 @@ class CompiledRule:
                     return None
                 key = group(ev)
                 if state.observe(key, ev.stage_ts, lambda i: steps[i](ev)):
+                    return Match(rule, ev, key)
+                return None
+
+        elif rule.kind == "threshold" and rule.distinct:
+            self.constraint = base
+            dstate = DistinctThresholdState(rule.window, rule.count, limit)
+            self.state = dstate
+            group = self.group
+            distinct = [_key_getter(p, ctx.derived) for p in rule.distinct]
+
+            def check(ev: AuditEvent) -> Match | None:
+                if not test(ev):
+                    return None
+                key = group(ev)
+                if dstate.observe(key, tuple(g(ev) for g in distinct), ev.stage_ts):
                     return Match(rule, ev, key)
                 return None
 

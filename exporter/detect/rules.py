@@ -23,7 +23,8 @@ Stateful kinds, all on event time (stageTimestamp):
 
 - ``threshold``: ``group_by`` (paths), ``window`` and ``count``: fires when
   ``count`` matching events of one group fall within ``window``, then starts
-  counting afresh.
+  counting afresh. With ``distinct`` (paths), it counts distinct values of
+  those paths instead of events (ten different secrets, not one read ten times).
 - ``sequence``: ``group_by``, ``window`` and ``steps`` (each ``name``,
   ``match``, optional ``count``): fires when the steps happen in order within
   ``window`` of the sequence's first event. ``match``/``except`` at the top
@@ -77,6 +78,7 @@ _RULE_KEYS = (
     "group_by",
     "window",
     "count",
+    "distinct",
     "steps",
     "value",
     "ttl",
@@ -86,11 +88,11 @@ _RULE_KEYS = (
 )
 _KIND_KEYS = {
     "match": (),
-    "threshold": ("group_by", "window", "count"),
+    "threshold": ("group_by", "window", "count", "distinct"),
     "sequence": ("group_by", "window", "steps"),
     "first_seen": ("group_by", "value", "ttl", "learning"),
 }
-_STATE_KEYS = ("group_by", "window", "count", "steps", "value", "ttl", "learning")
+_STATE_KEYS = ("group_by", "window", "count", "distinct", "steps", "value", "ttl", "learning")
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Rule:
     group_by: tuple[str, ...] = ()
     window: float = 0.0
     count: int = 1
+    distinct: tuple[str, ...] = ()
     steps: list[Step] = field(default_factory=list)
     value: str = ""
     ttl: float = 0.0
@@ -363,16 +366,15 @@ def parse_rule(doc: Any, where: Where, problems: list[str]) -> Rule | None:
     if "except" in doc:
         raw = doc["except"]
         w = where.key(doc, "except")
+        # An allow-list that names an empty setting simply allows nothing more:
+        # its references do not make the rule inactive.
+        exc_parser = Parser(problems)
         if isinstance(raw, LDict):
-            raw_list: list[Any] = [raw]
-            excepts = [parser.condition(raw, w)]
+            excepts = [exc_parser.condition(raw, w)]
         elif isinstance(raw, LList) and raw:
-            raw_list = raw
-            excepts = [parser.condition(c, w.item(raw, i)) for i, c in enumerate(raw)]
+            excepts = [exc_parser.condition(c, w.item(raw, i)) for i, c in enumerate(raw)]
         else:
             problems.append(w.at(raw)("must be a condition or a list of conditions"))
-            raw_list = []
-        del raw_list
 
     rule = Rule(
         id=rid,
@@ -459,6 +461,8 @@ def _parse_state(doc: LDict, rule: Rule, where: Where, parser: Parser, problems:
     if rule.kind == "threshold":
         rule.window = _positive(doc, "window", where, problems, duration=True)
         rule.count = int(_positive(doc, "count", where, problems, duration=False))
+        if "distinct" in doc:
+            rule.distinct = _paths(doc, "distinct", where, problems, parser)
     elif rule.kind == "sequence":
         rule.window = _positive(doc, "window", where, problems, duration=True)
         raw = doc.get("steps")

@@ -72,6 +72,48 @@ class ThresholdState(_Bounded):
         return False
 
 
+class DistinctThresholdState(_Bounded):
+    """Fires when ``count`` distinct values show up in one group within
+    ``window`` seconds (inclusive), then forgets that group."""
+
+    def __init__(self, window: float, count: int, max_entries: int) -> None:
+        super().__init__(max_entries)
+        self.window = window
+        self.count = count
+        self.groups: dict[Key, dict[Key, float]] = {}
+
+    @property
+    def entries(self) -> int:
+        return len(self.groups)
+
+    def observe(self, key: Key, value: Key, t: float) -> bool:
+        if t > self.watermark:
+            self.watermark = t
+        horizon = self.watermark - self.window
+        if t < horizon:
+            return False
+        groups = self.groups
+        while groups:
+            first = next(iter(groups))
+            if max(groups[first].values()) >= horizon:
+                break
+            del groups[first]
+        seen = groups.pop(key, None)
+        if seen is None:
+            seen = {}
+        else:
+            for v in [v for v, ts in seen.items() if ts < horizon]:
+                del seen[v]
+        last = seen.get(value)
+        seen[value] = t if last is None or t > last else last
+        if len(seen) >= self.count:
+            return True
+        # a group holds at most count - 1 values: memory stays bounded
+        groups[key] = seen
+        self._evict(groups)  # type: ignore[arg-type]
+        return False
+
+
 class _Progress:
     __slots__ = ("n", "start", "step")
 
