@@ -20,7 +20,7 @@ from .config import OPTIONS, ConfigError, add_flags, load, require_source
 # Modules that add a subcommand: each has ``register(subparsers)``, which adds
 # its parser and sets ``func`` to a callable taking the parsed args and
 # returning the exit code.
-COMMAND_MODULES: tuple[str, ...] = ("exporter.detect.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("exporter.detect.cli", "exporter.policy.cli")
 
 log = logging.getLogger("exporter")
 
