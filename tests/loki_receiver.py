@@ -391,3 +391,12 @@ def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+if __name__ == "__main__":
+    # A standalone receiver for benchmarks: prints its URL, serves until killed.
+    import tempfile
+
+    receiver = LokiReceiver(compile_push_proto(Path(tempfile.mkdtemp())))
+    print(receiver.url, flush=True)
+    threading.Event().wait()

@@ -12,7 +12,7 @@ import cramjam
 import pytest
 
 from exporter.loki import proto
-from exporter.loki.encode import encode, parse_labels, protobuf_payload
+from exporter.loki.encode import encode_entries, parse_labels, protobuf_payload
 from exporter.loki.entry import (
     Entry,
     EntryBuilder,
@@ -98,7 +98,7 @@ def test_stream_keeps_entry_order(push_pb2: ModuleType) -> None:
 
 def test_body_is_raw_block_snappy_not_framed(push_pb2: ModuleType) -> None:
     entries = [Entry('{a="1"}', 1, b"line " * 1000, ())]
-    body = encode(entries, "protobuf")
+    body = encode_entries(entries, "protobuf")
     assert body.content_type == "application/x-protobuf"
     assert body.content_encoding is None
     # The framing format starts with a stream identifier chunk (0xff "sNaPpY").
@@ -109,7 +109,7 @@ def test_body_is_raw_block_snappy_not_framed(push_pb2: ModuleType) -> None:
 
 def test_json_format_is_gzip_with_structured_metadata() -> None:
     entries = [Entry('{a="x\\"y", b="2"}', 1_587_491_825_548_299_123, b'{"k":1}', (("user", "u"),))]
-    body = encode(entries, "json")
+    body = encode_entries(entries, "json")
     assert (body.content_type, body.content_encoding) == ("application/json", "gzip")
     doc = json.loads(gzip.decompress(body.data))
     assert doc == {
@@ -197,3 +197,11 @@ def test_shrink_falls_back_to_the_events_identity() -> None:
     out = json.loads(line)
     assert out["auditID"] == "a2" and out["verb"] == "get"
     assert "kube-audit-exporter/truncated" in out["annotations"]
+
+
+def test_fast_record_path_matches_the_entry_encoder(corpora: Path) -> None:
+    builder = EntryBuilder(LokiSettings(cluster="c", labels=("stage", "namespace")))
+    for c in corpus_events(corpora):
+        record = builder.record(c.event)
+        assert record == encode_record(builder.build(c.event)), c.where
+        assert decode_record(record) == builder.build(c.event)

@@ -1,6 +1,6 @@
 """Push request bodies: protobuf + raw snappy (Loki's native format) or
-JSON + gzip. Entries are grouped into streams by their label string; each
-stream keeps its entries in the order given."""
+JSON + gzip, from spool records. Entries are grouped into streams by their
+label string; each stream keeps its entries in the order given."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import cramjam
 import orjson
 
 from . import proto
-from .entry import Entry
+from .entry import Entry, decode_record, encode_record, split_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,52 +20,55 @@ class Body:
     data: bytes
     content_type: str
     content_encoding: str | None
-    # Uncompressed size, for the logs and the 413 decision.
+    # Uncompressed size, for the logs.
     raw_size: int
 
 
-def group(entries: Sequence[Entry]) -> dict[str, list[Entry]]:
-    streams: dict[str, list[Entry]] = {}
-    for e in entries:
-        s = streams.get(e.labels)
+def records_payload(records: Sequence[bytes]) -> bytes:
+    """The uncompressed logproto.PushRequest for spool records."""
+    streams: dict[bytes, list[bytes]] = {}
+    for record in records:
+        labels, entry = split_record(record)
+        s = streams.get(labels)
         if s is None:
-            s = streams[e.labels] = []
-        s.append(e)
-    return streams
-
-
-def encode_entry(e: Entry) -> bytes:
-    return proto.entry(e.ts_ns, e.line, [(k.encode(), v.encode()) for k, v in e.metadata])
+            s = streams[labels] = []
+        s.append(entry)
+    return proto.push_request(proto.stream(labels, s) for labels, s in streams.items())
 
 
 def protobuf_payload(entries: Sequence[Entry]) -> bytes:
-    """The uncompressed logproto.PushRequest."""
-    return proto.push_request(
-        proto.stream(labels.encode(), [encode_entry(e) for e in stream])
-        for labels, stream in group(entries).items()
+    return records_payload([encode_record(e) for e in entries])
+
+
+def json_payload(records: Sequence[bytes]) -> bytes:
+    """Loki's JSON push format; structured metadata as the third value."""
+    streams: dict[str, list[list[object]]] = {}
+    for record in records:
+        e = decode_record(record)
+        value: list[object] = [str(e.ts_ns), e.line.decode("utf-8", "replace")]
+        if e.metadata:
+            value.append(dict(e.metadata))
+        streams.setdefault(e.labels, []).append(value)
+    return orjson.dumps(
+        {
+            "streams": [
+                {"stream": parse_labels(labels), "values": values}
+                for labels, values in streams.items()
+            ]
+        }
     )
 
 
-def json_payload(entries: Sequence[Entry]) -> bytes:
-    """Loki's JSON push format; structured metadata as the third value."""
-    streams = []
-    for labels, stream in group(entries).items():
-        values: list[list[object]] = []
-        for e in stream:
-            value: list[object] = [str(e.ts_ns), e.line.decode("utf-8", "replace")]
-            if e.metadata:
-                value.append(dict(e.metadata))
-            values.append(value)
-        streams.append({"stream": parse_labels(labels), "values": values})
-    return orjson.dumps({"streams": streams})
-
-
-def encode(entries: Sequence[Entry], fmt: str = "protobuf") -> Body:
+def encode(records: Sequence[bytes], fmt: str = "protobuf") -> Body:
     if fmt == "json":
-        raw = json_payload(entries)
+        raw = json_payload(records)
         return Body(gzip.compress(raw, compresslevel=1), "application/json", "gzip", len(raw))
-    raw = protobuf_payload(entries)
+    raw = records_payload(records)
     return Body(bytes(cramjam.snappy.compress_raw(raw)), "application/x-protobuf", None, len(raw))
+
+
+def encode_entries(entries: Sequence[Entry], fmt: str = "protobuf") -> Body:
+    return encode([encode_record(e) for e in entries], fmt)
 
 
 def parse_labels(text: str) -> dict[str, str]:

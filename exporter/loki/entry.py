@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from ..event import AuditEvent
+from . import proto
 from .settings import LokiSettings
 
 TRUNCATED_ANNOTATION = "kube-audit-exporter/truncated"
@@ -45,6 +46,14 @@ MetadataHook = Callable[[AuditEvent], Iterable[tuple[str, str]]]
 
 _VERB = re.compile(r"^[A-Za-z]{1,40}$")
 _LABEL_CACHE_MAX = 4096
+# Metadata with few values: their encoded fields are cached.
+_CACHED_METADATA = frozenset(
+    {"user_kind", "namespace", "resource", "subresource", "code", "stage", "detected_level"}
+)
+_PAIR_CACHE_MAX = 65536
+_T_TIMESTAMP = proto.tag(1, proto.LEN)
+_T_LINE = proto.tag(2, proto.LEN)
+_T_METADATA = proto.tag(3, proto.LEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +205,8 @@ class EntryBuilder:
         self.line_limit = settings.line_limit
         self.metadata_hook = metadata_hook
         self._labels: dict[tuple[str, ...], str] = {}
+        self._prefixes: dict[str, bytes] = {}
+        self._pairs: dict[tuple[str, str], bytes] = {}
         self.shrunk = 0
 
     def labels(self, ev: AuditEvent) -> str:
@@ -215,6 +226,7 @@ class EntryBuilder:
             rendered = render_labels(pairs)
             if len(self._labels) >= _LABEL_CACHE_MAX:
                 self._labels.clear()
+                self._prefixes.clear()
             self._labels[key] = rendered
         return rendered
 
@@ -246,6 +258,33 @@ class EntryBuilder:
     def build(self, ev: AuditEvent) -> Entry:
         return Entry(self.labels(ev), timestamp_ns(ev), self.line(ev), self.metadata(ev))
 
+    def record(self, ev: AuditEvent) -> bytes:
+        """The spool record for ``ev``: the same bytes as
+        ``encode_record(self.build(ev))``, built without the detour."""
+        labels = self.labels(ev)
+        prefix = self._prefixes.get(labels)
+        if prefix is None:
+            raw = labels.encode()
+            prefix = self._prefixes[labels] = proto.varint(len(raw)) + raw
+        ts = proto.timestamp(timestamp_ns(ev))
+        line = self.line(ev)
+        parts = [prefix, _T_TIMESTAMP, proto.varint(len(ts)), ts]
+        if line:
+            parts += (_T_LINE, proto.varint(len(line)), line)
+        cache = self._pairs
+        for name, value in self.metadata(ev):
+            key = (name, value)
+            field = cache.get(key)
+            if field is None:
+                pair = proto.label_pair(name.encode(), value.encode())
+                field = _T_METADATA + proto.varint(len(pair)) + pair
+                if name in _CACHED_METADATA:
+                    if len(cache) >= _PAIR_CACHE_MAX:
+                        cache.clear()
+                    cache[key] = field
+            parts.append(field)
+        return b"".join(parts)
+
 
 def _label_value(ev: AuditEvent, name: str) -> str:
     if name == "stage":
@@ -268,64 +307,32 @@ def _label_value(ev: AuditEvent, name: str) -> str:
 
 # --- spool records ---------------------------------------------------------------
 #
-# An entry as the spool stores it:
-#   varint len(labels) labels | varint ts_ns | varint n |
-#   n x (varint len(name) name varint len(value) value) | line (the rest)
+# An entry as the spool stores it: the stream's label string, then the entry
+# already encoded as Loki's EntryAdapter, so that a push is concatenation:
+#   varint len(labels) | labels | EntryAdapter
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+def split_record(buf: bytes) -> tuple[bytes, bytes]:
+    """(label string, encoded EntryAdapter) of a spool record."""
+    n, pos = proto.read_varint(buf, 0)
+    if pos + n > len(buf):
+        raise ValueError("record shorter than its labels")
+    return buf[pos : pos + n], buf[pos + n :]
 
 
 def encode_record(entry: Entry) -> bytes:
     labels = entry.labels.encode()
-    parts = [_uvarint(len(labels)), labels, _uvarint(entry.ts_ns), _uvarint(len(entry.metadata))]
-    for name, value in entry.metadata:
-        n = name.encode()
-        v = value.encode()
-        parts += (_uvarint(len(n)), n, _uvarint(len(v)), v)
-    parts.append(entry.line)
-    return b"".join(parts)
+    body = proto.entry(
+        entry.ts_ns, entry.line, [(k.encode(), v.encode()) for k, v in entry.metadata]
+    )
+    return proto.varint(len(labels)) + labels + body
 
 
 def decode_record(buf: bytes) -> Entry:
     """The inverse of :func:`encode_record`; ValueError on a damaged record."""
+    labels, body = split_record(buf)
     try:
-        n, pos = _read_uvarint(buf, 0)
-        labels = buf[pos : pos + n].decode()
-        pos += n
-        ts_ns, pos = _read_uvarint(buf, pos)
-        count, pos = _read_uvarint(buf, pos)
-        meta: list[tuple[str, str]] = []
-        for _ in range(count):
-            n, pos = _read_uvarint(buf, pos)
-            name = buf[pos : pos + n].decode()
-            pos += n
-            n, pos = _read_uvarint(buf, pos)
-            value = buf[pos : pos + n].decode()
-            pos += n
-            meta.append((name, value))
-        if pos > len(buf):
-            raise ValueError("record shorter than its fields")
-    except (IndexError, UnicodeDecodeError) as e:
+        ts_ns, line, meta = proto.decode_entry(body)
+        return Entry(labels.decode(), ts_ns, line, tuple((k.decode(), v.decode()) for k, v in meta))
+    except UnicodeDecodeError as e:
         raise ValueError(f"damaged record: {e}") from None
-    return Entry(labels, ts_ns, bytes(buf[pos:]), tuple(meta))

@@ -14,7 +14,7 @@ those of Loki's ``pkg/push/push.proto`` (package ``logproto``)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 VARINT = 0
 LEN = 2
@@ -111,3 +111,70 @@ def push_request(streams: Iterable[bytes]) -> bytes:
     for s in streams:
         parts += (_T_STREAMS, varint(len(s)), s)
     return b"".join(parts)
+
+
+# --- decoding (the spool's own records, the JSON format) ----------------------------
+
+
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position); ValueError on a truncated or overlong varint."""
+    result = 0
+    shift = 0
+    n = len(buf)
+    while True:
+        if pos >= n:
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) of a message with varint and length-delimited
+    fields only; ValueError on anything else or on truncation."""
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        key, pos = read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == VARINT:
+            value, pos = read_varint(buf, pos)
+            yield number, value
+        elif wire == LEN:
+            size, pos = read_varint(buf, pos)
+            if pos + size > n:
+                raise ValueError("truncated field")
+            yield number, buf[pos : pos + size]
+            pos += size
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+
+
+def decode_entry(buf: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """An EntryAdapter as (ts_ns, line, structured metadata)."""
+    seconds = nanos = 0
+    line = b""
+    meta: list[tuple[bytes, bytes]] = []
+    for number, value in fields(buf):
+        if number == 1 and isinstance(value, bytes):
+            for n, v in fields(value):
+                if n == 1 and isinstance(v, int):
+                    seconds = v - (1 << 64) if v >= 1 << 63 else v
+                elif n == 2 and isinstance(v, int):
+                    nanos = v
+        elif number == 2 and isinstance(value, bytes):
+            line = value
+        elif number == 3 and isinstance(value, bytes):
+            name = val = b""
+            for n, v in fields(value):
+                if n == 1 and isinstance(v, bytes):
+                    name = v
+                elif n == 2 and isinstance(v, bytes):
+                    val = v
+            meta.append((name, val))
+    return seconds * 1_000_000_000 + nanos, line, meta

@@ -38,7 +38,7 @@ from ..metrics import AuditMetrics
 from ..redact import Redactor
 from . import client as c
 from .encode import encode
-from .entry import Entry, EntryBuilder, MetadataHook, decode_record, encode_record
+from .entry import Entry, EntryBuilder, MetadataHook, decode_record
 from .metrics import LokiMetrics
 from .settings import LokiSettings, safe_url
 from .spool import Record, Spool
@@ -128,7 +128,12 @@ class LokiSink:
     def submit(self, events: Sequence[AuditEvent]) -> bool:
         if not events:
             return True
-        payloads = [encode_record(e) for e in self.build(events)]
+        if self.redactor is not None:
+            redact = self.redactor.redact
+            for ev in events:
+                redact(ev)
+        record = self.builder.record
+        payloads = [record(ev) for ev in events]
         if self.spool.append(payloads):
             return True
         self.stats.full()
@@ -248,19 +253,27 @@ class LokiSink:
     def _deliver(self, batch: list[Record]) -> bool:
         """Push ``batch`` until Loki has answered for every entry; then ack.
         False when stopped first (the batch stays in the spool)."""
-        entries: list[Entry] = []
-        for r in batch:
-            try:
-                entries.append(decode_record(r.payload))
-            except ValueError:
-                self.stats.rejected({"other": 1})
-                log.error("spool record could not be decoded; skipped")
-        work: list[list[Entry]] = [entries] if entries else []
+        entries = [r.payload for r in batch]
+        work: list[list[bytes]] = [entries]
         attempt = 0
         fmt = self.settings.format
         while work:
             part = work[0]
-            body = encode(part, fmt)
+            try:
+                body = encode(part, fmt)
+            except ValueError:
+                # A record that passed its checksum but does not decode: a bug.
+                good = [r for r in part if _decodes(r)]
+                self.stats.rejected({"other": len(part) - len(good)})
+                log.error(
+                    "spool records could not be decoded; skipped",
+                    extra={"records": len(part) - len(good)},
+                )
+                work[0] = part = good
+                if not part:
+                    work.pop(0)
+                    continue
+                body = encode(part, fmt)
             start = time.monotonic()
             result = self.client.push(body, len(part))
             self.stats.request(result.code, time.monotonic() - start, result.reason)
@@ -290,7 +303,7 @@ class LokiSink:
                     self.stats.rejected({"too_large": 1})
                     log.error(
                         "loki refused a single entry as too large; dropped",
-                        extra={"bytes": len(part[0].line), "detail": result.detail},
+                        extra={"bytes": len(part[0]), "detail": result.detail},
                     )
                     work.pop(0)
                 else:
@@ -371,3 +384,11 @@ class LokiSink:
                 log.info("credential file changed; trying Loki again")
                 return True
         return False
+
+
+def _decodes(record: bytes) -> bool:
+    try:
+        decode_record(record)
+    except ValueError:
+        return False
+    return True

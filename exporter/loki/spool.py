@@ -35,6 +35,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ _READ_CHUNK = 1 << 20
 Position = tuple[int, int]  # (segment id, byte offset)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     payload: bytes
     append_ts: float
     # The position just after this record: acknowledging it acknowledges
@@ -453,15 +453,29 @@ class Spool:
         got = 0
         pos = 0
         n = len(data)
+        view = memoryview(data)
+        unpack = _HEADER.unpack_from
+        stamp = _STAMP.unpack_from
+        crc32 = zlib.crc32
+        hsize = _HEADER.size
         while pos < n and got < budget:
-            end = _record_ok(data, pos)
-            if end >= 0:
-                (ms,) = _STAMP.unpack_from(data, pos + _HEADER.size)
-                payload = data[pos + HEADER_SIZE : end]
-                out.append(Record(payload, ms / 1000.0, (seg, base + end)))
-                got += len(payload)
-                pos = end
-                continue
+            # The common case inline (this loop runs once per entry sent).
+            if n - pos >= HEADER_SIZE:
+                magic, length, crc = unpack(data, pos)
+                end = pos + hsize + length
+                if (
+                    magic == MAGIC
+                    and _STAMP.size <= length <= MAX_RECORD
+                    and end <= n
+                    and crc32(view[pos + hsize : end], crc32(view[pos + 2 : pos + 6])) == crc
+                ):
+                    payload = data[pos + HEADER_SIZE : end]
+                    out.append(
+                        Record(payload, stamp(data, pos + hsize)[0] / 1000.0, (seg, base + end))
+                    )
+                    got += end - pos - HEADER_SIZE
+                    pos = end
+                    continue
             # Incomplete at the end of this chunk (but not of the file): stop here.
             if base + n < size and n - pos >= _HEADER.size:
                 magic, length, _ = _HEADER.unpack_from(data, pos)
