@@ -205,3 +205,15 @@ def test_fast_record_path_matches_the_entry_encoder(corpora: Path) -> None:
         record = builder.record(c.event)
         assert record == encode_record(builder.build(c.event)), c.where
         assert decode_record(record) == builder.build(c.event)
+
+
+def test_detection_results_join_the_structured_metadata(corpora: Path) -> None:
+    def hook(ev: Any) -> list[tuple[str, str]]:
+        return [("rules", "secret-read,exec"), ("severity", "critical")]
+
+    builder = EntryBuilder(LokiSettings(), metadata_hook=hook)
+    ev = next(c.event for c in corpus_events(corpora / "falco-k8s-audit-trace-files"))
+    meta = dict(decode_record(builder.record(ev)).metadata)
+    assert meta["rules"] == "secret-read,exec"
+    assert meta["severity"] == "critical"
+    assert list(meta)[-1] == "detected_level"

@@ -786,6 +786,7 @@ def test_tls_verification_failure_is_retried_and_counted(
     assert registry.get_sample_value("kube_audit_spool_entries") == 3
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_insecure_skip_verify_accepts_an_unknown_ca(
     tmp_path: Path,
     tls_loki: tuple[LokiReceiver, PKI],
