@@ -33,6 +33,14 @@ from .model import (
 
 READ_VERBS = frozenset({"get", "list", "watch", "head", "options"})
 NOT_WRITTEN = "notWritten"
+SENSITIVE_RESOURCES = frozenset(
+    {
+        ("", "secrets"),
+        ("", "configmaps"),
+        ("", "serviceaccounts/token"),
+        ("authentication.k8s.io", "tokenreviews"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -242,10 +250,14 @@ class Simulation:
                 )
             else:
                 entry["suggestion"] = suggested_rule(key)
-                before = min(noise.rules) if noise.rules else None
-                entry["insertBefore"] = before
+                entry["insertBefore"] = min(noise.rules) if noise.rules else None
+                notes = []
                 if key.verb not in READ_VERBS:
-                    entry["note"] = "these are writes: a None rule loses who changed what"
+                    notes.append("these are writes: a None rule loses who changed what")
+                if key.resource_request and (key.group, key.resource) in SENSITIVE_RESOURCES:
+                    notes.append("secrets and tokens: a None rule hides who accessed them")
+                if notes:
+                    entry["note"] = "; ".join(notes)
             out.append(entry)
         return out
 
