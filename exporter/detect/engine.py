@@ -17,7 +17,8 @@ from ..logs import RateLimitedLog
 from ..metrics import AuditMetrics
 from .alerts import build_alert
 from .matchers import (
-    DIMS,
+    COMMON_ANNOTATIONS,
+    And,
     Constraint,
     Context,
     compile_predicate,
@@ -65,12 +66,28 @@ class _WorkloadContext:
 
     def __init__(self, settings: DetectionSettings) -> None:
         self.workloads = settings.critical_workloads
+        # namespaces named without wildcards let most events out at once
+        exact: set[str] = set()
+        for w in self.workloads:
+            if not w.namespaces or any(c in p for p in w.namespaces for c in "*?["):
+                exact = set()
+                break
+            exact.update(w.namespaces)
+        self.namespaces = frozenset(exact) if exact else None
+        self._last: tuple[AuditEvent | None, Any] = (None, None)
 
     def _find(self, ev: AuditEvent) -> Any:
-        for w in self.workloads:
-            if w.touches(ev.namespace, ev.resource, ev.subresource, ev.name):
-                return w
-        return None
+        last_ev, last = self._last
+        if last_ev is ev:
+            return last
+        found = None
+        if self.namespaces is None or ev.namespace in self.namespaces:
+            for w in self.workloads:
+                if w.touches(ev.namespace, ev.resource, ev.subresource, ev.name):
+                    found = w
+                    break
+        self._last = (ev, found)
+        return found
 
     def critical_workload(self, ev: AuditEvent) -> list[Any]:
         w = self._find(ev)
@@ -114,7 +131,28 @@ def _key_getter(path: str, ctx: Any) -> Callable[[AuditEvent], str]:
     return generic
 
 
+IndexKey = tuple[str, str, str, str, int, bool, bool]
+# A stateless rule's test (True on a match) or a stateful rule's check.
+Runner = Callable[[AuditEvent], "bool | Match | None"]
+
+
+def index_key(ev: AuditEvent) -> IndexKey:
+    """The attributes the rules are indexed by (see matchers.DIMS)."""
+    return (
+        ev.stage,
+        ev.verb,
+        ev.resource,
+        ev.user_kind,
+        ev.code,
+        ev.impersonated_user != "",
+        not (ev.annotations.keys() <= COMMON_ANNOTATIONS),
+    )
+
+
 class CompiledRule:
+    """A rule ready to run: its predicate (match and not except), its index
+    constraint and, for stateful kinds, its state."""
+
     __slots__ = (
         "check",
         "constraint",
@@ -123,6 +161,7 @@ class CompiledRule:
         "id",
         "rank",
         "rule",
+        "run",
         "severity",
         "stages",
         "started",
@@ -136,37 +175,50 @@ class CompiledRule:
         self.rank = SEVERITY_RANK[rule.severity]
         self.stages = rule.stages
         self.errors = 0
+        # auditIDs of long-running requests this rule saw at ResponseStarted
         self.started: dict[str, None] = {}
         self.state: (
             ThresholdState | DistinctThresholdState | SequenceState | FirstSeenState | None
         ) = None
         test = compile_predicate(rule.match, rule.excepts, ctx, rule.id)
-        base = constraints(rule.match) if rule.match is not None else dict.fromkeys(DIMS)
+        base = constraints(rule.match, ctx) if rule.match is not None else None
         getters = [_key_getter(p, ctx.derived) for p in rule.group_by]
-        self.group: Callable[[AuditEvent], Key] = lambda ev: tuple(g(ev) for g in getters)
+
+        def group(ev: AuditEvent) -> Key:
+            return tuple(g(ev) for g in getters)
+
+        self.group = group
         limit = settings.max_state_entries
+        self.constraint: Constraint = base
+        check: Callable[[AuditEvent], Match | None]
         if rule.kind == "sequence":
             steps = [compile_predicate(s.match, [], ctx, f"{rule.id}-{s.name}") for s in rule.steps]
-            self.constraint: Constraint = merge_and(
-                base, merge_union(constraints(s.match) for s in rule.steps)
+            self.constraint = merge_and(
+                base, merge_union([constraints(s.match, ctx) for s in rule.steps])
             )
-            state = SequenceState([s.count for s in rule.steps], rule.window, limit)
-            self.state = state
-            group = self.group
+            sstate = SequenceState([s.count for s in rule.steps], rule.window, limit)
+            self.state = sstate
+            # the rule's condition and its first step in one test: while no
+            # sequence is in progress, nothing else can matter
+            parts = (
+                [rule.steps[0].match] if rule.match is None else [rule.match, rule.steps[0].match]
+            )
+            starts = compile_predicate(And(parts), rule.excepts, ctx, f"{rule.id}-start")
 
             def check(ev: AuditEvent) -> Match | None:
-                if not test(ev):
+                if not sstate.groups:
+                    if not starts(ev):
+                        return None
+                elif not test(ev):
                     return None
                 key = group(ev)
-                if state.observe(key, ev.stage_ts, lambda i: steps[i](ev)):
+                if sstate.observe(key, ev.stage_ts, lambda i: steps[i](ev)):
                     return Match(rule, ev, key)
                 return None
 
         elif rule.kind == "threshold" and rule.distinct:
-            self.constraint = base
             dstate = DistinctThresholdState(rule.window, rule.count, limit)
             self.state = dstate
-            group = self.group
             distinct = [_key_getter(p, ctx.derived) for p in rule.distinct]
 
             def check(ev: AuditEvent) -> Match | None:
@@ -178,10 +230,8 @@ class CompiledRule:
                 return None
 
         elif rule.kind == "threshold":
-            self.constraint = base
             tstate = ThresholdState(rule.window, rule.count, limit)
             self.state = tstate
-            group = self.group
 
             def check(ev: AuditEvent) -> Match | None:
                 if not test(ev):
@@ -192,11 +242,9 @@ class CompiledRule:
                 return None
 
         elif rule.kind == "first_seen":
-            self.constraint = base
             fstate = FirstSeenState(rule.ttl, rule.learning, limit)
             self.state = fstate
             value_of = _key_getter(rule.value, ctx.derived)
-            group = self.group
 
             def check(ev: AuditEvent) -> Match | None:
                 if not test(ev):
@@ -210,21 +258,19 @@ class CompiledRule:
                 return None
 
         else:
-            self.constraint = base
 
             def check(ev: AuditEvent) -> Match | None:
                 return Match(rule, ev) if test(ev) else None
 
         self.check = check
+        # stateless rules run their test directly (True: a match); stateful
+        # ones their check, which feeds the state and returns the Match
+        self.run: Runner = test if rule.kind == "match" else check
 
-    def applies(self, key: tuple[str, str, str, str]) -> bool:
+    def applies(self, key: IndexKey) -> bool:
         if key[0] not in self.stages:
             return False
-        for dim, value in zip(DIMS, key, strict=True):
-            allowed = self.constraint[dim]
-            if allowed is not None and value not in allowed:
-                return False
-        return True
+        return self.constraint is None or self.constraint(key)
 
 
 class Detector:
@@ -273,7 +319,8 @@ class Detector:
                 continue
             compiled.append(CompiledRule(rule, ctx, settings))
         self.rules = compiled
-        self._index: dict[tuple[str, str, str, str], tuple[CompiledRule, ...]] = {}
+        # index key -> (the rule's test or check, the rule) for each candidate
+        self._index: dict[IndexKey, tuple[tuple[Runner, CompiledRule], ...]] = {}
         self._errors_log = RateLimitedLog(log)
         self.alerts_built = 0
         if metrics is not None:
@@ -284,8 +331,8 @@ class Detector:
 
     # --- the processor ---------------------------------------------------------
 
-    def _candidates(self, key: tuple[str, str, str, str]) -> tuple[CompiledRule, ...]:
-        found = tuple(r for r in self.rules if r.applies(key))
+    def _candidates(self, key: IndexKey) -> tuple[tuple[Runner, CompiledRule], ...]:
+        found = tuple((r.run, r) for r in self.rules if r.applies(key))
         if len(self._index) >= INDEX_CAPACITY:
             self._index.clear()
         self._index[key] = found
@@ -295,35 +342,40 @@ class Detector:
         index = self._index
         matches: list[Match] = []
         for ev in events:
-            key = (ev.stage, ev.verb, ev.resource, ev.user_kind)
+            ann = ev.annotations
+            key = (
+                ev.stage,
+                ev.verb,
+                ev.resource,
+                ev.user_kind,
+                ev.code,
+                ev.impersonated_user != "",
+                not (ann.keys() <= COMMON_ANNOTATIONS),
+            )
             cands = index.get(key)
             if cands is None:
                 cands = self._candidates(key)
             if not cands:
                 continue
             found: list[Match] | None = None
-            for r in cands:
+            for run, r in cands:
                 try:
-                    m = r.check(ev)
+                    res = run(ev)
                 except Exception as e:  # a rule must never stop the pipeline
-                    r.errors += 1
-                    self._errors_log.warning(
-                        "rule failed on an event",
-                        rule=r.id,
-                        audit_id=ev.audit_id,
-                        error=f"{type(e).__name__}: {e}"[:200],
-                    )
+                    self._failed(r, ev, e)
                     continue
-                if m is None:
+                if not res:
                     continue
+                m = Match(r.rule, ev) if res is True else res
                 if ev.stage == "ResponseStarted":
-                    if ev.code != 401:
+                    if ev.code != 401:  # a 401 is the request's only event
                         started = r.started
                         started[ev.audit_id] = None
                         if len(started) > STARTED_CAPACITY:
                             del started[next(iter(started))]
-                elif r.started and r.started.pop(ev.audit_id, 0) is None:
-                    continue  # the same request matched at ResponseStarted
+                elif r.started and ev.audit_id in r.started:
+                    del r.started[ev.audit_id]
+                    continue  # the same request already matched at ResponseStarted
                 if found is None:
                     found = []
                 found.append(m)
@@ -332,6 +384,15 @@ class Detector:
                 matches.extend(found)
         if matches:
             self._report(matches)
+
+    def _failed(self, r: CompiledRule, ev: AuditEvent, e: Exception) -> None:
+        r.errors += 1
+        self._errors_log.warning(
+            "rule failed on an event",
+            rule=r.id,
+            audit_id=ev.audit_id,
+            error=f"{type(e).__name__}: {e}"[:200],
+        )
 
     def _mark(self, ev: AuditEvent, found: Sequence[Match]) -> None:
         ids = list(ev.rules)

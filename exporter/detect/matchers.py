@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Any
 
-from ..event import AuditEvent
+from ..event import AuditEvent, classify_user
 from .located import Where
 from .paths import ATTRIBUTE_FIELDS, DERIVED, PathError, compile_getter, parse
 from .settings import NETWORK_SETTINGS, Network, parse_network
@@ -43,13 +43,6 @@ from .settings import NETWORK_SETTINGS, Network, parse_network
 VALUE_OPS = ("eq", "glob", "regex", "cidr", "gt", "gte", "lt", "lte")
 FIELD_OPS = (*VALUE_OPS, "exists", "absent", "not")
 COMBINATORS = ("any", "all", "not")
-INDEX_DIMS = {
-    "stage": "stage",
-    "verb": "verb",
-    "objectRef.resource": "resource",
-    "$user_kind": "user_kind",
-}
-DIMS = ("stage", "verb", "resource", "user_kind")
 
 Scalar = str | int | float | bool
 
@@ -248,55 +241,108 @@ class Parser:
 
 # --- prefilter (index) ------------------------------------------------------------
 
-Constraint = dict[str, frozenset[str] | None]
+# The Detector indexes rules by a few cheap attributes of the event; a rule is
+# a candidate for an event only when its condition can hold for those values.
+# ``impersonated`` says whether impersonatedUser is set; ``extra_annotations``
+# whether the event has annotations besides the authorizer's decision and
+# reason (almost every event has only those two).
+DIMS = ("stage", "verb", "resource", "user_kind", "code", "impersonated", "extra_annotations")
+DIM_FIELDS = {
+    "stage": "stage",
+    "verb": "verb",
+    "objectRef.resource": "resource",
+    "$user_kind": "user_kind",
+    "responseStatus.code": "code",
+}
+COMMON_ANNOTATIONS = frozenset({"authorization.k8s.io/decision", "authorization.k8s.io/reason"})
+
+Pred = Callable[[Any], bool]
+# A necessary condition on the index key (a tuple in DIMS order); None: any key.
+Constraint = Callable[[tuple[Any, ...]], bool] | None
 
 
-def constraints(node: Node) -> Constraint:
-    """For each index dimension, the values an event must have to possibly
-    match (None: any value)."""
-    out: Constraint = dict.fromkeys(DIMS)
+def _annotation_key(path: str) -> str | None:
+    """The annotation a path reads (``annotations["k"]`` or ``annotations.k``),
+    "*" for ``annotations.@keys`` / ``annotations.*``, else None."""
+    try:
+        steps = parse(path)
+    except PathError:
+        return None
+    if len(steps) != 2 or steps[0] != ("key", "annotations"):
+        return None
+    if steps[1][0] == "key":
+        return str(steps[1][1])
+    if steps[1][0] in ("keys", "values"):
+        return "*"
+    return None
+
+
+def _requires_value(c: FieldCond) -> bool:
+    """The field condition can only hold when the field has a value."""
+    return bool(c.value_ops() or c.exists is True)
+
+
+def constraints(node: Node, ctx: Context) -> Constraint:
+    """A necessary condition on the index key for ``node`` to hold."""
     if isinstance(node, Field):
-        dim = INDEX_DIMS.get(node.path)
-        c = node.cond
-        if (
-            dim is not None
-            and c.eq is not None
-            and not (c.globs or c.regexes or c.cidrs or c.compare or c.negated)
-            and c.exists is not False
-        ):
-            out[dim] = frozenset(v for v in c.eq if isinstance(v, str))
-        return out
+        return _field_constraint(node, ctx)
+    if isinstance(node, Not):
+        inner = node.item
+        if isinstance(inner, Field) and inner.path in DIM_FIELDS:
+            pred = _field_constraint(inner, ctx)
+            assert pred is not None
+            return lambda k: not pred(k)
+        return None
+    subs = [constraints(item, ctx) for item in node.items]
     if isinstance(node, And):
-        for item in node.items:
-            sub = constraints(item)
-            for d in DIMS:
-                a, b = out[d], sub[d]
-                out[d] = b if a is None else a if b is None else a & b
-        return out
-    if isinstance(node, Or):
-        subs = [constraints(item) for item in node.items]
-        for d in DIMS:
-            vals = [s[d] for s in subs]
-            out[d] = None if any(v is None for v in vals) else frozenset().union(*vals)  # type: ignore[arg-type]
-        return out
-    return out
+        return merge_and(*subs)
+    return merge_union(subs)
 
 
-def merge_union(items: Iterable[Constraint]) -> Constraint:
-    items = list(items)
-    out: Constraint = dict.fromkeys(DIMS)
-    for d in DIMS:
-        vals = [c[d] for c in items]
-        out[d] = None if not vals or any(v is None for v in vals) else frozenset().union(*vals)  # type: ignore[arg-type]
-    return out
+def merge_and(*subs: Constraint) -> Constraint:
+    preds = [p for p in subs if p is not None]
+    if not preds:
+        return None
+    if len(preds) == 1:
+        return preds[0]
+    return lambda k: all(p(k) for p in preds)
 
 
-def merge_and(a: Constraint, b: Constraint) -> Constraint:
-    out: Constraint = {}
-    for d in DIMS:
-        x, y = a[d], b[d]
-        out[d] = y if x is None else x if y is None else x & y
-    return out
+def merge_union(subs: list[Constraint]) -> Constraint:
+    """One of ``subs`` holds: constrained only when every alternative is."""
+    if not subs or any(p is None for p in subs):
+        return None
+    preds = [p for p in subs if p is not None]
+    return lambda k: any(p(k) for p in preds)
+
+
+def _at(i: int, pred: Pred) -> Constraint:
+    return lambda k: pred(k[i])
+
+
+def _field_constraint(node: Field, ctx: Context) -> Constraint:
+    dim = DIM_FIELDS.get(node.path)
+    c = node.cond
+    if dim is not None:
+        typ = ATTRIBUTE_FIELDS[node.path][1]
+        comp = Compiler(ctx)
+        src = f"lambda v: {comp.attr_cond('v', typ, c)}"
+        pred: Pred = eval(compile(src, f"<index {node.path}>", "eval"), comp.namespace)
+        return _at(DIMS.index(dim), pred)
+    kind = DIMS.index("user_kind")
+    if node.path == "user.username" and c.eq is not None and _requires_value(c) and not c.globs:
+        kinds = {classify_user(v) for v in c.eq if isinstance(v, str) and v}
+        return _at(kind, lambda k: k in kinds)
+    if node.path == "user.username" and c.globs and c.eq is None:
+        prefixes = [re.split(r"[*?\\[]", g, maxsplit=1)[0] for g in c.globs]
+        if all(p and not p.startswith("system:") and not "system:".startswith(p) for p in prefixes):
+            return _at(kind, lambda k: k == "human")
+    if node.path == "impersonatedUser.username" and _requires_value(c):
+        return _at(DIMS.index("impersonated"), lambda v: v is True)
+    key = _annotation_key(node.path) if node.path.startswith("annotations") else None
+    if key is not None and key not in COMMON_ANNOTATIONS and _requires_value(c):
+        return _at(DIMS.index("extra_annotations"), lambda v: v is True)
+    return None
 
 
 # --- compilation -------------------------------------------------------------------
@@ -443,9 +489,9 @@ class Compiler:
                 out.append(f"{ref} in {self.const(frozenset(vals))}")
         if typ is str:
             if c.globs:
-                out.append(f"{self.const(_glob_regex(c.globs).match)}({ref}) is not None")
+                out.append(f"{self.const(_memo(_glob_regex(c.globs).match))}({ref})")
             if c.regexes:
-                out.append(f"{self.const(_any_regex(c.regexes).search)}({ref}) is not None")
+                out.append(f"{self.const(_memo(_any_regex(c.regexes).search))}({ref})")
             if c.cidrs:
                 out.append(f"{self.const(_ip_in(self.networks(c.cidrs)))}({ref})")
         else:
@@ -526,6 +572,23 @@ def _field_fn(
     return fn
 
 
+def _memo(search: Callable[[str], Any]) -> Callable[[str], bool]:
+    """A pattern test remembering its answers: parsed attributes (user agents,
+    user names, URIs of the same clients) repeat all day."""
+    cache: dict[str, bool] = {}
+
+    def test(v: str) -> bool:
+        hit = cache.get(v)
+        if hit is None:
+            hit = search(v) is not None
+            if len(cache) >= 10_000:
+                cache.clear()
+            cache[v] = hit
+        return hit
+
+    return test
+
+
 def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{translate(p)})" for p in patterns), re.DOTALL)
 
@@ -537,11 +600,17 @@ def _any_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def _cost(node: Node) -> int:
+    """Evaluation order within an and/or: parsed attributes first, then plain
+    paths into the JSON, then derived values that compute more."""
     if isinstance(node, Field):
-        return 0 if node.path in ATTRIBUTE_FIELDS else 2
+        if node.path in ATTRIBUTE_FIELDS:
+            return 0
+        if node.path == "$control_plane":
+            return 1
+        return 3 if node.path in DERIVED else 2
     if isinstance(node, Not):
         return _cost(node.item)
-    return max((_cost(i) for i in node.items), default=0) + 1
+    return max((_cost(i) for i in node.items), default=0)
 
 
 def _by_cost(items: list[Node]) -> list[Node]:

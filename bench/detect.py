@@ -1,0 +1,139 @@
+"""Replay speed with and without detection (the default rules, every rule
+active), on one core.
+
+    python bench/detect.py [FILE ...] [--repeat N]
+
+Reads audit logs (default: the real corpora in ../shared/corpora), decodes
+them once per run and pushes them through the pipeline in batches of 1000,
+as `replay` does, once without processors and once with the Detector. Each
+repetition gets fresh auditIDs so that deduplication keeps every event.
+Prints events/s for both and the detector's cost per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.detect import DetectionSettings, Detector, load_rules  # noqa: E402
+from exporter.detect.settings import CriticalWorkload  # noqa: E402
+from exporter.event import Decoder, InvalidEvent  # noqa: E402
+from exporter.metrics import AuditMetrics  # noqa: E402
+from exporter.pipeline import Pipeline  # noqa: E402
+
+CORPORA = ROOT.parent / "shared" / "corpora"
+DEFAULT_FILES = [
+    CORPORA / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log",
+    CORPORA / "audit2rbac-demo" / "demo.log",
+]
+BATCH = 1000
+
+# Every setting filled, so that every default rule runs.
+SETTINGS = DetectionSettings(
+    trusted_networks=("10.20.0.0/16",),
+    pod_cidrs=("10.244.0.0/16",),
+    node_cidrs=("10.0.0.0/24", "192.168.0.0/16"),
+    critical_workloads=(
+        CriticalWorkload(
+            name="payments-db",
+            namespaces=("payments",),
+            names=("postgres*",),
+            allowed_principals=("system:serviceaccount:payments:*",),
+        ),
+    ),
+)
+
+
+def read_lines(paths: list[Path]) -> list[bytes]:
+    lines: list[bytes] = []
+    for p in paths:
+        data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        lines.extend(line for line in data.splitlines() if line.strip())
+    return lines
+
+
+def variants(lines: list[bytes], repeat: int) -> list[list[bytes]]:
+    """``repeat`` copies of the input, each with its own auditIDs."""
+    out = [lines]
+    for r in range(1, repeat):
+        copy = []
+        for line in lines:
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                copy.append(line)
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("auditID"), str):
+                obj["auditID"] = f"{obj['auditID'][:-4]}{r:04d}"
+            copy.append(orjson.dumps(obj))
+        out.append(copy)
+    return out
+
+
+def run(runs: list[list[bytes]], detect: bool) -> tuple[int, float, int]:
+    metrics = AuditMetrics(CollectorRegistry(), sources=["replay"])
+    processors = []
+    detector = None
+    if detect:
+        detector = Detector(load_rules(None), SETTINGS, metrics)
+        processors.append(detector)
+    pipeline = Pipeline(metrics, processors=processors, dedupe_capacity=1_000_000)
+    decoder = Decoder()
+    events = 0
+    matched = 0
+    gc.collect()
+    start = time.perf_counter()
+    for lines in runs:
+        for i in range(0, len(lines), BATCH):
+            batch: list = []
+            for line in lines[i : i + BATCH]:
+                try:
+                    batch.append(decoder.decode_line(line))
+                except InvalidEvent as e:
+                    batch.append(e)
+            pipeline.process(batch, "replay")
+            events += len(batch)
+    elapsed = time.perf_counter() - start
+    if detect:
+        with metrics.lock:
+            matched = int(sum(metrics.rule_matches.values.values()))
+    if detector is not None and len(detector.rules) != len(load_rules(None)):
+        raise SystemExit(f"only {len(detector.rules)} rules active: {detector.inactive}")
+    return events, elapsed, matched
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("--repeat", type=int, default=6, help="copies of the input (default 6)")
+    parser.add_argument("--rounds", type=int, default=3, help="best of N rounds (default 3)")
+    args = parser.parse_args()
+    paths = args.files or DEFAULT_FILES
+    runs = variants(read_lines(paths), args.repeat)
+    n = sum(len(r) for r in runs)
+    print(f"input: {n:,} lines from {len(paths)} file(s), {len(load_rules(None))} default rules")
+    best: dict[bool, float] = {}
+    for _ in range(args.rounds):
+        for detect in (False, True):
+            events, elapsed, matched = run(runs, detect)
+            rate = events / elapsed
+            best[detect] = max(best.get(detect, 0.0), rate)
+    without, with_ = best[False], best[True]
+    print(f"without detection: {without:>10,.0f} events/s")
+    print(f"with detection:    {with_:>10,.0f} events/s  ({matched:,} rule matches)")
+    print(f"detection cost:    {1e6 / with_ - 1e6 / without:>10.2f} µs/event")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
