@@ -10,10 +10,13 @@ import threading
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from . import __version__
-from .config import Config
+from .config import Config, loki_settings
 from .event import Decoder
+from .loki.settings import safe_url
+from .loki.sink import LokiSink
 from .metrics import AuditMetrics
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Processor, Sink
+from .redact import Redactor
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
 from .web import MetricsServer
@@ -42,7 +45,7 @@ class App:
             sources=sources,
         )
         self.decoder = Decoder(cfg.events.max_bytes)
-        self.pipeline = Pipeline(self.metrics, dedupe_capacity=cfg.events.dedupe_capacity)
+        self.pipeline = build_pipeline(cfg, self.metrics)
         self._ready = threading.Event()
         self.web = MetricsServer(cfg.web.listen_address, self.registry, self._ready.is_set)
         self.webhook: WebhookServer | None = None
@@ -101,6 +104,28 @@ class App:
         self.pipeline.close()
         self.web.shutdown(timeout)
         log.info("stopped")
+
+
+def build_pipeline(cfg: Config, metrics: AuditMetrics, *, spool_dir: str | None = None) -> Pipeline:
+    """decode -> redact -> detect -> sinks -> metrics, as configured. Shared by
+    ``run`` and ``replay``. Raises LokiSetupError/ValueError at start-up."""
+    processors: list[Processor] = []
+    if cfg.loki.redact:
+        # First, so that nothing after it (Loki, Alertmanager, logs) sees secrets.
+        processors.append(Redactor(loki_settings(cfg, spool_dir=spool_dir or "").redact_paths))
+    sinks: list[Sink] = []
+    if cfg.loki.url:
+        settings = loki_settings(cfg, spool_dir=spool_dir)
+        sinks.append(LokiSink(settings, metrics, redact=False))
+        log.info("pushing to Loki", extra={"url": safe_url(settings.push_url)})
+    else:
+        log.info("loki.url is empty: events are not sent to Loki")
+    return Pipeline(
+        metrics,
+        processors=processors,
+        sinks=sinks,
+        dedupe_capacity=cfg.events.dedupe_capacity,
+    )
 
 
 def _fmt(address: tuple[str, int]) -> str:

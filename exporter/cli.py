@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from types import FrameType
@@ -15,12 +17,16 @@ import orjson
 from prometheus_client import CollectorRegistry, write_to_textfile
 
 from . import __version__, logs
-from .config import OPTIONS, ConfigError, add_flags, load, require_source
+from .config import ConfigError, add_flags, load, require_source
+from .event import InvalidEvent
 
 # Modules that add a subcommand: each has ``register(subparsers)``, which adds
 # its parser and sets ``func`` to a callable taking the parsed args and
 # returning the exit code.
-COMMAND_MODULES: tuple[str, ...] = ("exporter.detect.cli", "exporter.policy.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "exporter.detect.cli",
+    "exporter.policy.cli",
+)
 
 log = logging.getLogger("exporter")
 
@@ -40,11 +46,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _config_errors(e)
     logs.setup(cfg.log.format, cfg.log.level)
     from .app import App
+    from .loki.client import LokiSetupError
 
     try:
         app = App(cfg)
         app.start()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, LokiSetupError) as e:
         log.error("cannot start", extra={"error": str(e)})
         return 1
     stop = threading.Event()
@@ -74,20 +81,43 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from .app import build_pipeline
     from .event import Decoder
+    from .loki.backfill import AgeCheck
+    from .loki.client import LokiSetupError
+    from .loki.sink import LokiSink
     from .metrics import AuditMetrics
-    from .pipeline import Pipeline
     from .report import Report, render_text
     from .sources.replay import Progress, open_input, read_batches
 
-    logs.setup("logfmt", "warning" if not args.verbose else "info")
+    try:
+        cfg = load(args)
+    except ConfigError as e:
+        return _config_errors(e)
+    logs.setup(cfg.log.format, "info" if args.verbose else "warning")
     registry = CollectorRegistry()
     metrics = AuditMetrics(
-        registry, max_users=args.max_users, max_source_ips=args.max_source_ips, sources=["replay"]
+        registry,
+        max_users=cfg.metrics.max_users,
+        max_source_ips=cfg.metrics.max_source_ips,
+        sources=["replay"],
     )
+    spool_dir = None
+    if cfg.loki.url and not cfg.spool.dir:
+        spool_dir = tempfile.mkdtemp(prefix="kube-audit-replay-spool-")
+    try:
+        pipeline = build_pipeline(cfg, metrics, spool_dir=spool_dir)
+    except (LokiSetupError, ValueError, OSError) as e:
+        print(f"cannot start: {e}", file=sys.stderr)
+        return 1
     report = Report()
-    pipeline = Pipeline(metrics, processors=[report], dedupe_capacity=args.dedupe_capacity)
-    decoder = Decoder(args.max_event_bytes)
+    pipeline.processors.append(report)
+    loki: LokiSink | None = None
+    for sink in pipeline.sinks:
+        if isinstance(sink, LokiSink):
+            loki = sink
+    age = AgeCheck() if loki is not None else None
+    decoder = Decoder(cfg.events.max_bytes)
     status = 0
     for path in args.files:
         try:
@@ -100,12 +130,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress = Progress(total)
         try:
             for batch in read_batches(stream, decoder):
+                if age is not None:
+                    age([x for x in batch if not isinstance(x, InvalidEvent)])
                 result = pipeline.process(batch, "replay", context=path)
+                while result.refused and loki is not None:
+                    # the spool is full: wait for Loki to take some, never drop
+                    if not loki.wait_for_room(3600.0):
+                        print("Loki made no room in the spool for an hour", file=sys.stderr)
+                        return 3
+                    result = pipeline.process(batch, "replay", context=path)
                 report.duplicates += result.duplicates
                 for item in batch:
-                    reason = getattr(item, "reason", None)
-                    if reason is not None:
-                        report.invalid[reason] += 1
+                    if isinstance(item, InvalidEvent):
+                        report.invalid[item.reason] += 1
                 progress.update(counter.count if counter else 0, report.events)
         except (OSError, EOFError) as e:
             # a truncated .gz or an I/O error: keep what was read, say so
@@ -116,6 +153,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             progress.close()
             if stream is not sys.stdin.buffer:
                 stream.close()
+    if loki is not None:
+        if not loki.drain():
+            print(
+                f"Loki did not take every entry ({loki.stopped_reason or 'still retrying'}); "
+                f"they stay in the spool {loki.settings.spool_dir}",
+                file=sys.stderr,
+            )
+            status = status or 3
+        elif spool_dir is not None:
+            pipeline.close()
+            shutil.rmtree(spool_dir, ignore_errors=True)
     pipeline.close()
     summary = report.to_dict(top=args.top)
     if args.output == "json":
@@ -149,27 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--show", action="store_true", help="print the effective configuration")
     check.set_defaults(func=cmd_check_config)
 
-    defaults = {o.key: o.default for o in OPTIONS}
     replay = sub.add_parser(
         "replay",
         help="process audit logs as fast as possible and summarise them",
         description="Replay audit logs (JSON lines, a JSON document, .gz, or - for stdin) "
         "through the pipeline and print what an auditor asks: who did what, "
-        "auth failures, sensitive operations, slowest requests.",
+        "auth failures, sensitive operations, slowest requests. With --loki.url "
+        "the events are pushed to Loki with their original timestamps.",
     )
     replay.add_argument("files", nargs="+", metavar="FILE")
     replay.add_argument("--output", choices=("text", "json"), default="text")
     replay.add_argument("--metrics-out", metavar="FILE", help="write the metrics exposition")
     replay.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
-    replay.add_argument(
-        "--max-event-bytes", type=int, default=defaults["events.max_bytes"], metavar="N"
-    )
-    replay.add_argument(
-        "--dedupe-capacity", type=int, default=defaults["events.dedupe_capacity"], metavar="N"
-    )
-    replay.add_argument("--max-users", type=int, default=defaults["metrics.max_users"])
-    replay.add_argument("--max-source-ips", type=int, default=defaults["metrics.max_source_ips"])
     replay.add_argument("-v", "--verbose", action="store_true", help="log invalid inputs")
+    # The same options as `run` (events.*, metrics.*, loki.*, spool.*, detection);
+    # the sources' options are accepted and ignored.
+    add_flags(replay)
     replay.set_defaults(func=cmd_replay)
 
     for name in COMMAND_MODULES:

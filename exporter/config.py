@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .duration import parse_go_duration
+from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings, safe_url
 
 ENV_PREFIX = "KUBE_AUDIT_"
 
@@ -127,6 +128,114 @@ class LogfileConfig:
     )
 
 
+_LOKI = LokiSettings()
+
+
+@dataclass(frozen=True)
+class LokiConfig:
+    url: str = field(
+        default="",
+        metadata=opt(
+            "Loki base URL (the push path is added) or push URL; empty disables the Loki path."
+        ),
+    )
+    tenant: str = field(default="", metadata=opt("X-Scope-OrgID tenant; empty sends none."))
+    basic_auth_user: str = field(default="", metadata=opt("Basic auth user name."))
+    basic_auth_password_file: str = field(
+        default="", metadata=opt("File holding the basic auth password.", kind="file")
+    )
+    bearer_token_file: str = field(
+        default="", metadata=opt("File holding a bearer token.", kind="file")
+    )
+    ca_file: str = field(default="", metadata=opt("CA bundle to verify Loki with.", kind="file"))
+    cert_file: str = field(default="", metadata=opt("Client certificate for Loki.", kind="file"))
+    key_file: str = field(default="", metadata=opt("Key of the client certificate.", kind="file"))
+    insecure_skip_verify: bool = field(
+        default=False, metadata=opt("Do not verify Loki's certificate.")
+    )
+    connect_timeout: float = field(
+        default=_LOKI.connect_timeout,
+        metadata=opt("Connect timeout of a push.", kind="duration"),
+    )
+    timeout: float = field(
+        default=_LOKI.timeout, metadata=opt("Read timeout of a push.", kind="duration")
+    )
+    headers: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("Extra static headers, each Name=value (repeatable).", kind="list"),
+    )
+    format: str = field(
+        default=_LOKI.format,
+        metadata=opt("Push encoding: protobuf (snappy) or json (gzip).", choices=FORMATS),
+    )
+    batch_bytes: int = field(
+        default=_LOKI.batch_bytes, metadata=opt("A batch is sent at this size.", kind="bytes")
+    )
+    batch_wait: float = field(
+        default=_LOKI.batch_wait,
+        metadata=opt("...or when its oldest entry waited this long.", kind="duration"),
+    )
+    backoff_min: float = field(
+        default=_LOKI.backoff_min, metadata=opt("First retry delay.", kind="duration")
+    )
+    backoff_max: float = field(
+        default=_LOKI.backoff_max, metadata=opt("Longest retry delay.", kind="duration")
+    )
+    max_retries: int = field(
+        default=_LOKI.max_retries,
+        metadata=opt("Retries of one batch; 0 retries forever (the spool holds it).", minimum=0),
+    )
+    line_limit: int = field(
+        default=_LOKI.line_limit,
+        metadata=opt(
+            "Loki's max_line_size: larger events lose their bodies and are marked.", kind="bytes"
+        ),
+    )
+    redact: bool = field(
+        default=True, metadata=opt("Redact Secret data and tokens before anything leaves.")
+    )
+    redact_paths: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "Extra paths to redact, each resource=path "
+            "(configmaps=requestObject.data.password; * for every resource; repeatable).",
+            kind="list",
+        ),
+    )
+    labels: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            f"Extra stream labels from the bounded fields {', '.join(LABEL_FIELDS)}.",
+            kind="list",
+        ),
+    )
+    service_name: str = field(
+        default=_LOKI.service_name, metadata=opt("The service_name stream label.")
+    )
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    dir: str = field(
+        default="",
+        metadata=opt("Directory of the durable Loki spool; required with loki.url."),
+    )
+    max_bytes: int = field(
+        default=_LOKI.spool_max_bytes,
+        metadata=opt(
+            "Spool size; when full the webhook answers 503 and the tailer waits.", kind="bytes"
+        ),
+    )
+    fsync: str = field(
+        default=_LOKI.fsync,
+        metadata=opt("always (durable on power loss), interval or never.", choices=FSYNC_POLICIES),
+    )
+    fsync_interval: float = field(
+        default=_LOKI.fsync_interval,
+        metadata=opt("With fsync=interval, how often.", kind="duration"),
+    )
+
+
 @dataclass(frozen=True)
 class EventsConfig:
     max_bytes: int = field(
@@ -175,6 +284,8 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     logfile: LogfileConfig = field(default_factory=LogfileConfig)
+    loki: LokiConfig = field(default_factory=LokiConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -184,7 +295,11 @@ class Config:
         out: dict[str, Any] = {}
         for o in OPTIONS:
             value = o.get(self)
-            out[o.key] = "<redacted>" if o.secret and value else value
+            if o.secret and value:
+                value = "<redacted>"
+            elif o.name == "url" and value:
+                value = safe_url(value)  # no user:password in logs
+            out[o.key] = value
         return out
 
 
@@ -223,7 +338,7 @@ def _section_class(f: dataclasses.Field[Any]) -> Any:
     return type(factory())
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "tuple[str, ...]": tuple}
 
 
 def _options() -> tuple[Option, ...]:
@@ -308,6 +423,15 @@ def parse_bool(value: Any) -> bool:
 
 
 def _convert(o: Option, value: Any) -> Any:
+    if o.kind == "list":
+        # YAML: a list; environment: comma-separated; flags: repeated.
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list")
+        return tuple(str(v).strip() for v in value if str(v).strip())
     if o.kind == "bytes":
         return parse_size(value)
     if o.kind == "duration":
@@ -389,7 +513,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (flag > environment > file)")
     for o in OPTIONS:
         text = f"{o.help} (env {o.env}; default {o.default!r})"
-        if o.type is bool:
+        if o.kind == "list":
+            group.add_argument(
+                o.flag, dest=o.dest, action="append", default=argparse.SUPPRESS,
+                metavar=o.name.upper(), help=text,
+            )  # fmt: skip
+        elif o.type is bool:
             group.add_argument(
                 o.flag,
                 dest=o.dest,
@@ -501,8 +630,71 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
             yield f"webhook.path: must start with '/', not {w.path!r}"
         if w.listen_address == cfg.web.listen_address:
             yield "webhook.listen_address: must differ from web.listen_address"
+    if cfg.loki.url:
+        try:
+            settings = loki_settings(cfg)
+        except ValueError as e:
+            yield str(e)
+        else:
+            for problem in settings.problems():
+                name = problem.split(":", 1)[0]
+                if name.startswith("spool_"):
+                    key = "spool." + {"spool_dir": "dir"}.get(name, name[len("spool_") :])
+                elif name.startswith("redact_paths"):
+                    key = "loki.redact_paths"
+                else:
+                    key = "loki." + name
+                yield key + ":" + problem.split(":", 1)[1]
     if cfg.logfile.checkpoint_file and not cfg.logfile.path:
         yield "logfile.checkpoint_file: set without logfile.path"
+
+
+def _pairs(items: Sequence[str], key: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{key}: {item!r} is not name=value")
+        out.append((name.strip(), value.strip()))
+    return out
+
+
+def loki_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
+    """The Loki output's settings from the configuration."""
+    lk, sp = cfg.loki, cfg.spool
+    paths: dict[str, list[str]] = {}
+    for resource, path in _pairs(lk.redact_paths, "loki.redact_paths"):
+        paths.setdefault(resource, []).append(path)
+    return LokiSettings(
+        url=lk.url,
+        tenant=lk.tenant,
+        basic_auth_user=lk.basic_auth_user,
+        basic_auth_password_file=lk.basic_auth_password_file,
+        bearer_token_file=lk.bearer_token_file,
+        ca_file=lk.ca_file,
+        cert_file=lk.cert_file,
+        key_file=lk.key_file,
+        insecure_skip_verify=lk.insecure_skip_verify,
+        connect_timeout=lk.connect_timeout,
+        timeout=lk.timeout,
+        headers=dict(_pairs(lk.headers, "loki.headers")),
+        format=lk.format,
+        batch_bytes=lk.batch_bytes,
+        batch_wait=lk.batch_wait,
+        backoff_min=lk.backoff_min,
+        backoff_max=lk.backoff_max,
+        max_retries=lk.max_retries,
+        spool_dir=sp.dir if spool_dir is None else spool_dir,
+        spool_max_bytes=sp.max_bytes,
+        fsync=sp.fsync,
+        fsync_interval=sp.fsync_interval,
+        line_limit=lk.line_limit,
+        redact=lk.redact,
+        redact_paths=paths,
+        labels=lk.labels,
+        service_name=lk.service_name,
+        cluster=cfg.cluster,
+    )
 
 
 def require_source(cfg: Config) -> None:

@@ -33,7 +33,9 @@ class Sink(Protocol):
         """Take ``events`` durably and return True, or take none and return False."""
         ...
 
-    def close(self) -> None: ...
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush within ``timeout``; True when everything was delivered."""
+        ...
 
 
 # A processor sees each accepted batch before the sinks (redaction, detection).
@@ -150,6 +152,9 @@ class Pipeline:
             first_error=errors[0] if errors else None,
         )
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> bool:
+        """Close the sinks; True when each delivered everything it held."""
+        ok = True
         for sink in self.sinks:
-            sink.close()
+            ok = sink.close(timeout) and ok
+        return ok

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry
 
 from exporter.config import OPTIONS
 from exporter.event import Decoder
+from exporter.loki.settings import LokiSettings
+from exporter.loki.sink import LokiSink
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
 from exporter.sources.logfile import LogFileSource
@@ -24,7 +26,12 @@ def test_every_option_is_documented() -> None:
 def test_every_metric_is_documented(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     metrics = AuditMetrics(registry)
-    # Sources register their scrape-time families on the same registry.
+    # Sources and sinks register their scrape-time families on the same registry.
+    LokiSink(
+        LokiSettings(url="http://127.0.0.1:9/", spool_dir=str(tmp_path / "spool")),
+        metrics,
+        start=False,
+    )
     LogFileSource(
         path=str(tmp_path / "audit.log"),
         checkpoint_file=None,

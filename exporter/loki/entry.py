@@ -249,6 +249,9 @@ class EntryBuilder:
             ("audit_id", ev.audit_id),
             ("source_ip", ev.source_ip),
             ("stage", ev.stage),
+            # set by detection; empty (and so left out) when nothing matched
+            ("rules", ",".join(ev.rules)),
+            ("severity", ev.severity),
         ]
         if self.metadata_hook is not None:
             pairs.extend(self.metadata_hook(ev))
