@@ -545,3 +545,36 @@ def test_the_worst_exit_code_of_several_files(
     assert code == 1
     code, _, _ = run(capsys, "policy", "lint", str(clean), str(CASES / "article-broken.yaml"))
     assert code == 2
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00\x01\x02",
+        b"\xff\xfe not utf-8",
+        b"rules: " + b"[" * 5000 + b"]" * 5000,
+        b"a: &a\n  <<: *a\n",
+        HEAD.encode() + b"rules:\n- level: None\n  resources: [{group: [x]}]\n",
+    ],
+)
+def test_garbage_is_an_error_not_a_traceback(data: bytes) -> None:
+    report = lint_text(data)
+    assert report.exit_code == 2
+    assert report.errors
+
+
+def test_merge_keys_are_expanded_like_go_yaml() -> None:
+    body = (
+        "omitStages: [RequestReceived]\nrules:\n"
+        "  - &secrets\n    level: Metadata\n    resources:\n      - resources: [secrets]\n"
+        "  - <<: *secrets\n    level: Request\n    verbs: [get]\n"
+        "  - level: Metadata\n"
+    )
+    report = lint(body)
+    assert report.policy is not None
+    merged = report.policy.rules[1]
+    assert (merged.level, merged.verbs, merged.resources[0].resources) == (
+        "Request",
+        ("get",),
+        ("secrets",),
+    )

@@ -93,11 +93,11 @@ def _load_for_simulation(path: str) -> Any:
 
 
 def _describe(event: AuditEvent) -> str:
-    target = event.resource_label or event.request_uri.split("?", 1)[0]
-    if event.namespace:
-        target = f"{event.namespace}/{target}"
-    if event.name:
-        target += f"/{event.name}"
+    if event.resource:
+        parts = [event.namespace, event.api_group, event.resource, event.name, event.subresource]
+        target = "/".join(p for p in parts if p)
+    else:
+        target = event.request_uri.split("?", 1)[0]
     user = event.username or "(no user)"
     return f"{event.audit_id} {event.stage} {user} {event.verb} {target}"
 

@@ -80,6 +80,7 @@ _FLOAT = "tag:yaml.org,2002:float"
 _MERGE = "tag:yaml.org,2002:merge"
 
 REFUSED = "kube-apiserver refuses to start with this policy"
+_TOO_DEEP = "the YAML nests too deeply, or a merge key (<<) includes its own mapping"
 
 
 @dataclass
@@ -126,6 +127,8 @@ def load_policy(data: bytes | str, source: str = "<policy>") -> LoadResult:
         return LoadResult(source, None, [_syntax_finding(e, text)])
     except yaml.YAMLError as e:
         return LoadResult(source, None, [Finding(ERROR, "yaml-syntax", f"invalid YAML: {e}")])
+    except RecursionError:
+        return LoadResult(source, None, [Finding(ERROR, "yaml-syntax", _TOO_DEEP)])
     if not documents:
         message = "the file is empty: Object 'Kind' is missing"
         return LoadResult(source, None, [Finding(ERROR, "kind", message, line=1, column=1)])
@@ -140,7 +143,11 @@ def load_policy(data: bytes | str, source: str = "<policy>") -> LoadResult:
             f"{len(documents) - 1} more YAML document(s) after the first are ignored: "
             "kube-apiserver reads only the first",
         )
-    policy = decoder.policy(documents[0])
+    try:
+        policy = decoder.policy(documents[0])
+    except RecursionError:
+        # A merge key that includes its own mapping (<<: *self).
+        return LoadResult(source, None, [Finding(ERROR, "yaml-syntax", _TOO_DEEP)])
     return LoadResult(source, policy, decoder.findings)
 
 
