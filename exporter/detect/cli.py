@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from .errors import RuleError
-from .examples import test_ruleset
+from .examples import run_examples
 from .rules import RuleSet, load_rules
 
 
@@ -48,7 +48,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     ruleset = _load(args.files)
     if ruleset is None:
         return 1
-    report = test_ruleset(ruleset)
+    report = run_examples(ruleset)
     for f in report.failures:
         print(f"FAILED: {f}")
     status = "SUCCESS" if report.ok else "FAILED"

@@ -32,7 +32,7 @@ class Failure:
 
 
 @dataclass
-class TestReport:
+class ExampleReport:
     rules: int = 0
     examples: int = 0
     failures: list[Failure] = dataclasses.field(default_factory=list)
@@ -121,8 +121,8 @@ def run_example(rule: Rule, settings: DetectionSettings, example: Example) -> st
     return None
 
 
-def test_ruleset(ruleset: RuleSet) -> TestReport:
-    report = TestReport()
+def run_examples(ruleset: RuleSet) -> ExampleReport:
+    report = ExampleReport()
     for rf in ruleset.files:
         for rule in rf.rules:
             report.rules += 1
@@ -130,7 +130,7 @@ def test_ruleset(ruleset: RuleSet) -> TestReport:
     return report
 
 
-def _test_rule(rule: Rule, rf: RuleFile, report: TestReport) -> None:
+def _test_rule(rule: Rule, rf: RuleFile, report: ExampleReport) -> None:
     where = rule.where
     loc = f"{where.file}:{where.pos[0]}: {rule.id}"
     missing = rule.missing(rf.example_settings)

@@ -10,10 +10,11 @@ A path names values inside the event's JSON: ``objectRef.resource``,
 - ``{a,b.c}`` alternatives, each a path of its own:
   ``requestObject.spec.{containers,initContainers}[*].image``.
 
-A path yields every value it reaches (none when it reaches nothing); a list at
+A path yields every value it reaches (none when it reaches nothing). A list at
 the end stands for its items, so ``user.groups`` yields each group and
-``exists: false`` holds for an empty list. Two shorthands cover pod templates
-in pods, workload controllers and cron jobs:
+``exists: false`` holds for an empty list; a name applied to a list reads it
+from each item (``requestObject.rules.verbs`` is ``requestObject.rules[*].verbs``).
+Two shorthands cover pod templates in pods, workload controllers and cron jobs:
 
 - ``$pod_spec``   = ``requestObject.{spec,spec.template.spec,spec.jobTemplate.spec.template.spec}``
 - ``$containers`` = ``$pod_spec.{containers,initContainers,ephemeralContainers}[*]``
@@ -193,6 +194,12 @@ def _apply(steps: list[Step], frontier: list[Any]) -> list[Any]:
                     x = v.get(name)
                     if x is not None:
                         out.append(x)
+                elif type(v) is list:  # a key on a list reads it from each item
+                    for item in v:
+                        if type(item) is dict:
+                            x = item.get(name)
+                            if x is not None:
+                                out.append(x)
         elif kind == "index":
             n = step[1]
             for v in frontier:
@@ -240,8 +247,10 @@ def compile_getter(steps: list[Step]) -> Getter:
 
         def get_keys(obj: Any) -> list[Any]:
             cur = obj
-            for k in keys:
+            for i, k in enumerate(keys):
                 if type(cur) is not dict:
+                    if type(cur) is list:
+                        return _flatten(_apply(steps[i:], [cur]))
                     return []
                 cur = cur.get(k)
                 if cur is None:
