@@ -13,6 +13,7 @@ from ..event import AuditEvent, Decoder
 from ..sources.replay import open_input, read_batches
 from . import render
 from .lint import EXIT_ERRORS, lint_file
+from .model import Policy
 from .simulate import Comparison, EventResult, Simulation
 
 EXIT_OK = 0
@@ -76,7 +77,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return status
 
 
-def _load_for_simulation(path: str) -> Any:
+def _load_for_simulation(path: str) -> Policy | None:
     """The policy kube-apiserver would run, or None (problems on stderr)."""
     report = lint_file(path)
     if report.errors:
@@ -164,7 +165,7 @@ def _event_output(
     event: AuditEvent,
     result: EventResult,
     second: EventResult | None,
-    policy: Any,
+    policy: Policy,
     as_json: bool,
 ) -> str:
     if as_json:

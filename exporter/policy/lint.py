@@ -134,10 +134,6 @@ def _selector_covers(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:
     return bool(inner) and set(inner) <= set(outer)
 
 
-def _verbs_cover(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:
-    return _selector_covers(outer, inner)
-
-
 def pattern_covers(outer: str, inner: str) -> bool:
     """Every resource ``inner`` matches is matched by ``outer``."""
     if outer == "*" or outer == inner:
@@ -172,7 +168,7 @@ def rule_covers(outer: PolicyRule, inner: PolicyRule) -> bool:
         return False
     if not _selector_covers(outer.user_groups, inner.user_groups):
         return False
-    if not _verbs_cover(outer.verbs, inner.verbs):
+    if not _selector_covers(outer.verbs, inner.verbs):
         return False
     outer_resource = bool(outer.resources or outer.namespaces)
     inner_resource = bool(inner.resources or inner.namespaces)
