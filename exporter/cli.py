@@ -26,6 +26,7 @@ from .event import InvalidEvent
 COMMAND_MODULES: tuple[str, ...] = (
     "exporter.detect.cli",
     "exporter.policy.cli",
+    "exporter.simulate",
 )
 
 log = logging.getLogger("exporter")
