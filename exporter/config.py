@@ -631,39 +631,45 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
         if w.listen_address == cfg.web.listen_address:
             yield "webhook.listen_address: must differ from web.listen_address"
     if cfg.loki.url:
-        try:
-            settings = loki_settings(cfg)
-        except ValueError as e:
-            yield str(e)
-        else:
-            for problem in settings.problems():
-                name = problem.split(":", 1)[0]
-                if name.startswith("spool_"):
-                    key = "spool." + {"spool_dir": "dir"}.get(name, name[len("spool_") :])
-                elif name.startswith("redact_paths"):
-                    key = "loki.redact_paths"
-                else:
-                    key = "loki." + name
-                yield key + ":" + problem.split(":", 1)[1]
+        yield from bad_pairs(cfg.loki.headers, "loki.headers")
+        yield from bad_pairs(cfg.loki.redact_paths, "loki.redact_paths")
+        # replay makes a temporary spool; run requires one (require_source)
+        settings = loki_settings(cfg, spool_dir=cfg.spool.dir or "-")
+        for problem in settings.problems():
+            name = problem.split(":", 1)[0]
+            if name.startswith("spool_") or name.startswith("fsync"):
+                key = "spool." + name.removeprefix("spool_")
+            elif name.startswith("redact_paths"):
+                key = "loki.redact_paths"
+            else:
+                key = "loki." + name
+            yield key + ":" + problem.split(":", 1)[1]
     if cfg.logfile.checkpoint_file and not cfg.logfile.path:
         yield "logfile.checkpoint_file: set without logfile.path"
 
 
-def _pairs(items: Sequence[str], key: str) -> list[tuple[str, str]]:
+def _pairs(items: Sequence[str]) -> list[tuple[str, str]]:
+    """name=value items; malformed ones are left out (bad_pairs reports them)."""
     out = []
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"{key}: {item!r} is not name=value")
-        out.append((name.strip(), value.strip()))
+        if sep and name.strip():
+            out.append((name.strip(), value.strip()))
     return out
+
+
+def bad_pairs(items: Sequence[str], key: str) -> Iterator[str]:
+    for item in items:
+        name, sep, _ = item.partition("=")
+        if not sep or not name.strip():
+            yield f"{key}: {item!r} is not name=value"
 
 
 def loki_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
     """The Loki output's settings from the configuration."""
     lk, sp = cfg.loki, cfg.spool
     paths: dict[str, list[str]] = {}
-    for resource, path in _pairs(lk.redact_paths, "loki.redact_paths"):
+    for resource, path in _pairs(lk.redact_paths):
         paths.setdefault(resource, []).append(path)
     return LokiSettings(
         url=lk.url,
@@ -677,7 +683,7 @@ def loki_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
         insecure_skip_verify=lk.insecure_skip_verify,
         connect_timeout=lk.connect_timeout,
         timeout=lk.timeout,
-        headers=dict(_pairs(lk.headers, "loki.headers")),
+        headers=dict(_pairs(lk.headers)),
         format=lk.format,
         batch_bytes=lk.batch_bytes,
         batch_wait=lk.batch_wait,
@@ -698,8 +704,14 @@ def loki_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
 
 
 def require_source(cfg: Config) -> None:
-    """``run`` needs at least one source."""
+    """What ``run`` needs beyond a valid configuration: a source, and a
+    spool directory when events go to Loki."""
+    problems = []
     if not cfg.webhook.listen_address and not cfg.logfile.path:
-        raise ConfigError(
-            ["webhook.listen_address: no source configured; set it or logfile.path (or both)"]
+        problems.append(
+            "webhook.listen_address: no source configured; set it or logfile.path (or both)"
         )
+    if cfg.loki.url and not cfg.spool.dir:
+        problems.append("spool.dir: required with loki.url (the durable buffer for Loki)")
+    if problems:
+        raise ConfigError(problems)

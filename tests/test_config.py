@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,32 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["check-config", "--webhook.listen-address", "x"]) == 1
     err = capsys.readouterr().err
     assert "webhook.listen_address" in err and "Traceback" not in err
+
+
+def test_loki_problems_are_located(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = str(tmp_path / "audit.log")
+    assert main(["check-config", "--logfile.path", log, "--loki.url", "http://loki:3100"]) == 1
+    assert "spool.dir: required with loki.url" in capsys.readouterr().err
+    argv = ["check-config", "--logfile.path", log, "--spool.dir", str(tmp_path)]
+    bad = ["--loki.url", "ftp://x", "--loki.labels", "user", "--loki.headers", "NoEquals",
+           "--loki.backoff-max", "10ms"]  # fmt: skip
+    assert main([*argv, *bad]) == 1
+    err = capsys.readouterr().err
+    assert "loki.url: must be an http:// or https:// URL" in err
+    assert "loki.labels: 'user' is not a bounded field" in err
+    assert "loki.headers: 'NoEquals' is not name=value" in err
+    ok = ["--loki.url", "http://loki:3100", "--loki.headers", "X-A=1", "--loki.headers", "X-B=2",
+          "--loki.redact-paths", "configmaps=requestObject.data.password"]  # fmt: skip
+    assert main([*argv, *ok, "--show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["loki.headers"] == ["X-A=1", "X-B=2"]
+
+
+def test_secrets_in_urls_are_not_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = str(tmp_path / "a.log")
+    url = "https://user:hunter2@loki.example:3100"
+    argv = ["check-config", "--logfile.path", log, "--spool.dir", str(tmp_path),
+            "--loki.url", url, "--show"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "loki.example:3100" in out

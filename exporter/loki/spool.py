@@ -299,7 +299,8 @@ class Spool:
 
     def append(self, payloads: Sequence[bytes]) -> bool:
         """Store all of ``payloads`` durably (per the fsync policy) and return
-        True, or store none and return False when they do not fit."""
+        True, or store none and return False when they do not fit (a batch
+        over the whole limit fits only into an empty spool)."""
         if not payloads:
             return True
         now = self.clock()
@@ -308,7 +309,11 @@ class Spool:
         with self._lock:
             if self._closed:
                 return False
-            if sum(self._sizes.values()) + total > self.max_bytes:
+            # A batch larger than the whole spool could never fit: take it
+            # when nothing is waiting, or its source would wait forever (the
+            # tailer hands over up to 1000 lines at once). The overshoot is
+            # bounded by one batch.
+            if sum(self._sizes.values()) + total > self.max_bytes and self._entries:
                 return False
             try:
                 self._write(records)

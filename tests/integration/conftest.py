@@ -25,7 +25,12 @@ def free_port() -> int:
         return port
 
 
-def poll(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+def poll(
+    fn: Callable[[], T | None],
+    timeout: float = 30.0,
+    what: str = "condition",
+    on_timeout: Callable[[], str] | None = None,
+) -> T:
     """Call ``fn`` until it returns something truthy or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -39,7 +44,8 @@ def poll(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "conditi
                 return result
             last = result
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    detail = on_timeout() if on_timeout is not None else ""
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{detail}")
 
 
 def need(binary: str) -> str:
