@@ -109,7 +109,7 @@ def test_webhook_and_logfile_to_loki_through_a_full_spool(
             "512KiB",
             "--spool.fsync",
             "never",
-        ),  # fmt: skip
+        ),
         "exporter",
     )
     poll(lambda: requests.get(f"http://127.0.0.1:{web}/readyz", timeout=2).ok, what="ready")
