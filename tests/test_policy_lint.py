@@ -578,3 +578,19 @@ def test_merge_keys_are_expanded_like_go_yaml() -> None:
         ("get",),
         ("secrets",),
     )
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ("widgets", ["group-wildcard"]),  # a custom resource may be called anything
+        ("service", ["group-wildcard", "unknown-resource"]),
+        ("*/logs", ["group-wildcard", "unknown-subresource"]),  # CRDs only add status, scale
+        ("*/status", ["group-wildcard"]),
+    ],
+)
+def test_resource_names_with_group_star(resource: str, expected: list[str]) -> None:
+    rule = (
+        f"  - level: None\n    resources:\n      - group: '*'\n        resources: ['{resource}']\n"
+    )
+    assert sorted(codes(lint(with_rule(rule)))) == expected

@@ -113,7 +113,9 @@ class BuiltinResources:
             )
         return None
 
-    def _unknown_resource(self, group: str, resource: str, subresource: str, where: str) -> Problem:
+    def _unknown_resource(
+        self, group: str, resource: str, subresource: str, where: str
+    ) -> Problem | None:
         suffix = f"/{subresource}" if subresource else ""
         message = f'"{resource}" is not a resource of {where} in Kubernetes {self.release}'
         candidates = [r for g in self._groups_for(group) for r in self.by_group[g].values()]
@@ -139,18 +141,20 @@ class BuiltinResources:
                 f"{message}: resource names are lower case",
                 lowered + suffix,
             )
+        if group == "*":
+            # Any group includes custom resources, which can have any name.
+            return None
         # The right name in the wrong group (deployments in the core group).
-        if group != "*":
-            for other, names in self.by_group.items():
-                if other == group:
-                    continue
-                for r in names.values():
-                    if lowered in (r.name, r.singular, r.kind.lower()):
-                        return Problem(
-                            "wrong-group",
-                            f"{message}: {r.name} is in {group_label(other)}",
-                            f'group: "{other}", resources: ["{r.name}{suffix}"]',
-                        )
+        for other, names in self.by_group.items():
+            if other == group:
+                continue
+            for r in names.values():
+                if lowered in (r.name, r.singular, r.kind.lower()):
+                    return Problem(
+                        "wrong-group",
+                        f"{message}: {r.name} is in {group_label(other)}",
+                        f'group: "{other}", resources: ["{r.name}{suffix}"]',
+                    )
         close = difflib.get_close_matches(lowered, [r.name for r in candidates], n=1, cutoff=0.75)
         return Problem("unknown-resource", message, close[0] + suffix if close else "")
 
