@@ -40,7 +40,7 @@ def _pos(node: yaml.Node) -> tuple[int, int]:
 
 
 class _Builder:
-    def __init__(self, loader: yaml.SafeLoader) -> None:
+    def __init__(self, loader: Any) -> None:
         self.loader = loader
 
     def build(self, node: yaml.Node) -> Any:
@@ -74,9 +74,12 @@ class _Builder:
         return self.loader.construct_object(node, deep=True)
 
 
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
+
+
 def load(text: str | bytes) -> Any:
     """Parse one YAML document; raise yaml.YAMLError with a mark on failure."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
