@@ -8,6 +8,22 @@ RequestResponse, and managed fields when they are omitted. When the new level
 needs bodies the recording does not have (recorded at Metadata, simulated at
 RequestResponse), the estimate is a lower bound and the event is counted in
 ``bodiesUnknown``.
+
+``--output json`` writes JSON lines: one object per event, in input order,
+
+    {"auditID": ..., "stage": ..., "level": ..., "rule": 3, "omitStages": [...]}
+
+(``rule`` is the 0-based index of the deciding rule, null when none matched;
+with ``--compare`` each also has ``"compare": {"level", "rule", "omitStages"}``
+for the second policy), then one last object ``{"summary": {...}}`` with
+``events``, ``invalid`` (per reason), ``recordedBytes``, ``levels``,
+``written`` (events, bytes, bodiesUnknown), ``rules`` (per rule: index, line,
+level, matched, written, bytes, bodiesUnknown), ``default`` (the same for
+events no rule matched), ``neverMatched`` (rule indexes), ``noisiest`` (user,
+verb, resource, events, bytes, rules, suggestion, insertBefore, note) and, with
+``--compare``, ``compare`` (written, delta, changed, transitions, examples).
+An event counts as written when its level is not None and its stage is not
+omitted; ``notWritten`` in transitions means it is not.
 """
 
 from __future__ import annotations
