@@ -46,3 +46,49 @@ def detector(
 def fires(det: Detector, ev: AuditEvent, rule_id: str) -> bool:
     det([ev])
     return rule_id in ev.rules
+
+
+class Receiver:
+    """An in-test HTTP server that records JSON bodies POSTed to it and
+    answers with the status codes queued in ``statuses`` (then 200)."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[Any] = []
+        self.paths: list[str] = []
+        self.statuses: list[int] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"null")
+                with outer.lock:
+                    status = outer.statuses.pop(0) if outer.statuses else 200
+                    outer.paths.append(self.path)
+                    if status == 200:
+                        outer.bodies.append(body)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def received(self) -> list[Any]:
+        with self.lock:
+            return list(self.bodies)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
