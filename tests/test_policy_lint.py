@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from exporter import cli as main_cli
 from exporter.policy import cli as policy_cli
 from exporter.policy import evaluate, lint_text
 from exporter.policy.evaluate import Attributes, User
@@ -57,6 +56,8 @@ def only(report: LintReport, code: str) -> list[str]:
 
 
 def test_the_policy_subcommand_is_registered() -> None:
+    from exporter import cli as main_cli
+
     assert "exporter.policy.cli" in main_cli.COMMAND_MODULES
 
 

@@ -49,6 +49,17 @@ RULE_FIELDS = (
     "omitManagedFields",
 )
 GROUP_RESOURCES_FIELDS = ("group", "resources", "resourceNames")
+# Fields whose loss makes a rule match more than written.
+_SELECTORS = (
+    "users",
+    "userGroups",
+    "verbs",
+    "resources",
+    "namespaces",
+    "nonResourceURLs",
+    "group",
+    "resourceNames",
+)
 # metav1.ObjectMeta, which Policy embeds as ``metadata``: field -> JSON type.
 OBJECT_META_FIELDS = {
     "name": "string",
@@ -297,14 +308,20 @@ class _Decoder:
             if name in known:
                 out[name] = (key, value)
                 continue
+            hint = _unknown_field_hint(name, known, owner)
+            consequence = ""
+            if owner in ("a rule", "a resources entry") and any(
+                f"{field!r}" in hint for field in _SELECTORS
+            ):
+                consequence = ", so the rule matches requests this field was meant to exclude"
             self.add(
                 WARNING,
                 "unknown-field",
                 child,
                 key,
                 f"unknown field {name!r} in {owner}: kube-apiserver falls back to lenient "
-                "decoding and drops it",
-                hint=_unknown_field_hint(name, known, owner),
+                f"decoding and drops it{consequence}",
+                hint=hint,
             )
             self._duplicates(value, child)
         return out
@@ -453,8 +470,8 @@ class _Decoder:
                 "deprecated-version",
                 "apiVersion",
                 version_node,
-                f"{API_VERSION_V1BETA1} is read here, but kube-apiserver removed it in v1.24 "
-                "(kubernetes/kubernetes#108092) and refuses the file since then",
+                f"{API_VERSION_V1BETA1} is accepted here, but kube-apiserver removed it in v1.24 "
+                "(kubernetes/kubernetes#108092): v1.24 and later refuse this file",
                 hint=f"use apiVersion: {API_VERSION_V1}; the fields are the same",
             )
         elif api_version != API_VERSION_V1:
