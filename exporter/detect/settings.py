@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..config import parse_duration
+from ..duration import parse_go_duration
 from .errors import RuleError
 from .located import Where
 
@@ -360,7 +360,7 @@ def _read_alertmanager(doc: Any, where: Where, values: dict[str, Any], problems:
         values["alert_link_template"] = template
     if "resolve_after" in doc:
         try:
-            seconds = parse_duration(doc["resolve_after"])
+            seconds = parse_duration_text(doc["resolve_after"])
             if seconds <= 0:
                 raise ValueError("must be > 0")
             values["alert_resolve_after"] = seconds
@@ -369,14 +369,21 @@ def _read_alertmanager(doc: Any, where: Where, values: dict[str, Any], problems:
 
 
 def parse_duration_text(value: Any) -> float:
-    """A duration for rules: Go syntax (30s, 5m, 1h30m), seconds, or days (7d)."""
+    """A duration: Go syntax (30s, 5m, 1h30m), a number of seconds, or days (7d)."""
+    if type(value) in (int, float):
+        return float(value)
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)d\s*", value)
+        text = value.strip()
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)d", text)
         if m:
             return float(m.group(1)) * 86400.0
-    if type(value) is bool:
-        raise ValueError(f"{value!r} is not a duration")
-    return parse_duration(value)
+        try:
+            return float(text)
+        except ValueError:
+            seconds = parse_go_duration(text)
+            if seconds is not None:
+                return seconds
+    raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 1h, 7d)")
 
 
 def utc_text(ts: float) -> str:
