@@ -595,3 +595,11 @@ def test_resource_names_with_group_star(resource: str, expected: list[str]) -> N
         f"  - level: None\n    resources:\n      - group: '*'\n        resources: ['{resource}']\n"
     )
     assert sorted(codes(lint(with_rule(rule)))) == expected
+
+
+def test_rules_under_omit_stages_get_the_missing_key_hint() -> None:
+    # Valid YAML with the wrong shape: the rules continue the omitStages list.
+    report = lint("omitStages:\n  - RequestReceived\n  - level: Metadata\n")
+    [decode] = [f for f in report.errors if f.code == "decode"]
+    assert (decode.line, decode.column) == (5, 5)
+    assert decode.hint == "a list must be the value of a key; add `rules:` before line 5"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -34,7 +34,7 @@ from .model import (
     Policy,
     PolicyRule,
 )
-from .yamlhint import missing_key_hint
+from .yamlhint import missing_key_hint, orphan_lists
 
 POLICY_FIELDS = ("apiVersion", "kind", "metadata", "rules", "omitStages", "omitManagedFields")
 RULE_FIELDS = (
@@ -159,7 +159,23 @@ def load_policy(data: bytes | str, source: str = "<policy>") -> LoadResult:
     except RecursionError:
         # A merge key that includes its own mapping (<<: *self).
         return LoadResult(source, None, [Finding(ERROR, "yaml-syntax", _TOO_DEEP)])
-    return LoadResult(source, policy, decoder.findings)
+    return LoadResult(source, policy, _with_key_hints(decoder.findings, text))
+
+
+def _with_key_hints(findings: list[Finding], text: str) -> list[Finding]:
+    """Decoding errors where a list lost its key (valid YAML, wrong shape:
+    rules under omitStages) get the same hint as the syntax errors."""
+    if not any(f.code == "decode" and not f.hint for f in findings):
+        return findings
+    orphans = {o.line: o for o in orphan_lists(text) if o.key}
+    out = []
+    for f in findings:
+        orphan = orphans.get(f.line) if f.line is not None else None
+        if f.code == "decode" and not f.hint and orphan is not None:
+            hint = f"a list must be the value of a key; add `{orphan.key}:` before line {f.line}"
+            f = replace(f, hint=hint)
+        out.append(f)
+    return out
 
 
 def _syntax_finding(e: yaml.MarkedYAMLError, text: str) -> Finding:
