@@ -10,7 +10,9 @@ import threading
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from . import __version__
-from .config import Config, loki_settings
+from .alertmanager import Alertmanager
+from .config import Config, detection_settings, loki_settings, rule_set
+from .detect import Detector
 from .event import Decoder
 from .loki.settings import safe_url
 from .loki.sink import LokiSink
@@ -45,7 +47,7 @@ class App:
             sources=sources,
         )
         self.decoder = Decoder(cfg.events.max_bytes)
-        self.pipeline = build_pipeline(cfg, self.metrics)
+        self.pipeline, self.notifier = build_pipeline(cfg, self.metrics)
         self._ready = threading.Event()
         self.web = MetricsServer(cfg.web.listen_address, self.registry, self._ready.is_set)
         self.webhook: WebhookServer | None = None
@@ -85,6 +87,8 @@ class App:
             extra={"version": __version__, "config": self.cfg.redacted()},
         )
         self.web.start()
+        if self.notifier is not None:
+            self.notifier.start()
         if self.webhook is not None:
             self.webhook.start()
             log.info("webhook listening", extra={"address": _fmt(self.webhook.address)})
@@ -101,18 +105,33 @@ class App:
             self.webhook.shutdown(timeout)
         if self.logfile is not None:
             self.logfile.stop(timeout)
-        self.pipeline.close()
+        self.pipeline.close(timeout)
+        if self.notifier is not None:
+            self.notifier.close(timeout)
         self.web.shutdown(timeout)
         log.info("stopped")
 
 
-def build_pipeline(cfg: Config, metrics: AuditMetrics, *, spool_dir: str | None = None) -> Pipeline:
-    """decode -> redact -> detect -> sinks -> metrics, as configured. Shared by
-    ``run`` and ``replay``. Raises LokiSetupError/ValueError at start-up."""
+def build_pipeline(
+    cfg: Config, metrics: AuditMetrics, *, spool_dir: str | None = None
+) -> tuple[Pipeline, Alertmanager | None]:
+    """decode -> redact -> detect -> sinks -> metrics, as configured, and the
+    Alertmanager notifier (not started) when URLs are set. Shared by ``run``
+    and ``replay``. Raises LokiSetupError, RuleError or ValueError."""
     processors: list[Processor] = []
     if cfg.loki.redact:
         # First, so that nothing after it (Loki, Alertmanager, logs) sees secrets.
         processors.append(Redactor(loki_settings(cfg, spool_dir=spool_dir or "").redact_paths))
+    detection = detection_settings(cfg)
+    notifier = None
+    if detection.alertmanager_urls:
+        notifier = Alertmanager(detection.alertmanager_urls, metrics)
+    ruleset = rule_set(cfg)
+    processors.append(Detector(ruleset, detection, metrics, notifier))
+    log.info(
+        "detection rules loaded",
+        extra={"rules": len(ruleset.rules), "alertmanager": list(detection.alertmanager_urls)},
+    )
     sinks: list[Sink] = []
     if cfg.loki.url:
         settings = loki_settings(cfg, spool_dir=spool_dir)
@@ -120,12 +139,13 @@ def build_pipeline(cfg: Config, metrics: AuditMetrics, *, spool_dir: str | None 
         log.info("pushing to Loki", extra={"url": safe_url(settings.push_url)})
     else:
         log.info("loki.url is empty: events are not sent to Loki")
-    return Pipeline(
+    pipeline = Pipeline(
         metrics,
         processors=processors,
         sinks=sinks,
         dedupe_capacity=cfg.events.dedupe_capacity,
     )
+    return pipeline, notifier
 
 
 def _fmt(address: tuple[str, int]) -> str:

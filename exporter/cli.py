@@ -47,12 +47,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _config_errors(e)
     logs.setup(cfg.log.format, cfg.log.level)
     from .app import App
+    from .detect import RuleError
     from .loki.client import LokiSetupError
 
     try:
         app = App(cfg)
         app.start()
-    except (OSError, ValueError, LokiSetupError) as e:
+    except (OSError, ValueError, LokiSetupError, RuleError) as e:
         log.error("cannot start", extra={"error": str(e)})
         return 1
     stop = threading.Event()
@@ -83,6 +84,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .app import build_pipeline
+    from .detect import RuleError
     from .event import Decoder
     from .loki.backfill import AgeCheck
     from .loki.client import LokiSetupError
@@ -107,10 +109,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if cfg.loki.url and not cfg.spool.dir:
         spool_dir = tempfile.mkdtemp(prefix="kube-audit-replay-spool-")
     try:
-        pipeline = build_pipeline(cfg, metrics, spool_dir=spool_dir)
-    except (LokiSetupError, ValueError, OSError) as e:
+        pipeline, notifier = build_pipeline(cfg, metrics, spool_dir=spool_dir)
+    except (LokiSetupError, RuleError, ValueError, OSError) as e:
         print(f"cannot start: {e}", file=sys.stderr)
         return 1
+    if notifier is not None:
+        notifier.start()
     report = Report()
     pipeline.processors.append(report)
     loki: LokiSink | None = None
@@ -166,6 +170,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             pipeline.close()
             shutil.rmtree(spool_dir, ignore_errors=True)
     pipeline.close()
+    if notifier is not None:
+        notifier.close(30.0)
     summary = report.to_dict(top=args.top)
     if args.output == "json":
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")

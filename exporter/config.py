@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from .duration import parse_go_duration
+from .detect import DetectionSettings, RuleError, RuleSet, load_rules
+from .duration import parse_duration
 from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings, safe_url
 
 ENV_PREFIX = "KUBE_AUDIT_"
@@ -237,6 +238,73 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class RulesConfig:
+    file: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("Detection rule files (repeatable); they replace the defaults.", kind="list"),
+    )
+    include_defaults: bool = field(
+        default=False,
+        metadata=opt("Load the shipped default rules as well as rules.file."),
+    )
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    trusted_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("CIDRs administrators legitimately come from.", kind="list"),
+    )
+    pod_cidrs: tuple[str, ...] = field(
+        default=(), metadata=opt("The cluster's pod network CIDRs.", kind="list")
+    )
+    node_cidrs: tuple[str, ...] = field(
+        default=(), metadata=opt("Node and control-plane address CIDRs.", kind="list")
+    )
+    critical_workloads: tuple[Any, ...] = field(
+        default=(),
+        metadata=opt(
+            "Objects only some principals may touch, at some times: a YAML list of "
+            "{name, namespaces, resources, names, allowed_principals, allowed_windows, "
+            "timezone} (a YAML/JSON string in flags and environment).",
+            kind="yaml",
+        ),
+    )
+    disabled_rules: tuple[str, ...] = field(
+        default=(), metadata=opt("Rule ids switched off.", kind="list")
+    )
+    max_state_entries: int = field(
+        default=100_000,
+        metadata=opt("State kept per stateful rule; the oldest is evicted and counted.", minimum=1),
+    )
+    alert_min_severity: str = field(
+        default="warning",
+        metadata=opt(
+            "Matches at or above this severity go to Alertmanager.",
+            choices=("info", "warning", "critical"),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class AlertmanagerConfig:
+    url: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("Alertmanager base URLs (repeatable; each gets every alert).", kind="list"),
+    )
+    link_template: str = field(
+        default="",
+        metadata=opt(
+            "Link in each alert, with ${audit_id}, ${cluster}, ... (e.g. Grafana Explore)."
+        ),
+    )
+    resolve_after: float = field(
+        default=900.0,
+        metadata=opt("An alert's endsAt is the event time plus this.", kind="duration"),
+    )
+
+
+@dataclass(frozen=True)
 class EventsConfig:
     max_bytes: int = field(
         default=1 << 20,
@@ -286,6 +354,9 @@ class Config:
     logfile: LogfileConfig = field(default_factory=LogfileConfig)
     loki: LokiConfig = field(default_factory=LokiConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -338,7 +409,14 @@ def _section_class(f: dataclasses.Field[Any]) -> Any:
     return type(factory())
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "tuple[str, ...]": tuple}
+_TYPES = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "tuple[str, ...]": tuple,
+    "tuple[Any, ...]": tuple,
+}
 
 
 def _options() -> tuple[Option, ...]:
@@ -397,20 +475,6 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
 
 
-def parse_duration(value: Any) -> float:
-    if type(value) in (int, float):
-        return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    seconds = parse_go_duration(text)
-    if seconds is None:
-        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 250ms, 5m)")
-    return seconds
-
-
 def parse_bool(value: Any) -> bool:
     if type(value) is bool:
         return value
@@ -423,6 +487,20 @@ def parse_bool(value: Any) -> bool:
 
 
 def _convert(o: Option, value: Any) -> Any:
+    if o.kind == "yaml":
+        # a structure in the file; a YAML (or JSON) string in flags and env
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            value = value[-1]  # a repeated flag: the last one wins
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ValueError(f"not valid YAML: {getattr(e, 'problem', e)}") from None
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ValueError("must be a list")
+        return tuple(value)
     if o.kind == "list":
         # YAML: a list; environment: comma-separated; flags: repeated.
         if value is None:
@@ -644,6 +722,7 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
             else:
                 key = "loki." + name
             yield key + ":" + problem.split(":", 1)[1]
+    yield from _detection_problems(cfg)
     if cfg.logfile.checkpoint_file and not cfg.logfile.path:
         yield "logfile.checkpoint_file: set without logfile.path"
 
@@ -701,6 +780,54 @@ def loki_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
         service_name=lk.service_name,
         cluster=cfg.cluster,
     )
+
+
+def detection_settings(cfg: Config) -> DetectionSettings:
+    """Detection's settings; raises RuleError listing located problems."""
+    d, am = cfg.detect, cfg.alertmanager
+    return DetectionSettings.from_config(
+        {
+            "trusted_networks": list(d.trusted_networks),
+            "pod_cidrs": list(d.pod_cidrs),
+            "node_cidrs": list(d.node_cidrs),
+            "critical_workloads": list(d.critical_workloads),
+            "disabled_rules": list(d.disabled_rules),
+            "max_state_entries": d.max_state_entries,
+            "alert_min_severity": d.alert_min_severity,
+        },
+        {
+            "url": list(am.url),
+            "link_template": am.link_template,
+            "resolve_after": am.resolve_after,
+        },
+        cluster=cfg.cluster,
+        source="configuration",
+    )
+
+
+def rule_set(cfg: Config) -> RuleSet:
+    """The configured rules (the defaults when rules.file is empty); raises
+    RuleError listing every problem, located by file and line."""
+    if not cfg.rules.file:
+        return load_rules(None)
+    return load_rules(list(cfg.rules.file), with_defaults=cfg.rules.include_defaults)
+
+
+def _detection_problems(cfg: Config) -> Iterator[str]:
+    try:
+        settings = detection_settings(cfg)
+    except RuleError as e:
+        yield from (p.removeprefix("configuration: ") for p in e.problems)
+        return
+    try:
+        ruleset = rule_set(cfg)
+    except RuleError as e:
+        yield from (f"rules.file: {p}" for p in e.problems)
+        return
+    known = {r.id for r in ruleset.rules}
+    for rule_id in settings.disabled_rules:
+        if rule_id not in known:
+            yield f"detect.disabled_rules: no rule {rule_id!r} is loaded"
 
 
 def require_source(cfg: Config) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNITS = {
@@ -27,3 +28,17 @@ def parse_go_duration(text: str) -> float | None:
     if pos != len(text):
         return None
     return total
+
+
+def parse_duration(value: Any) -> float:
+    if type(value) in (int, float):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    seconds = parse_go_duration(text)
+    if seconds is None:
+        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 250ms, 5m)")
+    return seconds
