@@ -144,7 +144,7 @@ def stolen_token(sim: Simulator, t: int) -> None:
 
 
 def exec_database(sim: Simulator, t: int) -> None:
-    """A developer opens a psql shell in the payments database for minutes."""
+    """A developer opens a psql shell in the payments database for a minute or two."""
     dave = sim.human[EXEC_USER]
     ns, pod = EXEC_TARGET
     ip = dave.ips[0]
@@ -159,7 +159,7 @@ def exec_database(sim: Simulator, t: int) -> None:
         "?command=psql&command=-U&command=postgres&container=postgres"
         "&stdin=true&stdout=true&tty=true"
     )
-    lat = (190 + sim.randrange(60)) * US + sim.randrange(US)
+    lat = (60 + sim.randrange(90)) * US + sim.randrange(US)
     started = 40_000 + sim.randrange(30_000)
     sim.call(t, actor, "get", "pods", ns, pod, "exec", query, code=101, lat=lat, started=started)
 
@@ -252,11 +252,11 @@ PLAN: tuple[tuple[float, Scenario], ...] = (
     (0.09, failed_open),
     (0.11, slow_list),
     (0.13, anonymous_allowed),
-    (0.22, brute_force),
-    (0.36, stolen_token),
-    (0.50, exec_database),
-    (0.62, cluster_admin_binding),
-    (0.75, impersonation),
+    (0.20, brute_force),
+    (0.30, stolen_token),
+    (0.40, exec_database),
+    (0.55, cluster_admin_binding),
+    (0.70, impersonation),
     (0.85, panic),
 )
 

@@ -2,8 +2,11 @@
 
 Batching follows k8s.io/apiserver plugin/pkg/audit/buffered: up to 400 events
 per batch, or what arrived within 30 s; 10 batches/s with a burst of 15;
-each batch sent on its own. The retry follows pkg/util/webhook: the audit
-webhook retries every error, a non-2xx answer included, with
+each batch sent on its own. Retries come in two layers. Inside each
+attempt, client-go's REST client (rest/request.go, checkWait) sends a 429 or
+5xx answer that carries ``Retry-After: N`` again after N seconds, up to 10
+times. Around it, the audit webhook (pkg/util/webhook, plugin/pkg/audit/
+webhook) retries every error, any non-2xx answer included, with
 wait.Backoff{10s, factor 1.5, jitter 0.2, 5 steps}, then drops the batch.
 """
 
@@ -32,6 +35,7 @@ INITIAL_BACKOFF = 10.0
 BACKOFF_FACTOR = 1.5
 BACKOFF_JITTER = 0.2
 ATTEMPTS = 5
+RETRY_AFTER_MAX = 10  # client-go's Request.maxRetries
 REQUEST_TIMEOUT = 30.0
 USER_AGENT = f"kube-apiserver/{K8S_VERSION} {PLATFORM}"
 
@@ -70,7 +74,8 @@ class SendStats:
     events: int = 0  # accepted (answered 2xx)
     batches: int = 0  # accepted
     posts: int = 0  # HTTP requests, retries included
-    retries: int = 0
+    retries: int = 0  # after a backoff
+    retry_after: int = 0  # after waiting as a Retry-After header asked
     dropped_batches: int = 0  # given up after the last attempt, as the API server does
     dropped_events: int = 0
     sizes: list[int] = field(default_factory=list)  # events per accepted batch
@@ -108,9 +113,11 @@ class WebhookSender:
     ``batch_max_wait`` seconds passed since it began collecting (this matters
     when events are paced in real time). Batches are throttled by a token
     bucket (``throttle_qps`` 0 disables it) and sent on up to ``concurrency``
-    keep-alive connections. A batch not answered 200-206 is retried after
-    10 s, 15 s, 22.5 s and 33.75 s (each plus up to 20 % jitter; scaled by
-    ``initial_backoff``) and dropped after the fifth attempt.
+    keep-alive connections. An answer 429 or 5xx with ``Retry-After: N`` is
+    retried after N seconds (up to 10 times per attempt); a batch still not
+    answered 200-206 is retried after 10 s, 15 s, 22.5 s and 33.75 s (each
+    plus up to 20 % jitter; scaled by ``initial_backoff``) and dropped after
+    the fifth attempt.
     """
 
     def __init__(
@@ -172,9 +179,6 @@ class WebhookSender:
             session.headers["Content-Type"] = "application/json"
             session.headers["User-Agent"] = USER_AGENT
             session.headers["Accept"] = "application/json, */*"
-            session.verify = self.verify
-            if self.cert is not None:
-                session.cert = self.cert
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)
@@ -202,15 +206,7 @@ class WebhookSender:
         attempt = 0
         while True:
             attempt += 1
-            with self._lock:
-                self.stats.posts += 1
-            try:
-                response = self._session().post(self.url, data=body, timeout=self.timeout)
-                code = response.status_code
-                response.close()
-                problem = "" if 200 <= code <= 206 else f"HTTP {code}"
-            except requests.RequestException as e:
-                problem = f"{type(e).__name__}: {e}"
+            problem = self._attempt(body)
             if not problem:
                 with self._lock:
                     self.stats.events += len(lines)
@@ -234,6 +230,32 @@ class WebhookSender:
             with self._lock:
                 self.stats.retries += 1
             self.sleep(wait)
+
+    def _attempt(self, body: bytes) -> str:
+        """One attempt (client-go's Request.Do): "" when answered 2xx, else the problem."""
+        for retry in range(RETRY_AFTER_MAX + 1):
+            with self._lock:
+                self.stats.posts += 1
+            try:
+                # verify and cert per request: requests lets REQUESTS_CA_BUNDLE
+                # override a session's verify, never an explicit argument
+                response = self._session().post(
+                    self.url, data=body, timeout=self.timeout, verify=self.verify, cert=self.cert
+                )
+            except requests.RequestException as e:
+                return f"{type(e).__name__}: {e}"
+            code = response.status_code
+            response.close()
+            if 200 <= code <= 206:
+                return ""
+            wait = response.headers.get("Retry-After", "")
+            if retry < RETRY_AFTER_MAX and (code == 429 or code >= 500) and wait.isdigit():
+                with self._lock:
+                    self.stats.retry_after += 1
+                self.sleep(float(wait))
+                continue
+            return f"HTTP {code}"
+        raise AssertionError("unreachable")  # the last round returns
 
     def send(self, events: Iterable[tuple[float | None, bytes]]) -> SendStats:
         """Send ``(due, line)`` pairs, ``due`` being when the event happens on
