@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,16 +64,21 @@ class Deduper:
 
     def __init__(self, capacity: int = DEFAULT_DEDUPE_CAPACITY) -> None:
         self.capacity = capacity
-        self._keys: dict[tuple[str, str, float], None] = {}
+        self._keys: set[tuple[str, str, float]] = set()
+        # Insertion order, to forget the oldest. (Evicting the first key of a
+        # dict is O(n) once many keys were deleted from its front.)
+        self._order: deque[tuple[str, str, float]] = deque()
 
     def __contains__(self, key: tuple[str, str, float]) -> bool:
         return key in self._keys
 
     def add(self, key: tuple[str, str, float]) -> None:
-        keys = self._keys
-        keys[key] = None
-        if len(keys) > self.capacity:
-            del keys[next(iter(keys))]
+        if key in self._keys:
+            return
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self.capacity:
+            self._keys.discard(self._order.popleft())
 
     def __len__(self) -> int:
         return len(self._keys)

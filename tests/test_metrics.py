@@ -193,3 +193,16 @@ def test_series_exist_at_zero_and_both_formats_render() -> None:
     assert "# TYPE kube_audit_requests_total counter" in text
     om = generate_openmetrics(h.registry).decode()
     assert om.endswith("# EOF\n") and "kube_audit_requests_total{" in om
+
+
+def test_dedupe_window_is_bounded_and_forgets_the_oldest() -> None:
+    from exporter.pipeline import Deduper
+
+    d = Deduper(capacity=3)
+    for i in range(5):
+        d.add((f"id-{i}", "ResponseComplete", 1.0))
+    assert len(d) == 3
+    assert ("id-0", "ResponseComplete", 1.0) not in d
+    assert ("id-4", "ResponseComplete", 1.0) in d
+    d.add(("id-4", "ResponseComplete", 1.0))  # seen again: no second slot
+    assert len(d) == 3 and ("id-2", "ResponseComplete", 1.0) in d
