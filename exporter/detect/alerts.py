@@ -56,6 +56,7 @@ def context_line(m: Match) -> str:
     """What made a stateful rule fire."""
     r = m.rule
     group = ", ".join(f"{p}={v or '(none)'}" for p, v in zip(r.group_by, m.group, strict=False))
+    group = group or "the cluster"
     if r.kind == "threshold":
         what = (
             f"{r.count} distinct {'/'.join(r.distinct)} values"

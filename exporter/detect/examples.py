@@ -80,6 +80,17 @@ def complete_event(event: dict[str, Any], seq: int, ts: float) -> dict[str, Any]
     return obj
 
 
+def _numbered(value: Any, n: int) -> Any:
+    """``{{i}}`` in the strings of a repeated event becomes its repetition number."""
+    if isinstance(value, str):
+        return value.replace("{{i}}", str(n))
+    if isinstance(value, dict):
+        return {k: _numbered(v, n) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbered(v, n) for v in value]
+    return value
+
+
 def example_events(example: Example, decoder: Decoder | None = None) -> list[AuditEvent]:
     """The example's events, decoded as the pipeline would decode them."""
     decoder = decoder or Decoder()
@@ -91,7 +102,8 @@ def example_events(example: Example, decoder: Decoder | None = None) -> list[Aud
             if i or r:
                 ts += item.after if item.after is not None else DEFAULT_GAP
             seq += 1
-            obj = complete_event(item.event, seq, ts)
+            fields = _numbered(item.event, r + 1) if item.repeat > 1 else item.event
+            obj = complete_event(fields, seq, ts)
             out.append(decoder.decode_object(obj))
     return out
 

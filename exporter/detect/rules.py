@@ -35,8 +35,9 @@ Stateful kinds, all on event time (stageTimestamp):
   values are only remembered.
 
 Examples of stateful rules are lists of events: ``{events: [<event> |
-{event: <event>, after: 30s, repeat: 3}, ...]}``; a ``match`` example must
-fire on its last event and not before. Example events are audit events in
+{event: <event>, after: 30s, repeat: 3}, ...]}`` (``{{i}}`` in a repeated
+event's strings is its repetition number); a ``match`` example must fire on
+its last event and not before. Example events are audit events in
 YAML; auditID, stage (ResponseComplete), timestamps (one second apart from
 2024-05-01T10:00:00Z, or ``after`` the previous) and apiVersion are filled in
 when missing.
