@@ -45,7 +45,7 @@ def run_file(name: str, settings: DetectionSettings | None = None) -> list[Audit
 @pytest.mark.parametrize(
     ("name", "expected", "severity"),
     [
-        ("exec_pod.json", {"pod-exec-or-attach", "exec-shell-or-tool"}, "warning"),
+        ("exec_pod.json", {"pod-exec-or-attach", "exec-shell-or-tool"}, "info"),
         ("attach_pod.json", {"pod-exec-or-attach"}, "info"),
         ("create_nginx_pod_privileged.json", {"privileged-container"}, "warning"),
         ("create_nginx_pod_privileged_2nd_container.json", {"privileged-container"}, "warning"),
