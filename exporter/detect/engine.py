@@ -131,7 +131,7 @@ def _key_getter(path: str, ctx: Any) -> Callable[[AuditEvent], str]:
     return generic
 
 
-IndexKey = tuple[str, str, str, str, int, bool, bool]
+IndexKey = tuple[str, str, str, str, str, int, bool, bool]
 # A stateless rule's test (True on a match) or a stateful rule's check.
 Runner = Callable[[AuditEvent], "bool | Match | None"]
 
@@ -142,6 +142,7 @@ def index_key(ev: AuditEvent) -> IndexKey:
         ev.stage,
         ev.verb,
         ev.resource,
+        ev.subresource,
         ev.user_kind,
         ev.code,
         ev.impersonated_user != "",
@@ -343,10 +344,12 @@ class Detector:
         matches: list[Match] = []
         for ev in events:
             ann = ev.annotations
+            # index_key(ev), inlined: this loop runs for every event
             key = (
                 ev.stage,
                 ev.verb,
                 ev.resource,
+                ev.subresource,
                 ev.user_kind,
                 ev.code,
                 ev.impersonated_user != "",

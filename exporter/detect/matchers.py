@@ -246,11 +246,21 @@ class Parser:
 # ``impersonated`` says whether impersonatedUser is set; ``extra_annotations``
 # whether the event has annotations besides the authorizer's decision and
 # reason (almost every event has only those two).
-DIMS = ("stage", "verb", "resource", "user_kind", "code", "impersonated", "extra_annotations")
+DIMS = (
+    "stage",
+    "verb",
+    "resource",
+    "subresource",
+    "user_kind",
+    "code",
+    "impersonated",
+    "extra_annotations",
+)
 DIM_FIELDS = {
     "stage": "stage",
     "verb": "verb",
     "objectRef.resource": "resource",
+    "objectRef.subresource": "subresource",
     "$user_kind": "user_kind",
     "responseStatus.code": "code",
 }
@@ -337,7 +347,7 @@ def _field_constraint(node: Field, ctx: Context) -> Constraint:
         prefixes = [re.split(r"[*?\\[]", g, maxsplit=1)[0] for g in c.globs]
         if all(p and not p.startswith("system:") and not "system:".startswith(p) for p in prefixes):
             return _at(kind, lambda k: k == "human")
-    if node.path == "impersonatedUser.username" and _requires_value(c):
+    if node.path.startswith("impersonatedUser.") and _requires_value(c):
         return _at(DIMS.index("impersonated"), lambda v: v is True)
     key = _annotation_key(node.path) if node.path.startswith("annotations") else None
     if key is not None and key not in COMMON_ANNOTATIONS and _requires_value(c):
