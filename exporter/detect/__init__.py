@@ -17,7 +17,8 @@ The configuration keys (YAML; ``rules.file`` and ``alertmanager.url`` are
 repeatable flags too)::
 
     rules:
-      file: [/etc/kube-audit/rules.yaml]   # instead of the defaults; load_rules(with_defaults=)
+      file: [/etc/kube-audit/rules.yaml]   # instead of the defaults...
+      include_defaults: false              # ...unless true: load_rules(files, with_defaults=True)
     detect:
       trusted_networks: [10.20.0.0/16]     # where administrators legitimately come from
       pod_cidrs: [10.244.0.0/16]           # the cluster's pod network(s)
