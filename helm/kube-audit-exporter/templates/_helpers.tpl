@@ -1,0 +1,181 @@
+{{/* Chart name. */}}
+{{- define "kube-audit-exporter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart, unless the release name already contains it. */}}
+{{- define "kube-audit-exporter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kube-audit-exporter.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object. helm.sh/chart changes with every chart version,
+so it is never part of a selector. */}}
+{{- define "kube-audit-exporter.labels" -}}
+helm.sh/chart: {{ include "kube-audit-exporter.chart" . }}
+{{ include "kube-audit-exporter.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kube-audit-exporter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels: stable for the life of a release. */}}
+{{- define "kube-audit-exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kube-audit-exporter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kube-audit-exporter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kube-audit-exporter.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kube-audit-exporter.image" -}}
+{{- $repo := .Values.image.repository }}
+{{- if .Values.image.registry }}
+{{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repo .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Whether an auto|true|false integration is on: "true" or "".
+Call with (list $value $auto), $auto being what "auto" means here. */}}
+{{- define "kube-audit-exporter.switch" -}}
+{{- $value := index . 0 }}
+{{- $auto := index . 1 }}
+{{- if eq (toString $value) "auto" }}
+{{- if $auto }}true{{ end }}
+{{- else if eq (toString $value) "true" }}true
+{{- end }}
+{{- end }}
+
+{{- define "kube-audit-exporter.serviceMonitorEnabled" -}}
+{{- include "kube-audit-exporter.switch" (list .Values.serviceMonitor.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) }}
+{{- end }}
+
+{{/* `auto` also needs the generated files (a chart built without them skips
+the integration; a forced `true` fails and says why). */}}
+{{- define "kube-audit-exporter.prometheusRuleEnabled" -}}
+{{- $auto := and (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule") (.Files.Glob "files/prometheus/*.yaml") }}
+{{- include "kube-audit-exporter.switch" (list .Values.prometheusRule.enabled $auto) }}
+{{- end }}
+
+{{- define "kube-audit-exporter.dashboardsEnabled" -}}
+{{- $auto := and (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor") (.Files.Glob "files/dashboards/*.json") }}
+{{- include "kube-audit-exporter.switch" (list .Values.dashboards.enabled $auto) }}
+{{- end }}
+
+{{- define "kube-audit-exporter.lokiRulesEnabled" -}}
+{{- $auto := and .Values.loki.url (.Files.Glob "files/loki/*.yaml") }}
+{{- include "kube-audit-exporter.switch" (list .Values.lokiRules.enabled $auto) }}
+{{- end }}
+
+{{/* webhook or logfile mode. */}}
+{{- define "kube-audit-exporter.webhook" -}}
+{{- if eq .Values.mode "webhook" }}true{{ end }}
+{{- end }}
+
+{{- define "kube-audit-exporter.replicas" -}}
+{{- if kindIs "invalid" .Values.replicas }}2{{ else }}{{ .Values.replicas }}{{ end }}
+{{- end }}
+
+{{/* The state volume's type once `auto` is resolved. */}}
+{{- define "kube-audit-exporter.stateType" -}}
+{{- if ne .Values.state.type "auto" }}{{ .Values.state.type }}
+{{- else if eq .Values.mode "logfile" }}hostPath
+{{- else }}emptyDir
+{{- end }}
+{{- end }}
+
+{{- define "kube-audit-exporter.webhookServiceName" -}}
+{{- include "kube-audit-exporter.fullname" . }}
+{{- end }}
+
+{{- define "kube-audit-exporter.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "kube-audit-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The serving Secret: tls.crt, tls.key and (usually) ca.crt. */}}
+{{- define "kube-audit-exporter.tlsSecretName" -}}
+{{- if eq .Values.webhook.tls.source "secret" }}
+{{- .Values.webhook.tls.existingSecret }}
+{{- else }}
+{{- printf "%s-tls" (include "kube-audit-exporter.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "kube-audit-exporter.clientCASecretName" -}}
+{{- default (include "kube-audit-exporter.tlsSecretName" .) .Values.webhook.tls.clientAuth.caSecret }}
+{{- end }}
+
+{{/* Secret holding the API server's webhook kubeconfig. */}}
+{{- define "kube-audit-exporter.apiServerSecretName" -}}
+{{- printf "%s-apiserver" (include "kube-audit-exporter.fullname" .) }}
+{{- end }}
+
+{{/* Service DNS names for the serving certificate, shortest first. */}}
+{{- define "kube-audit-exporter.serviceDNSNames" -}}
+{{- $svc := include "kube-audit-exporter.webhookServiceName" . }}
+{{- $ns := .Release.Namespace }}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) }}
+{{- toJson (concat $names .Values.webhook.tls.extraDNSNames | uniq) }}
+{{- end }}
+
+{{/* IP addresses for the serving certificate. */}}
+{{- define "kube-audit-exporter.serviceIPs" -}}
+{{- $ips := list }}
+{{- with .Values.webhook.service.clusterIP }}{{ $ips = append $ips . }}{{ end }}
+{{- $host := include "kube-audit-exporter.apiServerHost" . }}
+{{- if regexMatch "^[0-9.]+$|:" $host }}{{ $ips = append $ips (trimAll "[]" $host) }}{{ end }}
+{{- toJson (concat $ips .Values.webhook.tls.extraIPAddresses | uniq) }}
+{{- end }}
+
+{{/* The host the API server connects to (see webhook.apiServer.host). */}}
+{{- define "kube-audit-exporter.apiServerHost" -}}
+{{- if .Values.webhook.apiServer.host }}{{ .Values.webhook.apiServer.host }}
+{{- else if .Values.webhook.service.clusterIP }}{{ .Values.webhook.service.clusterIP }}
+{{- else if eq .Values.webhook.service.type "NodePort" }}127.0.0.1
+{{- else }}{{ printf "%s.%s.svc" (include "kube-audit-exporter.webhookServiceName" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{- define "kube-audit-exporter.apiServerURL" -}}
+{{- $host := include "kube-audit-exporter.apiServerHost" . }}
+{{- if and (contains ":" $host) (not (hasPrefix "[" $host)) }}{{ $host = printf "[%s]" $host }}{{ end }}
+{{- $port := .Values.webhook.service.port }}
+{{- if eq .Values.webhook.service.type "NodePort" }}{{ $port = .Values.webhook.service.nodePort }}{{ end }}
+{{- printf "https://%s:%v%s" $host $port .Values.webhook.path }}
+{{- end }}
+
+{{/* Where things are mounted in the exporter container. */}}
+{{- define "kube-audit-exporter.paths" -}}
+config: /etc/kube-audit-exporter/config/config.yaml
+tls: /etc/kube-audit-exporter/tls
+rules: /etc/kube-audit-exporter/rules
+loki: /etc/kube-audit-exporter/loki
+state: /var/lib/kube-audit-exporter
+{{- end }}

@@ -1,0 +1,94 @@
+{{/* Contradictory values fail the render with a message that names them. */}}
+{{- define "kube-audit-exporter.validate" -}}
+{{- $v := .Values }}
+{{- $replicas := int (include "kube-audit-exporter.replicas" .) }}
+{{- $explicitReplicas := int (default 1 $v.replicas) }}
+{{- $state := include "kube-audit-exporter.stateType" . }}
+{{- if eq $v.mode "logfile" }}
+  {{- if gt $explicitReplicas 1 }}
+    {{- fail (printf "replicas: %d contradicts mode logfile, which runs one pod per control-plane node (a DaemonSet); remove replicas or use mode webhook" $explicitReplicas) }}
+  {{- end }}
+  {{- if eq $state "persistentVolumeClaim" }}
+    {{- fail "state.type: persistentVolumeClaim contradicts mode logfile (one claim cannot serve a pod on every control-plane node); use hostPath or emptyDir" }}
+  {{- end }}
+{{- else }}
+  {{- if eq $state "hostPath" }}
+    {{- fail "state.type: hostPath is for mode logfile; in mode webhook a pod moves between nodes and would lose its spool: use emptyDir or persistentVolumeClaim" }}
+  {{- end }}
+  {{- if and (eq $state "persistentVolumeClaim") (gt $replicas 1) }}
+    {{- fail (printf "state.type: persistentVolumeClaim with replicas: %d would make the replicas share one spool; each needs its own: use replicas: 1 or emptyDir" $replicas) }}
+  {{- end }}
+  {{- if and $v.podDisruptionBudget.enabled (ge (int $v.podDisruptionBudget.minAvailable) $replicas) }}
+    {{- fail (printf "podDisruptionBudget.minAvailable: %v with replicas: %d would block every node drain; raise replicas or disable podDisruptionBudget" $v.podDisruptionBudget.minAvailable $replicas) }}
+  {{- end }}
+  {{- $svc := $v.webhook.service }}
+  {{- if and (eq $svc.type "NodePort") (kindIs "invalid" $svc.nodePort) }}
+    {{- fail "webhook.service.nodePort: required with type NodePort, so that the API server's kubeconfig can name it" }}
+  {{- end }}
+  {{- if and (ne $svc.type "NodePort") (not (kindIs "invalid" $svc.nodePort)) }}
+    {{- fail (printf "webhook.service.nodePort: set, but webhook.service.type is %s; use type NodePort or remove it" $svc.type) }}
+  {{- end }}
+  {{- if eq $svc.clusterIP "None" }}
+    {{- fail "webhook.service.clusterIP: None (headless) leaves the API server no address to connect to; use a fixed address or leave it empty" }}
+  {{- end }}
+  {{- if eq (int $v.webhook.port) (int $v.metrics.port) }}
+    {{- fail (printf "webhook.port: %v is also metrics.port; they must differ" $v.webhook.port) }}
+  {{- end }}
+  {{- $tls := $v.webhook.tls }}
+  {{- if and (eq $tls.source "secret") (not $tls.existingSecret) }}
+    {{- fail "webhook.tls.existingSecret: required with webhook.tls.source secret" }}
+  {{- end }}
+  {{- if and (ne $tls.source "secret") $tls.existingSecret }}
+    {{- fail (printf "webhook.tls.existingSecret: set, but webhook.tls.source is %s; use source secret or remove it" $tls.source) }}
+  {{- end }}
+  {{- if and (eq $tls.source "certManager") (not $tls.certManager.issuerRef.name) }}
+    {{- fail "webhook.tls.certManager.issuerRef.name: required with webhook.tls.source certManager" }}
+  {{- end }}
+  {{- if and $tls.clientAuth.enabled (not $tls.clientAuth.caKey) }}
+    {{- fail "webhook.tls.clientAuth.caKey: client verification is on but names no CA; set the key of the CA bundle or disable clientAuth" }}
+  {{- end }}
+{{- end }}
+{{- $l := $v.loki }}
+{{- $keys := list $l.passwordKey $l.bearerTokenKey $l.caKey $l.certKey $l.keyKey | compact }}
+{{- if and $keys (not $l.existingSecret) }}
+  {{- fail "loki.existingSecret: required with loki.passwordKey, bearerTokenKey, caKey, certKey or keyKey" }}
+{{- end }}
+{{- if and $l.existingSecret (not $keys) }}
+  {{- fail "loki.existingSecret: set, but no key of it is used; set loki.passwordKey, bearerTokenKey, caKey or certKey/keyKey" }}
+{{- end }}
+{{- if and $keys (not $l.url) }}
+  {{- fail "loki.url: required with Loki credentials (loki.existingSecret)" }}
+{{- end }}
+{{- if ne (empty $l.basicAuthUser) (empty $l.passwordKey) }}
+  {{- fail "loki.basicAuthUser and loki.passwordKey: basic auth needs both" }}
+{{- end }}
+{{- if and $l.bearerTokenKey $l.basicAuthUser }}
+  {{- fail "loki.bearerTokenKey: cannot be combined with basic auth (loki.basicAuthUser)" }}
+{{- end }}
+{{- if ne (empty $l.certKey) (empty $l.keyKey) }}
+  {{- fail "loki.certKey and loki.keyKey: a client certificate needs both" }}
+{{- end }}
+{{- /* keys of `config` the chart owns */}}
+{{- $owned := dict
+  "web" (list "listen_address")
+  "webhook" (list "listen_address" "path" "tls_cert_file" "tls_key_file" "client_ca_file" "insecure")
+  "logfile" (list "path" "checkpoint_file" "start_at")
+  "loki" (list "url" "tenant" "basic_auth_user" "basic_auth_password_file" "bearer_token_file" "ca_file" "cert_file" "key_file" "labels")
+  "spool" (list "dir" "max_bytes" "fsync")
+  "rules" (list "file" "include_defaults")
+  "detect" (list "trusted_networks" "pod_cidrs" "node_cidrs" "critical_workloads" "disabled_rules" "alert_min_severity")
+  "alertmanager" (list "url" "link_template")
+}}
+{{- range $section, $body := $v.config }}
+  {{- if eq $section "cluster" }}
+    {{- fail "config.cluster: set it with the value cluster" }}
+  {{- end }}
+  {{- if kindIs "map" $body }}
+    {{- range $key, $_ := $body }}
+      {{- if has $key (get $owned $section | default list) }}
+        {{- fail (printf "config.%s.%s: the chart sets this key from its own values (see values.yaml); set it there" $section $key) }}
+      {{- end }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}
