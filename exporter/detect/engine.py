@@ -5,6 +5,7 @@ Loki, rule_matches_total, Alertmanager notifications)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 # Requests remembered per rule between their ResponseStarted and
 # ResponseComplete events, so that a long-running request matches once.
 STARTED_CAPACITY = 10_000
-# (stage, verb, resource, user_kind) combinations whose candidate rules are cached.
+# Index keys (see index_key) whose candidate rules are cached; the cache starts
+# afresh when full.
 INDEX_CAPACITY = 50_000
 
 
@@ -292,15 +294,14 @@ class Detector:
         metrics: AuditMetrics | None = None,
         notifier: Notifier | None = None,
         *,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
         on_match: Callable[[Match], None] | None = None,
     ) -> None:
-        import time
-
         self.settings = settings
         self.metrics = metrics
         self.notifier = notifier
-        self.clock = clock or time.time
+        # wall time, only for the alerts' endsAt; rules run on event time
+        self.clock = clock
         self.on_match = on_match
         self.min_rank = SEVERITY_RANK[settings.alert_min_severity]
         self.inactive: dict[str, str] = {}
