@@ -217,3 +217,12 @@ def test_invalid_files_exit_1_with_problems(
     assert cmd_test(_Args([str(path)])) == 1  # type: ignore[arg-type]
     err = capsys.readouterr().err
     assert err.startswith("rules are invalid:") and f"{path}:12:" in err
+
+
+def test_rules_subcommands_are_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from exporter.cli import main
+
+    assert main(["rules", "test"]) == 0
+    assert capsys.readouterr().out.startswith("SUCCESS: ")
+    assert main(["rules", "list", "--output", "json"]) == 0
+    assert '"id": "secret-deleted-by-human"' in capsys.readouterr().out

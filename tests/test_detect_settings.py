@@ -131,3 +131,24 @@ def test_min_severity_filters_notifications() -> None:
         ]
     )
     assert sent == []
+
+
+def test_alert_end_follows_the_injected_clock_for_live_events() -> None:
+    sent: list[dict[str, object]] = []
+
+    class Notifier:
+        def send(self, alert: dict[str, object]) -> bool:
+            sent.append(alert)
+            return True
+
+    ev = event(
+        verb="delete",
+        user={"username": "alice"},
+        objectRef={"resource": "secrets", "namespace": "x", "name": "y"},
+    )
+    wall = ev.stage_ts + 3600.0  # an hour after the event, e.g. replaying a log
+    det = Detector(load_rules(None), DetectionSettings(), None, Notifier(), clock=lambda: wall)
+    det([ev])
+    (alert,) = sent
+    assert alert["startsAt"] == "2024-05-01T10:00:00.000Z"
+    assert alert["endsAt"] == "2024-05-01T11:15:00.000Z"  # wall clock + resolve_after
