@@ -1,0 +1,9 @@
+// The kube-audit-exporter monitoring mixin: Prometheus alerts and recording
+// rules, Loki ruler alerts and Grafana dashboards. Render with
+// `make generate` (dashboards/generate.py), which writes dashboards/out/.
+(import 'config.libsonnet') +
+(import 'alerts/alerts.libsonnet') +
+(import 'alerts/recording-rules.libsonnet') +
+(import 'alerts/loki-rules.libsonnet') +
+(import 'alerts/add-runbook-links.libsonnet') +
+(import 'dashboards/dashboards.libsonnet')
