@@ -60,8 +60,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py
 
 demo-data: $(VENV)/.installed
-	$(BIN)/kube-audit-exporter simulate --events 30000 --seed 20240501 \
-	  --start 2024-05-01T08:00:00Z --output - | gzip -n -9 > $(DEMO)
+	$(BIN)/kube-audit-exporter simulate --events 25000 --rate 25 --seed 20240501 \
+	  --start 2024-05-01T08:00:00Z --output $(DEMO)
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache

@@ -28,6 +28,18 @@ def categories(ev: AuditEvent) -> tuple[str, ...]:
         out.append("rbac")
     if ev.impersonated_user:
         out.append("impersonation")
-    if ev.user_kind == "anonymous":
+    if ev.user_kind == "anonymous" and not _public_endpoint(ev):
         out.append("anonymous")
     return tuple(out)
+
+
+# Non-resource paths that default RBAC (system:public-info-viewer) lets anyone
+# read: load balancers and probes hit them anonymously all day.
+PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
+
+
+def _public_endpoint(ev: AuditEvent) -> bool:
+    if ev.resource or ev.verb != "get":
+        return False
+    path = ev.request_uri.split("?", 1)[0]
+    return any(path == p or path.startswith(p + "/") for p in PUBLIC_PATHS)

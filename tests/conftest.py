@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPORA = ROOT.parent / "shared" / "corpora"
+# The real audit events live beside the checkout (../shared/corpora); the
+# environment can point elsewhere for a clone made in another place.
+CORPORA = Path(os.environ.get("KUBE_AUDIT_CORPORA", ROOT.parent / "shared" / "corpora"))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,10 @@ from tests.conftest import CORPORA
 
 
 def corpus_files() -> list[Path]:
-    return sorted(p for p in CORPORA.rglob("*") if p.is_file() and p.suffix != ".md")
+    files = sorted(p for p in CORPORA.rglob("*") if p.is_file() and p.suffix != ".md")
+    if not files:
+        raise RuntimeError(f"no corpus files under {CORPORA} (set KUBE_AUDIT_CORPORA)")
+    return files
 
 
 def _objects(data: bytes) -> tuple[list[Any], Counter[str]]:

@@ -206,3 +206,16 @@ def test_dedupe_window_is_bounded_and_forgets_the_oldest() -> None:
     assert ("id-4", "ResponseComplete", 1.0) in d
     d.add(("id-4", "ResponseComplete", 1.0))  # seen again: no second slot
     assert len(d) == 3 and ("id-2", "ResponseComplete", 1.0) in d
+
+
+def test_anonymous_health_probes_are_not_sensitive() -> None:
+    h = Harness()
+    probe = ev(
+        auditID="p", verb="get", requestURI="/readyz?verbose", user={"username": "system:anonymous"}
+    )
+    del probe["objectRef"]
+    h.feed(probe, ev(auditID="a", user={"username": "system:anonymous"}))
+    assert h.value("kube_audit_sensitive_operations_total", category="anonymous", verb="get",
+                   resource="", code_class="2xx", user_kind="anonymous") is None  # fmt: skip
+    assert h.value("kube_audit_sensitive_operations_total", category="anonymous", verb="list",
+                   resource="pods", code_class="2xx", user_kind="anonymous") == 1  # fmt: skip
