@@ -22,10 +22,11 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Prometheus, promtool and Alertmanager for the integration tests, from Debian.
+# Prometheus, promtool and Alertmanager for the integration tests, and
+# jsonnetfmt for the monitoring mixin, from Debian.
 deps-system:
 	@missing=""; \
-	for cmd in prometheus promtool prometheus-alertmanager; do \
+	for cmd in prometheus promtool prometheus-alertmanager jsonnetfmt; do \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -33,7 +34,7 @@ deps-system:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager >/dev/null; \
+	    prometheus prometheus-alertmanager jsonnet >/dev/null; \
 	fi
 
 # Replay the bundled simulated audit log, then run the exporter tailing it.
@@ -47,6 +48,12 @@ run: $(VENV)/.installed
 	$(BIN)/kube-audit-exporter run --web.listen-address $(WEB) \
 	  --logfile.path $(OUT)/audit.log --logfile.checkpoint-file $(OUT)/checkpoint.json \
 	  --logfile.start-at beginning
+
+# Format and render the monitoring mixin into dashboards/out/ and the chart's
+# files/ (tests/test_mixin.py fails when this would change a committed file).
+generate: deps-system $(VENV)/.installed-test
+	$(BIN)/python dashboards/generate.py
+	helm/sync-files.sh
 
 test: deps-system $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest -q
