@@ -276,3 +276,31 @@ def test_distinct_threshold_counts_values_not_events(tmp_path: Path) -> None:
     assert not fires(det2, event(**secret_get(1, "a", "s1")), "harvest")
     assert not fires(det2, event(**secret_get(2, "b", "s1")), "harvest")
     assert fires(det2, event(**secret_get(3, "a", "s2")), "harvest")
+
+
+WATCHES = """
+rules:
+  - id: watches
+    title: t
+    severity: info
+    description: d
+    kind: threshold
+    match: {verb: watch, objectRef.resource: secrets}
+    group_by: [user.username]
+    window: 10m
+    count: 2
+"""
+
+
+def test_a_long_running_request_counts_once(tmp_path: Path) -> None:
+    det, _, _ = detector(rules_from(tmp_path, WATCHES))
+
+    def watch(at: float, stage: str, audit_id: str) -> dict[str, object]:
+        return {"at": at, "verb": "watch", "stage": stage, "auditID": audit_id,
+                "user": {"username": "mallory"}, "objectRef": {"resource": "secrets"}}  # fmt: skip
+
+    # one watch: its ResponseStarted and, minutes later, its ResponseComplete
+    assert not fires(det, event(**watch(0, "ResponseStarted", "w1")), "watches")
+    assert not fires(det, event(**watch(300, "ResponseComplete", "w1")), "watches")
+    # a second watch is the second request
+    assert fires(det, event(**watch(301, "ResponseStarted", "w2")), "watches")

@@ -191,6 +191,7 @@ class CompiledRule:
             return tuple(g(ev) for g in getters)
 
         self.group = group
+        again = self.again
         limit = settings.max_state_entries
         self.constraint: Constraint = base
         check: Callable[[AuditEvent], Match | None]
@@ -214,6 +215,8 @@ class CompiledRule:
                         return None
                 elif not test(ev):
                     return None
+                if again(ev):
+                    return None
                 key = group(ev)
                 if sstate.observe(key, ev.stage_ts, lambda i: steps[i](ev)):
                     return Match(rule, ev, key)
@@ -225,7 +228,7 @@ class CompiledRule:
             distinct = [_key_getter(p, ctx.derived) for p in rule.distinct]
 
             def check(ev: AuditEvent) -> Match | None:
-                if not test(ev):
+                if not test(ev) or again(ev):
                     return None
                 key = group(ev)
                 if dstate.observe(key, tuple(g(ev) for g in distinct), ev.stage_ts):
@@ -237,7 +240,7 @@ class CompiledRule:
             self.state = tstate
 
             def check(ev: AuditEvent) -> Match | None:
-                if not test(ev):
+                if not test(ev) or again(ev):
                     return None
                 key = group(ev)
                 if tstate.observe(key, ev.stage_ts):
@@ -250,7 +253,7 @@ class CompiledRule:
             value_of = _key_getter(rule.value, ctx.derived)
 
             def check(ev: AuditEvent) -> Match | None:
-                if not test(ev):
+                if not test(ev) or again(ev):
                     return None
                 value = value_of(ev)
                 if not value:
@@ -269,6 +272,22 @@ class CompiledRule:
         # stateless rules run their test directly (True: a match); stateful
         # ones their check, which feeds the state and returns the Match
         self.run: Runner = test if rule.kind == "match" else check
+
+    def again(self, ev: AuditEvent) -> bool:
+        """True for the ResponseComplete (or Panic) of a long-running request
+        this rule already took at its ResponseStarted: one request, one match
+        or one count. Called once the rule's condition holds."""
+        started = self.started
+        if ev.stage == "ResponseStarted":
+            if ev.code != 401:  # a 401 is the request's only event
+                started[ev.audit_id] = None
+                if len(started) > STARTED_CAPACITY:
+                    del started[next(iter(started))]
+            return False
+        if started and ev.audit_id in started:
+            del started[ev.audit_id]
+            return True
+        return False
 
     def applies(self, key: IndexKey) -> bool:
         if key[0] not in self.stages:
@@ -370,16 +389,12 @@ class Detector:
                     continue
                 if not res:
                     continue
-                m = Match(r.rule, ev) if res is True else res
-                if ev.stage == "ResponseStarted":
-                    if ev.code != 401:  # a 401 is the request's only event
-                        started = r.started
-                        started[ev.audit_id] = None
-                        if len(started) > STARTED_CAPACITY:
-                            del started[next(iter(started))]
-                elif r.started and ev.audit_id in r.started:
-                    del r.started[ev.audit_id]
-                    continue  # the same request already matched at ResponseStarted
+                if res is True:  # a stateless rule: stateful ones call again() themselves
+                    if r.again(ev):
+                        continue
+                    m = Match(r.rule, ev)
+                else:
+                    m = res
                 if found is None:
                     found = []
                 found.append(m)
