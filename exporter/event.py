@@ -147,11 +147,25 @@ class AuditEvent:
         else:
             if type(ref) is not dict:
                 raise InvalidEvent("wrong_type", "objectRef must be an object")
-            self.resource = _str(ref, "resource")
-            self.subresource = _str(ref, "subresource")
-            self.namespace = _str(ref, "namespace")
-            self.name = _str(ref, "name")
-            self.api_group = _str(ref, "apiGroup")
+            get = ref.get
+            resource = get("resource", "")
+            subresource = get("subresource", "")
+            namespace = get("namespace", "")
+            name = get("name", "")
+            api_group = get("apiGroup", "")
+            if not (
+                type(resource) is str
+                and type(subresource) is str
+                and type(namespace) is str
+                and type(name) is str
+                and type(api_group) is str
+            ):
+                raise InvalidEvent("wrong_type", "objectRef fields must be strings")
+            self.resource = resource
+            self.subresource = subresource
+            self.namespace = namespace
+            self.name = name
+            self.api_group = api_group
 
         status = obj.get("responseStatus")
         code = 0
@@ -190,13 +204,6 @@ class AuditEvent:
 
     def __repr__(self) -> str:
         return f"AuditEvent({self.audit_id} {self.stage} {self.verb} {self.request_uri[:60]!r})"
-
-
-def _str(d: dict[str, Any], key: str) -> str:
-    v = d.get(key, "")
-    if type(v) is not str:
-        raise InvalidEvent("wrong_type", f"objectRef.{key} must be a string")
-    return v
 
 
 def code_class(code: int) -> str:
@@ -272,7 +279,9 @@ def _timestamps(obj: dict[str, Any]) -> tuple[float, float]:
     received = obj.get("requestReceivedTimestamp")
     stage = obj.get("stageTimestamp")
     if received is not None and stage is not None:
-        return parse_time(received), parse_time(stage)
+        first = parse_time(received)
+        # RequestReceived events carry the same string twice
+        return first, first if stage == received else parse_time(stage)
     # audit.k8s.io/v1beta1 written by old API servers: only second-precision
     # ``timestamp`` (request received) and metadata.creationTimestamp (event).
     legacy = obj.get("timestamp")

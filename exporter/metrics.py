@@ -326,15 +326,30 @@ class AuditMetrics(Collector):
 
     # --- updates (callers hold self.lock) ---------------------------------
 
+    def observe_batch(self, events: list[AuditEvent], source: str, now: float) -> None:
+        """Account for a batch of accepted, non-duplicate events."""
+        if not events:
+            return
+        self.events.inc((source,), len(events))
+        key = (source,)
+        lag = self.lag.observe
+        newest = self.last_event.get(source, 0.0)
+        observe = self.observe_request
+        for ev in events:
+            ts = ev.stage_ts
+            lag(key, now - ts if now > ts else 0.0)
+            if ts > newest:
+                newest = ts
+            if counts_as_request(ev):
+                observe(ev)
+        self.last_event[source] = newest
+
     def observe_event(self, ev: AuditEvent, source: str, now: float) -> None:
         """Account for one accepted, non-duplicate event."""
-        self.events.inc((source,))
-        self.lag.observe((source,), max(0.0, now - ev.stage_ts))
-        last = self.last_event.get(source, 0.0)
-        if ev.stage_ts > last:
-            self.last_event[source] = ev.stage_ts
-        if not counts_as_request(ev):
-            return
+        self.observe_batch([ev], source, now)
+
+    def observe_request(self, ev: AuditEvent) -> None:
+        """The request families, for the one event that counts per request."""
         verb = ev.verb
         resource = ev.resource_label
         code = str(ev.code) if ev.code else "unknown"

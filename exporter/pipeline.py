@@ -134,10 +134,10 @@ class Pipeline:
             now = self.clock()
             metrics = self.metrics
             with metrics.lock:
-                observe = metrics.observe_event
+                metrics.observe_batch(fresh, source, now)
+                add = dedupe.add
                 for ev in fresh:
-                    observe(ev, source, now)
-                    dedupe.add((ev.audit_id, ev.stage, ev.stage_ts))
+                    add((ev.audit_id, ev.stage, ev.stage_ts))
                 if duplicates:
                     metrics.duplicate(source, duplicates)
                 for err in errors:
