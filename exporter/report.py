@@ -43,24 +43,32 @@ class Report:
 
     def __call__(self, events: list[AuditEvent]) -> None:
         """A pipeline processor: sees each accepted, non-duplicate batch."""
+        if not events:
+            return
+        self.events += len(events)
+        first = min(ev.stage_ts for ev in events)
+        last = max(ev.stage_ts for ev in events)
+        if self.first_ts is None or first < self.first_ts:
+            self.first_ts = first
+        if self.last_ts is None or last > self.last_ts:
+            self.last_ts = last
+        by_request = self.by_request
+        users = self.users
+        agents = self.user_agents
         for ev in events:
-            self.events += 1
-            ts = ev.stage_ts
-            if self.first_ts is None or ts < self.first_ts:
-                self.first_ts = ts
-            if self.last_ts is None or ts > self.last_ts:
-                self.last_ts = ts
             if not counts_as_request(ev):
                 continue
             self.requests += 1
-            code = str(ev.code) if ev.code else "unknown"
-            self.by_request[(ev.verb, ev.resource_label, code)] += 1
+            code = ev.code
+            key = (ev.verb, ev.resource_label, str(code) if code else "unknown")
+            by_request[key] = by_request.get(key, 0) + 1
             who = ev.username or "(unauthenticated)"
-            self.users[who] += 1
-            if ev.user_agent:
-                self.user_agents[ev.user_agent] += 1
-            if ev.code in (401, 403):
-                reason = "unauthenticated" if ev.code == 401 else "forbidden"
+            users[who] = users.get(who, 0) + 1
+            agent = ev.user_agent
+            if agent:
+                agents[agent] = agents.get(agent, 0) + 1
+            if code == 401 or code == 403:
+                reason = "unauthenticated" if code == 401 else "forbidden"
                 self.auth_failures_by_user[(who, reason)] += 1
                 if ev.source_ip:
                     self.auth_failures_by_ip[(ev.source_ip, reason)] += 1
@@ -71,12 +79,14 @@ class Report:
                 if len(self.sensitive) < self.max_rows:
                     self.sensitive.append({"categories": list(cats), **_who_what(ev)})
             if ev.stage == "ResponseComplete" and not is_long_running(ev):
-                self._seq += 1
                 took = ev.stage_ts - ev.received_ts
-                if len(self._slowest) < 10:
-                    heapq.heappush(self._slowest, (took, self._seq, _who_what(ev)))
-                elif took > self._slowest[0][0]:
-                    heapq.heapreplace(self._slowest, (took, self._seq, _who_what(ev)))
+                slowest = self._slowest
+                if len(slowest) < 10:
+                    self._seq += 1
+                    heapq.heappush(slowest, (took, self._seq, _who_what(ev)))
+                elif took > slowest[0][0]:
+                    self._seq += 1
+                    heapq.heapreplace(slowest, (took, self._seq, _who_what(ev)))
 
     def to_dict(self, top: int = 10) -> dict[str, Any]:
         return {
