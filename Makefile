@@ -55,8 +55,9 @@ generate: deps-system $(VENV)/.installed-test
 	$(BIN)/python dashboards/generate.py
 	helm/sync-files.sh
 
-test: deps-system $(VENV)/.installed-test lint
+test: deps-system $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+	$(MAKE) lint
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
