@@ -84,7 +84,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .app import build_pipeline
-    from .detect import RuleError
+    from .detect import Detector, RuleError
     from .event import Decoder
     from .loki.backfill import AgeCheck
     from .loki.client import LokiSetupError
@@ -116,6 +116,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if notifier is not None:
         notifier.start()
     report = Report()
+    for processor in pipeline.processors:
+        if isinstance(processor, Detector):
+            report.rule_severity = {r.id: r.severity for r in processor.rules}
     pipeline.processors.append(report)
     loki: LokiSink | None = None
     for sink in pipeline.sinks:

@@ -38,6 +38,10 @@ class Report:
     auth_failures_by_ip: Counter[tuple[str, str]] = field(default_factory=Counter)
     sensitive_counts: Counter[str] = field(default_factory=Counter)
     sensitive: list[dict[str, Any]] = field(default_factory=list)
+    detections: Counter[tuple[str, str]] = field(default_factory=Counter)
+    detection_examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # rule id -> its severity (an event's own severity is that of its worst match)
+    rule_severity: dict[str, str] = field(default_factory=dict)
     _slowest: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
     _seq: int = 0
 
@@ -56,6 +60,8 @@ class Report:
         users = self.users
         agents = self.user_agents
         for ev in events:
+            if ev.rules:
+                self._detected(ev)
             if not counts_as_request(ev):
                 continue
             self.requests += 1
@@ -88,6 +94,14 @@ class Report:
                     self._seq += 1
                     heapq.heapreplace(slowest, (took, self._seq, _who_what(ev)))
 
+    def _detected(self, ev: AuditEvent) -> None:
+        # per rule: the count and the first few events as examples
+        for rule in ev.rules:
+            self.detections[(rule, self.rule_severity.get(rule, ev.severity))] += 1
+            examples = self.detection_examples.setdefault(rule, [])
+            if len(examples) < 5:
+                examples.append(_who_what(ev))
+
     def to_dict(self, top: int = 10) -> dict[str, Any]:
         return {
             "files": self.files,
@@ -117,11 +131,21 @@ class Report:
                 "counts": dict(sorted(self.sensitive_counts.items())),
                 "events": self.sensitive,
             },
+            "detections": [
+                {"rule": r, "severity": sev, "count": n, "examples": self.detection_examples[r]}
+                for (r, sev), n in sorted(
+                    self.detections.items(),
+                    key=lambda kv: (_SEVERITY_ORDER.get(kv[0][1], 9), -kv[1]),
+                )
+            ],
             "slowest_requests": [
                 {"duration_seconds": round(d, 6), **row}
                 for d, _, row in sorted(self._slowest, key=lambda t: (-t[0], t[1]))
             ],
         }
+
+
+_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _who_what(ev: AuditEvent) -> dict[str, Any]:
@@ -202,6 +226,14 @@ def render_text(d: dict[str, Any], top: int = 10) -> str:
             ["time", "categories", "user", "verb", "resource", "namespace", "name", "code",
              "source_ip"],
         )  # fmt: skip
+    rows = []
+    for det in d["detections"][: top * 3]:
+        ex = det["examples"][0] if det["examples"] else {}
+        rows.append({"count": det["count"], "severity": det["severity"], "rule": det["rule"],
+                     "first": ex.get("time"), "user": ex.get("user"),
+                     "source_ip": ex.get("source_ip")})  # fmt: skip
+    table("Detections (rule matches; --output json has examples)", rows,
+          ["count", "severity", "rule", "first", "user", "source_ip"])  # fmt: skip
     table(
         "Slowest requests",
         d["slowest_requests"],

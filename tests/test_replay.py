@@ -96,3 +96,18 @@ def test_progress_only_on_a_terminal() -> None:
     p = Progress(100, tty)
     p.update(50, 10, force=True)
     assert "50.0%" in tty.getvalue() and "10 events" in tty.getvalue()
+
+
+def test_report_lists_detections_with_the_rules_own_severity(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from exporter.detect import load_rules
+
+    severity = {r.id: r.severity for r in load_rules(None).rules}
+    files = sorted(str(p) for p in (CORPORA / "falco-k8s-audit-trace-files").glob("*.json"))
+    _, report = replay_json(capsys, *files)
+    found = {d["rule"]: d for d in report["detections"]}
+    assert found, "the falco corpus holds privileged pods, exec and cluster-admin bindings"
+    for rule, det in found.items():
+        assert det["severity"] == severity[rule]
+        assert det["examples"] and det["examples"][0]["audit_id"]
