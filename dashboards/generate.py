@@ -64,7 +64,9 @@ def render(override: str = "{}") -> dict[str, Any]:
           grafanaDashboards: mixin.grafanaDashboards,
         }}
     """
-    out: dict[str, Any] = json.loads(_jsonnet.evaluate_snippet(str(HERE / "render.jsonnet"), snippet))
+    out: dict[str, Any] = json.loads(
+        _jsonnet.evaluate_snippet(str(HERE / "render.jsonnet"), snippet)
+    )
     return out
 
 
@@ -85,9 +87,7 @@ def _rule_file(doc: dict[str, Any]) -> str:
     groups = [
         {
             "name": group["name"],
-            "rules": [
-                {k: rule[k] for k in RULE_KEYS if k in rule} for rule in group["rules"]
-            ],
+            "rules": [{k: rule[k] for k in RULE_KEYS if k in rule} for rule in group["rules"]],
         }
         for group in doc["groups"]
     ]
@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     jsonnetfmt(check=False)
     files = outputs()
     write(files)
-    print(f"wrote {len(files)} files to {OUT.relative_to(REPO)}/ and {HELM_FILES.relative_to(REPO)}/")
+    print(
+        f"wrote {len(files)} files to {OUT.relative_to(REPO)}/ and {HELM_FILES.relative_to(REPO)}/"
+    )
     return 0
 
 

@@ -145,13 +145,13 @@ local rules = import 'recording-rules.libsonnet';
             'KubeAuditCriticalDetection',
             'sum by (%s) (increase(kube_audit_rule_matches_total{%s, severity="critical"}[%s])) > 0' % [by(['rule']), sel, a.KubeAuditCriticalDetection.window],
             'A critical detection rule matched.',
-            "Rule {{ $labels.rule }} matched {{ $value | humanize }} times in the last %s%s. The exporter's own notification for the match says who did what to which object from where; the Security dashboard and Loki hold the events." % [a.KubeAuditCriticalDetection.window, inCluster],
+            "Detection rule {{ $labels.rule }} matched%s in the last %s (count: {{ $value | humanize }}). The exporter's own notification for each match says who did what to which object from where; in Loki the events carry {{ $labels.rule }} in their rules metadata." % [inCluster, a.KubeAuditCriticalDetection.window],
           ) +
           alert(
             'KubeAuditWarningDetectionsElevated',
             'sum by (%s) (increase(kube_audit_rule_matches_total{%s, severity="warning"}[%s])) > %g' % [by(['rule']), sel, a.KubeAuditWarningDetectionsElevated.window, a.KubeAuditWarningDetectionsElevated.threshold],
             'A warning-level detection rule matches often.',
-            'Rule {{ $labels.rule }} matched {{ $value | humanize }} times in the last %s%s: an ongoing incident, or routine activity that needs an exception in the rule.' % [a.KubeAuditWarningDetectionsElevated.window, inCluster],
+            'Detection rule {{ $labels.rule }} matched {{ $value | humanize }} times%s in the last %s: an ongoing incident, or routine activity that needs an exception in the rule.' % [inCluster, a.KubeAuditWarningDetectionsElevated.window],
           ) +
           alert(
             'KubeAuditAuthFailureBurst',
