@@ -54,6 +54,7 @@ run: $(VENV)/.installed
 generate: deps-system $(VENV)/.installed-test
 	$(BIN)/python dashboards/generate.py
 	helm/sync-files.sh
+	$(BIN)/python helm/values_doc.py
 
 test: deps-system $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

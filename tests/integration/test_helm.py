@@ -1,0 +1,843 @@
+"""The Helm chart, rendered by real Helm (the helm-python-sdk wheel: Helm's Go
+SDK in a shared library) for every ci/*-values.yaml scenario, and checked
+against the Kubernetes JSON schemas (kubernetes-validate, strict), the
+prometheus-operator and cert-manager CRDs (their generated cloudcoil models),
+the exporter's own check-config, and real TLS verification."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import http.client
+import importlib.util
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509 import verification
+from helm_python import _native
+
+from .conftest import Process, free_port, poll
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "kube-audit-exporter"
+FILES = CHART / "files"
+SCENARIOS = sorted(
+    p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")
+)
+RELEASE, NAMESPACE = "audit", "kube-audit"
+# the newest Kubernetes release kubernetes-validate carries schemas for
+KUBE_VERSION = kubernetes_validate.latest_version()
+MONITORING = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor",
+              "monitoring.coreos.com/v1/PrometheusRule"]  # fmt: skip
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
+HARDENED = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _values_doc() -> Any:
+    spec = importlib.util.spec_from_file_location("values_doc", ROOT / "helm" / "values_doc.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["values_doc"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+values_doc = _values_doc()
+
+
+def scenario_values(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text()) or {}
+
+
+@cache
+def _chart() -> helm.Chart:
+    return helm.Chart.load(CHART)
+
+
+def render_raw(
+    values: dict[str, Any] | None = None, api_versions: Sequence[str] = ()
+) -> dict[str, str]:
+    """helm template: Chart.render with the capabilities a cluster would
+    report (helm_python's wrapper does not pass them, the library does)."""
+    opts = {
+        "name": RELEASE,
+        "namespace": NAMESPACE,
+        "is_install": True,
+        "kube_version": f"v{KUBE_VERSION}",
+        "api_versions": list(api_versions),
+    }
+    out = _native.call_string(
+        "helm_render", _chart()._raw(), json.dumps(values or {}), json.dumps(opts)
+    )
+    rendered: dict[str, str] = json.loads(out)
+    return rendered
+
+
+def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    out = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        out.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return out
+
+
+@cache
+def rendered_scenario(name: str) -> tuple[dict[str, Any], ...]:
+    return tuple(objects(render_raw(scenario_values(name))))
+
+
+def find(objs: Any, kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+
+
+def one(objs: Any, kind: str, name: str | None = None) -> dict[str, Any]:
+    found = find(objs, kind, name)
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
+    return found[0]
+
+
+def workload(objs: Any) -> dict[str, Any]:
+    found = find(objs, "Deployment") + find(objs, "DaemonSet")
+    assert len(found) == 1
+    return found[0]
+
+
+def pod_spec(objs: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = workload(objs)["spec"]["template"]["spec"]
+    return spec
+
+
+def exporter_config(objs: Any) -> dict[str, Any]:
+    cm = one(objs, "ConfigMap", f"{RELEASE}-kube-audit-exporter")
+    config: dict[str, Any] = yaml.safe_load(cm["data"]["config.yaml"])
+    return config
+
+
+def generated(pattern: str) -> list[Path]:
+    return sorted(FILES.glob(pattern))
+
+
+def needs_generated_files(name: str) -> None:
+    """Scenarios that force the mixin integrations on need its generated files."""
+    values = scenario_values(name)
+    wanted = {
+        "prometheusRule": "prometheus/*.yaml",
+        "dashboards": "dashboards/*.json",
+        "lokiRules": "loki/*.yaml",
+    }
+    missing = [
+        f"files/{pattern}"
+        for key, pattern in wanted.items()
+        if values.get(key, {}).get("enabled") is True and not generated(pattern)
+    ]
+    if missing:
+        pytest.skip(f"the mixin's generated files are not in the chart yet: {', '.join(missing)}")
+
+
+@pytest.fixture(params=SCENARIOS)
+def scenario(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    needs_generated_files(name)
+    return name
+
+
+# --- lint and schemas -------------------------------------------------------
+
+
+def test_helm_lint_is_clean(scenario: str) -> None:
+    report = helm.lint(
+        CHART, scenario_values(scenario), strict=True, namespace=NAMESPACE,
+        kube_version=f"v{KUBE_VERSION}",
+    )  # fmt: skip
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    # "icon is recommended" is the one info message: the project has no icon
+    assert not problems and not report["errors"], report
+
+
+def test_every_object_is_valid_kubernetes(scenario: str) -> None:
+    objs = rendered_scenario(scenario)
+    assert objs
+    for obj in objs:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {e.message} at {list(e.path)}")
+
+
+def _crd_model(kind: str) -> Any:
+    from cloudcoil.models.cert_manager import v1 as cert_manager
+    from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
+
+    return {
+        "ServiceMonitor": prometheus_operator.ServiceMonitor,
+        "PrometheusRule": prometheus_operator.PrometheusRule,
+        "Certificate": cert_manager.Certificate,
+    }[kind]
+
+
+def _drop_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_empty(v) for k, v in value.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_drop_empty(v) for v in value]
+    return value
+
+
+def validate_crd_object(obj: dict[str, Any]) -> None:
+    """Required fields, types and enums from the CRD's schema (the model is
+    generated from it), and no field the CRD does not know (pydantic ignores
+    unknown fields, so a round trip must give the object back)."""
+    model = _crd_model(obj["kind"]).model_validate(obj)
+    back = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    assert _drop_empty(back) == _drop_empty(obj), f"{obj['kind']}: fields its CRD does not know"
+
+
+def test_custom_resources_match_their_crds(scenario: str) -> None:
+    objs = rendered_scenario(scenario)
+    for obj in objs:
+        if obj["kind"] in CRD_KINDS:
+            validate_crd_object(obj)
+    values = scenario_values(scenario)
+    if values.get("webhook", {}).get("tls", {}).get("source") == "certManager":
+        assert len(find(objs, "Certificate")) == 2
+
+
+def test_crd_check_catches_a_missing_required_field() -> None:
+    sm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+          "metadata": {"name": "x"}, "spec": {"endpoints": [{"port": "http-metrics"}]}}  # fmt: skip
+    with pytest.raises(ValueError, match=r"spec\.selector"):
+        validate_crd_object(sm)
+    sm["spec"]["selector"] = {"matchLabels": {"a": "b"}}
+    sm["spec"]["endpoints"][0]["prot"] = "http"
+    with pytest.raises(AssertionError, match="does not know"):
+        validate_crd_object(sm)
+
+
+# --- labels, selectors, hardening ------------------------------------------
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_selectors_match_pod_labels_and_never_name_the_chart_version(scenario: str) -> None:
+    objs = rendered_scenario(scenario)
+    wl = workload(objs)
+    pod_labels = wl["spec"]["template"]["metadata"]["labels"]
+    selectors: list[dict[str, str]] = [wl["spec"]["selector"]["matchLabels"]]
+    for svc in find(objs, "Service"):
+        selectors.append(svc["spec"]["selector"])
+    for pdb in find(objs, "PodDisruptionBudget"):
+        selectors.append(pdb["spec"]["selector"]["matchLabels"])
+    for np in find(objs, "NetworkPolicy"):
+        selectors.append(np["spec"]["podSelector"]["matchLabels"])
+    for tsc in wl["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+        selectors.append(tsc["labelSelector"]["matchLabels"])
+    for selector in selectors:
+        assert selector and _matches(selector, pod_labels), selector
+        assert "helm.sh/chart" not in selector
+    for sm in find(objs, "ServiceMonitor"):
+        selector = sm["spec"]["selector"]["matchLabels"]
+        assert "helm.sh/chart" not in selector
+        scraped = [s for s in find(objs, "Service") if _matches(selector, s["metadata"]["labels"])]
+        assert [s["metadata"]["name"] for s in scraped] == [
+            f"{RELEASE}-kube-audit-exporter-metrics"
+        ]
+        ports = {p["name"] for p in scraped[0]["spec"]["ports"]}
+        assert {e["port"] for e in sm["spec"]["endpoints"]} <= ports
+    for svc in find(objs, "Service"):
+        container_ports = {p["name"] for c in pod_spec(objs)["containers"] for p in c["ports"]}
+        assert {p["targetPort"] for p in svc["spec"]["ports"]} <= container_ports
+
+
+def test_every_container_is_hardened(scenario: str) -> None:
+    objs = rendered_scenario(scenario)
+    spec = pod_spec(objs)
+    assert spec["automountServiceAccountToken"] is False
+    for sa in find(objs, "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    pod_sc = spec["securityContext"]
+    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    root_log_reader = workload(objs)["kind"] == "DaemonSet" and pod_sc["runAsUser"] == 0
+    for container in spec["containers"] + spec.get("initContainers", []):
+        sc = container["securityContext"]
+        assert {k: sc.get(k) for k in HARDENED} == HARDENED, container["name"]
+        if root_log_reader:
+            # the documented exception: root, to read the API server's 0600
+            # log, with every capability dropped
+            assert sc["runAsNonRoot"] is False and pod_sc["runAsNonRoot"] is False
+        else:
+            assert sc["runAsNonRoot"] is True and pod_sc["runAsNonRoot"] is True
+            assert pod_sc["runAsUser"] != 0
+    # hostPath: only the audit log directory, read-only, and the node's state
+    mounts = {m["name"]: m for c in spec["containers"] for m in c["volumeMounts"]}
+    host = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+    if workload(objs)["kind"] == "Deployment":
+        assert not host
+    else:
+        assert mounts["audit-log"]["readOnly"] is True
+        assert host["audit-log"]["type"] == "Directory"
+        assert set(host) <= {"audit-log", "state"}
+
+
+def test_logfile_daemonset_runs_on_control_plane_nodes_only() -> None:
+    spec = pod_spec(rendered_scenario("logfile"))
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    for term in terms["nodeSelectorTerms"]:
+        assert {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"} in term[
+            "matchExpressions"
+        ]
+    tolerated = {(t["key"], t["effect"]) for t in spec["tolerations"]}
+    assert ("node-role.kubernetes.io/control-plane", "NoSchedule") in tolerated
+
+
+# --- integrations -------------------------------------------------------------
+
+
+def _kinds(rendered: dict[str, str]) -> set[str]:
+    return {f"{o['kind']}/{o['metadata']['name']}" for o in objects(rendered)}
+
+
+def test_auto_integrations_follow_the_cluster_capabilities() -> None:
+    without = _kinds(render_raw({}))
+    assert not any(k.startswith(("ServiceMonitor/", "PrometheusRule/")) for k in without)
+    with_crds = _kinds(render_raw({}, MONITORING))
+    assert f"ServiceMonitor/{RELEASE}-kube-audit-exporter" in with_crds
+    assert (f"PrometheusRule/{RELEASE}-kube-audit-exporter" in with_crds) == bool(
+        generated("prometheus/*.yaml")
+    )
+    off = {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False},
+           "dashboards": {"enabled": False}}  # fmt: skip
+    assert _kinds(render_raw(off, MONITORING)) == without
+    forced = _kinds(render_raw({"serviceMonitor": {"enabled": True}}))
+    assert f"ServiceMonitor/{RELEASE}-kube-audit-exporter" in forced
+
+
+def test_forced_integrations_without_generated_files_fail_clearly(tmp_path: Path) -> None:
+    """A chart carrying no generated files says what is missing."""
+    import shutil
+
+    chart = tmp_path / "kube-audit-exporter"
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("dashboards", "prometheus", "loki"))
+    with helm.Chart.load(chart) as bare:
+        for key, needle in [
+            ("prometheusRule", "files/prometheus/*.yaml"),
+            ("dashboards", "files/dashboards/*.json"),
+            ("lokiRules", "files/loki/*.yaml"),
+        ]:
+            values = {key: {"enabled": True}, "loki": {"url": "http://loki:3100"}}
+            with pytest.raises(helm.HelmRenderError, match=r"run `make generate`") as e:
+                bare.render(values, name=RELEASE)
+            assert needle in str(e.value)
+        # auto never fails: the integration is skipped
+        bare.render({"loki": {"url": "http://loki:3100"}}, name=RELEASE)
+
+
+def test_prometheus_rule_groups_equal_the_generated_alerts() -> None:
+    files = generated("prometheus/*.yaml")
+    if not files:
+        pytest.skip("files/prometheus/*.yaml not generated yet (the mixin's alerts)")
+    expected = [g for f in files for g in (yaml.safe_load(f.read_text()) or {}).get("groups", [])]
+    rule = one(objects(render_raw({"prometheusRule": {"enabled": True}})), "PrometheusRule")
+    assert rule["spec"]["groups"] == expected
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    validate_crd_object(rule)
+
+
+def test_dashboards_and_loki_rules_wrap_the_generated_files() -> None:
+    dashboards = generated("dashboards/*.json")
+    loki_rules = generated("loki/*.yaml")
+    if not dashboards and not loki_rules:
+        pytest.skip("files/dashboards and files/loki not generated yet (the mixin)")
+    values = {"loki": {"url": "http://loki:3100"}}
+    if dashboards:
+        values["dashboards"] = {"enabled": True}
+    objs = objects(render_raw(values))
+    cms = {o["metadata"]["name"]: o for o in find(objs, "ConfigMap")}
+    for path in dashboards:
+        [cm] = [c for c in cms.values() if path.name in c.get("data", {})]
+        assert json.loads(cm["data"][path.name]) == json.loads(path.read_text())
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["annotations"]["grafana_folder"] == "Kubernetes Audit"
+    if loki_rules:
+        cm = cms[f"{RELEASE}-kube-audit-exporter-loki-rules"]
+        assert cm["metadata"]["labels"]["loki_rule"] == "1"
+        for path in loki_rules:
+            assert yaml.safe_load(cm["data"][path.name]) == yaml.safe_load(path.read_text())
+
+
+def test_audit_policy_is_the_recommended_policy() -> None:
+    source = ROOT / "exporter" / "policy" / "policies" / "recommended.yaml"
+    synced = FILES / "audit-policy.yaml"
+    assert synced.read_text() == source.read_text(), "run `make generate` (helm/sync-files.sh)"
+    cm = one(
+        rendered_scenario("webhook-default"),
+        "ConfigMap",
+        f"{RELEASE}-kube-audit-exporter-audit-policy",
+    )
+    policy = yaml.safe_load(cm["data"]["policy.yaml"])
+    assert policy == yaml.safe_load(source.read_text())
+    assert "RequestReceived" in policy["omitStages"]
+
+
+# --- the exporter's configuration, in a filesystem laid out like the pod's ------
+
+
+def _secret_placeholder(secret: str, key: str, objs: Any) -> bytes:
+    """A Secret's value: the rendered one when the chart made the Secret, a
+    PEM that parses for certificate keys of external Secrets, else text."""
+    for s in find(objs, "Secret", secret):
+        if key in s.get("data", {}):
+            return base64.b64decode(s["data"][key])
+    if key.endswith((".crt", ".pem")):
+        return _PEM_PLACEHOLDER
+    return f"placeholder for {secret}/{key}\n".encode()
+
+
+_PEM_PLACEHOLDER = b"-----BEGIN CERTIFICATE-----\nplaceholder\n-----END CERTIFICATE-----\n"
+
+
+def materialize_pod_filesystem(objs: Any, root: Path) -> None:
+    """Lay out under ``root`` what the exporter container sees: ConfigMaps and
+    Secrets at their mount paths (items and projections as mounted), empty
+    directories for emptyDir, hostPath and claims. A file the configuration
+    names but no mount provides is then missing, and check-config says so."""
+    spec = pod_spec(objs)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    [container] = spec["containers"]
+
+    def put(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def secret_files(source: dict[str, Any], where: Path) -> None:
+        name = source.get("secretName") or source["name"]
+        items = source.get("items")
+        if items is None:
+            made = one(objs, "Secret", name)
+            items = [{"key": k, "path": k} for k in made["data"]]
+        for item in items:
+            put(where / item["path"], _secret_placeholder(name, item["key"], objs))
+
+    def configmap_files(source: dict[str, Any], where: Path) -> None:
+        cm = one(objs, "ConfigMap", source["name"])
+        for key, text in cm["data"].items():
+            put(where / key, text.encode())
+
+    for mount in container["volumeMounts"]:
+        where = root / mount["mountPath"].lstrip("/")
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            configmap_files(volume["configMap"], where)
+        elif "secret" in volume:
+            secret_files(volume["secret"], where)
+        elif "projected" in volume:
+            for source in volume["projected"]["sources"]:
+                if "secret" in source:
+                    secret_files(source["secret"], where)
+        else:  # emptyDir, hostPath, persistentVolumeClaim
+            where.mkdir(parents=True, exist_ok=True)
+
+
+def rooted_config(objs: Any, root: Path) -> dict[str, Any]:
+    """The rendered configuration with every path inside a volume mount moved
+    under root (where materialize_pod_filesystem put the mounts)."""
+    mounts = [
+        m["mountPath"].rstrip("/") + "/" for m in pod_spec(objs)["containers"][0]["volumeMounts"]
+    ]
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and any(value.startswith(m) for m in mounts):
+            return str(root / value.lstrip("/"))
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return move(exporter_config(objs))  # type: ignore[no-any-return]
+
+
+def check_config(config: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE_AUDIT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "check-config", f"--config.file={path}"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+
+
+def test_rendered_config_passes_check_config(scenario: str, tmp_path: Path) -> None:
+    objs = rendered_scenario(scenario)
+    root = tmp_path / "pod"
+    materialize_pod_filesystem(objs, root)
+    config = rooted_config(objs, root)
+    result = check_config(config, tmp_path)
+    assert result.returncode == 0, result.stderr
+    values = scenario_values(scenario)
+    if values.get("mode", "webhook") == "webhook":
+        assert config["webhook"]["listen_address"] == ":8443"
+        client_auth = values.get("webhook", {}).get("tls", {}).get("clientAuth", {})
+        assert ("client_ca_file" in config["webhook"]) == client_auth.get("enabled", True)
+        assert "logfile" not in config
+    else:
+        assert config["logfile"]["path"].endswith("/audit.log")
+        assert config["logfile"]["checkpoint_file"]
+        assert "webhook" not in config
+    assert config.get("loki", {}).get("url") == values.get("loki", {}).get("url")
+
+
+def test_check_config_notices_a_file_no_mount_provides(tmp_path: Path) -> None:
+    """The check above is only as good as the pod filesystem: a credential
+    key the Secret volume does not project is a missing file."""
+    objs = copy.deepcopy(list(rendered_scenario("logfile")))
+    volume = next(v for v in pod_spec(objs)["volumes"] if v["name"] == "loki-credentials")
+    volume["secret"]["items"] = [i for i in volume["secret"]["items"] if i["key"] != "token"]
+    root = tmp_path / "pod"
+    materialize_pod_filesystem(objs, root)
+    result = check_config(rooted_config(objs, root), tmp_path)
+    assert result.returncode == 1
+    assert "loki.bearer_token_file: cannot read" in result.stderr
+
+
+# --- the API server's kubeconfig and the chart-made certificates --------------
+
+
+def kubeconfig(objs: Any) -> dict[str, Any]:
+    secret = one(objs, "Secret", f"{RELEASE}-kube-audit-exporter-apiserver")
+    config: dict[str, Any] = yaml.safe_load(base64.b64decode(secret["data"]["webhook.kubeconfig"]))
+    return config
+
+
+def _b64pem(data: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(base64.b64decode(data))
+
+
+def _subject(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+WEBHOOK_SCENARIOS = [s for s in SCENARIOS if scenario_values(s).get("mode", "webhook") == "webhook"]
+
+
+@pytest.mark.parametrize("name", WEBHOOK_SCENARIOS)
+def test_kubeconfig_points_at_the_webhook_service(name: str) -> None:
+    needs_generated_files(name)
+    objs = rendered_scenario(name)
+    config = kubeconfig(objs)
+    assert config["kind"] == "Config"
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+    server = urlsplit(cluster["cluster"]["server"])
+    assert server.scheme == "https"
+    assert server.path == exporter_config(objs)["webhook"]["path"]
+    svc = one(objs, "Service", f"{RELEASE}-kube-audit-exporter")
+    [port] = svc["spec"]["ports"]
+    assert port["targetPort"] == "webhook"
+    container_ports = {
+        p["name"]: p["containerPort"] for p in pod_spec(objs)["containers"][0]["ports"]
+    }
+    listen = exporter_config(objs)["webhook"]["listen_address"]
+    assert listen == f":{container_ports['webhook']}"
+    host_override = scenario_values(name).get("webhook", {}).get("apiServer", {}).get("host")
+    if svc["spec"]["type"] == "NodePort":
+        assert server.port == port["nodePort"]
+        assert server.hostname == (host_override or "127.0.0.1")
+    elif svc["spec"].get("clusterIP"):
+        assert (server.hostname, server.port) == (svc["spec"]["clusterIP"], port["port"])
+    else:
+        name_ = svc["metadata"]["name"]
+        assert (server.hostname, server.port) == (f"{name_}.{NAMESPACE}.svc", port["port"])
+    for cert in find(objs, "Certificate"):
+        if cert["spec"]["secretName"] == f"{RELEASE}-kube-audit-exporter-tls":
+            assert server.hostname in cert["spec"].get("ipAddresses", []) + cert["spec"]["dnsNames"]
+
+
+def _generated_tls_scenarios() -> Iterator[str]:
+    for s in WEBHOOK_SCENARIOS:
+        if (
+            scenario_values(s).get("webhook", {}).get("tls", {}).get("source", "generate")
+            == "generate"
+        ):
+            yield s
+
+
+@pytest.mark.parametrize("name", list(_generated_tls_scenarios()))
+def test_kubeconfig_ca_signed_the_serving_and_client_certificates(name: str) -> None:
+    needs_generated_files(name)
+    objs = rendered_scenario(name)
+    config = kubeconfig(objs)
+    cluster = config["clusters"][0]["cluster"]
+    user = config["users"][0]["user"]
+    ca = _b64pem(cluster["certificate-authority-data"])
+    tls = one(objs, "Secret", f"{RELEASE}-kube-audit-exporter-tls")
+    serving = _b64pem(tls["data"]["tls.crt"])
+    client = _b64pem(user["client-certificate-data"])
+    store = verification.Store([ca])
+    now = datetime.datetime.now(datetime.UTC)
+    host = urlsplit(cluster["server"]).hostname
+    assert host is not None
+    # the chain and the name the API server will check
+    (
+        verification.PolicyBuilder().store(store).time(now)
+        .build_server_verifier(_subject(host)).verify(serving, [])
+    )  # fmt: skip
+    # the exporter verifies the client against the CA it mounts as client-ca.crt
+    assert base64.b64decode(tls["data"]["ca.crt"]) == base64.b64decode(
+        cluster["certificate-authority-data"]
+    )
+    verification.PolicyBuilder().store(store).time(now).build_client_verifier().verify(client, [])
+    # the service's DNS names are in the certificate too, for in-cluster callers
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"{RELEASE}-kube-audit-exporter.{NAMESPACE}.svc" in sans.get_values_for_type(
+        x509.DNSName
+    )
+
+
+def test_the_exporter_accepts_the_api_server_with_the_rendered_material(tmp_path: Path) -> None:
+    """End to end: the real exporter, started with the rendered configuration
+    and the chart-made certificates, accepts a batch from a client that uses
+    only the rendered kubeconfig (its CA, its client certificate, its server
+    name), and refuses one without the client certificate."""
+    objs = rendered_scenario("webhook-default")
+    root = tmp_path / "pod"
+    materialize_pod_filesystem(objs, root)
+    config = rooted_config(objs, root)
+    web, hook = free_port(), free_port()
+    config["web"]["listen_address"] = f"127.0.0.1:{web}"
+    config["webhook"]["listen_address"] = f"127.0.0.1:{hook}"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    kc = kubeconfig(objs)
+    cluster, user = kc["clusters"][0]["cluster"], kc["users"][0]["user"]
+    server = urlsplit(cluster["server"])
+    for key, suffix in [("client-certificate-data", "crt"), ("client-key-data", "key")]:
+        (tmp_path / f"client.{suffix}").write_bytes(base64.b64decode(user[key]))
+    exporter = Process(
+        [sys.executable, "-m", "exporter.cli", "run", f"--config.file={path}"], tmp_path / "log"
+    )
+    try:
+        poll(lambda: _get(f"127.0.0.1:{web}", "/readyz") == 200, what="exporter ready",
+             on_timeout=exporter.output)  # fmt: skip
+
+        def post(with_cert: bool) -> int:
+            ctx = ssl.create_default_context(
+                cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+            )
+            if with_cert:
+                ctx.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+            return _post_event_list(ctx, hook, server.hostname or "", server.path)
+
+        assert post(with_cert=True) == 200
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+            post(with_cert=False)
+    finally:
+        exporter.stop()
+
+
+def _get(address: str, path: str) -> int:
+    conn = http.client.HTTPConnection(address, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _post_event_list(ctx: ssl.SSLContext, port: int, server_name: str, path: str) -> int:
+    """POST an EventList to 127.0.0.1:port presenting ``server_name`` (SNI and
+    certificate check), as the API server would connect to the Service."""
+    body = json.dumps({
+        "kind": "EventList", "apiVersion": "audit.k8s.io/v1",
+        "items": [{
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": "5f0ae7e1-0000-4000-8000-000000000001", "stage": "ResponseComplete",
+            "requestURI": "/api/v1/namespaces/default/pods", "verb": "list",
+            "user": {"username": "admin", "groups": ["system:masters"]},
+            "sourceIPs": ["10.0.0.1"], "responseStatus": {"code": 200},
+            "objectRef": {"resource": "pods", "namespace": "default", "apiVersion": "v1"},
+            "requestReceivedTimestamp": "2024-05-01T10:00:00.000000Z",
+            "stageTimestamp": "2024-05-01T10:00:00.010000Z",
+        }],
+    }).encode()  # fmt: skip
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.sock = tls
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+
+# --- values: descriptions, schema, contradictions -------------------------------
+
+
+def _schema_node(schema: dict[str, Any], path: str) -> dict[str, Any] | None:
+    node: dict[str, Any] | None = schema
+    for part in path.split("."):
+        if node is None:
+            return None
+        props = node.get("properties", {})
+        node = props.get(part)
+    return node
+
+
+def test_every_value_has_a_description_and_a_schema_entry() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    values = values_doc.parse()
+    assert len(values) > 100
+    undocumented = [v.path for v in values if not v.description]
+    assert not undocumented, "values.yaml keys without a `# --` description"
+    unschemed = [v.path for v in values if _schema_node(schema, v.path) is None]
+    assert not unschemed, "values.yaml keys without a values.schema.json entry"
+    top = {v.path for v in values if "." not in v.path}
+    assert set(schema["properties"]) - {"global"} == top, "schema keys values.yaml lacks"
+
+
+def test_chart_readme_is_generated_from_values() -> None:
+    readme = (CHART / "README.md").read_text()
+    assert values_doc.render_readme(readme, values_doc.parse()) == readme, (
+        "run `python3 helm/values_doc.py` (make generate)"
+    )
+
+
+def test_config_schema_knows_the_exporter_sections() -> None:
+    from exporter.config import OPTIONS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    sections = {o.section for o in OPTIONS if o.section} | {"cluster"}
+    assert set(schema["properties"]["config"]["propertyNames"]["enum"]) == sections
+
+
+def test_ci_scenarios_satisfy_the_schema(scenario: str) -> None:
+    _chart().validate_schema(scenario_values(scenario))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mode": "sidecar"}, "/mode"),
+        ({"replicas": "two"}, "/replicas"),
+        ({"replicas": 0}, "/replicas"),
+        ({"webhook": {"tsl": {}}}, "additional properties 'tsl'"),
+        ({"webhook": {"port": 70000}}, "/webhook/port"),
+        ({"webhook": {"tls": {"source": "vault"}}}, "/webhook/tls/source"),
+        ({"serviceMonitor": {"enabled": "yes"}}, "/serviceMonitor/enabled"),
+        ({"detection": {"trustedNetworks": ["office"]}}, "/detection/trustedNetworks/0"),
+        ({"loki": {"url": "loki:3100"}}, "/loki/url"),
+        ({"loki": {"labels": ["user"]}}, "/loki/labels/0"),
+        ({"config": {"lokii": {}}}, "invalid propertyName 'lokii'"),
+        ({"rules": {"custom": {"../x.yaml": "rules: []"}}}, "invalid propertyName '../x.yaml'"),
+        ({"securityContext": {"capabilities": {"dropp": []}}}, "dropp"),
+    ],
+)
+def test_schema_rejects_invalid_values(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as e:
+        _chart().validate_schema(values)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mode": "logfile", "replicas": 3},
+         "replicas: 3 contradicts mode logfile"),
+        ({"mode": "logfile", "state": {"type": "persistentVolumeClaim"}},
+         "state.type: persistentVolumeClaim contradicts mode logfile"),
+        ({"state": {"type": "hostPath"}}, "state.type: hostPath is for mode logfile"),
+        ({"state": {"type": "persistentVolumeClaim"}, "podDisruptionBudget": {"enabled": False}},
+         "replicas: 2 would make the replicas share one spool"),
+        ({"replicas": 1}, "podDisruptionBudget.minAvailable: 1 with replicas: 1 would block"),
+        ({"webhook": {"service": {"type": "NodePort"}}},
+         "webhook.service.nodePort: required with type NodePort"),
+        ({"webhook": {"service": {"nodePort": 30843}}},
+         "webhook.service.nodePort: set, but webhook.service.type is ClusterIP"),
+        ({"webhook": {"service": {"clusterIP": "None"}}}, "headless"),
+        ({"webhook": {"port": 9784}}, "webhook.port: 9784 is also metrics.port"),
+        ({"webhook": {"tls": {"source": "secret"}}},
+         "webhook.tls.existingSecret: required with webhook.tls.source secret"),
+        ({"webhook": {"tls": {"existingSecret": "mine"}}},
+         "webhook.tls.existingSecret: set, but webhook.tls.source is generate"),
+        ({"webhook": {"tls": {"source": "certManager"}}},
+         "webhook.tls.certManager.issuerRef.name: required"),
+        ({"webhook": {"tls": {"clientAuth": {"caKey": ""}}}},
+         "client verification is on but names no CA"),
+        ({"loki": {"url": "http://loki", "passwordKey": "p", "basicAuthUser": "u"}},
+         "loki.existingSecret: required"),
+        ({"loki": {"url": "http://loki", "existingSecret": "s"}},
+         "loki.existingSecret: set, but no key of it is used"),
+        ({"loki": {"existingSecret": "s", "bearerTokenKey": "t"}},
+         "loki.url: required with Loki credentials"),
+        ({"loki": {"url": "http://loki", "existingSecret": "s", "passwordKey": "p"}},
+         "basic auth needs both"),
+        ({"loki": {"url": "http://l", "existingSecret": "s", "passwordKey": "p",
+                   "basicAuthUser": "u", "bearerTokenKey": "t"}},
+         "cannot be combined with basic auth"),
+        ({"loki": {"url": "http://loki", "existingSecret": "s", "certKey": "c"}},
+         "a client certificate needs both"),
+        ({"config": {"webhook": {"tls_cert_file": "/x"}}},
+         "config.webhook.tls_cert_file: the chart sets this key"),
+        ({"config": {"spool": {"dir": "/x"}}}, "config.spool.dir: the chart sets this key"),
+    ],
+)  # fmt: skip
+def test_contradictions_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmRenderError) as e:
+        render_raw(values)
+    assert message in str(e.value)
+
+
+# --- NetworkPolicy and NOTES ------------------------------------------------------
+
+
+def test_network_policy_allows_only_dns_loki_and_alertmanager_out() -> None:
+    np = one(rendered_scenario("everything"), "NetworkPolicy")
+    ports = [sorted((p["port"], p["protocol"]) for p in rule["ports"])
+             for rule in np["spec"]["egress"] if "ports" in rule]  # fmt: skip
+    assert ports == [[(53, "TCP"), (53, "UDP")], [(443, "TCP"), (9093, "TCP")]]
+    ingress = sorted(p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"])
+    assert ingress == ["http-metrics", "webhook"]
+    logfile = one(rendered_scenario("logfile"), "NetworkPolicy")
+    assert [p["port"] for r in logfile["spec"]["ingress"] for p in r["ports"]] == ["http-metrics"]
+
+
+def test_notes_explain_reaching_the_webhook_without_cluster_dns() -> None:
+    default = render_raw({})
+    notes = next(v for k, v in default.items() if k.endswith("NOTES.txt"))
+    assert "cannot resolve" in notes and "webhook.service.clusterIP" in notes
+    assert "kubeadm" in notes and "kind" in notes and "k3s" in notes and "EKS" in notes
+    fixed = render_raw(scenario_values("webhook-certmanager"))
+    notes = next(v for k, v in fixed.items() if k.endswith("NOTES.txt"))
+    assert "fixed ClusterIP 10.96.200.10" in notes and "WARNING" not in notes
