@@ -39,13 +39,13 @@ deps-system:
 
 # Replay the bundled simulated audit log, then run the exporter tailing it.
 run: $(VENV)/.installed
-	$(BIN)/kube-audit-exporter replay $(DEMO)
+	$(BIN)/kube-audit-exporter replay --config.file demo/config.yaml $(DEMO)
 	@mkdir -p $(OUT)
 	@gzip -dc $(DEMO) > $(OUT)/audit.log
 	@echo
 	@echo "Now serving metrics for the demo log at http://$(WEB)/metrics (Ctrl-C stops)."
 	@echo "Try: curl -s http://$(WEB)/metrics | grep kube_audit_auth_failures_total"
-	$(BIN)/kube-audit-exporter run --web.listen-address $(WEB) \
+	$(BIN)/kube-audit-exporter run --config.file demo/config.yaml --web.listen-address $(WEB) \
 	  --logfile.path $(OUT)/audit.log --logfile.checkpoint-file $(OUT)/checkpoint.json \
 	  --logfile.start-at beginning
 
