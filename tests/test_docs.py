@@ -51,3 +51,10 @@ def test_every_metric_is_documented(tmp_path: Path) -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in README
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+def test_every_default_rule_is_in_the_readme_with_its_severity() -> None:
+    from exporter.detect import load_rules
+
+    missing = [r.id for r in load_rules(None).rules if f"| `{r.id}` | {r.severity} |" not in README]
+    assert not missing, f"README rules table lacks or misstates {missing}"
