@@ -94,7 +94,7 @@ spec:
           mountPath: {{ $paths.tls }}
           readOnly: true
         {{- else }}
-        # The one hostPath: the API server's audit log directory, read-only.
+        # the API server's audit log directory, read-only
         - name: audit-log
           mountPath: {{ trimSuffix "/" $v.logfile.hostPath }}
           readOnly: true
