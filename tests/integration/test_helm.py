@@ -701,6 +701,85 @@ def _post_event_list(ctx: ssl.SSLContext, port: int, server_name: str, path: str
         return status
 
 
+class FakeAPIServer:
+    """Just enough of a Kubernetes API server on loopback for Helm's
+    ``lookup``: discovery of v1 and GETs of the Secrets it holds."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.secrets: dict[str, dict[str, Any]] = {}
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                prefix = f"/api/v1/namespaces/{NAMESPACE}/secrets/"
+                status, body = 404, {"kind": "Status", "apiVersion": "v1", "code": 404,
+                                     "status": "Failure", "reason": "NotFound"}  # fmt: skip
+                if path == "/api/v1":
+                    status, body = 200, {
+                        "kind": "APIResourceList", "groupVersion": "v1",
+                        "resources": [{"name": "secrets", "singularName": "secret",
+                                       "namespaced": True, "kind": "Secret", "verbs": ["get"]}],
+                    }  # fmt: skip
+                elif path.startswith(prefix) and path[len(prefix) :] in fake.secrets:
+                    status, body = 200, fake.secrets[path[len(prefix) :]]
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.kubeconfig = yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {
+                "server": f"http://127.0.0.1:{self.server.server_port}"}}],
+            "users": [{"name": "fake", "user": {"token": "unused"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        })  # fmt: skip
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_generated_certificates_are_kept_across_upgrades() -> None:
+    """An upgrade keeps the chart-made CA and certificates (Helm's lookup of
+    the release's Secrets, against a fake API server), so the kubeconfig on
+    the control-plane nodes stays valid; a change of the Service's addresses
+    makes them anew, since the old certificate would not name the new one."""
+    api = FakeAPIServer()
+    try:
+        with helm.Config(kubeconfig_content=api.kubeconfig, namespace=NAMESPACE) as cfg:
+
+            def tls_secrets(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                out = cfg.render(_chart(), values, name=RELEASE, namespace=NAMESPACE,
+                                 is_upgrade=True)  # fmt: skip
+                docs = yaml.safe_load_all(out["kube-audit-exporter/templates/webhook-tls.yaml"])
+                return {d["metadata"]["name"]: d for d in docs if d}
+
+            first = tls_secrets({})
+            assert set(first) == {f"{RELEASE}-kube-audit-exporter-tls",
+                                  f"{RELEASE}-kube-audit-exporter-apiserver"}  # fmt: skip
+            api.secrets.update(first)  # as if installed
+            again = tls_secrets({"podLabels": {"upgraded": "yes"}})
+            for name, secret in first.items():
+                assert again[name]["data"] == secret["data"], name
+            moved = tls_secrets({"webhook": {"service": {"clusterIP": "10.96.200.10"}}})
+            for name, secret in first.items():
+                assert moved[name]["data"]["ca.crt"] != secret["data"]["ca.crt"], name
+    finally:
+        api.close()
+
+
 # --- values: descriptions, schema, contradictions -------------------------------
 
 
