@@ -908,6 +908,13 @@ def test_network_policy_allows_only_dns_loki_and_alertmanager_out() -> None:
     assert ports == [[(53, "TCP"), (53, "UDP")], [(443, "TCP"), (9093, "TCP")]]
     ingress = sorted(p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"])
     assert ingress == ["http-metrics", "webhook"]
+    # a Service mapping 80 to the pod's 8080 needs the pod port named
+    gateway = {
+        "loki": {"url": "http://loki-gateway.monitoring"},
+        "networkPolicy": {"egressPorts": [8080]},
+    }
+    np = one(objects(render_raw(gateway)), "NetworkPolicy")
+    assert [p["port"] for p in np["spec"]["egress"][1]["ports"]] == [8080]
     logfile = one(rendered_scenario("logfile"), "NetworkPolicy")
     assert [p["port"] for r in logfile["spec"]["ingress"] for p in r["ports"]] == ["http-metrics"]
 
