@@ -259,6 +259,11 @@ def parse_time(value: Any) -> float:
         if len(_SECOND_CACHE) >= _SECOND_CACHE_MAX:
             _SECOND_CACHE.clear()
         _SECOND_CACHE[head] = base
+    if len(value) == 27 and value[26] == "Z" and value[19] == ".":
+        # the API server's own form, microseconds: "2024-05-01T10:00:00.123456Z"
+        micros = value[20:26]
+        if micros.isdigit():
+            return base + int(micros) * 1e-6
     rest = value[19:]
     if rest == "Z" or rest == "z":
         return base
