@@ -47,6 +47,7 @@
       explorer: 'kube-audit-explorer.json',
       health: 'kube-audit-exporter-health.json',
     },
+    // md5 of each file name: 32 characters, within Grafana's 40.
     dashboardUIDs: {
       [k]: std.md5($._config.dashboardFiles[k])
       for k in std.objectFields($._config.dashboardFiles)

@@ -30,7 +30,7 @@ local g = import '../lib/g.libsonnet';
           g.q('histogram_quantile(0.5, sum by (source, le) (%s))' % rate('kube_audit_event_lag_seconds_bucket'), 'p50 {{source}}'),
           g.q('histogram_quantile(0.99, sum by (source, le) (%s))' % rate('kube_audit_event_lag_seconds_bucket'), 'p99 {{source}}'),
         ], 's', w=8, description='Ingestion time minus the stageTimestamp.'),
-        g.timeseries('Newest event age', g.q('time() - max by (instance, source) (kube_audit_last_event_timestamp_seconds{%s})' % S, '{{instance}} {{source}}'), 's', w=8),
+        g.timeseries('Newest event age by source', g.q('time() - max by (instance, source) (kube_audit_last_event_timestamp_seconds{%s})' % S, '{{instance}} {{source}}'), 's', w=8),
         g.timeseries('Values folded into __other__', g.q('sum by (metric) (%s)' % rate('kube_audit_series_overflow_total'), '{{metric}}'), 'ops', w=8, description='Per-user and per-address families are capped (metrics.max_users, metrics.max_source_ips).'),
 
         g.row('Webhook and log file'),
@@ -56,7 +56,7 @@ local g = import '../lib/g.libsonnet';
           g.q('histogram_quantile(0.5, sum by (le) (%s))' % rate('kube_audit_loki_push_duration_seconds_bucket'), 'p50'),
           g.q('histogram_quantile(0.99, sum by (le) (%s))' % rate('kube_audit_loki_push_duration_seconds_bucket'), 'p99'),
         ], 's'),
-        g.timeseries('Loki sender up', g.q('kube_audit_loki_sender_up{%s}' % S, '{{instance}}')),
+        g.timeseries('Loki sender up by instance', g.q('kube_audit_loki_sender_up{%s}' % S, '{{instance}}')),
 
         g.row('Spool'),
         g.timeseries('Spool size', [

@@ -1,0 +1,601 @@
+"""The monitoring mixin (dashboards/): generated files up to date and
+formatted, rule files valid for promtool, every alert unit-tested, alert and
+dashboard conventions, LogQL that only names what the exporter writes.
+
+The queries themselves run against a real Prometheus in
+tests/integration/test_mixin_live.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import _jsonnet
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+MIXIN = ROOT / "dashboards"
+OUT = MIXIN / "out"
+HELM_FILES = ROOT / "helm" / "kube-audit-exporter" / "files"
+PROMTOOL_TESTS = MIXIN / "tests" / "alerts_test.yaml"
+SEVERITIES = {"critical", "warning", "info"}
+
+# The exporter's Loki entries (DESIGN.md "Loki entries"): bounded stream
+# labels, and the structured metadata of every entry.
+STREAM_LABELS = {"service_name", "cluster", "verb"}
+STRUCTURED_METADATA = {
+    "user",
+    "user_kind",
+    "namespace",
+    "resource",
+    "subresource",
+    "name",
+    "code",
+    "audit_id",
+    "source_ip",
+    "stage",
+    "rules",
+    "severity",
+    "detected_level",
+}
+# Grafana's own variables and the forms a dashboard may use.
+GRAFANA_BUILTINS = {
+    "__interval",
+    "__rate_interval",
+    "__range",
+    "__auto",
+    "__url_time_range",
+    "__field",
+    "__data",
+    "__value",
+}
+
+
+def load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mixin_generate", MIXIN / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@cache
+def generated() -> dict[str, str]:
+    files: dict[str, str] = load_generator().outputs()
+    return files
+
+
+@cache
+def rendered() -> dict[str, Any]:
+    mixin: dict[str, Any] = load_generator().render()
+    return mixin
+
+
+def alert_rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+
+
+def prometheus_alerts() -> list[dict[str, Any]]:
+    return alert_rules(yaml.safe_load((OUT / "prometheus" / "alerts.yaml").read_text()))
+
+
+def loki_alerts() -> list[dict[str, Any]]:
+    return alert_rules(yaml.safe_load((OUT / "loki" / "rules.yaml").read_text()))
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    return {p.name: json.loads(p.read_text()) for p in sorted((OUT / "dashboards").glob("*.json"))}
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not installed; `make test` installs it (Debian prometheus)")
+    return path
+
+
+# --- generation -------------------------------------------------------------------------
+
+
+def test_regenerating_or_reformatting_changes_no_committed_file() -> None:
+    if shutil.which("jsonnetfmt") is None:
+        pytest.fail("jsonnetfmt is not installed; `make test` installs it (Debian jsonnet)")
+    r = subprocess.run(
+        [sys.executable, str(MIXIN / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_chart_carries_the_same_bytes_as_out() -> None:
+    for rel in generated():
+        assert (HELM_FILES / rel).read_bytes() == (OUT / rel).read_bytes(), rel
+
+
+def test_every_generated_file_says_it_is_generated() -> None:
+    files = generated()
+    assert set(files) == {
+        "prometheus/alerts.yaml",
+        "prometheus/rules.yaml",
+        "loki/rules.yaml",
+        "dashboards/kube-audit-overview.json",
+        "dashboards/kube-audit-security.json",
+        "dashboards/kube-audit-explorer.json",
+        "dashboards/kube-audit-exporter-health.json",
+    }
+    for rel, text in files.items():
+        if rel.endswith(".json"):
+            assert "do not edit" in json.loads(text)["__comment"]
+        else:
+            assert text.startswith("# Generated") and "do not edit" in text.splitlines()[0]
+
+
+def test_mixin_imports_only_config_alerts_and_dashboards() -> None:
+    imports = re.findall(r"import\s+'([^']+)'", (MIXIN / "mixin.libsonnet").read_text())
+    assert "config.libsonnet" in imports
+    for path in imports:
+        assert path == "config.libsonnet" or path.startswith(("alerts/", "dashboards/")), path
+
+
+def test_every_tunable_in_config_is_commented() -> None:
+    """Every _config field, and every alert's entry, follows a comment that
+    says why (a run of fields may share one comment)."""
+    lines = (MIXIN / "config.libsonnet").read_text().splitlines()
+    top = re.compile(r"^ {4}('?[A-Za-z]\w*'?)\s*[:+]")
+    alert = re.compile(r"^ {6}(KubeAudit\w+)\s*:")
+    uncommented = []
+    for i, line in enumerate(lines):
+        kind = top if top.match(line) else alert if alert.match(line) else None
+        if kind is None:
+            continue
+        j = i - 1
+        while j >= 0 and kind.match(lines[j]):
+            j -= 1
+        if not lines[j].strip().startswith("//"):
+            uncommented.append(line.strip())
+    assert len([ln for ln in lines if top.match(ln)]) >= 15
+    assert not uncommented, f"fields without a comment: {uncommented}"
+
+
+# --- rule files -------------------------------------------------------------------------
+
+
+def test_promtool_accepts_every_prometheus_rule_file() -> None:
+    for rel in ("prometheus/alerts.yaml", "prometheus/rules.yaml"):
+        r = subprocess.run(
+            [promtool(), "check", "rules", str(OUT / rel)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_loki_rule_file_has_prometheus_rule_file_structure(tmp_path: Path) -> None:
+    """Loki's ruler reads Prometheus-format rule files: promtool checks the
+    structure (names, durations, labels, annotation templates) with every
+    LogQL expression swapped for a PromQL one; LogQL is checked below."""
+    doc = yaml.safe_load((OUT / "loki" / "rules.yaml").read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            rule["expr"] = "vector(1)"
+    path = tmp_path / "loki-structure.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    r = subprocess.run(
+        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    r = subprocess.run(
+        [promtool(), "test", "rules", str(PROMTOOL_TESTS)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case_asserting_everything() -> None:
+    tests = yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
+    firing: dict[str, int] = {}
+    quiet: dict[str, int] = {}
+    for t in tests:
+        for case in t.get("alert_rule_test", []):
+            name = case["alertname"]
+            if case.get("exp_alerts"):
+                firing[name] = firing.get(name, 0) + 1
+                for exp in case["exp_alerts"]:
+                    assert "severity" in exp["exp_labels"], name
+                    assert set(exp["exp_annotations"]) == {
+                        "summary",
+                        "description",
+                        "runbook_url",
+                    }, name
+            else:
+                quiet[name] = quiet.get(name, 0) + 1
+    names = {r["alert"] for r in prometheus_alerts()}
+    assert set(firing) == names, f"without a firing case: {names - set(firing)}"
+    assert set(quiet) == names, f"without a quiet case: {names - set(quiet)}"
+
+
+# --- alert conventions ------------------------------------------------------------------
+
+
+def test_alert_conventions() -> None:
+    cfg = rendered_config()
+    pattern = cfg["runbookURLPattern"]
+    alerts = prometheus_alerts() + loki_alerts()
+    names = [a["alert"] for a in alerts]
+    assert len(names) == len(set(names))
+    for a in alerts:
+        name = a["alert"]
+        assert re.fullmatch(r"KubeAudit[A-Z][A-Za-z0-9]+", name), name
+        assert a["labels"]["severity"] in SEVERITIES, name
+        assert re.fullmatch(r"\d+[smh]", a["for"]), name
+        ann = a["annotations"]
+        assert set(ann) == {"summary", "description", "runbook_url"}, name
+        assert "{{" not in ann["summary"] and ann["summary"].endswith("."), name
+        assert "{{" in ann["description"], f"{name}: the description is not templated"
+        assert ann["runbook_url"] == pattern % name.lower(), name
+
+
+def test_severities_are_used_sparingly() -> None:
+    by_severity: dict[str, list[str]] = {}
+    for a in prometheus_alerts() + loki_alerts():
+        by_severity.setdefault(a["labels"]["severity"], []).append(a["alert"])
+    assert sorted(by_severity["critical"]) == [
+        "KubeAuditCriticalDetection",
+        "KubeAuditExporterAbsent",
+        "KubeAuditSpoolFull",
+    ]
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    headings = set(re.findall(r"^### (\w+)$", (MIXIN / "runbook.md").read_text(), re.M))
+    names = {a["alert"] for a in prometheus_alerts() + loki_alerts()}
+    assert headings == names
+
+
+def rendered_config() -> dict[str, Any]:
+    gen = load_generator()
+    snippet = "(import 'mixin.libsonnet')._config"
+    cfg: dict[str, Any] = json.loads(
+        _jsonnet.evaluate_snippet(str(gen.HERE / "config.jsonnet"), snippet)
+    )
+    return cfg
+
+
+def test_config_lists_exactly_the_alerts_emitted() -> None:
+    cfg = rendered_config()
+    assert set(cfg["alerts"]) == {a["alert"] for a in prometheus_alerts()}
+    assert set(cfg["lokiAlerts"]) == {a["alert"] for a in loki_alerts()}
+
+
+def test_each_alert_can_be_disabled_and_its_for_changed() -> None:
+    gen = load_generator()
+    cfg = rendered_config()
+    name = "KubeAuditWebhookFailedOpen"
+    override = (
+        "{ _config+:: { alerts+: { "
+        + name
+        + "+: { enabled: false }, KubeAuditExporterDown+: { 'for': '1s' } }, "
+        + "lokiAlerts+: { KubeAuditLokiNoEvents+: { enabled: false } } } }"
+    )
+    mixin = gen.render(override)
+    alerts = {a["alert"]: a for a in alert_rules(mixin["prometheusAlerts"])}
+    assert set(alerts) == set(cfg["alerts"]) - {name}
+    assert alerts["KubeAuditExporterDown"]["for"] == "1s"
+    assert {a["alert"] for a in alert_rules(mixin["lokiRules"])} == set(cfg["lokiAlerts"]) - {
+        "KubeAuditLokiNoEvents"
+    }
+    everything_off = (
+        "{ _config+:: { alerts: { [k]: { enabled: false } for k in "
+        + json.dumps(sorted(cfg["alerts"]))
+        + " } } }"
+    )
+    assert alert_rules(gen.render(everything_off)["prometheusAlerts"]) == []
+
+
+def test_thresholds_come_from_config() -> None:
+    gen = load_generator()
+    override = (
+        "{ _config+:: { exporterSelector: 'job=\"audit\"', alerts+: { "
+        "KubeAuditAuthFailureBurst+: { threshold: 99, window: '7m' } } } }"
+    )
+    alerts = {a["alert"]: a for a in alert_rules(gen.render(override)["prometheusAlerts"])}
+    expr = alerts["KubeAuditAuthFailureBurst"]["expr"]
+    assert '{job="audit", reason="unauthenticated"}[7m])) > 99' in expr
+    assert alerts["KubeAuditExporterDown"]["expr"] == 'up{job="audit"} == 0'
+
+
+# --- dashboards -------------------------------------------------------------------------
+
+
+def panels_of(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for p in dashboard["panels"]:
+        out.append(p)
+        out.extend(p.get("panels", []))
+    return out
+
+
+def variables_of(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in dashboard["templating"]["list"]}
+
+
+def test_four_dashboards_with_stable_uids_from_their_file_names() -> None:
+    boards = dashboards()
+    assert set(boards) == {
+        "kube-audit-overview.json",
+        "kube-audit-security.json",
+        "kube-audit-explorer.json",
+        "kube-audit-exporter-health.json",
+    }
+    for name, d in boards.items():
+        assert d["uid"] == hashlib.md5(name.encode()).hexdigest(), name
+        assert len(d["uid"]) <= 40
+        assert isinstance(d["schemaVersion"], int) and d["schemaVersion"] >= 36
+        assert d["title"] and d["tags"] == ["kube-audit"]
+        assert "__inputs" not in d and "${DS_" not in json.dumps(d), name
+
+
+def test_panel_ids_are_unique_and_the_grid_has_no_overlap() -> None:
+    for name, d in dashboards().items():
+        panels = panels_of(d)
+        ids = [p["id"] for p in panels]
+        assert len(ids) == len(set(ids)), name
+        titles = [p["title"] for p in panels if p["type"] != "row"]
+        assert len(titles) == len(set(titles)), name
+        boxes = []
+        for p in panels:
+            g = p["gridPos"]
+            assert g["x"] >= 0 and g["y"] >= 0 and g["w"] > 0 and g["h"] > 0, p["title"]
+            assert g["x"] + g["w"] <= 24, p["title"]
+            boxes.append((p["title"], g))
+        for (ta, a), (tb, b) in itertools.combinations(boxes, 2):
+            apart = (
+                a["x"] + a["w"] <= b["x"]
+                or b["x"] + b["w"] <= a["x"]
+                or a["y"] + a["h"] <= b["y"]
+                or b["y"] + b["h"] <= a["y"]
+            )
+            assert apart, f"{name}: {ta!r} overlaps {tb!r}"
+
+
+def test_every_panel_datasource_is_a_template_variable() -> None:
+    for name, d in dashboards().items():
+        variables = variables_of(d)
+        for vname, kind in (("datasource", "prometheus"), ("loki_datasource", "loki")):
+            assert variables[vname]["type"] == "datasource"
+            assert variables[vname]["query"] == kind
+        assert {"cluster", "job"} <= set(variables), name
+        for p in panels_of(d):
+            if p["type"] == "row":
+                continue
+            sources = [p["datasource"], *(t["datasource"] for t in p["targets"])]
+            for ds in sources:
+                var = ds["uid"].strip("${}")
+                assert var in variables, f"{name}: {p['title']}: {ds}"
+                assert variables[var]["type"] == "datasource"
+                assert variables[var]["query"] == ds["type"], f"{name}: {p['title']}"
+        for v in variables.values():
+            if v["type"] == "query":
+                assert v["datasource"]["uid"].strip("${}") in variables, v["name"]
+
+
+def test_every_variable_a_query_uses_is_defined() -> None:
+    ref = re.compile(r"\$\{?(\w+)")
+    for name, d in dashboards().items():
+        defined = set(variables_of(d)) | GRAFANA_BUILTINS
+        texts = [t["expr"] for p in panels_of(d) for t in p.get("targets", [])]
+        texts += [v.get("query", "") for v in variables_of(d).values() if v["type"] == "query"]
+        texts += [
+            link["url"]
+            for p in panels_of(d)
+            for link in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])
+        ]
+        for text in texts:
+            for var in ref.findall(text):
+                assert var in defined, f"{name}: ${var} in {text}"
+
+
+def test_data_links_lead_to_the_explorer() -> None:
+    boards = dashboards()
+    explorer = boards["kube-audit-explorer.json"]
+    explorer_vars = set(variables_of(explorer))
+    links = 0
+    for d in boards.values():
+        for p in panels_of(d):
+            for link in p.get("fieldConfig", {}).get("defaults", {}).get("links", []):
+                links += 1
+                assert link["url"].startswith(f"/d/{explorer['uid']}/"), link
+                for param in re.findall(r"var-(\w+)=", link["url"]):
+                    assert param in explorer_vars, link
+    assert links >= 10
+
+
+# --- LogQL --------------------------------------------------------------------------------
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`')
+_PARSER_PARAMS = re.compile(r"\|\s*(?:json|logfmt)\b([^|]*)")
+
+
+def logql_problems(expr: str, service_name: str) -> list[str]:
+    """Syntax balance and label names of a LogQL expression: stream matchers
+    may only use the exporter's stream labels; label filters, grouping and
+    line_format templates only stream labels, structured metadata, or labels
+    the expression itself extracts (``| json name="path"``)."""
+    problems = []
+    templates = re.findall(r"`([^`]*)`", expr)
+    masked = _STRING.sub('""', expr)
+    if '"' in masked.replace('""', "") or "`" in masked:
+        problems.append("unbalanced quotes")
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for ch in masked:
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
+            problems.append(f"unbalanced {ch}")
+            break
+    if stack:
+        problems.append(f"unclosed {stack}")
+    extracted = set()
+    for params in _PARSER_PARAMS.findall(masked):
+        extracted.update(re.findall(r"(\w+)\s*=", params))
+    allowed = STREAM_LABELS | STRUCTURED_METADATA | extracted
+    selectors = re.findall(r"\{([^{}]*)\}", masked)
+    if not selectors:
+        problems.append("no stream selector")
+    for sel in selectors:
+        names = re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", sel)
+        for n in names:
+            if n not in STREAM_LABELS:
+                problems.append(f"stream selector on {n!r}, not a stream label")
+        if "service_name" not in names:
+            problems.append("stream selector without service_name")
+    for m in re.finditer(r'service_name\s*=\s*"([^"]*)"', expr):
+        if m.group(1) != service_name:
+            problems.append(f"service_name={m.group(1)!r}")
+    # label filters: `| name op value` (not line filters `|=`, `|~`)
+    for name in re.findall(r"\|\s*(\w+)\s*(?:=~|!~|!=|==|=|>=|<=|>|<)", masked):
+        if name not in allowed:
+            problems.append(f"label filter on {name!r}")
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", masked):
+        for name in re.findall(r"\w+", group):
+            if name not in allowed:
+                problems.append(f"grouping by {name!r}")
+    for template in templates:
+        for name in re.findall(r"\{\{-?\s*(?:with\s+|if\s+)?\.(\w+)", template):
+            if name not in allowed:
+                problems.append(f"line_format uses {name!r}")
+    return problems
+
+
+def logql_expressions() -> list[tuple[str, str]]:
+    out = [(f"loki rule {a['alert']}", a["expr"]) for a in loki_alerts()]
+    for name, d in dashboards().items():
+        for p in panels_of(d):
+            for t in p.get("targets", []):
+                if t["datasource"]["type"] == "loki":
+                    out.append((f"{name}: {p['title']}", t["expr"]))
+        for v in variables_of(d).values():
+            if v["type"] == "query" and v["datasource"]["type"] == "loki":
+                inner = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"])
+                assert inner is not None, v["query"]
+                assert inner.group(2) in STREAM_LABELS, v["query"]
+                out.append((f"{name}: variable {v['name']}", inner.group(1)))
+    return out
+
+
+def test_logql_is_balanced_and_names_only_what_the_exporter_writes() -> None:
+    service_name = rendered_config()["lokiServiceName"]
+    exprs = logql_expressions()
+    assert len(exprs) >= 12
+    problems = {where: p for where, e in exprs if (p := logql_problems(e, service_name))}
+    assert not problems
+
+
+def test_logql_checker_catches_mistakes() -> None:
+    ok = '{service_name="kube-audit", cluster=~"$c"} | user=~"a" | json ua="userAgent" | ua="x"'
+    assert logql_problems(ok, "kube-audit") == []
+    bad = [
+        '{service_name="kube-audit", user="a"}',  # metadata is not a stream label
+        '{service_name="kube-audit"} | pod="a"',  # no such field
+        'sum by (pod) (count_over_time({service_name="kube-audit"}[1m]))',
+        'sum(count_over_time({service_name="kube-audit"}[1m])',  # unbalanced
+        '{service_name="kube-audit"} |= "x',  # unbalanced quote
+        '{service_name="other"}',
+        '{cluster="x"}',
+        '{service_name="kube-audit"} | line_format `{{.pod}}`',
+    ]
+    for expr in bad:
+        assert logql_problems(expr, "kube-audit"), expr
+
+
+# --- metric names -------------------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+_HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def promql_expressions() -> list[tuple[str, str]]:
+    out = []
+    for rel in ("prometheus/alerts.yaml", "prometheus/rules.yaml"):
+        for g in yaml.safe_load((OUT / rel).read_text())["groups"]:
+            for r in g["rules"]:
+                out.append((f"{rel}: {r.get('alert') or r.get('record')}", r["expr"]))
+    for name, d in dashboards().items():
+        for p in panels_of(d):
+            for t in p.get("targets", []):
+                if t["datasource"]["type"] == "prometheus":
+                    out.append((f"{name}: {p['title']}", t["expr"]))
+        for v in variables_of(d).values():
+            if v["type"] == "query" and v["datasource"]["type"] == "prometheus":
+                out.append((f"{name}: variable {v['name']}", v["query"]))
+    return out
+
+
+def documented_metrics() -> set[str]:
+    """Metric names in the README's metrics table, and the Alertmanager
+    notifier's (documented in exporter/alertmanager.py)."""
+    names = set()
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("| `kube_audit_"):
+            names.update(re.findall(r"`(kube_audit_\w+)`", line.split("|")[1]))
+    doc = (ROOT / "exporter" / "alertmanager.py").read_text().split('"""')[1]
+    names.update(re.findall(r"``(kube_audit_alertmanager_\w+)", doc))
+    return names
+
+
+def test_queries_only_use_documented_metrics_and_recorded_series() -> None:
+    documented = documented_metrics()
+    assert "kube_audit_requests_total" in documented
+    recorded = recording_names()
+    unknown = {}
+    for where, expr in promql_expressions():
+        for name in _NAME.findall(_STRING.sub('""', expr)):
+            if ":" in name:
+                if name not in recorded:
+                    unknown[name] = where
+                continue
+            if not name.startswith("kube_audit_"):
+                continue
+            base = name
+            for suffix in _HISTOGRAM_SUFFIXES:
+                if name.endswith(suffix) and name.removesuffix(suffix) in documented:
+                    base = name.removesuffix(suffix)
+            if base not in documented:
+                unknown[name] = where
+    assert not unknown
+
+
+def recording_names() -> set[str]:
+    doc = yaml.safe_load((OUT / "prometheus" / "rules.yaml").read_text())
+    return {r["record"] for g in doc["groups"] for r in g["rules"]}
+
+
+def test_recording_rules_are_used_by_dashboards_or_alerts() -> None:
+    used = " ".join(e for w, e in promql_expressions() if "rules.yaml" not in w)
+    rules = yaml.safe_load((OUT / "prometheus" / "rules.yaml").read_text())
+    inputs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
+    for name in recording_names():
+        assert name in used or name in inputs, f"{name} is recorded but never read"
