@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from exporter.event import classify_user
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -128,7 +130,7 @@ class NaiveMetrics:
             resource += "/" + ref["subresource"]
         verb = ev.get("verb", "")
         username = (ev.get("user") or {}).get("username", "")
-        kind = user_kind(username)
+        kind = classify_user(username)
         self.requests.labels(verb, resource, str(code), kind).inc()
         if stage == "ResponseComplete" and verb != "watch":
             took = parse(ev["stageTimestamp"]) - parse(ev["requestReceivedTimestamp"])
@@ -138,18 +140,6 @@ class NaiveMetrics:
         if code in (401, 403):
             reason = "unauthenticated" if code == 401 else "forbidden"
             self.auth_failures.labels(reason, verb, resource, kind).inc()
-
-
-def user_kind(username: str) -> str:
-    if not username:
-        return "unauthenticated"
-    if username == "system:anonymous":
-        return "anonymous"
-    if username.startswith("system:serviceaccount:"):
-        return "serviceaccount"
-    if username.startswith("system:node:"):
-        return "node"
-    return "system" if username.startswith("system:") else "human"
 
 
 def parse(timestamp: str) -> float:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,21 +15,9 @@ from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
 from exporter.redact import Redactor
 from exporter.sources.replay import read_batches
-from tests.loki_receiver import LokiReceiver, compile_push_proto
+from tests.loki_receiver import LokiReceiver
 
 PERFSPEC = Path("perfspec-kubernetes-event-dataset") / "reconstructed-audit.log"
-
-
-@pytest.fixture(scope="module")
-def push_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return compile_push_proto(tmp_path_factory.mktemp("proto"))
-
-
-@pytest.fixture
-def loki(push_pb2: ModuleType) -> Iterator[LokiReceiver]:
-    receiver = LokiReceiver(push_pb2)
-    yield receiver
-    receiver.close()
 
 
 def test_replay_through_a_small_spool_delivers_every_event_and_warns_about_age(

@@ -27,24 +27,12 @@ from exporter.loki import LokiSettings, LokiSink
 from exporter.loki import sink as sink_mod
 from exporter.metrics import AuditMetrics
 from tests.loki_corpus import CorpusEvent, corpus_events, expected_ts_ns
-from tests.loki_receiver import LokiReceiver, basic_auth, compile_push_proto, wait_for
+from tests.loki_receiver import LokiReceiver, basic_auth, wait_for
 from tests.tlsutil import PKI, make_pki
 
 CLUSTER = "test-cluster"
 FALCO = "falco-k8s-audit-trace-files"
 SECRET_KINDS = (b'"Secret"', b'"SecretList"', b'"TokenRequest"', b'"TokenReview"')
-
-
-@pytest.fixture(scope="session")
-def push_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return compile_push_proto(tmp_path_factory.mktemp("proto"))
-
-
-@pytest.fixture
-def loki(push_pb2: ModuleType) -> Iterator[LokiReceiver]:
-    receiver = LokiReceiver(push_pb2)
-    yield receiver
-    receiver.close()
 
 
 class Clock:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import pytest
 import requests
 
+from tests.tlsutil import PKI
+
 T = TypeVar("T")
 
 
@@ -97,3 +99,22 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 
 def exporter_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "exporter.cli", *args]
+
+
+def webhook_flags(pki: PKI, port: int) -> list[str]:
+    """`run` flags for the webhook on loopback with mutual TLS from ``pki``."""
+    return [
+        "--webhook.listen-address", f"127.0.0.1:{port}",
+        "--webhook.tls-cert-file", str(pki.server.cert_file),
+        "--webhook.tls-key-file", str(pki.server.key_file),
+        "--webhook.client-ca-file", str(pki.ca.cert_file),
+    ]  # fmt: skip
+
+
+def client_tls(pki: PKI) -> dict[str, Any]:
+    """requests arguments for the API server's side of that mutual TLS.
+    (Per request: requests lets REQUESTS_CA_BUNDLE override session.verify.)"""
+    return {
+        "verify": str(pki.ca.cert_file),
+        "cert": (str(pki.client.cert_file), str(pki.client.key_file)),
+    }

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,24 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import main
 from tests.conftest import CORPORA
-from tests.integration.conftest import exporter_cmd, free_port, poll
-from tests.loki_receiver import LokiReceiver, compile_push_proto
+from tests.integration.conftest import client_tls, exporter_cmd, free_port, poll, webhook_flags
+from tests.loki_receiver import LokiReceiver
 from tests.tlsutil import make_pki
 
 DEMO = CORPORA / "audit2rbac-demo" / "demo.log"
 PERFSPEC = CORPORA / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log"
-
-
-@pytest.fixture(scope="module")
-def push_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return compile_push_proto(tmp_path_factory.mktemp("proto"))
-
-
-@pytest.fixture
-def loki(push_pb2: ModuleType) -> Iterator[LokiReceiver]:
-    receiver = LokiReceiver(push_pb2)
-    yield receiver
-    receiver.close()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -81,14 +67,7 @@ def test_webhook_and_logfile_to_loki_through_a_full_spool(
             "e2e",
             "--web.listen-address",
             f"127.0.0.1:{web}",
-            "--webhook.listen-address",
-            f"127.0.0.1:{hook}",
-            "--webhook.tls-cert-file",
-            str(pki.server.cert_file),
-            "--webhook.tls-key-file",
-            str(pki.server.key_file),
-            "--webhook.client-ca-file",
-            str(pki.ca.cert_file),
+            *webhook_flags(pki, hook),
             "--logfile.path",
             str(audit_log),
             "--logfile.checkpoint-file",
@@ -113,11 +92,7 @@ def test_webhook_and_logfile_to_loki_through_a_full_spool(
         "exporter",
     )
     poll(lambda: requests.get(f"http://127.0.0.1:{web}/readyz", timeout=2).ok, what="ready")
-    tls: dict[str, Any] = {
-        "verify": str(pki.ca.cert_file),
-        "cert": (str(pki.client.cert_file), str(pki.client.key_file)),
-        "timeout": 30,
-    }
+    tls: dict[str, Any] = {**client_tls(pki), "timeout": 30}
     url = f"https://127.0.0.1:{hook}/audit"
 
     # While Loki is down the spool fills up; the webhook then answers 503 and

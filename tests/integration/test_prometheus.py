@@ -10,7 +10,14 @@ from pathlib import Path
 import requests
 
 from tests.conftest import CORPORA
-from tests.integration.conftest import exporter_cmd, free_port, need, poll
+from tests.integration.conftest import (
+    client_tls,
+    exporter_cmd,
+    free_port,
+    need,
+    poll,
+    webhook_flags,
+)
 from tests.tlsutil import make_pki
 
 
@@ -23,14 +30,7 @@ def test_prometheus_scrapes_webhook_fed_counts(tmp_path: Path, spawn) -> None:  
             "run",
             "--web.listen-address",
             f"127.0.0.1:{web_port}",
-            "--webhook.listen-address",
-            f"127.0.0.1:{hook_port}",
-            "--webhook.tls-cert-file",
-            str(pki.server.cert_file),
-            "--webhook.tls-key-file",
-            str(pki.server.key_file),
-            "--webhook.client-ca-file",
-            str(pki.ca.cert_file),
+            *webhook_flags(pki, hook_port),
         ),
         "exporter",
     )
@@ -53,11 +53,7 @@ def test_prometheus_scrapes_webhook_fed_counts(tmp_path: Path, spawn) -> None:  
         if obj["stage"] == "ResponseComplete":
             expected[obj["verb"]] += 1
     session = requests.Session()
-    # verify per request: requests lets REQUESTS_CA_BUNDLE override session.verify
-    tls = {
-        "verify": str(pki.ca.cert_file),
-        "cert": (str(pki.client.cert_file), str(pki.client.key_file)),
-    }
+    tls = client_tls(pki)
     for i in range(0, len(items), 400):
         body = {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items[i : i + 400]}
         r = session.post(f"https://127.0.0.1:{hook_port}/audit", json=body, timeout=30, **tls)
