@@ -421,7 +421,10 @@ class HTTPServer(socketserver.TCPServer):
         tls: ReloadingTLSContext | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        on_handshake_failure: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_handshake_failure`` gets the OpenSSL reason of each failed TLS
+        handshake (a missing or untrusted client certificate, ...)."""
         if max_connections < 1:
             raise ValueError(f"{name}: max_connections must be >= 1")
         if not read_timeout > 0:
@@ -442,6 +445,7 @@ class HTTPServer(socketserver.TCPServer):
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._handshake_log = RateLimitedLog(log)
+        self._on_handshake_failure = on_handshake_failure
         try:
             super().__init__(sockaddr, handler, bind_and_activate=True)
         except BaseException:
@@ -566,11 +570,11 @@ class HTTPServer(socketserver.TCPServer):
             if isinstance(e, ssl.SSLEOFError):
                 log.debug("TLS handshake: client went away", extra={"peer": conn.peer})
             else:
+                reason = _ssl_reason(e)
+                if self._on_handshake_failure is not None:
+                    self._on_handshake_failure(reason)
                 self._handshake_log.warning(
-                    "TLS handshake failed",
-                    server=self.name,
-                    peer=conn.peer,
-                    error=_ssl_reason(e),
+                    "TLS handshake failed", server=self.name, peer=conn.peer, error=reason
                 )
             return False
         except OSError as e:

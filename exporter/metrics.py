@@ -287,6 +287,12 @@ class AuditMetrics(Collector):
         self.webhook_requests = c(
             "webhook_requests_total", "Webhook HTTP requests answered, by status code.", ("code",)
         )
+        self.webhook_tls_failures = c(
+            "webhook_tls_handshake_failures_total",
+            "Webhook TLS handshakes that failed (no or untrusted client certificate, ...), "
+            "by OpenSSL reason.",
+            ("reason",),
+        )
         self.logfile_rotations = c(
             "logfile_rotations_total",
             "Audit log rotations followed, by kind (rename, truncate).",
@@ -309,6 +315,7 @@ class AuditMetrics(Collector):
             self.lag,
             self.series_overflow,
             self.webhook_requests,
+            self.webhook_tls_failures,
             self.logfile_rotations,
         )
         for level in PSA_LEVELS:

@@ -323,6 +323,8 @@ def test_client_without_certificate_is_refused_at_the_handshake(
         h.post(event_list(demo_items[:5]), context=pki.client_context(with_cert=False))
     assert h.total("kube_audit_webhook_requests_total") == 0
     assert h.value("kube_audit_events_total", source="webhook") == 0
+    # Both refusals are counted by reason (the server sees them on its own time).
+    wait_until(lambda: h.total("kube_audit_webhook_tls_handshake_failures_total") == 2)
     assert h.post(event_list(demo_items[:5])).status == 200
 
 

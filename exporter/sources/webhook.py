@@ -163,7 +163,13 @@ class WebhookServer:
             tls=tls,
             max_connections=max_connections,
             read_timeout=read_timeout,
+            on_handshake_failure=self._handshake_failed,
         )
+
+    def _handshake_failed(self, reason: str) -> None:
+        # OpenSSL reason codes are a fixed set: a bounded label
+        with self.metrics.lock:
+            self.metrics.webhook_tls_failures.inc((reason[:64],))
 
     @property
     def address(self) -> tuple[str, int]:
