@@ -92,6 +92,9 @@ class LokiSink:
             metrics.add_state(self.collect)
         self._warn = RateLimitedLog(log, burst=5, interval=60.0)
         self._closing = False
+        # Callers waiting in drain(): the sender sends what it holds without
+        # waiting for batch_wait, since no more is coming for that batch.
+        self._draining = 0
         self._stop = threading.Event()
         self.stopped_reason: str | None = None
         # Entries the sender has read and holds for the next batch.
@@ -164,13 +167,18 @@ class LokiSink:
         For replay, which ends only when its events are in Loki."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.spool.changed:
-            while not self.spool.empty():
-                if self.stopped_reason is not None or not self._thread.is_alive():
-                    return False
-                left = 1.0 if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.spool.changed.wait(min(left, 1.0))
+            self._draining += 1
+            self.spool.changed.notify_all()
+            try:
+                while not self.spool.empty():
+                    if self.stopped_reason is not None or not self._thread.is_alive():
+                        return False
+                    left = 1.0 if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self.spool.changed.wait(min(left, 1.0))
+            finally:
+                self._draining -= 1
         return True
 
     def wake(self) -> None:
@@ -232,6 +240,7 @@ class LokiSink:
             if pending and (
                 pending_bytes >= batch_bytes
                 or self._closing
+                or self._draining
                 or self.clock() - pending[0].append_ts >= batch_wait
             ):
                 batch, pending, pending_bytes = pending, [], 0
