@@ -369,7 +369,8 @@ class Config:
             if o.secret and value:
                 value = "<redacted>"
             elif o.name == "url" and value:
-                value = safe_url(value)  # no user:password in logs
+                # no user:password in logs (Loki's URL, each Alertmanager's)
+                value = safe_url(value) if isinstance(value, str) else [safe_url(v) for v in value]
             out[o.key] = value
         return out
 

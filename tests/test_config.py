@@ -132,8 +132,11 @@ def test_loki_problems_are_located(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_secrets_in_urls_are_not_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = str(tmp_path / "a.log")
     url = "https://user:hunter2@loki.example:3100"
+    am = "http://admin:swordfish@am.example:9093"
     argv = ["check-config", "--logfile.path", log, "--spool.dir", str(tmp_path),
-            "--loki.url", url, "--show"]  # fmt: skip
+            "--loki.url", url, "--alertmanager.url", am, "--alertmanager.url",
+            "http://am-2:9093", "--show"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "loki.example:3100" in out
+    assert "swordfish" not in out and "am.example:9093" in out and "am-2:9093" in out
