@@ -31,7 +31,7 @@ from typing import Any
 import requests
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .logs import RateLimitedLog
+from .logs import RateLimitedLog, safe_url
 from .metrics import AuditMetrics
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class _Target:
     def __init__(self, owner: Alertmanager, url: str) -> None:
         self.owner = owner
         self.url = alerts_url(url)
+        self.shown = safe_url(self.url)  # for logs: no user:password
         self.queue: deque[dict[str, Any]] = deque()
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -104,7 +105,7 @@ class _Target:
             if attempt >= owner.max_attempts:
                 owner._fail("retries_exhausted", len(batch))
                 owner._log.warning(
-                    "alerts dropped after retries", url=self.url, alerts=len(batch), reason=reason
+                    "alerts dropped after retries", url=self.shown, alerts=len(batch), reason=reason
                 )
                 return
             if owner._stopping.is_set() and owner._deadline_passed():
@@ -121,13 +122,13 @@ class _Target:
         except requests.Timeout:
             return "timeout", True
         except requests.RequestException as e:
-            self.owner._log.warning("alertmanager unreachable", url=self.url, error=str(e)[:200])
+            self.owner._log.warning("alertmanager unreachable", url=self.shown, error=str(e)[:200])
             return "connection", True
         if 200 <= resp.status_code < 300:
             return None, False
         self.owner._log.warning(
             "alertmanager refused alerts",
-            url=self.url,
+            url=self.shown,
             status=resp.status_code,
             body=resp.text[:200],
         )
@@ -192,7 +193,9 @@ class Alertmanager:
     def start(self) -> None:
         for t in self.targets:
             if t.thread is None:
-                t.thread = threading.Thread(target=t.run, name=f"alertmanager {t.url}", daemon=True)
+                t.thread = threading.Thread(
+                    target=t.run, name=f"alertmanager {t.shown}", daemon=True
+                )
                 t.thread.start()
 
     def close(self, timeout: float = 5.0) -> None:

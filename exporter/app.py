@@ -14,7 +14,7 @@ from .alertmanager import Alertmanager
 from .config import Config, detection_settings, loki_settings, rule_set
 from .detect import Detector
 from .event import Decoder
-from .loki.settings import safe_url
+from .logs import safe_url
 from .loki.sink import LokiSink
 from .metrics import AuditMetrics
 from .pipeline import Pipeline, Processor, Sink
@@ -130,7 +130,10 @@ def build_pipeline(
     processors.append(Detector(ruleset, detection, metrics, notifier))
     log.info(
         "detection rules loaded",
-        extra={"rules": len(ruleset.rules), "alertmanager": list(detection.alertmanager_urls)},
+        extra={
+            "rules": len(ruleset.rules),
+            "alertmanager": [safe_url(u) for u in detection.alertmanager_urls],
+        },
     )
     sinks: list[Sink] = []
     if cfg.loki.url:

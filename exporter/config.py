@@ -21,7 +21,8 @@ import yaml
 
 from .detect import DetectionSettings, RuleError, RuleSet, load_rules
 from .duration import parse_duration
-from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings, safe_url
+from .logs import safe_url
+from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
 
 ENV_PREFIX = "KUBE_AUDIT_"
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -101,3 +102,12 @@ class RateLimitedLog:
             self._sent += 1
         self.logger.warning(msg, extra=fields)
         return True
+
+
+def safe_url(url: str) -> str:
+    """``url`` without any user:password part, for logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc="***@" + host))

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import requests
 
 from .. import __version__
+from ..logs import safe_url
 from .encode import Body
-from .settings import LokiSettings, safe_url
+from .settings import LokiSettings
 
 OK = "ok"
 RETRY = "retry"

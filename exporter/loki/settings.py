@@ -158,12 +158,3 @@ class LokiSettings:
                 except RedactionPathError as e:
                     out.append(f"redact_paths.{resource}: {e}")
         return out
-
-
-def safe_url(url: str) -> str:
-    """``url`` without any user:password part, for logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc="***@" + host))

@@ -33,14 +33,14 @@ import requests
 from prometheus_client.core import Metric
 
 from ..event import AuditEvent
-from ..logs import RateLimitedLog
+from ..logs import RateLimitedLog, safe_url
 from ..metrics import AuditMetrics
 from ..redact import Redactor
 from . import client as c
 from .encode import encode
 from .entry import Entry, EntryBuilder, MetadataHook, decode_record
 from .metrics import LokiMetrics
-from .settings import LokiSettings, safe_url
+from .settings import LokiSettings
 from .spool import Record, Spool
 
 log = logging.getLogger(__name__)

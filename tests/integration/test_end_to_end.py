@@ -5,8 +5,10 @@ spool makes the webhook answer 503 until Loki takes the backlog."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,60 @@ def test_replay_backfills_loki_with_original_timestamps(
     entry = next(r for r in loki.received if r.metadata.get("audit_id") == first["auditID"])
     assert entry.ts_ns == 1505159705 * 10**9  # 2017-09-11T19:55:05Z
     assert entry.line == DEMO.read_bytes().splitlines()[0]
+
+
+def test_run_notifies_alertmanager_of_a_detection_from_the_log_file(
+    tmp_path: Path, spawn: Any
+) -> None:
+    """`run` with the log file source and an Alertmanager URL: a human deleting
+    a Secret (a real event) reaches the Alertmanager API with who/what/where."""
+    received: list[Any] = []
+
+    class AlertsAPI(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AlertsAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        audit_log = tmp_path / "audit.log"
+        event = (CORPORA / "falco-k8s-audit-trace-files" / "delete_secret.json").read_bytes()
+        audit_log.write_bytes(event.strip() + b"\n")
+        web = free_port()
+        am_url = f"http://operator:s3cret@127.0.0.1:{server.server_address[1]}"
+        exporter = spawn(
+            exporter_cmd(
+                "run",
+                "--cluster",
+                "e2e",
+                "--web.listen-address",
+                f"127.0.0.1:{web}",
+                "--logfile.path",
+                str(audit_log),
+                "--logfile.start-at",
+                "beginning",
+                "--alertmanager.url",
+                am_url,
+            ),
+            "exporter",
+        )
+        poll(lambda: received, timeout=30, what=f"an alert\n{exporter.output()}")
+    finally:
+        server.shutdown()
+    path, alerts = received[0]
+    assert path == "/api/v2/alerts"
+    labels = {a["labels"]["rule"]: a for a in alerts}
+    alert = labels["secret-deleted-by-human"]
+    assert alert["labels"]["user"] == "minikube-user"
+    assert alert["labels"]["cluster"] == "e2e"
+    assert alert["labels"]["namespace"] == "default"
+    assert "example-secret" in alert["annotations"]["description"]
+    exporter.proc.send_signal(signal.SIGTERM)
+    assert exporter.proc.wait(20) == 0
+    assert "s3cret" not in exporter.output()  # the URL's password is not logged
