@@ -47,13 +47,21 @@ MetadataHook = Callable[[AuditEvent], Iterable[tuple[str, str]]]
 _VERB = re.compile(r"^[A-Za-z]{1,40}$")
 _LABEL_CACHE_MAX = 4096
 # Metadata with few values: their encoded fields are cached.
-_CACHED_METADATA = frozenset(
-    {"user_kind", "namespace", "resource", "subresource", "code", "stage", "detected_level"}
-)
-_PAIR_CACHE_MAX = 65536
+# Encoded structured metadata fields are cached per value: up to this many
+# values for the fields with few values, fewer for the per-user, per-object
+# ones (user, name, source_ip), whose caches are emptied when full.
+_CACHE_MAX = 65536
+_UNBOUNDED_CACHE_MAX = 16384
+_SECONDS_CACHE_MAX = 8192
+varint = proto.varint
+_SMALL = [bytes([n]) for n in range(128)]
 _T_TIMESTAMP = proto.tag(1, proto.LEN)
 _T_LINE = proto.tag(2, proto.LEN)
 _T_METADATA = proto.tag(3, proto.LEN)
+_T_NAME = proto.tag(1, proto.LEN)
+_T_VALUE = proto.tag(2, proto.LEN)
+_T_SECONDS = proto.tag(1, proto.VARINT)
+_T_NANOS = proto.tag(2, proto.VARINT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +118,7 @@ def timestamp_ns(ev: AuditEvent) -> int:
     (the float ``stage_ts`` only carries microseconds reliably)."""
     value = ev.obj.get("stageTimestamp")
     if type(value) is str and len(value) >= 20 and value[-1] in "Zz":
-        head = value[:19]
-        base = _SECOND_NS.get(head)
-        if base is None:
-            try:
-                base = int(datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp())
-            except ValueError:
-                base = None
-            else:
-                if len(_SECOND_NS) > 8192:
-                    _SECOND_NS.clear()
-                _SECOND_NS[head] = base
+        base = _epoch_seconds(value[:19])
         if base is not None:
             frac = value[19:-1]
             if frac == "":
@@ -129,6 +127,20 @@ def timestamp_ns(ev: AuditEvent) -> int:
                 return base * 1_000_000_000 + int(frac[1:].ljust(9, "0"))
     # v1beta1 events and unusual forms: the decoder's float, to the microsecond.
     return round(ev.stage_ts * 1_000_000) * 1000
+
+
+def _epoch_seconds(head: str) -> int | None:
+    """``2006-01-02T15:04:05`` (UTC) as seconds since the epoch, cached."""
+    base = _SECOND_NS.get(head)
+    if base is None:
+        try:
+            base = int(datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp())
+        except ValueError:
+            return None
+        if len(_SECOND_NS) > _SECONDS_CACHE_MAX:
+            _SECOND_NS.clear()
+        _SECOND_NS[head] = base
+    return base
 
 
 # --- lines -------------------------------------------------------------------
@@ -205,8 +217,12 @@ class EntryBuilder:
         self.line_limit = settings.line_limit
         self.metadata_hook = metadata_hook
         self._labels: dict[tuple[str, ...], str] = {}
-        self._prefixes: dict[str, bytes] = {}
-        self._pairs: dict[tuple[str, str], bytes] = {}
+        # For record(): the verb (and the extra labels' values) -> the encoded
+        # stream prefix; "2006-01-02T15:04:05" -> the encoded seconds field;
+        # per metadata field, value -> the encoded field (code: by number).
+        self._prefixes: dict[object, bytes] = {}
+        self._seconds: dict[str, bytes] = {}
+        self._caches: tuple[dict[Any, bytes], ...] = tuple({} for _ in range(11))
         self.shrunk = 0
 
     def labels(self, ev: AuditEvent) -> str:
@@ -226,7 +242,6 @@ class EntryBuilder:
             rendered = render_labels(pairs)
             if len(self._labels) >= _LABEL_CACHE_MAX:
                 self._labels.clear()
-                self._prefixes.clear()
             self._labels[key] = rendered
         return rendered
 
@@ -263,30 +278,151 @@ class EntryBuilder:
 
     def record(self, ev: AuditEvent) -> bytes:
         """The spool record for ``ev``: the same bytes as
-        ``encode_record(self.build(ev))``, built without the detour."""
-        labels = self.labels(ev)
-        prefix = self._prefixes.get(labels)
+        ``encode_record(self.build(ev))``, built without the detour.
+
+        This runs once per event sent: stream prefixes, timestamp seconds and
+        the structured metadata fields that repeat are cached as encoded
+        bytes, and the record is one join of them."""
+        verb = ev.verb
+        if self.extra_labels:
+            key: object = (verb, *[_label_value(ev, n) for n in self.extra_labels])
+        else:
+            key = verb
+        prefix = self._prefixes.get(key)
         if prefix is None:
-            raw = labels.encode()
-            prefix = self._prefixes[labels] = proto.varint(len(raw)) + raw
-        ts = proto.timestamp(timestamp_ns(ev))
+            raw = self.labels(ev).encode()
+            if len(self._prefixes) >= _LABEL_CACHE_MAX:
+                self._prefixes.clear()
+            prefix = self._prefixes[key] = proto.varint(len(raw)) + raw
         line = self.line(ev)
-        parts = [prefix, _T_TIMESTAMP, proto.varint(len(ts)), ts]
-        if line:
-            parts += (_T_LINE, proto.varint(len(line)), line)
-        cache = self._pairs
-        for name, value in self.metadata(ev):
-            key = (name, value)
-            field = cache.get(key)
-            if field is None:
-                pair = proto.label_pair(name.encode(), value.encode())
-                field = _T_METADATA + proto.varint(len(pair)) + pair
-                if name in _CACHED_METADATA:
-                    if len(cache) >= _PAIR_CACHE_MAX:
-                        cache.clear()
-                    cache[key] = field
-            parts.append(field)
+        n = len(line)
+        parts = [prefix, self._timestamp(ev), _T_LINE, _SMALL[n] if n < 128 else varint(n), line]
+        if not n:
+            del parts[2:]
+        cached = self._cached
+        c = self._caches
+        put = parts.append
+        # In DESIGN.md's order, empty values left out, as metadata() does.
+        value: str = ev.username
+        if value:
+            put(c[0].get(value) or cached(c[0], _H_USER, value, _UNBOUNDED_CACHE_MAX))
+        value = ev.user_kind
+        if value:
+            put(c[1].get(value) or cached(c[1], _H_USER_KIND, value, _CACHE_MAX))
+        value = ev.namespace
+        if value:
+            put(c[2].get(value) or cached(c[2], _H_NAMESPACE, value, _CACHE_MAX))
+        value = ev.resource
+        if value:
+            put(c[3].get(value) or cached(c[3], _H_RESOURCE, value, _CACHE_MAX))
+        value = ev.subresource
+        if value:
+            put(c[4].get(value) or cached(c[4], _H_SUBRESOURCE, value, _CACHE_MAX))
+        value = ev.name
+        if value:
+            put(c[5].get(value) or cached(c[5], _H_NAME, value, _UNBOUNDED_CACHE_MAX))
+        code = ev.code
+        if code:
+            put(c[6].get(code) or self._code_field(code))
+        value = ev.audit_id
+        if value:
+            put(_metadata_field(_H_AUDIT_ID, value))
+        value = ev.source_ip
+        if value:
+            put(c[7].get(value) or cached(c[7], _H_SOURCE_IP, value, _UNBOUNDED_CACHE_MAX))
+        value = ev.stage
+        if value:
+            put(c[8].get(value) or cached(c[8], _H_STAGE, value, _CACHE_MAX))
+        if ev.rules:
+            value = ",".join(ev.rules)
+            put(c[9].get(value) or cached(c[9], _H_RULES, value, _CACHE_MAX))
+        value = ev.severity
+        if value:
+            put(c[10].get(value) or cached(c[10], _H_SEVERITY, value, _CACHE_MAX))
+        if self.metadata_hook is not None:
+            for name, value in self.metadata_hook(ev):
+                if value:
+                    put(_metadata_field(_metadata_head(name), value))
+        put(_LEVEL_FIELDS[0 if code >= 500 else 1 if code >= 400 else 2])
         return b"".join(parts)
+
+    @staticmethod
+    def _cached(cache: dict[str, bytes], head: bytes, value: str, limit: int) -> bytes:
+        """The field for ``value``, encoded and remembered (a cache miss)."""
+        field = _metadata_field(head, value)
+        if len(cache) >= limit:
+            cache.clear()
+        cache[value] = field
+        return field
+
+    def _code_field(self, code: int) -> bytes:
+        cache = self._caches[6]
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        field = cache[code] = _metadata_field(_H_CODE, str(code))
+        return field
+
+    def _timestamp(self, ev: AuditEvent) -> bytes:
+        """The EntryAdapter's timestamp field, tag and length included: the
+        bytes proto.timestamp(timestamp_ns(ev)) makes, with the common
+        RFC 3339 form's encoded seconds cached per second."""
+        value = ev.obj.get("stageTimestamp")
+        if type(value) is str and len(value) >= 20 and value[-1] in "Zz":
+            head = value[:19]
+            seconds = self._seconds.get(head)
+            if seconds is None:
+                base = _epoch_seconds(head)
+                if base is not None and base > 0:
+                    if len(self._seconds) >= _SECONDS_CACHE_MAX:
+                        self._seconds.clear()
+                    seconds = self._seconds[head] = _T_SECONDS + varint(base)
+            if seconds is not None:
+                frac = value[19:-1]
+                if frac == "":
+                    return _T_TIMESTAMP + _SMALL[len(seconds)] + seconds
+                if frac[0] == "." and 1 < len(frac) <= 10 and frac[1:].isdigit():
+                    nanos = int(frac[1:].ljust(9, "0"))
+                    if nanos:
+                        nanos_field = _T_NANOS + varint(nanos)
+                        size = len(seconds) + len(nanos_field)
+                        return _T_TIMESTAMP + _SMALL[size] + seconds + nanos_field
+                    return _T_TIMESTAMP + _SMALL[len(seconds)] + seconds
+        ts = proto.timestamp(timestamp_ns(ev))
+        return _T_TIMESTAMP + varint(len(ts)) + ts
+
+
+def _metadata_head(name: str) -> bytes:
+    """A LabelPairAdapter up to its value: name field, then the value's tag."""
+    raw = name.encode()
+    return (_T_NAME + varint(len(raw)) + raw if raw else b"") + _T_VALUE
+
+
+def _metadata_field(head: bytes, value: str) -> bytes:
+    """One structuredMetadata field of an EntryAdapter (tag, length, pair)."""
+    raw = value.encode()
+    n = len(raw)
+    size = len(head) + 1 + n
+    if size < 128:
+        return b"".join((_T_METADATA, _SMALL[size], head, _SMALL[n], raw))
+    pair = head + varint(n) + raw
+    return _T_METADATA + varint(len(pair)) + pair
+
+
+_H_USER = _metadata_head("user")
+_H_USER_KIND = _metadata_head("user_kind")
+_H_NAMESPACE = _metadata_head("namespace")
+_H_RESOURCE = _metadata_head("resource")
+_H_SUBRESOURCE = _metadata_head("subresource")
+_H_NAME = _metadata_head("name")
+_H_CODE = _metadata_head("code")
+_H_AUDIT_ID = _metadata_head("audit_id")
+_H_SOURCE_IP = _metadata_head("source_ip")
+_H_STAGE = _metadata_head("stage")
+_H_RULES = _metadata_head("rules")
+_H_SEVERITY = _metadata_head("severity")
+_LEVEL_FIELDS = tuple(
+    _metadata_field(_metadata_head("detected_level"), level) for level in ("error", "warn", "info")
+)
 
 
 def _label_value(ev: AuditEvent, name: str) -> str:

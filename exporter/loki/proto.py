@@ -27,6 +27,23 @@ def varint(n: int) -> bytes:
     """Base-128 varint; negative numbers as their 64-bit two's complement."""
     if 0 <= n < 128:
         return _SMALL[n]
+    # Lengths and nanoseconds: up to five bytes, without a loop.
+    if 0 < n < 1 << 14:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if 0 < n < 1 << 21:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    if 0 < n < 1 << 28:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
+    if 0 < n < 1 << 35:
+        return bytes(
+            (
+                n & 0x7F | 0x80,
+                n >> 7 & 0x7F | 0x80,
+                n >> 14 & 0x7F | 0x80,
+                n >> 21 & 0x7F | 0x80,
+                n >> 28,
+            )
+        )
     if n < 0:
         n += 1 << 64
     out = bytearray()
