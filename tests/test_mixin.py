@@ -438,7 +438,12 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`')
 _PARSER_PARAMS = re.compile(r"\|\s*(?:json|logfmt)\b([^|]*)")
 
 
-def logql_problems(expr: str, service_name: str) -> list[str]:
+def logql_problems(
+    expr: str,
+    service_name: str,
+    stream_labels: set[str] = STREAM_LABELS,
+    metadata: set[str] = STRUCTURED_METADATA,
+) -> list[str]:
     """Syntax balance and label names of a LogQL expression: stream matchers
     may only use the exporter's stream labels; label filters, grouping and
     line_format templates only stream labels, structured metadata, or labels
@@ -461,14 +466,14 @@ def logql_problems(expr: str, service_name: str) -> list[str]:
     extracted = set()
     for params in _PARSER_PARAMS.findall(masked):
         extracted.update(re.findall(r"(\w+)\s*=", params))
-    allowed = STREAM_LABELS | STRUCTURED_METADATA | extracted
+    allowed = stream_labels | metadata | extracted
     selectors = re.findall(r"\{([^{}]*)\}", masked)
     if not selectors:
         problems.append("no stream selector")
     for sel in selectors:
         names = re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", sel)
         for n in names:
-            if n not in STREAM_LABELS:
+            if n not in stream_labels:
                 problems.append(f"stream selector on {n!r}, not a stream label")
         if "service_name" not in names:
             problems.append("stream selector without service_name")

@@ -25,6 +25,26 @@ local rules = import 'recording-rules.libsonnet';
 
   local a = cfg.alerts,
 
+  // Events counted over `window` with more than `threshold`, where the
+  // counter's series is created by the first event (webhook names, anonymous
+  // verbs, source addresses cannot be created at zero ahead of time), which
+  // increase() cannot see. A series that did not exist `window` ago counts
+  // with its whole value, provided Prometheus was already scraping the
+  // exporter then (so a fresh Prometheus does not fire on old events).
+  local increaseOrNew(metric, matchers, labels, window, threshold) =
+    local m = '%s{%s, %s}' % [metric, sel, matchers];
+    |||
+      sum by (%(by)s) (increase(%(m)s[%(w)s])) > %(t)g
+      or
+      (
+        sum by (%(by)s) (%(m)s)
+        unless
+        sum by (%(by)s) (%(m)s offset %(w)s)
+      ) > %(t)g
+      and on (%(cluster)s, job)
+      count by (%(cluster)s, job) (up{%(sel)s} offset %(w)s)
+    ||| % { by: by(labels), m: m, w: window, t: threshold, sel: sel, cluster: cfg.clusterLabel },
+
   local latencyExpr =
     local verbs = std.objectFields(a.KubeAuditAPILatencyHigh.verbThresholdSeconds);
     local metric = rec.verbQuantile + '{quantile="0.99"%s}';
@@ -155,7 +175,7 @@ local rules = import 'recording-rules.libsonnet';
           ) +
           alert(
             'KubeAuditAuthFailureBurst',
-            'sum by (%s) (increase(kube_audit_source_auth_failures_total{%s, reason="unauthenticated"}[%s])) > %g' % [by(['source_ip']), sel, a.KubeAuditAuthFailureBurst.window, a.KubeAuditAuthFailureBurst.threshold],
+            increaseOrNew('kube_audit_source_auth_failures_total', 'reason="unauthenticated"', ['source_ip'], a.KubeAuditAuthFailureBurst.window, a.KubeAuditAuthFailureBurst.threshold),
             'Many failed authentications from one address.',
             '{{ $labels.source_ip }} failed to authenticate {{ $value | humanize }} times in the last %s%s (__other__ gathers the addresses beyond metrics.max_source_ips).' % [a.KubeAuditAuthFailureBurst.window, inCluster],
           ) +
@@ -167,13 +187,13 @@ local rules = import 'recording-rules.libsonnet';
           ) +
           alert(
             'KubeAuditAnonymousAccessAllowed',
-            'sum by (%s) (increase(kube_audit_sensitive_operations_total{%s, category="anonymous", code_class="2xx", resource!=""}[%s])) > 0' % [by(['verb', 'resource']), sel, a.KubeAuditAnonymousAccessAllowed.window],
+            increaseOrNew('kube_audit_sensitive_operations_total', 'category="anonymous", code_class="2xx", resource!=""', ['verb', 'resource'], a.KubeAuditAnonymousAccessAllowed.window, 0),
             'Anonymous requests to resources succeed.',
             'system:anonymous did {{ $labels.verb }} on {{ $labels.resource }} {{ $value | humanize }} times in the last %s%s and was allowed: a role is bound to anonymous users.' % [a.KubeAuditAnonymousAccessAllowed.window, inCluster],
           ) +
           alert(
             'KubeAuditWebhookFailedOpen',
-            'sum by (%s) (increase(kube_audit_webhook_failed_open_total{%s}[%s])) > 0' % [by(['webhook']), sel, a.KubeAuditWebhookFailedOpen.window],
+            increaseOrNew('kube_audit_webhook_failed_open_total', 'webhook!=""', ['webhook'], a.KubeAuditWebhookFailedOpen.window, 0),
             'An admission webhook failed open.',
             'Admission webhook {{ $labels.webhook }} failed {{ $value | humanize }} times in the last %s%s and the requests were admitted without it (failurePolicy: Ignore).' % [a.KubeAuditWebhookFailedOpen.window, inCluster],
           ),
