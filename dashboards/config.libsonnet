@@ -131,8 +131,8 @@
       // An admission webhook failed and the request went through unchecked
       // (failurePolicy: Ignore): a policy engine that can be knocked out.
       KubeAuditWebhookFailedOpen: { enabled: true, severity: 'warning', 'for': '0m', window: '10m' },
-      // An anonymous request to a resource succeeded. Health and version URLs
-      // (no resource) are public by default and are left out.
+      // An anonymous request succeeded. The exporter leaves the health and
+      // version URLs, public by default, out of the anonymous category.
       KubeAuditAnonymousAccessAllowed: { enabled: true, severity: 'warning', 'for': '0m', window: '10m' },
       // A capped family (users, source IPs) folds new values into __other__:
       // dashboards lose detail; raise metrics.max_users / max_source_ips.

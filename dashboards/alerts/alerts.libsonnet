@@ -187,9 +187,9 @@ local rules = import 'recording-rules.libsonnet';
           ) +
           alert(
             'KubeAuditAnonymousAccessAllowed',
-            increaseOrNew('kube_audit_sensitive_operations_total', 'category="anonymous", code_class="2xx", resource!=""', ['verb', 'resource'], a.KubeAuditAnonymousAccessAllowed.window, 0),
-            'Anonymous requests to resources succeed.',
-            'system:anonymous did {{ $labels.verb }} on {{ $labels.resource }} {{ $value | humanize }} times in the last %s%s and was allowed: a role is bound to anonymous users.' % [a.KubeAuditAnonymousAccessAllowed.window, inCluster],
+            increaseOrNew('kube_audit_sensitive_operations_total', 'category="anonymous", code_class="2xx"', ['verb', 'resource'], a.KubeAuditAnonymousAccessAllowed.window, 0),
+            'Anonymous requests succeed.',
+            'system:anonymous did {{ $labels.verb }} on {{ with $labels.resource }}{{ . }}{{ else }}a non-resource URL{{ end }} {{ $value | humanize }} times in the last %s%s and was allowed: a role is bound to anonymous users.' % [a.KubeAuditAnonymousAccessAllowed.window, inCluster],
           ) +
           alert(
             'KubeAuditWebhookFailedOpen',

@@ -47,7 +47,7 @@ local g = import '../lib/g.libsonnet';
         g.row('Events'),
         g.logs('Audit events', g.lq(|||
           %s | json user_agent="userAgent"
-            | line_format `{{.user}} {{.verb}} {{.resource}}{{with .subresource}}/{{.}}{{end}} {{.namespace}}/{{.name}} -> {{.code}} from {{.source_ip}} ({{.user_agent}}) {{.stage}}{{with .rules}} rules={{.}}{{end}}`
+            | line_format `{{.user}} {{.verb}} {{.resource}}{{with .subresource}}/{{.}}{{end}} {{with .namespace}}{{.}}/{{end}}{{.name}} -> {{.code}} from {{.source_ip}} ({{.user_agent}}) {{.stage}}{{with .rules}} rules={{.}}{{end}}`
         ||| % events), h=18, description='time, user, verb, object, code, source address, user agent. Expand a line for the whole event, its auditID and stage.'),
       ],
     ),

@@ -50,7 +50,7 @@ local g = import '../lib/g.libsonnet';
         g.row('Detections (Loki)'),
         g.logs('Critical and warning detections', g.lq(|||
           %s | severity=~"critical|warning" | json user_agent="userAgent"
-            | line_format `{{.severity}} {{.rules}}: {{.user}} {{.verb}} {{.resource}}{{with .subresource}}/{{.}}{{end}} {{.namespace}}/{{.name}} -> {{.code}} from {{.source_ip}} ({{.user_agent}})`
+            | line_format `{{.severity}} {{.rules}}: {{.user}} {{.verb}} {{.resource}}{{with .subresource}}/{{.}}{{end}} {{with .namespace}}{{.}}/{{end}}{{.name}} -> {{.code}} from {{.source_ip}} ({{.user_agent}})`
         ||| % L), description='Who did what to which object from where, for every event a critical or warning rule matched. Expand a line for the auditID and the whole event.'),
       ],
     ),
