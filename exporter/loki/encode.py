@@ -14,6 +14,10 @@ import orjson
 from . import proto
 from .entry import Entry, decode_record, encode_record, split_record
 
+_T_STREAMS = proto.tag(1, proto.LEN)
+_T_LABELS = proto.tag(1, proto.LEN)
+_T_ENTRIES = proto.tag(2, proto.LEN)
+
 
 @dataclass(frozen=True, slots=True)
 class Body:
@@ -25,15 +29,36 @@ class Body:
 
 
 def records_payload(records: Sequence[bytes]) -> bytes:
-    """The uncompressed logproto.PushRequest for spool records."""
-    streams: dict[bytes, list[bytes]] = {}
+    """The uncompressed logproto.PushRequest for spool records.
+
+    This runs once per entry sent: the entries are not copied out of their
+    records, and the request is one join of the pieces."""
+    varint = proto.varint
+    # label string -> [StreamAdapter pieces, their size]
+    streams: dict[bytes, tuple[list[bytes | memoryview], list[int]]] = {}
     for record in records:
-        labels, entry = split_record(record)
+        n = record[0] if record else 0x80
+        if n < 0x80:  # a one-byte length: every label string we write
+            start = n + 1
+            if start > len(record):
+                raise ValueError("record shorter than its labels")
+            labels = record[1:start]
+        else:
+            labels, entry = split_record(record)
+            start = len(record) - len(entry)
         s = streams.get(labels)
         if s is None:
-            s = streams[labels] = []
-        s.append(entry)
-    return proto.push_request(proto.stream(labels, s) for labels, s in streams.items())
+            head = _T_LABELS + varint(len(labels)) + labels
+            s = streams[labels] = ([head], [len(head)])
+        size = len(record) - start
+        length = varint(size)
+        s[0].extend((_T_ENTRIES, length, memoryview(record)[start:]))
+        s[1][0] += 1 + len(length) + size
+    parts: list[bytes | memoryview] = []
+    for pieces, (size,) in streams.values():
+        parts += (_T_STREAMS, varint(size))
+        parts += pieces
+    return b"".join(parts)
 
 
 def protobuf_payload(entries: Sequence[Entry]) -> bytes:

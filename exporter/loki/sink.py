@@ -41,7 +41,7 @@ from .encode import encode
 from .entry import Entry, EntryBuilder, MetadataHook, decode_record
 from .metrics import LokiMetrics
 from .settings import LokiSettings
-from .spool import Record, Spool
+from .spool import Position, Spool
 
 log = logging.getLogger(__name__)
 
@@ -228,24 +228,33 @@ class LokiSink:
         batch_bytes = self.settings.batch_bytes
         batch_wait = self.settings.batch_wait
         cursor = spool.head()
-        pending: list[Record] = []
+        # The records read for the next batch: payloads, when the first was
+        # appended, and the position just after the last.
+        pending: list[bytes] = []
         pending_bytes = 0
+        first_ts = 0.0
+        end = cursor
         while not self._stop.is_set():
             spool.sync_if_due()
             if pending_bytes < batch_bytes:
-                records, cursor = spool.read(cursor, batch_bytes - pending_bytes)
-                pending.extend(records)
-                pending_bytes += sum(len(r.payload) for r in records)
+                chunk = spool.read_chunk(cursor, batch_bytes - pending_bytes)
+                cursor = chunk.cursor
+                if chunk.payloads and chunk.end is not None and chunk.first_ts is not None:
+                    if not pending:
+                        first_ts = chunk.first_ts
+                    pending += chunk.payloads
+                    pending_bytes += sum(map(len, chunk.payloads))
+                    end = chunk.end
                 self.pending_entries = len(pending)
             if pending and (
                 pending_bytes >= batch_bytes
                 or self._closing
                 or self._draining
-                or self.clock() - pending[0].append_ts >= batch_wait
+                or self.clock() - first_ts >= batch_wait
             ):
                 batch, pending, pending_bytes = pending, [], 0
                 self.pending_entries = 0
-                if not self._deliver(batch):
+                if not self._deliver(batch, end):
                     return
                 continue
             with spool.changed:
@@ -256,13 +265,13 @@ class LokiSink:
                         return  # drained
                     timeout = self.settings.fsync_interval
                 else:
-                    timeout = max(0.0, batch_wait - (self.clock() - pending[0].append_ts))
+                    timeout = max(0.0, batch_wait - (self.clock() - first_ts))
                 spool.changed.wait(min(timeout, batch_wait, 1.0) or 0.001)
 
-    def _deliver(self, batch: list[Record]) -> bool:
-        """Push ``batch`` until Loki has answered for every entry; then ack.
-        False when stopped first (the batch stays in the spool)."""
-        entries = [r.payload for r in batch]
+    def _deliver(self, entries: list[bytes], end: Position) -> bool:
+        """Push ``entries`` (spool records up to ``end``) until Loki has
+        answered for every one; then ack. False when stopped first (the
+        batch stays in the spool)."""
         work: list[list[bytes]] = [entries]
         attempt = 0
         fmt = self.settings.format
@@ -350,7 +359,7 @@ class LokiSink:
                 )
                 if self._stop.wait(delay):
                     return False
-        self.spool.ack(batch[-1].end, len(batch))
+        self.spool.ack(end, len(entries))
         return True
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"\xa7\x5d"
 _HEADER = struct.Struct("<2sII")  # magic, body length, crc32(length bytes + body)
 _STAMP = struct.Struct("<Q")  # append time, milliseconds since the epoch
+_LENGTH = struct.Struct("<I")
 _ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
 HEADER_SIZE = _HEADER.size + _STAMP.size
 MAX_RECORD = 64 << 20
@@ -57,6 +58,18 @@ class Record(NamedTuple):
     # The position just after this record: acknowledging it acknowledges
     # this record and all before it.
     end: Position
+
+
+class Chunk(NamedTuple):
+    """Records read for a batch, without a Record per entry (the sender's
+    read): their payloads, when the first was appended and the position
+    just after the last (None and None when there were none), and the
+    position to read on from."""
+
+    payloads: list[bytes]
+    first_ts: float | None
+    end: Position | None
+    cursor: Position
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +138,15 @@ def _parse(data: bytes, start: int) -> Iterator[_Good | _Bad]:
 
 
 def encode(payload: bytes, append_ts: float) -> bytes:
-    body = _STAMP.pack(int(append_ts * 1000)) + payload
-    length = struct.pack("<I", len(body))
-    crc = zlib.crc32(body, zlib.crc32(length))
-    return MAGIC + length + struct.pack("<I", crc) + body
+    stamp = _STAMP.pack(int(append_ts * 1000))
+    return _head(payload, stamp) + payload
+
+
+def _head(payload: bytes, stamp: bytes) -> bytes:
+    """A record up to its payload: header and append time."""
+    length = len(payload) + _STAMP.size
+    crc = zlib.crc32(payload, zlib.crc32(stamp, zlib.crc32(_LENGTH.pack(length))))
+    return _HEADER.pack(MAGIC, length, crc) + stamp
 
 
 class Spool:
@@ -304,8 +322,9 @@ class Spool:
         if not payloads:
             return True
         now = self.clock()
-        records = [encode(p, now) for p in payloads]
-        total = sum(len(r) for r in records)
+        stamp = _STAMP.pack(int(now * 1000))
+        heads = [_head(p, stamp) for p in payloads]
+        total = sum(map(len, payloads)) + HEADER_SIZE * len(payloads)
         with self._lock:
             if self._closed:
                 return False
@@ -316,31 +335,40 @@ class Spool:
             if sum(self._sizes.values()) + total > self.max_bytes and self._entries:
                 return False
             try:
-                self._write(records)
+                self._write(heads, payloads, total)
             except OSError as e:
                 log.error("spool write failed", extra={"dir": self.directory, "error": str(e)})
                 return False
-            self._entries += len(records)
+            self._entries += len(payloads)
             if self._oldest is None:
                 self._oldest = now
             self.changed.notify_all()
         return True
 
-    def _write(self, records: list[bytes]) -> None:
+    def _write(self, heads: list[bytes], payloads: Sequence[bytes], total: int) -> None:
+        """Records made of ``heads[i] + payloads[i]``, ``total`` bytes in all."""
         i = 0
-        while i < len(records):
+        n = len(payloads)
+        while i < n:
             fd = self._open_active()
             seg = self._active
             size = self._sizes[seg]
-            # Fill this segment up to its size (at least one record per segment).
-            j = i
-            chunk = 0
-            while j < len(records) and (
-                j == i or size + chunk + len(records[j]) <= self.segment_bytes
-            ):
-                chunk += len(records[j])
-                j += 1
-            data = b"".join(records[i:j])
+            if size + total <= self.segment_bytes:
+                j = n  # the rest fits this segment (the common case)
+            else:
+                # Fill this segment up to its size (at least one record per segment).
+                j = i
+                chunk = 0
+                while j < n and (
+                    j == i or size + chunk + HEADER_SIZE + len(payloads[j]) <= self.segment_bytes
+                ):
+                    chunk += HEADER_SIZE + len(payloads[j])
+                    j += 1
+            parts: list[bytes] = [b""] * (2 * (j - i))
+            parts[0::2] = heads[i:j]
+            parts[1::2] = payloads[i:j]
+            data = b"".join(parts)
+            total -= len(data)
             try:
                 written = 0
                 while written < len(data):
@@ -393,7 +421,29 @@ class Spool:
     def read(self, pos: Position, max_bytes: int) -> tuple[list[Record], Position]:
         """Records from ``pos`` on, about ``max_bytes`` of payload (at least
         one record when there is one), and the position after them."""
-        out: list[Record] = []
+        out: list[bytes] = []
+        marks: list[tuple[float, Position]] = []
+        pos, _ = self._read(pos, max_bytes, out, marks, True)
+        return [Record(p, ts, end) for p, (ts, end) in zip(out, marks, strict=True)], pos
+
+    def read_chunk(self, pos: Position, max_bytes: int) -> Chunk:
+        """What :meth:`read` reads, as a :class:`Chunk`."""
+        out: list[bytes] = []
+        marks: list[tuple[float, Position]] = []
+        pos, end = self._read(pos, max_bytes, out, marks, False)
+        return Chunk(out, marks[0][0] if marks else None, end, pos)
+
+    def _read(
+        self,
+        pos: Position,
+        max_bytes: int,
+        out: list[bytes],
+        marks: list[tuple[float, Position]],
+        every: bool,
+    ) -> tuple[Position, Position | None]:
+        """Payloads into ``out``, (append time, end) into ``marks`` for each
+        (``every``) or for the first only; (next position, end of the last)."""
+        last: Position | None = None
         budget = max_bytes
         while budget > 0:
             with self._lock:
@@ -401,21 +451,23 @@ class Spool:
                 if seg not in self._sizes:
                     nxt = self._next_segment(seg)
                     if nxt is None:
-                        return out, pos
+                        return pos, last
                     pos = (nxt, 0)
                     continue
                 size = self._sizes[seg]
                 if off >= size:
                     nxt = self._next_segment(seg)
                     if nxt is None:
-                        return out, pos
+                        return pos, last
                     pos = (nxt, 0)
                     continue
                 path = self._path(seg)
                 known = dict(self._known_bad)
             want = min(size - off, max(budget + HEADER_SIZE * 64, _READ_CHUNK))
             data = self._pread(path, off, want)
-            got, consumed = self._records(seg, off, data, size, out, budget, known)
+            got, consumed, end = self._records(
+                seg, off, data, size, out, marks, every, budget, known
+            )
             if consumed == 0 and not got and out:
                 break  # the next record does not fit this read
             if consumed == 0 and not got:
@@ -425,16 +477,20 @@ class Spool:
                     need = _HEADER.size + length
                     if length <= MAX_RECORD and off + need <= size:
                         data = self._pread(path, off, need)
-                        got, consumed = self._records(seg, off, data, size, out, budget, known)
+                        got, consumed, end = self._records(
+                            seg, off, data, size, out, marks, every, budget, known
+                        )
                 if consumed == 0:
                     # Damage up to the end of what was written: skip it all.
                     self._count_bad(seg, off, size, known)
                     consumed = size - off
+            if end >= 0:
+                last = (seg, off + end)
             pos = (seg, off + consumed)
             budget -= got
             if got == 0 and consumed == 0:
                 break
-        return out, pos
+        return pos, last
 
     def _pread(self, path: str, off: int, n: int) -> bytes:
         fd = os.open(path, os.O_RDONLY)
@@ -449,14 +505,19 @@ class Spool:
         base: int,
         data: bytes,
         size: int,
-        out: list[Record],
+        out: list[bytes],
+        marks: list[tuple[float, Position]],
+        every: bool,
         budget: int,
         known: dict[Position, int],
-    ) -> tuple[int, int]:
-        """Append whole records from ``data`` (at ``base``) to ``out``; return
-        (payload bytes taken, bytes consumed)."""
+    ) -> tuple[int, int, int]:
+        """Append the payloads of whole records from ``data`` (at ``base``)
+        to ``out`` and their (append time, end) to ``marks``, for every
+        record or for the first; return (payload bytes taken, bytes consumed,
+        end of the last record taken or -1), offsets relative to ``base``."""
         got = 0
         pos = 0
+        last = -1
         n = len(data)
         view = memoryview(data)
         unpack = _HEADER.unpack_from
@@ -474,12 +535,11 @@ class Spool:
                     and end <= n
                     and crc32(view[pos + hsize : end], crc32(view[pos + 2 : pos + 6])) == crc
                 ):
-                    payload = data[pos + HEADER_SIZE : end]
-                    out.append(
-                        Record(payload, stamp(data, pos + hsize)[0] / 1000.0, (seg, base + end))
-                    )
+                    out.append(data[pos + HEADER_SIZE : end])
+                    if every or not marks:
+                        marks.append((stamp(data, pos + hsize)[0] / 1000.0, (seg, base + end)))
                     got += end - pos - HEADER_SIZE
-                    pos = end
+                    pos = last = end
                     continue
             # Incomplete at the end of this chunk (but not of the file): stop here.
             if base + n < size and n - pos >= _HEADER.size:
@@ -500,7 +560,7 @@ class Spool:
                 self._count_bad(seg, base + pos, base + nxt, known)
                 bad_end = base + nxt
             pos = bad_end - base
-        return got, pos
+        return got, pos, last
 
     def _count_bad(self, seg: int, start: int, end: int, known: dict[Position, int]) -> None:
         if (seg, start) in known:
