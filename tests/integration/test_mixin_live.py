@@ -391,6 +391,12 @@ def stack(
             prom_process=prom,
             processes=processes,
         )
+        poll(
+            lambda: requests.get(f"{s.prometheus}/-/ready", timeout=2).ok,
+            timeout=60,
+            what="Prometheus ready",
+            on_timeout=prom.output,
+        )
         # Prometheus has seen the counters at zero before anything arrives,
         # so that increase() and rate() see the events arrive.
         rule_id = critical_rule().id
