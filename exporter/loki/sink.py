@@ -4,8 +4,11 @@
 them to the spool; it returns False, taking nothing, when the spool is full,
 so the webhook answers 503 and the log tailer keeps its checkpoint. The
 sender thread reads the spool in order, cuts batches at ``batch_bytes`` or
-after ``batch_wait``, pushes them and acknowledges each batch in the spool
-only once Loki has answered for it:
+after ``batch_wait``, pushes them one at a time, in order, and acknowledges
+each batch in the spool only once Loki has answered for it. While a batch's
+first push is in flight (on a short-lived thread of its own), the sender
+reads and encodes the next batch, which is pushed only once the one before
+it is settled, so entries reach Loki and leave the spool in spool order:
 
 - 2xx: sent.
 - 400 (and other final 4xx): Loki kept the valid entries; the refused ones
@@ -37,7 +40,7 @@ from ..logs import RateLimitedLog, safe_url
 from ..metrics import AuditMetrics
 from ..redact import Redactor
 from . import client as c
-from .encode import encode
+from .encode import Body, encode
 from .entry import Entry, EntryBuilder, MetadataHook, decode_record
 from .metrics import LokiMetrics
 from .settings import LokiSettings
@@ -227,6 +230,9 @@ class LokiSink:
         spool = self.spool
         batch_bytes = self.settings.batch_bytes
         batch_wait = self.settings.batch_wait
+        fmt = self.settings.format
+        # The batch whose first push is in flight, settled by _deliver.
+        inflight: tuple[list[bytes], Position, _Push] | None = None
         cursor = spool.head()
         # The records read for the next batch: payloads, when the first was
         # appended, and the position just after the last.
@@ -254,8 +260,25 @@ class LokiSink:
             ):
                 batch, pending, pending_bytes = pending, [], 0
                 self.pending_entries = 0
-                if not self._deliver(batch, end):
+                try:
+                    body: Body | None = encode(batch, fmt)
+                except ValueError:
+                    body = None  # _deliver sorts out the damaged records
+                if inflight is not None:
+                    if not self._deliver(*inflight):
+                        return
+                    inflight = None
+                if body is None:
+                    if not self._deliver(batch, end):
+                        return
+                else:
+                    inflight = (batch, end, _Push(self.client, body, len(batch)))
+                continue
+            if inflight is not None:
+                # Nothing more to send yet: settle the push in flight first.
+                if not self._deliver(*inflight):
                     return
+                inflight = None
                 continue
             with spool.changed:
                 if self._stop.is_set() or (spool.available(cursor) and pending_bytes < batch_bytes):
@@ -268,33 +291,28 @@ class LokiSink:
                     timeout = max(0.0, batch_wait - (self.clock() - first_ts))
                 spool.changed.wait(min(timeout, batch_wait, 1.0) or 0.001)
 
-    def _deliver(self, entries: list[bytes], end: Position) -> bool:
+    def _deliver(self, entries: list[bytes], end: Position, first: _Push | None = None) -> bool:
         """Push ``entries`` (spool records up to ``end``) until Loki has
-        answered for every one; then ack. False when stopped first (the
-        batch stays in the spool)."""
+        answered for every one; then ack. ``first`` is their first push,
+        already started. False when stopped first (the batch stays in the
+        spool)."""
         work: list[list[bytes]] = [entries]
         attempt = 0
         fmt = self.settings.format
         while work:
             part = work[0]
-            try:
-                body = encode(part, fmt)
-            except ValueError:
-                # A record that passed its checksum but does not decode: a bug.
-                good = [r for r in part if _decodes(r)]
-                self.stats.rejected({"other": len(part) - len(good)})
-                log.error(
-                    "spool records could not be decoded; skipped",
-                    extra={"records": len(part) - len(good)},
-                )
-                work[0] = part = good
-                if not part:
+            if first is not None:
+                body = first.body
+                result, seconds = first.wait()
+                first = None
+            else:
+                part, pushed, result, seconds = self._push(part, fmt)
+                if pushed is None:
                     work.pop(0)
                     continue
-                body = encode(part, fmt)
-            start = time.monotonic()
-            result = self.client.push(body, len(part))
-            self.stats.request(result.code, time.monotonic() - start, result.reason)
+                work[0] = part
+                body = pushed
+            self.stats.request(result.code, seconds, result.reason)
             outcome = result.outcome
             if outcome == c.OK:
                 self.stats.sent(len(part))
@@ -362,6 +380,30 @@ class LokiSink:
         self.spool.ack(end, len(entries))
         return True
 
+    def _push(
+        self, part: list[bytes], fmt: str
+    ) -> tuple[list[bytes], Body | None, c.PushResult, float]:
+        """Encode and push ``part`` once: (what was pushed, body, result,
+        seconds). Records that do not decode are counted, logged and left
+        out; no body when none is left."""
+        try:
+            body = encode(part, fmt)
+        except ValueError:
+            # A record that passed its checksum but does not decode: a bug.
+            good = [r for r in part if _decodes(r)]
+            self.stats.rejected({"other": len(part) - len(good)})
+            log.error(
+                "spool records could not be decoded; skipped",
+                extra={"records": len(part) - len(good)},
+            )
+            if not good:
+                return good, None, c.PushResult(c.OK, ""), 0.0
+            part = good
+            body = encode(part, fmt)
+        start = time.monotonic()
+        result = self.client.push(body, len(part))
+        return part, body, result, time.monotonic() - start
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         s = self.settings
         base: float = min(s.backoff_max, s.backoff_min * 2.0 ** min(attempt - 1, 40))
@@ -402,6 +444,38 @@ class LokiSink:
                 log.info("credential file changed; trying Loki again")
                 return True
         return False
+
+
+class _Push:
+    """One push on a thread of its own, so that the sender can prepare the
+    next batch meanwhile. One at a time: the sender waits for it before
+    starting another."""
+
+    def __init__(self, client: c.LokiClient, body: Body, entries: int) -> None:
+        self.body = body
+        self._client = client
+        self._entries = entries
+        self._result: c.PushResult | None = None
+        self._error: BaseException | None = None
+        self._seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="loki-push", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        try:
+            self._result = self._client.push(self.body, self._entries)
+        except BaseException as e:  # handed to the sender, as if it had pushed itself
+            self._error = e
+        self._seconds = time.monotonic() - start
+
+    def wait(self) -> tuple[c.PushResult, float]:
+        """(result, seconds) once the push is answered; its exception, if any."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result, self._seconds
 
 
 def _decodes(record: bytes) -> bool:
