@@ -180,6 +180,9 @@ class Spool:
         self._dirty = False
         self._last_sync = clock()
         self._closed = False
+        # The segment the sender reads, kept open between reads: (path, fd).
+        self._reading: tuple[str, int] | None = None
+        self._read_lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
         self._recover()
 
@@ -493,10 +496,17 @@ class Spool:
         return pos, last
 
     def _pread(self, path: str, off: int, n: int) -> bytes:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.pread(fd, n, off)
-        finally:
+        with self._read_lock:
+            if self._reading is None or self._reading[0] != path:
+                self._close_reading()
+                self._reading = (path, os.open(path, os.O_RDONLY))
+            return os.pread(self._reading[1], n, off)
+
+    def _close_reading(self, path: str | None = None) -> None:
+        """Close the segment kept open for reading (only if it is ``path``)."""
+        if self._reading is not None and path in (None, self._reading[0]):
+            fd = self._reading[1]
+            self._reading = None
             os.close(fd)
 
     def _records(
@@ -595,6 +605,8 @@ class Spool:
             self._write_ack(pos)
             for s in [s for s in self._sizes if s < pos[0]]:
                 del self._sizes[s]
+                with self._read_lock:
+                    self._close_reading(self._path(s))
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(s))
             self._known_bad = {k: v for k, v in self._known_bad.items() if k[0] >= pos[0]}
@@ -655,5 +667,7 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._close_active()
+            with self._read_lock:
+                self._close_reading()
             self._closed = True
             self.changed.notify_all()
