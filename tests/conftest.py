@@ -10,9 +10,21 @@ import pytest
 from tests.loki_receiver import LokiReceiver, compile_push_proto
 
 ROOT = Path(__file__).resolve().parent.parent
-# The real audit events live beside the checkout (../shared/corpora); the
-# environment can point elsewhere for a clone made in another place.
-CORPORA = Path(os.environ.get("KUBE_AUDIT_CORPORA", ROOT.parent / "shared" / "corpora"))
+
+
+def _corpora() -> Path:
+    """The real audit events: KUBE_AUDIT_CORPORA, else ../shared/corpora beside
+    the checkout, else the workplace's shared folder (for a clone made
+    elsewhere, such as /tmp/fresh). Tests fail, never skip, without them."""
+    if "KUBE_AUDIT_CORPORA" in os.environ:
+        return Path(os.environ["KUBE_AUDIT_CORPORA"])
+    for candidate in (ROOT.parent / "shared" / "corpora", Path("/work/shared/corpora")):
+        if candidate.is_dir():
+            return candidate
+    return ROOT.parent / "shared" / "corpora"
+
+
+CORPORA = _corpora()
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from exporter.detect import load_rules
 from exporter.detect.noise import WHY_BENIGN, collect, render
+from tests.conftest import CORPORA
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "noise-report.md"
 
 
 def test_noise_report_is_up_to_date() -> None:
     ruleset = load_rules(None)
-    sources = collect(ruleset)
+    sources = collect(ruleset, CORPORA)
     expected = render(sources, ruleset)
     assert REPORT.read_text() == expected, (
         "docs/noise-report.md is stale: python -m exporter.detect.noise > docs/noise-report.md"
