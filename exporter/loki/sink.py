@@ -264,15 +264,17 @@ class LokiSink:
                     body: Body | None = encode(batch, fmt)
                 except ValueError:
                     body = None  # _deliver sorts out the damaged records
-                if inflight is not None:
-                    if not self._deliver(*inflight):
-                        return
-                    inflight = None
-                if body is None:
-                    if not self._deliver(batch, end):
-                        return
-                else:
+                settled, inflight = inflight, None
+                if settled is not None and not self._settle(settled[0], settled[2]):
+                    return
+                if body is not None:
                     inflight = (batch, end, _Push(self.client, body, len(batch)))
+                if settled is not None:
+                    # Acknowledged while the next push is in flight: still
+                    # in spool order, and only once Loki has answered.
+                    spool.ack(settled[1], len(settled[0]))
+                if body is None and not self._deliver(batch, end):
+                    return
                 continue
             if inflight is not None:
                 # Nothing more to send yet: settle the push in flight first.
@@ -296,6 +298,15 @@ class LokiSink:
         answered for every one; then ack. ``first`` is their first push,
         already started. False when stopped first (the batch stays in the
         spool)."""
+        if not self._settle(entries, first):
+            return False
+        self.spool.ack(end, len(entries))
+        return True
+
+    def _settle(self, entries: list[bytes], first: _Push | None = None) -> bool:
+        """Push ``entries`` until Loki has answered for every one (sent,
+        refused or dropped as too large), retrying as needed; False when
+        stopped first. The caller acknowledges them."""
         work: list[list[bytes]] = [entries]
         attempt = 0
         fmt = self.settings.format
@@ -377,7 +388,6 @@ class LokiSink:
                 )
                 if self._stop.wait(delay):
                     return False
-        self.spool.ack(end, len(entries))
         return True
 
     def _push(
