@@ -27,6 +27,7 @@ it is settled, so entries reach Loki and leave the spool in spool order:
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
@@ -227,11 +228,18 @@ class LokiSink:
                 self.stats.sender_up = 0.0
 
     def _loop(self) -> None:
+        pusher = _Pusher(self.client)
+        try:
+            self._send(pusher)
+        finally:
+            pusher.stop()
+
+    def _send(self, pusher: _Pusher) -> None:
         spool = self.spool
         batch_bytes = self.settings.batch_bytes
         batch_wait = self.settings.batch_wait
         fmt = self.settings.format
-        # The batch whose first push is in flight, settled by _deliver.
+        # The batch whose first push is in flight, settled by _settle.
         inflight: tuple[list[bytes], Position, _Push] | None = None
         cursor = spool.head()
         # The records read for the next batch: payloads, when the first was
@@ -268,7 +276,7 @@ class LokiSink:
                 if settled is not None and not self._settle(settled[0], settled[2]):
                     return
                 if body is not None:
-                    inflight = (batch, end, _Push(self.client, body, len(batch)))
+                    inflight = (batch, end, pusher.push(body, len(batch)))
                 if settled is not None:
                     # Acknowledged while the next push is in flight: still
                     # in spool order, and only once Loki has answered.
@@ -457,35 +465,57 @@ class LokiSink:
 
 
 class _Push:
-    """One push on a thread of its own, so that the sender can prepare the
-    next batch meanwhile. One at a time: the sender waits for it before
-    starting another."""
+    """One push, made by the :class:`_Pusher` thread."""
 
-    def __init__(self, client: c.LokiClient, body: Body, entries: int) -> None:
+    def __init__(self, body: Body, entries: int) -> None:
         self.body = body
-        self._client = client
-        self._entries = entries
+        self.entries = entries
+        self._done = threading.Event()
         self._result: c.PushResult | None = None
         self._error: BaseException | None = None
         self._seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name="loki-push", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
+    def run(self, client: c.LokiClient) -> None:
         start = time.monotonic()
         try:
-            self._result = self._client.push(self.body, self._entries)
+            self._result = client.push(self.body, self.entries)
         except BaseException as e:  # handed to the sender, as if it had pushed itself
             self._error = e
         self._seconds = time.monotonic() - start
+        self._done.set()
 
     def wait(self) -> tuple[c.PushResult, float]:
         """(result, seconds) once the push is answered; its exception, if any."""
-        self._thread.join()
+        self._done.wait()
         if self._error is not None:
             raise self._error
         assert self._result is not None
         return self._result, self._seconds
+
+
+class _Pusher:
+    """The thread that makes each batch's first push, so that the sender can
+    read and encode the next batch meanwhile. The sender starts one push at a
+    time and waits for it before starting another."""
+
+    def __init__(self, client: c.LokiClient) -> None:
+        self._client = client
+        self._jobs: queue.SimpleQueue[_Push | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="loki-push", daemon=True)
+        self._thread.start()
+
+    def push(self, body: Body, entries: int) -> _Push:
+        job = _Push(body, entries)
+        self._jobs.put(job)
+        return job
+
+    def stop(self) -> None:
+        """End the thread after the push it is making, if any."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job.run(self._client)
 
 
 def _decodes(record: bytes) -> bool:
