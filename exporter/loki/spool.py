@@ -175,6 +175,11 @@ class Spool:
         self._corrupt = 0
         self._known_bad: dict[Position, int] = {}  # start -> end of damage already counted
         self._oldest: float | None = None
+        # False when _oldest must be read from the head record (after an
+        # ack), which stats() does when asked rather than every ack.
+        self._oldest_known = True
+        # Serialises acks: their file writes run outside _lock.
+        self._ack_lock = threading.Lock()
         self._active = 0
         self._fd: int | None = None
         self._dirty = False
@@ -343,7 +348,7 @@ class Spool:
                 log.error("spool write failed", extra={"dir": self.directory, "error": str(e)})
                 return False
             self._entries += len(payloads)
-            if self._oldest is None:
+            if self._oldest is None and self._oldest_known:
                 self._oldest = now
             self.changed.notify_all()
         return True
@@ -587,31 +592,43 @@ class Spool:
     # --- acknowledging -------------------------------------------------------
 
     def ack(self, pos: Position, count: int) -> None:
-        """Loki has everything before ``pos`` (``count`` records since the last ack)."""
-        with self._lock:
-            self._entries = max(0, self._entries - count)
-            seg, off = pos
-            if self._next_segment(seg) is None and off >= self._sizes.get(seg, 0):
-                # Nothing is left (records found damaged while reading were
-                # never handed out, so the count may still hold them).
-                self._entries = 0
-            if seg == self._active and off >= self._sizes.get(seg, 0) and off > 0:
-                # Everything is acknowledged: start the next append on a new
-                # segment so this one can go.
-                self._close_active()
-                self._active += 1
-                pos = (self._active, 0)
-            self._ack = pos
+        """Loki has everything before ``pos`` (``count`` records since the last ack).
+
+        The ack file is written and the segments behind it deleted outside
+        the lock, so appends do not wait for that I/O; the records count as
+        gone (:meth:`empty`) only once the ack file is written."""
+        with self._ack_lock:
+            with self._lock:
+                seg, off = pos
+                left = max(0, self._entries - count)
+                if self._next_segment(seg) is None and off >= self._sizes.get(seg, 0):
+                    # Nothing is left (records found damaged while reading were
+                    # never handed out, so the count may still hold them).
+                    left = 0
+                # Taken off once the ack is written; appends may come meanwhile.
+                drop = self._entries - left
+                if seg == self._active and off >= self._sizes.get(seg, 0) and off > 0:
+                    # Everything is acknowledged: start the next append on a new
+                    # segment so this one can go.
+                    self._close_active()
+                    self._active += 1
+                    pos = (self._active, 0)
+                self._ack = pos
+                done = [s for s in self._sizes if s < pos[0]]
+                for s in done:
+                    del self._sizes[s]
+                self._known_bad = {k: v for k, v in self._known_bad.items() if k[0] >= pos[0]}
             self._write_ack(pos)
-            for s in [s for s in self._sizes if s < pos[0]]:
-                del self._sizes[s]
+            for s in done:
                 with self._read_lock:
                     self._close_reading(self._path(s))
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(s))
-            self._known_bad = {k: v for k, v in self._known_bad.items() if k[0] >= pos[0]}
-            self._oldest = self._peek_ts(pos) if self._entries else None
-            self.changed.notify_all()
+            with self._lock:
+                self._entries = max(0, self._entries - drop)
+                self._oldest = None
+                self._oldest_known = self._entries == 0
+                self.changed.notify_all()
 
     def _write_ack(self, pos: Position) -> None:
         data = _ACK.pack(pos[0], pos[1], 0)
@@ -645,6 +662,9 @@ class Spool:
 
     def stats(self) -> SpoolStats:
         with self._lock:
+            if not self._oldest_known:
+                self._oldest = self._peek_ts(self._ack) if self._entries else None
+                self._oldest_known = True
             disk = sum(self._sizes.values())
             head = self._ack[1] if self._ack[0] in self._sizes else 0
             return SpoolStats(
