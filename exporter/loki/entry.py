@@ -222,6 +222,8 @@ class EntryBuilder:
         # per metadata field, value -> the encoded field (code: by number).
         self._prefixes: dict[object, bytes] = {}
         self._seconds: dict[str, bytes] = {}
+        # audit_id's field up to its value, by the value's length (a UUID's 36).
+        self._audit_heads = {36: _metadata_field(_H_AUDIT_ID, "x" * 36)[:-36]}
         self._caches: tuple[dict[Any, bytes], ...] = tuple({} for _ in range(11))
         self.shrunk = 0
 
@@ -294,11 +296,38 @@ class EntryBuilder:
             if len(self._prefixes) >= _LABEL_CACHE_MAX:
                 self._prefixes.clear()
             prefix = self._prefixes[key] = proto.varint(len(raw)) + raw
+        parts = [prefix]
+        # The timestamp: the common RFC 3339 form here, the rest by proto.
+        stamp = ev.obj.get("stageTimestamp")
+        seconds = None
+        nanos = 0
+        if type(stamp) is str and len(stamp) >= 20 and stamp[-1] in "Zz":
+            seconds = self._seconds.get(stamp[:19]) or self._seconds_field(stamp[:19])
+            frac = stamp[19:-1]
+            if not frac:
+                pass
+            elif frac[0] == "." and 1 < len(frac) <= 10 and frac[1:].isdigit():
+                nanos = int(frac[1:].ljust(9, "0"))
+            else:
+                seconds = None
+        if seconds is None:
+            ts = proto.timestamp(timestamp_ns(ev))
+            parts += (_T_TIMESTAMP, varint(len(ts)), ts)
+        elif nanos:
+            nanos_varint = varint(nanos)
+            parts += (
+                _T_TIMESTAMP,
+                _SMALL[len(seconds) + 1 + len(nanos_varint)],
+                seconds,
+                _T_NANOS,
+                nanos_varint,
+            )
+        else:
+            parts += (_T_TIMESTAMP, _SMALL[len(seconds)], seconds)
         line = self.line(ev)
         n = len(line)
-        parts = [prefix, self._timestamp(ev), _T_LINE, _SMALL[n] if n < 128 else varint(n), line]
-        if not n:
-            del parts[2:]
+        if n:
+            parts += (_T_LINE, _SMALL[n] if n < 128 else varint(n), line)
         cached = self._cached
         c = self._caches
         put = parts.append
@@ -326,7 +355,12 @@ class EntryBuilder:
             put(c[6].get(code) or self._code_field(code))
         value = ev.audit_id
         if value:
-            put(_metadata_field(_H_AUDIT_ID, value))
+            raw = value.encode()
+            head = self._audit_heads.get(len(raw))
+            if head is None:
+                put(_metadata_field(_H_AUDIT_ID, value))
+            else:
+                parts += (head, raw)
         value = ev.source_ip
         if value:
             put(c[7].get(value) or cached(c[7], _H_SOURCE_IP, value, _UNBOUNDED_CACHE_MAX))
@@ -362,33 +396,17 @@ class EntryBuilder:
         field = cache[code] = _metadata_field(_H_CODE, str(code))
         return field
 
-    def _timestamp(self, ev: AuditEvent) -> bytes:
-        """The EntryAdapter's timestamp field, tag and length included: the
-        bytes proto.timestamp(timestamp_ns(ev)) makes, with the common
-        RFC 3339 form's encoded seconds cached per second."""
-        value = ev.obj.get("stageTimestamp")
-        if type(value) is str and len(value) >= 20 and value[-1] in "Zz":
-            head = value[:19]
-            seconds = self._seconds.get(head)
-            if seconds is None:
-                base = _epoch_seconds(head)
-                if base is not None and base > 0:
-                    if len(self._seconds) >= _SECONDS_CACHE_MAX:
-                        self._seconds.clear()
-                    seconds = self._seconds[head] = _T_SECONDS + varint(base)
-            if seconds is not None:
-                frac = value[19:-1]
-                if frac == "":
-                    return _T_TIMESTAMP + _SMALL[len(seconds)] + seconds
-                if frac[0] == "." and 1 < len(frac) <= 10 and frac[1:].isdigit():
-                    nanos = int(frac[1:].ljust(9, "0"))
-                    if nanos:
-                        nanos_field = _T_NANOS + varint(nanos)
-                        size = len(seconds) + len(nanos_field)
-                        return _T_TIMESTAMP + _SMALL[size] + seconds + nanos_field
-                    return _T_TIMESTAMP + _SMALL[len(seconds)] + seconds
-        ts = proto.timestamp(timestamp_ns(ev))
-        return _T_TIMESTAMP + varint(len(ts)) + ts
+    def _seconds_field(self, head: str) -> bytes | None:
+        """Timestamp.seconds for ``2006-01-02T15:04:05`` (UTC), encoded and
+        cached; None when it does not parse or is not after the epoch (left
+        to proto.timestamp)."""
+        base = _epoch_seconds(head)
+        if base is None or base <= 0:
+            return None
+        if len(self._seconds) >= _SECONDS_CACHE_MAX:
+            self._seconds.clear()
+        field = self._seconds[head] = _T_SECONDS + varint(base)
+        return field
 
 
 def _metadata_head(name: str) -> bytes:
