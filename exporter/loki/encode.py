@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 import cramjam
 import orjson
@@ -33,32 +34,41 @@ def records_payload(records: Sequence[bytes]) -> bytes:
 
     This runs once per entry sent: the entries are not copied out of their
     records, and the request is one join of the pieces."""
-    varint = proto.varint
-    # label string -> [StreamAdapter pieces, their size]
-    streams: dict[bytes, tuple[list[bytes | memoryview], list[int]]] = {}
+    streams: dict[bytes, list[bytes]] = {}
     for record in records:
+        # A one-byte length, as every label string we write has; else the
+        # general path, which raises ValueError on a damaged record.
         n = record[0] if record else 0x80
-        if n < 0x80:  # a one-byte length: every label string we write
-            start = n + 1
-            if start > len(record):
-                raise ValueError("record shorter than its labels")
-            labels = record[1:start]
+        labels = record[1 : n + 1] if n < 0x80 and n < len(record) else split_record(record)[0]
+        group = streams.get(labels)
+        if group is None:
+            streams[labels] = [record]
         else:
-            labels, entry = split_record(record)
-            start = len(record) - len(entry)
-        s = streams.get(labels)
-        if s is None:
-            head = _T_LABELS + varint(len(labels)) + labels
-            s = streams[labels] = ([head], [len(head)])
-        size = len(record) - start
-        length = varint(size)
-        s[0].extend((_T_ENTRIES, length, memoryview(record)[start:]))
-        s[1][0] += 1 + len(length) + size
+            group.append(record)
+    varint = proto.varint
     parts: list[bytes | memoryview] = []
-    for pieces, (size,) in streams.values():
-        parts += (_T_STREAMS, varint(size))
-        parts += pieces
+    for labels, group in streams.items():
+        head = _T_LABELS + varint(len(labels)) + labels
+        start = len(head) - 1  # the labels' length and the labels
+        entries = [memoryview(r)[start:] for r in group]
+        lengths = [_length(len(e)) for e in entries]
+        size = len(head) + len(entries) + sum(map(len, lengths)) + sum(map(len, entries))
+        parts += (_T_STREAMS, varint(size), head)
+        parts += chain.from_iterable(zip(repeat(_T_ENTRIES), lengths, entries))
     return b"".join(parts)
+
+
+_LENGTHS: dict[int, bytes] = {}
+
+
+def _length(n: int) -> bytes:
+    """varint(n), remembered for the sizes entries have (under 16 KiB)."""
+    out = _LENGTHS.get(n)
+    if out is None:
+        out = proto.varint(n)
+        if n < 1 << 14:
+            _LENGTHS[n] = out
+    return out
 
 
 def protobuf_payload(entries: Sequence[Entry]) -> bytes:
