@@ -19,8 +19,13 @@ for their batch: the ack position is written to ``ack`` (write, fsync,
 rename) before whole segments behind it are deleted. Everything after it is
 read again on the next start, so delivery is at least once.
 
-Thread safety: one writer (the pipeline, under its lock), one reader (the
-sender thread), and scrapes reading :meth:`stats`, all through one lock.
+Thread safety: writers (the pipeline), one reader (the sender thread), and
+scrapes reading :meth:`stats`. The spool's state is under one lock; the
+disk I/O of an append (writing, fsync) and of an ack (the ack file,
+deleting segments) runs outside it, appends one at a time and acks one at
+a time, so that the sender does not wait for an append's fsync nor an
+append for an ack's. Records become visible to the reader, and count, only
+once written (and synced, per the policy).
 """
 
 from __future__ import annotations
@@ -180,6 +185,10 @@ class Spool:
         self._oldest_known = True
         # Serialises acks: their file writes run outside _lock.
         self._ack_lock = threading.Lock()
+        # Serialises appends and guards the active segment's descriptor: an
+        # append writes (and fsyncs) outside _lock, so that the sender's
+        # reads and acks do not wait for the disk. Taken before _lock.
+        self._append_lock = threading.Lock()
         self._active = 0
         self._fd: int | None = None
         self._dirty = False
@@ -333,34 +342,35 @@ class Spool:
         stamp = _STAMP.pack(int(now * 1000))
         heads = [_head(p, stamp) for p in payloads]
         total = sum(map(len, payloads)) + HEADER_SIZE * len(payloads)
-        with self._lock:
-            if self._closed:
-                return False
-            # A batch larger than the whole spool could never fit: take it
-            # when nothing is waiting, or its source would wait forever (the
-            # tailer hands over up to 1000 lines at once). The overshoot is
-            # bounded by one batch.
-            if sum(self._sizes.values()) + total > self.max_bytes and self._entries:
-                return False
+        with self._append_lock:
+            with self._lock:
+                if self._closed:
+                    return False
+                # A batch larger than the whole spool could never fit: take it
+                # when nothing is waiting, or its source would wait forever (the
+                # tailer hands over up to 1000 lines at once). The overshoot is
+                # bounded by one batch.
+                if sum(self._sizes.values()) + total > self.max_bytes and self._entries:
+                    return False
             try:
-                self._write(heads, payloads, total)
+                self._write(heads, payloads, total, now)
             except OSError as e:
                 log.error("spool write failed", extra={"dir": self.directory, "error": str(e)})
                 return False
-            self._entries += len(payloads)
-            if self._oldest is None and self._oldest_known:
-                self._oldest = now
-            self.changed.notify_all()
         return True
 
-    def _write(self, heads: list[bytes], payloads: Sequence[bytes], total: int) -> None:
-        """Records made of ``heads[i] + payloads[i]``, ``total`` bytes in all."""
+    def _write(self, heads: list[bytes], payloads: Sequence[bytes], total: int, now: float) -> None:
+        """Records made of ``heads[i] + payloads[i]``, ``total`` bytes in all,
+        with _append_lock held. Each segment's part is written (and synced,
+        per the policy) outside _lock, then published under it: its size,
+        so readers see it, and its count."""
         i = 0
         n = len(payloads)
         while i < n:
-            fd = self._open_active()
-            seg = self._active
-            size = self._sizes[seg]
+            with self._lock:
+                fd = self._open_active()
+                seg = self._active
+                size = self._sizes[seg]
             if size + total <= self.segment_bytes:
                 j = n  # the rest fits this segment (the common case)
             else:
@@ -389,23 +399,39 @@ class Spool:
                 # Leave no partial record behind: the next start would count it.
                 os.ftruncate(fd, size)
                 raise
-            self._sizes[seg] = size + len(data)
-            if self._sizes[seg] >= self.segment_bytes:
+            with self._lock:
+                self._sizes[seg] = size + len(data)
+                self._entries += j - i
+                if self._oldest is None and self._oldest_known:
+                    self._oldest = now
+                self.changed.notify_all()
+            if size + len(data) >= self.segment_bytes:
                 self._close_active()
             i = j
         if self.fsync == "interval":
-            self.sync_if_due()
+            self._sync_due()
 
     def sync_if_due(self) -> None:
-        """For the ``interval`` policy: fsync when the interval has passed."""
-        with self._lock:
-            if not self._dirty or self._fd is None:
-                return
-            now = self.clock()
-            if self.fsync == "interval" and now - self._last_sync >= self.fsync_interval:
-                os.fdatasync(self._fd)
-                self._dirty = False
-                self._last_sync = now
+        """For the ``interval`` policy: fsync when the interval has passed
+        (unless an append is writing: it syncs when due itself)."""
+        if self.fsync != "interval" or not self._dirty:
+            return
+        if not self._append_lock.acquire(blocking=False):
+            return
+        try:
+            self._sync_due()
+        finally:
+            self._append_lock.release()
+
+    def _sync_due(self) -> None:
+        """sync_if_due with _append_lock held."""
+        if not self._dirty or self._fd is None:
+            return
+        now = self.clock()
+        if now - self._last_sync >= self.fsync_interval:
+            os.fdatasync(self._fd)
+            self._dirty = False
+            self._last_sync = now
 
     # --- reading -------------------------------------------------------------------
 
@@ -607,12 +633,21 @@ class Spool:
                     left = 0
                 # Taken off once the ack is written; appends may come meanwhile.
                 drop = self._entries - left
-                if seg == self._active and off >= self._sizes.get(seg, 0) and off > 0:
+                if (
+                    seg == self._active
+                    and off >= self._sizes.get(seg, 0)
+                    and off > 0
+                    and self._append_lock.acquire(blocking=False)
+                ):
                     # Everything is acknowledged: start the next append on a new
-                    # segment so this one can go.
-                    self._close_active()
-                    self._active += 1
-                    pos = (self._active, 0)
+                    # segment so this one can go (not while an append is
+                    # writing: then it is not everything for long).
+                    try:
+                        self._close_active()
+                        self._active += 1
+                        pos = (self._active, 0)
+                    finally:
+                        self._append_lock.release()
                 self._ack = pos
                 done = [s for s in self._sizes if s < pos[0]]
                 for s in done:
@@ -685,7 +720,7 @@ class Spool:
             return self._entries == 0
 
     def close(self) -> None:
-        with self._lock:
+        with self._append_lock, self._lock:
             self._close_active()
             with self._read_lock:
                 self._close_reading()
