@@ -32,8 +32,7 @@ class Body:
 def records_payload(records: Sequence[bytes]) -> bytes:
     """The uncompressed logproto.PushRequest for spool records.
 
-    This runs once per entry sent: the entries are not copied out of their
-    records, and the request is one join of the pieces."""
+    This runs once per entry sent: the request is one join of the pieces."""
     streams: dict[bytes, list[bytes]] = {}
     for record in records:
         # A one-byte length, as every label string we write has; else the
@@ -46,11 +45,11 @@ def records_payload(records: Sequence[bytes]) -> bytes:
         else:
             group.append(record)
     varint = proto.varint
-    parts: list[bytes | memoryview] = []
+    parts: list[bytes] = []
     for labels, group in streams.items():
         head = _T_LABELS + varint(len(labels)) + labels
         start = len(head) - 1  # the labels' length and the labels
-        entries = [memoryview(r)[start:] for r in group]
+        entries = [r[start:] for r in group]
         lengths = [_length(len(e)) for e in entries]
         size = len(head) + len(entries) + sum(map(len, lengths)) + sum(map(len, entries))
         parts += (_T_STREAMS, varint(size), head)
