@@ -6,9 +6,9 @@ so the webhook answers 503 and the log tailer keeps its checkpoint. The
 sender thread reads the spool in order, cuts batches at ``batch_bytes`` or
 after ``batch_wait``, pushes them one at a time, in order, and acknowledges
 each batch in the spool only once Loki has answered for it. While a batch's
-first push is in flight (on a short-lived thread of its own), the sender
-reads and encodes the next batch, which is pushed only once the one before
-it is settled, so entries reach Loki and leave the spool in spool order:
+first push is in flight (made by a push thread), the sender reads and
+encodes the next batch, which is pushed only once the one before it is
+settled, so entries reach Loki and leave the spool in spool order:
 
 - 2xx: sent.
 - 400 (and other final 4xx): Loki kept the valid entries; the refused ones
