@@ -262,12 +262,18 @@ def parse_time(value: Any) -> float:
     if len(value) == 27 and value[26] == "Z" and value[19] == ".":
         # the API server's own form, microseconds: "2024-05-01T10:00:00.123456Z"
         micros = value[20:26]
-        if micros.isdigit():
+        if micros.isascii() and micros.isdigit():
             return base + int(micros) * 1e-6
     rest = value[19:]
     if rest == "Z" or rest == "z":
         return base
-    if len(rest) > 2 and rest[0] == "." and rest[-1] in "Zz" and rest[1:-1].isdigit():
+    if (
+        len(rest) > 2
+        and rest[0] == "."
+        and rest[-1] in "Zz"
+        and rest[1:-1].isascii()
+        and rest[1:-1].isdigit()
+    ):
         frac = rest[1:-1]
         return base + int(frac) / float(10 ** len(frac))
     # An explicit offset or another unusual form: take the slow, exact path.

@@ -112,6 +112,9 @@ def test_bad_line_in_the_middle_does_not_stop_the_good_ones() -> None:
         (ev(stage="Whenever"), "invalid_value"),
         (ev(stageTimestamp="yesterday"), "invalid_value"),
         (ev(stageTimestamp=12), "wrong_type"),
+        # non-ASCII digits pass str.isdigit() but not int()
+        (ev(stageTimestamp="2024-05-01T10:00:00.12345²Z"), "invalid_value"),
+        (ev(stageTimestamp="2024-05-01T10:00:00.²Z"), "invalid_value"),
         (ev(user="alice"), "wrong_type"),
         (ev(sourceIPs="10.0.0.1"), "wrong_type"),
         (ev(responseStatus={"code": "200"}), "wrong_type"),

@@ -123,7 +123,7 @@ def timestamp_ns(ev: AuditEvent) -> int:
             frac = value[19:-1]
             if frac == "":
                 return base * 1_000_000_000
-            if frac[0] == "." and 1 < len(frac) <= 10 and frac[1:].isdigit():
+            if frac[0] == "." and 1 < len(frac) <= 10 and frac[1:].isascii() and frac[1:].isdigit():
                 return base * 1_000_000_000 + int(frac[1:].ljust(9, "0"))
     # v1beta1 events and unusual forms: the decoder's float, to the microsecond.
     return round(ev.stage_ts * 1_000_000) * 1000
@@ -306,7 +306,9 @@ class EntryBuilder:
             frac = stamp[19:-1]
             if not frac:
                 pass
-            elif frac[0] == "." and 1 < len(frac) <= 10 and frac[1:].isdigit():
+            elif (
+                frac[0] == "." and 1 < len(frac) <= 10 and frac[1:].isascii() and frac[1:].isdigit()
+            ):
                 nanos = int(frac[1:].ljust(9, "0"))
             else:
                 seconds = None
