@@ -71,6 +71,8 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test pyproject.toml
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/loki.py
+	$(BIN)/python bench/detect.py
 
 demo-data: $(VENV)/.installed
 	$(BIN)/kube-audit-exporter simulate --events 25000 --rate 25 --seed 20240501 \
