@@ -792,3 +792,16 @@ def test_insecure_skip_verify_accepts_an_unknown_ca(
     sink = open_sink(sinks, s)
     assert sink.submit(unique_events(corpora, 4))
     wait_for(lambda: loki.count() == 4)
+
+
+def test_drain_sends_a_partial_batch_without_waiting_for_batch_wait(
+    tmp_path: Path, loki: LokiReceiver, corpora: Path, sinks: list[LokiSink]
+) -> None:
+    """replay ends with drain(): the last, partial batch goes out at once
+    instead of after batch_wait (an hour here), and nothing is left behind."""
+    events = [c.event for c in corpus_events(corpora / "audit2rbac-demo")][:50]
+    sink = open_sink(sinks, settings(tmp_path, loki, batch_wait=3600.0))
+    submit_all(sink, events)
+    assert sink.drain(timeout=30.0)
+    assert loki.count() == len(events)
+    assert sink.pending_entries == 0
