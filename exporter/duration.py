@@ -30,15 +30,23 @@ def parse_go_duration(text: str) -> float | None:
     return total
 
 
+_DAYS = re.compile(r"(\d+(?:\.\d+)?)d")
+
+
 def parse_duration(value: Any) -> float:
+    """Seconds in a configured duration: Go syntax (30s, 250ms, 1h30m), a
+    number of seconds, or days (7d); ValueError otherwise."""
     if type(value) in (int, float):
         return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    seconds = parse_go_duration(text)
-    if seconds is None:
-        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 250ms, 5m)")
-    return seconds
+    if isinstance(value, str):
+        text = value.strip()
+        days = _DAYS.fullmatch(text)
+        if days:
+            return float(days.group(1)) * 86400.0
+        try:
+            return float(text)
+        except ValueError:
+            seconds = parse_go_duration(text)
+            if seconds is not None:
+                return seconds
+    raise ValueError(f"{value!r} is not a duration (e.g. 30s, 250ms, 5m, 7d)")

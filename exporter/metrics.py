@@ -351,10 +351,6 @@ class AuditMetrics(Collector):
                 observe(ev)
         self.last_event[source] = newest
 
-    def observe_event(self, ev: AuditEvent, source: str, now: float) -> None:
-        """Account for one accepted, non-duplicate event."""
-        self.observe_batch([ev], source, now)
-
     def observe_request(self, ev: AuditEvent) -> None:
         """The request families, for the one event that counts per request."""
         verb = ev.verb

@@ -54,13 +54,14 @@ from typing import Any
 
 import yaml
 
+from ..duration import parse_duration
 from ..event import STAGES
 from . import located
 from .errors import RuleError
 from .located import LDict, LList, Where
 from .matchers import Node, Parser
 from .paths import ATTRIBUTE_FIELDS, DERIVED, PathError, parse
-from .settings import SEVERITIES, DetectionSettings, parse_duration_text
+from .settings import SEVERITIES, DetectionSettings
 
 KINDS = ("match", "threshold", "sequence", "first_seen")
 DEFAULT_STAGES = frozenset({"ResponseStarted", "ResponseComplete", "Panic"})
@@ -444,7 +445,7 @@ def _positive(doc: LDict, key: str, where: Where, problems: list[str], *, durati
         return 0.0
     try:
         if duration:
-            v = parse_duration_text(raw)
+            v = parse_duration(raw)
         else:
             if type(raw) is not int:
                 raise ValueError(f"{raw!r} is not an integer")
@@ -504,7 +505,7 @@ def _parse_state(doc: LDict, rule: Rule, where: Where, parser: Parser, problems:
         rule.ttl = _positive(doc, "ttl", where, problems, duration=True)
         if "learning" in doc:
             try:
-                rule.learning = parse_duration_text(doc["learning"])
+                rule.learning = parse_duration(doc["learning"])
                 if rule.learning < 0:
                     raise ValueError("must be >= 0")
             except ValueError as e:
@@ -574,7 +575,7 @@ def _example(item: Any, expect: bool, where: Where, problems: list[str]) -> Exam
         after: float | None = None
         if "after" in ev:
             try:
-                after = parse_duration_text(ev["after"])
+                after = parse_duration(ev["after"])
             except ValueError as e:
                 problems.append(wi.key(ev, "after")(str(e)))
         repeat = ev.get("repeat", 1)

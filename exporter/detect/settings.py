@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..duration import parse_go_duration
+from ..duration import parse_duration
 from .errors import RuleError
 from .located import Where
 
@@ -360,30 +360,12 @@ def _read_alertmanager(doc: Any, where: Where, values: dict[str, Any], problems:
         values["alert_link_template"] = template
     if "resolve_after" in doc:
         try:
-            seconds = parse_duration_text(doc["resolve_after"])
+            seconds = parse_duration(doc["resolve_after"])
             if seconds <= 0:
                 raise ValueError("must be > 0")
             values["alert_resolve_after"] = seconds
         except ValueError as e:
             problems.append(where.key(doc, "resolve_after")(str(e)))
-
-
-def parse_duration_text(value: Any) -> float:
-    """A duration: Go syntax (30s, 5m, 1h30m), a number of seconds, or days (7d)."""
-    if type(value) in (int, float):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)d", text)
-        if m:
-            return float(m.group(1)) * 86400.0
-        try:
-            return float(text)
-        except ValueError:
-            seconds = parse_go_duration(text)
-            if seconds is not None:
-                return seconds
-    raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 1h, 7d)")
 
 
 def utc_text(ts: float) -> str:
