@@ -47,13 +47,15 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.results import finish  # noqa: E402
 
 TARGET = 50.0  # the Loki path's events/s over the baseline's
 BATCH_LINES = 1000
@@ -541,19 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"\n{len(os.sched_getaffinity(0))} CPUs; Python {python}; events/s over "
                 "wall-clock time, first submit (or log call) to last entry acknowledged"
             )
-        if args.json and rows:
-            Path(args.json).write_text(
-                json.dumps(
-                    [{**asdict(r), "events_per_second": round(r.rate)} for r in rows], indent=2
-                )
-                + "\n"
-            )
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            for q in sorted(work.rglob("*"), reverse=True):
-                q.rmdir() if q.is_dir() else q.unlink()
-            work.rmdir()
+        finish(rows, args.json, work, args.keep)
     return 0
 
 

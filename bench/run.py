@@ -33,7 +33,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +42,7 @@ BENCH = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.results import finish  # noqa: E402
 from bench.workloads import write_bodies  # noqa: E402
 from exporter.simulate import Options, event_list, simulate_lines  # noqa: E402
 
@@ -361,19 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(table(rows))
             python = sys.version.split()[0]
             print(f"\n{len(cpus)} CPUs; Python {python}; events/s over wall-clock time")
-        if args.json and rows:
-            Path(args.json).write_text(
-                json.dumps(
-                    [{**asdict(r), "events_per_second": round(r.rate)} for r in rows], indent=2
-                )
-                + "\n"
-            )
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            for p in sorted(work.rglob("*"), reverse=True):
-                p.rmdir() if p.is_dir() else p.unlink()
-            work.rmdir()
+        finish(rows, args.json, work, args.keep)
     return 0
 
 

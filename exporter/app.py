@@ -118,10 +118,11 @@ def build_pipeline(
     """decode -> redact -> detect -> sinks -> metrics, as configured, and the
     Alertmanager notifier (not started) when URLs are set. Shared by ``run``
     and ``replay``. Raises LokiSetupError, RuleError or ValueError."""
+    settings = loki_settings(cfg, spool_dir=spool_dir)
     processors: list[Processor] = []
-    if cfg.loki.redact:
+    if settings.redact:
         # First, so that nothing after it (Loki, Alertmanager, logs) sees secrets.
-        processors.append(Redactor(loki_settings(cfg, spool_dir=spool_dir or "").redact_paths))
+        processors.append(Redactor(settings.redact_paths))
     detection = detection_settings(cfg)
     notifier = None
     if detection.alertmanager_urls:
@@ -136,8 +137,7 @@ def build_pipeline(
         },
     )
     sinks: list[Sink] = []
-    if cfg.loki.url:
-        settings = loki_settings(cfg, spool_dir=spool_dir)
+    if settings.url:
         sinks.append(LokiSink(settings, metrics, redact=False))
         log.info("pushing to Loki", extra={"url": safe_url(settings.push_url)})
     else:

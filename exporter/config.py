@@ -711,8 +711,9 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
         if w.listen_address == cfg.web.listen_address:
             yield "webhook.listen_address: must differ from web.listen_address"
     if cfg.loki.url:
-        yield from bad_pairs(cfg.loki.headers, "loki.headers")
-        yield from bad_pairs(cfg.loki.redact_paths, "loki.redact_paths")
+        for key in ("headers", "redact_paths"):
+            for item in _pairs(getattr(cfg.loki, key))[1]:
+                yield f"loki.{key}: {item!r} is not name=value"
         # replay makes a temporary spool; run requires one (require_source)
         settings = loki_settings(cfg, spool_dir=cfg.spool.dir or "-")
         for problem in settings.problems():
@@ -729,28 +730,24 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
         yield "logfile.checkpoint_file: set without logfile.path"
 
 
-def _pairs(items: Sequence[str]) -> list[tuple[str, str]]:
-    """name=value items; malformed ones are left out (bad_pairs reports them)."""
-    out = []
+def _pairs(items: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """name=value items, and the malformed ones (left out of the pairs)."""
+    pairs: list[tuple[str, str]] = []
+    bad: list[str] = []
     for item in items:
         name, sep, value = item.partition("=")
         if sep and name.strip():
-            out.append((name.strip(), value.strip()))
-    return out
-
-
-def bad_pairs(items: Sequence[str], key: str) -> Iterator[str]:
-    for item in items:
-        name, sep, _ = item.partition("=")
-        if not sep or not name.strip():
-            yield f"{key}: {item!r} is not name=value"
+            pairs.append((name.strip(), value.strip()))
+        else:
+            bad.append(item)
+    return pairs, bad
 
 
 def loki_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
     """The Loki output's settings from the configuration."""
     lk, sp = cfg.loki, cfg.spool
     paths: dict[str, list[str]] = {}
-    for resource, path in _pairs(lk.redact_paths):
+    for resource, path in _pairs(lk.redact_paths)[0]:
         paths.setdefault(resource, []).append(path)
     return LokiSettings(
         url=lk.url,
@@ -764,7 +761,7 @@ def loki_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
         insecure_skip_verify=lk.insecure_skip_verify,
         connect_timeout=lk.connect_timeout,
         timeout=lk.timeout,
-        headers=dict(_pairs(lk.headers)),
+        headers=dict(_pairs(lk.headers)[0]),
         format=lk.format,
         batch_bytes=lk.batch_bytes,
         batch_wait=lk.batch_wait,
