@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 API_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1"})
@@ -55,14 +56,15 @@ class AuditEvent:
     """
 
     __slots__ = (
+        "_obj",
         "annotations",
         "api_group",
         "audit_id",
         "code",
+        "has_body",
         "impersonated_user",
         "name",
         "namespace",
-        "obj",
         "raw",
         "received_ts",
         "request_uri",
@@ -80,12 +82,14 @@ class AuditEvent:
     )
 
     def __init__(self, obj: dict[str, Any], raw: bytes | None = None) -> None:
-        self.obj = obj
+        self._obj: dict[str, Any] | None = obj
         self.raw = raw
         # Set by detection: ids of the rules this event matched and the
         # highest severity among them ("" when none).
         self.rules: tuple[str, ...] = ()
         self.severity: str = ""
+        # requestObject or responseObject is present (redaction looks there)
+        self.has_body: bool = "requestObject" in obj or "responseObject" in obj
 
         audit_id = obj.get("auditID")
         stage = obj.get("stage")
@@ -184,6 +188,17 @@ class AuditEvent:
         self.annotations: dict[str, Any] = ann or {}
 
         self.received_ts, self.stage_ts = _timestamps(obj)
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        """The decoded JSON. Events decoded by the fast path (see _fast_event)
+        parse it from ``raw`` on first use: most events never need it."""
+        obj = self._obj
+        if obj is None:
+            # msgspec accepted these bytes when it decoded the event, so its
+            # untyped decoder accepts them too.
+            obj = self._obj = _decode_any(self.raw)  # type: ignore[arg-type]
+        return obj
 
     @property
     def resource_label(self) -> str:
@@ -307,6 +322,118 @@ def _timestamps(obj: dict[str, Any]) -> tuple[float, float]:
     return parse_time(received), parse_time(stage)
 
 
+# --- the fast path -----------------------------------------------------------
+#
+# Most lines of an audit log are well-formed audit.k8s.io/v1 events. msgspec
+# decodes such a line straight into the few typed fields the exporter reads,
+# validating their types in C and skipping the request and response bodies
+# without building Python objects for them. Anything it refuses (bad JSON, a
+# field of another type, v1beta1 without micro timestamps, a wrapped or
+# foreign document) takes the general path below, which gives the exact
+# reason; so both paths accept and refuse the same inputs.
+
+
+class _User(msgspec.Struct, gc=False):
+    username: str = ""
+
+
+class _Ref(msgspec.Struct, gc=False):
+    resource: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    apiGroup: str = ""
+
+
+class _Status(msgspec.Struct, gc=False):
+    code: int = 0
+
+
+class _Fast(msgspec.Struct, gc=False):
+    auditID: str
+    stage: str
+    verb: str
+    kind: str = ""
+    apiVersion: str = ""
+    requestURI: str = ""
+    userAgent: str = ""
+    user: _User | None = None
+    impersonatedUser: _User | None = None
+    sourceIPs: list[str] | None = None
+    objectRef: _Ref | None = None
+    responseStatus: _Status | None = None
+    annotations: dict[str, str] | None = None
+    requestReceivedTimestamp: str = ""
+    stageTimestamp: str = ""
+    # kept as undecoded bytes: only their presence is read here
+    requestObject: msgspec.Raw = msgspec.Raw()
+    responseObject: msgspec.Raw = msgspec.Raw()
+
+
+_decode_fast = msgspec.json.Decoder(_Fast).decode
+_decode_any = msgspec.json.Decoder().decode
+_new_event = object.__new__
+
+
+def _fast_event(line: bytes) -> AuditEvent | None:
+    """The event in ``line``, or None when the general path must decide."""
+    try:
+        f = _decode_fast(line)
+    except msgspec.DecodeError:
+        return None
+    if (
+        f.kind != "Event"
+        or f.apiVersion not in API_VERSIONS
+        or f.stage not in STAGES
+        or not f.requestReceivedTimestamp
+        or not f.stageTimestamp
+    ):
+        return None
+    try:
+        received = parse_time(f.requestReceivedTimestamp)
+        stage_ts = (
+            received
+            if f.stageTimestamp == f.requestReceivedTimestamp
+            else parse_time(f.stageTimestamp)
+        )
+    except InvalidEvent:
+        return None
+    ev: AuditEvent = _new_event(AuditEvent)
+    ev._obj = None
+    ev.raw = line
+    ev.rules = ()
+    ev.severity = ""
+    ev.has_body = bool(f.requestObject) or bool(f.responseObject)
+    ev.audit_id = f.auditID
+    ev.stage = f.stage
+    ev.verb = f.verb
+    ev.request_uri = f.requestURI
+    ev.user_agent = f.userAgent
+    user = f.user
+    username = user.username if user is not None else ""
+    ev.username = username
+    ev.user_kind = classify_user(username)
+    imp = f.impersonatedUser
+    ev.impersonated_user = imp.username if imp is not None else ""
+    ips = f.sourceIPs
+    ev.source_ip = ips[-1] if ips else ""
+    ref = f.objectRef
+    if ref is None:
+        ev.resource = ev.subresource = ev.namespace = ev.name = ev.api_group = ""
+    else:
+        ev.resource = ref.resource
+        ev.subresource = ref.subresource
+        ev.namespace = ref.namespace
+        ev.name = ref.name
+        ev.api_group = ref.apiGroup
+    status = f.responseStatus
+    ev.code = status.code if status is not None else 0
+    ev.annotations = f.annotations or {}
+    ev.received_ts = received
+    ev.stage_ts = stage_ts
+    return ev
+
+
 # --- documents ---------------------------------------------------------------
 
 
@@ -323,6 +450,9 @@ class Decoder:
                 "too_large", f"{len(line)} bytes is over the {self.max_event_bytes} byte limit"
             )
         line = line.rstrip(b"\r\n")
+        ev = _fast_event(line)
+        if ev is not None:
+            return ev
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:

@@ -253,21 +253,26 @@ class Redactor:
 
     def redact(self, ev: AuditEvent) -> bool:
         """Redact one event; True when something was changed."""
+        paths: tuple[Path, ...] = ()
+        if self.extra:
+            paths = self.extra.get(ev.resource_label, ())
+            if ev.subresource:
+                paths = paths + self.extra.get(ev.resource, ())
+            paths += self._any
+        if not ev.has_body and not paths:
+            # nothing to look at: leave the event (and its lazy JSON) alone
+            return False
         obj = ev.obj
         changed: list[str] = []
-        if "requestObject" in obj or "responseObject" in obj:
+        if ev.has_body:
             implied = _implied_kind(ev)
             for key in BODIES:
                 body = obj.get(key)
                 if type(body) in (dict, list) and _walk(body, implied):
                     changed.append(key)
-        if self.extra:
-            paths = self.extra.get(ev.resource_label, ())
-            if ev.subresource:
-                paths = paths + self.extra.get(ev.resource, ())
-            for path in paths + self._any:
-                if path.apply(obj):
-                    changed.append(path.segments[0][0])
+        for path in paths:
+            if path.apply(obj):
+                changed.append(path.segments[0][0])
         if not changed:
             return False
         ev.raw = None
