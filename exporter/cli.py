@@ -148,9 +148,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                         return 3
                     result = pipeline.process(batch, "replay", context=path)
                 report.duplicates += result.duplicates
-                for item in batch:
-                    if isinstance(item, InvalidEvent):
-                        report.invalid[item.reason] += 1
+                if result.invalid:
+                    for item in batch:
+                        if isinstance(item, InvalidEvent):
+                            report.invalid[item.reason] += 1
                 progress.update(counter.count if counter else 0, report.events)
         except (OSError, EOFError) as e:
             # a truncated .gz or an I/O error: keep what was read, say so

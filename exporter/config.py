@@ -318,7 +318,9 @@ class EventsConfig:
     dedupe_capacity: int = field(
         default=100_000,
         metadata=opt(
-            "How many recent (auditID, stage) keys are remembered to drop retried events.",
+            "How many recent (auditID, stage, stageTimestamp) keys are remembered, at "
+            "least, to drop retried events (up to twice as many are kept; 0: only "
+            "within one batch).",
             minimum=0,
         ),
     )

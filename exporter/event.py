@@ -31,6 +31,11 @@ INVALID_REASONS = (
     "too_large",  # over the configured per-event size limit
 )
 
+# The annotations the authorizer puts on nearly every event. An event whose
+# annotation keys are all among these has nothing else for the metrics or the
+# rules to look at (latency phases, Pod Security, failed-open webhooks, ...).
+COMMON_ANNOTATIONS = frozenset({"authorization.k8s.io/decision", "authorization.k8s.io/reason"})
+
 USER_KINDS = ("human", "serviceaccount", "node", "system", "anonymous", "unauthenticated")
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20

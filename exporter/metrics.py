@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
 from .duration import parse_go_duration
-from .event import INVALID_REASONS, AuditEvent
+from .event import COMMON_ANNOTATIONS, INVALID_REASONS, AuditEvent
 from .sensitive import categories as sensitive_categories
 
 PREFIX = "kube_audit_"
@@ -347,7 +347,13 @@ class AuditMetrics(Collector):
             lag(key, now - ts if now > ts else 0.0)
             if ts > newest:
                 newest = ts
-            if counts_as_request(ev):
+            # counts_as_request(ev), inlined: this loop runs for every event
+            stage = ev.stage
+            if (
+                stage == "ResponseComplete"
+                or stage == "Panic"
+                or (stage == "ResponseStarted" and ev.code == 401)
+            ):
                 observe(ev)
         self.last_event[source] = newest
 
@@ -369,7 +375,7 @@ class AuditMetrics(Collector):
                 self.source_auth_failures.inc_capped(ev.source_ip, (reason,))
         for category in sensitive_categories(ev):
             self.sensitive.inc((category, verb, resource, ev.code_class, kind))
-        if ev.annotations:
+        if not (ev.annotations.keys() <= COMMON_ANNOTATIONS):
             self._annotations(ev)
 
     def _annotations(self, ev: AuditEvent) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -53,35 +52,51 @@ class BatchResult:
     first_error: InvalidEvent | None = None
 
 
+Key = tuple[str, str, float]
+
+
 class Deduper:
-    """Remembers the last ``capacity`` event keys.
+    """Remembers recent event keys: at least the last ``capacity``, at most
+    about twice as many.
 
     The API server retries a webhook batch that was not answered 2xx, so the
     same events can arrive twice. The key is (auditID, stage, stageTimestamp):
     a retry repeats all three, while a client that reuses an ``Audit-ID``
     header for a new request cannot make that request vanish as a "duplicate".
+
+    Two generations of keys: when the current one holds ``capacity`` keys it
+    becomes the previous one, and the previous one is dropped whole. Batches
+    are checked and added with set operations, so there is no per-event
+    bookkeeping in Python.
     """
 
     def __init__(self, capacity: int = DEFAULT_DEDUPE_CAPACITY) -> None:
         self.capacity = capacity
-        self._keys: set[tuple[str, str, float]] = set()
-        # Insertion order, to forget the oldest. (Evicting the first key of a
-        # dict is O(n) once many keys were deleted from its front.)
-        self._order: deque[tuple[str, str, float]] = deque()
+        self._current: set[Key] = set()
+        self._previous: set[Key] = set()
 
-    def __contains__(self, key: tuple[str, str, float]) -> bool:
-        return key in self._keys
+    def __contains__(self, key: Key) -> bool:
+        return key in self._current or key in self._previous
 
-    def add(self, key: tuple[str, str, float]) -> None:
-        if key in self._keys:
-            return
-        self._keys.add(key)
-        self._order.append(key)
-        if len(self._order) > self.capacity:
-            self._keys.discard(self._order.popleft())
+    def isdisjoint(self, keys: set[Key]) -> bool:
+        """True when none of ``keys`` was seen."""
+        return self._current.isdisjoint(keys) and self._previous.isdisjoint(keys)
+
+    def add(self, key: Key) -> None:
+        self.update((key,))
+
+    def update(self, keys: Iterable[Key]) -> None:
+        if self.capacity <= 0:
+            return  # remember nothing: duplicates are found within a batch only
+        current = self._current
+        current.update(keys)
+        if len(current) >= self.capacity:
+            self._previous = current
+            self._current = set()
 
     def __len__(self) -> int:
-        return len(self._keys)
+        """Distinct keys remembered."""
+        return len(self._current | self._previous)
 
 
 class Pipeline:
@@ -117,14 +132,18 @@ class Pipeline:
                 errors.append(item)  # type: ignore[arg-type]
         with self._lock:
             dedupe = self.dedupe
-            fresh: list[AuditEvent] = []
-            batch_keys: set[tuple[str, str, float]] = set()
-            for ev in events:
-                key = (ev.audit_id, ev.stage, ev.stage_ts)
-                if key in dedupe or key in batch_keys:
-                    continue
-                batch_keys.add(key)
-                fresh.append(ev)
+            keys = [(ev.audit_id, ev.stage, ev.stage_ts) for ev in events]
+            batch_keys = set(keys)
+            fresh = events
+            if len(batch_keys) != len(keys) or not dedupe.isdisjoint(batch_keys):
+                # a retry or an overlap: keep the first of each key
+                fresh = []
+                batch_keys = set()
+                for ev, key in zip(events, keys, strict=True):
+                    if key in dedupe or key in batch_keys:
+                        continue
+                    batch_keys.add(key)
+                    fresh.append(ev)
             duplicates = len(events) - len(fresh)
             for processor in self.processors:
                 processor(fresh)
@@ -135,9 +154,7 @@ class Pipeline:
             metrics = self.metrics
             with metrics.lock:
                 metrics.observe_batch(fresh, source, now)
-                add = dedupe.add
-                for ev in fresh:
-                    add((ev.audit_id, ev.stage, ev.stage_ts))
+                dedupe.update(batch_keys)
                 if duplicates:
                     metrics.duplicate(source, duplicates)
                 for err in errors:

@@ -248,8 +248,14 @@ class Redactor:
         self.redacted_events = 0
 
     def __call__(self, events: list[AuditEvent]) -> None:
+        redact = self.redact
+        if self.extra:
+            for ev in events:
+                redact(ev)
+            return
         for ev in events:
-            self.redact(ev)
+            if ev.has_body:  # nothing else can hold a secret without extra paths
+                redact(ev)
 
     def redact(self, ev: AuditEvent) -> bool:
         """Redact one event; True when something was changed."""

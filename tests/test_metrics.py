@@ -195,17 +195,24 @@ def test_series_exist_at_zero_and_both_formats_render() -> None:
     assert om.endswith("# EOF\n") and "kube_audit_requests_total{" in om
 
 
-def test_dedupe_window_is_bounded_and_forgets_the_oldest() -> None:
+def test_dedupe_window_keeps_the_last_capacity_keys_and_is_bounded() -> None:
     from exporter.pipeline import Deduper
 
-    d = Deduper(capacity=3)
-    for i in range(5):
-        d.add((f"id-{i}", "ResponseComplete", 1.0))
-    assert len(d) == 3
-    assert ("id-0", "ResponseComplete", 1.0) not in d
-    assert ("id-4", "ResponseComplete", 1.0) in d
-    d.add(("id-4", "ResponseComplete", 1.0))  # seen again: no second slot
-    assert len(d) == 3 and ("id-2", "ResponseComplete", 1.0) in d
+    cap = 3
+    d = Deduper(capacity=cap)
+    keys = [(f"id-{i}", "ResponseComplete", 1.0) for i in range(20)]
+    for i, key in enumerate(keys):
+        d.add(key)
+        d.add(key)  # seen again: no second slot
+        # the last `cap` keys are always remembered ...
+        assert all(k in d for k in keys[max(0, i - cap + 1) : i + 1])
+        # ... memory stays within two generations ...
+        assert len(d) <= 2 * cap
+        # ... and a key is forgotten once two generations have passed it
+        if i >= 2 * cap:
+            assert keys[i - 2 * cap] not in d
+    assert d.isdisjoint({("id-0", "ResponseComplete", 1.0), ("new", "Panic", 2.0)})
+    assert not d.isdisjoint({keys[-1]})
 
 
 def test_anonymous_health_probes_are_not_sensitive() -> None:

@@ -84,6 +84,30 @@ def test_lines_mode_batches_and_numbers_lines() -> None:
     assert getattr(last, "line", None) == body.count(b"\n")
 
 
+def test_lines_across_reads_and_an_endless_garbage_line() -> None:
+    """Lines split across reads, CRLF, blank lines, no final newline, and a
+    line of 5 MiB without a newline between good events: every good event
+    is read and the long line is refused as too large."""
+    good = PERFSPEC.read_bytes().split(b"\n")[:3000]
+    body = (
+        b"\n".join(good[:1500])
+        + b"\r\n\n   \n"
+        + b"x" * (5 << 20)
+        + b"\n"
+        + b"\n".join(good[1500:])
+    )
+    want = [Decoder().decode_line(line).audit_id for line in good if line.strip()]
+
+    class SmallReads(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            return super().read(min(n if n is not None and n >= 0 else 1 << 30, 4099))
+
+    items = [x for b in read_batches(SmallReads(body), Decoder(max_event_bytes=1 << 20)) for x in b]
+    assert [x.audit_id for x in items if not hasattr(x, "reason")] == want
+    refused = [x for x in items if hasattr(x, "reason")]
+    assert [(x.reason, x.line) for x in refused] == [("too_large", 1503)]
+
+
 def test_progress_only_on_a_terminal() -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -13,12 +13,11 @@ from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..event import AuditEvent
+from ..event import COMMON_ANNOTATIONS, AuditEvent
 from ..logs import RateLimitedLog
 from ..metrics import AuditMetrics
 from .alerts import build_alert
 from .matchers import (
-    COMMON_ANNOTATIONS,
     And,
     Constraint,
     Context,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Any
 
-from ..event import AuditEvent, classify_user
+from ..event import COMMON_ANNOTATIONS, AuditEvent, classify_user
 from .located import Where
 from .paths import ATTRIBUTE_FIELDS, DERIVED, PathError, compile_getter, parse
 from .settings import NETWORK_SETTINGS, Network, parse_network
@@ -264,7 +264,6 @@ DIM_FIELDS = {
     "$user_kind": "user_kind",
     "responseStatus.code": "code",
 }
-COMMON_ANNOTATIONS = frozenset({"authorization.k8s.io/decision", "authorization.k8s.io/reason"})
 
 Pred = Callable[[Any], bool]
 # A necessary condition on the index key (a tuple in DIMS order); None: any key.

@@ -223,7 +223,7 @@ def load_rules(paths: Sequence[str] | None = None, *, with_defaults: bool = Fals
         except UnicodeDecodeError:
             problems.append(f"{path}: not UTF-8 text")
             continue
-        rf = parse_rule_file(text, _display(path), problems)
+        rf = _parse_cached(text, _display(path), problems)
         if rf is not None:
             loaded.append(rf)
     if not problems:
@@ -234,6 +234,28 @@ def load_rules(paths: Sequence[str] | None = None, *, with_defaults: bool = Fals
     if problems:
         raise RuleError(problems)
     return RuleSet(loaded)
+
+
+# A rule file parsed without problems, by (text, shown path): start-up
+# validates the configuration and then builds the detector from the same
+# files, and the YAML parse is most of the cost. Rules are not changed once
+# parsed, so sharing them is safe.
+_PARSED: dict[tuple[str, str], RuleFile] = {}
+_PARSED_MAX = 256
+
+
+def _parse_cached(text: str, path: str, problems: list[str]) -> RuleFile | None:
+    key = (text, path)
+    rf = _PARSED.get(key)
+    if rf is not None:
+        return rf
+    before = len(problems)
+    rf = parse_rule_file(text, path, problems)
+    if rf is not None and len(problems) == before:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = rf
+    return rf
 
 
 def _display(path: str) -> str:

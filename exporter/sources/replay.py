@@ -17,6 +17,7 @@ from ..event import AuditEvent, Decoder, InvalidEvent
 
 BATCH_LINES = 1000
 SNIFF_BYTES = 1 << 16
+READ_BYTES = 1 << 20
 
 Item = AuditEvent | InvalidEvent
 
@@ -57,7 +58,7 @@ class Progress:
 class _Counting(io.RawIOBase):
     """Counts the compressed bytes read, for progress on .gz files."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: io.RawIOBase) -> None:
         self.raw = raw
         self.count = 0
 
@@ -65,9 +66,7 @@ class _Counting(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
-        data = self.raw.read(len(b))
-        n = len(data)
-        b[:n] = data
+        n = self.raw.readinto(b) or 0
         self.count += n
         return n
 
@@ -76,7 +75,7 @@ def open_input(path: str) -> tuple[IO[bytes], _Counting | None, int | None]:
     """(binary stream, byte counter, total size) for a path, ``.gz`` or ``-``."""
     if path == "-":
         return sys.stdin.buffer, None, None
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
     size: int | None
     try:
         size = os.fstat(raw.fileno()).st_size
@@ -105,36 +104,60 @@ def read_batches(
             yield items[i : i + batch_lines]
         return
     batch: list[Item] = []
+    append = batch.append
     decode = decoder.decode_line
     lineno = 0
-    for line in _lines(head, stream):
-        lineno += 1
-        if not line.strip():
-            continue
-        try:
-            batch.append(decode(line))
-        except InvalidEvent as e:
-            e.line = lineno
-            batch.append(e)
-        if len(batch) >= batch_lines:
-            yield batch
-            batch = []
+    for lines in _line_blocks(head, stream, decoder.max_event_bytes):
+        for line in lines:
+            lineno += 1
+            if not line or line.isspace():
+                continue
+            try:
+                append(decode(line))
+            except InvalidEvent as e:
+                e.line = lineno
+                append(e)
+            if len(batch) >= batch_lines:
+                yield batch
+                batch = []
+                append = batch.append
     if batch:
         yield batch
 
 
-def _lines(head: bytes, stream: IO[bytes]) -> Iterator[bytes]:
-    nl = head.rfind(b"\n")
-    if nl < 0:
-        rest = stream.readline()
-        yield head + rest
-        yield from stream
-        return
-    yield from head[: nl + 1].splitlines(keepends=True)
-    tail = head[nl + 1 :]
-    if tail:
-        yield tail + stream.readline()
-    yield from stream
+def _line_blocks(head: bytes, stream: IO[bytes], limit: int) -> Iterator[list[bytes]]:
+    """The input's lines, without their newlines, a block at a time: one
+    split of a large read costs far less than a readline per line.
+
+    A line longer than ``limit`` is cut to ``limit + 1`` bytes while it is
+    read (the decoder refuses it as too large either way), so garbage
+    without newlines cannot fill the memory."""
+    parts = [head]
+    size = len(head)
+    while True:
+        chunk = stream.read(READ_BYTES)
+        if not chunk:
+            break
+        nl = chunk.rfind(b"\n")
+        if nl < 0:
+            # no line ends in this read
+            if size <= limit:
+                parts.append(chunk)
+                size += len(chunk)
+            continue
+        parts.append(chunk[:nl])
+        lines = b"".join(parts).split(b"\n")
+        tail = chunk[nl + 1 :]
+        parts = [tail]
+        size = len(tail)
+        yield lines if max(map(len, lines), default=0) <= limit else _cut(lines, limit)
+    rest = b"".join(parts)
+    if rest:
+        yield _cut(rest.split(b"\n"), limit)
+
+
+def _cut(lines: list[bytes], limit: int) -> list[bytes]:
+    return [line if len(line) <= limit else line[: limit + 1] for line in lines]
 
 
 def _starts_multiline_document(head: bytes) -> bool:
