@@ -49,10 +49,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import App
     from .detect import RuleError
     from .loki.client import LokiSetupError
+    from .runtime import tune_gc
 
     try:
         app = App(cfg)
         app.start()
+        tune_gc()
     except (OSError, ValueError, LokiSetupError, RuleError) as e:
         log.error("cannot start", extra={"error": str(e)})
         return 1
@@ -91,6 +93,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .loki.sink import LokiSink
     from .metrics import AuditMetrics
     from .report import Report, render_text
+    from .runtime import tune_gc
     from .sources.replay import Progress, open_input, read_batches
 
     try:
@@ -126,6 +129,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             loki = sink
     age = AgeCheck() if loki is not None else None
     decoder = Decoder(cfg.events.max_bytes)
+    tune_gc()
     status = 0
     for path in args.files:
         try:

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from exporter.runtime import GC_YOUNG_THRESHOLD, tune_gc
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    before = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+def test_tune_gc_freezes_start_up_objects_and_still_collects_cycles(restore_gc: None) -> None:
+    tune_gc()
+    assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+    assert gc.get_freeze_count() > 0
+
+    class Node:
+        other: object
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle, as a bug in a processor could make
+    gone = weakref.ref(a)
+    del a, b
+    # live allocations alone trigger the young collection
+    keep = [[] for _ in range(3 * GC_YOUNG_THRESHOLD)]
+    assert gone() is None
+    assert len(keep) == 3 * GC_YOUNG_THRESHOLD
