@@ -68,6 +68,7 @@ class AuditEvent:
         "code",
         "has_body",
         "impersonated_user",
+        "level",
         "name",
         "namespace",
         "raw",
@@ -78,6 +79,7 @@ class AuditEvent:
         "severity",
         "source_ip",
         "stage",
+        "stage_time",
         "stage_ts",
         "subresource",
         "user_agent",
@@ -193,6 +195,11 @@ class AuditEvent:
         self.annotations: dict[str, Any] = ann or {}
 
         self.received_ts, self.stage_ts = _timestamps(obj)
+        # as written, for outputs that keep every digit (Loki's nanoseconds)
+        stage_time = obj.get("stageTimestamp")
+        self.stage_time: str = stage_time if type(stage_time) is str else ""
+        level = obj.get("level")
+        self.level: str = level if type(level) is str else ""
 
     @property
     def obj(self) -> dict[str, Any]:
@@ -360,6 +367,7 @@ class _Fast(msgspec.Struct, gc=False):
     verb: str
     kind: str = ""
     apiVersion: str = ""
+    level: str = ""
     requestURI: str = ""
     userAgent: str = ""
     user: _User | None = None
@@ -436,6 +444,8 @@ def _fast_event(line: bytes) -> AuditEvent | None:
     ev.annotations = f.annotations or {}
     ev.received_ts = received
     ev.stage_ts = stage_ts
+    ev.stage_time = f.stageTimestamp
+    ev.level = f.level
     return ev
 
 

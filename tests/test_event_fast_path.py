@@ -115,6 +115,8 @@ DELETE = object()
 
 VARIANTS = [
     ("kind", DELETE),
+    ("level", DELETE),
+    ("level", 5),
     ("kind", "EventList"),
     ("kind", 0),
     ("apiVersion", DELETE),
@@ -206,3 +208,21 @@ def test_a_body_spelled_with_an_escaped_key_is_still_seen() -> None:
     ev = Decoder().decode_line(raw)
     assert ev.has_body
     assert ev.obj["requestObject"] == {"kind": "Secret"}
+
+
+def test_loki_records_do_not_parse_the_whole_event() -> None:
+    """The log tailer feeds Loki from the fast path: the record (labels incl.
+    audit_level, nanosecond timestamp, line) comes from the typed fields and
+    the original bytes, and equals the one built from a fully parsed event."""
+    from exporter.loki.entry import EntryBuilder
+    from exporter.loki.settings import LokiSettings
+
+    obj = variant("responseObject", DELETE)
+    obj["stageTimestamp"] = "2024-05-01T10:00:00.350000123Z"
+    raw = orjson.dumps(obj)
+    builder = EntryBuilder(LokiSettings(cluster="c", labels=("audit_level", "stage")))
+    fast = Decoder().decode_line(raw)
+    record = builder.record(fast)
+    assert fast._obj is None
+    assert record == builder.record(AuditEvent(orjson.loads(raw), raw))
+    assert builder.build(fast).ts_ns % 1_000_000_000 == 350_000_123

@@ -116,8 +116,8 @@ _SECOND_NS: dict[str, int] = {}
 def timestamp_ns(ev: AuditEvent) -> int:
     """stageTimestamp in integer nanoseconds, exact to the digits written
     (the float ``stage_ts`` only carries microseconds reliably)."""
-    value = ev.obj.get("stageTimestamp")
-    if type(value) is str and len(value) >= 20 and value[-1] in "Zz":
+    value = ev.stage_time
+    if len(value) >= 20 and value[-1] in "Zz":
         base = _epoch_seconds(value[:19])
         if base is not None:
             frac = value[19:-1]
@@ -298,10 +298,10 @@ class EntryBuilder:
             prefix = self._prefixes[key] = proto.varint(len(raw)) + raw
         parts = [prefix]
         # The timestamp: the common RFC 3339 form here, the rest by proto.
-        stamp = ev.obj.get("stageTimestamp")
+        stamp = ev.stage_time
         seconds = None
         nanos = 0
-        if type(stamp) is str and len(stamp) >= 20 and stamp[-1] in "Zz":
+        if len(stamp) >= 20 and stamp[-1] in "Zz":
             seconds = self._seconds.get(stamp[:19]) or self._seconds_field(stamp[:19])
             frac = stamp[19:-1]
             if not frac:
@@ -453,8 +453,7 @@ def _label_value(ev: AuditEvent, name: str) -> str:
     if name == "code_class":
         return ev.code_class if ev.code else ""
     if name == "audit_level":
-        level = ev.obj.get("level")
-        return level if type(level) is str else ""
+        return ev.level
     if name == "resource":
         return ev.resource
     if name == "api_group":
