@@ -71,7 +71,21 @@ class _Counting(io.RawIOBase):
         return n
 
 
-def open_input(path: str) -> tuple[IO[bytes], _Counting | None, int | None]:
+class _Position:
+    """The bytes read so far from a plain file: its position."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        self.raw = raw
+        self.done = 0
+
+    @property
+    def count(self) -> int:
+        if not self.raw.closed:
+            self.done = self.raw.tell()
+        return self.done
+
+
+def open_input(path: str) -> tuple[IO[bytes], _Counting | _Position | None, int | None]:
     """(binary stream, byte counter, total size) for a path, ``.gz`` or ``-``."""
     if path == "-":
         return sys.stdin.buffer, None, None
@@ -81,11 +95,12 @@ def open_input(path: str) -> tuple[IO[bytes], _Counting | None, int | None]:
         size = os.fstat(raw.fileno()).st_size
     except OSError:
         size = None
-    counter = _Counting(raw)
     if path.endswith(".gz"):
+        counter = _Counting(raw)
         gz = gzip.GzipFile(fileobj=io.BufferedReader(counter))
         return cast(IO[bytes], gz), counter, size
-    return io.BufferedReader(counter, buffer_size=1 << 20), counter, size
+    # read_batches reads a megabyte at a time: no buffer needed in between
+    return cast(IO[bytes], raw), _Position(raw), size
 
 
 def read_batches(
