@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .event import AuditEvent
-from .metrics import is_long_running
+from .metrics import CODE_LABEL, is_long_running
 from .sensitive import categories
 
 
@@ -72,7 +72,7 @@ class Report:
                 continue
             self.requests += 1
             code = ev.code
-            key = (ev.verb, ev.resource_label, str(code) if code else "unknown")
+            key = (ev.verb, ev.resource_label, CODE_LABEL.get(code) or str(code))
             by_request[key] = by_request.get(key, 0) + 1
             who = ev.username or "(unauthenticated)"
             users[who] = users.get(who, 0) + 1

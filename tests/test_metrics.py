@@ -226,3 +226,42 @@ def test_anonymous_health_probes_are_not_sensitive() -> None:
                    resource="", code_class="2xx", user_kind="anonymous") is None  # fmt: skip
     assert h.value("kube_audit_sensitive_operations_total", category="anonymous", verb="list",
                    resource="pods", code_class="2xx", user_kind="anonymous") == 1  # fmt: skip
+
+
+def test_histogram_observe_sorted_equals_one_observe_per_value() -> None:
+    import random
+
+    from exporter.metrics import LAG_BUCKETS, _Histogram
+
+    rng = random.Random(7)
+    values = [rng.choice([0.0, *LAG_BUCKETS, 1e6]) for _ in range(200)]
+    values += [rng.uniform(0, 100_000) for _ in range(800)]
+    one = _Histogram("a", "", ("source",), LAG_BUCKETS)
+    many = _Histogram("b", "", ("source",), LAG_BUCKETS)
+    for v in values:
+        one.observe(("x",), v)
+    many.observe_sorted(("x",), sorted(values[:500]))
+    many.observe_sorted(("x",), sorted(values[500:]))
+    many.observe_sorted(("x",), [])
+    assert one.values[("x",)][:-1] == many.values[("x",)][:-1]
+    assert one.values[("x",)][-1] == pytest.approx(many.values[("x",)][-1])
+
+
+def test_lag_is_zero_for_events_stamped_ahead_of_our_clock() -> None:
+    from exporter.event import Decoder
+
+    m = AuditMetrics(CollectorRegistry(), sources=["replay"])
+    d = Decoder()
+    now = 1714557600.0
+    events = [
+        d.decode_object(ev(auditID=f"e{i}", stageTimestamp=stamp))
+        for i, stamp in enumerate(
+            ["2024-05-01T10:00:05.000000Z", "2024-05-01T09:59:58.000000Z", "2024-05-01T09:00:00Z"]
+        )
+    ]
+    m.observe_batch(events, "replay", now)
+    row = m.lag.values[("replay",)]
+    # 0 (ahead), 2 s and 3600 s: buckets le=0.1, le=2.5 and le=3600
+    assert row[0] == 1 and row[3] == 1 and row[10] == 1 and sum(row[:-1]) == 3
+    assert row[-1] == pytest.approx(3602.0)
+    assert m.last_event["replay"] == now + 5
