@@ -9,6 +9,7 @@ bad line never stops the good ones around it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -39,6 +40,10 @@ COMMON_ANNOTATIONS = frozenset({"authorization.k8s.io/decision", "authorization.
 USER_KINDS = ("human", "serviceaccount", "node", "system", "anonymous", "unauthenticated")
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
+
+# Set on an event whose output had to leave something out (a Loki line over
+# its size limit, fields nested too deep to write).
+TRUNCATED_ANNOTATION = "kube-audit-exporter/truncated"
 
 
 class InvalidEvent(Exception):
@@ -207,9 +212,7 @@ class AuditEvent:
         parse it from ``raw`` on first use: most events never need it."""
         obj = self._obj
         if obj is None:
-            # msgspec accepted these bytes when it decoded the event, so its
-            # untyped decoder accepts them too.
-            obj = self._obj = _decode_any(self.raw)  # type: ignore[arg-type]
+            obj = self._obj = _parse_accepted(self.raw)  # type: ignore[arg-type]
         return obj
 
     @property
@@ -227,7 +230,7 @@ class AuditEvent:
         """The event as JSON bytes: the original line when there was one."""
         if self.raw is not None:
             return self.raw
-        return orjson.dumps(self.obj)
+        return dumps_event(self.obj)
 
     def __repr__(self) -> str:
         return f"AuditEvent({self.audit_id} {self.stage} {self.verb} {self.request_uri[:60]!r})"
@@ -385,16 +388,79 @@ class _Fast(msgspec.Struct, gc=False):
 
 
 _decode_fast = msgspec.json.Decoder(_Fast).decode
-_decode_any = msgspec.json.Decoder().decode
+# Numbers beyond the float range (1e400) are valid JSON that orjson refuses;
+# this decoder reads them as infinities.
+_decode_lenient = msgspec.json.Decoder(float_hook=float).decode
 _new_event = object.__new__
+
+
+def loads(data: bytes) -> Any:
+    """Parse JSON: orjson, and msgspec for the valid JSON orjson refuses
+    (numbers beyond the float range). Raises orjson.JSONDecodeError."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        try:
+            return _decode_lenient(data)
+        except (msgspec.DecodeError, RecursionError, ValueError):  # incl. bad UTF-8
+            raise e from None
+
+
+def dumps_event(obj: dict[str, Any]) -> bytes:
+    """JSON bytes of a decoded event, whatever its nesting: orjson writes 255
+    levels, msgspec as many as the stack allows; fields nested deeper still
+    are dropped, and the event says so (TRUNCATED_ANNOTATION)."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return msgspec.json.encode(obj)
+    except (RecursionError, TypeError, ValueError):
+        pass
+    out: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in obj.items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            dropped.append(key)
+        else:
+            out[key] = value
+    ann = out.get("annotations")
+    ann = dict(ann) if type(ann) is dict else {}
+    ann[TRUNCATED_ANNOTATION] = f"dropped {','.join(dropped)}: nested too deep to write"
+    out["annotations"] = ann
+    return orjson.dumps(out)
+
+
+def _parse_accepted(raw: bytes) -> dict[str, Any]:
+    """The whole object of a line the fast path accepted: it is valid UTF-8
+    and valid JSON, so this never fails."""
+    try:
+        return loads(raw)  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError:
+        # msgspec's depth limit counts the caller's stack too, and this may
+        # run deeper than the decode did: a fresh thread has the whole stack.
+        result: list[dict[str, Any]] = []
+        thread = threading.Thread(target=lambda: result.append(_decode_lenient(raw)))
+        thread.start()
+        thread.join()
+        return result[0]
 
 
 def _fast_event(line: bytes) -> AuditEvent | None:
     """The event in ``line``, or None when the general path must decide."""
     try:
         f = _decode_fast(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
+    if not line.isascii():
+        # msgspec does not check the UTF-8 of the values it skips
+        try:
+            line.decode()
+        except UnicodeDecodeError:
+            return None
     if not f.kind or not f.apiVersion or not f.requestReceivedTimestamp or not f.stageTimestamp:
         return None
     try:
@@ -464,7 +530,7 @@ class Decoder:
         if ev is not None:
             return ev
         try:
-            obj = orjson.loads(line)
+            obj = loads(line)
         except orjson.JSONDecodeError as e:
             raise InvalidEvent("invalid_json", str(e)) from None
         return self._event(obj, line)
@@ -508,7 +574,7 @@ class Decoder:
         if not stripped:
             return
         try:
-            doc = orjson.loads(stripped)
+            doc = loads(stripped)
         except orjson.JSONDecodeError:
             doc = _NOT_ONE_DOCUMENT
         if doc is _NOT_ONE_DOCUMENT:
@@ -553,8 +619,8 @@ class Decoder:
         check_size = len(stripped) > self.max_event_bytes
         for index, item in enumerate(items):
             try:
-                if check_size:
-                    size = len(orjson.dumps(item))
+                if check_size and type(item) is dict:  # anything else is refused below
+                    size = len(dumps_event(item))
                     if size > self.max_event_bytes:
                         raise InvalidEvent(
                             "too_large",

@@ -182,40 +182,43 @@ def _redact_embedded_secret(text: str) -> str:
     return out + "\n" if text.endswith("\n") else out
 
 
-def _walk(node: Any, implied: str | None) -> bool:
-    """Redact every secret value under ``node``. ``implied`` is the kind a
-    node without ``kind`` is known to have (SecretList items, patches)."""
+def _walk(root: Any, implied: str | None) -> bool:
+    """Redact every secret value under ``root``. ``implied`` is the kind a
+    node without ``kind`` is known to have (SecretList items, patches).
+    Iterative: a body nested a thousand levels deep is walked like any other."""
     changed = False
-    if type(node) is dict:
-        kind = node.get("kind")
-        if type(kind) is not str:
-            kind = implied
-        item_kind: str | None = None
-        if kind == "Secret":
-            changed = _redact_secret(node)
-        elif kind == "SecretList":
-            item_kind = "Secret"
-        elif kind == "TokenRequest":
-            changed = _redact_field(node, "status", "token")
-        elif kind == "TokenReview":
-            changed = _redact_field(node, "spec", "token")
-        for key, value in node.items():
-            if type(value) is dict:
-                if _walk(value, None):
-                    changed = True
-            elif type(value) is list and _walk(value, item_kind if key == "items" else None):
-                changed = True
-    elif type(node) is list:
-        if implied == "Secret" and node and all(type(op) is dict and "op" in op for op in node):
-            # A JSON patch (RFC 6902) sent to a Secret: every value may be secret.
-            for op in node:
-                if "value" in op and op["value"] is not None and op["value"] != REDACTED:
-                    op["value"] = REDACTED
-                    changed = True
-            return changed
-        for item in node:
-            if type(item) in (dict, list) and _walk(item, implied):
-                changed = True
+    pending: list[tuple[Any, str | None]] = [(root, implied)]
+    while pending:
+        node, implied = pending.pop()
+        if type(node) is dict:
+            kind = node.get("kind")
+            if type(kind) is not str:
+                kind = implied
+            item_kind: str | None = None
+            if kind == "Secret":
+                changed = _redact_secret(node) or changed
+            elif kind == "SecretList":
+                item_kind = "Secret"
+            elif kind == "TokenRequest":
+                changed = _redact_field(node, "status", "token") or changed
+            elif kind == "TokenReview":
+                changed = _redact_field(node, "spec", "token") or changed
+            for key, value in node.items():
+                if type(value) is dict:
+                    pending.append((value, None))
+                elif type(value) is list:
+                    pending.append((value, item_kind if key == "items" else None))
+        elif type(node) is list:
+            if implied == "Secret" and node and all(type(op) is dict and "op" in op for op in node):
+                # A JSON patch (RFC 6902) sent to a Secret: every value may be secret.
+                for op in node:
+                    if "value" in op and op["value"] is not None and op["value"] != REDACTED:
+                        op["value"] = REDACTED
+                        changed = True
+                continue
+            for item in node:
+                if type(item) in (dict, list):
+                    pending.append((item, implied))
     return changed
 
 

@@ -38,8 +38,28 @@ def assert_same(fast: AuditEvent | str, general: AuditEvent | str, where: str) -
         return
     for name in ATTRIBUTES:
         assert getattr(fast, name) == getattr(general, name), f"{where}: {name}"
-    assert fast.obj == general.obj, where
+    assert same_json(fast.obj, general.obj), where
     assert fast.to_bytes() == general.to_bytes(), where
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """a == b for decoded JSON, without recursion (bodies may nest deeply)."""
+    pending = [(a, b)]
+    while pending:
+        x, y = pending.pop()
+        if type(x) is not type(y):
+            return False
+        if type(x) is dict:
+            if x.keys() != y.keys():
+                return False
+            pending.extend((x[k], y[k]) for k in x)
+        elif type(x) is list:
+            if len(x) != len(y):
+                return False
+            pending.extend(zip(x, y, strict=True))
+        elif x != y:
+            return False
+    return True
 
 
 def corpus_lines() -> Iterator[tuple[str, bytes]]:
@@ -182,8 +202,22 @@ def test_fast_path_agrees_on_each_field_variant(
         b'"stageTimestamp":"2024-05-01T10:00:00Z","requestObject":{"a":[1,2,{"b":null}]},'
         b'"\\u0072esponseObject":{"kind":"Secret","data":{"k":"djE="}}}',
         orjson.dumps({"properties": {"log": orjson.dumps(good()).decode()}}),
+        # valid JSON that orjson alone refuses: read as infinity by both paths
+        orjson.dumps(good()).replace(b'"aHVudGVyMg=="', b"1e400"),
+        # invalid UTF-8 inside a body the fast path skips: refused by both
+        orjson.dumps(good()).replace(b"aHVudGVyMg==", b"\xff\xfe"),
+        orjson.dumps(good()).replace(b"aHVudGVyMg==", b"caf\xc3\xa9"),
     ],
-    ids=["truncated", "garbage", "array", "escaped-key", "aks-wrapper"],
+    ids=[
+        "truncated",
+        "garbage",
+        "array",
+        "escaped-key",
+        "aks-wrapper",
+        "number-beyond-float",
+        "bad-utf8",
+        "good-utf8",
+    ],
 )
 def test_fast_path_agrees_on_malformed_and_unusual_lines(
     raw: bytes, monkeypatch: pytest.MonkeyPatch
@@ -226,3 +260,39 @@ def test_loki_records_do_not_parse_the_whole_event() -> None:
     assert fast._obj is None
     assert record == builder.record(AuditEvent(orjson.loads(raw), raw))
     assert builder.build(fast).ts_ns % 1_000_000_000 == 350_000_123
+
+
+def nested(depth: int) -> bytes:
+    return orjson.dumps(good()).replace(b'"aHVudGVyMg=="', b"[" * depth + b"]" * depth)
+
+
+@pytest.mark.parametrize("depth", [10, 900, 990, 1000, 1023, 1024, 5000])
+def test_deep_bodies_never_raise_and_both_paths_agree(
+    depth: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = nested(depth)
+    fast = outcome(raw)
+    assert_same(fast, general_path(raw, monkeypatch), f"depth {depth}")
+    if isinstance(fast, AuditEvent):
+        fresh = Decoder().decode_line(raw)
+
+        def deep(n: int) -> Any:
+            # read the whole event from far down the stack, as a rule might
+            return fresh.obj if n == 0 else deep(n - 1)
+
+        body = deep(400)["responseObject"]["data"]["password"]
+        for _ in range(depth - 1):
+            assert body and type(body) is list
+            body = body[0]
+        assert body == []
+    else:
+        assert fast == "invalid_json"
+
+
+def test_number_beyond_float_range_is_read_as_infinity_everywhere() -> None:
+    raw = orjson.dumps(good()).replace(b'"aHVudGVyMg=="', b"-1e400")
+    ev = Decoder().decode_line(raw)
+    assert ev.obj["responseObject"]["data"]["password"] == float("-inf")
+    body = b'{"kind":"EventList","items":[' + raw + b"]}"
+    (item,) = Decoder().decode_document(body)
+    assert isinstance(item, AuditEvent) and item.audit_id == "f-1"

@@ -15,13 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from ..event import AuditEvent
+from ..event import TRUNCATED_ANNOTATION, AuditEvent, dumps_event
 from . import proto
 from .settings import LokiSettings
-
-TRUNCATED_ANNOTATION = "kube-audit-exporter/truncated"
 
 # Structured metadata, in the order DESIGN.md lists it.
 METADATA_FIELDS = (
@@ -158,7 +154,7 @@ def shrink(obj: dict[str, Any], limit: int) -> bytes:
     """The event's JSON within ``limit`` bytes, keeping what an auditor needs
     first: bodies go, then annotations and status details, then long strings
     are cut. The result says what was dropped."""
-    size = len(orjson.dumps(obj))
+    size = len(dumps_event(obj))
     out = {k: v for k, v in obj.items() if k not in ("requestObject", "responseObject")}
     dropped = [k for k in ("requestObject", "responseObject") if k in obj]
     note = f"dropped {','.join(dropped) or 'nothing'} to fit {limit} bytes (was {size})"
@@ -168,7 +164,7 @@ def shrink(obj: dict[str, Any], limit: int) -> bytes:
         ann = dict(ann) if type(ann) is dict else {}
         ann[TRUNCATED_ANNOTATION] = text
         o["annotations"] = ann
-        return orjson.dumps(o)
+        return dumps_event(o)
 
     line = mark(out, note)
     if len(line) <= limit:
@@ -197,13 +193,15 @@ def shrink(obj: dict[str, Any], limit: int) -> bytes:
     return mark(_cut(core, budget), note + "; kept only the event's identity")
 
 
-def _cut(node: Any, budget: int) -> Any:
+def _cut(node: Any, budget: int, depth: int = 0) -> Any:
     if type(node) is str:
         return node if len(node) <= budget else node[:budget] + "...(cut)"
+    if type(node) in (dict, list) and depth >= 32:
+        return "...(cut)"
     if type(node) is dict:
-        return {k[:budget]: _cut(v, budget) for k, v in list(node.items())[:64]}
+        return {k[:budget]: _cut(v, budget, depth + 1) for k, v in list(node.items())[:64]}
     if type(node) is list:
-        return [_cut(v, budget) for v in node[:16]]
+        return [_cut(v, budget, depth + 1) for v in node[:16]]
     return node
 
 

@@ -33,9 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from ..event import AuditEvent
+from ..event import AuditEvent, dumps_event
 from .attributes import attributes_from_event
 from .evaluate import Attributes, Decision, Evaluator
 from .model import (
@@ -174,7 +172,7 @@ def estimate_size(event: dict[str, Any], level: str, omit_managed_fields: bool) 
         for key in ("requestObject", "responseObject"):
             if key in out:
                 out[key] = _strip_managed_fields(out[key])
-    return len(orjson.dumps(out)) + 1, bodies_unknown
+    return len(dumps_event(out)) + 1, bodies_unknown
 
 
 def suggested_rule(key: NoiseKey) -> str:

@@ -13,7 +13,7 @@ from typing import IO, Any, cast
 
 import orjson
 
-from ..event import AuditEvent, Decoder, InvalidEvent
+from ..event import AuditEvent, Decoder, InvalidEvent, loads
 
 BATCH_LINES = 1000
 SNIFF_BYTES = 1 << 16
@@ -181,7 +181,7 @@ def _starts_multiline_document(head: bytes) -> bool:
         return False
     first = text.split(b"\n", 1)[0]
     try:
-        orjson.loads(first)
+        loads(first)
     except orjson.JSONDecodeError:
         return True  # the first line is not a value by itself
     return False
