@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from exporter.detect import DetectionSettings, Detector, load_rules  # noqa: E402
+from exporter.detect.noise import find_corpora  # noqa: E402
 from exporter.detect.settings import CriticalWorkload  # noqa: E402
 from exporter.event import Decoder, InvalidEvent  # noqa: E402
 from exporter.metrics import AuditMetrics  # noqa: E402
 from exporter.pipeline import Pipeline  # noqa: E402
 
-CORPORA = ROOT.parent / "shared" / "corpora"
+CORPORA = find_corpora()
 DEFAULT_FILES = [
     CORPORA / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log",
     CORPORA / "audit2rbac-demo" / "demo.log",

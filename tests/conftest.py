@@ -1,30 +1,19 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from exporter.detect.noise import find_corpora
 from tests.loki_receiver import LokiReceiver, compile_push_proto
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _corpora() -> Path:
-    """The real audit events: KUBE_AUDIT_CORPORA, else ../shared/corpora beside
-    the checkout, else the workplace's shared folder (for a clone made
-    elsewhere, such as /tmp/fresh). Tests fail, never skip, without them."""
-    if "KUBE_AUDIT_CORPORA" in os.environ:
-        return Path(os.environ["KUBE_AUDIT_CORPORA"])
-    for candidate in (ROOT.parent / "shared" / "corpora", Path("/work/shared/corpora")):
-        if candidate.is_dir():
-            return candidate
-    return ROOT.parent / "shared" / "corpora"
-
-
-CORPORA = _corpora()
+# Tests fail, never skip, without the corpora.
+CORPORA = find_corpora()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ fails when the committed one differs.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,23 @@ from .settings import CriticalWorkload, DetectionSettings
 
 SIM_EVENTS = 100_000
 SIM_SEED = 1
-CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
+
+
+def find_corpora() -> Path:
+    """The shared corpora of real audit events: $KUBE_AUDIT_CORPORA, else
+    ../shared/corpora beside the checkout, else the workplace's shared folder
+    (for a clone made elsewhere, such as /tmp/fresh). The path is returned
+    even when it does not exist; callers say so."""
+    if "KUBE_AUDIT_CORPORA" in os.environ:
+        return Path(os.environ["KUBE_AUDIT_CORPORA"])
+    beside = Path(__file__).resolve().parents[3] / "shared" / "corpora"
+    for candidate in (beside, Path("/work/shared/corpora")):
+        if candidate.is_dir():
+            return candidate
+    return beside
+
+
+CORPORA = find_corpora()
 
 
 SHORT = {
