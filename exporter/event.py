@@ -422,7 +422,7 @@ def dumps_event(obj: dict[str, Any]) -> bytes:
     dropped: list[str] = []
     for key, value in obj.items():
         try:
-            orjson.dumps(value)
+            orjson.dumps({key: value})  # at the depth it will have in ``out``
         except orjson.JSONEncodeError:
             dropped.append(key)
         else:

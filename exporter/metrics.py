@@ -386,9 +386,7 @@ class AuditMetrics(Collector):
         code = CODE_LABEL.get(c) or str(c)
         code_cls = _CODE_CLASS.get(c) or code_class(c)
         kind = ev.user_kind
-        counts = self.requests.values
-        key = (verb, resource, code, kind)
-        counts[key] = counts.get(key, 0.0) + 1.0
+        self.requests.inc((verb, resource, code, kind))
         if ev.stage == "ResponseComplete" and not is_long_running(ev):
             self.duration.observe((verb, resource), max(0.0, ev.stage_ts - ev.received_ts))
         if ev.username:

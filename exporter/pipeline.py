@@ -82,9 +82,6 @@ class Deduper:
         """True when none of ``keys`` was seen."""
         return self._current.isdisjoint(keys) and self._previous.isdisjoint(keys)
 
-    def add(self, key: Key) -> None:
-        self.update((key,))
-
     def update(self, keys: Iterable[Key]) -> None:
         if self.capacity <= 0:
             return  # remember nothing: duplicates are found within a batch only

@@ -202,8 +202,8 @@ def test_dedupe_window_keeps_the_last_capacity_keys_and_is_bounded() -> None:
     d = Deduper(capacity=cap)
     keys = [(f"id-{i}", "ResponseComplete", 1.0) for i in range(20)]
     for i, key in enumerate(keys):
-        d.add(key)
-        d.add(key)  # seen again: no second slot
+        d.update([key])
+        d.update({key})  # seen again: no second slot
         # the last `cap` keys are always remembered ...
         assert all(k in d for k in keys[max(0, i - cap + 1) : i + 1])
         # ... memory stays within two generations ...
