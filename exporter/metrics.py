@@ -369,13 +369,7 @@ class AuditMetrics(Collector):
         self.last_event[source] = max(stamps[0], self.last_event.get(source, 0.0))
         observe = self.observe_request
         for ev in events:
-            # counts_as_request(ev), inlined: this loop runs for every event
-            stage = ev.stage
-            if (
-                stage == "ResponseComplete"
-                or stage == "Panic"
-                or (stage == "ResponseStarted" and ev.code == 401)
-            ):
+            if counts_as_request(ev):
                 observe(ev)
 
     def observe_request(self, ev: AuditEvent) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .event import AuditEvent
-from .metrics import CODE_LABEL, is_long_running
+from .metrics import CODE_LABEL, counts_as_request, is_long_running
 from .sensitive import categories
 
 
@@ -62,13 +62,7 @@ class Report:
         for ev in events:
             if ev.rules:
                 self._detected(ev)
-            # counts_as_request(ev), inlined: this loop runs for every event
-            stage = ev.stage
-            if not (
-                stage == "ResponseComplete"
-                or stage == "Panic"
-                or (stage == "ResponseStarted" and ev.code == 401)
-            ):
+            if not counts_as_request(ev):
                 continue
             self.requests += 1
             code = ev.code

@@ -25,6 +25,7 @@ import _jsonnet
 import pytest
 import yaml
 
+from exporter.loki.entry import METADATA_FIELDS
 from tests.conftest import ROOT
 
 MIXIN = ROOT / "dashboards"
@@ -36,21 +37,7 @@ SEVERITIES = {"critical", "warning", "info"}
 # The exporter's Loki entries (DESIGN.md "Loki entries"): bounded stream
 # labels, and the structured metadata of every entry.
 STREAM_LABELS = {"service_name", "cluster", "verb"}
-STRUCTURED_METADATA = {
-    "user",
-    "user_kind",
-    "namespace",
-    "resource",
-    "subresource",
-    "name",
-    "code",
-    "audit_id",
-    "source_ip",
-    "stage",
-    "rules",
-    "severity",
-    "detected_level",
-}
+STRUCTURED_METADATA = set(METADATA_FIELDS)
 # Grafana's own variables and the forms a dashboard may use.
 GRAFANA_BUILTINS = {
     "__interval",

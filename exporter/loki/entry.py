@@ -42,7 +42,6 @@ MetadataHook = Callable[[AuditEvent], Iterable[tuple[str, str]]]
 
 _VERB = re.compile(r"^[A-Za-z]{1,40}$")
 _LABEL_CACHE_MAX = 4096
-# Metadata with few values: their encoded fields are cached.
 # Encoded structured metadata fields are cached per value: up to this many
 # values for the fields with few values, fewer for the per-user, per-object
 # ones (user, name, source_ip), whose caches are emptied when full.
