@@ -22,11 +22,12 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Prometheus, promtool and Alertmanager for the integration tests, and
-# jsonnetfmt for the monitoring mixin, from Debian.
+# Prometheus, promtool and Alertmanager for the integration tests,
+# jsonnetfmt for the monitoring mixin, and node + npm for the LogQL grammar,
+# from Debian.
 deps-system:
 	@missing=""; \
-	for cmd in prometheus promtool prometheus-alertmanager jsonnetfmt; do \
+	for cmd in prometheus promtool prometheus-alertmanager jsonnetfmt node npm; do \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -34,7 +35,7 @@ deps-system:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager jsonnet >/dev/null; \
+	    prometheus prometheus-alertmanager jsonnet nodejs npm >/dev/null; \
 	fi
 
 # Replay the bundled simulated audit log, then run the exporter tailing it.
@@ -56,7 +57,15 @@ generate: deps-system $(VENV)/.installed-test
 	helm/sync-files.sh
 	$(BIN)/python helm/values_doc.py
 
-test: deps-system $(VENV)/.installed-test
+# Grafana's LogQL grammar (npm, pinned by the committed package-lock.json)
+# for tests/test_logql_grammar.py; npm ci writes the stamp file last.
+LOGQL := tests/logql/node_modules/.package-lock.json
+
+$(LOGQL): tests/logql/package.json tests/logql/package-lock.json | deps-system
+	npm ci --prefix tests/logql --no-audit --no-fund
+	touch $@
+
+test: deps-system $(VENV)/.installed-test $(LOGQL)
 	$(BIN)/python -m pytest -q
 	$(MAKE) lint
 
@@ -79,4 +88,4 @@ demo-data: $(VENV)/.installed
 	  --start 2024-05-01T08:00:00Z --output $(DEMO)
 
 clean:
-	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache tests/logql/node_modules
