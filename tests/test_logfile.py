@@ -696,8 +696,9 @@ def test_start_and_stop_follow_the_file_on_a_thread(tmp_path: Path, lines: list[
             threading.Event().wait(0.01)
         assert tail.events == 3000
     finally:
-        started = time.monotonic()
-        tail.source.stop(timeout=5)
-        assert time.monotonic() - started < 2
+        # Stopped, not given up on: the thread has ended (the timeout only
+        # bounds a failure; how long stopping takes is not asserted).
+        tail.source.stop(timeout=30)
+        assert tail.source._thread is not None and not tail.source._thread.is_alive()
     assert tail.saved().position.offset == log.path.stat().st_size
     assert tail.source.poll_once() == 0  # stopped
