@@ -226,7 +226,7 @@ def _mapping(doc: Any, where: Where, allowed: Sequence[str], problems: list[str]
         return False
     for key in doc:
         if key not in allowed:
-            problems.append(where.key(doc, key)(f"unknown key (known: {', '.join(allowed)})"))
+            problems.append(where.unknown_key(doc, key, allowed))
     return True
 
 
