@@ -11,7 +11,6 @@ grammar runs in node (tests/logql/parse.mjs), installed by `make test`
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from functools import cache
@@ -19,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import ROOT
-from tests.test_mixin import HELM_FILES, OUT, panels_of, variables_of
+from tests.test_mixin import HELM_FILES, OUT, loki_queries, panels_of
 
 LOGQL = ROOT / "tests" / "logql"
 PARSER = LOGQL / "parse.mjs"
@@ -53,31 +51,6 @@ def parse(queries: list[tuple[str, str]]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = json.loads(r.stdout)
     assert [x["where"] for x in results] == [w for w, _ in queries]
     return results
-
-
-def loki_queries(root: Path, label: str) -> list[tuple[str, str]]:
-    """Every Loki query under ``root`` (a dashboards/out-like tree)."""
-    out: list[tuple[str, str]] = []
-    for path in sorted((root / "loki").glob("*.yaml")):
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in group["rules"]:
-                name = rule.get("alert") or rule.get("record")
-                out.append((f"{label}/loki/{path.name}: {name}", rule["expr"]))
-    for path in sorted((root / "dashboards").glob("*.json")):
-        board = json.loads(path.read_text())
-        where = f"{label}/dashboards/{path.name}"
-        for p in panels_of(board):
-            for t in p.get("targets", []):
-                if t["datasource"]["type"] == "loki":
-                    out.append((f"{where}: {p['title']} ({t.get('refId', '')})", t["expr"]))
-        for v in variables_of(board).values():
-            if v["type"] == "query" and v["datasource"]["type"] == "loki":
-                # Grafana's label_values(<stream selector>, <label>): the
-                # selector is LogQL, the wrapper is Grafana's.
-                inner = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"], re.S)
-                assert inner is not None, f"{where}: variable {v['name']}: {v['query']}"
-                out.append((f"{where}: variable {v['name']}", inner.group(1)))
-    return out
 
 
 @cache

@@ -482,20 +482,36 @@ def logql_problems(
     return problems
 
 
-def logql_expressions() -> list[tuple[str, str]]:
-    out = [(f"loki rule {a['alert']}", a["expr"]) for a in loki_alerts()]
-    for name, d in dashboards().items():
-        for p in panels_of(d):
+def loki_queries(root: Path, label: str) -> list[tuple[str, str]]:
+    """(where, LogQL) of every Loki query under ``root`` (dashboards/out or
+    the chart's files/): Loki rules, dashboards' Loki panel queries, and the
+    stream selector of their Loki query variables."""
+    out: list[tuple[str, str]] = []
+    for path in sorted((root / "loki").glob("*.yaml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("alert") or rule.get("record")
+                out.append((f"{label}/loki/{path.name}: {name}", rule["expr"]))
+    for path in sorted((root / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        where = f"{label}/dashboards/{path.name}"
+        for p in panels_of(board):
             for t in p.get("targets", []):
                 if t["datasource"]["type"] == "loki":
-                    out.append((f"{name}: {p['title']}", t["expr"]))
-        for v in variables_of(d).values():
+                    out.append((f"{where}: {p['title']} ({t.get('refId', '')})", t["expr"]))
+        for v in variables_of(board).values():
             if v["type"] == "query" and v["datasource"]["type"] == "loki":
-                inner = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"])
-                assert inner is not None, v["query"]
+                # Grafana's label_values(<stream selector>, <label>): the
+                # selector is LogQL, the wrapper is Grafana's.
+                inner = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"], re.S)
+                assert inner is not None, f"{where}: variable {v['name']}: {v['query']}"
                 assert inner.group(2) in STREAM_LABELS, v["query"]
-                out.append((f"{name}: variable {v['name']}", inner.group(1)))
+                out.append((f"{where}: variable {v['name']}", inner.group(1)))
     return out
+
+
+def logql_expressions() -> list[tuple[str, str]]:
+    return loki_queries(OUT, "out")
 
 
 def test_logql_is_balanced_and_names_only_what_the_exporter_writes() -> None:
