@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
-import http.client
 import importlib.util
 import ipaddress
 import json
 import os
-import socket
-import ssl
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,10 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.x509 import verification
 from helm_python import _native
-
-from .conftest import Process, free_port, poll
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kube-audit-exporter"
@@ -531,10 +524,21 @@ def test_check_config_notices_a_file_no_mount_provides(tmp_path: Path) -> None:
 # --- the API server's kubeconfig and the chart-made certificates --------------
 
 
-def kubeconfig(objs: Any) -> dict[str, Any]:
-    secret = one(objs, "Secret", f"{RELEASE}-kube-audit-exporter-apiserver")
-    config: dict[str, Any] = yaml.safe_load(base64.b64decode(secret["data"]["webhook.kubeconfig"]))
-    return config
+def api_server_url(objs: Any) -> str:
+    """The URL the API server's kubeconfig names: in the rendered Secret, or
+    (source generate) in the spec the certgen Job writes it from."""
+    for secret in find(objs, "Secret", f"{RELEASE}-kube-audit-exporter-apiserver"):
+        config = yaml.safe_load(base64.b64decode(secret["data"]["webhook.kubeconfig"]))
+        assert config["kind"] == "Config"
+        context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+        server: str = cluster["cluster"]["server"]
+        return server
+    spec = json.loads(
+        one(objs, "ConfigMap", f"{RELEASE}-kube-audit-exporter-certgen")["data"]["spec.json"]
+    )
+    url: str = spec["server"]
+    return url
 
 
 def _b64pem(data: str) -> x509.Certificate:
@@ -555,11 +559,7 @@ WEBHOOK_SCENARIOS = [s for s in SCENARIOS if scenario_values(s).get("mode", "web
 def test_kubeconfig_points_at_the_webhook_service(name: str) -> None:
     needs_generated_files(name)
     objs = rendered_scenario(name)
-    config = kubeconfig(objs)
-    assert config["kind"] == "Config"
-    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
-    cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
-    server = urlsplit(cluster["cluster"]["server"])
+    server = urlsplit(api_server_url(objs))
     assert server.scheme == "https"
     assert server.path == exporter_config(objs)["webhook"]["path"]
     svc = one(objs, "Service", f"{RELEASE}-kube-audit-exporter")
@@ -582,202 +582,6 @@ def test_kubeconfig_points_at_the_webhook_service(name: str) -> None:
     for cert in find(objs, "Certificate"):
         if cert["spec"]["secretName"] == f"{RELEASE}-kube-audit-exporter-tls":
             assert server.hostname in cert["spec"].get("ipAddresses", []) + cert["spec"]["dnsNames"]
-
-
-def _generated_tls_scenarios() -> Iterator[str]:
-    for s in WEBHOOK_SCENARIOS:
-        if (
-            scenario_values(s).get("webhook", {}).get("tls", {}).get("source", "generate")
-            == "generate"
-        ):
-            yield s
-
-
-@pytest.mark.parametrize("name", list(_generated_tls_scenarios()))
-def test_kubeconfig_ca_signed_the_serving_and_client_certificates(name: str) -> None:
-    needs_generated_files(name)
-    objs = rendered_scenario(name)
-    config = kubeconfig(objs)
-    cluster = config["clusters"][0]["cluster"]
-    user = config["users"][0]["user"]
-    ca = _b64pem(cluster["certificate-authority-data"])
-    tls = one(objs, "Secret", f"{RELEASE}-kube-audit-exporter-tls")
-    serving = _b64pem(tls["data"]["tls.crt"])
-    client = _b64pem(user["client-certificate-data"])
-    store = verification.Store([ca])
-    now = datetime.datetime.now(datetime.UTC)
-    host = urlsplit(cluster["server"]).hostname
-    assert host is not None
-    # the chain and the name the API server will check
-    (
-        verification.PolicyBuilder().store(store).time(now)
-        .build_server_verifier(_subject(host)).verify(serving, [])
-    )  # fmt: skip
-    # the exporter verifies the client against the CA it mounts as client-ca.crt
-    assert base64.b64decode(tls["data"]["ca.crt"]) == base64.b64decode(
-        cluster["certificate-authority-data"]
-    )
-    verification.PolicyBuilder().store(store).time(now).build_client_verifier().verify(client, [])
-    # the service's DNS names are in the certificate too, for in-cluster callers
-    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert f"{RELEASE}-kube-audit-exporter.{NAMESPACE}.svc" in sans.get_values_for_type(
-        x509.DNSName
-    )
-
-
-def test_the_exporter_accepts_the_api_server_with_the_rendered_material(tmp_path: Path) -> None:
-    """End to end: the real exporter, started with the rendered configuration
-    and the chart-made certificates, accepts a batch from a client that uses
-    only the rendered kubeconfig (its CA, its client certificate, its server
-    name), and refuses one without the client certificate."""
-    objs = rendered_scenario("webhook-default")
-    root = tmp_path / "pod"
-    materialize_pod_filesystem(objs, root)
-    config = rooted_config(objs, root)
-    web, hook = free_port(), free_port()
-    config["web"]["listen_address"] = f"127.0.0.1:{web}"
-    config["webhook"]["listen_address"] = f"127.0.0.1:{hook}"
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    kc = kubeconfig(objs)
-    cluster, user = kc["clusters"][0]["cluster"], kc["users"][0]["user"]
-    server = urlsplit(cluster["server"])
-    for key, suffix in [("client-certificate-data", "crt"), ("client-key-data", "key")]:
-        (tmp_path / f"client.{suffix}").write_bytes(base64.b64decode(user[key]))
-    exporter = Process(
-        [sys.executable, "-m", "exporter.cli", "run", f"--config.file={path}"], tmp_path / "log"
-    )
-    try:
-        poll(lambda: _get(f"127.0.0.1:{web}", "/readyz") == 200, what="exporter ready",
-             on_timeout=exporter.output)  # fmt: skip
-
-        def post(with_cert: bool) -> int:
-            ctx = ssl.create_default_context(
-                cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
-            )
-            if with_cert:
-                ctx.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
-            return _post_event_list(ctx, hook, server.hostname or "", server.path)
-
-        assert post(with_cert=True) == 200
-        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
-            post(with_cert=False)
-    finally:
-        exporter.stop()
-
-
-def _get(address: str, path: str) -> int:
-    conn = http.client.HTTPConnection(address, timeout=5)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
-def _post_event_list(ctx: ssl.SSLContext, port: int, server_name: str, path: str) -> int:
-    """POST an EventList to 127.0.0.1:port presenting ``server_name`` (SNI and
-    certificate check), as the API server would connect to the Service."""
-    body = json.dumps({
-        "kind": "EventList", "apiVersion": "audit.k8s.io/v1",
-        "items": [{
-            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
-            "auditID": "5f0ae7e1-0000-4000-8000-000000000001", "stage": "ResponseComplete",
-            "requestURI": "/api/v1/namespaces/default/pods", "verb": "list",
-            "user": {"username": "admin", "groups": ["system:masters"]},
-            "sourceIPs": ["10.0.0.1"], "responseStatus": {"code": 200},
-            "objectRef": {"resource": "pods", "namespace": "default", "apiVersion": "v1"},
-            "requestReceivedTimestamp": "2024-05-01T10:00:00.000000Z",
-            "stageTimestamp": "2024-05-01T10:00:00.010000Z",
-        }],
-    }).encode()  # fmt: skip
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.sock = tls
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        status = conn.getresponse().status
-        conn.close()
-        return status
-
-
-class FakeAPIServer:
-    """Just enough of a Kubernetes API server on loopback for Helm's
-    ``lookup``: discovery of v1 and GETs of the Secrets it holds."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-
-        self.secrets: dict[str, dict[str, Any]] = {}
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                prefix = f"/api/v1/namespaces/{NAMESPACE}/secrets/"
-                status, body = 404, {"kind": "Status", "apiVersion": "v1", "code": 404,
-                                     "status": "Failure", "reason": "NotFound"}  # fmt: skip
-                if path == "/api/v1":
-                    status, body = 200, {
-                        "kind": "APIResourceList", "groupVersion": "v1",
-                        "resources": [{"name": "secrets", "singularName": "secret",
-                                       "namespaced": True, "kind": "Secret", "verbs": ["get"]}],
-                    }  # fmt: skip
-                elif path.startswith(prefix) and path[len(prefix) :] in fake.secrets:
-                    status, body = 200, fake.secrets[path[len(prefix) :]]
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.kubeconfig = yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {
-                "server": f"http://127.0.0.1:{self.server.server_port}"}}],
-            "users": [{"name": "fake", "user": {"token": "unused"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        })  # fmt: skip
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_generated_certificates_are_kept_across_upgrades() -> None:
-    """An upgrade keeps the chart-made CA and certificates (Helm's lookup of
-    the release's Secrets, against a fake API server), so the kubeconfig on
-    the control-plane nodes stays valid; a change of the Service's addresses
-    makes them anew, since the old certificate would not name the new one."""
-    api = FakeAPIServer()
-    try:
-        with helm.Config(kubeconfig_content=api.kubeconfig, namespace=NAMESPACE) as cfg:
-
-            def tls_secrets(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-                out = cfg.render(_chart(), values, name=RELEASE, namespace=NAMESPACE,
-                                 is_upgrade=True)  # fmt: skip
-                docs = yaml.safe_load_all(out["kube-audit-exporter/templates/webhook-tls.yaml"])
-                return {d["metadata"]["name"]: d for d in docs if d}
-
-            first = tls_secrets({})
-            assert set(first) == {f"{RELEASE}-kube-audit-exporter-tls",
-                                  f"{RELEASE}-kube-audit-exporter-apiserver"}  # fmt: skip
-            api.secrets.update(first)  # as if installed
-            again = tls_secrets({"podLabels": {"upgraded": "yes"}})
-            for name, secret in first.items():
-                assert again[name]["data"] == secret["data"], name
-            moved = tls_secrets({"webhook": {"service": {"clusterIP": "10.96.200.10"}}})
-            for name, secret in first.items():
-                assert moved[name]["data"]["ca.crt"] != secret["data"]["ca.crt"], name
-    finally:
-        api.close()
 
 
 # --- values: descriptions, schema, contradictions -------------------------------

@@ -116,7 +116,7 @@ the integration; a forced `true` fails and says why). */}}
 {{- end }}
 
 {{- define "kube-audit-exporter.metricsServiceName" -}}
-{{- printf "%s-metrics" (include "kube-audit-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "kube-audit-exporter.childName" (list . "metrics") }}
 {{- end }}
 
 {{/* The serving Secret: tls.crt, tls.key and (usually) ca.crt. */}}
@@ -124,7 +124,7 @@ the integration; a forced `true` fails and says why). */}}
 {{- if eq .Values.webhook.tls.source "secret" }}
 {{- .Values.webhook.tls.existingSecret }}
 {{- else }}
-{{- printf "%s-tls" (include "kube-audit-exporter.fullname" .) }}
+{{- include "kube-audit-exporter.childName" (list . "tls") }}
 {{- end }}
 {{- end }}
 
@@ -134,7 +134,7 @@ the integration; a forced `true` fails and says why). */}}
 
 {{/* Secret holding the API server's webhook kubeconfig. */}}
 {{- define "kube-audit-exporter.apiServerSecretName" -}}
-{{- printf "%s-apiserver" (include "kube-audit-exporter.fullname" .) }}
+{{- include "kube-audit-exporter.childName" (list . "apiserver") }}
 {{- end }}
 
 {{/* Service DNS names for the serving certificate, shortest first. */}}
@@ -142,6 +142,9 @@ the integration; a forced `true` fails and says why). */}}
 {{- $svc := include "kube-audit-exporter.webhookServiceName" . }}
 {{- $ns := .Release.Namespace }}
 {{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) }}
+{{- /* the host the API server connects to, when it is a name */}}
+{{- $host := include "kube-audit-exporter.apiServerHost" . }}
+{{- if not (regexMatch "^[0-9.]+$|:" $host) }}{{ $names = append $names $host }}{{ end }}
 {{- toJson (concat $names .Values.webhook.tls.extraDNSNames | uniq) }}
 {{- end }}
 
@@ -178,4 +181,42 @@ tls: /etc/kube-audit-exporter/tls
 rules: /etc/kube-audit-exporter/rules
 loki: /etc/kube-audit-exporter/loki
 state: /var/lib/kube-audit-exporter
+{{- end }}
+
+{{/* The name of an object derived from the full name: "<fullname>-<suffix>",
+the full name shortened so that the suffix always survives the 63-character
+limit (two objects never end up with the same name). */}}
+{{- define "kube-audit-exporter.childName" -}}
+{{- $top := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $full := include "kube-audit-exporter.fullname" $top }}
+{{- printf "%s-%s" ($full | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix }}
+{{- end }}
+
+{{/* What the certgen Job makes (webhook.tls.source generate), as JSON: its
+ConfigMap carries it, and the pods' checksum/tls annotation rolls them when it
+changes, so that they load a serving certificate made for new names. */}}
+{{- define "kube-audit-exporter.certgenSpec" -}}
+{{- $tls := .Values.webhook.tls }}
+{{- $dnsNames := include "kube-audit-exporter.serviceDNSNames" . | fromJsonArray }}
+{{- toJson (dict
+  "namespace" .Release.Namespace
+  "secrets" (dict
+    "ca" (include "kube-audit-exporter.childName" (list . "ca"))
+    "serving" (include "kube-audit-exporter.tlsSecretName" .)
+    "apiServer" (include "kube-audit-exporter.apiServerSecretName" .))
+  "caName" (printf "%s-ca" (include "kube-audit-exporter.fullname" .))
+  "commonName" (index $dnsNames 2)
+  "dnsNames" $dnsNames
+  "ipAddresses" (include "kube-audit-exporter.serviceIPs" . | fromJsonArray)
+  "validityDays" (int $tls.validityDays)
+  "renewBeforeDays" (int $tls.certgen.renewBeforeDays)
+  "server" (include "kube-audit-exporter.apiServerURL" .)
+  "clientAuth" $tls.clientAuth.enabled
+  "labels" (include "kube-audit-exporter.labels" . | fromYaml)) }}
+{{- end }}
+
+{{/* With source certManager: the Secret of the API server's client certificate. */}}
+{{- define "kube-audit-exporter.clientCertSecretName" -}}
+{{- include "kube-audit-exporter.childName" (list . "apiserver-client") }}
 {{- end }}

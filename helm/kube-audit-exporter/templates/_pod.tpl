@@ -22,6 +22,9 @@ metadata:
     {{- end }}
   annotations:
     checksum/config: {{ include "kube-audit-exporter.config" . | sha256sum }}
+    {{- if and $webhook (eq $v.webhook.tls.source "generate") }}
+    checksum/tls: {{ include "kube-audit-exporter.certgenSpec" . | sha256sum }}
+    {{- end }}
     {{- with $v.rules.custom }}
     checksum/rules: {{ toJson . | sha256sum }}
     {{- end }}
@@ -129,7 +132,7 @@ spec:
         type: DirectoryOrCreate
       {{- else }}
       persistentVolumeClaim:
-        claimName: {{ default (printf "%s-state" (include "kube-audit-exporter.fullname" .)) $v.state.persistentVolumeClaim.existingClaim }}
+        claimName: {{ default (include "kube-audit-exporter.childName" (list . "state")) $v.state.persistentVolumeClaim.existingClaim }}
       {{- end }}
     {{- if $webhook }}
     - name: tls
@@ -159,7 +162,7 @@ spec:
     {{- if $v.rules.custom }}
     - name: rules
       configMap:
-        name: {{ include "kube-audit-exporter.fullname" . }}-rules
+        name: {{ include "kube-audit-exporter.childName" (list . "rules") }}
     {{- end }}
     {{- if $v.loki.existingSecret }}
     - name: loki-credentials
