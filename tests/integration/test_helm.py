@@ -96,6 +96,22 @@ def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
     return out
 
 
+def merged(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
+    """Helm's merge of values files: maps merge key by key, the rest replaces."""
+    out = copy.deepcopy(base)
+    for override in overrides:
+        for key, value in override.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+# the least a webhook install needs: how the API server reaches it
+DEFAULT = scenario_values("webhook-default")
+
+
 @cache
 def rendered_scenario(name: str) -> tuple[dict[str, Any], ...]:
     return tuple(objects(render_raw(scenario_values(name))))
@@ -319,17 +335,17 @@ def _kinds(rendered: dict[str, str]) -> set[str]:
 
 
 def test_auto_integrations_follow_the_cluster_capabilities() -> None:
-    without = _kinds(render_raw({}))
+    without = _kinds(render_raw(DEFAULT))
     assert not any(k.startswith(("ServiceMonitor/", "PrometheusRule/")) for k in without)
-    with_crds = _kinds(render_raw({}, MONITORING))
+    with_crds = _kinds(render_raw(DEFAULT, MONITORING))
     assert f"ServiceMonitor/{RELEASE}-kube-audit-exporter" in with_crds
     assert (f"PrometheusRule/{RELEASE}-kube-audit-exporter" in with_crds) == bool(
         generated("prometheus/*.yaml")
     )
     off = {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False},
            "dashboards": {"enabled": False}}  # fmt: skip
-    assert _kinds(render_raw(off, MONITORING)) == without
-    forced = _kinds(render_raw({"serviceMonitor": {"enabled": True}}))
+    assert _kinds(render_raw(merged(DEFAULT, off), MONITORING)) == without
+    forced = _kinds(render_raw(merged(DEFAULT, {"serviceMonitor": {"enabled": True}})))
     assert f"ServiceMonitor/{RELEASE}-kube-audit-exporter" in forced
 
 
@@ -347,10 +363,10 @@ def test_forced_integrations_without_generated_files_fail_clearly(tmp_path: Path
         ]:
             values = {key: {"enabled": True}, "loki": {"url": "http://loki:3100"}}
             with pytest.raises(helm.HelmRenderError, match=r"run `make generate`") as e:
-                bare.render(values, name=RELEASE)
+                bare.render(merged(DEFAULT, values), name=RELEASE)
             assert needle in str(e.value)
         # auto never fails: the integration is skipped
-        bare.render({"loki": {"url": "http://loki:3100"}}, name=RELEASE)
+        bare.render(merged(DEFAULT, {"loki": {"url": "http://loki:3100"}}), name=RELEASE)
 
 
 def test_prometheus_rule_groups_equal_the_generated_alerts() -> None:
@@ -358,7 +374,8 @@ def test_prometheus_rule_groups_equal_the_generated_alerts() -> None:
     if not files:
         pytest.skip("files/prometheus/*.yaml not generated yet (the mixin's alerts)")
     expected = [g for f in files for g in (yaml.safe_load(f.read_text()) or {}).get("groups", [])]
-    rule = one(objects(render_raw({"prometheusRule": {"enabled": True}})), "PrometheusRule")
+    values = merged(DEFAULT, {"prometheusRule": {"enabled": True}})
+    rule = one(objects(render_raw(values)), "PrometheusRule")
     assert rule["spec"]["groups"] == expected
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     validate_crd_object(rule)
@@ -372,7 +389,7 @@ def test_dashboards_and_loki_rules_wrap_the_generated_files() -> None:
     values = {"loki": {"url": "http://loki:3100"}}
     if dashboards:
         values["dashboards"] = {"enabled": True}
-    objs = objects(render_raw(values))
+    objs = objects(render_raw(merged(DEFAULT, values)))
     cms = {o["metadata"]["name"]: o for o in find(objs, "ConfigMap")}
     for path in dashboards:
         [cm] = [c for c in cms.values() if path.name in c.get("data", {})]
@@ -574,14 +591,39 @@ def test_kubeconfig_points_at_the_webhook_service(name: str) -> None:
     if svc["spec"]["type"] == "NodePort":
         assert server.port == port["nodePort"]
         assert server.hostname == (host_override or "127.0.0.1")
-    elif svc["spec"].get("clusterIP"):
-        assert (server.hostname, server.port) == (svc["spec"]["clusterIP"], port["port"])
     else:
-        name_ = svc["metadata"]["name"]
-        assert (server.hostname, server.port) == (f"{name_}.{NAMESPACE}.svc", port["port"])
+        assert server.port == port["port"]
+        assert server.hostname == (host_override or svc["spec"]["clusterIP"])
+    assert_certificate_names(objs, server.hostname)
+
+
+def assert_certificate_names(objs: Any, host: str | None) -> None:
+    """A cert-manager serving Certificate names the host the API server
+    connects to (source generate: the certgen spec; test_helm_certgen checks
+    the certificate the Job makes from it)."""
+    names: list[str] = []
     for cert in find(objs, "Certificate"):
         if cert["spec"]["secretName"] == f"{RELEASE}-kube-audit-exporter-tls":
-            assert server.hostname in cert["spec"].get("ipAddresses", []) + cert["spec"]["dnsNames"]
+            names = cert["spec"].get("ipAddresses", []) + cert["spec"]["dnsNames"]
+    for cm in find(objs, "ConfigMap", f"{RELEASE}-kube-audit-exporter-certgen"):
+        spec = json.loads(cm["data"]["spec.json"])
+        names = spec["ipAddresses"] + spec["dnsNames"]
+    if find(objs, "Certificate") or find(objs, "Job"):  # source secret: the user's own
+        assert host in names
+
+
+@pytest.mark.parametrize("host", ["audit.cluster.internal", "192.0.2.7", "fd00::7"])
+@pytest.mark.parametrize("source", ["certManager", "generate"])
+def test_the_certificate_names_the_configured_host(source: str, host: str) -> None:
+    tls: dict[str, Any] = {"source": source}
+    if source == "certManager":
+        tls["certManager"] = {"issuerRef": {"name": "ca"}}
+    values = {"webhook": {"apiServer": {"host": host}, "tls": tls}}
+    objs = objects(render_raw(values))
+    assert urlsplit(api_server_url(objs)).hostname == host
+    assert_certificate_names(objs, host)
+    for cert in find(objs, "Certificate"):
+        validate_crd_object(cert)
 
 
 # --- values: descriptions, schema, contradictions -------------------------------
@@ -698,7 +740,7 @@ def test_schema_rejects_invalid_values(values: dict[str, Any], message: str) -> 
 )  # fmt: skip
 def test_contradictions_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError) as e:
-        render_raw(values)
+        render_raw(merged(DEFAULT, values))
     assert message in str(e.value)
 
 
@@ -717,20 +759,30 @@ def test_network_policy_allows_only_dns_loki_and_alertmanager_out() -> None:
         "loki": {"url": "http://loki-gateway.monitoring"},
         "networkPolicy": {"egressPorts": [8080]},
     }
-    np = one(objects(render_raw(gateway)), "NetworkPolicy")
+    np = one(objects(render_raw(merged(DEFAULT, gateway))), "NetworkPolicy")
     assert [p["port"] for p in np["spec"]["egress"][1]["ports"]] == [8080]
     logfile = one(rendered_scenario("logfile"), "NetworkPolicy")
     assert [p["port"] for r in logfile["spec"]["ingress"] for p in r["ports"]] == ["http-metrics"]
 
 
-def test_notes_explain_reaching_the_webhook_without_cluster_dns() -> None:
-    default = render_raw({})
-    notes = next(v for k, v in default.items() if k.endswith("NOTES.txt"))
-    assert "cannot resolve" in notes and "webhook.service.clusterIP" in notes
-    assert "kubeadm" in notes and "kind" in notes and "k3s" in notes and "EKS" in notes
-    fixed = render_raw(scenario_values("webhook-certmanager"))
-    notes = next(v for k, v in fixed.items() if k.endswith("NOTES.txt"))
-    assert "fixed ClusterIP 10.96.200.10" in notes and "WARNING" not in notes
+def notes(values: dict[str, Any]) -> str:
+    return next(v for k, v in render_raw(values).items() if k.endswith("NOTES.txt"))
+
+
+def test_a_webhook_install_requires_a_way_for_the_api_server_to_reach_it() -> None:
+    """The API server cannot resolve the Service's DNS name, and a clusterIP
+    cannot be added later: the install refuses to start without the choice,
+    and the message says which values make it."""
+    with pytest.raises(helm.HelmRenderError) as e:
+        render_raw({})
+    for value in ("webhook.service.clusterIP", "webhook.service.type=NodePort",
+                  "webhook.apiServer.host", "cannot resolve"):  # fmt: skip
+        assert value in str(e.value)
+    text = notes(DEFAULT)
+    assert "kubeadm" in text and "kind" in text and "k3s" in text and "EKS" in text
+    assert "fixed ClusterIP 10.96.200.10" in text and "WARNING" not in text
+    assert "webhook.service.clusterIP" not in text  # no advice to change it afterwards
+    render_raw({"mode": "logfile"})  # logfile mode needs no such choice
 
 
 # --- the image --------------------------------------------------------------------

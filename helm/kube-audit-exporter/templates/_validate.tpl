@@ -31,6 +31,16 @@
   {{- if eq $svc.clusterIP "None" }}
     {{- fail "webhook.service.clusterIP: None (headless) leaves the API server no address to connect to; use a fixed address or leave it empty" }}
   {{- end }}
+  {{- if not (or $svc.clusterIP (eq $svc.type "NodePort") $v.webhook.apiServer.host) }}
+    {{- fail "webhook: choose how the API server reaches the exporter; it runs on the host network and cannot resolve cluster DNS names. Set one of: webhook.service.clusterIP=<a free address of the service CIDR, e.g. 10.96.200.10 (kubeadm 10.96.0.0/12) or 10.43.200.10 (k3s)>; webhook.service.type=NodePort with webhook.service.nodePort=<30000-32767>; or webhook.apiServer.host=<a name or address the control-plane nodes resolve to the Service>. It is written into the API server's kubeconfig and the certificate, and a Service's clusterIP cannot change after install." }}
+  {{- end }}
+  {{- /* a Service's clusterIP is immutable: refuse an upgrade that changes it
+  (lookup is empty in `helm template`, so rendering stays repeatable) */}}
+  {{- $existing := lookup "v1" "Service" .Release.Namespace (include "kube-audit-exporter.webhookServiceName" .) }}
+  {{- $current := dig "spec" "clusterIP" "" ($existing | default dict) }}
+  {{- if and $svc.clusterIP $current (ne $current "None") (ne $current $svc.clusterIP) }}
+    {{- fail (printf "webhook.service.clusterIP: %s, but the Service %s already has clusterIP %s, which Kubernetes cannot change; keep %s (set webhook.service.clusterIP=%s), or uninstall and install again, then copy the new kubeconfig to the control-plane nodes" $svc.clusterIP (include "kube-audit-exporter.webhookServiceName" .) $current $current $current) }}
+  {{- end }}
   {{- if eq (int $v.webhook.port) (int $v.metrics.port) }}
     {{- fail (printf "webhook.port: %v is also metrics.port; they must differ" $v.webhook.port) }}
   {{- end }}

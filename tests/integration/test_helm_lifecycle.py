@@ -1,7 +1,8 @@
-"""The chart-made certificates (webhook.tls.source generate): the hook Job's
-script, exactly as the rendered ConfigMap ships it, run against a fake API
-server on loopback; the certificates it makes checked with real X.509
-verification and accepted by the real exporter."""
+"""The chart over a release's life: the chart-made certificates
+(webhook.tls.source generate), made by the hook Job's script exactly as the
+rendered ConfigMap ships it, run against a fake API server on loopback, then
+checked with real X.509 verification and accepted by the real exporter; and
+upgrades rendered by real Helm against the same fake API server."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import helm_python as helm
 import pytest
 import yaml
 from cryptography import x509
@@ -28,12 +30,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .conftest import Process, free_port, poll
 from .test_helm import (
+    DEFAULT,
     NAMESPACE,
     RELEASE,
     SCENARIOS,
+    _chart,
     exporter_config,
     find,
     materialize_pod_filesystem,
+    merged,
     objects,
     one,
     render_raw,
@@ -264,14 +269,13 @@ def test_kubeconfig_ca_signed_the_serving_and_client_certificates(
 
 
 def test_a_host_name_is_in_the_generated_certificate(tmp_path: Path) -> None:
-    values = {"webhook": {"apiServer": {"host": "audit.cluster.internal"},
-                          "service": {"type": "NodePort", "nodePort": 30843}}}  # fmt: skip
+    values = {"webhook": {"apiServer": {"host": "audit.cluster.internal"}}}
     objs = made(objects(render_raw(values)), tmp_path)
     serving = _cert(one(objs, "Secret", TLS), "tls.crt")
     sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "audit.cluster.internal" in sans.get_values_for_type(x509.DNSName)
     server = kubeconfig(objs)["clusters"][0]["cluster"]["server"]
-    assert server == "https://audit.cluster.internal:30843/audit"
+    assert server == "https://audit.cluster.internal:8443/audit"
 
 
 def test_certificates_are_kept_and_only_what_changed_is_made_anew(
@@ -293,8 +297,7 @@ def test_certificates_are_kept_and_only_what_changed_is_made_anew(
     again = run_certgen(objects(render_raw({**base, "podLabels": {"x": "y"}})), api, tmp_path)
     assert api.writes == [] and "every certificate kept" in again.stdout
 
-    renamed = {**base, "webhook": {**base.get("webhook", {}),
-                                   "tls": {"extraDNSNames": ["audit.example.org"]}}}  # fmt: skip
+    renamed = merged(base, {"webhook": {"tls": {"extraDNSNames": ["audit.example.org"]}}})
     out = run_certgen(objects(render_raw(renamed)), api, tmp_path)
     assert api.writes == [("update", TLS)], out.stdout
     assert "names or addresses changed" in out.stdout
@@ -312,7 +315,7 @@ def test_a_certificate_near_its_end_is_renewed(api: FakeAPIServer, tmp_path: Pat
     # the made certificates end in 3650 days: with renewBeforeDays beyond
     # that, every leaf and the CA are due
     tls = {"validityDays": 7300, "certgen": {"renewBeforeDays": 3700}}
-    values = {**scenario_values("webhook-default"), "webhook": {"tls": tls}}
+    values = merged(scenario_values("webhook-default"), {"webhook": {"tls": tls}})
     out = run_certgen(objects(render_raw(values)), api, tmp_path)
     assert "CA " in out.stdout and "copy it to the control-plane nodes again" in out.stdout
     assert api.secrets[APISERVER]["data"]["client.crt"] != before
@@ -413,3 +416,29 @@ def test_the_exporter_accepts_the_api_server_with_the_made_material(tmp_path: Pa
             post(with_cert=False)
     finally:
         exporter.stop()
+
+
+def test_an_upgrade_that_would_change_the_cluster_ip_is_refused(api: FakeAPIServer) -> None:
+    """A Service's clusterIP is immutable: an upgrade to another address
+    fails before anything is applied, and says which address to keep."""
+    api.objects["services"][FULL] = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": FULL, "namespace": NAMESPACE, "resourceVersion": "1"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.200.10"},
+    }  # fmt: skip
+    with helm.Config(kubeconfig_content=api.kubeconfig, namespace=NAMESPACE) as cfg:
+
+        def upgrade(values: dict[str, Any]) -> dict[str, str]:
+            out: dict[str, str] = cfg.render(
+                _chart(), values, name=RELEASE, namespace=NAMESPACE, is_upgrade=True
+            )
+            return out
+
+        upgrade(DEFAULT)  # the same address
+        moved = merged(DEFAULT, {"webhook": {"service": {"clusterIP": "10.96.200.99"}}})
+        with pytest.raises(helm.HelmRenderError) as e:
+            upgrade(moved)
+        assert "already has clusterIP 10.96.200.10" in str(e.value)
+        assert "webhook.service.clusterIP=10.96.200.10" in str(e.value)
+    # helm template (no cluster) renders it: rendering stays repeatable
+    render_raw(moved)
