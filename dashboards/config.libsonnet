@@ -3,9 +3,10 @@
 // Nothing outside this file hard-codes a selector, threshold, window or UID.
 {
   _config+:: {
-    // Selects the exporter's series. The Helm chart's ServiceMonitor names the
-    // job after the Service, which is "<release>-kube-audit-exporter" unless the
-    // release is named like the chart, so match the chart name anywhere.
+    // Selects the exporter's series. The Helm chart's ServiceMonitor sets the
+    // job to serviceMonitor.jobName ("kube-audit-exporter"), whatever
+    // nameOverride or fullnameOverride say; the regex also matches scrape
+    // configs that name the job after a Service called "<release>-kube-audit-exporter".
     exporterSelector: 'job=~".*kube-audit-exporter.*"',
 
     // The label that tells clusters apart when one Prometheus (Thanos, Mimir)

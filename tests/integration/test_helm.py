@@ -12,6 +12,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -325,6 +326,50 @@ def test_logfile_daemonset_runs_on_control_plane_nodes_only() -> None:
         ]
     tolerated = {(t["key"], t["effect"]) for t in spec["tolerations"]}
     assert ("node-role.kubernetes.io/control-plane", "NoSchedule") in tolerated
+
+
+def scraped_job(objs: Any) -> str:
+    """The job label prometheus-operator gives the ServiceMonitor's targets:
+    the Service's `jobLabel` label (else its name), then the endpoint's
+    relabelings (those the chart writes: replace with a fixed replacement)."""
+    sm = one(objs, "ServiceMonitor")
+    selector = sm["spec"]["selector"]["matchLabels"]
+    [svc] = [s for s in find(objs, "Service") if _matches(selector, s["metadata"]["labels"])]
+    job: str = svc["metadata"]["labels"].get(
+        sm["spec"].get("jobLabel", ""), svc["metadata"]["name"]
+    )
+    for rule in sm["spec"]["endpoints"][0].get("relabelings", []):
+        if rule["targetLabel"] == "job" and not rule.get("sourceLabels"):
+            assert rule.get("action", "replace") == "replace"
+            job = rule["replacement"]
+    return job
+
+
+@pytest.mark.parametrize(
+    "names",
+    [{}, {"nameOverride": "audit"}, {"fullnameOverride": "security-audit"},
+     {"nameOverride": "x", "fullnameOverride": "y"}],
+)  # fmt: skip
+def test_the_shipped_alerts_select_the_job_the_service_monitor_produces(
+    names: dict[str, str],
+) -> None:
+    if not generated("prometheus/*.yaml"):
+        pytest.skip("files/prometheus/*.yaml not generated yet (the mixin's alerts)")
+    values = merged(DEFAULT, names, {"serviceMonitor": {"enabled": True},
+                                     "prometheusRule": {"enabled": True}})  # fmt: skip
+    objs = objects(render_raw(values))
+    job = scraped_job(objs)
+    rule = one(objs, "PrometheusRule")
+    matchers = [
+        (op, value)
+        for group in rule["spec"]["groups"]
+        for r in group["rules"]
+        for op, value in re.findall(r'\bjob\s*(=~|!~|!=|=)\s*"([^"]*)"', r["expr"])
+    ]
+    assert matchers, "the alerts select no job"
+    for op, value in matchers:
+        assert op in ("=", "=~"), op
+        assert re.fullmatch(value, job) if op == "=~" else value == job, (value, job)
 
 
 # --- integrations -------------------------------------------------------------
