@@ -372,6 +372,32 @@ def test_the_shipped_alerts_select_the_job_the_service_monitor_produces(
         assert re.fullmatch(value, job) if op == "=~" else value == job, (value, job)
 
 
+def test_logfile_state_on_the_node_is_per_release_and_never_shared_by_two_pods() -> None:
+    """Two releases on the same nodes keep their checkpoints and spools apart,
+    and no update strategy puts a second pod beside the first on a node."""
+
+    def state_path(release: str, namespace: str) -> str:
+        opts = {"name": release, "namespace": namespace, "is_install": True,
+                "kube_version": f"v{KUBE_VERSION}", "api_versions": []}  # fmt: skip
+        out = _native.call_string("helm_render", _chart()._raw(),
+                                  json.dumps({"mode": "logfile"}), json.dumps(opts))  # fmt: skip
+        objs = objects(json.loads(out))
+        ds = one(objs, "DaemonSet")
+        assert "maxSurge" not in ds["spec"]["updateStrategy"].get("rollingUpdate", {})
+        [state] = [v for v in pod_spec(objs)["volumes"] if v["name"] == "state"]
+        path: str = state["hostPath"]["path"]
+        return path
+
+    paths = {state_path("audit", "kube-audit"), state_path("audit2", "kube-audit"),
+             state_path("audit", "security")}  # fmt: skip
+    assert len(paths) == 3, paths
+    assert all(p.startswith("/var/lib/kube-audit-exporter/") for p in paths)
+    surge = {"mode": "logfile", "logfile": {"updateStrategy": {"rollingUpdate": {"maxSurge": 1}}}}
+    with pytest.raises(helm.HelmValuesError) as e:
+        _chart().validate_schema(surge)
+    assert "maxSurge" in str(e.value)
+
+
 # --- integrations -------------------------------------------------------------
 
 

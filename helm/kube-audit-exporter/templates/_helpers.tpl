@@ -220,3 +220,9 @@ changes, so that they load a serving certificate made for new names. */}}
 {{- define "kube-audit-exporter.clientCertSecretName" -}}
 {{- include "kube-audit-exporter.childName" (list . "apiserver-client") }}
 {{- end }}
+
+{{/* State on the node (logfile mode): one directory per release, so two
+releases never share a checkpoint or a spool. */}}
+{{- define "kube-audit-exporter.stateHostPath" -}}
+{{- printf "%s/%s/%s" (trimSuffix "/" .Values.state.hostPath) .Release.Namespace .Release.Name }}
+{{- end }}

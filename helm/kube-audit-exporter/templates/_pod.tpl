@@ -128,7 +128,7 @@ spec:
         sizeLimit: {{ $v.state.sizeLimit }}
       {{- else if eq $state "hostPath" }}
       hostPath:
-        path: {{ $v.state.hostPath }}
+        path: {{ include "kube-audit-exporter.stateHostPath" . }}
         type: DirectoryOrCreate
       {{- else }}
       persistentVolumeClaim:
