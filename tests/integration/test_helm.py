@@ -398,6 +398,55 @@ def test_logfile_state_on_the_node_is_per_release_and_never_shared_by_two_pods()
     assert "maxSurge" in str(e.value)
 
 
+def test_every_scenario_renders_the_same_twice(scenario: str) -> None:
+    """GitOps tools (Argo CD, Flux) render with `helm template` on every sync:
+    any difference between two renders is a change they apply."""
+    values = scenario_values(scenario)
+    assert render_raw(values, MONITORING) == render_raw(values, MONITORING)
+
+
+@pytest.mark.parametrize("override", ["nameOverride", "fullnameOverride"])
+def test_long_names_never_make_two_objects_of_a_kind_share_a_name(override: str) -> None:
+    values = merged(scenario_values("everything"), {override: "a" * 70})
+    objs = objects(render_raw(values))
+    names = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert len(names) == len(set(names)), sorted(names)
+    assert all(len(n) <= 63 for _, n in names), [n for _, n in names if len(n) > 63]
+    services = [n for k, n in names if k == "Service"]
+    assert len(services) == 2 and services[0] != services[1]
+
+
+def _readme_install_values(readme: Path) -> dict[str, Any]:
+    """The values of the first `helm install` in a README, from its --set
+    arguments (the forms used there: a.b=value and a.b={x,y})."""
+    text = readme.read_text()
+    start = text.index("\nhelm install ")
+    command = text[start : text.index("```", start)].replace("\\\n", " ")
+    values: dict[str, Any] = {}
+    for arg in re.findall(r"--set\s+(\S+)", command):
+        key, _, raw = arg.replace("'", "").partition("=")
+        value: Any = raw
+        if raw.startswith("{"):
+            value = [int(v) if v.isdigit() else v for v in raw.strip("{}").split(",")]
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return values
+
+
+@pytest.mark.parametrize("readme", ["helm/kube-audit-exporter/README.md", "README.md"])
+def test_the_readme_install_command_renders_and_lets_loki_through(readme: str) -> None:
+    """The Loki gateway's Service maps 80 to its pods' 8080; the install
+    command the README gives must open 8080, not 80, in the NetworkPolicy."""
+    values = _readme_install_values(ROOT / readme)
+    assert values["loki"]["url"].startswith("http://loki-gateway.")
+    np = one(objects(render_raw(values)), "NetworkPolicy")
+    ports = {p["port"] for rule in np["spec"]["egress"] for p in rule.get("ports", [])}
+    assert 8080 in ports
+
+
 # --- integrations -------------------------------------------------------------
 
 
@@ -767,6 +816,19 @@ def test_schema_rejects_invalid_values(values: dict[str, Any], message: str) -> 
 
 
 @pytest.mark.parametrize(
+    "values",
+    [{"spool": {"maxBytes": "2GiB"}}, {"spool": {"maxBytes": "2 gib"}},
+     {"spool": {"maxBytes": "2000MB"}, "state": {"sizeLimit": "2G"}},
+     {"webhook": {"tls": {"clientAuth": {"caSecret": f"{RELEASE}-kube-audit-exporter-tls"}}}},
+     {"webhook": {"tls": {"clientAuth": {"enabled": False, "caSecret": "other"}}}},
+     {"state": {"type": "persistentVolumeClaim", "persistentVolumeClaim": {"existingClaim": "c"}},
+      "replicas": 1, "podDisruptionBudget": {"enabled": False}, "spool": {"maxBytes": "1TiB"}}],
+)  # fmt: skip
+def test_consistent_values_near_the_limits_render(values: dict[str, Any]) -> None:
+    render_raw(merged(DEFAULT, values))
+
+
+@pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"mode": "logfile", "replicas": 3},
@@ -807,6 +869,23 @@ def test_schema_rejects_invalid_values(values: dict[str, Any], message: str) -> 
         ({"config": {"webhook": {"tls_cert_file": "/x"}}},
          "config.webhook.tls_cert_file: the chart sets this key"),
         ({"config": {"spool": {"dir": "/x"}}}, "config.spool.dir: the chart sets this key"),
+        ({"webhook": {"tls": {"clientAuth": {"caSecret": "corp-ca"}}}},
+         "webhook.tls.clientAuth.caSecret: corp-ca, but webhook.tls.source generate"),
+        ({"webhook": {"tls": {"clientAuth": {"caKey": "ca.pem"}}}},
+         "webhook.tls.clientAuth.caKey: ca.pem, but with webhook.tls.source generate"),
+        ({"webhook": {"tls": {"validityDays": 30, "certgen": {"renewBeforeDays": 30}}}},
+         "webhook.tls.certgen.renewBeforeDays: 30 is not below webhook.tls.validityDays: 30"),
+        ({"spool": {"maxBytes": "3GiB"}}, "spool.maxBytes: 3GiB exceeds state.sizeLimit: 2Gi"),
+        ({"spool": {"maxBytes": "2.2GB"}, "state": {"sizeLimit": "2Gi"}},
+         "spool.maxBytes: 2.2GB exceeds state.sizeLimit: 2Gi"),
+        ({"spool": {"maxBytes": 600000}, "state": {"sizeLimit": "500k"}},
+         "spool.maxBytes: 600000 exceeds state.sizeLimit: 500k"),
+        ({"mode": "logfile", "state": {"type": "emptyDir", "sizeLimit": "512Mi"}},
+         "spool.maxBytes: 1GiB exceeds state.sizeLimit: 512Mi"),
+        ({"replicas": 1, "podDisruptionBudget": {"enabled": False},
+          "state": {"type": "persistentVolumeClaim", "persistentVolumeClaim": {"size": "1Gi"}},
+          "spool": {"maxBytes": "4GiB"}},
+         "spool.maxBytes: 4GiB exceeds state.persistentVolumeClaim.size: 1Gi"),
     ],
 )  # fmt: skip
 def test_contradictions_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:

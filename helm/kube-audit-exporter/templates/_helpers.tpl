@@ -226,3 +226,25 @@ releases never share a checkpoint or a spool. */}}
 {{- define "kube-audit-exporter.stateHostPath" -}}
 {{- printf "%s/%s/%s" (trimSuffix "/" .Values.state.hostPath) .Release.Namespace .Release.Name }}
 {{- end }}
+
+{{/* A size in bytes (as a string; pipe it to float64). Call with (list $value
+$quantity): $quantity true reads a Kubernetes quantity (2Gi, 500M; no
+exponents), false the exporter's size syntax (1GiB, 512MiB, 1GB: units case
+insensitive, an optional B). */}}
+{{- define "kube-audit-exporter.bytes" -}}
+{{- $value := toString (index . 0) | trim }}
+{{- $quantity := index . 1 }}
+{{- $m := regexFindAll "^([0-9]+(?:\\.[0-9]+)?)\\s*([a-zA-Z]*)$" $value -1 }}
+{{- if not $m }}{{ fail (printf "%q is not a size" $value) }}{{ end }}
+{{- $number := regexReplaceAll "^([0-9]+(?:\\.[0-9]+)?)\\s*([a-zA-Z]*)$" $value "${1}" | float64 }}
+{{- $unit := regexReplaceAll "^([0-9]+(?:\\.[0-9]+)?)\\s*([a-zA-Z]*)$" $value "${2}" }}
+{{- $k := 1000.0 }}{{ $ki := 1024.0 }}
+{{- $units := dict "" 1.0 "k" $k "Ki" $ki "M" (mulf $k $k) "Mi" (mulf $ki $ki) "G" (mulf $k $k $k) "Gi" (mulf $ki $ki $ki) "T" (mulf $k $k $k $k) "Ti" (mulf $ki $ki $ki $ki) "P" (mulf $k $k $k $k $k) "Pi" (mulf $ki $ki $ki $ki $ki) "m" 0.001 }}
+{{- if not $quantity }}
+  {{- $u := lower $unit | trimSuffix "b" }}
+  {{- $units = dict "" 1.0 "k" $k "ki" $ki "m" (mulf $k $k) "mi" (mulf $ki $ki) "g" (mulf $k $k $k) "gi" (mulf $ki $ki $ki) "t" (mulf $k $k $k $k) "ti" (mulf $ki $ki $ki $ki) }}
+  {{- $unit = $u }}
+{{- end }}
+{{- if not (hasKey $units $unit) }}{{ fail (printf "%q: unknown unit %q" $value $unit) }}{{ end }}
+{{- mulf $number (get $units $unit) }}
+{{- end }}

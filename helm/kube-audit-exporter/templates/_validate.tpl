@@ -57,6 +57,30 @@
   {{- if and $tls.clientAuth.enabled (not $tls.clientAuth.caKey) }}
     {{- fail "webhook.tls.clientAuth.caKey: client verification is on but names no CA; set the key of the CA bundle or disable clientAuth" }}
   {{- end }}
+  {{- if and (eq $tls.source "generate") $tls.clientAuth.enabled }}
+    {{- $own := include "kube-audit-exporter.tlsSecretName" . }}
+    {{- if and $tls.clientAuth.caSecret (ne $tls.clientAuth.caSecret $own) }}
+      {{- fail (printf "webhook.tls.clientAuth.caSecret: %s, but webhook.tls.source generate signs the API server's client certificate with its own CA (ca.crt of %s), which that Secret does not hold: mutual TLS could never succeed. Remove webhook.tls.clientAuth.caSecret, or use webhook.tls.source secret or certManager with a client certificate that CA signed" $tls.clientAuth.caSecret $own) }}
+    {{- end }}
+    {{- if ne $tls.clientAuth.caKey "ca.crt" }}
+      {{- fail (printf "webhook.tls.clientAuth.caKey: %s, but with webhook.tls.source generate the CA is under ca.crt; remove webhook.tls.clientAuth.caKey" $tls.clientAuth.caKey) }}
+    {{- end }}
+  {{- end }}
+  {{- if and (eq $tls.source "generate") (ge (int $tls.certgen.renewBeforeDays) (int $tls.validityDays)) }}
+    {{- fail (printf "webhook.tls.certgen.renewBeforeDays: %v is not below webhook.tls.validityDays: %v; every upgrade would make new certificates" $tls.certgen.renewBeforeDays $tls.validityDays) }}
+  {{- end }}
+{{- end }}
+{{- /* the spool must fit its volume: an emptyDir over its sizeLimit gets
+the pod evicted, a full claim fails the writes */}}
+{{- $spool := include "kube-audit-exporter.bytes" (list $v.spool.maxBytes false) | float64 }}
+{{- if eq $state "emptyDir" }}
+  {{- if gt $spool (include "kube-audit-exporter.bytes" (list $v.state.sizeLimit true) | float64) }}
+    {{- fail (printf "spool.maxBytes: %v exceeds state.sizeLimit: %v; the kubelet evicts the pod when its emptyDir outgrows the limit. Lower spool.maxBytes or raise state.sizeLimit" $v.spool.maxBytes $v.state.sizeLimit) }}
+  {{- end }}
+{{- else if and (eq $state "persistentVolumeClaim") (not $v.state.persistentVolumeClaim.existingClaim) }}
+  {{- if gt $spool (include "kube-audit-exporter.bytes" (list $v.state.persistentVolumeClaim.size true) | float64) }}
+    {{- fail (printf "spool.maxBytes: %v exceeds state.persistentVolumeClaim.size: %v; the spool would fill the claim. Lower spool.maxBytes or raise the size" $v.spool.maxBytes $v.state.persistentVolumeClaim.size) }}
+  {{- end }}
 {{- end }}
 {{- $l := $v.loki }}
 {{- $keys := list $l.passwordKey $l.bearerTokenKey $l.caKey $l.certKey $l.keyKey | compact }}
