@@ -442,3 +442,109 @@ def test_an_upgrade_that_would_change_the_cluster_ip_is_refused(api: FakeAPIServ
         assert "webhook.service.clusterIP=10.96.200.10" in str(e.value)
     # helm template (no cluster) renders it: rendering stays repeatable
     render_raw(moved)
+
+
+# --- NOTES: the node steps run as written on a fresh node -----------------------------
+
+FAKE_KUBECTL = """#!/usr/bin/env python3
+import json, re, sys
+args = sys.argv[1:]
+objs = json.load(open(%r))
+ns = args[args.index("-n") + 1]
+kind, name = args[args.index("get") + 1], args[args.index("get") + 2]
+path = args[args.index("-o") + 1]
+key = re.fullmatch(r"jsonpath=\\{\\.data\\.(.+)\\}", path).group(1).replace("\\\\.", ".")
+for o in objs:
+    meta = o["metadata"]
+    if o["kind"].lower() == kind and meta["name"] == name and meta.get("namespace", ns) == ns:
+        sys.stdout.write(o["data"][key])
+        sys.exit(0)
+sys.stderr.write(f"Error from server (NotFound): {kind} {name} not found\\n")
+sys.exit(1)
+"""
+
+
+def node_commands(notes: str) -> list[str]:
+    """The shell commands NOTES gives for the node's files (steps up to 3):
+    lines indented by exactly two spaces, with their continuations."""
+    commands: list[str] = []
+    current: list[str] = []
+    for line in notes.split("\n3. ")[0].splitlines():
+        if current or (line.startswith("  ") and not line.startswith("   ")):
+            current.append(line)
+            text = "\n".join(current)
+            if not text.endswith("\\") and text.count("(") <= text.count(")"):
+                commands.append(text.strip())
+                current = []
+    return commands
+
+
+def run_node_steps(objs: list[dict[str, Any]], notes: str, tmp: Path) -> Path:
+    """Run NOTES' node commands with / moved to tmp/node (nothing of
+    /etc/kubernetes/audit exists yet) and a kubectl that answers from objs."""
+    root = tmp / "node"
+    (root / "etc" / "kubernetes").mkdir(parents=True)
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    (tmp / "objects.json").write_text(json.dumps(objs))
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL % str(tmp / "objects.json"))
+    kubectl.chmod(0o755)
+    script = "\n".join(c.replace("/etc/kubernetes", f"{root}/etc/kubernetes")
+                       for c in node_commands(notes))  # fmt: skip
+    assert "kubectl" in script
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp)}
+    result = subprocess.run(["bash", "-c", f"set -euo pipefail; umask 022\n{script}"],
+                            capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr + "\n" + script
+    return root / "etc" / "kubernetes" / "audit"
+
+
+def _notes_of(values: dict[str, Any]) -> str:
+    return next(v for k, v in render_raw(values).items() if k.endswith("NOTES.txt"))
+
+
+def test_the_notes_node_steps_work_on_a_fresh_node(tmp_path: Path) -> None:
+    """The directory does not exist yet, and the kubeconfig holding the client
+    key ends up readable by root only."""
+    (tmp_path / "job").mkdir()
+    objs = made(rendered_scenario("webhook-default"), tmp_path / "job")
+    audit = run_node_steps(objs, _notes_of(DEFAULT), tmp_path)
+    policy = one(objs, "ConfigMap", f"{FULL}-audit-policy")["data"]["policy.yaml"]
+    assert (audit / "policy.yaml").read_text() == policy
+    kubeconfig_file = audit / "webhook.kubeconfig"
+    assert yaml.safe_load(kubeconfig_file.read_text())["kind"] == "Config"
+    assert kubeconfig_file.stat().st_mode & 0o777 == 0o600
+    assert audit.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_notes_node_steps_fetch_cert_manager_files(tmp_path: Path) -> None:
+    values = scenario_values("webhook-certmanager")
+    objs = list(rendered_scenario("webhook-certmanager"))
+    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    # what cert-manager writes into the Certificates' Secrets
+    for cert in find(objs, "Certificate"):
+        objs.append({"kind": "Secret", "metadata": {"name": cert["spec"]["secretName"],
+                     "namespace": NAMESPACE}, "data": {"tls.crt": pem, "tls.key": pem,
+                     "ca.crt": pem}})  # fmt: skip
+    audit = run_node_steps(objs, _notes_of(values), tmp_path)
+    config = yaml.safe_load((audit / "webhook.kubeconfig").read_text())
+    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+    node_root = str(tmp_path / "node")
+    for path in (cluster["certificate-authority"], user["client-certificate"], user["client-key"]):
+        assert Path(node_root + path).is_file(), path
+    assert Path(node_root + user["client-key"]).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("mode", ["webhook", "logfile"])
+def test_the_notes_separate_the_static_pod_manifest_from_cluster_configuration(mode: str) -> None:
+    """Flags in the manifest, name/value pairs in ClusterConfiguration, and
+    the step that makes a running API server see a ClusterConfiguration."""
+    text = _notes_of(DEFAULT if mode == "webhook" else {"mode": "logfile"})
+    manifest, _, cluster_config = text.partition("b. kubeadm's ClusterConfiguration")
+    assert "- --audit-policy-file=/etc/kubernetes/audit/policy.yaml" in manifest
+    assert "{name: audit-policy-file, value: /etc/kubernetes/audit/policy.yaml}" in cluster_config
+    assert "--audit-policy-file" not in cluster_config.split("k3s:")[0]
+    assert "does not touch a running API server" in cluster_config
+    assert "kubeadm init phase control-plane apiserver --config" in cluster_config
+    assert ("pod-security.kubernetes.io/enforce=privileged" in text) == (mode == "logfile")
