@@ -447,6 +447,74 @@ def test_the_readme_install_command_renders_and_lets_loki_through(readme: str) -
     assert 8080 in ports
 
 
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}  # fmt: skip
+
+
+def pod_security_violations(spec: dict[str, Any]) -> list[str]:
+    """What the Pod Security Standards' `restricted` level refuses in a pod
+    spec (the checks that apply to what the chart renders)."""
+    out = []
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            out.append(flag)
+    for v in spec["volumes"]:
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            out.append(f"volume {v['name']}: {sorted(kinds)}")
+    pod_sc = spec.get("securityContext", {})
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c.get("securityContext", {})
+        if sc.get("privileged") or sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{c['name']}: privilege escalation")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            out.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            out.append(f"{c['name']}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{c['name']}: seccomp")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{c['name']}: capabilities")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{c['name']}: hostPort")
+    return out
+
+
+def test_pod_security_levels_are_as_documented(scenario: str) -> None:
+    """Webhook mode (and the certgen Job) fit `restricted`; logfile mode needs
+    `privileged`, as NOTES and the README say, because of its hostPath."""
+    objs = rendered_scenario(scenario)
+    pods = [w["spec"]["template"]["spec"] for w in find(objs, "Job")]
+    violations = pod_security_violations(pod_spec(objs))
+    for spec in pods:
+        assert pod_security_violations(spec) == []
+    if workload(objs)["kind"] == "Deployment":
+        assert violations == []
+    else:
+        assert any("hostPath" in v for v in violations)
+
+
+def test_probes_drain_and_requests() -> None:
+    objs = rendered_scenario("webhook-default")
+    [container] = pod_spec(objs)["containers"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert (
+        container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+        >= 60
+    )
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert container["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    tuned = merged(DEFAULT, {"probes": {"liveness": {"periodSeconds": 30}},
+                             "preStopSleepSeconds": 0})  # fmt: skip
+    [container] = pod_spec(objects(render_raw(tuned)))["containers"]
+    assert container["livenessProbe"]["periodSeconds"] == 30
+    assert container["livenessProbe"]["failureThreshold"] == 6
+    assert "lifecycle" not in container
+
+
 # --- integrations -------------------------------------------------------------
 
 
@@ -869,6 +937,8 @@ def test_consistent_values_near_the_limits_render(values: dict[str, Any]) -> Non
         ({"config": {"webhook": {"tls_cert_file": "/x"}}},
          "config.webhook.tls_cert_file: the chart sets this key"),
         ({"config": {"spool": {"dir": "/x"}}}, "config.spool.dir: the chart sets this key"),
+        ({"preStopSleepSeconds": 60},
+         "preStopSleepSeconds: 60 is not below terminationGracePeriodSeconds: 60"),
         ({"webhook": {"tls": {"clientAuth": {"caSecret": "corp-ca"}}}},
          "webhook.tls.clientAuth.caSecret: corp-ca, but webhook.tls.source generate"),
         ({"webhook": {"tls": {"clientAuth": {"caKey": "ca.pem"}}}},

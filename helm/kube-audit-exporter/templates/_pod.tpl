@@ -65,19 +65,29 @@ spec:
           containerPort: {{ $v.webhook.port }}
           protocol: TCP
         {{- end }}
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: http-metrics
+        {{- toYaml $v.probes.startup | nindent 8 }}
       livenessProbe:
         httpGet:
           path: /healthz
           port: http-metrics
-        periodSeconds: 10
-        timeoutSeconds: 5
-        failureThreshold: 6
+        {{- toYaml $v.probes.liveness | nindent 8 }}
       readinessProbe:
         httpGet:
           path: /readyz
           port: http-metrics
-        periodSeconds: 5
-        timeoutSeconds: 5
+        {{- toYaml $v.probes.readiness | nindent 8 }}
+      {{- with $v.preStopSleepSeconds }}
+      lifecycle:
+        preStop:
+          # endpoints drain (kube-proxy, the API server's connections) before
+          # SIGTERM; the image has coreutils' sleep
+          exec:
+            command: [sleep, {{ . | quote }}]
+      {{- end }}
       {{- with $v.resources }}
       resources:
         {{- toYaml . | nindent 8 }}

@@ -4,6 +4,9 @@
 {{- $replicas := int (include "kube-audit-exporter.replicas" .) }}
 {{- $explicitReplicas := int (default 1 $v.replicas) }}
 {{- $state := include "kube-audit-exporter.stateType" . }}
+{{- if ge (int $v.preStopSleepSeconds) (int $v.terminationGracePeriodSeconds) }}
+  {{- fail (printf "preStopSleepSeconds: %v is not below terminationGracePeriodSeconds: %v; the pod would be killed before it could drain and write its checkpoint" $v.preStopSleepSeconds $v.terminationGracePeriodSeconds) }}
+{{- end }}
 {{- if eq $v.mode "logfile" }}
   {{- if gt $explicitReplicas 1 }}
     {{- fail (printf "replicas: %d contradicts mode logfile, which runs one pod per control-plane node (a DaemonSet); remove replicas or use mode webhook" $explicitReplicas) }}
