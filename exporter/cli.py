@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -16,8 +17,16 @@ from types import FrameType
 import orjson
 from prometheus_client import CollectorRegistry, write_to_textfile
 
-from . import __version__, logs
-from .config import ConfigError, add_flags, load, require_source
+from . import logs
+from .cliparser import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Parser,
+    Terminated,
+    VersionAction,
+)
+from .config import SOURCE_SECTIONS, ConfigError, add_flags, load, require_source
 from .event import InvalidEvent
 
 # Modules that add a subcommand: each has ``register(subparsers)``, which adds
@@ -191,15 +200,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kube-audit-exporter",
         description="Kubernetes audit events to Prometheus metrics, Loki and alerts.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action=VersionAction, help="print the version, rule set and policy digests"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
         "run",
+        usage="%(prog)s [options]",
         help="receive and tail audit events, serve metrics",
         description="Run the exporter. Every option has a flag, an environment variable "
         "and a YAML key; flags win over the environment, which wins over the file.",
@@ -207,13 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(run)
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate the configuration and exit")
+    check = sub.add_parser(
+        "check-config",
+        usage="%(prog)s [--show] [options]",
+        help="validate the configuration and exit",
+        description="Validate the configuration (flags, environment and --config.file) as "
+        "`run` would, report every problem with its place, and exit 1 if there is one.",
+    )
     add_flags(check)
     check.add_argument("--show", action="store_true", help="print the effective configuration")
     check.set_defaults(func=cmd_check_config)
 
     replay = sub.add_parser(
         "replay",
+        usage="%(prog)s [options] FILE [FILE ...]",
         help="process audit logs as fast as possible and summarise them",
         description="Replay audit logs (JSON lines, a JSON document, .gz, or - for stdin) "
         "through the pipeline and print what an auditor asks: who did what, "
@@ -225,9 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--metrics-out", metavar="FILE", help="write the metrics exposition")
     replay.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
     replay.add_argument("-v", "--verbose", action="store_true", help="log invalid inputs")
-    # The same options as `run` (events.*, metrics.*, loki.*, spool.*, detection);
-    # the sources' options are accepted and ignored.
-    add_flags(replay)
+    # The options of the pipeline (events.*, metrics.*, loki.*, spool.*,
+    # detection); not those of run's sources and endpoints.
+    add_flags(replay, exclude=SOURCE_SECTIONS)
     replay.set_defaults(func=cmd_replay)
 
     for name in COMMAND_MODULES:
@@ -235,11 +254,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run the subcommand, and turn the ways a command-line process
+    ends into exit codes without a traceback: a closed stdout (``| head``)
+    141, Ctrl-C 130, SIGTERM 143."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader went away: stop quietly, like a shell pipeline
+        _detach_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{parser.prog}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does
+    not complain about the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -582,9 +582,21 @@ def load_file(path: str, problems: list[str]) -> dict[str, Any]:
     return _flatten(doc, problems, path)
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
+# The sections only ``run`` uses (its sources and its HTTP endpoints): replay
+# and the offline tools neither take nor show their flags.
+SOURCE_SECTIONS = ("web", "webhook", "logfile")
+
+
+def add_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    exclude: Collection[str] = (),
+    only: Collection[str] | None = None,
+) -> None:
     """Add ``--config.file`` and one flag per option (defaults suppressed, so
-    that only what was given on the command line takes precedence)."""
+    that only what was given on the command line takes precedence), grouped
+    by section. ``exclude`` leaves sections out (``""`` is the top level),
+    ``only`` keeps just those: a subcommand shows the flags it uses."""
     parser.add_argument(
         "--config.file",
         dest="config_file",
@@ -592,8 +604,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"YAML configuration file (env {ENV_PREFIX}CONFIG_FILE).",
     )
-    group = parser.add_argument_group("configuration (flag > environment > file)")
+    groups: dict[str, Any] = {}
     for o in OPTIONS:
+        section = o.section or ""
+        if section in exclude or (only is not None and section not in only):
+            continue
+        if section not in groups:
+            title = f"{section} options" if section else "general options"
+            groups[section] = parser.add_argument_group(title)
+        group = groups[section]
         text = f"{o.help} (env {o.env}; default {o.default!r})"
         if o.kind == "list":
             group.add_argument(
