@@ -46,9 +46,7 @@ run: $(VENV)/.installed
 	@echo
 	@echo "Now serving metrics for the demo log at http://$(WEB)/metrics (Ctrl-C stops)."
 	@echo "Try: curl -s http://$(WEB)/metrics | grep kube_audit_auth_failures_total"
-	$(BIN)/kube-audit-exporter run --config.file demo/config.yaml --web.listen-address $(WEB) \
-	  --logfile.path $(OUT)/audit.log --logfile.checkpoint-file $(OUT)/checkpoint.json \
-	  --logfile.start-at beginning
+	$(BIN)/kube-audit-exporter run --config.file demo/config.yaml --web.listen-address $(WEB)
 
 # Format and render the monitoring mixin into dashboards/out/ and the chart's
 # files/ (tests/test_mixin.py fails when this would change a committed file).

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -22,6 +24,8 @@ from .redact import Redactor
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
 from .web import MetricsServer
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +53,13 @@ class App:
         self.decoder = Decoder(cfg.events.max_bytes)
         self.pipeline, self.notifier = build_pipeline(cfg, self.metrics)
         self._ready = threading.Event()
-        self.web = MetricsServer(cfg.web.listen_address, self.registry, self._ready.is_set)
+        self.web = _listening("web.listen_address", MetricsServer)(
+            cfg.web.listen_address, self.registry, self._ready.is_set
+        )
         self.webhook: WebhookServer | None = None
         if cfg.webhook.listen_address:
             w = cfg.webhook
-            self.webhook = WebhookServer(
+            self.webhook = _listening("webhook.listen_address", WebhookServer)(
                 listen_address=w.listen_address,
                 path=w.path,
                 pipeline=self.pipeline,
@@ -149,6 +155,33 @@ def build_pipeline(
         dedupe_capacity=cfg.events.dedupe_capacity,
     )
     return pipeline, notifier
+
+
+class ListenError(OSError):
+    """A server could not bind: names the option and the address."""
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
+def _listening(key: str, server: Callable[..., T]) -> Callable[..., T]:
+    """``server`` whose bind failure ("Address already in use") says which
+    address it was and which option sets it."""
+
+    def make(*args: Any, **kwargs: Any) -> T:
+        address = kwargs.get("listen_address", args[0] if args else "")
+        try:
+            return server(*args, **kwargs)
+        except ListenError:
+            raise
+        except OSError as e:
+            if e.errno is None or e.filename is not None:
+                raise  # not the socket: a certificate file, say
+            raise ListenError(
+                e.errno, f"cannot listen on {address} ({key}): {e.strerror or e}"
+            ) from e
+
+    return make
 
 
 def _fmt(address: tuple[str, int]) -> str:

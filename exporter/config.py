@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from .detect import DetectionSettings, RuleError, RuleSet, load_rules
+from .detect import DetectionSettings, RuleError, RuleSet, load_rules, located
+from .detect.located import LDict, LList
 from .duration import parse_duration
 from .logs import safe_url
 from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
@@ -539,52 +541,105 @@ def _convert(o: Option, value: Any) -> Any:
     raise AssertionError(o.type)
 
 
-def _flatten(doc: Mapping[str, Any], problems: list[str], where: str) -> dict[str, Any]:
+# Where each value of the configuration file is: "detect.trusted_networks",
+# and "detect.trusted_networks[1]" for an item, to (line, column).
+Positions = dict[str, tuple[int, int]]
+
+
+def _did_you_mean(key: str) -> str:
+    known = [*OPTIONS_BY_KEY, *{o.section for o in OPTIONS if o.section}]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _plain(value: Any) -> Any:
+    """A loaded value without its positions (plain dicts and lists)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _record(path: str, value: Any, pos: tuple[int, int], positions: Positions) -> None:
+    positions[path] = pos
+    if isinstance(value, LDict):
+        for k, v in value.items():
+            _record(f"{path}.{k}", v, value.key_pos.get(k, value.pos), positions)
+    elif isinstance(value, LList):
+        for i, v in enumerate(value):
+            item_pos = value.item_pos[i] if i < len(value.item_pos) else value.pos
+            _record(f"{path}[{i}]", v, item_pos, positions)
+
+
+def _flatten(doc: LDict, problems: list[str], where: str, positions: Positions) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     sections = {o.section for o in OPTIONS if o.section}
+
+    def at(container: LDict, key: Any) -> str:
+        line, col = container.key_pos.get(key, container.pos)
+        return f"{where}:{line}:{col}"
+
+    def unknown(full: str, container: LDict, key: Any) -> None:
+        problems.append(f"{full}: unknown key (from {at(container, key)}){_did_you_mean(full)}")
+
     for key, value in doc.items():
         if key in sections:
             if value is None:
                 continue
-            if not isinstance(value, Mapping):
-                problems.append(f"{key}: must be a mapping ({where})")
+            if not isinstance(value, LDict):
+                problems.append(f"{key}: must be a mapping (from {at(doc, key)})")
                 continue
             for sub, subvalue in value.items():
                 full = f"{key}.{sub}"
                 if full not in OPTIONS_BY_KEY:
-                    problems.append(f"{full}: unknown key ({where})")
+                    unknown(full, value, sub)
                 else:
-                    flat[full] = subvalue
+                    flat[full] = _plain(subvalue)
+                    _record(full, subvalue, value.key_pos.get(sub, value.pos), positions)
         elif key in OPTIONS_BY_KEY:
-            flat[key] = value
+            flat[key] = _plain(value)
+            _record(str(key), value, doc.key_pos.get(key, doc.pos), positions)
         else:
-            problems.append(f"{key}: unknown key ({where})")
+            unknown(str(key), doc, key)
     return flat
 
 
-def load_file(path: str, problems: list[str]) -> dict[str, Any]:
+def load_file(path: str, problems: list[str], positions: Positions | None = None) -> dict[str, Any]:
+    """The file's options as a flat dict (``loki.url``); problems located
+    at ``file:line:col``; where each value is goes into ``positions``."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            doc = located.load(fh.read())
     except OSError as e:
         problems.append(f"config.file: cannot read {path}: {e.strerror}")
         return {}
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        loc = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problems.append(f"config.file: {path}{loc}: not valid YAML: {getattr(e, 'problem', e)}")
+        problems.append(f"config.file: {located.yaml_problem(path, e)}")
         return {}
     if doc is None:
         return {}
-    if not isinstance(doc, Mapping):
+    if not isinstance(doc, LDict):
         problems.append(f"config.file: {path}: the top level must be a mapping")
         return {}
-    return _flatten(doc, problems, path)
+    return _flatten(doc, problems, path, {} if positions is None else positions)
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
+# The sections only ``run`` uses (its sources and its HTTP endpoints): replay
+# and the offline tools neither take nor show their flags.
+SOURCE_SECTIONS = ("web", "webhook", "logfile")
+
+
+def add_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    exclude: Collection[str] = (),
+    only: Collection[str] | None = None,
+) -> None:
     """Add ``--config.file`` and one flag per option (defaults suppressed, so
-    that only what was given on the command line takes precedence)."""
+    that only what was given on the command line takes precedence), grouped
+    by section. ``exclude`` leaves sections out (``""`` is the top level),
+    ``only`` keeps just those: a subcommand shows the flags it uses."""
     parser.add_argument(
         "--config.file",
         dest="config_file",
@@ -592,8 +647,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"YAML configuration file (env {ENV_PREFIX}CONFIG_FILE).",
     )
-    group = parser.add_argument_group("configuration (flag > environment > file)")
+    groups: dict[str, Any] = {}
     for o in OPTIONS:
+        section = o.section or ""
+        if section in exclude or (only is not None and section not in only):
+            continue
+        if section not in groups:
+            title = f"{section} options" if section else "general options"
+            groups[section] = parser.add_argument_group(title)
+        group = groups[section]
         text = f"{o.help} (env {o.env}; default {o.default!r})"
         if o.kind == "list":
             group.add_argument(
@@ -632,8 +694,9 @@ def load(
     problems: list[str] = []
     config_file = getattr(args, "config_file", None) or environ.get(ENV_PREFIX + "CONFIG_FILE")
     layers: list[tuple[str, dict[str, Any]]] = []
+    positions: Positions = {}
     if config_file:
-        layers.append((config_file, load_file(config_file, problems)))
+        layers.append((config_file, load_file(config_file, problems, positions)))
     env_layer = {o.key: environ[o.env] for o in OPTIONS if o.env in environ}
     layers.append(("environment", env_layer))
     if args is not None:
@@ -646,6 +709,8 @@ def load(
         for key, raw in layer.items():
             o = OPTIONS_BY_KEY[key]
             src = o.flag if where == "flags" else o.env if where == "environment" else where
+            if key in positions and where == config_file:
+                src = "{}:{}:{}".format(where, *positions[key])
             try:
                 values[key] = _convert(o, raw)
                 origin[key] = src
@@ -668,10 +733,31 @@ def load(
             problems.append(f"{key}: cannot read {value} (from {origin[key]})")
 
     cfg = _build(values)
-    problems.extend(_cross_checks(cfg))
+    file_pos = {k: "{}:{}:{}".format(config_file, *pos) for k, pos in positions.items()}
+    problems.extend(_locate(p, origin, file_pos) for p in _cross_checks(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+_PATH = re.compile(r"^([a-z_]+(?:\.[a-z_]+)?)((?:\[\d+\]|\.[A-Za-z_]+)*): ")
+
+
+def _locate(problem: str, origin: Mapping[str, str], file_pos: Mapping[str, str]) -> str:
+    """A cross-check's ``key...: message`` with where the value came from:
+    the flag, the variable, or file:line:col (of the list item or nested
+    key when the message names one)."""
+    m = _PATH.match(problem)
+    if m is None or "(from " in problem or m.group(1) not in origin:
+        return problem
+    key, path = m.group(1), m.group(1) + m.group(2)
+    src = origin[key]
+    if key in file_pos and src == file_pos[key]:
+        # the most precise position the file has for this path
+        while path not in file_pos:
+            path = re.sub(r"(\[\d+\]|\.[A-Za-z_]+)$", "", path)
+        src = file_pos[path]
+    return f"{problem} (from {src})"
 
 
 def _readable(path: str) -> bool:

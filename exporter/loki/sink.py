@@ -103,6 +103,12 @@ class LokiSink:
         self.stopped_reason: str | None = None
         # Entries the sender has read and holds for the next batch.
         self.pending_entries = 0
+        # When Loki last answered for a batch (monotonic), and why the last
+        # push failed: what a stall timeout judges and reports.
+        self.answered_at = time.monotonic()
+        self.last_failure = ""
+        self.stalled = False
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
         backlog = self.spool.stats()
         log.info(
@@ -152,24 +158,28 @@ class LokiSink:
         )
         return False
 
-    def wait_for_room(self, timeout: float) -> bool:
+    def wait_for_room(self, timeout: float, stall: float | None = None) -> bool:
         """Block until the spool is at most half full (for replay, which can
-        wait instead of failing); False on timeout."""
-        deadline = time.monotonic() + timeout
+        wait instead of failing); False on timeout, or when Loki answered
+        nothing for ``stall`` seconds (then :attr:`stalled` is set)."""
+        start = time.monotonic()
+        deadline = start + timeout
         half = self.settings.spool_max_bytes // 2
         with self.spool.changed:
             while not self.spool.has_room(half):
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if left <= 0 or self._stop.is_set() or self._stalled_since(start, stall):
                     return False
-                self.spool.changed.wait(min(left, 1.0))
+                self.spool.changed.wait(min(left, 1.0, stall or 1.0))
         return True
 
-    def drain(self, timeout: float | None = None) -> bool:
+    def drain(self, timeout: float | None = None, stall: float | None = None) -> bool:
         """Wait until everything spooled is acknowledged (True), the sender
-        stopped on a configuration error, or ``timeout`` passed (False).
-        For replay, which ends only when its events are in Loki."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        stopped on a configuration error, ``timeout`` passed, or Loki
+        answered nothing for ``stall`` seconds (False; :attr:`stalled` says
+        which). For replay, which ends only when its events are in Loki."""
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         with self.spool.changed:
             self._draining += 1
             self.spool.changed.notify_all()
@@ -177,13 +187,38 @@ class LokiSink:
                 while not self.spool.empty():
                     if self.stopped_reason is not None or not self._thread.is_alive():
                         return False
+                    if self._stalled_since(start, stall):
+                        return False
                     left = 1.0 if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    self.spool.changed.wait(min(left, 1.0))
+                    self.spool.changed.wait(min(left, 1.0, stall or 1.0))
             finally:
                 self._draining -= 1
         return True
+
+    def _stalled_since(self, start: float, stall: float | None) -> bool:
+        """Whether Loki has answered nothing for ``stall`` seconds, counted
+        from the later of ``start`` and its last answer."""
+        if not stall:
+            return False
+        if time.monotonic() - max(start, self.answered_at) >= stall:
+            self.stalled = True
+        return self.stalled
+
+    def undelivered(self) -> int:
+        """Entries spooled and not yet acknowledged by Loki."""
+        return self.spool.stats().entries
+
+    def abandon(self) -> None:
+        """Stop at once without waiting for Loki (Ctrl-C, a stall): what is
+        not acknowledged stays in the spool, a push in flight is left to its
+        timeout in a daemon thread."""
+        self._abandoned = True
+        self._closing = True
+        self._stop.set()
+        self.wake()
+        self._thread.join(0.5)
 
     def wake(self) -> None:
         """Make the sender look at the clock and the spool again now."""
@@ -206,7 +241,7 @@ class LokiSink:
         drained = self.spool.empty()
         self.spool.close()
         left = self.spool.stats()
-        if not drained:
+        if not drained and not self._abandoned:  # the one who abandoned it reports
             log.warning(
                 "loki output stopped with entries left in the spool; the next start sends them",
                 extra={"spool_entries": left.entries, "spool_bytes": left.bytes},
@@ -223,6 +258,8 @@ class LokiSink:
         try:
             self._loop()
         except Exception:
+            if self._stop.is_set():
+                return  # abandoned: its spool may be gone already
             log.exception("loki sender failed; entries stay in the spool")
             with self.stats.lock:
                 self.stats.sender_up = 0.0
@@ -333,6 +370,10 @@ class LokiSink:
                 body = pushed
             self.stats.request(result.code, seconds, result.reason)
             outcome = result.outcome
+            if outcome in (c.OK, c.REJECTED, c.TOO_LARGE):
+                self.answered_at = time.monotonic()
+            else:
+                self.last_failure = result.reason or f"HTTP {result.code}"
             if outcome == c.OK:
                 self.stats.sent(len(part))
                 if self.stopped_reason is not None:

@@ -143,6 +143,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     if per_event:
                         lines.append(_event_output(item, result, second, policy, as_json))
                 _write(lines)
+        except BrokenPipeError:
+            raise  # our reader went away (| head): not the input's fault
         except (OSError, EOFError) as e:
             print(f"{path}: read error: {e}", file=sys.stderr)
             status = EXIT_ERRORS
