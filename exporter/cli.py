@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import CollectorRegistry, write_to_textfile
 
 from . import __version__, logs
-from .config import ConfigError, add_flags, load, require_source
+from .config import ConfigError, add_flags, audit_metrics, load, require_source
 from .event import InvalidEvent
 
 # Modules that add a subcommand: each has ``register(subparsers)``, which adds
@@ -91,7 +91,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .loki.backfill import AgeCheck
     from .loki.client import LokiSetupError
     from .loki.sink import LokiSink
-    from .metrics import AuditMetrics
     from .report import Report, render_text
     from .runtime import tune_gc
     from .sources.replay import Progress, open_input, read_batches
@@ -102,12 +101,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _config_errors(e)
     logs.setup(cfg.log.format, "info" if args.verbose else "warning")
     registry = CollectorRegistry()
-    metrics = AuditMetrics(
-        registry,
-        max_users=cfg.metrics.max_users,
-        max_source_ips=cfg.metrics.max_source_ips,
-        sources=["replay"],
-    )
+    metrics = audit_metrics(cfg, registry, ["replay"])
     spool_dir = None
     if cfg.loki.url and not cfg.spool.dir:
         spool_dir = tempfile.mkdtemp(prefix="kube-audit-replay-spool-")
