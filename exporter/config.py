@@ -354,14 +354,14 @@ class MetricsConfig:
         default=100,
         metadata=opt(
             "Resources (and API groups) beyond the built-in ones kept as label values, "
-            "first seen on a successful request, before __other__ (metrics and Loki).",
+            "first seen on an authorized request, before __other__ (metrics and Loki).",
             minimum=0,
         ),
     )
     max_namespaces: int = field(
         default=500,
         metadata=opt(
-            "Namespaces kept as Loki stream label values, first seen on a successful "
+            "Namespaces kept as Loki stream label values, first seen on an authorized "
             "request, before __other__.",
             minimum=0,
         ),

@@ -12,16 +12,18 @@ and streams has a bound that does not depend on the traffic:
 - resource (``resource`` or ``resource/subresource``) and API group: the
   built-in ones (``policy/builtin_resources.json``), plus at most
   ``max_extra_resources`` others, then ``__other__``;
-- namespace: at most ``max_namespaces``, then ``__other__``;
+- namespace: the four every cluster has, plus at most ``max_namespaces``
+  others, then ``__other__``;
 - code: the HTTP status codes Python knows, other codes of 1xx..5xx by
   class (``4xx``), anything else ``other``; code class the same way;
 - admission webhook name: at most ``max_webhooks``, then ``__other__``;
 - audit level: the four levels, anything else ``other``.
 
 A value outside the built-in sets takes one of the free places only when the
-request succeeded (a code below 400): a client without permission gets a 401,
-403 or 404 for a made-up resource or namespace, so it cannot fill the places
-that real custom resources and namespaces need. Callers recognise a folded
+request got past authentication and authorization (see :func:`permitted`): a
+client without permission is answered 401 or 403 for a made-up resource or
+namespace, so it cannot fill the places that real custom resources and
+namespaces need. Callers recognise a folded
 value (``__other__``, ``other``, a code class), count it in
 ``kube_audit_series_overflow_total{metric,label}`` and call :meth:`folded`.
 """
@@ -55,6 +57,8 @@ RESOURCE_VERBS = (
 )
 NON_RESOURCE_VERBS = ("get", "post", "put", "patch", "delete", "head", "options")
 VERBS = tuple(dict.fromkeys((*RESOURCE_VERBS, *NON_RESOURCE_VERBS)))
+# Every cluster has these ("" for cluster-scoped objects).
+BUILTIN_NAMESPACES = ("", "default", "kube-system", "kube-public", "kube-node-lease")
 AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 KNOWN_CODES = frozenset(int(s) for s in HTTPStatus)
@@ -100,14 +104,23 @@ _CODE_LABELS = {c: _code_label(c) for c in range(600)}
 _CODE_CLASS_LABELS = {c: _code_class(c) for c in range(600)}
 
 
-def succeeded(code: int) -> bool:
-    """The request was answered below 400: its resource and namespace exist."""
-    return 0 < code < 400
+# Answers given before or by authorization: the client may have no
+# permission at all (API Priority and Fairness rejects before authorizing).
+_UNAUTHORIZED_CODES = frozenset({401, 403, 429})
+
+
+def permitted(code: int) -> bool:
+    """The request was authenticated and authorized: answered, and neither
+    401, 403 nor 429. A 404 for a resource the cluster does not serve counts
+    (controllers list the custom resources they wait for), so a client
+    allowed every resource can take places; the caps still bound them. A
+    code outside 100..599 is damage, not an answer."""
+    return 100 <= code < 600 and code not in _UNAUTHORIZED_CODES
 
 
 class _FirstSeen:
     """Values from a built-in set, plus up to ``cap`` others first seen on a
-    request that succeeded; the rest fold into ``__other__``."""
+    permitted request; the rest fold into ``__other__``."""
 
     __slots__ = ("builtin", "cap", "extra", "label", "lock")
 
@@ -156,7 +169,7 @@ class LabelBounds:
         self.max_webhooks = max_webhooks
         self._resources = _FirstSeen("resource", labels, max_extra_resources)
         self._groups = _FirstSeen("api_group", builtin.by_group, max_extra_resources)
-        self._namespaces = _FirstSeen("namespace", ("",), max_namespaces)
+        self._namespaces = _FirstSeen("namespace", BUILTIN_NAMESPACES, max_namespaces)
         self._webhooks = _FirstSeen("webhook", (), max_webhooks)
         self._verbs = {v: v for v in VERBS}
         self._levels = {v: v for v in AUDIT_LEVELS}
@@ -172,13 +185,13 @@ class LabelBounds:
     def resource(self, resource: str, subresource: str, code: int) -> str:
         """``resource`` or ``resource/subresource``, or ``__other__``."""
         value = f"{resource}/{subresource}" if subresource else resource
-        return value if self._resources.admit(value, succeeded(code)) else OTHER
+        return value if self._resources.admit(value, permitted(code)) else OTHER
 
     def api_group(self, group: str, code: int) -> str:
-        return group if self._groups.admit(group, succeeded(code)) else OTHER
+        return group if self._groups.admit(group, permitted(code)) else OTHER
 
     def namespace(self, namespace: str, code: int) -> str:
-        return namespace if self._namespaces.admit(namespace, succeeded(code)) else OTHER
+        return namespace if self._namespaces.admit(namespace, permitted(code)) else OTHER
 
     def webhook(self, name: str) -> str:
         """An admission webhook's name (set by whoever may configure webhooks,
