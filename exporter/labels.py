@@ -169,6 +169,8 @@ class LabelBounds:
         self.max_webhooks = max_webhooks
         self._resources = _FirstSeen("resource", labels, max_extra_resources)
         self._groups = _FirstSeen("api_group", builtin.by_group, max_extra_resources)
+        # (resource, subresource) -> label, for the values kept so far
+        self._resource_labels: dict[tuple[str, str], str] = {}
         self._namespaces = _FirstSeen("namespace", BUILTIN_NAMESPACES, max_namespaces)
         self._webhooks = _FirstSeen("webhook", (), max_webhooks)
         self._verbs = {v: v for v in VERBS}
@@ -184,8 +186,15 @@ class LabelBounds:
 
     def resource(self, resource: str, subresource: str, code: int) -> str:
         """``resource`` or ``resource/subresource``, or ``__other__``."""
+        label = self._resource_labels.get((resource, subresource))
+        if label is not None:
+            return label
         value = f"{resource}/{subresource}" if subresource else resource
-        return value if self._resources.admit(value, permitted(code)) else OTHER
+        if not self._resources.admit(value, permitted(code)):
+            return OTHER
+        # Kept values only (built-in or admitted): the cache stays bounded.
+        self._resource_labels[(resource, subresource)] = value
+        return value
 
     def api_group(self, group: str, code: int) -> str:
         return group if self._groups.admit(group, permitted(code)) else OTHER

@@ -242,3 +242,31 @@ def test_an_event_from_the_far_future_leaves_the_freshness_gauge_alone() -> None
     assert value(gauge, source="webhook") == 1714557780.0
     assert value("kube_audit_events_future_total", source="webhook") == 2
     assert value("kube_audit_events_future_total", source="logfile") == 0
+
+
+def test_bounds_and_skew_come_from_the_config_and_are_shared_with_loki(tmp_path: Path) -> None:
+    from exporter.app import build_pipeline
+    from exporter.cli import build_parser
+    from exporter.config import ConfigError, audit_metrics, load
+
+    def parse(*argv: str) -> Any:
+        return build_parser().parse_args(["run", "--logfile.path", str(tmp_path / "a.log"), *argv])
+
+    with pytest.raises(ConfigError) as info:
+        load(parse("--events.max-future-skew=-1m"), {"KUBE_AUDIT_METRICS_MAX_WEBHOOKS": "-2"})
+    assert "events.max_future_skew: '-1m' is not a duration" in str(info.value)
+    assert "metrics.max_webhooks: must be >= 0" in str(info.value)
+    cfg = load(
+        parse("--events.max-future-skew", "90s", "--loki.url", "http://127.0.0.1:9/",
+              "--spool.dir", str(tmp_path / "spool")),
+        {"KUBE_AUDIT_METRICS_MAX_EXTRA_RESOURCES": "7", "KUBE_AUDIT_METRICS_MAX_NAMESPACES": "3"},
+    )  # fmt: skip
+    metrics = audit_metrics(cfg, CollectorRegistry(), ["logfile"])
+    assert metrics.max_future_skew == 90.0
+    assert (metrics.bounds.max_extra_resources, metrics.bounds.max_namespaces) == (7, 3)
+    pipeline, _ = build_pipeline(cfg, metrics)
+    try:
+        (sink,) = pipeline.sinks
+        assert isinstance(sink, LokiSink) and sink.builder.bounds is metrics.bounds
+    finally:
+        pipeline.close(timeout=0.1)
