@@ -36,27 +36,14 @@ from collections.abc import Iterable
 from http import HTTPStatus
 
 from .logs import RateLimitedLog
-from .policy.resources import builtin_resources
+from .policy.resources import NON_RESOURCE_VERBS, RESOURCE_VERBS, builtin_resources
 
 OTHER = "__other__"
 OTHER_VALUE = "other"
 
 # Verbs of resource requests, and the lower-cased methods of non-resource
 # requests (the API server audits these; a made-up method is audited too).
-RESOURCE_VERBS = (
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-    "proxy",
-    "connect",
-)
-NON_RESOURCE_VERBS = ("get", "post", "put", "patch", "delete", "head", "options")
-VERBS = tuple(dict.fromkeys((*RESOURCE_VERBS, *NON_RESOURCE_VERBS)))
+VERBS = tuple(dict.fromkeys((*RESOURCE_VERBS, "proxy", "connect", *NON_RESOURCE_VERBS)))
 # Every cluster has these ("" for cluster-scoped objects).
 BUILTIN_NAMESPACES = ("", "default", "kube-system", "kube-public", "kube-node-lease")
 AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")

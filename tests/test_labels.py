@@ -36,14 +36,6 @@ CAP = 5
 REQUEST = "kube_audit_requests_total"
 
 
-@pytest.fixture
-def sinks() -> Iterator[list[LokiSink]]:
-    opened: list[LokiSink] = []
-    yield opened
-    for s in opened:
-        s.close(timeout=0.5)
-
-
 def samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str]]]:
     text = generate_latest(registry).decode()
     for fam in text_string_to_metric_families(text):
@@ -52,7 +44,7 @@ def samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str]]]
 
 
 def test_made_up_label_values_stay_bounded_through_the_real_pipeline(
-    tmp_path: Path, loki: LokiReceiver, sinks: list[LokiSink]
+    tmp_path: Path, loki: LokiReceiver
 ) -> None:
     bounds = LabelBounds(max_extra_resources=CAP, max_namespaces=CAP, max_webhooks=CAP)
     registry = CollectorRegistry()
@@ -66,15 +58,11 @@ def test_made_up_label_values_stay_bounded_through_the_real_pipeline(
         batch_wait=0.02,
     )
     sink = LokiSink(settings, metrics)
-    sinks.append(sink)
-    pipeline = Pipeline(metrics, sinks=[sink], clock=lambda: NOW)
-    decoder = Decoder()
-    objs = made_up_events(N)
-    for i in range(0, N, 500):
-        body = b"\n".join(orjson.dumps(o) for o in objs[i : i + 500])
-        result = pipeline.process(decoder.decode_document(body), "webhook")
-        assert result.accepted == 500
-    wait_for(lambda: loki.count() == N, what="every event in Loki")
+    try:
+        _feed_made_up_events(Pipeline(metrics, sinks=[sink], clock=lambda: NOW))
+        wait_for(lambda: loki.count() == N, what="every event in Loki")
+    finally:
+        sink.close(timeout=0.5)
 
     # Metrics: every label within its bound, the whole exposition small.
     text = generate_latest(registry).decode()
@@ -133,6 +121,15 @@ def test_made_up_label_values_stay_bounded_through_the_real_pipeline(
     assert len(streams) <= 2 * CAP + 4
     # The exact values stay in the structured metadata.
     assert len({r.metadata["namespace"] for r in loki.received}) == N
+
+
+def _feed_made_up_events(pipeline: Pipeline) -> None:
+    decoder = Decoder()
+    objs = made_up_events(N)
+    for i in range(0, N, 500):
+        body = b"\n".join(orjson.dumps(o) for o in objs[i : i + 500])
+        result = pipeline.process(decoder.decode_document(body), "webhook")
+        assert result.accepted == 500
 
 
 def test_a_client_without_permission_takes_no_place() -> None:
