@@ -41,14 +41,15 @@ def _letters(i: int, width: int = 5) -> str:
     return "".join(out)
 
 
-def made_up_event(i: int) -> dict[str, Any]:
+def made_up_event(i: int, permitted: bool = True) -> dict[str, Any]:
     """Event ``i`` of the made-up series: every client-chosen label value new.
 
     Most are answered 403 or 401 (what a client without permission gets);
     one in ten is answered 200 (a client with permission) and one in ten has
-    a garbage code; one in five a made-up audit level."""
+    a garbage code; one in five a made-up audit level. Without ``permitted``
+    the one in ten is answered 403 too."""
     word = _letters(i)
-    code = (403, 403, 401, 403, 200, 403, 403, 401, 403, 0)[i % 10]
+    code = (403, 403, 401, 403, 200 if permitted else 403, 403, 403, 401, 403, 0)[i % 10]
     if code == 0:
         code = GARBAGE_CODES[(i // 10) % len(GARBAGE_CODES)]
     ref: dict[str, Any] = {
@@ -81,8 +82,8 @@ def made_up_event(i: int) -> dict[str, Any]:
     }
 
 
-def made_up_events(n: int) -> list[dict[str, Any]]:
-    return [made_up_event(i) for i in range(n)]
+def made_up_events(n: int, permitted: bool = True) -> list[dict[str, Any]]:
+    return [made_up_event(i, permitted) for i in range(n)]
 
 
 def series_by_family(exposition: str) -> Counter[str]:
@@ -92,7 +93,7 @@ def series_by_family(exposition: str) -> Counter[str]:
     return Counter({f.name: len(f.samples) for f in text_string_to_metric_families(exposition)})
 
 
-def measure(n: int) -> dict[str, Any]:
+def measure(n: int, permitted: bool = True) -> dict[str, Any]:
     """The figures for the ``exporter`` package on sys.path."""
     import orjson
     from prometheus_client import CollectorRegistry, generate_latest
@@ -107,7 +108,7 @@ def measure(n: int) -> dict[str, Any]:
     metrics = AuditMetrics(registry)
     before = series_by_family(generate_latest(registry).decode())
     pipeline = Pipeline(metrics, clock=lambda: NOW)
-    body = b"\n".join(orjson.dumps(o) for o in made_up_events(n))
+    body = b"\n".join(orjson.dumps(o) for o in made_up_events(n, permitted))
     items = list(Decoder().decode_document(body))
     events = [e for e in items if isinstance(e, AuditEvent)]
     pipeline.process(events, "replay")
@@ -139,7 +140,7 @@ def baseline_rev() -> str:
     return out[-1] + "^"
 
 
-def measure_baseline(rev: str, n: int) -> dict[str, Any]:
+def measure_baseline(rev: str, n: int, permitted: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-labels-") as tmp:
         archive = Path(tmp) / "tree.tar"
         subprocess.run(
@@ -151,7 +152,14 @@ def measure_baseline(rev: str, n: int) -> dict[str, Any]:
             tar.extractall(tmp, filter="data")
         env = dict(os.environ, PYTHONPATH=tmp, KUBE_AUDIT_BENCH_BASELINE="1")
         out = subprocess.run(
-            [sys.executable, __file__, "--events", str(n), "--json"],
+            [
+                sys.executable,
+                __file__,
+                "--events",
+                str(n),
+                "--json",
+                *([] if permitted else ["--refused-only"]),
+            ],
             env=env,
             check=True,
             capture_output=True,
@@ -167,20 +175,24 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--baseline", default="")
     ap.add_argument("--json", action="store_true", help="measure this tree only, print JSON")
+    ap.add_argument(
+        "--refused-only",
+        action="store_true",
+        help="every request refused (401/403): a client without any permission",
+    )
     args = ap.parse_args()
     if not os.environ.get("KUBE_AUDIT_BENCH_BASELINE") and str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     if args.json:
-        print(json.dumps(measure(args.events)))
+        print(json.dumps(measure(args.events, not args.refused_only)))
         return 0
     rev = args.baseline or baseline_rev()
     rows = [
-        (f"baseline {rev}", measure_baseline(rev, args.events)),
-        ("this tree", measure(args.events)),
+        (f"baseline {rev}", measure_baseline(rev, args.events, not args.refused_only)),
+        ("this tree", measure(args.events, not args.refused_only)),
     ]
-    print(
-        f"{args.events} events with made-up verb, resource, group, namespace, code, level, webhook"
-    )
+    who = "all refused" if args.refused_only else "one in ten answered 200"
+    print(f"{args.events} events, every client-chosen label value made up, {who}")
     print(f"{'':>28} {'series':>8} {'/metrics':>12} {'loki streams':>13}")
     for name, r in rows:
         print(

@@ -101,8 +101,8 @@ def permitted(code: int) -> bool:
     401, 403 nor 429. A 404 for a resource the cluster does not serve counts
     (controllers list the custom resources they wait for), so a client
     allowed every resource can take places; the caps still bound them. A
-    code outside 100..599 is damage, not an answer."""
-    return 100 <= code < 600 and code not in _UNAUTHORIZED_CODES
+    code that is no HTTP status (299, 600) is damage, not an answer."""
+    return code in KNOWN_CODES and code not in _UNAUTHORIZED_CODES
 
 
 class _FirstSeen:
