@@ -123,13 +123,34 @@ def test_made_up_label_values_stay_bounded_through_the_real_pipeline(
     assert len({r.metadata["namespace"] for r in loki.received}) == N
 
 
-def _feed_made_up_events(pipeline: Pipeline) -> None:
+def _feed_made_up_events(pipeline: Pipeline, permitted: bool = True) -> None:
     decoder = Decoder()
-    objs = made_up_events(N)
+    objs = made_up_events(N, permitted)
     for i in range(0, N, 500):
         body = b"\n".join(orjson.dumps(o) for o in objs[i : i + 500])
         result = pipeline.process(decoder.decode_document(body), "webhook")
         assert result.accepted == 500
+
+
+def test_a_client_without_permission_gets_one_stream_and_a_handful_of_series() -> None:
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry)  # the default bounds
+    builder = EntryBuilder(
+        LokiSettings(url="http://127.0.0.1:9/", labels=LOKI_LABELS), bounds=metrics.bounds
+    )
+    streams: set[str] = set()
+
+    def sink(events: list[AuditEvent]) -> None:
+        streams.update(builder.labels(e) for e in events)
+
+    _feed_made_up_events(Pipeline(metrics, processors=[sink], clock=lambda: NOW), permitted=False)
+    families = series_by_family(generate_latest(registry).decode())
+    # verb other x resource __other__ x code (403, 401, 2xx, other) x user kind human
+    assert families["kube_audit_requests"] <= 4, families
+    assert families["kube_audit_user_requests"] <= 3 * 2 * 2
+    # the Metadata level and a made-up one (other)
+    assert len(streams) == 2, streams
+    assert all('verb="other"' in s and 'resource="__other__"' in s for s in streams)
 
 
 def test_a_client_without_permission_takes_no_place() -> None:
