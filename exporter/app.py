@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from . import __version__
 from .alertmanager import Alertmanager
-from .config import Config, detection_settings, loki_settings, rule_set
+from .config import Config, audit_metrics, detection_settings, loki_settings, rule_set
 from .detect import Detector
 from .event import Decoder
 from .logs import safe_url
@@ -44,12 +44,7 @@ class App:
             )
             if on
         ]
-        self.metrics = AuditMetrics(
-            self.registry,
-            max_users=cfg.metrics.max_users,
-            max_source_ips=cfg.metrics.max_source_ips,
-            sources=sources,
-        )
+        self.metrics = audit_metrics(cfg, self.registry, sources)
         self.decoder = Decoder(cfg.events.max_bytes)
         self.pipeline, self.notifier = build_pipeline(cfg, self.metrics)
         self._ready = threading.Event()

@@ -25,10 +25,17 @@ from .cliparser import (
     Terminated,
     VersionAction,
 )
-from .config import SOURCE_SECTIONS, Config, ConfigError, add_flags, load, require_source
+from .config import (
+    SOURCE_SECTIONS,
+    Config,
+    ConfigError,
+    add_flags,
+    audit_metrics,
+    load,
+    require_source,
+)
 from .duration import parse_duration
 from .event import InvalidEvent
-from .metrics import AuditMetrics
 
 if TYPE_CHECKING:
     from .alertmanager import Alertmanager
@@ -117,12 +124,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _config_errors(e)
     logs.setup(cfg.log.format, "info" if args.verbose else "warning")
     registry = CollectorRegistry()
-    metrics = AuditMetrics(
-        registry,
-        max_users=cfg.metrics.max_users,
-        max_source_ips=cfg.metrics.max_source_ips,
-        sources=["replay"],
-    )
+    metrics = audit_metrics(cfg, registry, ["replay"])
     temp: TempSpool | None = None
     if cfg.loki.url and not cfg.spool.dir:
         temp = TempSpool()

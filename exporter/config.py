@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from prometheus_client.registry import CollectorRegistry
 
 from .detect import DetectionSettings, RuleError, RuleSet, load_rules, located
 from .detect.located import LDict, LList
 from .duration import parse_duration
+from .labels import LabelBounds
 from .logs import safe_url
 from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
+from .metrics import AuditMetrics
 
 ENV_PREFIX = "KUBE_AUDIT_"
 
@@ -326,6 +329,15 @@ class EventsConfig:
             minimum=0,
         ),
     )
+    max_future_skew: float = field(
+        default=300.0,
+        metadata=opt(
+            "How far in the future an event may be stamped and still move "
+            "last_event_timestamp_seconds; later ones are counted in events_future_total.",
+            kind="duration",
+            minimum=0,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -338,6 +350,28 @@ class MetricsConfig:
         default=1000,
         metadata=opt(
             "Distinct source IPs in source_auth_failures_total before __other__.", minimum=1
+        ),
+    )
+    max_extra_resources: int = field(
+        default=100,
+        metadata=opt(
+            "Resources (and API groups) beyond the built-in ones kept as label values, "
+            "first seen on an authorized request, before __other__ (metrics and Loki).",
+            minimum=0,
+        ),
+    )
+    max_namespaces: int = field(
+        default=500,
+        metadata=opt(
+            "Namespaces kept as Loki stream label values, first seen on an authorized "
+            "request, before __other__.",
+            minimum=0,
+        ),
+    )
+    max_webhooks: int = field(
+        default=100,
+        metadata=opt(
+            "Admission webhook names in webhook_failed_open_total before __other__.", minimum=0
         ),
     )
 
@@ -889,6 +923,25 @@ def detection_settings(cfg: Config) -> DetectionSettings:
         },
         cluster=cfg.cluster,
         source="configuration",
+    )
+
+
+def audit_metrics(cfg: Config, registry: CollectorRegistry, sources: Sequence[str]) -> AuditMetrics:
+    """The metrics as configured: the per-user and per-address caps, the
+    label bounds shared with the Loki stream labels, the clock skew."""
+    m = cfg.metrics
+    bounds = LabelBounds(
+        max_extra_resources=m.max_extra_resources,
+        max_namespaces=m.max_namespaces,
+        max_webhooks=m.max_webhooks,
+    )
+    return AuditMetrics(
+        registry,
+        max_users=m.max_users,
+        max_source_ips=m.max_source_ips,
+        sources=sources,
+        bounds=bounds,
+        max_future_skew=cfg.events.max_future_skew,
     )
 
 

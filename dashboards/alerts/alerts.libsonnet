@@ -109,9 +109,9 @@ local rules = import 'recording-rules.libsonnet';
           ) +
           alert(
             'KubeAuditSeriesOverflow',
-            'sum by (%s) (increase(kube_audit_series_overflow_total{%s}[%s])) > 0' % [by(['instance', 'metric']), sel, a.KubeAuditSeriesOverflow.window],
-            'Per-user or per-address metrics overflow into __other__.',
-            '{{ $labels.metric }} of {{ $labels.instance }}%s folded {{ $value | humanize }} increments into __other__ in the last %s; raise metrics.max_users or metrics.max_source_ips if the series budget allows.' % [inCluster, a.KubeAuditSeriesOverflow.window],
+            'sum by (%s) (increase(kube_audit_series_overflow_total{%s}[%s])) > 0' % [by(['instance', 'metric', 'label']), sel, a.KubeAuditSeriesOverflow.window],
+            'Label values fold into __other__ to keep the series bounded.',
+            "{{ $labels.metric }} of {{ $labels.instance }}%s folded {{ $value | humanize }} increments of its {{ $labels.label }} label in the last %s; raise the label's bound (metrics.max_users, metrics.max_source_ips, metrics.max_extra_resources, metrics.max_namespaces, metrics.max_webhooks) if the series budget allows, or look for a client sending made-up values." % [inCluster, a.KubeAuditSeriesOverflow.window],
           ),
       },
       {

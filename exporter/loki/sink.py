@@ -79,7 +79,12 @@ class LokiSink:
         self.settings = settings
         self.clock = clock
         self.rng = rng
-        self.builder = EntryBuilder(settings, metadata_hook)
+        self.builder = EntryBuilder(
+            settings,
+            metadata_hook,
+            bounds=metrics.bounds if metrics is not None else None,
+            on_fold=metrics.loki_fold if metrics is not None else None,
+        )
         do_redact = settings.redact if redact is None else redact
         self.redactor = Redactor(settings.redact_paths) if do_redact else None
         self.client = c.LokiClient(settings, session)
