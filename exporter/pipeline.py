@@ -76,7 +76,7 @@ class Mark:
     so it is counted whatever happens to the mark."""
 
     data: bytes
-    save: Callable[[], None]
+    save: Callable[[], object]
 
 
 @dataclass(frozen=True, slots=True)
