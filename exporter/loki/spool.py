@@ -18,7 +18,9 @@ appends continue on a clean end.
 A *mark* is a record whose append time has its top bit set: a source's
 resume position (the log tailer's checkpoint), appended in the same write as
 the batch it follows, so that after a kill -9 the batch and the position
-are both there or neither is. Marks are not entries: readers skip them and
+are both there or neither is: the batch's entries carry the next bit, and
+such entries at the end of the last segment without their mark (a write
+cut short) are cut off at start-up like a torn record. Marks are not entries: readers skip them and
 :meth:`Spool.last_mark` gives the newest back. Before the segment holding
 the newest mark is deleted, the mark is written to ``mark`` (write, fsync,
 rename), so acknowledging everything does not lose it.
@@ -56,8 +58,11 @@ log = logging.getLogger(__name__)
 MAGIC = b"\xa7\x5d"
 _HEADER = struct.Struct("<2sII")  # magic, body length, crc32(length bytes + body)
 _STAMP = struct.Struct("<Q")  # append time, milliseconds since the epoch
-# Set in the append time of a mark record (a time in ms never reaches it).
+# Set in the append time of a mark record (a time in ms never reaches it),
+# and of the entries of a batch that a mark ends.
 MARK_FLAG = 1 << 63
+MARKED_FLAG = 1 << 62
+_TIME = MARKED_FLAG - 1
 _MARK_FILE = struct.Struct("<I")  # crc32 of the mark, then the mark
 _LENGTH = struct.Struct("<I")
 _ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
@@ -105,7 +110,7 @@ class _Good:
     end: int
     ts: float
     payload: bytes
-    mark: bool
+    flags: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +146,7 @@ def _parse(data: bytes, start: int) -> Iterator[_Good | _Bad]:
         end = _record_ok(data, pos)
         if end >= 0:
             (ms,) = _STAMP.unpack_from(data, pos + _HEADER.size)
-            flagged = bool(ms & MARK_FLAG)
-            ms &= ~MARK_FLAG
-            yield _Good(pos, end, ms / 1000.0, data[pos + HEADER_SIZE : end], flagged)
+            yield _Good(pos, end, (ms & _TIME) / 1000.0, data[pos + HEADER_SIZE : end], ms & ~_TIME)
             pos = end
             continue
         # Resynchronise on the next magic that starts a valid record.
@@ -301,12 +304,22 @@ class Spool:
                 start = ack[1] if ack[1] <= len(data) else 0
             size = len(data)
             last = i == len(segs) - 1
+            # The entries of a marked batch whose mark is not (yet) there:
+            # where the first starts, how many, where the last ends.
+            unmarked = (0, 0, -1)
             for item in _parse(data, start):
                 if type(item) is _Good:
-                    if item.mark:
+                    if item.flags & MARK_FLAG:
                         self._mark = item.payload
                         self._mark_saved = False
+                        unmarked = (0, 0, -1)
                         continue
+                    if not item.flags & MARKED_FLAG:
+                        unmarked = (0, 0, -1)
+                    elif unmarked[1]:
+                        unmarked = (unmarked[0], unmarked[1] + 1, item.end)
+                    else:
+                        unmarked = (item.start, 1, item.end)
                     self._entries += 1
                     if self._oldest is None:
                         self._oldest = item.ts
@@ -333,6 +346,15 @@ class Spool:
                             "bytes": item.end - item.start,
                         },
                     )
+            if last and unmarked[1] and unmarked[2] == size:
+                # kill -9 in the middle of a marked batch's write: its source
+                # reads the batch again from the mark before it.
+                size = unmarked[0]
+                self._entries -= unmarked[1]
+                log.warning(
+                    "spool: cut a batch whose mark was never written off the end",
+                    extra={"segment": seg, "offset": size, "entries": unmarked[1]},
+                )
             if size != len(data):
                 with open(self._path(seg), "r+b") as f:
                     f.truncate(size)
@@ -398,7 +420,7 @@ class Spool:
             return True
         now = self.clock()
         ms = int(now * 1000)
-        stamp = _STAMP.pack(ms)
+        stamp = _STAMP.pack(ms if mark is None else ms | MARKED_FLAG)
         heads = [_head(p, stamp) for p in payloads]
         entries = len(payloads)
         if mark is not None:
@@ -670,7 +692,7 @@ class Spool:
                         continue
                     out.append(data[pos + HEADER_SIZE : end])
                     if every or not marks:
-                        marks.append((ms / 1000.0, (seg, base + end)))
+                        marks.append(((ms & _TIME) / 1000.0, (seg, base + end)))
                     got += end - pos - HEADER_SIZE
                     pos = last = end
                     continue
@@ -782,7 +804,7 @@ class Spool:
             data = self._pread(self._path(seg), off, HEADER_SIZE)
             if len(data) == HEADER_SIZE and data[:2] == MAGIC:
                 (ms,) = _STAMP.unpack_from(data, _HEADER.size)
-                return float(ms & ~MARK_FLAG) / 1000.0
+                return float(ms & _TIME) / 1000.0
             return None
 
     # --- state ------------------------------------------------------------------
