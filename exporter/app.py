@@ -71,6 +71,7 @@ class App:
         self.logfile: LogFileSource | None = None
         if cfg.logfile.path:
             f = cfg.logfile
+            marks = [s.spool.last_mark() for s in self.pipeline.sinks if isinstance(s, LokiSink)]
             self.logfile = LogFileSource(
                 path=f.path,
                 checkpoint_file=f.checkpoint_file or None,
@@ -80,6 +81,7 @@ class App:
                 metrics=self.metrics,
                 poll_interval=f.poll_interval,
                 checkpoint_interval=f.checkpoint_interval,
+                resume_mark=marks[0] if marks else None,
             )
 
     def start(self) -> None:

@@ -572,8 +572,9 @@ CHILD = textwrap.dedent(
         for line in f:
             batch.append(decoder.decode_line(line))
             if len(batch) == 100:
-                while not sink.submit(batch):
+                while not sink.admit(batch):
                     sink.wait_for_room(1.0)
+                assert sink.submit(batch)
                 done += len(batch)
                 batch = []
                 print(done, flush=True)
@@ -633,15 +634,17 @@ def test_full_spool_refuses_then_accepts_after_loki_catches_up(
         metrics=AuditMetrics(registry),
     )
     taken = 0
-    while taken < len(events) and sink.submit(events[taken : taken + 20]):
+    while taken < len(events) and sink.admit(events[taken : taken + 20]):
+        assert sink.submit(events[taken : taken + 20])
         taken += 20
     assert 0 < taken < len(events)
-    assert not sink.submit(events[taken : taken + 20])
+    assert not sink.admit(events[taken : taken + 20])
     assert registry.get_sample_value("kube_audit_spool_full_total") == 2
     assert registry.get_sample_value("kube_audit_spool_entries") == taken
     assert (registry.get_sample_value("kube_audit_spool_bytes") or 0) > 0
     loki.default = None
     assert sink.wait_for_room(timeout=20)
+    assert sink.admit(events[taken : taken + 20])
     assert sink.submit(events[taken : taken + 20])
     wait_for(lambda: loki.count() == taken + 20)
 

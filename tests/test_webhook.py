@@ -281,9 +281,12 @@ def test_full_spool_answers_503_with_retry_after_and_the_retry_is_counted_once(
             self.full = True
             self.taken: list[AuditEvent] = []
 
-        def submit(self, events: Sequence[AuditEvent]) -> bool:
-            if self.full:
-                return False
+        keeps_marks = False
+
+        def admit(self, events: Sequence[AuditEvent]) -> bool:
+            return not self.full
+
+        def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
             self.taken.extend(events)
             return True
 

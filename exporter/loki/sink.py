@@ -1,8 +1,10 @@
 """The Loki output: a pipeline Sink in front of a disk spool and a sender thread.
 
-``submit`` (the pipeline's thread) redacts, builds the entries and appends
-them to the spool; it returns False, taking nothing, when the spool is full,
-so the webhook answers 503 and the log tailer keeps its checkpoint. The
+``admit`` (the pipeline's thread, before detection sees the batch) says
+whether the spool has room for a batch, from its events' sizes; when it is
+full it refuses, so the webhook answers 503 and the log tailer keeps its
+checkpoint. ``submit`` then redacts, builds the entries and appends them to
+the spool, with the source's mark (its resume position) in the same write. The
 sender thread reads the spool in order, cuts batches at ``batch_bytes`` or
 after ``batch_wait``, pushes them one at a time, in order, and acknowledges
 each batch in the spool only once Loki has answered for it. While a batch's
@@ -53,8 +55,15 @@ log = logging.getLogger(__name__)
 CREDENTIALS_POLL = 1.0
 
 
+# What an entry adds to its event's JSON line, at most, for the room check:
+# stream labels, timestamp, structured metadata and the spool's record header.
+ENTRY_OVERHEAD = 512
+
+
 class LokiSink:
     """Implements :class:`exporter.pipeline.Sink` for Loki."""
+
+    keeps_marks = True
 
     def __init__(
         self,
@@ -143,16 +152,14 @@ class LokiSink:
         build = self.builder.build
         return [build(ev) for ev in events]
 
-    def submit(self, events: Sequence[AuditEvent]) -> bool:
+    def admit(self, events: Sequence[AuditEvent]) -> bool:
+        """Whether the spool has room for ``events`` (estimated from their
+        JSON lines; an admitted batch is appended even when its entries turn
+        out larger, so the spool overshoots by less than one batch)."""
         if not events:
             return True
-        if self.redactor is not None:
-            redact = self.redactor.redact
-            for ev in events:
-                redact(ev)
-        record = self.builder.record
-        payloads = [record(ev) for ev in events]
-        if self.spool.append(payloads):
+        nbytes = sum(len(ev.to_bytes()) for ev in events) + ENTRY_OVERHEAD * len(events)
+        if self.spool.admits(nbytes):
             return True
         self.stats.full()
         self._warn.warning(
@@ -162,6 +169,17 @@ class LokiSink:
             spool_max_bytes=self.settings.spool_max_bytes,
         )
         return False
+
+    def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
+        """Append admitted ``events`` and ``mark`` to the spool in one write;
+        False only when the write failed (logged by the spool)."""
+        if self.redactor is not None:
+            redact = self.redactor.redact
+            for ev in events:
+                redact(ev)
+        record = self.builder.record
+        payloads = [record(ev) for ev in events]
+        return self.spool.append(payloads, mark, check_room=False)
 
     def wait_for_room(self, timeout: float, stall: float | None = None) -> bool:
         """Block until the spool is at most half full (for replay, which can
