@@ -152,10 +152,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                         return 3
                     result = pipeline.process(batch, "replay", context=path)
                 report.duplicates += result.duplicates
-                if result.invalid:
-                    for item in batch:
-                        if isinstance(item, InvalidEvent):
-                            report.invalid[item.reason] += 1
+                for reason, count in batch.refusals:
+                    report.invalid[reason] += count
                 progress.update(counter.count if counter else 0, report.events)
         except (OSError, EOFError) as e:
             # a truncated .gz or an I/O error: keep what was read, say so

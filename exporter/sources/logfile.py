@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..event import AuditEvent, Decoder, InvalidEvent
+from ..event import AuditEvent, Batch, Decoder, InvalidEvent
 from ..logs import RateLimitedLog
 from ..metrics import PREFIX, AuditMetrics
 from ..pipeline import Pipeline
@@ -317,7 +317,7 @@ class _Pending:
     """A batch the pipeline refused: retried as is before anything is read."""
 
     file: _File
-    items: list[Item]
+    items: Batch
     offset: int
     line: int | None
 
@@ -512,7 +512,7 @@ class LogFileSource:
         # complete as it will ever be.
         held = self._flush_held(f)
         f.reset()
-        self._submit(f, [held] if held is not None else [])
+        self._submit(f, Batch([held] if held is not None else []))
 
     def _drain(self, f: _File) -> tuple[int, bool]:
         """Hand on f's complete lines up to its current end.
@@ -520,19 +520,19 @@ class LogFileSource:
         Returns (lines taken, whether the end was reached with all of it
         taken). Stops early on a refused batch, a read error or stop()."""
         handled = 0
-        items: list[Item] = []
+        items = Batch()
         batch_lines = self.batch_lines
         scan = self._scan(f)
         for item in scan:
             if item is None:
                 continue
-            items.append(item)
-            if len(items) >= batch_lines:
+            items.add(item)
+            if items.inputs >= batch_lines:
                 taken = self._submit(f, items)
                 if taken is None:
                     return handled, False
                 handled += taken
-                items = []
+                items = Batch()
                 if self._stop.is_set():
                     return handled, False
         taken = self._submit(f, items)
@@ -615,18 +615,18 @@ class LogFileSource:
         except Exception as e:  # a decoder bug must not stop the log
             return InvalidEvent("invalid_value", f"undecodable: {_describe(e)}", line=f.line)
 
-    def _submit(self, f: _File, items: list[Item]) -> int | None:
+    def _submit(self, f: _File, items: Batch) -> int | None:
         """Hand ``items`` (the lines up to f's current place) to the pipeline;
         on success the checkpoint moves there. None when refused."""
         offset, line = f.consumed, f.line
-        if not items:
+        if not items.inputs:
             self._commit(f, offset, line)
             return 0
         if not self._process(items, f.name):
             self._pending = _Pending(f, items, offset, line)
             return None
         self._commit(f, offset, line)
-        return len(items)
+        return items.inputs
 
     def _retry(self) -> int | None:
         pending = self._pending
@@ -635,9 +635,9 @@ class LogFileSource:
             return None
         self._pending = None
         self._commit(pending.file, pending.offset, pending.line)
-        return len(pending.items)
+        return pending.items.inputs
 
-    def _process(self, items: list[Item], context: str) -> bool:
+    def _process(self, items: Batch, context: str) -> bool:
         try:
             return not self.pipeline.process(items, SOURCE, context=context).refused
         except Exception as e:

@@ -13,13 +13,11 @@ from typing import IO, Any, cast
 
 import orjson
 
-from ..event import AuditEvent, Decoder, InvalidEvent, loads
+from ..event import AuditEvent, Batch, Decoder, is_document, loads
 
 BATCH_LINES = 1000
 SNIFF_BYTES = 1 << 16
 READ_BYTES = 1 << 20
-
-Item = AuditEvent | InvalidEvent
 
 
 class Progress:
@@ -105,38 +103,40 @@ def open_input(path: str) -> tuple[IO[bytes], _Counting | _Position | None, int 
 
 def read_batches(
     stream: IO[bytes], decoder: Decoder, batch_lines: int = BATCH_LINES
-) -> Iterator[list[Item]]:
+) -> Iterator[Batch]:
     """Batches of decoded items from JSON lines, or from one JSON document
-    (a pretty-printed Event, an EventList, an array) when the input starts
-    with a value that spans lines."""
+    (an Event, an EventList, an array, pretty-printed or on one line) when
+    the input starts with one. A batch holds at most ``batch_lines`` inputs,
+    its refusals as a tally."""
     head = stream.read(SNIFF_BYTES)
     if not head:
         return
-    if _starts_multiline_document(head):
+    batch = Batch()
+    if _starts_document(head):
         body = head + stream.read()
-        items = list(decoder.decode_document(body))
-        for i in range(0, len(items), batch_lines):
-            yield items[i : i + batch_lines]
+        for item in decoder.decode_document(body):
+            batch.add(item)
+            if batch.inputs >= batch_lines:
+                yield batch
+                batch = Batch()
+        if batch.inputs:
+            yield batch
         return
-    batch: list[Item] = []
-    append = batch.append
-    decode = decoder.decode_line
+    decode = decoder.decode_record
     lineno = 0
     for lines in _line_blocks(head, stream, decoder.max_event_bytes):
         for line in lines:
             lineno += 1
             if not line or line.isspace():
                 continue
-            try:
-                append(decode(line))
-            except InvalidEvent as e:
-                e.line = lineno
-                append(e)
-            if len(batch) >= batch_lines:
+            for item in decode(line):
+                if type(item) is not AuditEvent:
+                    item.line = lineno  # type: ignore[union-attr]
+                batch.add(item)
+            if batch.inputs >= batch_lines:
                 yield batch
-                batch = []
-                append = batch.append
-    if batch:
+                batch = Batch()
+    if batch.inputs:
         yield batch
 
 
@@ -175,13 +175,17 @@ def _cut(lines: list[bytes], limit: int) -> list[bytes]:
     return [line if len(line) <= limit else line[: limit + 1] for line in lines]
 
 
-def _starts_multiline_document(head: bytes) -> bool:
+def _starts_document(head: bytes) -> bool:
+    """Does the input start with one JSON document (rather than an event
+    per line)? Yes when its first line is a document by itself (an EventList
+    or an array written on one line) or no complete value at all (the start
+    of a pretty-printed one)."""
     text = head.lstrip()
     if not text or text[:1] not in (b"{", b"["):
         return False
     first = text.split(b"\n", 1)[0]
     try:
-        loads(first)
+        doc = loads(first)
     except orjson.JSONDecodeError:
         return True  # the first line is not a value by itself
-    return False
+    return is_document(doc)
