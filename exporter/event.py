@@ -558,6 +558,10 @@ class Decoder:
         """One line of JSON lines: an event, or a whole document written on
         one line (an EventList or an array, as a captured webhook body is),
         whose items are yielded in order."""
+        refused = _not_a_json_container(line)
+        if refused is not None:
+            yield refused
+            return
         try:
             if len(line) <= self.max_event_bytes:
                 ev = _fast_event(line.rstrip(b"\r\n"))
@@ -706,6 +710,30 @@ def _inner(obj: Any) -> bytes | dict[str, Any] | None:
     return None
 
 
+# The bytes a JSON scalar can start with: such a line is parsed to tell
+# wrong_type (valid JSON, not an object) from invalid_json.
+_SCALAR_STARTS = frozenset(b'"-0123456789tfn')
+
+
+def _not_a_json_container(line: bytes) -> InvalidEvent | None:
+    """The refusal of a line that cannot be an object or an array, found
+    without running the parsers (garbage costs one comparison, not three
+    failed parses); None when the line may be one."""
+    first = line[:1]
+    if first.isspace():
+        first = line.lstrip()[:1]
+    if first == b"{" or first == b"[" or not first:
+        return None
+    if first[0] in _SCALAR_STARTS:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return _not_an_object(value)
+    return InvalidEvent("invalid_json", f"not a JSON object: starts with {first!r}")
+
+
 def _parse(line: bytes) -> Any:
     """One JSON value; raises InvalidEvent (invalid_json or too_deep)."""
     try:
@@ -759,9 +787,11 @@ def is_document(doc: Any) -> bool:
     return "items" in doc and "kind" not in doc and "auditID" not in doc
 
 
+_TYPE_NAMES: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+
+
 def _not_an_object(obj: Any) -> InvalidEvent:
-    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
-    kind = names.get(type(obj), type(obj).__name__)
+    kind = _TYPE_NAMES.get(type(obj)) or type(obj).__name__
     return InvalidEvent("wrong_type", f"an event must be a JSON object, not {kind}")
 
 
