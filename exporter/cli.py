@@ -155,6 +155,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 for reason, count in batch.refusals:
                     report.invalid[reason] += count
                 progress.update(counter.count if counter else 0, report.events)
+            problem = getattr(stream, "problem", None)
+            if problem:
+                # a cut .gz: read up to the cut, counted as truncated_gzip
+                print(f"{path}: {problem}; read up to there", file=sys.stderr)
+                status = 2
         except (OSError, EOFError) as e:
             # a truncated .gz or an I/O error: keep what was read, say so
             print(f"{path}: read error: {e}", file=sys.stderr)

@@ -558,12 +558,12 @@ class Decoder:
         """One line of JSON lines: an event, or a whole document written on
         one line (an EventList or an array, as a captured webhook body is),
         whose items are yielded in order."""
-        refused = _not_a_json_container(line)
-        if refused is not None:
-            yield refused
-            return
         try:
             if len(line) <= self.max_event_bytes:
+                refused = _not_a_json_container(line)
+                if refused is not None:
+                    yield refused
+                    return
                 ev = _fast_event(line.rstrip(b"\r\n"))
                 if ev is not None:
                     yield ev

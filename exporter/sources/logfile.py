@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import io
 import logging
 import os
@@ -41,13 +40,13 @@ import re
 import stat
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..event import AuditEvent, Batch, Decoder, InvalidEvent
+from ..gzstream import GzipStream
 from ..logs import RateLimitedLog
 from ..metrics import PREFIX, AuditMetrics
 from ..pipeline import Pipeline
@@ -110,9 +109,9 @@ def rotated_files(path: str) -> list[Rotated]:
 def _gz_head(name: str) -> bytes:
     """The first decompressed bytes of a .gz file; empty when unreadable."""
     try:
-        with gzip.open(name, "rb") as f:
-            return f.read(FINGERPRINT_BYTES)
-    except (OSError, EOFError, zlib.error):
+        with open(name, "rb") as f:
+            return GzipStream(f).read(FINGERPRINT_BYTES)
+    except OSError:
         return b""
 
 
@@ -147,7 +146,7 @@ class _File:
         name: str,
         *,
         fd: int | None,
-        gz: gzip.GzipFile | None,
+        gz: GzipStream | None,
         raw: io.BufferedReader | None,
         st: os.stat_result,
         live: bool,
@@ -194,7 +193,7 @@ class _File:
         raw = open(name, "rb")  # noqa: SIM115 - closed by close()
         try:
             st = os.fstat(raw.fileno())
-            gz = gzip.GzipFile(fileobj=raw, mode="rb")
+            gz = GzipStream(raw)
             return cls(name, fd=None, gz=gz, raw=raw, st=st, live=False, key=key)
         except BaseException:
             raw.close()
@@ -213,10 +212,12 @@ class _File:
         if self.gz is not None:
             try:
                 data = self.gz.read(n)
-            except (OSError, EOFError, zlib.error) as e:
-                # A damaged or cut .gz: what came out of it is all there is.
+            except OSError as e:
                 self.corrupt = str(e) or type(e).__name__
                 return b""
+            if not data and self.gz.problem:
+                # A damaged or cut .gz: every byte before it was read.
+                self.corrupt = self.gz.problem
         else:
             assert self.fd is not None
             data = os.pread(self.fd, n, self.read_pos)
@@ -541,6 +542,7 @@ class LogFileSource:
         handled += taken
         if f.corrupt is not None:
             self._error("read")
+            self.metrics.invalid_input(SOURCE, "truncated_gzip")
             self._io_log.warning(
                 "compressed audit log is damaged, read up to the damage",
                 file=f.name,
