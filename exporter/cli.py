@@ -196,11 +196,14 @@ def _replay(
                             raise _LokiStalled
                         result = pipeline.process(batch, "replay", context=path)
                     report.duplicates += result.duplicates
-                    if result.invalid:
-                        for item in batch:
-                            if isinstance(item, InvalidEvent):
-                                report.invalid[item.reason] += 1
+                    for reason, count in batch.refusals:
+                        report.invalid[reason] += count
                     progress.update(counter.count if counter else 0, report.events)
+                problem = getattr(stream, "problem", None)
+                if problem:
+                    # a cut .gz: read up to the cut, counted as truncated_gzip
+                    print(f"{path}: {problem}; read up to there", file=sys.stderr)
+                    status = EXIT_INPUT
             except (OSError, EOFError) as e:
                 if isinstance(e, BrokenPipeError):
                     raise

@@ -10,27 +10,20 @@ bad line never stops the good ones around it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 import orjson
 
+from .jsonsplit import split_items
+from .refusals import INVALID_REASONS as INVALID_REASONS
+from .refusals import InvalidEvent as InvalidEvent
+from .refusals import Refusals
+
 API_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1"})
 STAGES = frozenset({"RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"})
-
-# Every reason an input can be refused for. Metrics pre-initialise these so the
-# series exist at zero; keep the list in sync with the raises below.
-INVALID_REASONS = (
-    "invalid_json",  # not JSON at all, or truncated
-    "wrong_type",  # JSON, but a field has the wrong type (e.g. {"kind": 0})
-    "missing_field",  # auditID, stage, verb or the timestamps are absent
-    "invalid_value",  # unknown stage, unparseable timestamp
-    "unknown_api_version",  # apiVersion is not audit.k8s.io/v1 or v1beta1
-    "not_an_event",  # valid JSON of another kind (a GKE LogEntry, a Status, ...)
-    "too_large",  # over the configured per-event size limit
-)
 
 # The annotations the authorizer puts on nearly every event. An event whose
 # annotation keys are all among these has nothing else for the metrics or the
@@ -40,20 +33,16 @@ COMMON_ANNOTATIONS = frozenset({"authorization.k8s.io/decision", "authorization.
 USER_KINDS = ("human", "serviceaccount", "node", "system", "anonymous", "unauthenticated")
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
+# A managed cluster's export wraps an event once (AKS ``properties.log``,
+# Log Analytics ``log_s``); a wrapper in a wrapper is tolerated, deeper is
+# refused as too_deep rather than unwrapped without end.
+MAX_WRAPPERS = 8
+# JSON lines are split this many bytes at a time, not all at once.
+LINES_BLOCK = 1 << 20
 
 # Set on an event whose output had to leave something out (a Loki line over
 # its size limit, fields nested too deep to write).
 TRUNCATED_ANNOTATION = "kube-audit-exporter/truncated"
-
-
-class InvalidEvent(Exception):
-    """An input that is not a usable audit event; ``reason`` is one of INVALID_REASONS."""
-
-    def __init__(self, reason: str, detail: str, *, line: int | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.line = line
 
 
 class AuditEvent:
@@ -512,136 +501,298 @@ def _fast_event(line: bytes) -> AuditEvent | None:
 
 # --- documents ---------------------------------------------------------------
 
+Item = AuditEvent | InvalidEvent
+
+
+class Batch(list[AuditEvent]):
+    """Decoded events in input order, and a tally of the inputs refused among
+    them: a flood of bad input costs a counter, not an object per item."""
+
+    __slots__ = ("refusals",)
+
+    def __init__(self, items: Iterable[Item] = ()) -> None:
+        super().__init__()
+        self.refusals = Refusals()
+        self.add_all(items)
+
+    def add(self, item: Item) -> None:
+        if type(item) is AuditEvent:
+            self.append(item)
+        else:
+            self.refusals.add(item)  # type: ignore[arg-type]
+
+    def add_all(self, items: Iterable[Item]) -> None:
+        append, refuse = self.append, self.refusals.add
+        for item in items:
+            if type(item) is AuditEvent:
+                append(item)
+            else:
+                refuse(item)  # type: ignore[arg-type]
+
+    @property
+    def inputs(self) -> int:
+        """Events and refusals: the inputs this batch stands for."""
+        return len(self) + self.refusals.total
+
 
 class Decoder:
-    """Turns lines and documents into events, refusing bad input item by item."""
+    """Turns lines and documents into events, refusing bad input item by item.
+
+    Nothing raises out of a document or a line of JSON lines: each item is
+    an event or an InvalidEvent, whatever its nesting (wrappers are unwrapped
+    in a loop, documents too deep for the parsers are split by
+    :func:`~exporter.jsonsplit.split_items`)."""
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
 
     def decode_line(self, line: bytes) -> AuditEvent:
-        """One JSON line of an audit log (the trailing newline may be present)."""
-        if len(line) > self.max_event_bytes:
-            raise InvalidEvent(
-                "too_large", f"{len(line)} bytes is over the {self.max_event_bytes} byte limit"
-            )
-        line = line.rstrip(b"\r\n")
-        ev = _fast_event(line)
-        if ev is not None:
-            return ev
-        try:
-            obj = loads(line)
-        except orjson.JSONDecodeError as e:
-            raise InvalidEvent("invalid_json", str(e)) from None
-        return self._event(obj, line)
+        """One JSON line of an audit log (the trailing newline may be present);
+        raises InvalidEvent."""
+        return self._resolve(line, None)
 
     def decode_object(self, obj: Any, raw: bytes | None = None) -> AuditEvent:
-        return self._event(obj, raw)
+        return self._resolve(obj, raw)
 
-    def _event(self, obj: Any, raw: bytes | None) -> AuditEvent:
-        if type(obj) is not dict:
-            raise InvalidEvent("wrong_type", f"an event must be a JSON object, not {_kind(obj)}")
-        kind = obj.get("kind", "Event")
-        if type(kind) is not str:
-            raise InvalidEvent("wrong_type", "kind must be a string")
-        if kind != "Event":
-            unwrapped = _unwrap(obj)
-            if unwrapped is not None:
-                return self._inner(unwrapped)
-            raise InvalidEvent("not_an_event", f"kind {kind[:40]!r} is not an audit Event")
-        api_version = obj.get("apiVersion")
-        if api_version is not None and api_version not in API_VERSIONS:
-            if type(api_version) is not str:
-                raise InvalidEvent("wrong_type", "apiVersion must be a string")
-            raise InvalidEvent("unknown_api_version", f"apiVersion {api_version[:60]!r}")
-        if "auditID" not in obj and "stage" not in obj:
-            unwrapped = _unwrap(obj)
-            if unwrapped is not None:
-                return self._inner(unwrapped)
-            if "kind" not in obj and "apiVersion" not in obj:
-                raise InvalidEvent("not_an_event", "no kind, apiVersion, auditID or stage")
-        return AuditEvent(obj, raw)
+    def decode_record(self, line: bytes) -> Iterator[Item]:
+        """One line of JSON lines: an event, or a whole document written on
+        one line (an EventList or an array, as a captured webhook body is),
+        whose items are yielded in order."""
+        try:
+            if len(line) <= self.max_event_bytes:
+                refused = _not_a_json_container(line)
+                if refused is not None:
+                    yield refused
+                    return
+                ev = _fast_event(line.rstrip(b"\r\n"))
+                if ev is not None:
+                    yield ev
+                    return
+            try:
+                doc, raw_items = _parse_whole(line)
+            except InvalidEvent as e:
+                if len(line) > self.max_event_bytes:
+                    raise self._too_large(len(line)) from None
+                raise e from None
+        except InvalidEvent as e:
+            yield e
+            return
+        yield from self._document(doc, raw_items, len(line), line.rstrip(b"\r\n"))
 
-    def _inner(self, wrapped: bytes | dict[str, Any]) -> AuditEvent:
-        if type(wrapped) is bytes:
-            return self.decode_line(wrapped)
-        return self._event(wrapped, None)
-
-    def decode_document(self, body: bytes) -> Iterator[AuditEvent | InvalidEvent]:
+    def decode_document(self, body: bytes) -> Iterator[Item]:
         """A webhook body or a whole file: an Event, an EventList, a JSON array
-        of events, or JSON lines. Yields events and refusals in input order."""
+        of events, or JSON lines (each of which may be one of those). Yields
+        events and refusals in input order."""
         stripped = body.strip()
         if not stripped:
             return
         try:
-            doc = loads(stripped)
-        except orjson.JSONDecodeError:
-            doc = _NOT_ONE_DOCUMENT
-        if doc is _NOT_ONE_DOCUMENT:
-            # JSON lines (or garbage): each line stands or falls alone.
-            for lineno, line in enumerate(stripped.split(b"\n"), 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield self.decode_line(line)
-                except InvalidEvent as e:
-                    e.line = lineno
-                    yield e
+            doc, raw_items = _parse_whole(stripped)
+        except InvalidEvent:
+            yield from self._lines(stripped)
             return
+        yield from self._document(doc, raw_items, len(stripped), None)
+
+    def _lines(self, data: bytes) -> Iterator[Item]:
+        """JSON lines (or garbage): each line stands or falls alone."""
+        decode = self.decode_record
+        for lineno, line in enumerate(_split_lines(data), 1):
+            if not line or line.isspace():
+                continue
+            for item in decode(line):
+                if type(item) is not AuditEvent:
+                    item.line = lineno  # type: ignore[union-attr]
+                yield item
+
+    def _document(
+        self, doc: Any, raw_items: list[bytes] | None, size: int, raw: bytes | None
+    ) -> Iterator[Item]:
+        """The items of a parsed document; ``raw_items`` are its items' bytes
+        when they were too deep to parse with it."""
         items: list[Any]
         if type(doc) is list:
-            items = doc
-        elif type(doc) is dict and (doc.get("kind") == "EventList" or _is_list(doc)):
+            items = doc if raw_items is None else raw_items
+        elif is_document(doc):
             api_version = doc.get("apiVersion")
             if api_version is not None and api_version not in API_VERSIONS:
-                yield InvalidEvent("unknown_api_version", f"EventList apiVersion {api_version!r}")
+                yield InvalidEvent(
+                    "unknown_api_version", f"EventList apiVersion {str(api_version)[:60]!r}"
+                )
                 return
-            raw_items = doc.get("items")
-            if raw_items is None:
+            found = doc.get("items") if raw_items is None else raw_items
+            if found is None:
                 return  # an empty EventList serialises its items as null
-            if type(raw_items) is not list:
+            if type(found) is not list:
                 yield InvalidEvent("wrong_type", "EventList.items must be a list")
                 return
-            items = raw_items
+            items = found
+        elif raw_items is not None:
+            # split, but not a list: an object whose "items" is too deep
+            yield InvalidEvent("too_deep", "nested deeper than the JSON parser goes")
+            return
         else:
-            # A single event: the document is its own exact bytes.
+            # A single event.
             try:
-                if len(stripped) > self.max_event_bytes:
-                    raise InvalidEvent(
-                        "too_large",
-                        f"{len(stripped)} bytes is over the {self.max_event_bytes} byte limit",
-                    )
-                yield self._event(doc, None)
+                if size > self.max_event_bytes:
+                    raise self._too_large(size)
+                yield self._resolve(doc, raw)
             except InvalidEvent as e:
                 yield e
             return
         # Only a document larger than the limit can hold an item over it.
-        check_size = len(stripped) > self.max_event_bytes
+        check_size = size > self.max_event_bytes
         for index, item in enumerate(items):
+            kind = type(item)
+            if kind is not dict and kind is not bytes:
+                yield _not_an_object(item)
+                continue
             try:
-                if check_size and type(item) is dict:  # anything else is refused below
-                    size = len(dumps_event(item))
-                    if size > self.max_event_bytes:
-                        raise InvalidEvent(
-                            "too_large",
-                            f"item {index}: {size} bytes is over the {self.max_event_bytes} limit",
-                        )
-                yield self._event(item, None)
+                if check_size and kind is dict:
+                    n = len(dumps_event(item))
+                    if n > self.max_event_bytes:
+                        raise self._too_large(n)
+                yield self._resolve(item, None)
             except InvalidEvent as e:
                 e.line = index
                 yield e
 
+    def _resolve(self, payload: Any, raw: bytes | None) -> AuditEvent:
+        """The event in ``payload`` (a line's bytes or a decoded object),
+        unwrapping managed-cluster exports in a loop; raises InvalidEvent."""
+        wrappers = 0
+        while True:
+            if type(payload) is bytes:
+                if len(payload) > self.max_event_bytes:
+                    raise self._too_large(len(payload))
+                line = payload.rstrip(b"\r\n")
+                ev = _fast_event(line)
+                if ev is not None:
+                    return ev
+                payload, raw = _parse(line), line
+            inner = _inner(payload)
+            if inner is None:
+                return AuditEvent(payload, raw)
+            wrappers += 1
+            if wrappers > MAX_WRAPPERS:
+                raise InvalidEvent("too_deep", f"more than {MAX_WRAPPERS} nested wrappers")
+            payload, raw = inner, None
 
-_NOT_ONE_DOCUMENT = object()
+    def _too_large(self, size: int) -> InvalidEvent:
+        return InvalidEvent(
+            "too_large", f"{size} bytes is over the {self.max_event_bytes} byte limit"
+        )
 
 
-def _is_list(doc: dict[str, Any]) -> bool:
+def _inner(obj: Any) -> bytes | dict[str, Any] | None:
+    """None when ``obj`` is to be read as an event, the payload when it wraps
+    one; raises InvalidEvent when it is neither."""
+    if type(obj) is not dict:
+        raise _not_an_object(obj)
+    kind = obj.get("kind", "Event")
+    if type(kind) is not str:
+        raise InvalidEvent("wrong_type", "kind must be a string")
+    if kind != "Event":
+        unwrapped = _unwrap(obj)
+        if unwrapped is not None:
+            return unwrapped
+        raise InvalidEvent("not_an_event", f"kind {kind[:40]!r} is not an audit Event")
+    api_version = obj.get("apiVersion")
+    if api_version is not None and api_version not in API_VERSIONS:
+        if type(api_version) is not str:
+            raise InvalidEvent("wrong_type", "apiVersion must be a string")
+        raise InvalidEvent("unknown_api_version", f"apiVersion {api_version[:60]!r}")
+    if "auditID" not in obj and "stage" not in obj:
+        unwrapped = _unwrap(obj)
+        if unwrapped is not None:
+            return unwrapped
+        if "kind" not in obj and "apiVersion" not in obj:
+            raise InvalidEvent("not_an_event", "no kind, apiVersion, auditID or stage")
+    return None
+
+
+# The bytes a JSON scalar can start with: such a line is parsed to tell
+# wrong_type (valid JSON, not an object) from invalid_json.
+_SCALAR_STARTS = frozenset(b'"-0123456789tfn')
+
+
+def _not_a_json_container(line: bytes) -> InvalidEvent | None:
+    """The refusal of a line that cannot be an object or an array, found
+    without running the parsers (garbage costs one comparison, not three
+    failed parses); None when the line may be one."""
+    first = line[:1]
+    if first.isspace():
+        first = line.lstrip()[:1]
+    if first == b"{" or first == b"[" or not first:
+        return None
+    if first[0] in _SCALAR_STARTS:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return _not_an_object(value)
+    return InvalidEvent("invalid_json", f"not a JSON object: starts with {first!r}")
+
+
+def _parse(line: bytes) -> Any:
+    """One JSON value; raises InvalidEvent (invalid_json or too_deep)."""
+    try:
+        return loads(line)
+    except orjson.JSONDecodeError as e:
+        if _depth_error(e):
+            raise InvalidEvent("too_deep", "nested deeper than the JSON parser goes") from None
+        raise InvalidEvent("invalid_json", str(e)) from None
+
+
+def _parse_whole(data: bytes) -> tuple[Any, list[bytes] | None]:
+    """One JSON document, and its items' bytes when it is an array or an
+    EventList too deep to parse whole; raises InvalidEvent."""
+    try:
+        return loads(data), None
+    except orjson.JSONDecodeError as e:
+        if not _depth_error(e):
+            raise InvalidEvent("invalid_json", str(e)) from None
+    split = split_items(data)
+    if split is None:
+        raise InvalidEvent("too_deep", "nested deeper than the JSON parser goes")
+    skeleton, items = split
+    return ([] if skeleton is None else _parse(skeleton)), items
+
+
+def _depth_error(e: orjson.JSONDecodeError) -> bool:
+    return "depth" in e.msg or "recursion" in e.msg.lower()
+
+
+def _split_lines(data: bytes) -> Iterator[bytes]:
+    """The lines of ``data``, split a block at a time: a body of millions of
+    short lines never becomes one list of millions of byte strings."""
+    start, size = 0, len(data)
+    while start < size:
+        end = data.find(b"\n", start + LINES_BLOCK)
+        if end < 0:
+            end = size
+        yield from data[start:end].split(b"\n")
+        start = end + 1
+
+
+def is_document(doc: Any) -> bool:
+    """Is this decoded JSON a list of events (an array, an EventList)?"""
+    if type(doc) is list:
+        return True
+    if type(doc) is not dict:
+        return False
+    if doc.get("kind") == "EventList":
+        return True
+    # an EventList without kind and apiVersion
     return "items" in doc and "kind" not in doc and "auditID" not in doc
 
 
-def _kind(obj: Any) -> str:
-    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
-    return names.get(type(obj), type(obj).__name__)
+_TYPE_NAMES: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+
+
+def _not_an_object(obj: Any) -> InvalidEvent:
+    kind = _TYPE_NAMES.get(type(obj)) or type(obj).__name__
+    return InvalidEvent("wrong_type", f"an event must be a JSON object, not {kind}")
 
 
 def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
@@ -657,8 +808,8 @@ def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
         inner = props.get("log")
         if type(inner) is str:
             return inner.encode()
-        if type(inner) is dict and ("auditID" in inner or inner.get("kind") == "Event"):
-            return inner
+        if type(inner) is dict:
+            return inner  # an event, or another wrapper (counted by the caller)
     if type(obj.get("log_s")) is str:
         return str(obj["log_s"]).encode()
     return None

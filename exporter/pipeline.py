@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .event import AuditEvent, InvalidEvent
+from .event import AuditEvent, Batch, InvalidEvent
 from .logs import RateLimitedLog
 from .metrics import AuditMetrics
+from .refusals import Refusals
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,10 @@ class Pipeline:
         """Take one batch from ``source``; ``context`` locates it in logs
         (a file name, a peer address); ``mark`` is where ``source`` resumes
         after it."""
-        events: list[AuditEvent] = []
-        errors: list[InvalidEvent] = []
-        for item in items:
-            if type(item) is AuditEvent:
-                events.append(item)
-            else:
-                errors.append(item)  # type: ignore[arg-type]
+        # refusals are counted as they come, never kept one by one
+        batch = items if isinstance(items, Batch) else Batch(items)
+        events: list[AuditEvent] = batch
+        refusals = batch.refusals
         with self._lock:
             dedupe = self.dedupe
             keys = [(ev.audit_id, ev.stage, ev.stage_ts) for ev in events]
@@ -206,9 +204,19 @@ class Pipeline:
                 dedupe.update(batch_keys)
                 if duplicates:
                     metrics.duplicate(source, duplicates)
-                for err in errors:
-                    metrics.invalid.inc((source, err.reason))
-        for err in errors:
+                for reason, count in refusals:
+                    metrics.invalid.inc((source, reason), count)
+        self._log_refusals(refusals, source, context)
+        return BatchResult(
+            accepted=len(fresh),
+            duplicates=duplicates,
+            invalid=refusals.total,
+            first_error=refusals.first,
+        )
+
+    def _log_refusals(self, refusals: Refusals, source: str, context: str) -> None:
+        """The first few refusals with their place, then how many more."""
+        for err in refusals.samples:
             where = f"{context}:{err.line}" if err.line is not None and context else context
             self.invalid_log.warning(
                 "invalid audit event",
@@ -217,12 +225,14 @@ class Pipeline:
                 reason=err.reason,
                 detail=err.detail[:200],
             )
-        return BatchResult(
-            accepted=len(fresh),
-            duplicates=duplicates,
-            invalid=len(errors),
-            first_error=errors[0] if errors else None,
-        )
+        if refusals.unsampled:
+            self.invalid_log.warning(
+                "more invalid audit events in the batch",
+                source=source,
+                where=context,
+                count=refusals.unsampled,
+                reasons=",".join(f"{r}={n}" for r, n in refusals),
+            )
 
     def close(self, timeout: float = 10.0) -> bool:
         """Close the sinks; True when each delivered everything it held."""

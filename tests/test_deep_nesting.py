@@ -125,7 +125,7 @@ def test_replay_goes_past_deep_lines(tmp_path: Path, capsys: pytest.CaptureFixtu
     report = json.loads(capsys.readouterr().out)
     # 5 good events and 3 deep ones; 5000 levels is more than JSON parsers take
     assert report["events"] == 8
-    assert report["invalid"] == {"invalid_json": 1}
+    assert report["invalid"] == {"too_deep": 1}
     assert report["sensitive_operations"]["counts"] == {"secrets": 3}
 
 

@@ -77,11 +77,10 @@ def test_lines_mode_batches_and_numbers_lines() -> None:
     body = PERFSPEC.read_bytes()[:200_000]
     body = body[: body.rfind(b"\n") + 1] + b"not json\n"
     batches = list(read_batches(io.BytesIO(body), Decoder(), batch_lines=100))
-    items = [x for b in batches for x in b]
-    assert all(len(b) <= 100 for b in batches)
-    last = items[-1]
-    assert getattr(last, "reason", None) == "invalid_json"
-    assert getattr(last, "line", None) == body.count(b"\n")
+    assert all(b.inputs <= 100 for b in batches)
+    assert sum(b.refusals.total for b in batches[:-1]) == 0
+    (last,) = batches[-1].refusals.samples
+    assert (last.reason, last.line) == ("invalid_json", body.count(b"\n"))
 
 
 def test_lines_across_reads_and_an_endless_garbage_line() -> None:
@@ -102,9 +101,9 @@ def test_lines_across_reads_and_an_endless_garbage_line() -> None:
         def read(self, n: int | None = -1) -> bytes:
             return super().read(min(n if n is not None and n >= 0 else 1 << 30, 4099))
 
-    items = [x for b in read_batches(SmallReads(body), Decoder(max_event_bytes=1 << 20)) for x in b]
-    assert [x.audit_id for x in items if not hasattr(x, "reason")] == want
-    refused = [x for x in items if hasattr(x, "reason")]
+    batches = list(read_batches(SmallReads(body), Decoder(max_event_bytes=1 << 20)))
+    assert [x.audit_id for b in batches for x in b] == want
+    refused = [x for b in batches for x in b.refusals.samples]
     assert [(x.reason, x.line) for x in refused] == [("too_large", 1503)]
 
 

@@ -128,13 +128,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         try:
             for batch in read_batches(stream, decoder):
                 lines: list[str] = []
+                for reason, count in batch.refusals:
+                    (comparison or base).add_invalid(reason, count)
                 for item in batch:
-                    if not isinstance(item, AuditEvent):
-                        if comparison is not None:
-                            comparison.add_invalid(item.reason)
-                        else:
-                            base.add_invalid(item.reason)
-                        continue
                     second: EventResult | None = None
                     if comparison is not None:
                         result, second = comparison.add(item)

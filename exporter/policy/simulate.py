@@ -228,8 +228,8 @@ class Simulation:
                 noise.rules.add(decision.rule)
         return result
 
-    def add_invalid(self, reason: str) -> None:
-        self.invalid[reason] += 1
+    def add_invalid(self, reason: str, count: int = 1) -> None:
+        self.invalid[reason] += count
 
     @property
     def written(self) -> Volume:
@@ -336,9 +336,9 @@ class Comparison:
                 )
         return a, b
 
-    def add_invalid(self, reason: str) -> None:
-        self.base.add_invalid(reason)
-        self.other.add_invalid(reason)
+    def add_invalid(self, reason: str, count: int = 1) -> None:
+        self.base.add_invalid(reason, count)
+        self.other.add_invalid(reason, count)
 
     def summary(self) -> dict[str, Any]:
         a = self.base.written

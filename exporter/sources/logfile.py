@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import io
 import logging
 import os
@@ -48,13 +47,13 @@ import re
 import stat
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..event import AuditEvent, Decoder, InvalidEvent
+from ..event import AuditEvent, Batch, Decoder, InvalidEvent
+from ..gzstream import GzipStream
 from ..logs import RateLimitedLog
 from ..metrics import PREFIX, AuditMetrics
 from ..pipeline import Mark, Pipeline
@@ -117,9 +116,9 @@ def rotated_files(path: str) -> list[Rotated]:
 def _gz_head(name: str) -> bytes:
     """The first decompressed bytes of a .gz file; empty when unreadable."""
     try:
-        with gzip.open(name, "rb") as f:
-            return f.read(FINGERPRINT_BYTES)
-    except (OSError, EOFError, zlib.error):
+        with open(name, "rb") as f:
+            return GzipStream(f).read(FINGERPRINT_BYTES)
+    except OSError:
         return b""
 
 
@@ -154,7 +153,7 @@ class _File:
         name: str,
         *,
         fd: int | None,
-        gz: gzip.GzipFile | None,
+        gz: GzipStream | None,
         raw: io.BufferedReader | None,
         st: os.stat_result,
         live: bool,
@@ -201,7 +200,7 @@ class _File:
         raw = open(name, "rb")  # noqa: SIM115 - closed by close()
         try:
             st = os.fstat(raw.fileno())
-            gz = gzip.GzipFile(fileobj=raw, mode="rb")
+            gz = GzipStream(raw)
             return cls(name, fd=None, gz=gz, raw=raw, st=st, live=False, key=key)
         except BaseException:
             raw.close()
@@ -220,10 +219,12 @@ class _File:
         if self.gz is not None:
             try:
                 data = self.gz.read(n)
-            except (OSError, EOFError, zlib.error) as e:
-                # A damaged or cut .gz: what came out of it is all there is.
+            except OSError as e:
                 self.corrupt = str(e) or type(e).__name__
                 return b""
+            if not data and self.gz.problem:
+                # A damaged or cut .gz: every byte before it was read.
+                self.corrupt = self.gz.problem
         else:
             assert self.fd is not None
             data = os.pread(self.fd, n, self.read_pos)
@@ -327,7 +328,7 @@ class _Pending:
     """A batch the pipeline refused: retried as is before anything is read."""
 
     file: _File
-    items: list[Item]
+    items: Batch
     offset: int
     line: int | None
 
@@ -529,7 +530,7 @@ class LogFileSource:
         # complete as it will ever be.
         held = self._flush_held(f)
         f.reset()
-        self._submit(f, [held] if held is not None else [])
+        self._submit(f, Batch([held] if held is not None else []))
 
     def _drain(self, f: _File) -> tuple[int, bool]:
         """Hand on f's complete lines up to its current end.
@@ -537,19 +538,19 @@ class LogFileSource:
         Returns (lines taken, whether the end was reached with all of it
         taken). Stops early on a refused batch, a read error or stop()."""
         handled = 0
-        items: list[Item] = []
+        items = Batch()
         batch_lines = self.batch_lines
         scan = self._scan(f)
         for item in scan:
             if item is None:
                 continue
-            items.append(item)
-            if len(items) >= batch_lines:
+            items.add(item)
+            if items.inputs >= batch_lines:
                 taken = self._submit(f, items)
                 if taken is None:
                     return handled, False
                 handled += taken
-                items = []
+                items = Batch()
                 if self._stop.is_set():
                     return handled, False
         taken = self._submit(f, items)
@@ -558,6 +559,7 @@ class LogFileSource:
         handled += taken
         if f.corrupt is not None:
             self._error("read")
+            self.metrics.invalid_input(SOURCE, "truncated_gzip")
             self._io_log.warning(
                 "compressed audit log is damaged, read up to the damage",
                 file=f.name,
@@ -632,18 +634,18 @@ class LogFileSource:
         except Exception as e:  # a decoder bug must not stop the log
             return InvalidEvent("invalid_value", f"undecodable: {_describe(e)}", line=f.line)
 
-    def _submit(self, f: _File, items: list[Item]) -> int | None:
+    def _submit(self, f: _File, items: Batch) -> int | None:
         """Hand ``items`` (the lines up to f's current place) to the pipeline;
         on success the checkpoint moves there. None when refused."""
         offset, line = f.consumed, f.line
-        if not items:
+        if not items.inputs:
             self._commit(f, offset, line)
             return 0
         if not self._process(items, f, offset, line):
             self._pending = _Pending(f, items, offset, line)
             return None
         self._commit(f, offset, line)
-        return len(items)
+        return items.inputs
 
     def _retry(self) -> int | None:
         pending = self._pending
@@ -652,9 +654,9 @@ class LogFileSource:
             return None
         self._pending = None
         self._commit(pending.file, pending.offset, pending.line)
-        return len(pending.items)
+        return pending.items.inputs
 
-    def _process(self, items: list[Item], f: _File, offset: int, line: int | None) -> bool:
+    def _process(self, items: Batch, f: _File, offset: int, line: int | None) -> bool:
         """Hand ``items``, the lines of f before ``offset``, to the pipeline
         with the checkpoint after them as the batch's mark."""
         context = f.name

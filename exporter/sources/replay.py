@@ -3,23 +3,22 @@ fast as possible, as JSON lines or as one JSON document."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import orjson
 
-from ..event import AuditEvent, Decoder, InvalidEvent, loads
+from ..event import AuditEvent, Batch, Decoder, InvalidEvent, is_document, loads
+from ..gzstream import MAGIC, GzipStream
 
 BATCH_LINES = 1000
 SNIFF_BYTES = 1 << 16
 READ_BYTES = 1 << 20
-
-Item = AuditEvent | InvalidEvent
 
 
 class Progress:
@@ -55,22 +54,6 @@ class Progress:
             self.stream.flush()
 
 
-class _Counting(io.RawIOBase):
-    """Counts the compressed bytes read, for progress on .gz files."""
-
-    def __init__(self, raw: io.RawIOBase) -> None:
-        self.raw = raw
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self.raw.readinto(b) or 0
-        self.count += n
-        return n
-
-
 class _Position:
     """The bytes read so far from a plain file: its position."""
 
@@ -85,58 +68,71 @@ class _Position:
         return self.done
 
 
-def open_input(path: str) -> tuple[IO[bytes], _Counting | _Position | None, int | None]:
-    """(binary stream, byte counter, total size) for a path, ``.gz`` or ``-``."""
+def open_input(path: str) -> tuple[IO[bytes], GzipStream | _Position | None, int | None]:
+    """(binary stream, byte counter, total size) for a path, ``.gz`` or ``-``.
+
+    A compressed input (named ``.gz`` or starting with gzip's magic number)
+    is read up to its last recoverable byte (see :class:`GzipStream`). A FIFO,
+    a pipe (``/dev/stdin``, ``<(...)``) or any other file that cannot seek is
+    read as a stream: no size, no position."""
     if path == "-":
         return sys.stdin.buffer, None, None
     raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
-    size: int | None
     try:
-        size = os.fstat(raw.fileno()).st_size
-    except OSError:
-        size = None
-    if path.endswith(".gz"):
-        counter = _Counting(raw)
-        gz = gzip.GzipFile(fileobj=io.BufferedReader(counter))
-        return cast(IO[bytes], gz), counter, size
+        st = os.fstat(raw.fileno())
+        regular = stat.S_ISREG(st.st_mode) and raw.seekable()
+        stream: IO[bytes] = raw if regular else io.BufferedReader(raw, READ_BYTES)
+        if regular:
+            magic = os.pread(raw.fileno(), len(MAGIC), 0)
+        else:
+            magic = cast(io.BufferedReader, stream).peek(len(MAGIC))[: len(MAGIC)]
+    except BaseException:
+        raw.close()
+        raise
+    size = st.st_size if regular else None
+    if path.endswith(".gz") or magic == MAGIC:
+        gz = GzipStream(stream)
+        return cast(IO[bytes], gz), gz, size
     # read_batches reads a megabyte at a time: no buffer needed in between
-    return cast(IO[bytes], raw), _Position(raw), size
+    return stream, _Position(raw) if regular else None, size
 
 
 def read_batches(
     stream: IO[bytes], decoder: Decoder, batch_lines: int = BATCH_LINES
-) -> Iterator[list[Item]]:
+) -> Iterator[Batch]:
     """Batches of decoded items from JSON lines, or from one JSON document
-    (a pretty-printed Event, an EventList, an array) when the input starts
-    with a value that spans lines."""
+    (an Event, an EventList, an array, pretty-printed or on one line) when
+    the input starts with one. A batch holds at most ``batch_lines`` inputs,
+    its refusals as a tally."""
+    batch = Batch()
     head = stream.read(SNIFF_BYTES)
-    if not head:
-        return
-    if _starts_multiline_document(head):
+    if head and _starts_document(head):
         body = head + stream.read()
-        items = list(decoder.decode_document(body))
-        for i in range(0, len(items), batch_lines):
-            yield items[i : i + batch_lines]
-        return
-    batch: list[Item] = []
-    append = batch.append
-    decode = decoder.decode_line
+        for item in decoder.decode_document(body):
+            batch.add(item)
+            if batch.inputs >= batch_lines:
+                yield batch
+                batch = Batch()
+        head = b""
+    decode = decoder.decode_record
     lineno = 0
-    for lines in _line_blocks(head, stream, decoder.max_event_bytes):
+    for lines in _line_blocks(head, stream, decoder.max_event_bytes) if head else ():
         for line in lines:
             lineno += 1
             if not line or line.isspace():
                 continue
-            try:
-                append(decode(line))
-            except InvalidEvent as e:
-                e.line = lineno
-                append(e)
-            if len(batch) >= batch_lines:
+            for item in decode(line):
+                if type(item) is not AuditEvent:
+                    item.line = lineno  # type: ignore[union-attr]
+                batch.add(item)
+            if batch.inputs >= batch_lines:
                 yield batch
-                batch = []
-                append = batch.append
-    if batch:
+                batch = Batch()
+    problem = getattr(stream, "problem", None)
+    if problem:
+        # a cut or damaged .gz: everything before it was read; the cut counts
+        batch.add(InvalidEvent("truncated_gzip", problem))
+    if batch.inputs:
         yield batch
 
 
@@ -175,13 +171,17 @@ def _cut(lines: list[bytes], limit: int) -> list[bytes]:
     return [line if len(line) <= limit else line[: limit + 1] for line in lines]
 
 
-def _starts_multiline_document(head: bytes) -> bool:
+def _starts_document(head: bytes) -> bool:
+    """Does the input start with one JSON document (rather than an event
+    per line)? Yes when its first line is a document by itself (an EventList
+    or an array written on one line) or no complete value at all (the start
+    of a pretty-printed one)."""
     text = head.lstrip()
     if not text or text[:1] not in (b"{", b"["):
         return False
     first = text.split(b"\n", 1)[0]
     try:
-        loads(first)
+        doc = loads(first)
     except orjson.JSONDecodeError:
         return True  # the first line is not a value by itself
-    return False
+    return is_document(doc)
