@@ -48,6 +48,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
+from . import __version__
 from .logs import RateLimitedLog
 from .metrics import HTTPMetrics
 from .tlsreload import ReloadingTLSContext, ssl_reason
@@ -55,6 +56,7 @@ from .tlsreload import ReloadingTLSContext, ssl_reason
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1024
+SERVER = f"kube-audit-exporter/{__version__}"
 # When a response closes the connection before the request body was read, the
 # client may still be sending it; closing at once would answer it with a TCP
 # reset that can destroy the response before the client reads it. aiohttp
@@ -153,9 +155,10 @@ class Endpoint(Protocol):
         """The answer to a request whose head was parsed; reads the body (if
         any) before :attr:`Connection.deadline`."""
 
-    def refuse(self, status: int, reason: str, message: str) -> web.StreamResponse:
+    def refuse(self, status: int, reason: str, message: str, peer: str) -> web.StreamResponse:
         """The answer to a request the parser refused (400, 431) or that failed
-        unexpectedly (500); the connection is closed after it."""
+        unexpectedly (500), logged at a bounded rate; the connection is closed
+        after it."""
 
 
 # Phases of a connection; each has at most one deadline.
@@ -639,38 +642,38 @@ class HTTPServer:
         exc: BaseException | None,
         message: str | None,
     ) -> web.StreamResponse:
-        """The answer to a request aiohttp could not parse or serve."""
+        """The answer to a request aiohttp could not parse or serve. The
+        parser's own message quotes the request, which may hold a token: the
+        answer and the log say only what kind of problem it was."""
+        limit = self.limits.max_header_bytes
         if isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "too many headers" in exc.message.lower()
         ):
             cut, status, reason = "header_too_large", 431, "header_too_large"
+            detail = f"a request line or header field over {limit} bytes, or too many fields"
         elif isinstance(exc, BadHttpMessage) or status == 400:
             text = (message or "").lower()
-            framing = "content-length" in text or "transfer-encoding" in text or "chunk" in text
-            cut, status, reason = "bad_request", 400, "bad_framing" if framing else "bad_request"
+            if "content-length" in text or "transfer-encoding" in text or "chunk" in text:
+                cut, status, reason = "bad_request", 400, "bad_framing"
+                detail = "invalid Content-Length, Transfer-Encoding or chunk"
+            else:
+                cut, status, reason = "bad_request", 400, "bad_request"
+                detail = f"the request could not be parsed ({type(exc).__name__})"
         else:
             cut, status, reason = "", 500, "internal_error"
+            detail = "the request could not be served"
             self._error_log.log(
                 logging.ERROR,
                 "unexpected error serving a request",
                 server=self.name,
                 peer=conn.peer,
-                error=repr(exc)[:300],
+                error=type(exc).__name__,
             )
-        detail = (message or (exc.message if isinstance(exc, BadHttpMessage) else "")) or reason
-        detail = detail.splitlines()[0][:200] if detail else reason
-        if cut:
+        if cut:  # counted here, logged by the endpoint with its answer
             self.metrics.cut(self.name, cut)
-            self._cut_log.log(
-                logging.INFO,
-                "request refused by the HTTP parser",
-                server=self.name,
-                peer=conn.peer,
-                reason=reason,
-                error=detail,
-            )
         conn.request_started()
-        response = self.endpoint.refuse(status, reason, detail)
+        response = self.endpoint.refuse(status, reason, detail, conn.peer)
+        response.headers.setdefault("Server", SERVER)
         response.force_close()
         return response
 
@@ -682,6 +685,7 @@ class HTTPServer:
         conn = protocol.conn
         conn.request_started()
         response = await self.endpoint.handle(request, conn)
+        response.headers.setdefault("Server", SERVER)
         if self.stopping:
             response.force_close()
         conn.writing()

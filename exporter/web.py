@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .httpserver import Connection, HTTPServer, Limits
+from .logs import RateLimitedLog
 from .metrics import HTTPMetrics
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class MetricsServer:
         ``registry`` when not given)."""
         self.registry = registry
         self.ready = ready
+        self._refused_log = RateLimitedLog(log)
         self._server = HTTPServer(
             listen_address,
             self,
@@ -104,7 +106,10 @@ class MetricsServer:
             return response
         return await page(request)
 
-    def refuse(self, status: int, reason: str, message: str) -> web.StreamResponse:
+    def refuse(self, status: int, reason: str, message: str, peer: str) -> web.StreamResponse:
+        self._refused_log.warning(
+            "request refused", peer=peer, code=status, reason=reason, error=message
+        )
         return _text(status, f"{reason}: {message}")
 
     async def _metrics(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -79,13 +79,17 @@ class _Refusal(Exception):
         *,
         close: bool = False,
         headers: dict[str, str] | None = None,
+        cut: str | None = None,
     ) -> None:
+        """``cut``: the HTTP layer's reason for the connection closed with
+        this answer (exporter.metrics.HTTP_CUT_REASONS), when it counts as one."""
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.message = message
         self.close = close
         self.headers = headers or {}
+        self.cut = cut
 
 
 class _ClientGone(Exception):
@@ -234,8 +238,10 @@ class WebhookServer:
             },
         )
 
-    def refuse(self, status: int, reason: str, message: str) -> web.StreamResponse:
-        self.refused_log.warning("webhook request refused", code=status, reason=reason)
+    def refuse(self, status: int, reason: str, message: str, peer: str) -> web.StreamResponse:
+        self.refused_log.warning(
+            "webhook request refused", peer=peer, code=status, reason=reason, error=message
+        )
         return self._answer(status, {"error": reason, "message": message})
 
     def _precheck(self, request: web.BaseRequest) -> int | None:
@@ -280,7 +286,11 @@ class WebhookServer:
 
     def _too_large(self) -> _Refusal:
         return _Refusal(
-            413, "too_large", f"the body is over the {self.max_body_bytes} byte limit", close=True
+            413,
+            "too_large",
+            f"the body is over the {self.max_body_bytes} byte limit",
+            close=True,
+            cut="body_too_large",
         )
 
     # --- body ------------------------------------------------------------------
@@ -302,13 +312,15 @@ class WebhookServer:
                         break
                     total += len(chunk)
                     if total > self.max_body_bytes:
-                        conn.count("body_too_large")
                         raise self._too_large()
                     chunks.append(chunk)
         except TimeoutError:
-            conn.count("body_timeout")
             raise _Refusal(
-                408, "timeout", "the request was not received in time", close=True
+                408,
+                "timeout",
+                "the request was not received in time",
+                close=True,
+                cut="body_timeout",
             ) from None
         except _Refusal:
             raise
@@ -317,8 +329,10 @@ class WebhookServer:
         except Exception as e:  # the parser refused the body's framing
             if request.protocol.transport is None:
                 raise _ClientGone from None
-            conn.count("bad_request", error=str(e)[:200])
-            raise _Refusal(400, "bad_framing", "invalid chunked body", close=True) from None
+            log.debug("invalid chunked body", extra={"peer": conn.peer, "error": type(e).__name__})
+            raise _Refusal(
+                400, "bad_framing", "invalid chunked body", close=True, cut="bad_request"
+            ) from None
         if length is not None and total < length:
             raise _ClientGone
         return b"".join(chunks)
@@ -352,6 +366,8 @@ class WebhookServer:
     # --- answers ---------------------------------------------------------------
 
     def _refuse(self, r: _Refusal, request: web.BaseRequest, conn: Connection) -> web.Response:
+        if r.cut is not None:
+            conn.count(r.cut)
         self.refused_log.warning(
             "webhook request refused",
             peer=conn.peer,
