@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import socket
 import ssl
+import sys
+import termios
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -193,6 +196,7 @@ class Connection(asyncio.Protocol):
         self._protocol: _Protocol | None = None
         self._pending: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._fd = -1
 
     # --- asyncio.Protocol -----------------------------------------------------
 
@@ -203,12 +207,21 @@ class Connection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = format_address((str(peer[0]), int(peer[1])))
         transport.pause_reading()
+        self._fd = transport.get_extra_info("socket").fileno()
         self.since = self.loop.time()
         if self.server.admit(self):
             self.start()
         else:  # queued until a slot is free, for at most the handshake timeout
             self.phase = QUEUED
             self._arm(self.server.limits.handshake_timeout)
+
+    def has_data(self) -> bool:
+        """The client has sent bytes not read yet (a queued connection)."""
+        try:
+            ready = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return True  # let it start and fail at once
+        return int.from_bytes(ready, sys.byteorder) > 0
 
     def start(self) -> None:
         """Serve the connection (it holds one of the listener's slots)."""
@@ -438,6 +451,7 @@ class HTTPServer:
         # Connections accepted over the limit, waiting for a slot.
         self._queue: dict[Connection, None] = {}
         self._eviction: asyncio.TimerHandle | None = None
+        self._starting: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._emptied: asyncio.Event | None = None
         self._aio: web.Server | None = None
@@ -528,19 +542,20 @@ class HTTPServer:
         """Give a new connection a slot, making room when at the limit by
         cutting the oldest connection that has waited for its handshake or
         its request for :data:`EVICT_AFTER` seconds. False when no slot is
-        free: the connection is queued (or cut when the queue is full too)."""
+        free: the connection is queued (the queue's oldest is cut when the
+        queue is full)."""
         if self.stopping:
             conn.close()
             return False
-        if len(self._conns) >= self.limits.max_connections and not self._evict():
-            if len(self._queue) >= max(self.limits.max_connections, LISTEN_BACKLOG):
-                conn.cut("too_many")
-            else:
-                self._queue[conn] = None
-                self._schedule_eviction()
-            return False
-        self._take(conn)
-        return True
+        full = len(self._conns) >= self.limits.max_connections
+        if not self._queue and not (full and not self._evict()):
+            self._take(conn)
+            return True
+        if len(self._queue) >= max(self.limits.max_connections, LISTEN_BACKLOG):
+            next(iter(self._queue)).cut("too_many")
+        self._queue[conn] = None
+        self._schedule_eviction()
+        return False
 
     def _take(self, conn: Connection) -> None:
         self._conns[conn] = None
@@ -580,8 +595,20 @@ class HTTPServer:
             self._schedule_eviction()
 
     def _start_queued(self) -> None:
-        while self._queue and len(self._conns) < self.limits.max_connections:
-            conn = next(iter(self._queue))
+        """Give the free slots to queued connections: first those that have
+        sent something already (a ClientHello, a request), oldest first, then
+        the oldest others. A client that connects and stays silent never
+        goes before one that speaks."""
+        self._starting = None
+        free = self.limits.max_connections - len(self._conns)
+        if free <= 0 or not self._queue:
+            return
+        chosen = list(self._queue)
+        if len(chosen) > free:
+            eager = [c for c in chosen if c.has_data()][:free]
+            taken = set(eager)
+            chosen = eager + [c for c in chosen if c not in taken][: free - len(eager)]
+        for conn in chosen:
             del self._queue[conn]
             self._take(conn)
             conn.start()
@@ -597,8 +624,9 @@ class HTTPServer:
         self._handshaking.pop(conn, None)
         self._waiting.pop(conn, None)
         self._queue.pop(conn, None)
-        if self._conns.pop(conn, False) is None and not self.stopping:
-            self._start_queued()
+        if self._conns.pop(conn, False) is None and self._queue and self._starting is None:
+            # Once per loop iteration, however many connections close in it.
+            self._starting = self.loop.call_soon(self._start_queued)
         if not self._conns and self._emptied is not None:
             self._emptied.set()
 
