@@ -62,7 +62,7 @@ class WebConfig:
         metadata=opt("Address for /metrics, /healthz and /readyz.", kind="address"),
     )
     max_connections: int = field(
-        default=256,
+        default=4096,
         metadata=opt("Open connections at most; over it the oldest idle one is cut.", minimum=1),
     )
     header_timeout: float = field(

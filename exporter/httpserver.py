@@ -542,8 +542,8 @@ class HTTPServer:
         """Give a new connection a slot, making room when at the limit by
         cutting the oldest connection that has waited for its handshake or
         its request for :data:`EVICT_AFTER` seconds. False when no slot is
-        free: the connection is queued (the queue's oldest is cut when the
-        queue is full)."""
+        free: the connection is queued (when the queue is full, its oldest
+        silent connection is cut, else its oldest)."""
         if self.stopping:
             conn.close()
             return False
@@ -552,7 +552,9 @@ class HTTPServer:
             self._take(conn)
             return True
         if len(self._queue) >= max(self.limits.max_connections, LISTEN_BACKLOG):
-            next(iter(self._queue)).cut("too_many")
+            # The oldest that has sent nothing yet, else the oldest.
+            victim = next((c for c in self._queue if not c.has_data()), None)
+            (victim or next(iter(self._queue))).cut("too_many")
         self._queue[conn] = None
         self._schedule_eviction()
         return False

@@ -32,9 +32,6 @@ from .metrics import HTTPMetrics
 
 log = logging.getLogger(__name__)
 
-# The metrics port sees a scraper or two and probes: a small limit, short
-# deadlines. Over the limit the oldest idle connection makes room.
-DEFAULT_LIMITS = Limits(max_connections=256, header_timeout=10.0, read_timeout=30.0)
 
 LANDING_PAGE = f"""<!DOCTYPE html>
 <html>
@@ -76,7 +73,7 @@ class MetricsServer:
             self,
             name="web",
             metrics=http_metrics or HTTPMetrics(registry),
-            limits=limits or DEFAULT_LIMITS,
+            limits=limits,
         )
 
     @property

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.event import AuditEvent, Decoder
-from exporter.metrics import AuditMetrics
+from exporter.metrics import AuditMetrics, HTTPMetrics
 from exporter.pipeline import Pipeline, Processor, Sink
 from exporter.sources.webhook import RETRY_AFTER_SECONDS, WebhookServer
 
@@ -125,6 +125,7 @@ def webhook(pki: PKI) -> Iterator[Factory]:
             decoder=Decoder(),
             metrics=metrics,
             insecure=insecure,
+            http_metrics=HTTPMetrics(registry),
             **tls,
             **kw,
         )
