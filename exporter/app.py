@@ -16,9 +16,10 @@ from .alertmanager import Alertmanager
 from .config import Config, audit_metrics, detection_settings, loki_settings, rule_set
 from .detect import Detector
 from .event import Decoder
+from .httpserver import Limits
 from .logs import safe_url
 from .loki.sink import LokiSink
-from .metrics import AuditMetrics
+from .metrics import AuditMetrics, HTTPMetrics
 from .pipeline import Pipeline, Processor, Sink
 from .redact import Redactor
 from .sources.logfile import LogFileSource
@@ -48,8 +49,18 @@ class App:
         self.decoder = Decoder(cfg.events.max_bytes)
         self.pipeline, self.notifier = build_pipeline(cfg, self.metrics)
         self._ready = threading.Event()
+        self.http_metrics = HTTPMetrics(self.registry)
         self.web = _listening("web.listen_address", MetricsServer)(
-            cfg.web.listen_address, self.registry, self._ready.is_set
+            cfg.web.listen_address,
+            self.registry,
+            self._ready.is_set,
+            limits=Limits(
+                max_connections=cfg.web.max_connections,
+                header_timeout=cfg.web.header_timeout,
+                read_timeout=cfg.web.read_timeout,
+                idle_timeout=cfg.web.idle_timeout,
+            ),
+            http_metrics=self.http_metrics,
         )
         self.webhook: WebhookServer | None = None
         if cfg.webhook.listen_address:
@@ -67,6 +78,12 @@ class App:
                 max_body_bytes=w.max_body_bytes,
                 read_timeout=w.read_timeout,
                 max_connections=w.max_connections,
+                handshake_timeout=w.handshake_timeout,
+                header_timeout=w.header_timeout,
+                idle_timeout=w.idle_timeout,
+                max_header_bytes=w.max_header_bytes,
+                workers=w.workers,
+                http_metrics=self.http_metrics,
             )
         self.logfile: LogFileSource | None = None
         if cfg.logfile.path:

@@ -66,6 +66,22 @@ class WebConfig:
         default="0.0.0.0:9784",
         metadata=opt("Address for /metrics, /healthz and /readyz.", kind="address"),
     )
+    max_connections: int = field(
+        default=4096,
+        metadata=opt("Open connections at most; over it the oldest idle one is cut.", minimum=1),
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=opt("How long a request head may take to arrive.", kind="duration", minimum=0.01),
+    )
+    read_timeout: float = field(
+        default=30.0,
+        metadata=opt("How long a whole request may take to arrive.", kind="duration", minimum=0.01),
+    )
+    idle_timeout: float = field(
+        default=90.0,
+        metadata=opt("How long a keep-alive connection may idle.", kind="duration", minimum=0.01),
+    )
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,36 @@ class WebhookConfig:
             "How long a connection may take to send a request.", kind="duration", minimum=0.01
         ),
     )
-    max_connections: int = field(default=64, metadata=opt("Connections served at once.", minimum=1))
+    max_connections: int = field(
+        default=4096,
+        metadata=opt(
+            "Open connections at most; over it the oldest one still in its handshake "
+            "or idle is cut.",
+            minimum=1,
+        ),
+    )
+    handshake_timeout: float = field(
+        default=5.0,
+        metadata=opt("How long a TLS handshake may take.", kind="duration", minimum=0.01),
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=opt("How long a request head may take to arrive.", kind="duration", minimum=0.01),
+    )
+    idle_timeout: float = field(
+        default=90.0,
+        metadata=opt("How long a keep-alive connection may idle.", kind="duration", minimum=0.01),
+    )
+    max_header_bytes: int = field(
+        default=8190,
+        metadata=opt(
+            "Longest request line or header field (431 above).", kind="bytes", minimum=256
+        ),
+    )
+    workers: int = field(
+        default=4,
+        metadata=opt("Threads that decode and process batches at once.", minimum=1),
+    )
 
 
 @dataclass(frozen=True)

@@ -108,12 +108,17 @@ class RateLimitedLog:
         self._suppressed = 0
 
     def warning(self, msg: str, **fields: Any) -> bool:
+        return self.log(logging.WARNING, msg, **fields)
+
+    def log(self, level: int, msg: str, **fields: Any) -> bool:
+        """Log ``msg`` at ``level`` unless the window's burst is spent; True
+        when it was logged."""
         with self._lock:
             now = self.clock()
             if now - self._window_start >= self.interval:
                 if self._suppressed:
-                    self.logger.warning(
-                        "suppressed similar messages", extra={"suppressed": self._suppressed}
+                    self.logger.log(
+                        level, "suppressed similar messages", extra={"suppressed": self._suppressed}
                     )
                 self._window_start = now
                 self._sent = 0
@@ -122,7 +127,7 @@ class RateLimitedLog:
                 self._suppressed += 1
                 return False
             self._sent += 1
-        self.logger.warning(msg, extra=fields)
+        self.logger.log(level, msg, extra=fields)
         return True
 
 

@@ -552,3 +552,60 @@ def _webhook_name(value: str) -> str:
     if type(doc) is dict and type(doc.get("name")) is str:
         return str(doc["name"])[:253]
     return value[:253] if value else "unknown"
+
+
+# Why the HTTP layer closed a connection it did not want to keep: a fixed set,
+# so the label stays bounded whatever the clients send.
+HTTP_CUT_REASONS = (
+    "handshake_timeout",  # no (complete) TLS handshake in time
+    "tls_error",  # a handshake that failed for another reason than the certificate
+    "client_cert",  # no client certificate, or one the client CA did not sign
+    "header_timeout",  # the request head did not arrive in time
+    "body_timeout",  # the request body did not arrive in time (answered 408)
+    "write_timeout",  # the client did not read its response in time
+    "idle",  # a keep-alive connection idle for too long
+    "too_many",  # over the connection limit (the oldest waiting one is cut)
+    "bad_request",  # the parser refused the request (answered 400)
+    "header_too_large",  # a request line or header over the limit (answered 431)
+    "body_too_large",  # a body over the limit (answered 413)
+)
+
+
+class HTTPMetrics(Collector):
+    """The HTTP layer's own families, shared by every listener of a process:
+    ``http_connections_closed_total{listener,reason}`` (connections the server
+    cut, reasons in :data:`HTTP_CUT_REASONS`) and ``http_connections{listener}``
+    (open now, read at scrape time)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.lock = threading.Lock()
+        self.closed = _Counter(
+            "http_connections_closed_total",
+            "Connections the HTTP server cut, by listener and reason.",
+            ("listener", "reason"),
+        )
+        self._open: dict[str, Callable[[], int]] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def add_listener(self, listener: str, open_connections: Callable[[], int]) -> None:
+        with self.lock:
+            for reason in HTTP_CUT_REASONS:
+                self.closed.init((listener, reason))
+            self._open[listener] = open_connections
+
+    def cut(self, listener: str, reason: str) -> None:
+        with self.lock:
+            self.closed.inc((listener, reason))
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            closed = self.closed.render()
+            listeners = list(self._open.items())
+        yield closed
+        gauge = GaugeMetricFamily(
+            PREFIX + "http_connections", "Open HTTP connections, by listener.", labels=["listener"]
+        )
+        for listener, count in listeners:
+            gauge.add_metric([listener], count())
+        yield gauge

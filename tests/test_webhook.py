@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.event import AuditEvent, Decoder
-from exporter.metrics import AuditMetrics
+from exporter.metrics import AuditMetrics, HTTPMetrics
 from exporter.pipeline import Pipeline, Processor, Sink
 from exporter.sources.webhook import RETRY_AFTER_SECONDS, WebhookServer
 
@@ -125,6 +125,7 @@ def webhook(pki: PKI) -> Iterator[Factory]:
             decoder=Decoder(),
             metrics=metrics,
             insecure=insecure,
+            http_metrics=HTTPMetrics(registry),
             **tls,
             **kw,
         )
@@ -447,11 +448,12 @@ def _bad_length(h: Harness, items: list[dict[str, Any]]) -> Reply:
 
 
 def _unknown_transfer_encoding(h: Harness, items: list[dict[str, Any]]) -> Reply:
-    return _raw_head(
-        h,
+    head = (
         f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        "Transfer-Encoding: gzip, chunked\r\n\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n\r\n"
     )
+    with h.tls_connect() as sock:
+        return raw_exchange(sock, head.encode() + b"2\r\n{}\r\n0\r\n\r\n")
 
 
 def _bad_chunk(h: Harness, items: list[dict[str, Any]]) -> Reply:
@@ -690,7 +692,7 @@ def test_replaced_certificate_is_served_to_new_connections(
 
     # Files that cannot be read (a Secret being rewritten): the old certificate stays.
     key_file.rename(tmp_path / "tls.key.moved")
-    with caplog.at_level(logging.ERROR, logger="exporter.httpserver"):
+    with caplog.at_level(logging.ERROR, logger="exporter.tlsreload"):
         assert served_certificate() == pki.server.der
         assert served_certificate() == pki.server.der
     assert sum("cannot read TLS files" in r.getMessage() for r in caplog.records) == 1
@@ -698,7 +700,7 @@ def test_replaced_certificate_is_served_to_new_connections(
     caplog.clear()
 
     # A broken file is refused: the old certificate stays, the error is logged once.
-    with caplog.at_level(logging.ERROR, logger="exporter.httpserver"):
+    with caplog.at_level(logging.ERROR, logger="exporter.tlsreload"):
         cert_file.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot a certificate\n")
 
         def broken_logged() -> bool:
