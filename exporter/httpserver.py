@@ -292,6 +292,7 @@ class Connection(asyncio.Protocol):
                     transport.abort()
                 self._abort()
             else:
+                tls.client_presented(transport.get_extra_info("peercert"))
                 self._ready(transport)
 
     # --- phases ---------------------------------------------------------------

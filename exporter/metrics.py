@@ -585,8 +585,15 @@ class HTTPMetrics(Collector):
             ("listener", "reason"),
         )
         self._open: dict[str, Callable[[], int]] = {}
+        self._certificates: list[Callable[[], Iterable[tuple[str, float | None]]]] = []
         if registry is not None:
             registry.register(self)
+
+    def add_certificates(self, expiries: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
+        """``expiries`` gives (certificate, notAfter) pairs at scrape time for
+        ``tls_certificate_expiry_timestamp_seconds``; None values are left out."""
+        with self.lock:
+            self._certificates.append(expiries)
 
     def add_listener(self, listener: str, open_connections: Callable[[], int]) -> None:
         with self.lock:
@@ -609,3 +616,17 @@ class HTTPMetrics(Collector):
         for listener, count in listeners:
             gauge.add_metric([listener], count())
         yield gauge
+        with self.lock:
+            sources = list(self._certificates)
+        if sources:
+            expiry = GaugeMetricFamily(
+                PREFIX + "tls_certificate_expiry_timestamp_seconds",
+                "When a TLS certificate expires (Unix seconds): serving, the webhook's own; "
+                "client, the earliest of those presented in the last hour.",
+                labels=["certificate"],
+            )
+            for source in sources:
+                for name, value in source():
+                    if value is not None:
+                        expiry.add_metric([name], value)
+            yield expiry

@@ -1,7 +1,10 @@
 """A server :class:`ssl.SSLContext` that follows its certificate files on disk.
 
 Used by the webhook listener (exporter/httpserver.py asks :meth:`current` for
-each new connection's handshake).
+each new connection's handshake). It also knows when certificates expire:
+the serving certificate in use, and the client certificates presented in the
+last :data:`CLIENT_CERT_WINDOW` seconds (the earliest expiry wins), for
+``kube_audit_tls_certificate_expiry_timestamp_seconds``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 DEFAULT_TLS_RELOAD_INTERVAL = 5.0
+# Client certificates count for the expiry gauge this long after their last
+# handshake: a renewed certificate replaces the old one within an hour.
+CLIENT_CERT_WINDOW = 3600.0
 
 
 class ReloadingTLSContext:
@@ -49,6 +55,9 @@ class ReloadingTLSContext:
         self.clock = clock
         self._lock = threading.Lock()
         self._unreadable = False
+        self.serving_not_after: float | None = None
+        # client certificate expiry (Unix seconds) -> when it was last presented
+        self._clients: dict[float, float] = {}
         # Start-up: any problem is fatal and reported as a ValueError.
         try:
             self._signature = self._read_signature()
@@ -90,7 +99,34 @@ class ReloadingTLSContext:
                     f"cannot load client CA {self.client_ca_file}: {ssl_reason(e)}"
                 ) from None
             ctx.verify_mode = ssl.CERT_REQUIRED
+        self.serving_not_after = _not_after(self.cert_file)
         return ctx
+
+    def client_presented(self, peercert: object, now: float | None = None) -> None:
+        """Note the expiry of a verified client certificate (the dict of
+        :meth:`ssl.SSLSocket.getpeercert`); anything else is ignored."""
+        if not isinstance(peercert, dict) or not isinstance(peercert.get("notAfter"), str):
+            return
+        try:
+            expiry = float(ssl.cert_time_to_seconds(peercert["notAfter"]))
+        except ValueError:
+            return
+        now = time.time() if now is None else now
+        with self._lock:
+            self._clients[expiry] = now
+            if len(self._clients) > 64:  # keep the most recently presented
+                for old in sorted(self._clients, key=self._clients.__getitem__)[:-64]:
+                    del self._clients[old]
+
+    def client_not_after(self, now: float | None = None) -> float | None:
+        """The earliest expiry among client certificates presented within
+        :data:`CLIENT_CERT_WINDOW`; None when none was."""
+        now = time.time() if now is None else now
+        with self._lock:
+            for expiry, seen in list(self._clients.items()):
+                if now - seen > CLIENT_CERT_WINDOW:
+                    del self._clients[expiry]
+            return min(self._clients, default=None)
 
     def current(self) -> ssl.SSLContext:
         """The context for a new connection, reloaded first if the files changed."""
@@ -131,3 +167,15 @@ def ssl_reason(e: OSError) -> str:
     if isinstance(reason, str) and reason:
         return reason
     return e.strerror or str(e)
+
+
+def _not_after(cert_file: str) -> float | None:
+    """The notAfter of the first certificate in ``cert_file`` (Unix seconds)."""
+    from cryptography import x509
+
+    try:
+        with open(cert_file, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        return None
+    return cert.not_valid_after_utc.timestamp()

@@ -854,3 +854,44 @@ def test_refuses_to_start_with_unloadable_tls_files(pki: PKI, tmp_path: Path) ->
             tls_key_file=str(pki.server.key_file),
             client_ca_file=str(pki.server.key_file),
         )
+
+
+def _expiry(cert_file: Path) -> float:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert_file.read_bytes()).not_valid_after_utc.timestamp()
+
+
+def test_certificate_expiry_of_the_serving_and_the_presented_client_certificate(
+    webhook: Factory, pki: PKI, demo_items: list[dict[str, Any]]
+) -> None:
+    name = "kube_audit_tls_certificate_expiry_timestamp_seconds"
+    h = webhook()
+    assert h.value(name, certificate="serving") == _expiry(pki.server.cert_file)
+    # no client has presented a certificate yet: no client sample
+    assert h.registry.get_sample_value(name, {"certificate": "client"}) is None
+    assert h.post(event_list(demo_items[:1])).status == 200
+    assert h.value(name, certificate="client") == _expiry(pki.client.cert_file)
+    assert _expiry(pki.client.cert_file) > 0
+
+
+def test_client_certificate_expiry_keeps_the_earliest_seen_within_the_window(pki: PKI) -> None:
+    from exporter.tlsreload import CLIENT_CERT_WINDOW, ReloadingTLSContext
+
+    tls = ReloadingTLSContext(str(pki.server.cert_file), str(pki.server.key_file))
+    tls.client_presented({"notAfter": "Jan  2 00:00:00 2030 GMT"}, now=1000.0)
+    tls.client_presented({"notAfter": "Jan  1 00:00:00 2031 GMT"}, now=2000.0)
+    tls.client_presented({"subject": ()}, now=2000.0)  # no notAfter: ignored
+    tls.client_presented(None, now=2000.0)  # no certificate: ignored
+    assert tls.client_not_after(now=2000.0) == ssl.cert_time_to_seconds("Jan  2 00:00:00 2030 GMT")
+    # the old certificate was last presented more than the window ago
+    later = 1000.0 + CLIENT_CERT_WINDOW + 1
+    assert tls.client_not_after(now=later) == ssl.cert_time_to_seconds("Jan  1 00:00:00 2031 GMT")
+    assert tls.client_not_after(now=2000.0 + CLIENT_CERT_WINDOW + 1) is None
+
+
+def test_a_plain_http_webhook_exposes_no_certificate_expiry(webhook: Factory) -> None:
+    h = webhook(insecure=True)
+    assert h.total("kube_audit_tls_certificate_expiry_timestamp_seconds") == 0
+    names = {m.name for m in h.registry.collect()}
+    assert "kube_audit_tls_certificate_expiry_timestamp_seconds" not in names

@@ -179,11 +179,20 @@ class WebhookServer:
             idle_timeout=idle_timeout,
             max_header_bytes=max_header_bytes,
         )
+        http_metrics = http_metrics or HTTPMetrics()
+        if tls is not None:
+            served = tls
+            http_metrics.add_certificates(
+                lambda: (
+                    ("serving", served.serving_not_after),
+                    ("client", served.client_not_after()),
+                )
+            )
         self._server = HTTPServer(
             listen_address,
             self,
             name="webhook",
-            metrics=http_metrics or HTTPMetrics(),
+            metrics=http_metrics,
             tls=tls,
             limits=limits,
             on_handshake_failure=self._handshake_failed,
