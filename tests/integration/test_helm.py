@@ -235,7 +235,12 @@ def test_custom_resources_match_their_crds(scenario: str) -> None:
             validate_crd_object(obj)
     values = scenario_values(scenario)
     if values.get("webhook", {}).get("tls", {}).get("source") == "certManager":
-        assert len(find(objs, "Certificate")) == 2
+        certs = {c["spec"]["usages"][0]: c["spec"] for c in find(objs, "Certificate")}
+        assert set(certs) == {"server auth", "client auth"}  # separate usages
+        assert (certs["server auth"]["duration"], certs["client auth"]["duration"]) == (
+            "2160h",
+            "8760h",
+        )  # the client certificate is copied by hand: longer
 
 
 def test_crd_check_catches_a_missing_required_field() -> None:
