@@ -235,7 +235,12 @@ def test_custom_resources_match_their_crds(scenario: str) -> None:
             validate_crd_object(obj)
     values = scenario_values(scenario)
     if values.get("webhook", {}).get("tls", {}).get("source") == "certManager":
-        assert len(find(objs, "Certificate")) == 2
+        certs = {c["spec"]["usages"][0]: c["spec"] for c in find(objs, "Certificate")}
+        assert set(certs) == {"server auth", "client auth"}  # separate usages
+        assert (certs["server auth"]["duration"], certs["client auth"]["duration"]) == (
+            "2160h",
+            "8760h",
+        )  # the client certificate is copied by hand: longer
 
 
 def test_crd_check_catches_a_missing_required_field() -> None:
@@ -356,17 +361,23 @@ def test_the_shipped_alerts_select_the_job_the_service_monitor_produces(
     if not generated("prometheus/*.yaml"):
         pytest.skip("files/prometheus/*.yaml not generated yet (the mixin's alerts)")
     values = merged(DEFAULT, names, {"serviceMonitor": {"enabled": True},
-                                     "prometheusRule": {"enabled": True}})  # fmt: skip
+                                     "prometheusRule": {"enabled": True},
+                                     "dashboards": {"enabled": True}})  # fmt: skip
     objs = objects(render_raw(values))
     job = scraped_job(objs)
     rule = one(objs, "PrometheusRule")
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    # the dashboards' queries, as Grafana gets them (their $job variable
+    # offers the values those queries find)
+    for cm in find(objs, "ConfigMap"):
+        if "grafana_dashboard" in cm["metadata"]["labels"]:
+            exprs += [text.replace('\\"', '"') for text in cm["data"].values()]
     matchers = [
         (op, value)
-        for group in rule["spec"]["groups"]
-        for r in group["rules"]
-        for op, value in re.findall(r'\bjob\s*(=~|!~|!=|=)\s*"([^"]*)"', r["expr"])
+        for expr in exprs
+        for op, value in re.findall(r'\bjob\s*(=~|!~|!=|=)\s*"([^"$]*)"', expr)
     ]
-    assert matchers, "the alerts select no job"
+    assert len(matchers) > 20, "the alerts and dashboards select no job"
     for op, value in matchers:
         assert op in ("=", "=~"), op
         assert re.fullmatch(value, job) if op == "=~" else value == job, (value, job)
