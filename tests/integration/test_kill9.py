@@ -141,7 +141,11 @@ class Lifetimes:
             s = self.scrape()
             return s if total(s, "kube_audit_logfile_offset_bytes") == size else None
 
-        return poll(done, timeout=60, what="the tailer to catch up", on_timeout=self.output)
+        poll(done, timeout=60, what="the tailer to catch up", on_timeout=self.output)
+        # A scrape is not one instant: the counters may have been read just
+        # before the last batch was counted and its offset just after. Once
+        # the offset is at the end nothing moves, so a second scrape is whole.
+        return self.scrape()
 
     def blocked(self) -> Samples:
         """The counters once the tailer holds a batch the full spool refuses
