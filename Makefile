@@ -58,11 +58,13 @@ generate: deps-system $(VENV)/.installed-test
 	$(BIN)/python helm/values_doc.py
 
 # Grafana's LogQL grammar (npm, pinned by the committed package-lock.json)
-# for tests/test_logql_grammar.py; npm ci writes the stamp file last.
+# for tests/test_logql_grammar.py; npm ci writes the stamp file last. It runs
+# in tests/logql rather than with --prefix, which would also move npm's
+# global config (and the machine's CA file set there) to tests/logql/etc.
 LOGQL := tests/logql/node_modules/.package-lock.json
 
 $(LOGQL): tests/logql/package.json tests/logql/package-lock.json | deps-system
-	npm ci --prefix tests/logql --no-audit --no-fund
+	cd tests/logql && npm ci --no-audit --no-fund
 	touch $@
 
 test: deps-system $(VENV)/.installed-test $(LOGQL)
