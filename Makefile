@@ -56,11 +56,13 @@ generate: deps-system $(VENV)/.installed-test
 	$(BIN)/python helm/values_doc.py
 
 # Grafana's LogQL grammar (npm, pinned by the committed package-lock.json)
-# for tests/test_logql_grammar.py; npm ci writes the stamp file last.
+# for tests/test_logql_grammar.py; npm ci writes the stamp file last. It runs
+# in tests/logql rather than with --prefix, which would also move npm's
+# global config (and the machine's CA file set there) to tests/logql/etc.
 LOGQL := tests/logql/node_modules/.package-lock.json
 
 $(LOGQL): tests/logql/package.json tests/logql/package-lock.json | deps-system
-	npm ci --prefix tests/logql --no-audit --no-fund
+	cd tests/logql && npm ci --no-audit --no-fund
 	touch $@
 
 test: deps-system $(VENV)/.installed-test $(LOGQL)
@@ -76,10 +78,14 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
+# One run, its figures written in one place: bench/figures.json, rendered
+# into bench/README.md's Figures and quoted in README.md's Performance.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/loki.py
-	$(BIN)/python bench/detect.py
+	$(BIN)/python bench/run.py --json bench/results.json
+	$(BIN)/python bench/loki.py --json bench/results-loki.json
+	$(BIN)/python bench/detect.py --json bench/results-detect.json
+	$(BIN)/python bench/figures.py --run bench/results.json --loki bench/results-loki.json \
+	  --detect bench/results-detect.json
 
 demo-data: $(VENV)/.installed
 	$(BIN)/kube-audit-exporter simulate --events 25000 --rate 25 --seed 20240501 \
