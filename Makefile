@@ -22,11 +22,12 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Prometheus, promtool and Alertmanager for the integration tests, and
-# jsonnetfmt for the monitoring mixin, from Debian.
+# Prometheus, promtool and Alertmanager for the integration tests,
+# jsonnetfmt for the monitoring mixin, and zsh and fish for the completion
+# tests, from Debian.
 deps-system:
 	@missing=""; \
-	for cmd in prometheus promtool prometheus-alertmanager jsonnetfmt; do \
+	for cmd in prometheus promtool prometheus-alertmanager jsonnetfmt zsh fish; do \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -34,7 +35,7 @@ deps-system:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager jsonnet >/dev/null; \
+	    prometheus prometheus-alertmanager jsonnet zsh fish >/dev/null; \
 	fi
 
 # Replay the bundled simulated audit log, then run the exporter tailing it.

@@ -25,6 +25,7 @@ from .cliparser import (
     Terminated,
     VersionAction,
 )
+from .completion import SHELLS, script
 from .config import SOURCE_SECTIONS, Config, ConfigError, add_flags, load, require_source
 from .duration import parse_duration
 from .event import InvalidEvent
@@ -337,7 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        description="Print the completion script for SHELL, generated from this command "
+        "line. bash: `source <(kube-audit-exporter completion bash)`; zsh (after compinit): "
+        "`source <(kube-audit-exporter completion zsh)`; fish: "
+        "`kube-audit-exporter completion fish | source`.",
+    )
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+    completion.set_defaults(func=lambda args: cmd_completion(args, parser))
     return parser
+
+
+def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    sys.stdout.write(script(args.shell, parser))
+    return 0
 
 
 def _duration(text: str) -> float:
