@@ -97,6 +97,25 @@ def _value_cases(cmds: list[Command], indent: str, choices: str, files: str, eac
     return "\n".join(arms)
 
 
+def _dispatch(cmds: list[Command], loop: str, word: str, prev: str, values: str, words: str) -> str:
+    """The part bash and zsh share: walk the words typed so far to the
+    command's path, then offer a flag's values, else the command's words."""
+    set_prev = f"    {prev}\n" if prev else ""
+    return (
+        f"    for (({loop}; i++)); do\n"
+        f'        word="${{{word}}}"\n'
+        f"{_walk(cmds, ' ' * 8)}\n"
+        "    done\n"
+        f"{set_prev}"
+        '    case "$path $prev" in\n'
+        f"{values}\n"
+        "    esac\n"
+        '    case "$path" in\n'
+        f"{words}\n"
+        "    esac"
+    )
+
+
 def bash(parser: argparse.ArgumentParser) -> str:
     prog = parser.prog
     cmds = list(commands(parser))
@@ -114,16 +133,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
     local cur prev word path="" words="" i
     cur="${{COMP_WORDS[COMP_CWORD]}}"
     prev="${{COMP_WORDS[COMP_CWORD-1]}}"
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        word="${{COMP_WORDS[i]}}"
-{_walk(cmds, " " * 8)}
-    done
-    case "$path $prev" in
-{values}
-    esac
-    case "$path" in
-{words}
-    esac
+{_dispatch(cmds, "i = 1; i < COMP_CWORD", "COMP_WORDS[i]", "", values, words)}
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
     if [[ ${{#COMPREPLY[@]}} -eq 0 && "$cur" != -* ]]; then
         COMPREPLY=($(compgen -f -- "$cur"))
@@ -144,17 +154,7 @@ def zsh(parser: argparse.ArgumentParser) -> str:
 {_func(prog)}() {{
     local word path="" prev i
     local -a cands
-    for ((i = 2; i < CURRENT; i++)); do
-        word="${{words[i]}}"
-{_walk(cmds, " " * 8)}
-    done
-    prev="${{words[CURRENT-1]}}"
-    case "$path $prev" in
-{values}
-    esac
-    case "$path" in
-{words}
-    esac
+{_dispatch(cmds, "i = 2; i < CURRENT", "words[i]", 'prev="${words[CURRENT-1]}"', values, words)}
     if [[ "${{words[CURRENT]}}" == -* ]]; then
         compadd -- ${{(M)cands:#-*}}
     else

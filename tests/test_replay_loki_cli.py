@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from exporter.loki.tempspool import PREFIX, TempSpool, remove_leftovers
 from tests.conftest import CORPORA
 from tests.loki_receiver import LokiReceiver, wait_for
@@ -87,22 +89,16 @@ def _interrupt(tmp_path: Path, loki: LokiReceiver, signum: int) -> tuple[int, st
     return proc.returncode, err
 
 
-def test_ctrl_c_during_a_backfill_is_one_line_and_removes_the_spool(
-    tmp_path: Path, loki: LokiReceiver
+@pytest.mark.parametrize(
+    ("signum", "status", "message"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_ctrl_c_or_sigterm_during_a_backfill_is_one_line_and_removes_the_spool(
+    tmp_path: Path, loki: LokiReceiver, signum: int, status: int, message: str
 ) -> None:
-    status, err = _interrupt(tmp_path, loki, signal.SIGINT)
-    assert status == 130
-    assert err.strip().splitlines()[-1] == "kube-audit-exporter: interrupted"
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert spools(tmp_path) == []
-
-
-def test_sigterm_during_a_backfill_exits_143_and_removes_the_spool(
-    tmp_path: Path, loki: LokiReceiver
-) -> None:
-    status, err = _interrupt(tmp_path, loki, signal.SIGTERM)
-    assert status == 143
-    assert err.strip().splitlines()[-1] == "kube-audit-exporter: terminated"
+    got, err = _interrupt(tmp_path, loki, signum)
+    assert got == status
+    assert err.strip().splitlines()[-1] == f"kube-audit-exporter: {message}"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert spools(tmp_path) == []
 
