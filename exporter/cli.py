@@ -192,7 +192,7 @@ def _replay(
                     while result.refused and loki is not None:
                         # the spool is full: wait for Loki to take some, never drop
                         if not loki.wait_for_room(3600.0, stall=stall):
-                            raise _LokiStalled
+                            raise _LokiStalled("Loki made no room in the spool for an hour")
                         result = pipeline.process(batch, "replay", context=path)
                     report.duplicates += result.duplicates
                     if result.invalid:
@@ -212,12 +212,12 @@ def _replay(
                 if stream is not sys.stdin.buffer:
                     stream.close()
         if loki is not None and not loki.drain(stall=stall):
-            raise _LokiStalled
+            raise _LokiStalled("the Loki sender stopped (see the log above)")
         finished = True
-    except _LokiStalled:
+    except _LokiStalled as e:
         assert loki is not None
         status = EXIT_LOKI
-        print(_undelivered(loki, stall, temporary_spool), file=sys.stderr)
+        print(_undelivered(loki, stall, temporary_spool, str(e)), file=sys.stderr)
     finally:
         if loki is not None and not finished:
             loki.abandon()  # Ctrl-C, SIGTERM or a stall: no waiting for Loki
@@ -248,14 +248,16 @@ class _LokiStalled(Exception):
     """Loki took nothing for the stall timeout, or refused the credentials."""
 
 
-def _undelivered(loki: LokiSink, stall: float | None, temporary_spool: bool) -> str:
+def _undelivered(loki: LokiSink, stall: float | None, temporary_spool: bool, other: str) -> str:
     n = loki.undelivered()
     if loki.stalled and stall is not None:
         why = f"Loki accepted nothing for {stall:g}s"
         if loki.last_failure:
             why += f" (last failure: {loki.last_failure})"
+    elif loki.stopped_reason is not None:
+        why = f"Loki refused the exporter ({loki.stopped_reason})"
     else:
-        why = f"Loki refused the exporter ({loki.stopped_reason or 'sender stopped'})"
+        why = other
     where = (
         "the temporary spool is removed"
         if temporary_spool
