@@ -113,7 +113,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .loki.tempspool import TempSpool
 
     try:
-        cfg = load(args)
+        cfg = load(args, skip=SOURCE_SECTIONS)
     except ConfigError as e:
         return _config_errors(e)
     logs.setup(cfg.log.format, "info" if args.verbose else "warning")

@@ -152,3 +152,32 @@ def test_strict_exits_4_when_an_input_held_invalid_events(tmp_path: Path) -> Non
     assert strict.stdout == lenient.stdout  # the same summary, counted either way
     clean = subprocess.run(replay_cmd("--strict", str(DEMO)), capture_output=True, cwd=ROOT)
     assert clean.returncode == 0
+
+
+def test_replay_and_rules_list_ignore_the_sources_of_a_shared_config(tmp_path: Path) -> None:
+    """A configuration written for `run` (webhook certificates that exist only
+    on the cluster) still serves replay and rules list on a laptop; `run`'s
+    own check still refuses it there."""
+    config = tmp_path / "prod.yaml"
+    config.write_text(
+        "cluster: prod\nwebhook:\n  listen_address: ':8443'\n  tls_cert_file: /nowhere/tls.crt\n"
+        "  tls_key_file: /nowhere/tls.key\ndetect:\n  trusted_networks: [10.0.0.0/8]\n"
+    )
+    replay = subprocess.run(
+        replay_cmd("--config.file", str(config), str(DEMO)), capture_output=True, text=True,
+        cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout.startswith("757 events")
+    rules = subprocess.run(
+        [sys.executable, "-m", "exporter", "rules", "list", "--config.file", str(config)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert rules.returncode == 0, rules.stderr
+    assert "needs detect.trusted_networks" not in rules.stdout
+    check = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", "--config.file", str(config)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 1
+    assert "webhook.tls_cert_file: cannot read /nowhere/tls.crt" in check.stderr
