@@ -23,19 +23,21 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	touch $@
 
 # Prometheus, promtool and Alertmanager for the integration tests,
-# jsonnetfmt for the monitoring mixin, and node + npm for the LogQL grammar,
-# from Debian.
+# jsonnetfmt for the monitoring mixin, node + npm for the LogQL grammar, and
+# zsh and fish for the completion tests, from Debian.
 deps-system:
 	@missing=""; \
-	for cmd in prometheus promtool prometheus-alertmanager jsonnetfmt node npm; do \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; \
+	for pair in prometheus:prometheus promtool:prometheus \
+	    prometheus-alertmanager:prometheus-alertmanager jsonnetfmt:jsonnet \
+	    node:nodejs npm:npm zsh:zsh fish:fish; do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages for:$$missing"; \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager jsonnet nodejs npm >/dev/null; \
+	    $$missing >/dev/null; \
 	fi
 
 # Replay the bundled simulated audit log, then run the exporter tailing it.
