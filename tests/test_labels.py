@@ -292,3 +292,19 @@ def test_bounds_and_skew_come_from_the_config_and_are_shared_with_loki(tmp_path:
         assert isinstance(sink, LokiSink) and sink.builder.bounds is metrics.bounds
     finally:
         pipeline.close(timeout=0.1)
+
+
+def test_the_readme_states_each_label_bound() -> None:
+    import re
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Label bounds", 1)[1].split("\n\n", 3)[2]
+    stated: dict[str, int] = {}
+    for row in section.splitlines()[2:]:
+        m = re.match(r"\| `(\w+)`.*\((\d+)(?: by default| each by default)?\) \|$", row)
+        if m:
+            stated[m.group(1)] = int(m.group(2))
+    bounds = LabelBounds().series_bounds()
+    assert stated == {**bounds, "user": 1001}  # and source_ip, on the same row
