@@ -767,16 +767,17 @@ class Spool:
                 for s in done:
                     del self._sizes[s]
                 self._known_bad = {k: v for k, v in self._known_bad.items() if k[0] >= pos[0]}
-            self._write_ack(pos)
             if done:
                 with self._lock:
                     mark = None if self._mark_saved else self._mark
                 if mark is not None:
-                    # The newest mark may be in a segment about to go.
+                    # The newest mark may be in a segment about to go; saved
+                    # before the ack file, whose start-up deletes them unread.
                     self._write_mark(mark)
                     with self._lock:
                         if self._mark is mark:
                             self._mark_saved = True
+            self._write_ack(pos)
             for s in done:
                 with self._read_lock:
                     self._close_reading(self._path(s))
