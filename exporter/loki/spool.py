@@ -19,8 +19,9 @@ A *mark* is a record whose append time has its top bit set: a source's
 resume position (the log tailer's checkpoint), appended in the same write as
 the batch it follows, so that after a kill -9 the batch and the position
 are both there or neither is: the batch's entries carry the next bit, and
-such entries at the end of the last segment without their mark (a write
-cut short) are cut off at start-up like a torn record. Marks are not entries: readers skip them and
+such entries at the end of the spool without their mark (a write cut
+short, in one segment or over several) are cut off at start-up like a torn
+record. Marks are not entries: readers skip them and
 :meth:`Spool.last_mark` gives the newest back. Before the segment holding
 the newest mark is deleted, the mark is written to ``mark`` (write, fsync,
 rename), so acknowledging everything does not lose it.
