@@ -139,11 +139,14 @@ class Lifetimes:
         """The counters once the exporter took everything written so far."""
         size = self.log.stat().st_size
 
-        def done() -> Samples | None:
-            s = self.scrape()
-            return s if total(s, "kube_audit_logfile_offset_bytes") == size else None
+        def done() -> bool:
+            return total(self.scrape(), "kube_audit_logfile_offset_bytes") == size
 
-        return poll(done, timeout=60, what="the tailer to catch up", on_timeout=self.output)
+        poll(done, timeout=60, what="the tailer to catch up", on_timeout=self.output)
+        # A scrape collects one family after another, not a snapshot: the
+        # one that saw the offset at the end may have read the counters
+        # before the last batches. One that starts after it is complete.
+        return self.scrape()
 
     def blocked(self) -> Samples:
         """The counters once the tailer holds a batch the full spool refuses
@@ -161,7 +164,10 @@ class Lifetimes:
             )
             return s if refusing and counted(s) == counted(before) and self.no_push() else None
 
-        return poll(stuck, timeout=60, what="a full spool", on_timeout=self.output)
+        seen = poll(stuck, timeout=60, what="a full spool", on_timeout=self.output)
+        again = self.scrape()
+        assert counted(again) == counted(seen)
+        return again
 
     def no_push(self) -> bool:
         """No push Loki took is waiting for its answer or its ack: every
