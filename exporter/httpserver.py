@@ -33,7 +33,7 @@ protocol):
 - every connection the server cuts counted in
   ``kube_audit_http_connections_closed_total{listener,reason}`` and logged at
   a bounded rate, without a traceback;
-- the GIL's switch interval lowered to 0.5 ms, so the loop thread gets the
+- the GIL's switch interval lowered to 1 ms, so the loop thread gets the
   GIL back quickly from the pipeline's worker threads each time it wakes for
   I/O (with the default 5 ms, webhook throughput fell below the threaded
   server's; see bench/webhook_server.py);
@@ -71,7 +71,7 @@ LISTEN_BACKLOG = 1024
 # accepted is seen between bursts.
 ACCEPT_BURST = 64
 READ_BUFFER = 1 << 20
-SWITCH_INTERVAL = 0.0005
+SWITCH_INTERVAL = 0.001
 SERVER = f"kube-audit-exporter/{__version__}"
 # When a response closes the connection before the request body was read, the
 # client may still be sending it; closing at once would answer it with a TCP
@@ -561,9 +561,12 @@ class HTTPServer:
         """Stop accepting, close connections not in a request, wait up to
         ``timeout`` seconds for requests in flight, then cut the rest."""
         thread = self._thread
-        if thread is None or self.stopping:
+        if self.stopping:
+            return
+        if thread is None:  # never started
             self.stopping = True
             self._sock.close()
+            self.loop.close()
             return
         future = asyncio.run_coroutine_threadsafe(self._drain(timeout), self.loop)
         with contextlib.suppress(Exception):
