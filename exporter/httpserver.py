@@ -164,12 +164,15 @@ def _bind(listen_address: str) -> socket.socket:
     )
 
 
-def _has_data(sock: socket.socket) -> bool:
-    """Bytes are waiting on a non-blocking socket (not read)."""
+def _peek(sock: socket.socket) -> bool | None:
+    """True when bytes wait on a non-blocking socket (left unread), False when
+    none do yet, None when the client closed it (or it failed)."""
     try:
-        return bool(sock.recv(1, socket.MSG_PEEK))
-    except OSError:
+        return bool(sock.recv(1, socket.MSG_PEEK)) or None
+    except (BlockingIOError, InterruptedError):
         return False
+    except OSError:
+        return None
 
 
 class Endpoint(Protocol):
@@ -242,6 +245,14 @@ class Connection(asyncio.Protocol):
             self.loop.remove_reader(self._sock.fileno())
 
     def spoke(self) -> None:
+        """The socket is readable: the client spoke, or left."""
+        assert self._sock is not None
+        ready = _peek(self._sock)
+        if ready is None:  # gone without a word: nothing to set up
+            self._abort()
+            return
+        if not ready:
+            return
         self._unwatch()
         self.phase = QUEUED
         self.since = self.loop.time()
@@ -548,6 +559,11 @@ class HTTPServer:
         finally:
             started.set()
         loop.run_forever()
+        # aiohttp's tasks of the connections cut at shutdown: let them end.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
 
@@ -635,7 +651,7 @@ class HTTPServer:
             conn = Connection(self, sock, format_address((str(addr[0]), int(addr[1]))))
             self._silent[conn] = None
             conn.watch()
-            if _has_data(sock):  # spoke already (a ClientHello sent with the connect)
+            if _peek(sock):  # spoke already (a ClientHello sent with the connect)
                 conn.spoke()
 
     def spawn(self, coro: Awaitable[None]) -> None:
