@@ -26,7 +26,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
-from .httpserver import Connection, HTTPServer, Limits
+from .httpconn import Connection
+from .httpserver import HTTPServer, Limits
 from .logs import RateLimitedLog
 from .metrics import HTTPMetrics
 

@@ -610,7 +610,7 @@ def test_many_concurrent_clients_are_all_served(
 def test_slow_and_silent_clients_do_not_stop_others_and_are_cut_after_the_read_timeout(
     webhook: Factory, demo_items: list[dict[str, Any]]
 ) -> None:
-    h = webhook(read_timeout=0.5, max_connections=8)
+    h = webhook(read_timeout=0.5, handshake_timeout=0.5, max_connections=8)
     started = time.monotonic()
     # Headers sent, then the body stalls after one byte.
     stalled_body = h.tls_connect()

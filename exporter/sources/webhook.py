@@ -49,7 +49,8 @@ import orjson
 from aiohttp import web
 
 from ..event import Decoder, InvalidEvent
-from ..httpserver import Connection, HTTPServer, Limits
+from ..httpconn import Connection
+from ..httpserver import HTTPServer, Limits
 from ..logs import RateLimitedLog
 from ..metrics import AuditMetrics, HTTPMetrics
 from ..pipeline import BatchResult, Pipeline
