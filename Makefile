@@ -22,19 +22,22 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Prometheus, promtool and Alertmanager for the integration tests, and
-# jsonnetfmt for the monitoring mixin, from Debian.
+# Prometheus, promtool and Alertmanager for the integration tests,
+# jsonnetfmt for the monitoring mixin, node + npm for the LogQL grammar, and
+# zsh and fish for the completion tests, from Debian.
 deps-system:
 	@missing=""; \
-	for cmd in prometheus promtool prometheus-alertmanager jsonnetfmt; do \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; \
+	for pair in prometheus:prometheus promtool:prometheus \
+	    prometheus-alertmanager:prometheus-alertmanager jsonnetfmt:jsonnet \
+	    node:nodejs npm:npm zsh:zsh fish:fish; do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages for:$$missing"; \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager jsonnet >/dev/null; \
+	    $$missing >/dev/null; \
 	fi
 
 # Replay the bundled simulated audit log, then run the exporter tailing it.
@@ -45,9 +48,7 @@ run: $(VENV)/.installed
 	@echo
 	@echo "Now serving metrics for the demo log at http://$(WEB)/metrics (Ctrl-C stops)."
 	@echo "Try: curl -s http://$(WEB)/metrics | grep kube_audit_auth_failures_total"
-	$(BIN)/kube-audit-exporter run --config.file demo/config.yaml --web.listen-address $(WEB) \
-	  --logfile.path $(OUT)/audit.log --logfile.checkpoint-file $(OUT)/checkpoint.json \
-	  --logfile.start-at beginning
+	$(BIN)/kube-audit-exporter run --config.file demo/config.yaml --web.listen-address $(WEB)
 
 # Format and render the monitoring mixin into dashboards/out/ and the chart's
 # files/ (tests/test_mixin.py fails when this would change a committed file).
@@ -56,7 +57,17 @@ generate: deps-system $(VENV)/.installed-test
 	helm/sync-files.sh
 	$(BIN)/python helm/values_doc.py
 
-test: deps-system $(VENV)/.installed-test
+# Grafana's LogQL grammar (npm, pinned by the committed package-lock.json)
+# for tests/test_logql_grammar.py; npm ci writes the stamp file last. It runs
+# in tests/logql rather than with --prefix, which would also move npm's
+# global config (and the machine's CA file set there) to tests/logql/etc.
+LOGQL := tests/logql/node_modules/.package-lock.json
+
+$(LOGQL): tests/logql/package.json tests/logql/package-lock.json | deps-system
+	cd tests/logql && npm ci --no-audit --no-fund
+	touch $@
+
+test: deps-system $(VENV)/.installed-test $(LOGQL)
 	$(BIN)/python -m pytest -q
 	$(MAKE) lint
 
@@ -69,14 +80,18 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
+# One run, its figures written in one place: bench/figures.json, rendered
+# into bench/README.md's Figures and quoted in README.md's Performance.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/loki.py
-	$(BIN)/python bench/detect.py
+	$(BIN)/python bench/run.py --json bench/results.json
+	$(BIN)/python bench/loki.py --json bench/results-loki.json
+	$(BIN)/python bench/detect.py --json bench/results-detect.json
+	$(BIN)/python bench/figures.py --run bench/results.json --loki bench/results-loki.json \
+	  --detect bench/results-detect.json
 
 demo-data: $(VENV)/.installed
 	$(BIN)/kube-audit-exporter simulate --events 25000 --rate 25 --seed 20240501 \
 	  --start 2024-05-01T08:00:00Z --output $(DEMO)
 
 clean:
-	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache tests/logql/node_modules

@@ -3,9 +3,10 @@
 // Nothing outside this file hard-codes a selector, threshold, window or UID.
 {
   _config+:: {
-    // Selects the exporter's series. The Helm chart's ServiceMonitor names the
-    // job after the Service, which is "<release>-kube-audit-exporter" unless the
-    // release is named like the chart, so match the chart name anywhere.
+    // Selects the exporter's series. The Helm chart's ServiceMonitor sets the
+    // job to serviceMonitor.jobName ("kube-audit-exporter"), whatever
+    // nameOverride or fullnameOverride say; the regex also matches scrape
+    // configs that name the job after a Service called "<release>-kube-audit-exporter".
     exporterSelector: 'job=~".*kube-audit-exporter.*"',
 
     // The label that tells clusters apart when one Prometheus (Thanos, Mimir)
@@ -83,6 +84,15 @@
       // ingestion. The API server's webhook batches wait up to 30s by default;
       // 5 minutes means a backlog or a skewed clock.
       KubeAuditEventLagHigh: { enabled: true, severity: 'warning', 'for': '10m', thresholdSeconds: 300 },
+      // A TLS certificate of the webhook nears its end
+      // (kube_audit_tls_certificate_expiry_timestamp_seconds): the exporter's
+      // serving certificate, or the client certificate the API server
+      // presents. 21 days leave three weeks of working hours to renew it and,
+      // for a client certificate, to copy it to the control-plane nodes.
+      KubeAuditTLSCertificateExpiring: { enabled: true, severity: 'warning', 'for': '1h', thresholdDays: 21 },
+      // The same at 7 days: once it expires the API server's batches are
+      // refused and the audit trail stops, so it wakes someone.
+      KubeAuditTLSCertificateExpiryCritical: { enabled: true, severity: 'critical', 'for': '10m', thresholdDays: 7 },
       // Inputs the exporter refused (bad JSON, too large...): those events are
       // missing from metrics, Loki and detection.
       KubeAuditInvalidEvents: { enabled: true, severity: 'warning', 'for': '0m', window: '10m' },

@@ -6,22 +6,27 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from . import __version__
 from .alertmanager import Alertmanager
-from .config import Config, detection_settings, loki_settings, rule_set
+from .config import Config, audit_metrics, detection_settings, loki_settings, rule_set
 from .detect import Detector
 from .event import Decoder
+from .httpserver import Limits
 from .logs import safe_url
 from .loki.sink import LokiSink
-from .metrics import AuditMetrics
+from .metrics import AuditMetrics, HTTPMetrics
 from .pipeline import Pipeline, Processor, Sink
 from .redact import Redactor
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
 from .web import MetricsServer
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +45,27 @@ class App:
             )
             if on
         ]
-        self.metrics = AuditMetrics(
-            self.registry,
-            max_users=cfg.metrics.max_users,
-            max_source_ips=cfg.metrics.max_source_ips,
-            sources=sources,
-        )
+        self.metrics = audit_metrics(cfg, self.registry, sources)
         self.decoder = Decoder(cfg.events.max_bytes)
         self.pipeline, self.notifier = build_pipeline(cfg, self.metrics)
         self._ready = threading.Event()
-        self.web = MetricsServer(cfg.web.listen_address, self.registry, self._ready.is_set)
+        self.http_metrics = HTTPMetrics(self.registry)
+        self.web = _listening("web.listen_address", MetricsServer)(
+            cfg.web.listen_address,
+            self.registry,
+            self._ready.is_set,
+            limits=Limits(
+                max_connections=cfg.web.max_connections,
+                header_timeout=cfg.web.header_timeout,
+                read_timeout=cfg.web.read_timeout,
+                idle_timeout=cfg.web.idle_timeout,
+            ),
+            http_metrics=self.http_metrics,
+        )
         self.webhook: WebhookServer | None = None
         if cfg.webhook.listen_address:
             w = cfg.webhook
-            self.webhook = WebhookServer(
+            self.webhook = _listening("webhook.listen_address", WebhookServer)(
                 listen_address=w.listen_address,
                 path=w.path,
                 pipeline=self.pipeline,
@@ -66,10 +78,17 @@ class App:
                 max_body_bytes=w.max_body_bytes,
                 read_timeout=w.read_timeout,
                 max_connections=w.max_connections,
+                handshake_timeout=w.handshake_timeout,
+                header_timeout=w.header_timeout,
+                idle_timeout=w.idle_timeout,
+                max_header_bytes=w.max_header_bytes,
+                workers=w.workers,
+                http_metrics=self.http_metrics,
             )
         self.logfile: LogFileSource | None = None
         if cfg.logfile.path:
             f = cfg.logfile
+            marks = [s.spool.last_mark() for s in self.pipeline.sinks if isinstance(s, LokiSink)]
             self.logfile = LogFileSource(
                 path=f.path,
                 checkpoint_file=f.checkpoint_file or None,
@@ -79,6 +98,7 @@ class App:
                 metrics=self.metrics,
                 poll_interval=f.poll_interval,
                 checkpoint_interval=f.checkpoint_interval,
+                resume_mark=marks[0] if marks else None,
             )
 
     def start(self) -> None:
@@ -149,6 +169,33 @@ def build_pipeline(
         dedupe_capacity=cfg.events.dedupe_capacity,
     )
     return pipeline, notifier
+
+
+class ListenError(OSError):
+    """A server could not bind: names the option and the address."""
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
+def _listening(key: str, server: Callable[..., T]) -> Callable[..., T]:
+    """``server`` whose bind failure ("Address already in use") says which
+    address it was and which option sets it."""
+
+    def make(*args: Any, **kwargs: Any) -> T:
+        address = kwargs.get("listen_address", args[0] if args else "")
+        try:
+            return server(*args, **kwargs)
+        except ListenError:
+            raise
+        except OSError as e:
+            if e.errno is None or e.filename is not None:
+                raise  # not the socket: a certificate file, say
+            raise ListenError(
+                e.errno, f"cannot listen on {address} ({key}): {e.strerror or e}"
+            ) from e
+
+    return make
 
 
 def _fmt(address: tuple[str, int]) -> str:

@@ -5,20 +5,43 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import shutil
+import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, write_to_textfile
 
-from . import __version__, logs
-from .config import ConfigError, add_flags, load, require_source
+from . import logs
+from .cliparser import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Parser,
+    Terminated,
+    VersionAction,
+)
+from .completion import SHELLS, script
+from .config import (
+    SOURCE_SECTIONS,
+    Config,
+    ConfigError,
+    add_flags,
+    audit_metrics,
+    load,
+    require_source,
+)
+from .duration import parse_duration
 from .event import InvalidEvent
+
+if TYPE_CHECKING:
+    from .alertmanager import Alertmanager
+    from .loki.sink import LokiSink
+    from .pipeline import Pipeline
 
 # Modules that add a subcommand: each has ``register(subparsers)``, which adds
 # its parser and sets ``func`` to a callable taking the parsed args and
@@ -84,38 +107,58 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# Exit statuses of ``replay`` (besides 0, 1 for configuration, 130/141/143).
+EXIT_INPUT = 2  # an input could not be read (missing file, read error)
+EXIT_LOKI = 3  # Loki did not take every entry (stall timeout, refused credentials)
+EXIT_INVALID = 4  # --strict: some inputs were not valid audit events
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .app import build_pipeline
-    from .detect import Detector, RuleError
-    from .event import Decoder
-    from .loki.backfill import AgeCheck
+    from .detect import RuleError
     from .loki.client import LokiSetupError
-    from .loki.sink import LokiSink
-    from .metrics import AuditMetrics
-    from .report import Report, render_text
-    from .runtime import tune_gc
-    from .sources.replay import Progress, open_input, read_batches
+    from .loki.tempspool import TempSpool
 
     try:
-        cfg = load(args)
+        cfg = load(args, skip=SOURCE_SECTIONS)
     except ConfigError as e:
         return _config_errors(e)
     logs.setup(cfg.log.format, "info" if args.verbose else "warning")
     registry = CollectorRegistry()
-    metrics = AuditMetrics(
-        registry,
-        max_users=cfg.metrics.max_users,
-        max_source_ips=cfg.metrics.max_source_ips,
-        sources=["replay"],
-    )
-    spool_dir = None
+    metrics = audit_metrics(cfg, registry, ["replay"])
+    temp: TempSpool | None = None
     if cfg.loki.url and not cfg.spool.dir:
-        spool_dir = tempfile.mkdtemp(prefix="kube-audit-replay-spool-")
+        temp = TempSpool()
     try:
-        pipeline, notifier = build_pipeline(cfg, metrics, spool_dir=spool_dir)
-    except (LokiSetupError, RuleError, ValueError, OSError) as e:
-        print(f"cannot start: {e}", file=sys.stderr)
-        return 1
+        try:
+            pipeline, notifier = build_pipeline(
+                cfg, metrics, spool_dir=temp.spool_dir if temp else None
+            )
+        except (LokiSetupError, RuleError, ValueError, OSError) as e:
+            print(f"cannot start: {e}", file=sys.stderr)
+            return 1
+        return _replay(args, cfg, pipeline, notifier, registry, temp is not None)
+    finally:
+        if temp is not None:
+            temp.remove()
+
+
+def _replay(
+    args: argparse.Namespace,
+    cfg: Config,
+    pipeline: Pipeline,
+    notifier: Alertmanager | None,
+    registry: CollectorRegistry,
+    temporary_spool: bool,
+) -> int:
+    from .detect import Detector
+    from .event import Decoder
+    from .loki.backfill import AgeCheck
+    from .loki.sink import LokiSink
+    from .report import Report, render_text
+    from .runtime import tune_gc
+    from .sources.replay import Progress, open_input, read_batches
+
     if notifier is not None:
         notifier.start()
     report = Report()
@@ -128,81 +171,126 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if isinstance(sink, LokiSink):
             loki = sink
     age = AgeCheck() if loki is not None else None
+    stall = args.stall_timeout or None
     decoder = Decoder(cfg.events.max_bytes)
     tune_gc()
     status = 0
-    for path in args.files:
-        try:
-            stream, counter, total = open_input(path)
-        except OSError as e:
-            print(f"{path}: {e.strerror}", file=sys.stderr)
-            status = 2
-            continue
-        report.files += 1
-        progress = Progress(total)
-        try:
-            for batch in read_batches(stream, decoder):
-                if age is not None:
-                    age([x for x in batch if not isinstance(x, InvalidEvent)])
-                result = pipeline.process(batch, "replay", context=path)
-                while result.refused and loki is not None:
-                    # the spool is full: wait for Loki to take some, never drop
-                    if not loki.wait_for_room(3600.0):
-                        print("Loki made no room in the spool for an hour", file=sys.stderr)
-                        return 3
+    finished = False
+    try:
+        for path in args.files:
+            try:
+                stream, counter, total = open_input(path)
+            except OSError as e:
+                print(f"{path}: {e.strerror}", file=sys.stderr)
+                status = EXIT_INPUT
+                continue
+            report.files += 1
+            progress = Progress(total)
+            try:
+                for batch in read_batches(stream, decoder):
+                    if age is not None:
+                        age([x for x in batch if not isinstance(x, InvalidEvent)])
                     result = pipeline.process(batch, "replay", context=path)
-                report.duplicates += result.duplicates
-                for reason, count in batch.refusals:
-                    report.invalid[reason] += count
-                progress.update(counter.count if counter else 0, report.events)
-            problem = getattr(stream, "problem", None)
-            if problem:
-                # a cut .gz: read up to the cut, counted as truncated_gzip
-                print(f"{path}: {problem}; read up to there", file=sys.stderr)
-                status = 2
-        except (OSError, EOFError) as e:
-            # a truncated .gz or an I/O error: keep what was read, say so
-            print(f"{path}: read error: {e}", file=sys.stderr)
-            status = 2
-        finally:
-            progress.update(counter.count if counter else 0, report.events, force=True)
-            progress.close()
-            if stream is not sys.stdin.buffer:
-                stream.close()
-    if loki is not None:
-        if not loki.drain():
-            print(
-                f"Loki did not take every entry ({loki.stopped_reason or 'still retrying'}); "
-                f"they stay in the spool {loki.settings.spool_dir}",
-                file=sys.stderr,
-            )
-            status = status or 3
-        elif spool_dir is not None:
-            pipeline.close()
-            shutil.rmtree(spool_dir, ignore_errors=True)
+                    while result.refused and loki is not None:
+                        # the spool is full: wait for Loki to take some, never drop
+                        if not loki.wait_for_room(3600.0, stall=stall):
+                            raise _LokiStalled("Loki made no room in the spool for an hour")
+                        result = pipeline.process(batch, "replay", context=path)
+                    report.duplicates += result.duplicates
+                    for reason, count in batch.refusals:
+                        report.invalid[reason] += count
+                    progress.update(counter.count if counter else 0, report.events)
+                problem = getattr(stream, "problem", None)
+                if problem:
+                    # a cut .gz: read up to the cut, counted as truncated_gzip
+                    print(f"{path}: {problem}; read up to there", file=sys.stderr)
+                    status = EXIT_INPUT
+            except (OSError, EOFError) as e:
+                if isinstance(e, BrokenPipeError):
+                    raise
+                # a truncated .gz or an I/O error: keep what was read, say so
+                print(f"{path}: read error: {e}", file=sys.stderr)
+                status = EXIT_INPUT
+            finally:
+                progress.update(counter.count if counter else 0, report.events, force=True)
+                progress.close()
+                if stream is not sys.stdin.buffer:
+                    stream.close()
+        if loki is not None and not loki.drain(stall=stall):
+            raise _LokiStalled("the Loki sender stopped (see the log above)")
+        finished = True
+    except _LokiStalled as e:
+        assert loki is not None
+        status = EXIT_LOKI
+        print(_undelivered(loki, stall, temporary_spool, str(e)), file=sys.stderr)
+    finally:
+        if loki is not None and not finished:
+            loki.abandon()  # Ctrl-C, SIGTERM or a stall: no waiting for Loki
     pipeline.close()
     if notifier is not None:
         notifier.close(30.0)
     summary = report.to_dict(top=args.top)
+    if loki is not None:
+        summary["loki"] = _loki_summary(loki)
     if args.output == "json":
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         sys.stdout.write(render_text(summary, top=args.top))
+        if loki is not None:
+            lk = summary["loki"]
+            sys.stdout.write(
+                f"\nLoki: {lk['sent']} entries sent, {sum(lk['rejected'].values())} refused, "
+                f"{lk['undelivered']} not delivered\n"
+            )
     if args.metrics_out:
         write_to_textfile(args.metrics_out, registry)
+    if args.strict and report.invalid and not status:
+        status = EXIT_INVALID
     return status
 
 
+class _LokiStalled(Exception):
+    """Loki took nothing for the stall timeout, or refused the credentials."""
+
+
+def _undelivered(loki: LokiSink, stall: float | None, temporary_spool: bool, other: str) -> str:
+    n = loki.undelivered()
+    if loki.stalled and stall is not None:
+        why = f"Loki accepted nothing for {stall:g}s"
+        if loki.last_failure:
+            why += f" (last failure: {loki.last_failure})"
+    elif loki.stopped_reason is not None:
+        why = f"Loki refused the exporter ({loki.stopped_reason})"
+    else:
+        why = other
+    where = (
+        "the temporary spool is removed"
+        if temporary_spool
+        else f"they stay in the spool {loki.settings.spool_dir} for the next run"
+    )
+    return f"{why}: {n} entries were not delivered; {where}"
+
+
+def _loki_summary(loki: LokiSink) -> dict[str, Any]:
+    with loki.stats.lock:
+        sent = int(loki.stats.entries_sent)
+        rejected = {k: int(v) for k, v in loki.stats.entries_rejected.items() if v}
+    return {"sent": sent, "rejected": rejected, "undelivered": loki.undelivered()}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kube-audit-exporter",
         description="Kubernetes audit events to Prometheus metrics, Loki and alerts.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action=VersionAction, help="print the version, rule set and policy digests"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
         "run",
+        usage="%(prog)s [options]",
         help="receive and tail audit events, serve metrics",
         description="Run the exporter. Every option has a flag, an environment variable "
         "and a YAML key; flags win over the environment, which wins over the file.",
@@ -210,13 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(run)
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate the configuration and exit")
+    check = sub.add_parser(
+        "check-config",
+        usage="%(prog)s [--show] [options]",
+        help="validate the configuration and exit",
+        description="Validate the configuration (flags, environment and --config.file) as "
+        "`run` would, report every problem with its place, and exit 1 if there is one.",
+    )
     add_flags(check)
     check.add_argument("--show", action="store_true", help="print the effective configuration")
     check.set_defaults(func=cmd_check_config)
 
     replay = sub.add_parser(
         "replay",
+        usage="%(prog)s [options] FILE [FILE ...]",
         help="process audit logs as fast as possible and summarise them",
         description="Replay audit logs (JSON lines, a JSON document, .gz, or - for stdin) "
         "through the pipeline and print what an auditor asks: who did what, "
@@ -228,21 +323,94 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--metrics-out", metavar="FILE", help="write the metrics exposition")
     replay.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
     replay.add_argument("-v", "--verbose", action="store_true", help="log invalid inputs")
-    # The same options as `run` (events.*, metrics.*, loki.*, spool.*, detection);
-    # the sources' options are accepted and ignored.
-    add_flags(replay)
+    replay.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit {EXIT_INVALID} when an input held invalid events (they are counted either way)",
+    )
+    replay.add_argument(
+        "--loki.stall-timeout",
+        dest="stall_timeout",
+        type=_duration,
+        default=300.0,
+        metavar="DURATION",
+        help="with --loki.url: give up when Loki has accepted nothing for this long, print "
+        f"the summary with what was not delivered and exit {EXIT_LOKI}; 0 waits forever "
+        "(default 5m)",
+    )
+    # The options of the pipeline (events.*, metrics.*, loki.*, spool.*,
+    # detection); not those of run's sources and endpoints.
+    add_flags(replay, exclude=SOURCE_SECTIONS)
     replay.set_defaults(func=cmd_replay)
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        description="Print the completion script for SHELL, generated from this command "
+        "line. bash: `source <(kube-audit-exporter completion bash)`; zsh (after compinit): "
+        "`source <(kube-audit-exporter completion zsh)`; fish: "
+        "`kube-audit-exporter completion fish | source`.",
+    )
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+    completion.set_defaults(func=lambda args: cmd_completion(args, parser))
     return parser
 
 
+def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    sys.stdout.write(script(args.shell, parser))
+    return 0
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run the subcommand, and turn the ways a command-line process
+    ends into exit codes without a traceback: a closed stdout (``| head``)
+    141, Ctrl-C 130, SIGTERM 143."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader went away: stop quietly, like a shell pipeline
+        _detach_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{parser.prog}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does
+    not complain about the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from prometheus_client.registry import CollectorRegistry
 
-from .detect import DetectionSettings, RuleError, RuleSet, load_rules
+from .detect import DetectionSettings, RuleError, RuleSet, load_rules, located
+from .detect.located import LDict, LList
 from .duration import parse_duration
+from .labels import LabelBounds
 from .logs import safe_url
 from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
+from .metrics import AuditMetrics
 
 ENV_PREFIX = "KUBE_AUDIT_"
 
@@ -55,12 +60,34 @@ def opt(
     }
 
 
+def _duration(default: float, help: str) -> Any:
+    """A duration option of the HTTP listeners."""
+    return field(default=default, metadata=opt(help, kind="duration", minimum=0.01))
+
+
+# The same deadlines on both listeners (exporter.httpserver.Limits); a field
+# each, since a dataclass takes over the Field it is given.
+def _header_timeout() -> Any:
+    return _duration(10.0, "How long a request head may take to arrive.")
+
+
+def _idle_timeout() -> Any:
+    return _duration(90.0, "How long a keep-alive connection may idle.")
+
+
 @dataclass(frozen=True)
 class WebConfig:
     listen_address: str = field(
         default="0.0.0.0:9784",
         metadata=opt("Address for /metrics, /healthz and /readyz.", kind="address"),
     )
+    max_connections: int = field(
+        default=4096,
+        metadata=opt("Open connections at most; over it the oldest idle one is cut.", minimum=1),
+    )
+    header_timeout: float = _header_timeout()
+    read_timeout: float = _duration(30.0, "How long a whole request may take to arrive.")
+    idle_timeout: float = _idle_timeout()
 
 
 @dataclass(frozen=True)
@@ -97,7 +124,27 @@ class WebhookConfig:
             "How long a connection may take to send a request.", kind="duration", minimum=0.01
         ),
     )
-    max_connections: int = field(default=64, metadata=opt("Connections served at once.", minimum=1))
+    max_connections: int = field(
+        default=4096,
+        metadata=opt(
+            "Open connections at most; over it the oldest one still in its handshake "
+            "or idle is cut.",
+            minimum=1,
+        ),
+    )
+    handshake_timeout: float = _duration(5.0, "How long a TLS handshake may take.")
+    header_timeout: float = _header_timeout()
+    idle_timeout: float = _idle_timeout()
+    max_header_bytes: int = field(
+        default=8190,
+        metadata=opt(
+            "Longest request line or header field (431 above).", kind="bytes", minimum=256
+        ),
+    )
+    workers: int = field(
+        default=2,
+        metadata=opt("Threads that decode and process batches at once.", minimum=1),
+    )
 
 
 @dataclass(frozen=True)
@@ -324,6 +371,15 @@ class EventsConfig:
             minimum=0,
         ),
     )
+    max_future_skew: float = field(
+        default=300.0,
+        metadata=opt(
+            "How far in the future an event may be stamped and still move "
+            "last_event_timestamp_seconds; later ones are counted in events_future_total.",
+            kind="duration",
+            minimum=0,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -336,6 +392,28 @@ class MetricsConfig:
         default=1000,
         metadata=opt(
             "Distinct source IPs in source_auth_failures_total before __other__.", minimum=1
+        ),
+    )
+    max_extra_resources: int = field(
+        default=100,
+        metadata=opt(
+            "Resources (and API groups) beyond the built-in ones kept as label values, "
+            "first seen on an authorized request, before __other__ (metrics and Loki).",
+            minimum=0,
+        ),
+    )
+    max_namespaces: int = field(
+        default=500,
+        metadata=opt(
+            "Namespaces kept as Loki stream label values, first seen on an authorized "
+            "request, before __other__.",
+            minimum=0,
+        ),
+    )
+    max_webhooks: int = field(
+        default=100,
+        metadata=opt(
+            "Admission webhook names in webhook_failed_open_total before __other__.", minimum=0
         ),
     )
 
@@ -539,52 +617,105 @@ def _convert(o: Option, value: Any) -> Any:
     raise AssertionError(o.type)
 
 
-def _flatten(doc: Mapping[str, Any], problems: list[str], where: str) -> dict[str, Any]:
+# Where each value of the configuration file is: "detect.trusted_networks",
+# and "detect.trusted_networks[1]" for an item, to (line, column).
+Positions = dict[str, tuple[int, int]]
+
+
+def _did_you_mean(key: str) -> str:
+    known = [*OPTIONS_BY_KEY, *{o.section for o in OPTIONS if o.section}]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _plain(value: Any) -> Any:
+    """A loaded value without its positions (plain dicts and lists)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _record(path: str, value: Any, pos: tuple[int, int], positions: Positions) -> None:
+    positions[path] = pos
+    if isinstance(value, LDict):
+        for k, v in value.items():
+            _record(f"{path}.{k}", v, value.key_pos.get(k, value.pos), positions)
+    elif isinstance(value, LList):
+        for i, v in enumerate(value):
+            item_pos = value.item_pos[i] if i < len(value.item_pos) else value.pos
+            _record(f"{path}[{i}]", v, item_pos, positions)
+
+
+def _flatten(doc: LDict, problems: list[str], where: str, positions: Positions) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     sections = {o.section for o in OPTIONS if o.section}
+
+    def at(container: LDict, key: Any) -> str:
+        line, col = container.key_pos.get(key, container.pos)
+        return f"{where}:{line}:{col}"
+
+    def unknown(full: str, container: LDict, key: Any) -> None:
+        problems.append(f"{full}: unknown key (from {at(container, key)}){_did_you_mean(full)}")
+
     for key, value in doc.items():
         if key in sections:
             if value is None:
                 continue
-            if not isinstance(value, Mapping):
-                problems.append(f"{key}: must be a mapping ({where})")
+            if not isinstance(value, LDict):
+                problems.append(f"{key}: must be a mapping (from {at(doc, key)})")
                 continue
             for sub, subvalue in value.items():
                 full = f"{key}.{sub}"
                 if full not in OPTIONS_BY_KEY:
-                    problems.append(f"{full}: unknown key ({where})")
+                    unknown(full, value, sub)
                 else:
-                    flat[full] = subvalue
+                    flat[full] = _plain(subvalue)
+                    _record(full, subvalue, value.key_pos.get(sub, value.pos), positions)
         elif key in OPTIONS_BY_KEY:
-            flat[key] = value
+            flat[key] = _plain(value)
+            _record(str(key), value, doc.key_pos.get(key, doc.pos), positions)
         else:
-            problems.append(f"{key}: unknown key ({where})")
+            unknown(str(key), doc, key)
     return flat
 
 
-def load_file(path: str, problems: list[str]) -> dict[str, Any]:
+def load_file(path: str, problems: list[str], positions: Positions | None = None) -> dict[str, Any]:
+    """The file's options as a flat dict (``loki.url``); problems located
+    at ``file:line:col``; where each value is goes into ``positions``."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            doc = located.load(fh.read())
     except OSError as e:
         problems.append(f"config.file: cannot read {path}: {e.strerror}")
         return {}
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        loc = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problems.append(f"config.file: {path}{loc}: not valid YAML: {getattr(e, 'problem', e)}")
+        problems.append(f"config.file: {located.yaml_problem(path, e)}")
         return {}
     if doc is None:
         return {}
-    if not isinstance(doc, Mapping):
+    if not isinstance(doc, LDict):
         problems.append(f"config.file: {path}: the top level must be a mapping")
         return {}
-    return _flatten(doc, problems, path)
+    return _flatten(doc, problems, path, {} if positions is None else positions)
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
+# The sections only ``run`` uses (its sources and its HTTP endpoints): replay
+# and the offline tools neither take nor show their flags.
+SOURCE_SECTIONS = ("web", "webhook", "logfile")
+
+
+def add_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    exclude: Collection[str] = (),
+    only: Collection[str] | None = None,
+) -> None:
     """Add ``--config.file`` and one flag per option (defaults suppressed, so
-    that only what was given on the command line takes precedence)."""
+    that only what was given on the command line takes precedence), grouped
+    by section. ``exclude`` leaves sections out (``""`` is the top level),
+    ``only`` keeps just those: a subcommand shows the flags it uses."""
     parser.add_argument(
         "--config.file",
         dest="config_file",
@@ -592,8 +723,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"YAML configuration file (env {ENV_PREFIX}CONFIG_FILE).",
     )
-    group = parser.add_argument_group("configuration (flag > environment > file)")
+    groups: dict[str, Any] = {}
     for o in OPTIONS:
+        section = o.section or ""
+        if section in exclude or (only is not None and section not in only):
+            continue
+        if section not in groups:
+            title = f"{section} options" if section else "general options"
+            groups[section] = parser.add_argument_group(title)
+        group = groups[section]
         text = f"{o.help} (env {o.env}; default {o.default!r})"
         if o.kind == "list":
             group.add_argument(
@@ -625,15 +763,22 @@ def load(
     args: argparse.Namespace | None = None,
     environ: Mapping[str, str] | None = None,
     check_files: Callable[[str], bool] | None = None,
+    *,
+    skip: Collection[str] = (),
 ) -> Config:
     """Build the configuration from parsed flags, the environment and the file
-    they name; raise ConfigError listing every problem."""
+    they name; raise ConfigError listing every problem. The sections in
+    ``skip`` (``SOURCE_SECTIONS`` for replay) keep their defaults: a command
+    that does not use them neither reads nor validates them (a shared file's
+    webhook certificates need not exist where replay runs); their unknown
+    keys are still reported."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
     config_file = getattr(args, "config_file", None) or environ.get(ENV_PREFIX + "CONFIG_FILE")
     layers: list[tuple[str, dict[str, Any]]] = []
+    positions: Positions = {}
     if config_file:
-        layers.append((config_file, load_file(config_file, problems)))
+        layers.append((config_file, load_file(config_file, problems, positions)))
     env_layer = {o.key: environ[o.env] for o in OPTIONS if o.env in environ}
     layers.append(("environment", env_layer))
     if args is not None:
@@ -645,7 +790,11 @@ def load(
     for where, layer in layers:
         for key, raw in layer.items():
             o = OPTIONS_BY_KEY[key]
+            if (o.section or "") in skip:
+                continue
             src = o.flag if where == "flags" else o.env if where == "environment" else where
+            if key in positions and where == config_file:
+                src = "{}:{}:{}".format(where, *positions[key])
             try:
                 values[key] = _convert(o, raw)
                 origin[key] = src
@@ -668,10 +817,31 @@ def load(
             problems.append(f"{key}: cannot read {value} (from {origin[key]})")
 
     cfg = _build(values)
-    problems.extend(_cross_checks(cfg))
+    file_pos = {k: "{}:{}:{}".format(config_file, *pos) for k, pos in positions.items()}
+    problems.extend(_locate(p, origin, file_pos) for p in _cross_checks(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+_PATH = re.compile(r"^([a-z_]+(?:\.[a-z_]+)?)((?:\[\d+\]|\.[A-Za-z_]+)*): ")
+
+
+def _locate(problem: str, origin: Mapping[str, str], file_pos: Mapping[str, str]) -> str:
+    """A cross-check's ``key...: message`` with where the value came from:
+    the flag, the variable, or file:line:col (of the list item or nested
+    key when the message names one)."""
+    m = _PATH.match(problem)
+    if m is None or "(from " in problem or m.group(1) not in origin:
+        return problem
+    key, path = m.group(1), m.group(1) + m.group(2)
+    src = origin[key]
+    if key in file_pos and src == file_pos[key]:
+        # the most precise position the file has for this path
+        while path not in file_pos:
+            path = re.sub(r"(\[\d+\]|\.[A-Za-z_]+)$", "", path)
+        src = file_pos[path]
+    return f"{problem} (from {src})"
 
 
 def _readable(path: str) -> bool:
@@ -803,6 +973,25 @@ def detection_settings(cfg: Config) -> DetectionSettings:
         },
         cluster=cfg.cluster,
         source="configuration",
+    )
+
+
+def audit_metrics(cfg: Config, registry: CollectorRegistry, sources: Sequence[str]) -> AuditMetrics:
+    """The metrics as configured: the per-user and per-address caps, the
+    label bounds shared with the Loki stream labels, the clock skew."""
+    m = cfg.metrics
+    bounds = LabelBounds(
+        max_extra_resources=m.max_extra_resources,
+        max_namespaces=m.max_namespaces,
+        max_webhooks=m.max_webhooks,
+    )
+    return AuditMetrics(
+        registry,
+        max_users=m.max_users,
+        max_source_ips=m.max_source_ips,
+        sources=sources,
+        bounds=bounds,
+        max_future_skew=cfg.events.max_future_skew,
     )
 
 

@@ -1,58 +1,118 @@
-"""A small threaded HTTP/1.1 server shared by the webhook and the metrics endpoint.
+"""The asynchronous HTTP/1.1 server shared by the webhook and the metrics endpoint.
 
-Built on the standard library (:mod:`socketserver`, :mod:`http.server`,
-:mod:`ssl`) with what a long-running exporter needs and the stdlib servers
-lack:
+aiohttp's low-level server (its parser is llhttp, in C) on an asyncio event
+loop, one loop thread per listener, so a flood on one port never slows the
+other. A connection is a few kilobytes of state, not a thread: thousands of
+idle or slow clients cost memory, never service. What an exporter facing
+hostile clients needs and aiohttp alone does not do, this module adds around
+it (each :class:`Connection` sits between the transport and aiohttp's
+protocol):
 
-- a bounded number of connections: the accept loop takes a connection only
-  when a worker slot is free, so excess clients wait in the kernel's listen
-  backlog instead of each getting a thread;
-- a read deadline per request (headers and body, as Go's
-  ``http.Server.ReadTimeout``), which also bounds the time an idle keep-alive
-  connection may hold a worker: a slow or silent client is cut off;
-- optional TLS (1.2 or later) whose certificate, key and client CA are
-  re-read when they change on disk; the handshake runs in the worker thread,
-  so a client that connects and never speaks cannot stall accepting;
-- a graceful shutdown: stop accepting, close idle keep-alive connections,
-  let requests in flight finish up to a timeout, then cut the rest.
+- TLS (1.2 or later) done per connection with ``loop.start_tls`` and the
+  current :class:`~exporter.tlsreload.ReloadingTLSContext`, so certificates
+  are reloaded from disk, and a failed or slow handshake is seen and counted;
+- one deadline at a time per connection: the TLS handshake, the request head
+  (counted from the connection's start for its first request, from the first
+  byte for later ones), the whole request (the endpoint reads the body under
+  :attr:`Connection.deadline`), the response write, the keep-alive idle time;
+- a connection is only an accepted socket until its client sends a byte: no
+  transport, no TLS state (asyncio's TLS layer alone takes 256 KiB a
+  connection), no slot, and the handshake deadline already running; over
+  ``max_connections`` (at least 1024) such sockets the oldest is cut
+  (``too_many``);
+- a connection limit that makes room: a connection that has spoken takes a
+  slot; when none is free, the oldest connection that has been in its TLS
+  handshake, or waiting for its request, for a second or more is cut
+  (``too_many``), so clients that connect and stall cannot shut out one that
+  sends a request; when none has, the new connection waits, still without
+  TLS state, for a free slot (a queue as long as the limit or the listen
+  backlog; over it its oldest is cut);
+- limits on the request line and header fields (aiohttp's parser) and answers
+  for what the parser refuses (400, 431), built by the endpoint so each
+  listener answers in its own format;
+- every connection the server cuts counted in
+  ``kube_audit_http_connections_closed_total{listener,reason}`` and logged at
+  a bounded rate, without a traceback;
+- the GIL's switch interval lowered to 0.5 ms, so the loop thread gets the
+  GIL back quickly from the pipeline's worker threads each time it wakes for
+  I/O (with the default 5 ms, webhook throughput fell below the threaded
+  server's; see bench/webhook_server.py);
+- a graceful shutdown: stop accepting, close connections not in a request,
+  let requests in flight finish (answered with ``Connection: close``) up to a
+  timeout, then cut the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
-import http.server
-import io
 import logging
 import math
-import selectors
 import socket
-import socketserver
 import ssl
+import sys
 import threading
-import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from . import __version__
 from .logs import RateLimitedLog
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
+from .metrics import HTTPMetrics
+from .tlsreload import ReloadingTLSContext, ssl_reason
 
 log = logging.getLogger(__name__)
 
-DEFAULT_READ_TIMEOUT = 30.0
-DEFAULT_MAX_CONNECTIONS = 64
-DEFAULT_TLS_RELOAD_INTERVAL = 5.0
-LISTEN_BACKLOG = 128
-
+LISTEN_BACKLOG = 1024
+# Connections accepted per wake-up, so that the readiness of those already
+# accepted is seen between bursts.
+ACCEPT_BURST = 64
+READ_BUFFER = 1 << 20
+SWITCH_INTERVAL = 0.0005
+SERVER = f"kube-audit-exporter/{__version__}"
 # When a response closes the connection before the request body was read, the
 # client may still be sending it; closing at once would answer it with a TCP
-# reset that can destroy our response before the client reads it. Drain (and
-# discard) for a little while first, as Go's net/http does.
+# reset that can destroy the response before the client reads it. aiohttp
+# reads (and discards) for a little while first, as Go's net/http does.
 LINGER_SECONDS = 2.0
-LINGER_MAX_BYTES = 16 << 20
+# Cuts that are routine (a keep-alive connection the client left idle) are
+# counted but logged at debug level only.
+ROUTINE_CUTS = frozenset({"idle"})
+# At the connection limit, a connection still in its TLS handshake, or waiting
+# for its request, for this long is cut to make room for a new one. A client
+# that means to send a request does so well within it; one that holds
+# connections open without speaking cannot shut out the others.
+EVICT_AFTER = 1.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Deadlines (seconds) and sizes of one listener."""
+
+    max_connections: int = 4096
+    handshake_timeout: float = 5.0
+    header_timeout: float = 10.0
+    # The whole request, head and body, from its first byte; also bounds the
+    # time a client may take to read its response.
+    read_timeout: float = 30.0
+    idle_timeout: float = 90.0
+    # One request line or header field (name or value); 431 above.
+    max_header_bytes: int = 8190
+    max_headers: int = 100
+
+    def problems(self, prefix: str) -> list[str]:
+        """What is wrong, each as ``prefix.field: reason``."""
+        out = []
+        for name in ("max_connections", "max_header_bytes", "max_headers"):
+            if getattr(self, name) < 1:
+                out.append(f"{prefix}.{name}: must be >= 1")
+        for name in ("handshake_timeout", "header_timeout", "read_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                out.append(f"{prefix}.{name}: must be > 0")
+        return out
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -83,12 +143,15 @@ def format_address(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
-    """Address family and socket address to bind ``host:port`` to."""
+def _bind(listen_address: str) -> socket.socket:
+    """A listening socket for ``listen_address`` (dual-stack for ``:port``)."""
+    host, port = parse_listen_address(listen_address)
     if not host:
         if socket.has_dualstack_ipv6():
-            return socket.AF_INET6, ("::", port)
-        return socket.AF_INET, ("0.0.0.0", port)
+            return socket.create_server(
+                ("::", port), family=socket.AF_INET6, backlog=LISTEN_BACKLOG, dualstack_ipv6=True
+            )
+        host = "0.0.0.0"
     try:
         infos = socket.getaddrinfo(
             host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
@@ -96,544 +159,662 @@ def _resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
     except socket.gaierror as e:
         raise ValueError(f"listen address {host!r}: cannot resolve: {e.strerror}") from None
     family, _, _, _, sockaddr = infos[0]
-    return int(family), (str(sockaddr[0]), int(sockaddr[1]))
+    return socket.create_server(
+        (str(sockaddr[0]), int(sockaddr[1])), family=family, backlog=LISTEN_BACKLOG
+    )
 
 
-# --- TLS ---------------------------------------------------------------------
+def _has_data(sock: socket.socket) -> bool:
+    """Bytes are waiting on a non-blocking socket (not read)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except OSError:
+        return False
 
 
-class ReloadingTLSContext:
-    """A server :class:`ssl.SSLContext` rebuilt when its files change on disk.
+class Endpoint(Protocol):
+    """What a listener serves: answers for requests and for parser refusals."""
 
-    The files are compared by content (a SHA-256 of each) at most every
-    ``reload_interval`` seconds, when a connection asks for the context: a
-    Kubernetes Secret update (a symlink swap) or cert-manager's renewal is
-    picked up without a restart, and a rewrite that keeps size and mtime
-    is not missed. When the new files cannot be loaded (a half-written pair,
-    a key that does not match) the previous context stays in use, the error
-    is logged once, and the files are tried again when they change next.
+    async def handle(self, request: web.BaseRequest, conn: Connection) -> web.StreamResponse:
+        """The answer to a request whose head was parsed; reads the body (if
+        any) before :attr:`Connection.deadline`."""
 
-    With ``client_ca_file`` a client certificate signed by one of its CAs is
-    mandatory (``CERT_REQUIRED``). TLS 1.2 is the minimum version.
-    """
+    def refuse(self, status: int, reason: str, message: str, peer: str) -> web.StreamResponse:
+        """The answer to a request the parser refused (400, 431) or that failed
+        unexpectedly (500), logged at a bounded rate; the connection is closed
+        after it."""
 
-    def __init__(
-        self,
-        cert_file: str,
-        key_file: str,
-        client_ca_file: str | None = None,
-        *,
-        reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self.client_ca_file = client_ca_file
-        self.reload_interval = reload_interval
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._unreadable = False
-        # Start-up: any problem is fatal and reported as a ValueError.
+
+# Phases of a connection; each has at most one deadline.
+SILENT, QUEUED, HANDSHAKE, HEAD, REQUEST, WRITING, IDLE = (
+    "silent", "queued", "handshake", "head", "request", "writing", "idle"
+)  # fmt: skip
+_TIMEOUT_REASON = {
+    QUEUED: "too_many",
+    HANDSHAKE: "handshake_timeout",
+    HEAD: "header_timeout",
+    WRITING: "write_timeout",
+    IDLE: "idle",
+}
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: TLS, deadlines and the connection limit, in
+    front of aiohttp's protocol (see the module doc).
+
+    Until the client sends its first byte the connection is only an accepted
+    socket watched for readability (``silent``): no transport, no TLS state,
+    no slot. Then it takes a slot (or waits for one, ``queued``), becomes an
+    asyncio transport, and TLS starts."""
+
+    def __init__(self, server: HTTPServer, sock: socket.socket, peer: str) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.peer = peer
+        self.phase = SILENT
+        # When the connection entered its current waiting phase (loop time).
+        self.since = self.loop.time()
+        # The loop time by which the current request must have arrived.
+        self.deadline = math.inf
+        self.closed = False
+        self._sock: socket.socket | None = sock
+        self._raw: asyncio.Transport | None = None
+        self._transport: asyncio.Transport | None = None
+        self._protocol: _Protocol | None = None
+        self._pending: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- before the first byte ------------------------------------------------
+
+    def watch(self) -> None:
+        """Wait for the client's first byte, until the handshake (or, without
+        TLS, the header) deadline."""
+        assert self._sock is not None
+        self.loop.add_reader(self._sock.fileno(), self.spoke)
+        limits = self.server.limits
+        if self.server.tls is None:
+            self._arm(min(limits.header_timeout, limits.read_timeout))
+        else:
+            self._arm(limits.handshake_timeout)
+
+    def _unwatch(self) -> None:
+        if self.phase == SILENT and self._sock is not None:
+            self.loop.remove_reader(self._sock.fileno())
+
+    def spoke(self) -> None:
+        self._unwatch()
+        self.phase = QUEUED
+        self.since = self.loop.time()
+        if self.server.admit(self):
+            self.start()
+        else:  # waits for a slot, for at most the handshake timeout
+            self._arm(self.server.limits.handshake_timeout)
+
+    def start(self) -> None:
+        """Serve the connection (it holds one of the listener's slots)."""
+        self.phase = HANDSHAKE
+        self.since = self.loop.time()
+        if self.server.tls is not None:
+            self._arm(self.server.limits.handshake_timeout)
+        self.server.spawn(self._attach())
+
+    async def _attach(self) -> None:
+        sock = self._sock
+        if sock is None or self.closed:
+            return
         try:
-            self._signature = self._read_signature()
+            await self.loop.connect_accepted_socket(lambda: self, sock)
         except OSError as e:
-            raise ValueError(f"cannot read TLS file {e.filename}: {e.strerror}") from None
-        self._context = self._build()
-        self._next_check = clock() + reload_interval
+            log.debug("cannot serve a connection", extra={"peer": self.peer, "error": str(e)})
+            self._abort()
+
+    # --- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._raw = transport
+        self._sock = None  # the transport owns it now
+        if self.closed:
+            transport.abort()
+        elif self.server.tls is None:
+            self._ready(transport)
+        else:
+            transport.pause_reading()  # start_tls reads from here
+            self.server.spawn(self._handshake(self.server.tls))
+
+    def data_received(self, data: bytes) -> None:
+        if self._protocol is None:
+            self._pending.append(data)
+            return
+        if self.phase == IDLE:
+            self._enter_head(self.loop.time())
+        self._protocol.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._protocol is not None:
+            self._protocol.eof_received()
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+        if self._protocol is not None:
+            self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._protocol is not None:
+            self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._protocol is not None:
+            self._protocol.resume_writing()
+
+    # --- TLS ------------------------------------------------------------------
+
+    async def _handshake(self, tls: ReloadingTLSContext) -> None:
+        assert self._raw is not None
+        try:
+            transport = await self.loop.start_tls(
+                self._raw,
+                self,
+                tls.current(),
+                server_side=True,
+                # A backstop only: the connection's own deadline cuts first.
+                ssl_handshake_timeout=self.server.limits.handshake_timeout + 60,
+            )
+        except ssl.SSLError as e:
+            if self.closed:
+                return
+            reason = ssl_reason(e)
+            self.server.handshake_failed(reason)
+            cert = "CERTIFICATE" in reason.upper() or "CERT" in reason.upper()
+            self.cut("client_cert" if cert else "tls_error", error=reason)
+        except Exception as e:  # the client went away, or this side cut it
+            if not self.closed:
+                log.debug("TLS handshake ended", extra={"peer": self.peer, "error": repr(e)})
+                self._abort()
+        else:
+            if transport is None or self.closed:  # closed as the handshake ended
+                if transport is not None:
+                    transport.abort()
+                self._abort()
+            else:
+                tls.client_presented(transport.get_extra_info("peercert"))
+                self._ready(transport)
+
+    # --- phases ---------------------------------------------------------------
+
+    def _ready(self, transport: asyncio.Transport) -> None:
+        """TLS is done (or not used): hand the connection to aiohttp."""
+        self._transport = transport
+        self._protocol = self.server.new_protocol(self)
+        self._protocol.connection_made(transport)
+        # The first request's head is due from the connection's start.
+        self._enter_head(self.loop.time())
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self.data_received(data)
+
+    def _enter_head(self, now: float) -> None:
+        self.phase = HEAD
+        self.since = now
+        self.server.waiting(self, True)
+        limits = self.server.limits
+        self.deadline = now + limits.read_timeout
+        self._arm(min(limits.header_timeout, limits.read_timeout))
+
+    def request_started(self) -> None:
+        """The head was parsed; the endpoint now reads the body by :attr:`deadline`."""
+        if self.phase != HEAD:  # a pipelined request, read while the last was served
+            self.deadline = self.loop.time() + self.server.limits.read_timeout
+        self.phase = REQUEST
+        self.server.waiting(self, False)
+        self._disarm()
+
+    def writing(self) -> None:
+        self.phase = WRITING
+        self._arm(self.server.limits.read_timeout)
+
+    def answered(self, keep_alive: bool) -> None:
+        if self.closed:
+            return
+        if not keep_alive or self.server.stopping:
+            self._disarm()  # aiohttp closes the connection
+            return
+        self.phase = IDLE
+        self.since = self.loop.time()
+        self.deadline = math.inf
+        self.server.waiting(self, True)
+        self._arm(self.server.limits.idle_timeout)
 
     @property
-    def files(self) -> tuple[str, ...]:
-        return (self.cert_file, self.key_file) + (
-            (self.client_ca_file,) if self.client_ca_file else ()
-        )
+    def busy(self) -> bool:
+        """A request is being read or answered."""
+        return self.phase in (REQUEST, WRITING)
 
-    def _read_signature(self) -> tuple[bytes, ...]:
-        sig = []
-        for path in self.files:
-            with open(path, "rb") as f:
-                sig.append(hashlib.sha256(f.read()).digest())
-        return tuple(sig)
+    # --- deadlines and closing ------------------------------------------------
 
-    def _build(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.options |= ssl.OP_NO_RENEGOTIATION
-        ctx.set_alpn_protocols(["http/1.1"])
-        try:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        except OSError as e:
-            raise ValueError(
-                f"cannot load TLS certificate {self.cert_file} with key {self.key_file}: "
-                f"{_ssl_reason(e)}"
-            ) from None
-        if self.client_ca_file:
-            try:
-                ctx.load_verify_locations(cafile=self.client_ca_file)
-            except OSError as e:
-                raise ValueError(
-                    f"cannot load client CA {self.client_ca_file}: {_ssl_reason(e)}"
-                ) from None
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay, self._expired)
 
-    def current(self) -> ssl.SSLContext:
-        """The context for a new connection, reloaded first if the files changed."""
-        now = self.clock()
-        with self._lock:
-            if now < self._next_check:
-                return self._context
-            self._next_check = now + self.reload_interval
-            try:
-                signature = self._read_signature()
-            except OSError as e:
-                if not self._unreadable:  # once per outage, not per connection
-                    self._unreadable = True
-                    log.error(
-                        "cannot read TLS files; keeping the previous certificate",
-                        extra={"file": e.filename, "error": e.strerror},
-                    )
-                return self._context
-            self._unreadable = False
-            if signature == self._signature:
-                return self._context
-            # Remember what was tried, so a bad pair is logged once, not per connection.
-            self._signature = signature
-            try:
-                self._context = self._build()
-            except ValueError as e:
-                log.error(
-                    "TLS files changed but cannot be loaded; keeping the previous certificate",
-                    extra={"error": str(e)},
-                )
-            else:
-                log.info("reloaded TLS certificate", extra={"cert_file": self.cert_file})
-            return self._context
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
+    def _expired(self) -> None:
+        self._timer = None
+        if self.phase == SILENT:
+            reason: str | None = (
+                "header_timeout" if self.server.tls is None else "handshake_timeout"
+            )
+        else:
+            reason = _TIMEOUT_REASON.get(self.phase)
+        if reason is not None:
+            self.cut(reason)
 
-def _ssl_reason(e: OSError) -> str:
-    reason = getattr(e, "reason", None)
-    if isinstance(reason, str) and reason:
-        return reason
-    return e.strerror or str(e)
-
-
-# --- connections -------------------------------------------------------------
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Socket reads that fail with TimeoutError once ``deadline`` has passed.
-
-    A per-``recv`` timeout alone lets a client that sends one byte at a time
-    keep a worker forever; the deadline bounds the whole request."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-        self.deadline = math.inf
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("read deadline exceeded")
-        self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
-
-
-class _SocketWriter(io.BufferedIOBase):
-    """Unbuffered writes with a timeout, so a client that does not read its
-    response cannot hold a worker either."""
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self._timeout = timeout
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: ReadableBuffer, /) -> int:
-        self._sock.settimeout(self._timeout)
-        self._sock.sendall(b)
-        with memoryview(b) as view:
-            return view.nbytes
-
-
-class _Connection:
-    __slots__ = ("busy", "peer", "sock")
-
-    def __init__(self, sock: socket.socket, peer: str) -> None:
-        self.sock = sock
-        self.peer = peer
-        # True while a request is being read or answered; an idle connection
-        # (TLS handshake, or waiting for the next request) is closed at once
-        # on shutdown.
-        self.busy = False
-
-    def abort(self) -> None:
-        """Wake up whatever the worker is blocked on; it then closes the socket.
-
-        ``socket.socket.shutdown`` acts on the descriptor and leaves an
-        SSLSocket's TLS state (owned by the worker thread) alone."""
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-
-
-class RequestHandler(http.server.BaseHTTPRequestHandler):
-    """Base for the servers' handlers: every standard method goes to :meth:`route`.
-
-    Subclasses answer with :meth:`respond` and set :attr:`linger` when they
-    close the connection without reading a request body the client may still
-    be sending.
-    """
-
-    protocol_version = "HTTP/1.1"
-    server_version = f"kube-audit-exporter/{__version__}"
-    sys_version = ""
-    rbufsize = 64 << 10
-    server: HTTPServer
-
-    def __init__(self, request: socket.socket, client_address: Any, server: HTTPServer) -> None:
-        self.conn = server.connection(request)
-        self.peer = self.conn.peer
-        self.linger = False
-        super().__init__(request, client_address, server)
-
-    def route(self) -> None:
-        raise NotImplementedError
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def do_POST(self) -> None:
-        self.route()
-
-    do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_TRACE = do_POST
-
-    # --- plumbing --------------------------------------------------------------
-
-    def setup(self) -> None:
-        self.connection = self.request
-        self._reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self._reader, self.rbufsize)
-        self.wfile = _SocketWriter(self.connection, self.server.read_timeout)
-
-    def handle_one_request(self) -> None:
-        # Between requests the connection is idle: shutdown may close it.
-        if not self.server.set_busy(self.conn, False):
-            self.close_connection = True
+    def cut(self, reason: str, **fields: Any) -> None:
+        """Close the connection now, counted and logged under ``reason``."""
+        if self.closed:
             return
-        self._reader.deadline = time.monotonic() + self.server.read_timeout
-        self.linger = False
-        super().handle_one_request()
+        self.server.count_cut(reason, self.peer, fields)
+        self._abort()
 
-    def parse_request(self) -> bool:
-        # The request line has arrived: the request is in flight from here on.
-        if not self.server.set_busy(self.conn, True):
-            self.close_connection = True
-            return False
-        return super().parse_request()
+    def count(self, reason: str, **fields: Any) -> None:
+        """Count and log a cut the endpoint makes with its answer (the
+        connection closes after it)."""
+        self.server.count_cut(reason, self.peer, fields)
 
-    def end_headers(self) -> None:
-        if self.server.stopping and not self.close_connection:
-            self.send_header("Connection", "close")
-        super().end_headers()
+    def close(self) -> None:
+        """Close the connection now, quietly (shutdown)."""
+        if not self.closed:
+            self._abort()
 
-    def finish(self) -> None:
-        super().finish()
-        if self.linger:
-            self._linger()
+    def _abort(self) -> None:
+        self._unwatch()
+        self._finish()
+        transport = self._transport or self._raw
+        if transport is not None:
+            transport.abort()
+        elif self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
-    def _linger(self) -> None:
-        sock = self.connection
-        try:
-            socket.socket.shutdown(sock, socket.SHUT_WR)
-            deadline = time.monotonic() + min(LINGER_SECONDS, self.server.read_timeout)
-            buf = bytearray(64 << 10)
-            drained = 0
-            while drained < LINGER_MAX_BYTES:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                sock.settimeout(remaining)
-                n = sock.recv_into(buf)
-                if not n:
-                    break
-                drained += n
-        except OSError:
-            pass
+    def _finish(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._disarm()
+            self.server.forget(self)
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # Called once for every response sent (send_response), errors included.
-        if isinstance(code, int):
-            self.on_response(int(code))
 
-    def on_response(self, code: int) -> None:
-        """Hook: a response with status ``code`` is being sent."""
+class _Protocol(web.RequestHandler):
+    """aiohttp's protocol, answering parser refusals through the endpoint."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(format, *args, extra={"peer": self.peer})
+    def __init__(self, manager: web.Server, conn: Connection, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.conn = conn
 
-    # --- answers ---------------------------------------------------------------
-
-    def respond(
+    def handle_error(
         self,
-        code: int,
-        body: bytes,
-        content_type: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        close: bool = False,
-    ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: too late for an answer
+            raise ConnectionError("the response was already started")
+        return self.conn.server.refusal(self.conn, status, exc, message)
 
 
-HandlerFactory = Callable[[socket.socket, Any, "HTTPServer"], RequestHandler]
-
-
-class HTTPServer(socketserver.TCPServer):
-    """A threaded HTTP/1.1 server with bounded connections (see the module doc).
+class HTTPServer:
+    """One listener (see the module doc).
 
     Binds in the constructor (so a busy port fails at start-up), serves after
     :meth:`start`, stops with :meth:`shutdown`.
     """
 
-    allow_reuse_address = True
-    request_queue_size = LISTEN_BACKLOG
-
     def __init__(
         self,
         listen_address: str,
-        handler: HandlerFactory,
+        endpoint: Endpoint,
         *,
         name: str,
+        metrics: HTTPMetrics,
         tls: ReloadingTLSContext | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        limits: Limits | None = None,
         on_handshake_failure: Callable[[str], None] | None = None,
     ) -> None:
         """``on_handshake_failure`` gets the OpenSSL reason of each failed TLS
         handshake (a missing or untrusted client certificate, ...)."""
-        if max_connections < 1:
-            raise ValueError(f"{name}: max_connections must be >= 1")
-        if not read_timeout > 0:
-            raise ValueError(f"{name}: read_timeout must be > 0")
-        host, port = parse_listen_address(listen_address)
-        family, sockaddr = _resolve(host, port)
-        self.address_family = family
-        self._dualstack = not host and family == socket.AF_INET6
+        self.limits = limits or Limits()
+        problems = self.limits.problems(name)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.name = name
-        self.handler = handler
+        self.endpoint = endpoint
+        self.metrics = metrics
         self.tls = tls
-        self.max_connections = max_connections
-        self.read_timeout = read_timeout
-        self._cond = threading.Condition()
-        self._conns: dict[socket.socket, _Connection] = {}
-        self._stopping = False
-        self._serial = 0
-        self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._handshake_log = RateLimitedLog(log)
         self._on_handshake_failure = on_handshake_failure
-        try:
-            super().__init__(sockaddr, handler, bind_and_activate=True)
-        except BaseException:
-            self._wake_r.close()
-            self._wake_w.close()
-            raise
-        self.socket.setblocking(False)
-        bound = self.socket.getsockname()
+        self._sock = _bind(listen_address)
+        bound = self._sock.getsockname()
         self._address = (str(bound[0]), int(bound[1]))
-
-    def server_bind(self) -> None:
-        if self._dualstack:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
+        self.loop = asyncio.new_event_loop()
+        self.stopping = False
+        self._conns: dict[Connection, None] = {}
+        # Connections that may be cut to make room, oldest first.
+        self._handshaking: dict[Connection, None] = {}
+        self._waiting: dict[Connection, None] = {}
+        # Connections accepted over the limit, waiting for a slot.
+        self._queue: dict[Connection, None] = {}
+        # Accepted connections that have not sent a byte yet: no slot.
+        self._silent: dict[Connection, None] = {}
+        self._eviction: asyncio.TimerHandle | None = None
+        self._starting: asyncio.Handle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._emptied: asyncio.Event | None = None
+        self._aio: web.Server | None = None
+        self._accepting = False
+        self._accept_log = RateLimitedLog(log)
+        self._thread: threading.Thread | None = None
+        self._cut_log = RateLimitedLog(log)
+        self._error_log = RateLimitedLog(log)
+        metrics.add_listener(name, lambda: len(self._conns) + len(self._queue) + len(self._silent))
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port); the real port when listening on port 0."""
         return self._address
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
+    # --- life cycle -----------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError(f"{self.name} server already started")
+        # The loop thread shares the GIL with the pipeline's workers: let it
+        # have the GIL back within a millisecond, not the default 5 ms, each
+        # time it wakes for I/O.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        started = threading.Event()
         self._thread = threading.Thread(
-            target=self.serve_forever, name=f"{self.name}-accept", daemon=True
+            target=self._run, args=(started,), name=f"{self.name}-http", daemon=True
         )
         self._thread.start()
+        started.wait()
 
-    # --- accept loop -----------------------------------------------------------
-
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Accept connections while a worker slot is free, until shutdown."""
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.socket, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            while True:
-                with self._cond:
-                    while len(self._conns) >= self.max_connections and not self._stopping:
-                        self._cond.wait()
-                    if self._stopping:
-                        return
-                sel.select()
-                if self._stopping:
-                    return
-                try:
-                    sock, addr = self.socket.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue  # woken without a connection, or the client left
-                except OSError as e:
-                    # Out of file descriptors (EMFILE) and the like: back off
-                    # instead of spinning on a listen socket that stays readable.
-                    log.error("accept failed", extra={"server": self.name, "error": str(e)})
-                    with self._cond:
-                        self._cond.wait(0.1)
-                    continue
-                self.process_request(sock, addr)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        sock: socket.socket = request
-        conn = _Connection(sock, format_address((str(client_address[0]), client_address[1])))
-        with self._cond:
-            self._conns[sock] = conn
-            self._serial += 1
-            serial = self._serial
-        worker = threading.Thread(
-            target=self._serve_connection,
-            args=(conn, client_address),
-            name=f"{self.name}-conn-{serial}",
-            daemon=True,
-        )
+    def _run(self, started: threading.Event) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
         try:
-            worker.start()
-        except RuntimeError:  # cannot start a new thread
-            log.error(
-                "cannot start a worker thread", extra={"server": self.name, "peer": conn.peer}
-            )
-            self._forget(conn)
-            sock.close()
-
-    def _serve_connection(self, conn: _Connection, client_address: Any) -> None:
-        try:
-            conn.sock.settimeout(self.read_timeout)
-            with contextlib.suppress(OSError):
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.tls is not None and not self._handshake(conn):
-                return
-            self.handler(conn.sock, client_address, self)
-        except OSError as e:
-            # The client went away or timed out mid-response: nothing to answer.
-            log.debug(
-                "connection error", extra={"server": self.name, "peer": conn.peer, "error": str(e)}
-            )
-        except Exception:
-            log.exception("unexpected error serving a connection", extra={"server": self.name})
+            loop.run_until_complete(self._open())
         finally:
-            self._forget(conn)
-            conn.sock.close()
+            started.set()
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
 
-    def _handshake(self, conn: _Connection) -> bool:
-        assert self.tls is not None
-        ctx = self.tls.current()
-        try:
-            tls_sock = ctx.wrap_socket(conn.sock, server_side=True, do_handshake_on_connect=False)
-        except OSError as e:
-            log.debug("TLS wrap failed", extra={"peer": conn.peer, "error": str(e)})
-            return False
-        with self._cond:
-            del self._conns[conn.sock]
-            conn.sock = tls_sock
-            self._conns[tls_sock] = conn
-            if self._stopping:
-                return False
-        try:
-            # The socket timeout bounds the whole handshake (CPython applies it
-            # as one deadline), so a client that never speaks is dropped.
-            tls_sock.do_handshake()
-        except ssl.SSLError as e:
-            if isinstance(e, ssl.SSLEOFError):
-                log.debug("TLS handshake: client went away", extra={"peer": conn.peer})
-            else:
-                reason = _ssl_reason(e)
-                if self._on_handshake_failure is not None:
-                    self._on_handshake_failure(reason)
-                self._handshake_log.warning(
-                    "TLS handshake failed", server=self.name, peer=conn.peer, error=reason
-                )
-            return False
-        except OSError as e:
-            log.debug("TLS handshake aborted", extra={"peer": conn.peer, "error": str(e)})
-            return False
-        return True
-
-    def _forget(self, conn: _Connection) -> None:
-        with self._cond:
-            self._conns.pop(conn.sock, None)
-            self._cond.notify_all()
-
-    # --- used by RequestHandler ---------------------------------------------
-
-    def connection(self, sock: socket.socket) -> _Connection:
-        with self._cond:
-            return self._conns[sock]
-
-    def set_busy(self, conn: _Connection, busy: bool) -> bool:
-        """Mark ``conn`` busy (a request is in flight) or idle; False when the
-        server is stopping and the connection must not take a new request."""
-        with self._cond:
-            if self._stopping:
-                return False
-            conn.busy = busy
-            return True
-
-    # --- shutdown --------------------------------------------------------------
+    async def _open(self) -> None:
+        self._emptied = asyncio.Event()
+        self._aio = web.Server(self._dispatch, loop=self.loop)
+        self._sock.setblocking(False)
+        self._resume_accepting()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop accepting, close idle connections, wait up to ``timeout``
-        seconds for requests in flight, then close whatever is left."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            already = self._stopping
-            self._stopping = True
-            self._cond.notify_all()
-        if already:
+        """Stop accepting, close connections not in a request, wait up to
+        ``timeout`` seconds for requests in flight, then cut the rest."""
+        thread = self._thread
+        if thread is None or self.stopping:
+            self.stopping = True
+            self._sock.close()
             return
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-        self.server_close()
-        self._wake_r.close()
-        self._wake_w.close()
-        with self._cond:
-            for conn in self._conns.values():
-                if not conn.busy:
-                    conn.abort()
-            drained = self._cond.wait_for(
-                lambda: not self._conns, max(0.0, deadline - time.monotonic())
-            )
-            if not drained:
+        future = asyncio.run_coroutine_threadsafe(self._drain(timeout), self.loop)
+        with contextlib.suppress(Exception):
+            future.result(timeout + 5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        thread.join(timeout + 5)
+
+    async def _drain(self, timeout: float) -> None:
+        self.stopping = True
+        assert self._emptied is not None
+        self._pause_accepting()
+        self._sock.close()
+        for conn in list(self._silent) + list(self._queue) + list(self._conns):
+            if not conn.busy:
+                conn.close()
+        if self._conns:
+            try:
+                await asyncio.wait_for(self._emptied.wait(), timeout)
+            except TimeoutError:
                 log.warning(
                     "closing connections still busy at the shutdown timeout",
                     extra={"server": self.name, "connections": len(self._conns)},
                 )
-                for conn in self._conns.values():
-                    conn.abort()
-                # The workers exit as soon as their sockets fail; wait briefly.
-                self._cond.wait_for(lambda: not self._conns, 1.0)
+                for conn in list(self._conns):
+                    conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.sleep(0)
+
+    # --- used by Connection ---------------------------------------------------
+
+    @property
+    def waiting_room(self) -> int:
+        """How many silent connections, and how many queued ones, are kept."""
+        return max(self.limits.max_connections, LISTEN_BACKLOG)
+
+    def _resume_accepting(self) -> None:
+        if not self.stopping and not self._accepting:
+            self._accepting = True
+            self.loop.add_reader(self._sock.fileno(), self._accept)
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self.loop.remove_reader(self._sock.fileno())
+
+    def _accept(self) -> None:
+        """Accept what the backlog holds; each new connection is watched for
+        its first byte. Over :attr:`waiting_room` silent ones, the oldest
+        silent one is cut."""
+        for _ in range(ACCEPT_BURST):
+            try:
+                sock, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # Out of descriptors (EMFILE) and the like: pause instead of
+                # spinning on a listening socket that stays readable.
+                self._accept_log.log(logging.ERROR, "accept failed", server=self.name, error=str(e))
+                self._pause_accepting()
+                self.loop.call_later(0.1, self._resume_accepting)
+                return
+            sock.setblocking(False)
+            if len(self._silent) >= self.waiting_room:
+                next(iter(self._silent)).cut("too_many")
+            conn = Connection(self, sock, format_address((str(addr[0]), int(addr[1]))))
+            self._silent[conn] = None
+            conn.watch()
+            if _has_data(sock):  # spoke already (a ClientHello sent with the connect)
+                conn.spoke()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def admit(self, conn: Connection) -> bool:
+        """Give a new connection a slot, making room when at the limit by
+        cutting the oldest connection that has waited for its handshake or
+        its request for :data:`EVICT_AFTER` seconds. False when no slot is
+        free: the connection is queued (when the queue is full, its oldest
+        is cut)."""
+        self._silent.pop(conn, None)
+        if self.stopping:
+            conn.close()
+            return False
+        full = len(self._conns) >= self.limits.max_connections
+        if not self._queue and not (full and not self._evict()):
+            self._take(conn)
+            return True
+        if len(self._queue) >= self.waiting_room:
+            next(iter(self._queue)).cut("too_many")
+        self._queue[conn] = None
+        self._schedule_eviction()
+        return False
+
+    def _take(self, conn: Connection) -> None:
+        self._conns[conn] = None
+        if self._emptied is not None:
+            self._emptied.clear()
+        if self.tls is not None:
+            self._handshaking[conn] = None
+
+    def _evict(self) -> bool:
+        """Cut the oldest connection waiting for its handshake (else for its
+        request) if it has waited long enough; True when one was cut."""
+        now = self.loop.time()
+        for victims in (self._handshaking, self._waiting):
+            for conn in victims:
+                if now - conn.since >= EVICT_AFTER:
+                    conn.cut("too_many")
+                    return True
+                break
+        return False
+
+    def _schedule_eviction(self) -> None:
+        """Make room for the queue when the oldest waiting connection has
+        waited :data:`EVICT_AFTER` seconds."""
+        if self._eviction is not None:
+            return
+        oldest = [next(iter(v)).since for v in (self._handshaking, self._waiting) if v]
+        when = min(oldest) + EVICT_AFTER if oldest else self.loop.time() + EVICT_AFTER
+        self._eviction = self.loop.call_at(when, self._evict_for_queue)
+
+    def _evict_for_queue(self) -> None:
+        self._eviction = None
+        while self._queue and len(self._conns) >= self.limits.max_connections:
+            if not self._evict():
+                break
+        self._start_queued()
+        if self._queue:
+            self._schedule_eviction()
+
+    def _start_queued(self) -> None:
+        """Give the free slots to the oldest queued connections."""
+        self._starting = None
+        while self._queue and len(self._conns) < self.limits.max_connections:
+            conn = next(iter(self._queue))
+            del self._queue[conn]
+            self._take(conn)
+            conn.start()
+
+    def waiting(self, conn: Connection, waiting: bool) -> None:
+        """Mark ``conn`` as waiting for a request (may be cut to make room) or not."""
+        self._handshaking.pop(conn, None)
+        self._waiting.pop(conn, None)
+        if waiting and not conn.closed:
+            self._waiting[conn] = None
+
+    def forget(self, conn: Connection) -> None:
+        self._handshaking.pop(conn, None)
+        self._waiting.pop(conn, None)
+        self._queue.pop(conn, None)
+        self._silent.pop(conn, None)
+        if self._conns.pop(conn, False) is None and self._queue and self._starting is None:
+            # Once per loop iteration, however many connections close in it.
+            self._starting = self.loop.call_soon(self._start_queued)
+        if not self._conns and self._emptied is not None:
+            self._emptied.set()
+
+    def new_protocol(self, conn: Connection) -> _Protocol:
+        assert self._aio is not None
+        limits = self.limits
+        return _Protocol(
+            self._aio,
+            conn,
+            loop=self.loop,
+            # The connection's own idle deadline cuts first; this is a backstop.
+            keepalive_timeout=limits.idle_timeout + 60,
+            max_line_size=limits.max_header_bytes,
+            max_field_size=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            lingering_time=LINGER_SECONDS,
+            # Bodies of a few MiB arrive without pausing the transport.
+            read_bufsize=READ_BUFFER,
+            access_log=None,
+        )
+
+    def handshake_failed(self, reason: str) -> None:
+        if self._on_handshake_failure is not None:
+            self._on_handshake_failure(reason)
+
+    def count_cut(self, reason: str, peer: str, fields: dict[str, Any]) -> None:
+        self.metrics.cut(self.name, reason)
+        level = logging.DEBUG if reason in ROUTINE_CUTS else logging.INFO
+        if log.isEnabledFor(level):
+            self._cut_log.log(
+                level,
+                "connection closed by the server",
+                server=self.name,
+                reason=reason,
+                peer=peer,
+                **fields,
+            )
+
+    def refusal(
+        self,
+        conn: Connection,
+        status: int,
+        exc: BaseException | None,
+        message: str | None,
+    ) -> web.StreamResponse:
+        """The answer to a request aiohttp could not parse or serve. The
+        parser's own message quotes the request, which may hold a token: the
+        answer and the log say only what kind of problem it was."""
+        limit = self.limits.max_header_bytes
+        if isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage) and "too many headers" in exc.message.lower()
+        ):
+            cut, status, reason = "header_too_large", 431, "header_too_large"
+            detail = f"a request line or header field over {limit} bytes, or too many fields"
+        elif isinstance(exc, BadHttpMessage) or status == 400:
+            text = (message or "").lower()
+            if "content-length" in text or "transfer-encoding" in text or "chunk" in text:
+                cut, status, reason = "bad_request", 400, "bad_framing"
+                detail = "invalid Content-Length, Transfer-Encoding or chunk"
+            else:
+                cut, status, reason = "bad_request", 400, "bad_request"
+                detail = f"the request could not be parsed ({type(exc).__name__})"
+        else:
+            cut, status, reason = "", 500, "internal_error"
+            detail = "the request could not be served"
+            self._error_log.log(
+                logging.ERROR,
+                "unexpected error serving a request",
+                server=self.name,
+                peer=conn.peer,
+                error=type(exc).__name__,
+            )
+        if cut:  # counted here, logged by the endpoint with its answer
+            self.metrics.cut(self.name, cut)
+        conn.request_started()
+        response = self.endpoint.refuse(status, reason, detail, conn.peer)
+        response.headers.setdefault("Server", SERVER)
+        response.force_close()
+        return response
+
+    # --- requests -------------------------------------------------------------
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        assert isinstance(protocol, _Protocol)
+        conn = protocol.conn
+        conn.request_started()
+        response = await self.endpoint.handle(request, conn)
+        response.headers.setdefault("Server", SERVER)
+        if self.stopping:
+            response.force_close()
+        conn.writing()
+        await response.prepare(request)
+        await response.write_eof()
+        conn.answered(response.keep_alive is not False)
+        return response

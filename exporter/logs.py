@@ -1,8 +1,16 @@
-"""Structured logging (logfmt or JSON) and a rate limiter for noisy inputs."""
+"""Structured logging (logfmt or JSON) and a rate limiter for noisy inputs.
+
+Values often come from clients (request paths, verbs, peer addresses), so
+every control character (C0 including NUL, DEL, C1) is escaped in both
+formats, in every field and the message alike: a line is one line of
+printable text, and the JSON and logfmt parsers read the value back as it
+was.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -34,13 +42,27 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return out
 
 
+# A logfmt value with any of these is quoted (and escaped as a JSON string).
+_NEEDS_QUOTES = re.compile(r'[\s="\\\x00-\x1f\x7f-\x9f]')
+# JSON escapes C0 itself; DEL and C1 are legal raw in JSON strings, but not
+# wanted in a log line. They only occur inside strings, so escaping them in
+# the encoded text keeps it valid JSON.
+_DEL_C1 = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def _json(value: Any) -> str:
+    """``value`` as JSON text without a raw control character."""
+    return orjson.dumps(value, default=str, option=_JSON_OPTIONS).decode().translate(_DEL_C1)
+
+
 def _logfmt_value(value: Any) -> str:
     if isinstance(value, (dict, list, tuple)):
-        text = orjson.dumps(value, default=str).decode()
+        text = _json(value)
     else:
         text = value if isinstance(value, str) else str(value)
-    if text == "" or any(c in text for c in ' ="\\\n\t'):
-        return orjson.dumps(text).decode()
+    if text == "" or _NEEDS_QUOTES.search(text):
+        return _json(text)
     return text
 
 
@@ -51,7 +73,7 @@ class LogfmtFormatter(logging.Formatter):
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(_fields(record), default=str).decode()
+        return _json(_fields(record))
 
 
 def setup(fmt: str = "logfmt", level: str = "info") -> None:
@@ -86,12 +108,17 @@ class RateLimitedLog:
         self._suppressed = 0
 
     def warning(self, msg: str, **fields: Any) -> bool:
+        return self.log(logging.WARNING, msg, **fields)
+
+    def log(self, level: int, msg: str, **fields: Any) -> bool:
+        """Log ``msg`` at ``level`` unless the window's burst is spent; True
+        when it was logged."""
         with self._lock:
             now = self.clock()
             if now - self._window_start >= self.interval:
                 if self._suppressed:
-                    self.logger.warning(
-                        "suppressed similar messages", extra={"suppressed": self._suppressed}
+                    self.logger.log(
+                        level, "suppressed similar messages", extra={"suppressed": self._suppressed}
                     )
                 self._window_start = now
                 self._sent = 0
@@ -100,7 +127,7 @@ class RateLimitedLog:
                 self._suppressed += 1
                 return False
             self._sent += 1
-        self.logger.warning(msg, extra=fields)
+        self.logger.log(level, msg, extra=fields)
         return True
 
 

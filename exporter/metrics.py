@@ -6,10 +6,19 @@ tuples and rendered by a custom collector at scrape time, instead of
 ``prometheus_client`` children with a lock per increment. Callers hold
 :attr:`AuditMetrics.lock` while they update a batch; scrapes take it only to
 copy the dictionaries.
+
+Every label value a client can choose (verb, resource, code, webhook name)
+goes through the process's one :class:`~exporter.labels.LabelBounds`, which
+the Loki stream labels share; what it folds is counted in
+``series_overflow_total{metric,label}``. An event stamped further in the
+future than ``max_future_skew`` is counted in ``events_future_total`` and
+leaves ``last_event_timestamp_seconds`` alone, so that one bad clock cannot
+silence the freshness alert for good.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from bisect import bisect_left, bisect_right
@@ -27,11 +36,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
 from .duration import parse_go_duration
-from .event import COMMON_ANNOTATIONS, INVALID_REASONS, AuditEvent, code_class
+from .event import COMMON_ANNOTATIONS, INVALID_REASONS, AuditEvent
+from .labels import FOLDED_CODES, OTHER, OTHER_VALUE, LabelBounds
+from .logs import RateLimitedLog
 from .sensitive import categories as sensitive_categories
 
 PREFIX = "kube_audit_"
-OTHER = "__other__"
+DEFAULT_MAX_FUTURE_SKEW = 300.0
 
 REQUEST_DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -70,10 +81,18 @@ FAILED_OPEN_PREFIXES = (
 
 SOURCES = ("webhook", "logfile", "replay")
 
-# Label values of the HTTP codes, computed once: code 0 (no responseStatus)
-# is "unknown".
+# Label values of the HTTP codes for the report, computed once: code 0 (no
+# responseStatus) is "unknown".
 CODE_LABEL = {c: str(c) if c else "unknown" for c in range(600)}
-_CODE_CLASS = {c: code_class(c) for c in range(600)}
+
+# The (metric, label) pairs of series_overflow_total; "loki_streams" stands
+# for the Loki stream labels. Folds of the request families' shared labels
+# are counted once per request, under requests_total.
+REQUEST_FOLD_LABELS = ("verb", "resource", "code")
+LOKI_STREAMS = "loki_streams"
+LOKI_FOLD_LABELS = ("verb", "resource", "api_group", "namespace", "audit_level")
+
+log = logging.getLogger(__name__)
 
 
 def is_long_running(ev: AuditEvent) -> bool:
@@ -133,7 +152,9 @@ class _CappedCounter(_Counter):
     """A counter whose first label is unbounded (user, source IP).
 
     At most ``cap`` distinct values are kept; later ones are folded into
-    ``__other__`` and the fold is counted in series_overflow_total."""
+    ``__other__`` and the fold is counted in series_overflow_total. The other
+    labels must be bounded: the family has at most ``(cap + 1) * (their
+    combinations)`` series."""
 
     __slots__ = ("cap", "known", "overflow")
 
@@ -154,7 +175,7 @@ class _CappedCounter(_Counter):
         known = self.known
         if first not in known:
             if len(known) >= self.cap:
-                self.overflow.inc((self.name,))
+                self.overflow.inc((self.name, self.labelnames[0]))
                 first = OTHER
             else:
                 known.add(first)
@@ -224,14 +245,20 @@ class AuditMetrics(Collector):
         max_users: int = 1000,
         max_source_ips: int = 1000,
         sources: Iterable[str] = SOURCES,
+        bounds: LabelBounds | None = None,
+        max_future_skew: float = DEFAULT_MAX_FUTURE_SKEW,
     ) -> None:
         self.lock = threading.Lock()
+        self.bounds = bounds or LabelBounds()
+        self.max_future_skew = max_future_skew
+        self._future_log = RateLimitedLog(log, burst=5, interval=60.0)
         self._state: list[StateProvider] = []
         c = _Counter
         self.series_overflow = c(
             "series_overflow_total",
-            "Increments folded into __other__ because a capped family was full.",
-            ("metric",),
+            "Increments whose label value was folded (into __other__, other or a code "
+            "class) to keep the series bounded, by family and label.",
+            ("metric", "label"),
         )
         self.requests = c(
             "requests_total",
@@ -298,6 +325,12 @@ class AuditMetrics(Collector):
             "Events dropped as retries of one already seen (auditID, stage).",
             ("source",),
         )
+        self.future = c(
+            "events_future_total",
+            "Events stamped further in the future than events.max_future_skew; "
+            "processed, but last_event_timestamp_seconds ignores them.",
+            ("source",),
+        )
         self.lag = _Histogram(
             "event_lag_seconds",
             "Time from an event's stageTimestamp to its ingestion.",
@@ -333,6 +366,7 @@ class AuditMetrics(Collector):
             self.events,
             self.invalid,
             self.duplicates,
+            self.future,
             self.lag,
             self.series_overflow,
             self.webhook_requests,
@@ -344,10 +378,16 @@ class AuditMetrics(Collector):
         for source in sources:
             self.events.init((source,))
             self.duplicates.init((source,))
+            self.future.init((source,))
             for reason in INVALID_REASONS:
                 self.invalid.init((source, reason))
         for fam in (self.user_requests, self.source_auth_failures):
-            self.series_overflow.init((fam.name,))
+            self.series_overflow.init((fam.name, fam.labelnames[0]))
+        for label in REQUEST_FOLD_LABELS:
+            self.series_overflow.init((self.requests.name, label))
+        self.series_overflow.init((self.failed_open.name, "webhook"))
+        for label in LOKI_FOLD_LABELS:
+            self.series_overflow.init((LOKI_STREAMS, label))
         for kind in ("rename", "truncate"):
             self.logfile_rotations.init((kind,))
         registry.register(self)
@@ -363,10 +403,19 @@ class AuditMetrics(Collector):
         stamps = sorted([ev.stage_ts for ev in events], reverse=True)
         lags = [now - ts for ts in stamps]
         ahead = bisect_left(lags, 0.0)
+        future = 0
         if ahead:
+            # Stamps beyond now + skew (the first `future` lags) say nothing
+            # about freshness: counted, and left out of the gauge.
+            future = bisect_left(lags, -self.max_future_skew, 0, ahead)
+            if future:
+                self._future(events, source, now, future)
             lags[:ahead] = [0.0] * ahead
         self.lag.observe_sorted((source,), lags)
-        self.last_event[source] = max(stamps[0], self.last_event.get(source, 0.0))
+        if future < len(stamps):
+            newest = stamps[future]
+            if newest > self.last_event.get(source, 0.0):
+                self.last_event[source] = newest
         observe = self.observe_request
         for ev in events:
             if counts_as_request(ev):
@@ -374,11 +423,14 @@ class AuditMetrics(Collector):
 
     def observe_request(self, ev: AuditEvent) -> None:
         """The request families, for the one event that counts per request."""
-        verb = ev.verb
-        resource = ev.resource_label
+        bounds = self.bounds
         c = ev.code
-        code = CODE_LABEL.get(c) or str(c)
-        code_cls = _CODE_CLASS.get(c) or code_class(c)
+        verb = bounds.verb(ev.verb)
+        resource = bounds.resource(ev.resource, ev.subresource, c)
+        code = bounds.code(c)
+        code_cls = bounds.code_class(c)
+        if verb is OTHER_VALUE or resource is OTHER or code in FOLDED_CODES:
+            self._request_folds(ev, verb, resource, code)
         kind = ev.user_kind
         self.requests.inc((verb, resource, code, kind))
         if ev.stage == "ResponseComplete" and not is_long_running(ev):
@@ -408,12 +460,48 @@ class AuditMetrics(Collector):
             elif key == "pod-security.kubernetes.io/audit-violations":
                 self._psa(value)
             elif key.startswith(FAILED_OPEN_PREFIXES):
-                self.failed_open.inc((_webhook_name(value),))
+                name = _webhook_name(value)
+                label = self.bounds.webhook(name)
+                if label is OTHER:
+                    self._fold(self.failed_open.name, "webhook", name)
+                self.failed_open.inc((label,))
         if ev.code == 403 and "pod-security.kubernetes.io/enforce-policy" in ev.annotations:
             status = ev.obj.get("responseStatus")
             message = status.get("message", "") if type(status) is dict else ""
             if type(message) is str and "violates PodSecurity" in message:
                 self._psa(message)
+
+    def _request_folds(self, ev: AuditEvent, verb: str, resource: str, code: str) -> None:
+        name = self.requests.name
+        if verb is OTHER_VALUE:
+            self._fold(name, "verb", ev.verb)
+        if resource is OTHER:
+            self._fold(name, "resource", ev.resource_label)
+        if code in FOLDED_CODES:
+            self._fold(name, "code", str(ev.code))
+
+    def _fold(self, metric: str, label: str, value: str) -> None:
+        self.series_overflow.inc((metric, label))
+        self.bounds.folded(label, value, metric)
+
+    def loki_fold(self, label: str, value: str) -> None:
+        """A Loki stream label folded (the Loki sink calls this, without
+        holding :attr:`lock`)."""
+        with self.lock:
+            self._fold(LOKI_STREAMS, label, value)
+
+    def _future(self, events: list[AuditEvent], source: str, now: float, n: int) -> None:
+        self.future.inc((source,), n)
+        ev = max(events, key=lambda e: e.stage_ts)
+        self._future_log.warning(
+            "event stamped in the future: freshness gauge left alone",
+            source=source,
+            audit_id=ev.audit_id[:64],
+            stage_timestamp=ev.stage_time[:40],
+            ahead_seconds=round(ev.stage_ts - now),
+            events=n,
+            hint="check the API server's clock, or raise events.max_future_skew",
+        )
 
     def _psa(self, text: str) -> None:
         m = _PSA_LEVEL.search(text)
@@ -463,3 +551,81 @@ def _webhook_name(value: str) -> str:
     if type(doc) is dict and type(doc.get("name")) is str:
         return str(doc["name"])[:253]
     return value[:253] if value else "unknown"
+
+
+# Why the HTTP layer closed a connection it did not want to keep: a fixed set,
+# so the label stays bounded whatever the clients send.
+HTTP_CUT_REASONS = (
+    "handshake_timeout",  # no (complete) TLS handshake in time
+    "tls_error",  # a handshake that failed for another reason than the certificate
+    "client_cert",  # no client certificate, or one the client CA did not sign
+    "header_timeout",  # the request head did not arrive in time
+    "body_timeout",  # the request body did not arrive in time (answered 408)
+    "write_timeout",  # the client did not read its response in time
+    "idle",  # a keep-alive connection idle for too long
+    "too_many",  # over the connection limit (the oldest waiting one is cut)
+    "bad_request",  # the parser refused the request (answered 400)
+    "header_too_large",  # a request line or header over the limit (answered 431)
+    "body_too_large",  # a body over the limit (answered 413)
+)
+
+
+class HTTPMetrics(Collector):
+    """The HTTP layer's own families, shared by every listener of a process:
+    ``http_connections_closed_total{listener,reason}`` (connections the server
+    cut, reasons in :data:`HTTP_CUT_REASONS`) and ``http_connections{listener}``
+    (open now, read at scrape time)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.lock = threading.Lock()
+        self.closed = _Counter(
+            "http_connections_closed_total",
+            "Connections the HTTP server cut, by listener and reason.",
+            ("listener", "reason"),
+        )
+        self._open: dict[str, Callable[[], int]] = {}
+        self._certificates: list[Callable[[], Iterable[tuple[str, float | None]]]] = []
+        if registry is not None:
+            registry.register(self)
+
+    def add_certificates(self, expiries: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
+        """``expiries`` gives (certificate, notAfter) pairs at scrape time for
+        ``tls_certificate_expiry_timestamp_seconds``; None values are left out."""
+        with self.lock:
+            self._certificates.append(expiries)
+
+    def add_listener(self, listener: str, open_connections: Callable[[], int]) -> None:
+        with self.lock:
+            for reason in HTTP_CUT_REASONS:
+                self.closed.init((listener, reason))
+            self._open[listener] = open_connections
+
+    def cut(self, listener: str, reason: str) -> None:
+        with self.lock:
+            self.closed.inc((listener, reason))
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            closed = self.closed.render()
+            listeners = list(self._open.items())
+        yield closed
+        gauge = GaugeMetricFamily(
+            PREFIX + "http_connections", "Open HTTP connections, by listener.", labels=["listener"]
+        )
+        for listener, count in listeners:
+            gauge.add_metric([listener], count())
+        yield gauge
+        with self.lock:
+            sources = list(self._certificates)
+        if sources:
+            expiry = GaugeMetricFamily(
+                PREFIX + "tls_certificate_expiry_timestamp_seconds",
+                "When a TLS certificate expires (Unix seconds): serving, the webhook's own; "
+                "client, the earliest of those presented in the last hour.",
+                labels=["certificate"],
+            )
+            for source in sources:
+                for name, value in source():
+                    if value is not None:
+                        expiry.add_metric([name], value)
+            yield expiry

@@ -1,4 +1,4 @@
-"""decode -> deduplicate -> (redact, enrich, detect) -> sinks -> metrics.
+"""decode -> deduplicate -> admit -> (redact, enrich, detect) -> sinks -> mark -> metrics.
 
 Every source hands its decoded batches to :meth:`Pipeline.process`. A batch is
 either taken whole (the sinks hold it durably, the metrics count it once) or
@@ -6,6 +6,18 @@ refused whole (a sink is full): the caller then keeps the data where it is
 (the webhook answers 503 so the API server retries; the log tailer does not
 advance its checkpoint) and nothing is counted, so the retry is not a
 duplicate.
+
+Each sink first *admits* the batch (has room for it) before any processor
+runs: a batch refused for want of room has touched no detection state, no
+rule counter and sent no notification, so its retry is the first time the
+processors see it. Only a sink failing to write after admitting it (a disk
+error) refuses a batch the processors have seen.
+
+A source that resumes from a position after a crash (the log tailer) passes a
+:class:`Mark`: the position just after the batch. A sink that keeps marks
+(the Loki spool) stores it in the same write as the batch; without one, the
+pipeline has the source save it (durably) before the metrics count the batch.
+Either way, what is counted is never read again after a kill -9.
 """
 
 from __future__ import annotations
@@ -28,10 +40,20 @@ DEFAULT_DEDUPE_CAPACITY = 100_000
 
 
 class Sink(Protocol):
-    """Where accepted events go after the metrics (the Loki spool, ...)."""
+    """Where accepted events go after the processors (the Loki spool, ...)."""
 
-    def submit(self, events: Sequence[AuditEvent]) -> bool:
-        """Take ``events`` durably and return True, or take none and return False."""
+    # Whether submit() stores a mark in the same write as the events.
+    keeps_marks: bool
+
+    def admit(self, events: Sequence[AuditEvent]) -> bool:
+        """Whether there is room for ``events`` now (before any processor
+        has seen them). Refusing is counted and logged by the sink."""
+        ...
+
+    def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
+        """Take admitted ``events`` durably (with ``mark``, when the sink
+        keeps marks, even if ``events`` is empty) and return True, or take
+        none and return False (only when writing fails)."""
         ...
 
     def close(self, timeout: float = 10.0) -> bool:
@@ -39,8 +61,23 @@ class Sink(Protocol):
         ...
 
 
-# A processor sees each accepted batch before the sinks (redaction, detection).
+# A processor sees each admitted batch before the sinks (redaction, detection).
 Processor = Callable[[list[AuditEvent]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Where a source resumes after the batch it comes with.
+
+    ``data`` is opaque to the pipeline; a sink that keeps marks stores it with
+    the batch and gives the last one back after a restart. ``save`` stores it
+    on its own, durably; it is called, when no sink keeps marks, after the
+    sinks took the batch and before the metrics count it. It handles (counts
+    and logs) its own errors: by then the processors have seen the batch,
+    so it is counted whatever happens to the mark."""
+
+    data: bytes
+    save: Callable[[], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +154,16 @@ class Pipeline:
         self._lock = threading.Lock()
 
     def process(
-        self, items: Iterable[AuditEvent | InvalidEvent], source: str, context: str = ""
+        self,
+        items: Iterable[AuditEvent | InvalidEvent],
+        source: str,
+        context: str = "",
+        *,
+        mark: Mark | None = None,
     ) -> BatchResult:
         """Take one batch from ``source``; ``context`` locates it in logs
-        (a file name, a peer address)."""
+        (a file name, a peer address); ``mark`` is where ``source`` resumes
+        after it."""
         # refusals are counted as they come, never kept one by one
         batch = items if isinstance(items, Batch) else Batch(items)
         events: list[AuditEvent] = batch
@@ -140,11 +183,20 @@ class Pipeline:
                     batch_keys.add(key)
                     fresh.append(ev)
             duplicates = len(events) - len(fresh)
+            for sink in self.sinks:
+                if not sink.admit(fresh):
+                    return BatchResult(refused=True)
             for processor in self.processors:
                 processor(fresh)
+            data = mark.data if mark is not None else None
+            kept = False
             for sink in self.sinks:
-                if not sink.submit(fresh):
+                keeps = sink.keeps_marks
+                if not sink.submit(fresh, data if keeps else None):
                     return BatchResult(refused=True)
+                kept = kept or keeps
+            if mark is not None and not kept:
+                mark.save()
             now = self.clock()
             metrics = self.metrics
             with metrics.lock:

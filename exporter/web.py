@@ -9,28 +9,29 @@ kube-rbac-proxy in front of it.
 - ``/healthz``: 200 while the process serves requests (liveness).
 - ``/readyz``: 200 when ``ready()`` is true, 503 otherwise (readiness).
 - ``/``: a small HTML page linking the above.
+
+Served by the asynchronous server of exporter/httpserver.py; the metrics are
+encoded in a worker thread, so a large registry does not stall the loop.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import gzip
 import logging
-import socket
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
-from .httpserver import HTTPServer, RequestHandler
+from .httpserver import Connection, HTTPServer, Limits
+from .logs import RateLimitedLog
+from .metrics import HTTPMetrics
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 16
-READ_TIMEOUT = 30.0
 
 LANDING_PAGE = f"""<!DOCTYPE html>
 <html>
@@ -58,15 +59,21 @@ class MetricsServer:
         listen_address: str,
         registry: CollectorRegistry,
         ready: Callable[[], bool],
+        *,
+        limits: Limits | None = None,
+        http_metrics: HTTPMetrics | None = None,
     ) -> None:
+        """``http_metrics``: the process's HTTP families (registered on
+        ``registry`` when not given)."""
         self.registry = registry
         self.ready = ready
+        self._refused_log = RateLimitedLog(log)
         self._server = HTTPServer(
             listen_address,
-            functools.partial(_MetricsHandler, web=self),
+            self,
             name="web",
-            max_connections=MAX_CONNECTIONS,
-            read_timeout=READ_TIMEOUT,
+            metrics=http_metrics or HTTPMetrics(registry),
+            limits=limits,
         )
 
     @property
@@ -79,72 +86,70 @@ class MetricsServer:
     def shutdown(self, timeout: float = 10.0) -> None:
         self._server.shutdown(timeout)
 
+    # --- the endpoint ---------------------------------------------------------
 
-class _MetricsHandler(RequestHandler):
-    def __init__(
-        self,
-        request: socket.socket,
-        client_address: Any,
-        server: HTTPServer,
-        *,
-        web: MetricsServer,
-    ) -> None:
-        self.web = web
-        super().__init__(request, client_address, server)
-
-    def route(self) -> None:
-        path = urlsplit(self.path).path
+    async def handle(self, request: web.BaseRequest, conn: Connection) -> web.StreamResponse:
         page = {
             "/metrics": self._metrics,
             "/healthz": self._healthz,
             "/readyz": self._readyz,
             "/": self._landing,
-        }.get(path)
-        if page is None or self.command not in ("GET", "HEAD"):
-            # Bodies are never read here: close rather than parse one as the
-            # next request, after draining what the client is still sending.
-            self.linger = close = self._unread_body()
-            if page is None:
-                self.respond(404, b"not found\n", TEXT, close=close)
-            else:
-                self.respond(
-                    405, b"method not allowed\n", TEXT, headers={"Allow": "GET, HEAD"}, close=close
-                )
-            return
-        page()
+        }.get(request.path)
+        if page is None:
+            return _text(404, "not found")
+        if request.method not in ("GET", "HEAD"):
+            response = _text(405, "method not allowed")
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        return await page(request)
 
-    def _unread_body(self) -> bool:
-        return "Transfer-Encoding" in self.headers or self.headers.get(
-            "Content-Length", "0"
-        ).strip() not in ("", "0")
+    def refuse(self, status: int, reason: str, message: str, peer: str) -> web.StreamResponse:
+        self._refused_log.warning(
+            "request refused", peer=peer, code=status, reason=reason, error=message
+        )
+        return _text(status, f"{reason}: {message}")
 
-    def _metrics(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+    async def _metrics(self, request: web.BaseRequest) -> web.StreamResponse:
+        accept = request.headers.get("Accept", "")
+        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
         try:
-            output = encoder(self.web.registry)
+            output, content_type = await asyncio.get_running_loop().run_in_executor(
+                None, self._encode, accept, gzipped
+            )
         except Exception:
             log.exception("collecting metrics failed")
-            self.respond(500, b"collecting metrics failed\n", TEXT)
-            return
-        headers = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            return _text(500, "collecting metrics failed")
+        response = web.Response(status=200, body=output)
+        response.headers["Content-Type"] = content_type
+        if gzipped:
+            response.headers["Content-Encoding"] = "gzip"
+        return response
+
+    def _encode(self, accept: str, gzipped: bool) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        output = encoder(self.registry)
+        if gzipped:
             output = gzip.compress(output, compresslevel=6)
-            headers["Content-Encoding"] = "gzip"
-        self.respond(200, output, content_type, headers=headers)
+        return output, content_type
 
-    def _healthz(self) -> None:
-        self.respond(200, b"ok\n", TEXT)
+    async def _healthz(self, request: web.BaseRequest) -> web.StreamResponse:
+        return _text(200, "ok")
 
-    def _readyz(self) -> None:
+    async def _readyz(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
-            ready = self.web.ready()
+            ready = self.ready()
         except Exception:
             log.exception("readiness check failed")
             ready = False
-        if ready:
-            self.respond(200, b"ready\n", TEXT)
-        else:
-            self.respond(503, b"not ready\n", TEXT)
+        return _text(200, "ready") if ready else _text(503, "not ready")
 
-    def _landing(self) -> None:
-        self.respond(200, LANDING_PAGE, "text/html; charset=utf-8")
+    async def _landing(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = web.Response(status=200, body=LANDING_PAGE)
+        response.headers["Content-Type"] = "text/html; charset=utf-8"
+        return response
+
+
+def _text(status: int, text: str) -> web.Response:
+    response = web.Response(status=status, body=(text + "\n").encode())
+    response.headers["Content-Type"] = TEXT
+    return response

@@ -176,8 +176,10 @@ class Request:
 
 
 # A scripted answer: a status code, "reset" (close the connection without an
-# answer), ("slow", seconds) then the normal answer, or a callable.
-Action = int | str | tuple[str, float]
+# answer), or "hold": no answer until the test calls release(), then the
+# normal one. A held push outlasts any client timeout whatever the machine's
+# load, without the test sleeping or betting on how long anything takes.
+Action = int | str
 
 
 class LokiReceiver:
@@ -195,6 +197,8 @@ class LokiReceiver:
         self.expected_tenant: str | None = None
         # When set, every request answers this (after the script runs out).
         self.default: Action | None = None
+        self.released = threading.Event()
+        self.held = 0  # requests that were held (so far, released or not)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -218,7 +222,12 @@ class LokiReceiver:
         scheme = "https" if self.tls else "http"
         return f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
 
+    def release(self) -> None:
+        """Answer every held request, and hold no more."""
+        self.released.set()
+
     def close(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
 
@@ -261,8 +270,10 @@ class LokiReceiver:
         with self.lock:
             self.requests.append(req)
         action = self._next_action()
-        if isinstance(action, tuple) and action[0] == "slow":
-            time.sleep(action[1])
+        if action == "hold":
+            with self.lock:
+                self.held += 1
+            self.released.wait()
             action = None
         if action == "reset":
             # RST instead of an answer, like a proxy dropping the connection.
@@ -373,11 +384,15 @@ class LokiReceiver:
     def _answer(self, h: BaseHTTPRequestHandler, req: Request, status: int, text: str) -> None:
         req.status = status
         data = text.encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "text/plain; charset=utf-8")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", "text/plain; charset=utf-8")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+        except OSError:
+            # The client gave up first (a held answer after its timeout).
+            h.close_connection = True
 
 
 def basic_auth(user: str, password: str) -> str:

@@ -71,7 +71,12 @@ class Capture:
     def __init__(self) -> None:
         self.lines: list[bytes] = []
 
-    def submit(self, events: Sequence[AuditEvent]) -> bool:
+    keeps_marks = False
+
+    def admit(self, events: Sequence[AuditEvent]) -> bool:
+        return True
+
+    def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
         self.lines.extend(ev.to_bytes() for ev in events)
         return True
 

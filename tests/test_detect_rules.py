@@ -206,7 +206,7 @@ def test_rules_test_and_list_on_the_defaults(capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().out.startswith("SUCCESS: ")
     assert cmd_list(_Args([])) == 0  # type: ignore[arg-type]
     out = capsys.readouterr().out
-    assert "untrusted-then-trusted-access" in out and "needs trusted_networks" in out
+    assert "untrusted-then-trusted-access" in out and "needs detect.trusted_networks" in out
 
 
 def test_invalid_files_exit_1_with_problems(
@@ -226,3 +226,29 @@ def test_rules_subcommands_are_on_the_command_line(capsys: pytest.CaptureFixture
     assert capsys.readouterr().out.startswith("SUCCESS: ")
     assert main(["rules", "list", "--output", "json"]) == 0
     assert '"id": "secret-deleted-by-human"' in capsys.readouterr().out
+
+
+def test_rules_list_names_configuration_keys_and_takes_the_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter.cli import main
+
+    assert main(["rules", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "cluster_networks" not in out  # no such configuration key
+    assert "[inactive: needs detect.pod_cidrs or detect.node_cidrs]" in out
+    assert "68 rules, 64 active" in out
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "detect:\n  trusted_networks: [192.0.2.0/24]\n  node_cidrs: [10.0.0.0/16]\n"
+        "  disabled_rules: [secret-deleted-by-human]\n"
+    )
+    assert main(["rules", "list", "--config.file", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "needs detect.trusted_networks" not in out
+    assert "needs detect.pod_cidrs" not in out
+    assert "[inactive: disabled by detect.disabled_rules]" in out
+    assert "[inactive: needs detect.critical_workloads]" in out
+    demo = Path(__file__).resolve().parent.parent / "demo" / "config.yaml"
+    assert main(["rules", "list", "--config.file", str(demo)]) == 0
+    assert "68 rules, 68 active" in capsys.readouterr().out

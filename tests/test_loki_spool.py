@@ -256,3 +256,105 @@ def test_concurrent_appends_and_acks_lose_nothing_and_resend_nothing(tmp_path: P
     s.close()
     again = Spool(str(tmp_path), max_bytes=64 << 10, segment_bytes=16 << 10, fsync="never")
     assert drain(again) == []
+
+
+# --- marks: a source's resume position, in the same write as its batch --------------
+
+
+def test_marks_are_no_entries_and_the_last_one_survives_a_restart(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=4096)
+    assert s.last_mark() is None
+    assert s.append(payloads(20), b"mark-1")
+    assert s.append([], b"mark-2")  # a batch of invalid lines still moves the mark
+    assert s.append(payloads(10, start=20), b"mark-3")
+    assert s.stats().entries == 30
+    assert s.last_mark() == b"mark-3"
+    s.close()
+    s2 = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=4096)
+    assert s2.stats().entries == 30
+    assert s2.last_mark() == b"mark-3"
+    assert drain(s2) == payloads(30)  # readers skip the marks
+    assert s2.stats().corrupt_records == 0
+
+
+def test_the_last_mark_outlives_the_segments_acknowledged_and_deleted(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=2048)
+    for i in range(10):
+        assert s.append(payloads(10, start=10 * i), f"mark-{i}".encode())
+    assert drain(s) == payloads(100)
+    assert s.empty()
+    s.close()
+    # Every segment that held a mark is gone; the mark is not.
+    s2 = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=2048)
+    assert s2.last_mark() == b"mark-9"
+    assert s2.stats().entries == 0
+    # A newer mark in a segment wins over the saved one.
+    assert s2.append(payloads(1, start=100), b"mark-10")
+    s2.close()
+    assert Spool(str(tmp_path), segment_bytes=2048).last_mark() == b"mark-10"
+
+
+@pytest.mark.parametrize("cut", [0, 7, 300])
+def test_a_batch_cut_before_its_mark_is_cut_off_whole(tmp_path: Path, cut: int) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    assert s.append(payloads(5), b"mark-1")
+    assert s.append(payloads(2, start=5))  # unmarked (a webhook batch): kept
+    before = segments(tmp_path)[-1].stat().st_size
+    assert s.append(payloads(3, start=7), b"mark-2")
+    s.close()
+    seg = segments(tmp_path)[-1]
+    # kill -9 in the middle of the last append: some of its records, not its mark.
+    with open(seg, "r+b") as f:
+        f.truncate(seg.stat().st_size - spool_mod.HEADER_SIZE - len(b"mark-2") - cut)
+    s2 = Spool(str(tmp_path), segment_bytes=1 << 20)
+    assert s2.last_mark() == b"mark-1"
+    assert s2.stats().entries == 7
+    assert seg.stat().st_size == before
+    assert drain(s2) == payloads(7)
+
+
+def test_the_last_mark_survives_a_crash_right_after_the_ack_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=2048)
+    for i in range(10):
+        assert s.append(payloads(10, start=10 * i), f"mark-{i}".encode())
+    records, after = s.read(s.head(), 1 << 20)
+    assert len(records) == 100
+
+    class Crash(Exception):
+        pass
+
+    write_ack = Spool._write_ack
+
+    def crash(self: Spool, pos: tuple[int, int]) -> None:
+        write_ack(self, pos)
+        raise Crash  # kill -9 before the segments behind the ack are deleted
+
+    monkeypatch.setattr(Spool, "_write_ack", crash)
+    with pytest.raises(Crash):
+        s.ack(after, len(records))  # everything, the last mark too
+    monkeypatch.undo()
+    # The next start deletes the acknowledged segments without reading them.
+    s2 = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=2048)
+    assert s2.stats().entries == 0
+    assert s2.last_mark() == b"mark-9"
+
+
+def test_a_batch_cut_before_its_mark_is_cut_off_across_segments(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1024)
+    assert s.append(payloads(5), b"mark-1")
+    first = len(segments(tmp_path))
+    assert s.append(payloads(20, start=5), b"mark-2")  # over three segments
+    s.close()
+    assert len(segments(tmp_path)) >= first + 2
+    last = segments(tmp_path)[-1]
+    with open(last, "r+b") as f:  # killed before the mark's part of the write
+        f.truncate(last.stat().st_size - spool_mod.HEADER_SIZE - len(b"mark-2"))
+    s2 = Spool(str(tmp_path), segment_bytes=1024)
+    assert s2.last_mark() == b"mark-1"
+    assert s2.stats().entries == 5
+    assert len(segments(tmp_path)) == first
+    assert drain(s2) == payloads(5)
+    assert s2.append(payloads(20, start=5), b"mark-2")
+    assert drain(s2) == payloads(20, start=5)

@@ -165,9 +165,10 @@ def test_capped_families_fold_overflow_into_other() -> None:
     assert h.value("kube_audit_source_auth_failures_total", source_ip="__other__",
                    reason="forbidden") == 4  # fmt: skip
     assert h.value("kube_audit_series_overflow_total",
-                   metric="kube_audit_user_requests_total") == 3  # fmt: skip
+                   metric="kube_audit_user_requests_total", label="user") == 3  # fmt: skip
     assert h.value("kube_audit_series_overflow_total",
-                   metric="kube_audit_source_auth_failures_total") == 4  # fmt: skip
+                   metric="kube_audit_source_auth_failures_total",
+                   label="source_ip") == 4  # fmt: skip
 
 
 def test_duplicates_are_counted_not_measured() -> None:

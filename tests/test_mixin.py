@@ -252,6 +252,7 @@ def test_severities_are_used_sparingly() -> None:
         "KubeAuditCriticalDetection",
         "KubeAuditExporterAbsent",
         "KubeAuditSpoolFull",
+        "KubeAuditTLSCertificateExpiryCritical",
     ]
 
 
@@ -305,12 +306,18 @@ def test_thresholds_come_from_config() -> None:
     gen = load_generator()
     override = (
         "{ _config+:: { exporterSelector: 'job=\"audit\"', alerts+: { "
-        "KubeAuditAuthFailureBurst+: { threshold: 99, window: '7m' } } } }"
+        "KubeAuditAuthFailureBurst+: { threshold: 99, window: '7m' }, "
+        "KubeAuditTLSCertificateExpiring+: { thresholdDays: 30 }, "
+        "KubeAuditTLSCertificateExpiryCritical+: { thresholdDays: 3 } } } }"
     )
     alerts = {a["alert"]: a for a in alert_rules(gen.render(override)["prometheusAlerts"])}
     expr = alerts["KubeAuditAuthFailureBurst"]["expr"]
     assert '{job="audit", reason="unauthenticated"}[7m])) > 99' in expr
     assert alerts["KubeAuditExporterDown"]["expr"] == 'up{job="audit"} == 0'
+    expiring = alerts["KubeAuditTLSCertificateExpiring"]["expr"]
+    assert 'expiry_timestamp_seconds{job="audit"}' in expiring
+    assert expiring.endswith(f"< {30 * 86400}")
+    assert alerts["KubeAuditTLSCertificateExpiryCritical"]["expr"].endswith(f"< {3 * 86400}")
 
 
 # --- dashboards -------------------------------------------------------------------------
@@ -482,20 +489,36 @@ def logql_problems(
     return problems
 
 
-def logql_expressions() -> list[tuple[str, str]]:
-    out = [(f"loki rule {a['alert']}", a["expr"]) for a in loki_alerts()]
-    for name, d in dashboards().items():
-        for p in panels_of(d):
+def loki_queries(root: Path, label: str) -> list[tuple[str, str]]:
+    """(where, LogQL) of every Loki query under ``root`` (dashboards/out or
+    the chart's files/): Loki rules, dashboards' Loki panel queries, and the
+    stream selector of their Loki query variables."""
+    out: list[tuple[str, str]] = []
+    for path in sorted((root / "loki").glob("*.yaml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("alert") or rule.get("record")
+                out.append((f"{label}/loki/{path.name}: {name}", rule["expr"]))
+    for path in sorted((root / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        where = f"{label}/dashboards/{path.name}"
+        for p in panels_of(board):
             for t in p.get("targets", []):
                 if t["datasource"]["type"] == "loki":
-                    out.append((f"{name}: {p['title']}", t["expr"]))
-        for v in variables_of(d).values():
+                    out.append((f"{where}: {p['title']} ({t.get('refId', '')})", t["expr"]))
+        for v in variables_of(board).values():
             if v["type"] == "query" and v["datasource"]["type"] == "loki":
-                inner = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"])
-                assert inner is not None, v["query"]
+                # Grafana's label_values(<stream selector>, <label>): the
+                # selector is LogQL, the wrapper is Grafana's.
+                inner = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"], re.S)
+                assert inner is not None, f"{where}: variable {v['name']}: {v['query']}"
                 assert inner.group(2) in STREAM_LABELS, v["query"]
-                out.append((f"{name}: variable {v['name']}", inner.group(1)))
+                out.append((f"{where}: variable {v['name']}", inner.group(1)))
     return out
+
+
+def logql_expressions() -> list[tuple[str, str]]:
+    return loki_queries(OUT, "out")
 
 
 def test_logql_is_balanced_and_names_only_what_the_exporter_writes() -> None:

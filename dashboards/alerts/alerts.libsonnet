@@ -45,6 +45,16 @@ local rules = import 'recording-rules.libsonnet';
       count by (%(cluster)s, job) (up{%(sel)s} offset %(w)s)
     ||| % { by: by(labels), m: m, w: window, t: threshold, sel: sel, cluster: cfg.clusterLabel },
 
+  // The serving certificate, or the earliest client certificate the API
+  // server presented recently, ends within the alert's thresholdDays.
+  local certificateExpiry(name, summary) =
+    alert(
+      name,
+      'min by (%s) (kube_audit_tls_certificate_expiry_timestamp_seconds{%s}) - time() < %d' % [by(['instance', 'certificate']), sel, a[name].thresholdDays * 86400],
+      summary,
+      'The {{ $labels.certificate }} certificate of {{ $labels.instance }}%s expires in {{ $value | humanizeDuration }}. {{ if eq $labels.certificate "client" }}It is the one the API server presents: renew it and copy the new kubeconfig or certificate files to every control-plane node{{ else }}It is the webhook\'s own: renew it (cert-manager, the chart\'s certgen Job at the next upgrade, or your Secret){{ end }}; once it expires the API server\'s batches are refused.' % inCluster,
+    ),
+
   local latencyExpr =
     local verbs = std.objectFields(a.KubeAuditAPILatencyHigh.verbThresholdSeconds);
     local metric = rec.verbQuantile + '{quantile="0.99"%s}';
@@ -83,6 +93,8 @@ local rules = import 'recording-rules.libsonnet';
             'The exporter receives no audit events.',
             'The newest event of the {{ $labels.source }} source of {{ $labels.instance }}%s is {{ $value | humanizeDuration }} old: the API server stopped sending to the webhook, or stopped writing the log file the exporter reads.' % inCluster,
           ) +
+          certificateExpiry('KubeAuditTLSCertificateExpiring', 'A TLS certificate of the audit webhook expires soon.') +
+          certificateExpiry('KubeAuditTLSCertificateExpiryCritical', 'A TLS certificate of the audit webhook is about to expire.') +
           alert(
             'KubeAuditEventLagHigh',
             'histogram_quantile(0.99, sum by (%s) (rate(kube_audit_event_lag_seconds_bucket{%s}[%s]))) > %d' % [by(['instance', 'source', 'le']), sel, cfg.recordingWindow, a.KubeAuditEventLagHigh.thresholdSeconds],
@@ -97,9 +109,9 @@ local rules = import 'recording-rules.libsonnet';
           ) +
           alert(
             'KubeAuditSeriesOverflow',
-            'sum by (%s) (increase(kube_audit_series_overflow_total{%s}[%s])) > 0' % [by(['instance', 'metric']), sel, a.KubeAuditSeriesOverflow.window],
-            'Per-user or per-address metrics overflow into __other__.',
-            '{{ $labels.metric }} of {{ $labels.instance }}%s folded {{ $value | humanize }} increments into __other__ in the last %s; raise metrics.max_users or metrics.max_source_ips if the series budget allows.' % [inCluster, a.KubeAuditSeriesOverflow.window],
+            'sum by (%s) (increase(kube_audit_series_overflow_total{%s}[%s])) > 0' % [by(['instance', 'metric', 'label']), sel, a.KubeAuditSeriesOverflow.window],
+            'Label values fold into __other__ to keep the series bounded.',
+            "{{ $labels.metric }} of {{ $labels.instance }}%s folded {{ $value | humanize }} increments of its {{ $labels.label }} label in the last %s; raise the label's bound (metrics.max_users, metrics.max_source_ips, metrics.max_extra_resources, metrics.max_namespaces, metrics.max_webhooks) if the series budget allows, or look for a client sending made-up values." % [inCluster, a.KubeAuditSeriesOverflow.window],
           ),
       },
       {

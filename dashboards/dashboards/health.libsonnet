@@ -31,7 +31,7 @@ local g = import '../lib/g.libsonnet';
           g.q('histogram_quantile(0.99, sum by (source, le) (%s))' % rate('kube_audit_event_lag_seconds_bucket'), 'p99 {{source}}'),
         ], 's', w=8, description='Ingestion time minus the stageTimestamp.'),
         g.timeseries('Newest event age by source', g.q('time() - max by (instance, source) (kube_audit_last_event_timestamp_seconds{%s})' % S, '{{instance}} {{source}}'), 's', w=8),
-        g.timeseries('Values folded into __other__', g.q('sum by (metric) (%s)' % rate('kube_audit_series_overflow_total'), '{{metric}}'), 'ops', w=8, description='Per-user and per-address families are capped (metrics.max_users, metrics.max_source_ips).'),
+        g.timeseries('Values folded into __other__', g.q('sum by (metric, label) (%s)' % rate('kube_audit_series_overflow_total'), '{{metric}} {{label}}'), 'ops', w=8, description='Every label is bounded: users and addresses by metrics.max_users and metrics.max_source_ips, custom resources, namespaces and webhooks by metrics.max_extra_resources, metrics.max_namespaces and metrics.max_webhooks, made-up verbs and codes fold into other (README, Label bounds).'),
 
         g.row('Webhook and log file'),
         g.timeseries('Webhook answers by code', g.q('sum by (code) (%s)' % rate('kube_audit_webhook_requests_total'), '{{code}}'), 'reqps', w=8, description='400: undecodable body; 413: over webhook.max_body_bytes; 503: spool full.'),

@@ -10,7 +10,8 @@ import orjson
 
 from .errors import RuleError
 from .examples import run_examples
-from .rules import RuleSet, load_rules
+from .rules import Rule, RuleSet, load_rules
+from .settings import DetectionSettings, config_keys
 
 
 def register(sub: Any) -> None:
@@ -28,15 +29,26 @@ def register(sub: Any) -> None:
     )
     test.add_argument("files", nargs="*", metavar="FILE")
     test.set_defaults(func=cmd_test)
-    lst = verbs.add_parser("list", help="print the loaded rules")
+    lst = verbs.add_parser(
+        "list",
+        usage="%(prog)s [options] [FILE ...]",
+        help="print the loaded rules and whether the configuration activates them",
+        description="List the rules (FILE..., else rules.file, else the defaults) and, under "
+        "the configuration given (--config.file, the environment, detect.* flags), which are "
+        "active and which need a setting.",
+    )
     lst.add_argument("files", nargs="*", metavar="FILE")
     lst.add_argument("--output", choices=("text", "json"), default="text")
+    # lazily: the configuration module imports this package
+    from ..config import add_flags
+
+    add_flags(lst, only=("rules", "detect"))
     lst.set_defaults(func=cmd_list)
 
 
-def _load(files: list[str]) -> RuleSet | None:
+def _load(files: list[str], *, with_defaults: bool = False) -> RuleSet | None:
     try:
-        return load_rules(files or None)
+        return load_rules(files or None, with_defaults=with_defaults)
     except RuleError as e:
         print("rules are invalid:", file=sys.stderr)
         for problem in e.problems:
@@ -59,12 +71,50 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    ruleset = _load(args.files)
+def _status(rule: Rule, settings: DetectionSettings) -> tuple[bool, str]:
+    """(active, why not) under ``settings``, as the engine decides it."""
+    if not rule.enabled:
+        return False, "disabled in its rule file"
+    if rule.id in settings.disabled_rules:
+        return False, "disabled by detect.disabled_rules"
+    missing = rule.missing(settings)
+    if missing:
+        return False, "needs " + ", ".join(config_keys(m) for m in missing)
+    return True, ""
+
+
+def _configured(args: argparse.Namespace) -> tuple[RuleSet, DetectionSettings] | None:
+    """The rules and detection settings the configuration gives (the rule
+    files named on the command line win over rules.file)."""
+    from ..config import OPTIONS, ConfigError, detection_settings, load
+
+    used = ("", "rules", "detect", "alertmanager")
+    unused = {o.section or "" for o in OPTIONS} - set(used)
+    try:
+        cfg = load(args, skip=unused) if hasattr(args, "config_file") else None
+    except ConfigError as e:
+        print("configuration is invalid:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+    if cfg is not None and not args.files and cfg.rules.file:
+        ruleset = _load(list(cfg.rules.file), with_defaults=cfg.rules.include_defaults)
+    else:
+        ruleset = _load(args.files)
     if ruleset is None:
+        return None
+    settings = detection_settings(cfg) if cfg is not None else DetectionSettings()
+    return ruleset, settings
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    loaded = _configured(args)
+    if loaded is None:
         return 1
+    ruleset, settings = loaded
     rows: list[dict[str, Any]] = []
     for r in ruleset.rules:
+        active, why = _status(r, settings)
         rows.append(
             {
                 "id": r.id,
@@ -72,8 +122,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "kind": r.kind,
                 "mitre": list(r.mitre),
                 "title": r.title,
-                "needs": r.requirements(),
+                "needs": [config_keys(n) for n in r.requirements()],
                 "enabled": r.enabled,
+                "active": active,
+                "inactive_reason": why or None,
                 "file": r.source,
             }
         )
@@ -83,15 +135,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     width = max((len(r["id"]) for r in rows), default=2)
     print(f"{'ID':<{width}}  {'SEVERITY':<8}  {'KIND':<10}  {'MITRE':<10}  TITLE")
     for row in rows:
-        notes = []
-        if row["needs"]:
-            notes.append("needs " + ", ".join(row["needs"]))
-        if not row["enabled"]:
-            notes.append("disabled")
-        note = f"  [{'; '.join(notes)}]" if notes else ""
+        note = f"  [inactive: {row['inactive_reason']}]" if not row["active"] else ""
         print(
             f"{row['id']:<{width}}  {row['severity']:<8}  {row['kind']:<10}  "
             f"{','.join(row['mitre']):<10}  {row['title']}{note}"
         )
-    print(f"{len(rows)} rules")
+    n_active = sum(1 for row in rows if row["active"])
+    print(f"{len(rows)} rules, {n_active} active")
     return 0

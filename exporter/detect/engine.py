@@ -28,7 +28,7 @@ from .matchers import (
 )
 from .paths import ATTRIBUTE_FIELDS, DERIVED, compile_getter, parse
 from .rules import Rule, RuleSet
-from .settings import SEVERITY_RANK, DetectionSettings
+from .settings import SEVERITY_RANK, DetectionSettings, config_keys
 from .state import (
     DistinctThresholdState,
     FirstSeenState,
@@ -335,7 +335,7 @@ class Detector:
                 continue
             missing = rule.missing(settings)
             if missing:
-                self.inactive[rule.id] = "needs " + ", ".join(f"detect.{m}" for m in missing)
+                self.inactive[rule.id] = "needs " + ", ".join(config_keys(m) for m in missing)
                 continue
             compiled.append(CompiledRule(rule, ctx, settings))
         self.rules = compiled

@@ -7,6 +7,8 @@ problem found later ("not a CIDR") can be reported at its place in the file.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -128,6 +130,13 @@ class Where:
         if isinstance(value, (LDict, LList)):
             return Where(self.file, self.path, value.pos)
         return self
+
+    def unknown_key(self, container: Any, key: Any, known: Sequence[str]) -> str:
+        """The problem of an unknown ``container[key]``, at the key, with the
+        known key it was probably meant to be (``severty``: ``severity``)."""
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return self.key(container, key)(f"unknown key ({hint}known: {', '.join(known)})")
 
     def __call__(self, message: str) -> str:
         line, col = self.pos

@@ -300,7 +300,7 @@ def parse_rule_file(text: str, path: str, problems: list[str]) -> RuleFile | Non
         return None
     for key in doc:
         if key not in ("rules", "example_settings"):
-            problems.append(top.key(doc, key)("unknown key (known: rules, example_settings)"))
+            problems.append(top.unknown_key(doc, key, ("rules", "example_settings")))
     settings = DetectionSettings()
     if "example_settings" in doc:
         try:
@@ -308,8 +308,11 @@ def parse_rule_file(text: str, path: str, problems: list[str]) -> RuleFile | Non
         except RuleError as e:
             problems.extend(p.replace(": detect.", ": example_settings.", 1) for p in e.problems)
     raw = doc.get("rules")
+    if "rules" not in doc:
+        problems.append(top.at(doc)("a rule file needs a `rules:` list"))
+        return None
     if not isinstance(raw, LList):
-        problems.append(top.key(doc, "rules").at(raw)("must be a list of rules"))
+        problems.append(top.key(doc, "rules").at(raw)(f"must be a list of rules, not {_kind(raw)}"))
         return None
     rules: list[Rule] = []
     where_rules = top.key(doc, "rules")
@@ -338,7 +341,7 @@ def parse_rule(doc: Any, where: Where, problems: list[str]) -> Rule | None:
         rid = ""
     for key in doc:
         if key not in _RULE_KEYS:
-            problems.append(where.key(doc, key)(f"unknown key (known: {', '.join(_RULE_KEYS)})"))
+            problems.append(where.unknown_key(doc, key, _RULE_KEYS))
     kind = doc.get("kind", "match")
     if kind not in KINDS:
         problems.append(where.key(doc, "kind")(f"must be one of {', '.join(KINDS)}, not {kind!r}"))
@@ -367,17 +370,20 @@ def parse_rule(doc: Any, where: Where, problems: list[str]) -> Rule | None:
         mitre = tuple(m for m in items if isinstance(m, str))
     enabled = doc.get("enabled", True)
     if not isinstance(enabled, bool):
-        problems.append(where.key(doc, "enabled")("must be true or false"))
+        problems.append(where.key(doc, "enabled")(f"must be true or false, not {enabled!r}"))
         enabled = True
     stages = DEFAULT_STAGES
     if "stages" in doc:
         raw = doc["stages"]
         items = raw if isinstance(raw, list) else [raw]
-        bad = [s for s in items if s not in STAGES]
-        if bad or not items:
-            problems.append(
-                where.key(doc, "stages")(f"must list stages among {', '.join(sorted(STAGES))}")
-            )
+        w = where.key(doc, "stages")
+        known = ", ".join(sorted(STAGES))
+        if not items:
+            problems.append(w(f"must list at least one stage (known: {known})"))
+        for i, s in enumerate(items):
+            if not isinstance(s, str) or s not in STAGES:
+                wi = w.item(raw, i) if isinstance(raw, list) else w
+                problems.append(wi(f"unknown stage {s!r} (known: {known})"))
         stages = frozenset(s for s in items if s in STAGES)
 
     parser = Parser(problems)
@@ -476,7 +482,7 @@ def _positive(doc: LDict, key: str, where: Where, problems: list[str], *, durati
         problems.append(w(str(e)))
         return 0.0
     if v <= 0:
-        problems.append(w("must be > 0"))
+        problems.append(w(f"must be > 0, not {raw!r}"))
     return v
 
 
@@ -491,10 +497,14 @@ def _parse_state(doc: LDict, rule: Rule, where: Where, parser: Parser, problems:
         rule.window = _positive(doc, "window", where, problems, duration=True)
         raw = doc.get("steps")
         w = where.key(doc, "steps")
-        if not isinstance(raw, LList) or len(raw) < 2:
-            problems.append(w.at(raw)("a sequence needs a list of at least two steps"))
+        if raw is None:
+            problems.append(where("kind sequence needs `steps:`, a list of at least two steps"))
             return
-        names: set[str] = set()
+        if not isinstance(raw, LList) or len(raw) < 2:
+            has = f"{len(raw)}" if isinstance(raw, LList) else _kind(raw)
+            problems.append(w.at(raw)(f"a sequence needs a list of at least two steps, not {has}"))
+            return
+        names: dict[str, int] = {}
         for i, item in enumerate(raw):
             wi = w.item(raw, i).at(item)
             if not isinstance(item, LDict):
@@ -502,36 +512,56 @@ def _parse_state(doc: LDict, rule: Rule, where: Where, parser: Parser, problems:
                 continue
             for key in item:
                 if key not in ("name", "match", "count"):
-                    problems.append(wi.key(item, key)("unknown key (known: name, match, count)"))
+                    problems.append(wi.unknown_key(item, key, ("name", "match", "count")))
             name = item.get("name", f"step{i + 1}")
-            if not isinstance(name, str) or name in names:
-                problems.append(wi.key(item, "name")("must be a unique string"))
-            names.add(str(name))
+            if not isinstance(name, str):
+                problems.append(wi.key(item, "name")(f"must be a string, not {name!r}"))
+            elif name in names:
+                problems.append(
+                    wi.key(item, "name")(f"{name!r} is already the name of steps[{names[name]}]")
+                )
+            names.setdefault(str(name), i)
             if "match" not in item:
                 problems.append(wi("a step needs `match:`"))
                 continue
             count = item.get("count", 1)
             if type(count) is not int or count < 1:
-                problems.append(wi.key(item, "count")("must be an integer >= 1"))
+                problems.append(wi.key(item, "count")(f"must be an integer >= 1, not {count!r}"))
                 count = 1
             rule.steps.append(
                 Step(str(name), parser.condition(item["match"], wi.key(item, "match")), count)
             )
     else:
+        before = len(problems)
         values = _paths(doc, "value", where, problems, parser)
-        if len(values) != 1:
-            if values:
-                problems.append(where.key(doc, "value")("takes one field path"))
-        else:
+        if len(values) == 1:
             rule.value = values[0]
+        elif len(problems) == before:
+            # [] or several paths (a bad path was reported by _paths)
+            problems.append(
+                where.key(doc, "value")(f"takes exactly one field path, not {len(values)}")
+            )
         rule.ttl = _positive(doc, "ttl", where, problems, duration=True)
         if "learning" in doc:
             try:
                 rule.learning = parse_duration(doc["learning"])
                 if rule.learning < 0:
-                    raise ValueError("must be >= 0")
+                    raise ValueError(f"must be >= 0, not {doc['learning']!r}")
             except ValueError as e:
                 problems.append(where.key(doc, "learning")(str(e)))
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, for a message: "a mapping", "a string", ..."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    return repr(value)
 
 
 def plain(value: Any) -> Any:
@@ -553,7 +583,7 @@ def _parse_examples(doc: Any, where: Where, problems: list[str]) -> list[Example
     out: list[Example] = []
     for key in doc:
         if key not in ("match", "no_match"):
-            problems.append(where.key(doc, key)("unknown key (known: match, no_match)"))
+            problems.append(where.unknown_key(doc, key, ("match", "no_match")))
             continue
         items = doc[key]
         w = where.key(doc, key)
@@ -593,7 +623,7 @@ def _example(item: Any, expect: bool, where: Where, problems: list[str]) -> Exam
             continue
         for key in ev:
             if key not in ("event", "after", "repeat"):
-                problems.append(wi.key(ev, key)("unknown key (known: event, after, repeat)"))
+                problems.append(wi.unknown_key(ev, key, ("event", "after", "repeat")))
         after: float | None = None
         if "after" in ev:
             try:
@@ -602,7 +632,7 @@ def _example(item: Any, expect: bool, where: Where, problems: list[str]) -> Exam
                 problems.append(wi.key(ev, "after")(str(e)))
         repeat = ev.get("repeat", 1)
         if type(repeat) is not int or repeat < 1:
-            problems.append(wi.key(ev, "repeat")("must be an integer >= 1"))
+            problems.append(wi.key(ev, "repeat")(f"must be an integer >= 1, not {repeat!r}"))
             repeat = 1
         if not isinstance(ev["event"], LDict):
             problems.append(wi.key(ev, "event")("must be a mapping"))

@@ -197,6 +197,15 @@ class DetectionSettings:
 
 NETWORK_SETTINGS = ("trusted_networks", "pod_cidrs", "node_cidrs", "cluster_networks")
 
+
+def config_keys(setting: str) -> str:
+    """The configuration key(s) that set what a rule needs, for messages:
+    ``cluster_networks`` is pod_cidrs and node_cidrs, not a key itself."""
+    if setting == "cluster_networks":
+        return "detect.pod_cidrs or detect.node_cidrs"
+    return f"detect.{setting}"
+
+
 _DETECT_KEYS = (
     "trusted_networks",
     "pod_cidrs",
@@ -226,7 +235,7 @@ def _mapping(doc: Any, where: Where, allowed: Sequence[str], problems: list[str]
         return False
     for key in doc:
         if key not in allowed:
-            problems.append(where.key(doc, key)(f"unknown key (known: {', '.join(allowed)})"))
+            problems.append(where.unknown_key(doc, key, allowed))
     return True
 
 

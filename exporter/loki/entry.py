@@ -1,6 +1,11 @@
 """From an audit event to a Loki entry: stream labels, timestamp, line and
 structured metadata, and the compact record that the spool stores.
 
+Stream labels are bounded by the process's shared
+:class:`~exporter.labels.LabelBounds` (the metrics use the same one): a made-up
+verb is ``other``, a resource, API group or namespace beyond the bounds is
+``__other__``, and each fold is reported through ``on_fold``.
+
 The line is the event's JSON: the original bytes when the event came as one
 line and nothing was redacted, else the event serialised again. A line over
 the limit is shrunk (request/response bodies dropped first) and marked with
@@ -9,13 +14,13 @@ the annotation ``kube-audit-exporter/truncated``; the event is never dropped.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ..event import TRUNCATED_ANNOTATION, AuditEvent, dumps_event
+from ..labels import OTHER, OTHER_VALUE, LabelBounds
 from . import proto
 from .settings import LokiSettings
 
@@ -40,7 +45,9 @@ METADATA_FIELDS = (
 # ``rules`` and ``severity``), or nothing.
 MetadataHook = Callable[[AuditEvent], Iterable[tuple[str, str]]]
 
-_VERB = re.compile(r"^[A-Za-z]{1,40}$")
+# Called with (label, raw value) when a stream label value was folded.
+FoldHook = Callable[[str, str], None]
+
 _LABEL_CACHE_MAX = 4096
 # Encoded structured metadata fields are cached per value: up to this many
 # values for the fields with few values, fewer for the per-user, per-object
@@ -207,16 +214,26 @@ def _cut(node: Any, budget: int, depth: int = 0) -> Any:
 class EntryBuilder:
     """Turns events into entries according to the settings."""
 
-    def __init__(self, settings: LokiSettings, metadata_hook: MetadataHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: LokiSettings,
+        metadata_hook: MetadataHook | None = None,
+        *,
+        bounds: LabelBounds | None = None,
+        on_fold: FoldHook | None = None,
+    ) -> None:
+        self.bounds = bounds or LabelBounds()
+        self.on_fold = on_fold
         self.service_name = settings.service_name
         self.cluster = settings.cluster
         self.extra_labels: Sequence[str] = tuple(settings.labels)
         self.line_limit = settings.line_limit
         self.metadata_hook = metadata_hook
-        self._labels: dict[tuple[str, ...], str] = {}
-        # For record(): the verb (and the extra labels' values) -> the encoded
-        # stream prefix; "2006-01-02T15:04:05" -> the encoded seconds field;
+        # The bounded verb (and the extra labels' bounded values) -> the
+        # rendered stream selector, and for record() -> the encoded stream
+        # prefix; "2006-01-02T15:04:05" -> the encoded seconds field;
         # per metadata field, value -> the encoded field (code: by number).
+        self._labels: dict[object, str] = {}
         self._prefixes: dict[object, bytes] = {}
         self._seconds: dict[str, bytes] = {}
         # audit_id's field up to its value, by the value's length (a UUID's 36).
@@ -224,18 +241,27 @@ class EntryBuilder:
         self._caches: tuple[dict[Any, bytes], ...] = tuple({} for _ in range(11))
         self.shrunk = 0
 
+    def stream_key(self, ev: AuditEvent) -> object:
+        """The bounded verb, or a tuple of it and the extra labels' bounded
+        values: what identifies the event's stream."""
+        verb = self.bounds.verb(ev.verb)
+        if verb is OTHER_VALUE:
+            self._fold("verb", ev.verb)
+        if not self.extra_labels:
+            return verb
+        return (verb, *[self._label_value(ev, n) for n in self.extra_labels])
+
     def labels(self, ev: AuditEvent) -> str:
-        verb = ev.verb if _VERB.match(ev.verb) else "other"
-        values = [verb]
-        for name in self.extra_labels:
-            values.append(_label_value(ev, name))
-        key = tuple(values)
+        return self._render(self.stream_key(ev))
+
+    def _render(self, key: object) -> str:
         rendered = self._labels.get(key)
         if rendered is None:
+            values = key if type(key) is tuple else (key,)
             pairs = [
                 ("service_name", self.service_name),
                 ("cluster", self.cluster),
-                ("verb", verb),
+                ("verb", values[0]),
                 *zip(self.extra_labels, values[1:], strict=True),
             ]
             rendered = render_labels(pairs)
@@ -243,6 +269,37 @@ class EntryBuilder:
                 self._labels.clear()
             self._labels[key] = rendered
         return rendered
+
+    def _fold(self, label: str, value: str) -> None:
+        if self.on_fold is not None:
+            self.on_fold(label, value)
+
+    def _label_value(self, ev: AuditEvent, name: str) -> str:
+        """The bounded value of the extra stream label ``name``."""
+        b = self.bounds
+        if name == "stage":
+            return ev.stage  # the decoder accepts the four stages only
+        if name == "user_kind":
+            return ev.user_kind
+        if name == "code_class":
+            return b.code_class(ev.code) if ev.code else ""
+        if name == "audit_level":
+            value = b.audit_level(ev.level)
+            raw = ev.level
+        elif name == "resource":
+            value = b.resource(ev.resource, "", ev.code)
+            raw = ev.resource
+        elif name == "api_group":
+            value = b.api_group(ev.api_group, ev.code)
+            raw = ev.api_group
+        elif name == "namespace":
+            value = b.namespace(ev.namespace, ev.code)
+            raw = ev.namespace
+        else:
+            raise ValueError(f"{name!r} is not a label field")
+        if value is OTHER or value is OTHER_VALUE:
+            self._fold(name, raw)
+        return value
 
     def line(self, ev: AuditEvent) -> bytes:
         line = ev.to_bytes()
@@ -282,14 +339,10 @@ class EntryBuilder:
         This runs once per event sent: stream prefixes, timestamp seconds and
         the structured metadata fields that repeat are cached as encoded
         bytes, and the record is one join of them."""
-        verb = ev.verb
-        if self.extra_labels:
-            key: object = (verb, *[_label_value(ev, n) for n in self.extra_labels])
-        else:
-            key = verb
+        key = self.stream_key(ev)
         prefix = self._prefixes.get(key)
         if prefix is None:
-            raw = self.labels(ev).encode()
+            raw = self._render(key).encode()
             if len(self._prefixes) >= _LABEL_CACHE_MAX:
                 self._prefixes.clear()
             prefix = self._prefixes[key] = proto.varint(len(raw)) + raw
@@ -440,24 +493,6 @@ _H_SEVERITY = _metadata_head("severity")
 _LEVEL_FIELDS = tuple(
     _metadata_field(_metadata_head("detected_level"), level) for level in ("error", "warn", "info")
 )
-
-
-def _label_value(ev: AuditEvent, name: str) -> str:
-    if name == "stage":
-        return ev.stage
-    if name == "user_kind":
-        return ev.user_kind
-    if name == "code_class":
-        return ev.code_class if ev.code else ""
-    if name == "audit_level":
-        return ev.level
-    if name == "resource":
-        return ev.resource
-    if name == "api_group":
-        return ev.api_group
-    if name == "namespace":
-        return ev.namespace
-    raise ValueError(f"{name!r} is not a label field")
 
 
 # --- spool records ---------------------------------------------------------------

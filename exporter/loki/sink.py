@@ -1,8 +1,10 @@
 """The Loki output: a pipeline Sink in front of a disk spool and a sender thread.
 
-``submit`` (the pipeline's thread) redacts, builds the entries and appends
-them to the spool; it returns False, taking nothing, when the spool is full,
-so the webhook answers 503 and the log tailer keeps its checkpoint. The
+``admit`` (the pipeline's thread, before detection sees the batch) says
+whether the spool has room for a batch, from its events' sizes; when it is
+full it refuses, so the webhook answers 503 and the log tailer keeps its
+checkpoint. ``submit`` then redacts, builds the entries and appends them to
+the spool, with the source's mark (its resume position) in the same write. The
 sender thread reads the spool in order, cuts batches at ``batch_bytes`` or
 after ``batch_wait``, pushes them one at a time, in order, and acknowledges
 each batch in the spool only once Loki has answered for it. While a batch's
@@ -53,8 +55,18 @@ log = logging.getLogger(__name__)
 CREDENTIALS_POLL = 1.0
 
 
+# What an entry adds to its event's JSON line, at most, for the room check:
+# stream labels, timestamp, structured metadata and the spool's record header.
+ENTRY_OVERHEAD = 512
+# The room check's guess for an event without its original line (a webhook
+# item), until entries have been built: then it is their mean size.
+FIRST_ENTRY_GUESS = 4096
+
+
 class LokiSink:
     """Implements :class:`exporter.pipeline.Sink` for Loki."""
+
+    keeps_marks = True
 
     def __init__(
         self,
@@ -79,7 +91,12 @@ class LokiSink:
         self.settings = settings
         self.clock = clock
         self.rng = rng
-        self.builder = EntryBuilder(settings, metadata_hook)
+        self.builder = EntryBuilder(
+            settings,
+            metadata_hook,
+            bounds=metrics.bounds if metrics is not None else None,
+            on_fold=metrics.loki_fold if metrics is not None else None,
+        )
         do_redact = settings.redact if redact is None else redact
         self.redactor = Redactor(settings.redact_paths) if do_redact else None
         self.client = c.LokiClient(settings, session)
@@ -103,6 +120,13 @@ class LokiSink:
         self.stopped_reason: str | None = None
         # Entries the sender has read and holds for the next batch.
         self.pending_entries = 0
+        # When Loki last answered for a batch (monotonic), and why the last
+        # push failed: what a stall timeout judges and reports.
+        self.answered_at = time.monotonic()
+        self.last_failure = ""
+        self.stalled = False
+        self._abandoned = False
+        self._mean_entry = FIRST_ENTRY_GUESS
         self._thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
         backlog = self.spool.stats()
         log.info(
@@ -132,16 +156,19 @@ class LokiSink:
         build = self.builder.build
         return [build(ev) for ev in events]
 
-    def submit(self, events: Sequence[AuditEvent]) -> bool:
+    def admit(self, events: Sequence[AuditEvent]) -> bool:
+        """Whether the spool has room for ``events``, estimated from their
+        original lines (an event without one, from a webhook EventList,
+        counts as the mean entry so far: it is not serialised twice). An
+        admitted batch is appended even when its entries turn out larger,
+        so the spool overshoots its limit by less than one batch."""
         if not events:
             return True
-        if self.redactor is not None:
-            redact = self.redactor.redact
-            for ev in events:
-                redact(ev)
-        record = self.builder.record
-        payloads = [record(ev) for ev in events]
-        if self.spool.append(payloads):
+        nbytes = ENTRY_OVERHEAD * len(events)
+        for ev in events:
+            raw = ev.raw
+            nbytes += self._mean_entry if raw is None else len(raw)
+        if self.spool.admits(nbytes):
             return True
         self.stats.full()
         self._warn.warning(
@@ -152,24 +179,41 @@ class LokiSink:
         )
         return False
 
-    def wait_for_room(self, timeout: float) -> bool:
+    def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
+        """Append admitted ``events`` and ``mark`` to the spool in one write;
+        False only when the write failed (logged by the spool)."""
+        if self.redactor is not None:
+            redact = self.redactor.redact
+            for ev in events:
+                redact(ev)
+        record = self.builder.record
+        payloads = [record(ev) for ev in events]
+        if payloads:
+            self._mean_entry = sum(map(len, payloads)) // len(payloads)
+        return self.spool.append(payloads, mark, check_room=False)
+
+    def wait_for_room(self, timeout: float, stall: float | None = None) -> bool:
         """Block until the spool is at most half full (for replay, which can
-        wait instead of failing); False on timeout."""
-        deadline = time.monotonic() + timeout
+        wait instead of failing); False on timeout, or when Loki answered
+        nothing for ``stall`` seconds (then :attr:`stalled` is set)."""
+        start = time.monotonic()
+        deadline = start + timeout
         half = self.settings.spool_max_bytes // 2
         with self.spool.changed:
             while not self.spool.has_room(half):
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if left <= 0 or self._stop.is_set() or self._stalled_since(start, stall):
                     return False
-                self.spool.changed.wait(min(left, 1.0))
+                self.spool.changed.wait(min(left, 1.0, stall or 1.0))
         return True
 
-    def drain(self, timeout: float | None = None) -> bool:
+    def drain(self, timeout: float | None = None, stall: float | None = None) -> bool:
         """Wait until everything spooled is acknowledged (True), the sender
-        stopped on a configuration error, or ``timeout`` passed (False).
-        For replay, which ends only when its events are in Loki."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        stopped on a configuration error, ``timeout`` passed, or Loki
+        answered nothing for ``stall`` seconds (False; :attr:`stalled` says
+        which). For replay, which ends only when its events are in Loki."""
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         with self.spool.changed:
             self._draining += 1
             self.spool.changed.notify_all()
@@ -177,13 +221,36 @@ class LokiSink:
                 while not self.spool.empty():
                     if self.stopped_reason is not None or not self._thread.is_alive():
                         return False
+                    if self._stalled_since(start, stall):
+                        return False
                     left = 1.0 if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    self.spool.changed.wait(min(left, 1.0))
+                    self.spool.changed.wait(min(left, 1.0, stall or 1.0))
             finally:
                 self._draining -= 1
         return True
+
+    def _stalled_since(self, start: float, stall: float | None) -> bool:
+        """Whether Loki has answered nothing for ``stall`` seconds, counted
+        from the later of ``start`` and its last answer."""
+        idle = time.monotonic() - max(start, self.answered_at)
+        self.stalled = stall is not None and stall > 0 and idle >= stall
+        return self.stalled
+
+    def undelivered(self) -> int:
+        """Entries spooled and not yet acknowledged by Loki."""
+        return self.spool.stats().entries
+
+    def abandon(self) -> None:
+        """Stop at once without waiting for Loki (Ctrl-C, a stall): what is
+        not acknowledged stays in the spool, a push in flight is left to its
+        timeout in a daemon thread."""
+        self._abandoned = True
+        self._closing = True
+        self._stop.set()
+        self.wake()
+        self._thread.join(0.5)
 
     def wake(self) -> None:
         """Make the sender look at the clock and the spool again now."""
@@ -206,7 +273,7 @@ class LokiSink:
         drained = self.spool.empty()
         self.spool.close()
         left = self.spool.stats()
-        if not drained:
+        if not drained and not self._abandoned:  # the one who abandoned it reports
             log.warning(
                 "loki output stopped with entries left in the spool; the next start sends them",
                 extra={"spool_entries": left.entries, "spool_bytes": left.bytes},
@@ -223,6 +290,8 @@ class LokiSink:
         try:
             self._loop()
         except Exception:
+            if self._stop.is_set():
+                return  # abandoned: its spool may be gone already
             log.exception("loki sender failed; entries stay in the spool")
             with self.stats.lock:
                 self.stats.sender_up = 0.0
@@ -333,6 +402,10 @@ class LokiSink:
                 body = pushed
             self.stats.request(result.code, seconds, result.reason)
             outcome = result.outcome
+            if outcome in (c.OK, c.REJECTED, c.TOO_LARGE):
+                self.answered_at = time.monotonic()
+            else:
+                self.last_failure = result.reason or f"HTTP {result.code}"
             if outcome == c.OK:
                 self.stats.sent(len(part))
                 if self.stopped_reason is not None:

@@ -5,6 +5,7 @@ Layout of the spool directory::
     0000000000000001.seg   segment files, records appended in order
     0000000000000002.seg
     ack                    position up to which Loki acknowledged everything
+    mark                   the last mark, once the segment holding it is gone
 
 A record is ``magic(2) | length(4) | crc32(4) | body`` with
 ``body = append time in ms (8) | payload``; the CRC covers the length and the
@@ -13,6 +14,17 @@ record the reader looks for the next magic that starts a valid record, so one
 damaged record costs only itself (counted in ``corrupt_records``). A torn
 tail of the last segment (power loss mid-append) is cut off at start-up so
 appends continue on a clean end.
+
+A *mark* is a record whose append time has its top bit set: a source's
+resume position (the log tailer's checkpoint), appended in the same write as
+the batch it follows, so that after a kill -9 the batch and the position
+are both there or neither is: the batch's entries carry the next bit, and
+such entries at the end of the spool without their mark (a write cut
+short, in one segment or over several) are cut off at start-up like a torn
+record. Marks are not entries: readers skip them and
+:meth:`Spool.last_mark` gives the newest back. Before the segment holding
+the newest mark is deleted, the mark is written to ``mark`` (write, fsync,
+rename), so acknowledging everything does not lose it.
 
 Entries leave the spool only through :meth:`Spool.ack`, after Loki answered
 for their batch: the ack position is written to ``ack`` (write, fsync,
@@ -47,6 +59,12 @@ log = logging.getLogger(__name__)
 MAGIC = b"\xa7\x5d"
 _HEADER = struct.Struct("<2sII")  # magic, body length, crc32(length bytes + body)
 _STAMP = struct.Struct("<Q")  # append time, milliseconds since the epoch
+# Set in the append time of a mark record (a time in ms never reaches it),
+# and of the entries of a batch that a mark ends.
+MARK_FLAG = 1 << 63
+MARKED_FLAG = 1 << 62
+_TIME = MARKED_FLAG - 1
+_MARK_FILE = struct.Struct("<I")  # crc32 of the mark, then the mark
 _LENGTH = struct.Struct("<I")
 _ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
 HEADER_SIZE = _HEADER.size + _STAMP.size
@@ -93,6 +111,7 @@ class _Good:
     end: int
     ts: float
     payload: bytes
+    flags: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +140,27 @@ def _record_ok(data: bytes | memoryview, pos: int) -> int:
     return end
 
 
+@dataclass(slots=True)
+class _Run:
+    """While the segments are read in order at start-up: the entries of a
+    marked batch whose mark has not come (yet), from ``seg``/``start`` to
+    ``end``."""
+
+    seg: int = 0
+    start: int = 0
+    entries: int = 0
+    end: Position = (0, -1)
+
+    def see(self, seg: int, item: _Good) -> None:
+        if item.flags & MARK_FLAG or not item.flags & MARKED_FLAG:
+            self.entries = 0
+            return
+        if not self.entries:
+            self.seg, self.start = seg, item.start
+        self.entries += 1
+        self.end = (seg, item.end)
+
+
 def _parse(data: bytes, start: int) -> Iterator[_Good | _Bad]:
     pos = start
     n = len(data)
@@ -128,7 +168,7 @@ def _parse(data: bytes, start: int) -> Iterator[_Good | _Bad]:
         end = _record_ok(data, pos)
         if end >= 0:
             (ms,) = _STAMP.unpack_from(data, pos + _HEADER.size)
-            yield _Good(pos, end, ms / 1000.0, data[pos + HEADER_SIZE : end])
+            yield _Good(pos, end, (ms & _TIME) / 1000.0, data[pos + HEADER_SIZE : end], ms & ~_TIME)
             pos = end
             continue
         # Resynchronise on the next magic that starts a valid record.
@@ -180,6 +220,9 @@ class Spool:
         self._corrupt = 0
         self._known_bad: dict[Position, int] = {}  # start -> end of damage already counted
         self._oldest: float | None = None
+        # The newest mark, and whether the mark file holds it.
+        self._mark: bytes | None = None
+        self._mark_saved = True
         # False when _oldest must be read from the head record (after an
         # ack), which stats() does when asked rather than every ack.
         self._oldest_known = True
@@ -235,6 +278,35 @@ class Spool:
             return None
         return seg, off
 
+    def _read_mark(self) -> bytes | None:
+        try:
+            with open(os.path.join(self.directory, "mark"), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        if (
+            len(data) < _MARK_FILE.size
+            or zlib.crc32(data[_MARK_FILE.size :]) != (_MARK_FILE.unpack_from(data)[0])
+        ):
+            log.warning("spool mark file is damaged; ignoring it", extra={"dir": self.directory})
+            return None
+        return data[_MARK_FILE.size :]
+
+    def _write_mark(self, mark: bytes) -> None:
+        self._replace("mark", _MARK_FILE.pack(zlib.crc32(mark)) + mark)
+
+    def _replace(self, name: str, data: bytes) -> None:
+        """Replace the small file ``name`` atomically (durably, per the policy)."""
+        path = os.path.join(self.directory, name)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if self.fsync != "never":
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._sync_dir()
+
     def _recover(self) -> None:
         segs = sorted(
             int(m.group(1))
@@ -246,6 +318,7 @@ class Spool:
             for seg in [s for s in segs if s < ack[0]]:
                 os.unlink(self._path(seg))
             segs = [s for s in segs if s >= ack[0]]
+        run = _Run()
         for i, seg in enumerate(segs):
             with open(self._path(seg), "rb") as f:
                 data = f.read()
@@ -256,6 +329,11 @@ class Spool:
             last = i == len(segs) - 1
             for item in _parse(data, start):
                 if type(item) is _Good:
+                    run.see(seg, item)
+                    if item.flags & MARK_FLAG:
+                        self._mark = item.payload
+                        self._mark_saved = False
+                        continue
                     self._entries += 1
                     if self._oldest is None:
                         self._oldest = item.ts
@@ -287,6 +365,11 @@ class Spool:
                     f.truncate(size)
                     os.fsync(f.fileno())
             self._sizes[seg] = size
+        if run.entries and segs and run.end == (segs[-1], self._sizes[segs[-1]]):
+            segs = self._cut(run, segs)
+        if self._mark is None:
+            self._mark = self._read_mark()
+            self._mark_saved = True
         if segs:
             first = segs[0]
             self._ack = (first, ack[1] if ack is not None and ack[0] == first else 0)
@@ -306,6 +389,28 @@ class Spool:
                     "corrupt_records": self._corrupt,
                 },
             )
+
+    def _cut(self, run: _Run, segs: list[int]) -> list[int]:
+        """Cut off ``run``, entries at the end of the spool without their
+        mark (kill -9 in the middle of a marked batch's write): their source
+        reads them again from the mark before them. The segments left."""
+        for seg in [s for s in segs if s > run.seg]:
+            os.unlink(self._path(seg))
+            del self._sizes[seg]
+        with open(self._path(run.seg), "r+b") as f:
+            f.truncate(run.start)
+            os.fsync(f.fileno())
+        self._sizes[run.seg] = run.start
+        self._entries -= run.entries
+        if not self._entries:
+            self._oldest = None
+        self._known_bad = {k: v for k, v in self._known_bad.items() if k < (run.seg, run.start)}
+        log.warning(
+            "spool: cut a batch whose mark was never written off the end",
+            extra={"segment": run.seg, "offset": run.start, "entries": run.entries},
+        )
+        self._sync_dir()
+        return [s for s in segs if s <= run.seg]
 
     # --- writing --------------------------------------------------------------
 
@@ -332,38 +437,72 @@ class Spool:
             os.close(self._fd)
             self._fd = None
 
-    def append(self, payloads: Sequence[bytes]) -> bool:
-        """Store all of ``payloads`` durably (per the fsync policy) and return
-        True, or store none and return False when they do not fit (a batch
-        over the whole limit fits only into an empty spool)."""
-        if not payloads:
+    def append(
+        self, payloads: Sequence[bytes], mark: bytes | None = None, *, check_room: bool = True
+    ) -> bool:
+        """Store all of ``payloads``, then ``mark`` if given, in one write,
+        durably (per the fsync policy) and return True, or store none and
+        return False when they do not fit (see :meth:`admits`; not checked
+        when ``check_room`` is False: the caller admitted them already) or
+        the write fails."""
+        if not payloads and mark is None:
             return True
         now = self.clock()
-        stamp = _STAMP.pack(int(now * 1000))
+        ms = int(now * 1000)
+        stamp = _STAMP.pack(ms if mark is None else ms | MARKED_FLAG)
         heads = [_head(p, stamp) for p in payloads]
+        entries = len(payloads)
+        if mark is not None:
+            heads.append(_head(mark, _STAMP.pack(ms | MARK_FLAG)))
+            payloads = [*payloads, mark]
         total = sum(map(len, payloads)) + HEADER_SIZE * len(payloads)
         with self._append_lock:
             with self._lock:
                 if self._closed:
                     return False
-                # A batch larger than the whole spool could never fit: take it
-                # when nothing is waiting, or its source would wait forever (the
-                # tailer hands over up to 1000 lines at once). The overshoot is
-                # bounded by one batch.
-                if sum(self._sizes.values()) + total > self.max_bytes and self._entries:
+                if check_room and not self._admits(total):
                     return False
             try:
-                self._write(heads, payloads, total, now)
+                self._write(heads, payloads, total, now, entries)
             except OSError as e:
                 log.error("spool write failed", extra={"dir": self.directory, "error": str(e)})
                 return False
+            if mark is not None:
+                with self._lock:
+                    self._mark = mark
+                    self._mark_saved = False
         return True
 
-    def _write(self, heads: list[bytes], payloads: Sequence[bytes], total: int, now: float) -> None:
+    def admits(self, nbytes: int) -> bool:
+        """Whether a batch of ``nbytes`` (records included) fits now."""
+        with self._lock:
+            return self._admits(nbytes)
+
+    def _admits(self, nbytes: int) -> bool:
+        # A batch larger than the whole spool could never fit: take it when
+        # nothing is waiting, or its source would wait forever (the tailer
+        # hands over up to 1000 lines at once). The overshoot is bounded by
+        # one batch.
+        return sum(self._sizes.values()) + nbytes <= self.max_bytes or not self._entries
+
+    def last_mark(self) -> bytes | None:
+        """The newest mark appended (in this or an earlier run), or None."""
+        with self._lock:
+            return self._mark
+
+    def _write(
+        self,
+        heads: list[bytes],
+        payloads: Sequence[bytes],
+        total: int,
+        now: float,
+        entries: int,
+    ) -> None:
         """Records made of ``heads[i] + payloads[i]``, ``total`` bytes in all,
-        with _append_lock held. Each segment's part is written (and synced,
-        per the policy) outside _lock, then published under it: its size,
-        so readers see it, and its count."""
+        the first ``entries`` of them entries (the rest marks), with
+        _append_lock held. Each segment's part is written (and synced, per
+        the policy) outside _lock, then published under it: its size, so
+        readers see it, and its count."""
         i = 0
         n = len(payloads)
         while i < n:
@@ -401,8 +540,8 @@ class Spool:
                 raise
             with self._lock:
                 self._sizes[seg] = size + len(data)
-                self._entries += j - i
-                if self._oldest is None and self._oldest_known:
+                self._entries += min(j, entries) - min(i, entries)
+                if self._oldest is None and self._oldest_known and i < entries:
                     self._oldest = now
                 self.changed.notify_all()
             if size + len(data) >= self.segment_bytes:
@@ -576,9 +715,13 @@ class Spool:
                     and end <= n
                     and crc32(view[pos + hsize : end], crc32(view[pos + 2 : pos + 6])) == crc
                 ):
+                    ms = stamp(data, pos + hsize)[0]
+                    if ms & MARK_FLAG:
+                        pos = last = end  # a mark: acknowledged with the entries around it
+                        continue
                     out.append(data[pos + HEADER_SIZE : end])
                     if every or not marks:
-                        marks.append((stamp(data, pos + hsize)[0] / 1000.0, (seg, base + end)))
+                        marks.append(((ms & _TIME) / 1000.0, (seg, base + end)))
                     got += end - pos - HEADER_SIZE
                     pos = last = end
                     continue
@@ -653,6 +796,16 @@ class Spool:
                 for s in done:
                     del self._sizes[s]
                 self._known_bad = {k: v for k, v in self._known_bad.items() if k[0] >= pos[0]}
+            if done:
+                with self._lock:
+                    mark = None if self._mark_saved else self._mark
+                if mark is not None:
+                    # The newest mark may be in a segment about to go; saved
+                    # before the ack file, whose start-up deletes them unread.
+                    self._write_mark(mark)
+                    with self._lock:
+                        if self._mark is mark:
+                            self._mark_saved = True
             self._write_ack(pos)
             for s in done:
                 with self._read_lock:
@@ -667,16 +820,7 @@ class Spool:
 
     def _write_ack(self, pos: Position) -> None:
         data = _ACK.pack(pos[0], pos[1], 0)
-        data = data[:16] + struct.pack("<I", zlib.crc32(data[:16]))
-        path = os.path.join(self.directory, "ack")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync != "never":
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._sync_dir()
+        self._replace("ack", data[:16] + struct.pack("<I", zlib.crc32(data[:16])))
 
     def _peek_ts(self, pos: Position) -> float | None:
         seg, off = pos
@@ -690,7 +834,7 @@ class Spool:
             data = self._pread(self._path(seg), off, HEADER_SIZE)
             if len(data) == HEADER_SIZE and data[:2] == MAGIC:
                 (ms,) = _STAMP.unpack_from(data, _HEADER.size)
-                return float(ms) / 1000.0
+                return float(ms & _TIME) / 1000.0
             return None
 
     # --- state ------------------------------------------------------------------

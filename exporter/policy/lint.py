@@ -26,7 +26,7 @@ from .model import (
     Policy,
     PolicyRule,
 )
-from .resources import BuiltinResources, builtin_resources
+from .resources import NON_RESOURCE_VERBS, RESOURCE_VERBS, BuiltinResources, builtin_resources
 from .validation import validate
 
 EXIT_CLEAN = 0
@@ -35,17 +35,7 @@ EXIT_ERRORS = 2
 
 # Verbs of resource requests, and the lowercase HTTP methods that are the
 # verbs of non-resource requests.
-RESOURCE_VERBS = (
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-)
-KNOWN_VERBS = frozenset({*RESOURCE_VERBS, "proxy", "post", "put", "head", "options"})
+KNOWN_VERBS = frozenset({*RESOURCE_VERBS, "proxy", *NON_RESOURCE_VERBS})
 
 
 @dataclass(frozen=True)
@@ -112,8 +102,9 @@ def _report(load: LoadResult) -> LintReport:
     findings = list(load.findings)
     if load.policy is not None:
         findings.extend(validate(load.policy))
-        if not any(f.severity == ERROR for f in findings):
-            findings.extend(policy_warnings(load.policy))
+        # every warning, even beside errors: fixing the errors one at a time
+        # should not reveal new warnings each time
+        findings.extend(policy_warnings(load.policy))
     findings.sort(key=Finding.sort_key)
     return LintReport(load.source, findings, load)
 

@@ -12,6 +12,21 @@ from typing import Any
 
 DATA_FILE = "builtin_resources.json"
 
+# The verbs the API server puts on resource requests (the eight an audit
+# policy names; proxy and connect are rare) and on non-resource requests (the
+# lower-cased HTTP method).
+RESOURCE_VERBS = (
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+)
+NON_RESOURCE_VERBS = ("get", "post", "put", "patch", "delete", "head", "options")
+
 
 @dataclass(frozen=True)
 class Resource:

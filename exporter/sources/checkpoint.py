@@ -22,12 +22,16 @@ new one, never half of one::
       "offset": 5242880,
       "line": 10240,
       "rotated_done": "2024-05-01T10-00-00.000",
+      "seq": 1042,
       "updated": "2024-05-01T10:00:07.250Z"
     }
 
 ``offset`` is in uncompressed bytes and always at a line boundary; ``line`` is
 the number of lines before it (null when the source started at the end of a
-file it had not read). ``rotated_done`` is the timestamp of the newest rotated
+file it had not read). ``seq`` counts the batches the pipeline took, across
+restarts: of two checkpoints (this file, and the mark the Loki spool keeps
+with each batch) the one with the higher ``seq`` is the later; it is 0 in a
+file written before it existed. ``rotated_done`` is the timestamp of the newest rotated
 file known to be finished: when the file itself cannot be found again, every
 rotated file newer than that is still unread.
 """
@@ -87,6 +91,7 @@ class Checkpoint:
     path: str
     position: Position
     rotated_done: str | None
+    seq: int = 0
 
 
 def dump(ck: Checkpoint, now: float | None = None) -> bytes:
@@ -103,6 +108,7 @@ def dump(ck: Checkpoint, now: float | None = None) -> bytes:
         "offset": p.offset,
         "line": p.line,
         "rotated_done": ck.rotated_done,
+        "seq": ck.seq,
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
         + f".{int(wall * 1000) % 1000:03d}Z",
     }
@@ -138,6 +144,7 @@ def parse(data: bytes) -> Checkpoint:
         path=_str(doc, "path"),
         position=position,
         rotated_done=None if rotated_done is None else _str(doc, "rotated_done"),
+        seq=0 if doc.get("seq") is None else _int(doc, "seq"),
     )
 
 

@@ -8,6 +8,13 @@ removes the uncompressed one. The log is the durable buffer (see DESIGN.md):
 the checkpoint moves only past batches the pipeline took, so after a crash
 or a refused batch the same lines are read again, never skipped.
 
+Exactly once across kill -9: each batch goes to the pipeline with a mark,
+the checkpoint just after it. The Loki spool appends the mark in the same
+write as the batch; without Loki, the pipeline has the checkpoint file
+saved (fsync, rename) before the metrics count the batch. On restart the
+tailer resumes from the later (higher ``seq``) of the checkpoint file and
+the spool's last mark, so no batch that was counted is read again.
+
 Following it:
 
 - The open file is known by ``(st_dev, st_ino)`` and the first bytes it holds
@@ -49,7 +56,7 @@ from ..event import AuditEvent, Batch, Decoder, InvalidEvent
 from ..gzstream import GzipStream
 from ..logs import RateLimitedLog
 from ..metrics import PREFIX, AuditMetrics
-from ..pipeline import Pipeline
+from ..pipeline import Mark, Pipeline
 from . import checkpoint as ckpt
 from .checkpoint import FINGERPRINT_BYTES, Checkpoint, CheckpointError, Position, fingerprint
 
@@ -289,15 +296,18 @@ class _File:
         self.skip_silent = False
         self.head = os.pread(self.fd, FINGERPRINT_BYTES, 0) if self.fd is not None else b""
 
-    def position(self) -> Position:
+    def position(self, offset: int | None = None, line: int | None = None) -> Position:
+        """Where the pipeline's taking stands, or ``offset`` and ``line``."""
+        if offset is None:
+            offset, line = self.committed, self.committed_line
         return Position(
             file=self.name,
             dev=self.dev,
             ino=self.ino,
             fingerprint=fingerprint(self.head),
             fingerprint_bytes=len(self.head),
-            offset=self.committed,
-            line=self.committed_line,
+            offset=offset,
+            line=line,
         )
 
     def close(self) -> None:
@@ -342,7 +352,10 @@ class LogFileSource:
         checkpoint_interval: float = 5.0,
         batch_lines: int = 1000,
         clock: Callable[[], float] = time.monotonic,
+        resume_mark: bytes | None = None,
     ) -> None:
+        """``resume_mark`` is the last mark the pipeline's sinks kept (the
+        Loki spool's), resumed from when it is later than the checkpoint."""
         if start_at not in START_AT:
             raise ValueError(f"start_at: must be one of {', '.join(START_AT)}, not {start_at!r}")
         if batch_lines < 1:
@@ -363,7 +376,7 @@ class LogFileSource:
         self.clock = clock
 
         self._lock = threading.Lock()  # one poll at a time
-        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -383,12 +396,16 @@ class LogFileSource:
         self._committed: Checkpoint | None = None
         self._written: Checkpoint | None = None
         self._written_at = 0.0
+        # Batches the pipeline took, across restarts (Checkpoint.seq).
+        self._seq = 0
         self._last_checkpoint = clock()
         self._errors = dict.fromkeys(ERROR_OPERATIONS, 0)
         self._errors_lock = threading.Lock()
         self._read_failed = False
         if start_at == "checkpoint" and checkpoint_file:
-            self._resume_from = self._load_checkpoint(checkpoint_file)
+            self._resume_from = self._later(self._load_checkpoint(checkpoint_file), resume_mark)
+            if self._resume_from is not None:
+                self._seq = self._resume_from.seq
         metrics.add_state(self._collect)
 
     # --- public API -------------------------------------------------------
@@ -624,7 +641,7 @@ class LogFileSource:
         if not items.inputs:
             self._commit(f, offset, line)
             return 0
-        if not self._process(items, f.name):
+        if not self._process(items, f, offset, line):
             self._pending = _Pending(f, items, offset, line)
             return None
         self._commit(f, offset, line)
@@ -633,15 +650,22 @@ class LogFileSource:
     def _retry(self) -> int | None:
         pending = self._pending
         assert pending is not None
-        if not self._process(pending.items, pending.file.name):
+        if not self._process(pending.items, pending.file, pending.offset, pending.line):
             return None
         self._pending = None
         self._commit(pending.file, pending.offset, pending.line)
         return pending.items.inputs
 
-    def _process(self, items: Batch, context: str) -> bool:
+    def _process(self, items: Batch, f: _File, offset: int, line: int | None) -> bool:
+        """Hand ``items``, the lines of f before ``offset``, to the pipeline
+        with the checkpoint after them as the batch's mark."""
+        context = f.name
+        mark = None
+        if self.checkpoint_file:
+            after = Checkpoint(self.path, f.position(offset, line), self._done_key, self._seq + 1)
+            mark = Mark(ckpt.dump(after), lambda: self._save(after))
         try:
-            return not self.pipeline.process(items, SOURCE, context=context).refused
+            taken = not self.pipeline.process(items, SOURCE, context=context, mark=mark).refused
         except Exception as e:
             # Retried as a refusal: the log keeps the events until it works.
             self._error("process")
@@ -649,6 +673,9 @@ class LogFileSource:
                 "the pipeline failed on a batch, retrying it", file=context, error=_describe(e)
             )
             return False
+        if taken:
+            self._seq += 1
+        return taken
 
     def _commit(self, f: _File, offset: int, line: int | None) -> None:
         f.committed = offset
@@ -656,7 +683,7 @@ class LogFileSource:
         if f.fd is not None and len(f.head) < FINGERPRINT_BYTES and f.live and not f.final:
             with contextlib.suppress(OSError):
                 f.head_unchanged()  # grow the fingerprint with the file
-        self._committed = Checkpoint(self.path, f.position(), self._done_key)
+        self._committed = Checkpoint(self.path, f.position(), self._done_key, self._seq)
 
     # --- moving between files ---------------------------------------------------
 
@@ -830,6 +857,25 @@ class LogFileSource:
             return None
         return ck
 
+    def _later(self, ck: Checkpoint | None, mark: bytes | None) -> Checkpoint | None:
+        """The later of the checkpoint file's ``ck`` and the sinks' ``mark``."""
+        if mark is None:
+            return ck
+        try:
+            kept = ckpt.parse(mark)
+        except CheckpointError as e:
+            log.warning("ignoring a damaged mark in the spool", extra={"error": str(e)})
+            return ck
+        if os.path.abspath(kept.path) != self.path:
+            return ck  # the spool's mark is from another log file
+        if ck is not None and ck.seq >= kept.seq:
+            return ck
+        log.info(
+            "resuming from the spool's mark, later than the checkpoint file",
+            extra={"seq": kept.seq, "checkpoint_seq": ck.seq if ck is not None else None},
+        )
+        return kept
+
     def _start_fresh(self, *, at_end: bool) -> bool:
         try:
             live = self._open_live()
@@ -946,6 +992,13 @@ class LogFileSource:
                 return False  # nothing found yet: keep what is there
             if not force and ck == self._written:
                 return True
+            return self._save(ck)
+
+    def _save(self, ck: Checkpoint) -> bool:
+        """Write ``ck`` to the checkpoint file, durably; False (counted and
+        logged) when that failed."""
+        assert self.checkpoint_file
+        with self._checkpoint_lock:
             try:
                 ckpt.save(self.checkpoint_file, ck)
             except OSError as e:

@@ -16,6 +16,7 @@ code   when
 404    another path
 405    another method on the webhook path (``Allow: POST``)
 408    the request was not received within the read timeout
+431    a request line or header field over ``max_header_bytes``
 411    neither Content-Length nor ``Transfer-Encoding: chunked``
 413    the body is over ``max_body_bytes`` (refused from Content-Length without
        reading the body; a chunked body is read up to the limit)
@@ -30,29 +31,29 @@ code   when
 Every answer is counted in ``kube_audit_webhook_requests_total{code}``. A
 refusal that leaves the request body unread closes the connection. Refusals
 are logged at a bounded rate, with the peer and the reason, never the body.
+
+The transport is exporter/httpserver.py's asynchronous server; decoding and
+the pipeline (CPU work, the spool's fsync) run on a pool of ``workers``
+threads, so the event loop never waits for them.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 import re
-import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
+from aiohttp import web
 
 from ..event import Decoder, InvalidEvent
-from ..httpserver import (
-    DEFAULT_TLS_RELOAD_INTERVAL,
-    HTTPServer,
-    ReloadingTLSContext,
-    RequestHandler,
-)
+from ..httpserver import Connection, HTTPServer, Limits
 from ..logs import RateLimitedLog
-from ..metrics import AuditMetrics
+from ..metrics import AuditMetrics, HTTPMetrics
 from ..pipeline import BatchResult, Pipeline
+from ..tlsreload import DEFAULT_TLS_RELOAD_INTERVAL, ReloadingTLSContext
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,11 @@ SOURCE = "webhook"
 # The API server's webhook client (client-go's rest client, see checkWait in
 # rest/request.go) sends a 429/5xx request again after Retry-After seconds.
 RETRY_AFTER_SECONDS = 5
-READ_CHUNK = 1 << 20
-MAX_CHUNK_LINE = 4096
 # Pre-initialised so the series exist at zero (the others appear when used).
 KNOWN_CODES = ("200", "400", "404", "405", "408", "411", "413", "415", "500", "503")
+DEFAULT_WORKERS = 2
 
 _DIGITS = re.compile(r"[0-9]+")
-_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 class _Refusal(Exception):
@@ -80,13 +79,18 @@ class _Refusal(Exception):
         *,
         close: bool = False,
         headers: dict[str, str] | None = None,
+        cut: str | None = None,
     ) -> None:
+        """``cut``: the HTTP layer's reason for the connection closed with
+        this answer (exporter.metrics.HTTP_CUT_REASONS), when it counts as one."""
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.message = message
         self.close = close
         self.headers = headers or {}
+        self.cut = cut
+        self.counted = False  # in webhook_requests_total already
 
 
 class _ClientGone(Exception):
@@ -100,7 +104,9 @@ class WebhookServer:
     files fail at start-up (ValueError or OSError). ``client_ca_file`` makes a
     client certificate signed by that CA mandatory; the certificate, key and
     CA are reloaded when they change on disk (checked at most every
-    ``tls_reload_interval`` seconds).
+    ``tls_reload_interval`` seconds). The connection limits and deadlines are
+    those of :class:`~exporter.httpserver.Limits`; ``workers`` threads run
+    the pipeline.
     """
 
     def __init__(
@@ -116,14 +122,24 @@ class WebhookServer:
         client_ca_file: str | None,
         insecure: bool,
         max_body_bytes: int = 64 << 20,
-        read_timeout: float = 30.0,
-        max_connections: int = 64,
+        read_timeout: float = Limits.read_timeout,
+        max_connections: int = Limits.max_connections,
+        handshake_timeout: float = Limits.handshake_timeout,
+        header_timeout: float = Limits.header_timeout,
+        idle_timeout: float = Limits.idle_timeout,
+        max_header_bytes: int = Limits.max_header_bytes,
+        workers: int = DEFAULT_WORKERS,
         tls_reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL,
+        http_metrics: HTTPMetrics | None = None,
     ) -> None:
+        """``http_metrics``: the process's HTTP families (kept unregistered
+        when not given)."""
         if not path.startswith("/"):
             raise ValueError(f"webhook.path: must start with '/', got {path!r}")
         if max_body_bytes < 1:
             raise ValueError("webhook.max_body_bytes: must be > 0")
+        if workers < 1:
+            raise ValueError("webhook.workers: must be >= 1")
         tls: ReloadingTLSContext | None = None
         if insecure:
             if tls_cert_file or tls_key_file or client_ca_file:
@@ -156,15 +172,33 @@ class WebhookServer:
         with metrics.lock:
             for code in KNOWN_CODES:
                 metrics.webhook_requests.init((code,))
+        limits = Limits(
+            max_connections=max_connections,
+            handshake_timeout=handshake_timeout,
+            header_timeout=header_timeout,
+            read_timeout=read_timeout,
+            idle_timeout=idle_timeout,
+            max_header_bytes=max_header_bytes,
+        )
+        http_metrics = http_metrics or HTTPMetrics()
+        if tls is not None:
+            served = tls
+            http_metrics.add_certificates(
+                lambda: (
+                    ("serving", served.serving_not_after),
+                    ("client", served.client_not_after()),
+                )
+            )
         self._server = HTTPServer(
             listen_address,
-            functools.partial(_WebhookHandler, webhook=self),
+            self,
             name="webhook",
+            metrics=http_metrics,
             tls=tls,
-            max_connections=max_connections,
-            read_timeout=read_timeout,
+            limits=limits,
             on_handshake_failure=self._handshake_failed,
         )
+        self._workers = ThreadPoolExecutor(workers, thread_name_prefix="webhook-pipeline")
 
     def _handshake_failed(self, reason: str) -> None:
         # OpenSSL reason codes are a fixed set: a bounded label
@@ -185,77 +219,57 @@ class WebhookServer:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, let batches in flight finish (up to ``timeout``)."""
         self._server.shutdown(timeout)
+        self._workers.shutdown(wait=True)
 
     def count(self, code: int) -> None:
         with self.metrics.lock:
             self.metrics.webhook_requests.inc((str(code),))
 
+    # --- the endpoint -----------------------------------------------------------
 
-class _WebhookHandler(RequestHandler):
-    def __init__(
-        self,
-        request: socket.socket,
-        client_address: Any,
-        server: HTTPServer,
-        *,
-        webhook: WebhookServer,
-    ) -> None:
-        self.webhook = webhook
-        self.body_read = False
-        super().__init__(request, client_address, server)
-
-    def on_response(self, code: int) -> None:
-        self.webhook.count(code)
-
-    # --- routing ---------------------------------------------------------------
-
-    def route(self) -> None:
-        self.body_read = False
+    async def handle(self, request: web.BaseRequest, conn: Connection) -> web.StreamResponse:
         try:
-            length = self._precheck()
-            body = self._read_body(length)
-            result = self._process(body)
+            length = self._precheck(request)
+            body = await self._read_body(request, length, conn)
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._workers, self._run_batch, body, conn.peer
+            )
         except _Refusal as r:
-            self._refuse(r)
-            return
+            return self._refuse(r, request, conn)
         except _ClientGone:
-            log.debug("webhook client closed before sending its body", extra={"peer": self.peer})
-            self.close_connection = True
-            return
-        self._answer(
+            log.debug("webhook client closed before sending its body", extra={"peer": conn.peer})
+            raise ConnectionResetError("the client went away") from None
+        return self._answer(
             200,
             {
                 "accepted": result.accepted,
                 "duplicates": result.duplicates,
                 "invalid": result.invalid,
             },
+            counted=True,
         )
 
-    def handle_expect_100(self) -> bool:
-        # Refuse before the client sends the body, not after.
-        self.body_read = False
-        try:
-            self._precheck()
-        except _Refusal as r:
-            self._refuse(r)
-            return False
-        return super().handle_expect_100()
+    def refuse(self, status: int, reason: str, message: str, peer: str) -> web.StreamResponse:
+        self.refused_log.warning(
+            "webhook request refused", peer=peer, code=status, reason=reason, error=message
+        )
+        return self._answer(status, {"error": reason, "message": message})
 
-    def _precheck(self) -> int | None:
+    def _precheck(self, request: web.BaseRequest) -> int | None:
         """Everything that can be refused from the request head. Returns the
         Content-Length, or None for a chunked body."""
-        if urlsplit(self.path).path != self.webhook.path:
+        if request.path != self.path:
             raise _Refusal(404, "not_found", "no such path", close=True)
-        if self.command != "POST":
+        if request.method != "POST":
             raise _Refusal(
                 405, "method_not_allowed", "use POST", close=True, headers={"Allow": "POST"}
             )
-        if self.headers.get_content_type() != "application/json":
+        if request.content_type != "application/json":
             raise _Refusal(
                 415, "unsupported_media_type", "Content-Type must be application/json", close=True
             )
-        encodings = self.headers.get_all("Transfer-Encoding") or []
-        lengths = self.headers.get_all("Content-Length") or []
+        encodings = request.headers.getall("Transfer-Encoding", [])
+        lengths = request.headers.getall("Content-Length", [])
         if encodings:
             if lengths:
                 # Both framings at once is how requests are smuggled; refuse.
@@ -277,83 +291,85 @@ class _WebhookHandler(RequestHandler):
         if values or not _DIGITS.fullmatch(text):
             raise _Refusal(400, "bad_framing", "invalid Content-Length", close=True)
         length = int(text)
-        if length > self.webhook.max_body_bytes:
-            raise _Refusal(
-                413,
-                "too_large",
-                f"the body is over the {self.webhook.max_body_bytes} byte limit",
-                close=True,
-            )
+        if length > self.max_body_bytes:
+            raise self._too_large()
         return length
+
+    def _too_large(self) -> _Refusal:
+        return _Refusal(
+            413,
+            "too_large",
+            f"the body is over the {self.max_body_bytes} byte limit",
+            close=True,
+            cut="body_too_large",
+        )
 
     # --- body ------------------------------------------------------------------
 
-    def _read_body(self, length: int | None) -> bytes:
-        try:
-            body = self._read_chunked() if length is None else self._read_exact(length)
-        except TimeoutError:
-            raise _Refusal(
-                408, "timeout", "the request was not received in time", close=True
-            ) from None
-        self.body_read = True
-        return body
-
-    def _read_exact(self, length: int) -> bytes:
-        chunks = []
-        remaining = length
-        while remaining > 0:
-            # Read in slices: only what actually arrives is allocated.
-            data = self.rfile.read(min(remaining, READ_CHUNK))
-            if not data:
-                raise _ClientGone
-            chunks.append(data)
-            remaining -= len(data)
-        return b"".join(chunks)
-
-    def _read_chunked(self) -> bytes:
-        limit = self.webhook.max_body_bytes
+    async def _read_body(
+        self, request: web.BaseRequest, length: int | None, conn: Connection
+    ) -> bytes:
+        """The body, read before the request's deadline; a chunked body only up
+        to the limit."""
         chunks = []
         total = 0
-        while True:
-            line = self._read_line()
-            size_text = line.split(b";", 1)[0].strip()
-            if not _HEX.fullmatch(size_text.decode("latin-1")):
-                raise _Refusal(400, "bad_framing", "invalid chunk size", close=True)
-            size = int(size_text, 16)
-            if size == 0:
-                break
-            total += size
-            if total > limit:
-                raise _Refusal(
-                    413, "too_large", f"the body is over the {limit} byte limit", close=True
-                )
-            chunks.append(self._read_exact(size))
-            if self._read_line() != b"":
-                raise _Refusal(400, "bad_framing", "chunk not followed by CRLF", close=True)
-        while self._read_line() != b"":
-            pass  # trailer fields, ignored
+        try:
+            async with asyncio.timeout_at(conn.deadline):
+                if request.headers.get("Expect", "").lower() == "100-continue":
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                    if total > self.max_body_bytes:
+                        raise self._too_large()
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _Refusal(
+                408,
+                "timeout",
+                "the request was not received in time",
+                close=True,
+                cut="body_timeout",
+            ) from None
+        except _Refusal:
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            raise _ClientGone from None
+        except Exception as e:  # the parser refused the body's framing
+            if request.protocol.transport is None:
+                raise _ClientGone from None
+            log.debug("invalid chunked body", extra={"peer": conn.peer, "error": type(e).__name__})
+            raise _Refusal(
+                400, "bad_framing", "invalid chunked body", close=True, cut="bad_request"
+            ) from None
+        if length is not None and total < length:
+            raise _ClientGone
         return b"".join(chunks)
 
-    def _read_line(self) -> bytes:
-        line = self.rfile.readline(MAX_CHUNK_LINE + 1)
-        if not line:
-            raise _ClientGone
-        if len(line) > MAX_CHUNK_LINE or not line.endswith(b"\n"):
-            raise _Refusal(400, "bad_framing", "chunk line too long", close=True)
-        return line.rstrip(b"\r\n")
+    # --- processing (in a worker thread) ----------------------------------------
 
-    # --- processing ------------------------------------------------------------
+    def _run_batch(self, body: bytes, peer: str) -> BatchResult:
+        """:meth:`_process` and the count of its answer, in a worker thread:
+        the metrics lock, held by workers for a batch at a time, is never
+        waited for on the event loop."""
+        try:
+            result = self._process(body, peer)
+        except _Refusal as r:
+            self.count(r.code)
+            r.counted = True
+            raise
+        self.count(200)
+        return result
 
-    def _process(self, body: bytes) -> BatchResult:
+    def _process(self, body: bytes, peer: str) -> BatchResult:
         if not body.strip():
             raise _Refusal(400, "empty_body", "the body is empty")
-        webhook = self.webhook
         try:
-            result = webhook.pipeline.process(
-                webhook.decoder.decode_document(body), SOURCE, context=self.peer
-            )
+            result = self.pipeline.process(self.decoder.decode_document(body), SOURCE, context=peer)
         except Exception:
-            log.exception("webhook batch failed", extra={"peer": self.peer})
+            log.exception("webhook batch failed", extra={"peer": peer})
             raise _Refusal(500, "internal_error", "the batch could not be processed") from None
         if result.refused:
             raise _Refusal(
@@ -373,23 +389,23 @@ class _WebhookHandler(RequestHandler):
 
     # --- answers ---------------------------------------------------------------
 
-    def _refuse(self, r: _Refusal) -> None:
-        if r.close and r.code != 408 and not self.body_read and self._has_body():
-            # The client may still be sending the body we did not read.
-            self.linger = True
-        self.webhook.refused_log.warning(
+    def _refuse(self, r: _Refusal, request: web.BaseRequest, conn: Connection) -> web.Response:
+        if r.cut is not None:
+            conn.count(r.cut)
+        self.refused_log.warning(
             "webhook request refused",
-            peer=self.peer,
-            method=self.command,
-            path=self.path[:200],
+            peer=conn.peer,
+            method=request.method,
+            path=request.raw_path[:200],
             code=r.code,
             reason=r.reason,
         )
-        self._answer(r.code, {"error": r.reason, "message": r.message}, r.headers, close=r.close)
-
-    def _has_body(self) -> bool:
-        length = self.headers.get("Content-Length", "0").strip()
-        return "Transfer-Encoding" in self.headers or length != "0"
+        response = self._answer(
+            r.code, {"error": r.reason, "message": r.message}, r.headers, counted=r.counted
+        )
+        if r.close:
+            response.force_close()
+        return response
 
     def _answer(
         self,
@@ -397,15 +413,13 @@ class _WebhookHandler(RequestHandler):
         doc: dict[str, Any],
         headers: dict[str, str] | None = None,
         *,
-        close: bool = False,
-    ) -> None:
-        self.respond(
-            code,
-            orjson.dumps(doc) + b"\n",
-            "application/json",
-            headers=headers,
-            close=close,
-        )
+        counted: bool = False,
+    ) -> web.Response:
+        if not counted:
+            self.count(code)
+        response = web.Response(status=code, body=orjson.dumps(doc) + b"\n", headers=headers)
+        response.headers["Content-Type"] = "application/json"
+        return response
 
 
 def _body_refused(result: BatchResult) -> bool:

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
-import http.client
 import importlib.util
 import ipaddress
 import json
 import os
-import socket
-import ssl
+import re
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,10 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.x509 import verification
 from helm_python import _native
-
-from .conftest import Process, free_port, poll
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kube-audit-exporter"
@@ -101,6 +95,22 @@ def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
             continue
         out.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return out
+
+
+def merged(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
+    """Helm's merge of values files: maps merge key by key, the rest replaces."""
+    out = copy.deepcopy(base)
+    for override in overrides:
+        for key, value in override.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+# the least a webhook install needs: how the API server reaches it
+DEFAULT = scenario_values("webhook-default")
 
 
 @cache
@@ -225,7 +235,12 @@ def test_custom_resources_match_their_crds(scenario: str) -> None:
             validate_crd_object(obj)
     values = scenario_values(scenario)
     if values.get("webhook", {}).get("tls", {}).get("source") == "certManager":
-        assert len(find(objs, "Certificate")) == 2
+        certs = {c["spec"]["usages"][0]: c["spec"] for c in find(objs, "Certificate")}
+        assert set(certs) == {"server auth", "client auth"}  # separate usages
+        assert (certs["server auth"]["duration"], certs["client auth"]["duration"]) == (
+            "2160h",
+            "8760h",
+        )  # the client certificate is copied by hand: longer
 
 
 def test_crd_check_catches_a_missing_required_field() -> None:
@@ -318,6 +333,199 @@ def test_logfile_daemonset_runs_on_control_plane_nodes_only() -> None:
     assert ("node-role.kubernetes.io/control-plane", "NoSchedule") in tolerated
 
 
+def scraped_job(objs: Any) -> str:
+    """The job label prometheus-operator gives the ServiceMonitor's targets:
+    the Service's `jobLabel` label (else its name), then the endpoint's
+    relabelings (those the chart writes: replace with a fixed replacement)."""
+    sm = one(objs, "ServiceMonitor")
+    selector = sm["spec"]["selector"]["matchLabels"]
+    [svc] = [s for s in find(objs, "Service") if _matches(selector, s["metadata"]["labels"])]
+    job: str = svc["metadata"]["labels"].get(
+        sm["spec"].get("jobLabel", ""), svc["metadata"]["name"]
+    )
+    for rule in sm["spec"]["endpoints"][0].get("relabelings", []):
+        if rule["targetLabel"] == "job" and not rule.get("sourceLabels"):
+            assert rule.get("action", "replace") == "replace"
+            job = rule["replacement"]
+    return job
+
+
+@pytest.mark.parametrize(
+    "names",
+    [{}, {"nameOverride": "audit"}, {"fullnameOverride": "security-audit"},
+     {"nameOverride": "x", "fullnameOverride": "y"}],
+)  # fmt: skip
+def test_the_shipped_alerts_select_the_job_the_service_monitor_produces(
+    names: dict[str, str],
+) -> None:
+    if not generated("prometheus/*.yaml"):
+        pytest.skip("files/prometheus/*.yaml not generated yet (the mixin's alerts)")
+    values = merged(DEFAULT, names, {"serviceMonitor": {"enabled": True},
+                                     "prometheusRule": {"enabled": True},
+                                     "dashboards": {"enabled": True}})  # fmt: skip
+    objs = objects(render_raw(values))
+    job = scraped_job(objs)
+    rule = one(objs, "PrometheusRule")
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    # the dashboards' queries, as Grafana gets them (their $job variable
+    # offers the values those queries find)
+    for cm in find(objs, "ConfigMap"):
+        if "grafana_dashboard" in cm["metadata"]["labels"]:
+            exprs += [text.replace('\\"', '"') for text in cm["data"].values()]
+    matchers = [
+        (op, value)
+        for expr in exprs
+        for op, value in re.findall(r'\bjob\s*(=~|!~|!=|=)\s*"([^"$]*)"', expr)
+    ]
+    assert len(matchers) > 20, "the alerts and dashboards select no job"
+    for op, value in matchers:
+        assert op in ("=", "=~"), op
+        assert re.fullmatch(value, job) if op == "=~" else value == job, (value, job)
+
+
+def test_logfile_state_on_the_node_is_per_release_and_never_shared_by_two_pods() -> None:
+    """Two releases on the same nodes keep their checkpoints and spools apart,
+    and no update strategy puts a second pod beside the first on a node."""
+
+    def state_path(release: str, namespace: str) -> str:
+        opts = {"name": release, "namespace": namespace, "is_install": True,
+                "kube_version": f"v{KUBE_VERSION}", "api_versions": []}  # fmt: skip
+        out = _native.call_string("helm_render", _chart()._raw(),
+                                  json.dumps({"mode": "logfile"}), json.dumps(opts))  # fmt: skip
+        objs = objects(json.loads(out))
+        ds = one(objs, "DaemonSet")
+        assert "maxSurge" not in ds["spec"]["updateStrategy"].get("rollingUpdate", {})
+        [state] = [v for v in pod_spec(objs)["volumes"] if v["name"] == "state"]
+        path: str = state["hostPath"]["path"]
+        return path
+
+    paths = {state_path("audit", "kube-audit"), state_path("audit2", "kube-audit"),
+             state_path("audit", "security")}  # fmt: skip
+    assert len(paths) == 3, paths
+    assert all(p.startswith("/var/lib/kube-audit-exporter/") for p in paths)
+    surge = {"mode": "logfile", "logfile": {"updateStrategy": {"rollingUpdate": {"maxSurge": 1}}}}
+    with pytest.raises(helm.HelmValuesError) as e:
+        _chart().validate_schema(surge)
+    assert "maxSurge" in str(e.value)
+
+
+def test_every_scenario_renders_the_same_twice(scenario: str) -> None:
+    """GitOps tools (Argo CD, Flux) render with `helm template` on every sync:
+    any difference between two renders is a change they apply."""
+    values = scenario_values(scenario)
+    assert render_raw(values, MONITORING) == render_raw(values, MONITORING)
+
+
+@pytest.mark.parametrize("override", ["nameOverride", "fullnameOverride"])
+def test_long_names_never_make_two_objects_of_a_kind_share_a_name(override: str) -> None:
+    values = merged(scenario_values("everything"), {override: "a" * 70})
+    objs = objects(render_raw(values))
+    names = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert len(names) == len(set(names)), sorted(names)
+    assert all(len(n) <= 63 for _, n in names), [n for _, n in names if len(n) > 63]
+    services = [n for k, n in names if k == "Service"]
+    assert len(services) == 2 and services[0] != services[1]
+
+
+def _readme_install_values(readme: Path) -> dict[str, Any]:
+    """The values of the first `helm install` in a README, from its --set
+    arguments (the forms used there: a.b=value and a.b={x,y})."""
+    text = readme.read_text()
+    start = text.index("\nhelm install ")
+    command = text[start : text.index("```", start)].replace("\\\n", " ")
+    values: dict[str, Any] = {}
+    for arg in re.findall(r"--set\s+(\S+)", command):
+        key, _, raw = arg.replace("'", "").partition("=")
+        value: Any = raw
+        if raw.startswith("{"):
+            value = [int(v) if v.isdigit() else v for v in raw.strip("{}").split(",")]
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return values
+
+
+@pytest.mark.parametrize("readme", ["helm/kube-audit-exporter/README.md", "README.md"])
+def test_the_readme_install_command_renders_and_lets_loki_through(readme: str) -> None:
+    """The Loki gateway's Service maps 80 to its pods' 8080; the install
+    command the README gives must open 8080, not 80, in the NetworkPolicy."""
+    values = _readme_install_values(ROOT / readme)
+    assert values["loki"]["url"].startswith("http://loki-gateway.")
+    np = one(objects(render_raw(values)), "NetworkPolicy")
+    ports = {p["port"] for rule in np["spec"]["egress"] for p in rule.get("ports", [])}
+    assert 8080 in ports
+
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}  # fmt: skip
+
+
+def pod_security_violations(spec: dict[str, Any]) -> list[str]:
+    """What the Pod Security Standards' `restricted` level refuses in a pod
+    spec (the checks that apply to what the chart renders)."""
+    out = []
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            out.append(flag)
+    for v in spec["volumes"]:
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            out.append(f"volume {v['name']}: {sorted(kinds)}")
+    pod_sc = spec.get("securityContext", {})
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c.get("securityContext", {})
+        if sc.get("privileged") or sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{c['name']}: privilege escalation")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            out.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            out.append(f"{c['name']}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{c['name']}: seccomp")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{c['name']}: capabilities")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{c['name']}: hostPort")
+    return out
+
+
+def test_pod_security_levels_are_as_documented(scenario: str) -> None:
+    """Webhook mode (and the certgen Job) fit `restricted`; logfile mode needs
+    `privileged`, as NOTES and the README say, because of its hostPath."""
+    objs = rendered_scenario(scenario)
+    pods = [w["spec"]["template"]["spec"] for w in find(objs, "Job")]
+    violations = pod_security_violations(pod_spec(objs))
+    for spec in pods:
+        assert pod_security_violations(spec) == []
+    if workload(objs)["kind"] == "Deployment":
+        assert violations == []
+    else:
+        assert any("hostPath" in v for v in violations)
+
+
+def test_probes_drain_and_requests() -> None:
+    objs = rendered_scenario("webhook-default")
+    [container] = pod_spec(objs)["containers"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert (
+        container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+        >= 60
+    )
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert container["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    tuned = merged(DEFAULT, {"probes": {"liveness": {"periodSeconds": 30}},
+                             "preStopSleepSeconds": 0})  # fmt: skip
+    [container] = pod_spec(objects(render_raw(tuned)))["containers"]
+    assert container["livenessProbe"]["periodSeconds"] == 30
+    assert container["livenessProbe"]["failureThreshold"] == 6
+    assert "lifecycle" not in container
+
+
 # --- integrations -------------------------------------------------------------
 
 
@@ -326,17 +534,17 @@ def _kinds(rendered: dict[str, str]) -> set[str]:
 
 
 def test_auto_integrations_follow_the_cluster_capabilities() -> None:
-    without = _kinds(render_raw({}))
+    without = _kinds(render_raw(DEFAULT))
     assert not any(k.startswith(("ServiceMonitor/", "PrometheusRule/")) for k in without)
-    with_crds = _kinds(render_raw({}, MONITORING))
+    with_crds = _kinds(render_raw(DEFAULT, MONITORING))
     assert f"ServiceMonitor/{RELEASE}-kube-audit-exporter" in with_crds
     assert (f"PrometheusRule/{RELEASE}-kube-audit-exporter" in with_crds) == bool(
         generated("prometheus/*.yaml")
     )
     off = {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False},
            "dashboards": {"enabled": False}}  # fmt: skip
-    assert _kinds(render_raw(off, MONITORING)) == without
-    forced = _kinds(render_raw({"serviceMonitor": {"enabled": True}}))
+    assert _kinds(render_raw(merged(DEFAULT, off), MONITORING)) == without
+    forced = _kinds(render_raw(merged(DEFAULT, {"serviceMonitor": {"enabled": True}})))
     assert f"ServiceMonitor/{RELEASE}-kube-audit-exporter" in forced
 
 
@@ -354,10 +562,10 @@ def test_forced_integrations_without_generated_files_fail_clearly(tmp_path: Path
         ]:
             values = {key: {"enabled": True}, "loki": {"url": "http://loki:3100"}}
             with pytest.raises(helm.HelmRenderError, match=r"run `make generate`") as e:
-                bare.render(values, name=RELEASE)
+                bare.render(merged(DEFAULT, values), name=RELEASE)
             assert needle in str(e.value)
         # auto never fails: the integration is skipped
-        bare.render({"loki": {"url": "http://loki:3100"}}, name=RELEASE)
+        bare.render(merged(DEFAULT, {"loki": {"url": "http://loki:3100"}}), name=RELEASE)
 
 
 def test_prometheus_rule_groups_equal_the_generated_alerts() -> None:
@@ -365,7 +573,8 @@ def test_prometheus_rule_groups_equal_the_generated_alerts() -> None:
     if not files:
         pytest.skip("files/prometheus/*.yaml not generated yet (the mixin's alerts)")
     expected = [g for f in files for g in (yaml.safe_load(f.read_text()) or {}).get("groups", [])]
-    rule = one(objects(render_raw({"prometheusRule": {"enabled": True}})), "PrometheusRule")
+    values = merged(DEFAULT, {"prometheusRule": {"enabled": True}})
+    rule = one(objects(render_raw(values)), "PrometheusRule")
     assert rule["spec"]["groups"] == expected
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     validate_crd_object(rule)
@@ -379,7 +588,7 @@ def test_dashboards_and_loki_rules_wrap_the_generated_files() -> None:
     values = {"loki": {"url": "http://loki:3100"}}
     if dashboards:
         values["dashboards"] = {"enabled": True}
-    objs = objects(render_raw(values))
+    objs = objects(render_raw(merged(DEFAULT, values)))
     cms = {o["metadata"]["name"]: o for o in find(objs, "ConfigMap")}
     for path in dashboards:
         [cm] = [c for c in cms.values() if path.name in c.get("data", {})]
@@ -531,10 +740,21 @@ def test_check_config_notices_a_file_no_mount_provides(tmp_path: Path) -> None:
 # --- the API server's kubeconfig and the chart-made certificates --------------
 
 
-def kubeconfig(objs: Any) -> dict[str, Any]:
-    secret = one(objs, "Secret", f"{RELEASE}-kube-audit-exporter-apiserver")
-    config: dict[str, Any] = yaml.safe_load(base64.b64decode(secret["data"]["webhook.kubeconfig"]))
-    return config
+def api_server_url(objs: Any) -> str:
+    """The URL the API server's kubeconfig names: in the rendered Secret, or
+    (source generate) in the spec the certgen Job writes it from."""
+    for secret in find(objs, "Secret", f"{RELEASE}-kube-audit-exporter-apiserver"):
+        config = yaml.safe_load(base64.b64decode(secret["data"]["webhook.kubeconfig"]))
+        assert config["kind"] == "Config"
+        context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+        server: str = cluster["cluster"]["server"]
+        return server
+    spec = json.loads(
+        one(objs, "ConfigMap", f"{RELEASE}-kube-audit-exporter-certgen")["data"]["spec.json"]
+    )
+    url: str = spec["server"]
+    return url
 
 
 def _b64pem(data: str) -> x509.Certificate:
@@ -555,11 +775,7 @@ WEBHOOK_SCENARIOS = [s for s in SCENARIOS if scenario_values(s).get("mode", "web
 def test_kubeconfig_points_at_the_webhook_service(name: str) -> None:
     needs_generated_files(name)
     objs = rendered_scenario(name)
-    config = kubeconfig(objs)
-    assert config["kind"] == "Config"
-    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
-    cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
-    server = urlsplit(cluster["cluster"]["server"])
+    server = urlsplit(api_server_url(objs))
     assert server.scheme == "https"
     assert server.path == exporter_config(objs)["webhook"]["path"]
     svc = one(objs, "Service", f"{RELEASE}-kube-audit-exporter")
@@ -574,210 +790,39 @@ def test_kubeconfig_points_at_the_webhook_service(name: str) -> None:
     if svc["spec"]["type"] == "NodePort":
         assert server.port == port["nodePort"]
         assert server.hostname == (host_override or "127.0.0.1")
-    elif svc["spec"].get("clusterIP"):
-        assert (server.hostname, server.port) == (svc["spec"]["clusterIP"], port["port"])
     else:
-        name_ = svc["metadata"]["name"]
-        assert (server.hostname, server.port) == (f"{name_}.{NAMESPACE}.svc", port["port"])
+        assert server.port == port["port"]
+        assert server.hostname == (host_override or svc["spec"]["clusterIP"])
+    assert_certificate_names(objs, server.hostname)
+
+
+def assert_certificate_names(objs: Any, host: str | None) -> None:
+    """A cert-manager serving Certificate names the host the API server
+    connects to (source generate: the certgen spec; test_helm_certgen checks
+    the certificate the Job makes from it)."""
+    names: list[str] = []
     for cert in find(objs, "Certificate"):
         if cert["spec"]["secretName"] == f"{RELEASE}-kube-audit-exporter-tls":
-            assert server.hostname in cert["spec"].get("ipAddresses", []) + cert["spec"]["dnsNames"]
+            names = cert["spec"].get("ipAddresses", []) + cert["spec"]["dnsNames"]
+    for cm in find(objs, "ConfigMap", f"{RELEASE}-kube-audit-exporter-certgen"):
+        spec = json.loads(cm["data"]["spec.json"])
+        names = spec["ipAddresses"] + spec["dnsNames"]
+    if find(objs, "Certificate") or find(objs, "Job"):  # source secret: the user's own
+        assert host in names
 
 
-def _generated_tls_scenarios() -> Iterator[str]:
-    for s in WEBHOOK_SCENARIOS:
-        if (
-            scenario_values(s).get("webhook", {}).get("tls", {}).get("source", "generate")
-            == "generate"
-        ):
-            yield s
-
-
-@pytest.mark.parametrize("name", list(_generated_tls_scenarios()))
-def test_kubeconfig_ca_signed_the_serving_and_client_certificates(name: str) -> None:
-    needs_generated_files(name)
-    objs = rendered_scenario(name)
-    config = kubeconfig(objs)
-    cluster = config["clusters"][0]["cluster"]
-    user = config["users"][0]["user"]
-    ca = _b64pem(cluster["certificate-authority-data"])
-    tls = one(objs, "Secret", f"{RELEASE}-kube-audit-exporter-tls")
-    serving = _b64pem(tls["data"]["tls.crt"])
-    client = _b64pem(user["client-certificate-data"])
-    store = verification.Store([ca])
-    now = datetime.datetime.now(datetime.UTC)
-    host = urlsplit(cluster["server"]).hostname
-    assert host is not None
-    # the chain and the name the API server will check
-    (
-        verification.PolicyBuilder().store(store).time(now)
-        .build_server_verifier(_subject(host)).verify(serving, [])
-    )  # fmt: skip
-    # the exporter verifies the client against the CA it mounts as client-ca.crt
-    assert base64.b64decode(tls["data"]["ca.crt"]) == base64.b64decode(
-        cluster["certificate-authority-data"]
-    )
-    verification.PolicyBuilder().store(store).time(now).build_client_verifier().verify(client, [])
-    # the service's DNS names are in the certificate too, for in-cluster callers
-    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert f"{RELEASE}-kube-audit-exporter.{NAMESPACE}.svc" in sans.get_values_for_type(
-        x509.DNSName
-    )
-
-
-def test_the_exporter_accepts_the_api_server_with_the_rendered_material(tmp_path: Path) -> None:
-    """End to end: the real exporter, started with the rendered configuration
-    and the chart-made certificates, accepts a batch from a client that uses
-    only the rendered kubeconfig (its CA, its client certificate, its server
-    name), and refuses one without the client certificate."""
-    objs = rendered_scenario("webhook-default")
-    root = tmp_path / "pod"
-    materialize_pod_filesystem(objs, root)
-    config = rooted_config(objs, root)
-    web, hook = free_port(), free_port()
-    config["web"]["listen_address"] = f"127.0.0.1:{web}"
-    config["webhook"]["listen_address"] = f"127.0.0.1:{hook}"
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    kc = kubeconfig(objs)
-    cluster, user = kc["clusters"][0]["cluster"], kc["users"][0]["user"]
-    server = urlsplit(cluster["server"])
-    for key, suffix in [("client-certificate-data", "crt"), ("client-key-data", "key")]:
-        (tmp_path / f"client.{suffix}").write_bytes(base64.b64decode(user[key]))
-    exporter = Process(
-        [sys.executable, "-m", "exporter.cli", "run", f"--config.file={path}"], tmp_path / "log"
-    )
-    try:
-        poll(lambda: _get(f"127.0.0.1:{web}", "/readyz") == 200, what="exporter ready",
-             on_timeout=exporter.output)  # fmt: skip
-
-        def post(with_cert: bool) -> int:
-            ctx = ssl.create_default_context(
-                cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
-            )
-            if with_cert:
-                ctx.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
-            return _post_event_list(ctx, hook, server.hostname or "", server.path)
-
-        assert post(with_cert=True) == 200
-        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
-            post(with_cert=False)
-    finally:
-        exporter.stop()
-
-
-def _get(address: str, path: str) -> int:
-    conn = http.client.HTTPConnection(address, timeout=5)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
-def _post_event_list(ctx: ssl.SSLContext, port: int, server_name: str, path: str) -> int:
-    """POST an EventList to 127.0.0.1:port presenting ``server_name`` (SNI and
-    certificate check), as the API server would connect to the Service."""
-    body = json.dumps({
-        "kind": "EventList", "apiVersion": "audit.k8s.io/v1",
-        "items": [{
-            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
-            "auditID": "5f0ae7e1-0000-4000-8000-000000000001", "stage": "ResponseComplete",
-            "requestURI": "/api/v1/namespaces/default/pods", "verb": "list",
-            "user": {"username": "admin", "groups": ["system:masters"]},
-            "sourceIPs": ["10.0.0.1"], "responseStatus": {"code": 200},
-            "objectRef": {"resource": "pods", "namespace": "default", "apiVersion": "v1"},
-            "requestReceivedTimestamp": "2024-05-01T10:00:00.000000Z",
-            "stageTimestamp": "2024-05-01T10:00:00.010000Z",
-        }],
-    }).encode()  # fmt: skip
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.sock = tls
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        status = conn.getresponse().status
-        conn.close()
-        return status
-
-
-class FakeAPIServer:
-    """Just enough of a Kubernetes API server on loopback for Helm's
-    ``lookup``: discovery of v1 and GETs of the Secrets it holds."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-
-        self.secrets: dict[str, dict[str, Any]] = {}
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                prefix = f"/api/v1/namespaces/{NAMESPACE}/secrets/"
-                status, body = 404, {"kind": "Status", "apiVersion": "v1", "code": 404,
-                                     "status": "Failure", "reason": "NotFound"}  # fmt: skip
-                if path == "/api/v1":
-                    status, body = 200, {
-                        "kind": "APIResourceList", "groupVersion": "v1",
-                        "resources": [{"name": "secrets", "singularName": "secret",
-                                       "namespaced": True, "kind": "Secret", "verbs": ["get"]}],
-                    }  # fmt: skip
-                elif path.startswith(prefix) and path[len(prefix) :] in fake.secrets:
-                    status, body = 200, fake.secrets[path[len(prefix) :]]
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.kubeconfig = yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {
-                "server": f"http://127.0.0.1:{self.server.server_port}"}}],
-            "users": [{"name": "fake", "user": {"token": "unused"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        })  # fmt: skip
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_generated_certificates_are_kept_across_upgrades() -> None:
-    """An upgrade keeps the chart-made CA and certificates (Helm's lookup of
-    the release's Secrets, against a fake API server), so the kubeconfig on
-    the control-plane nodes stays valid; a change of the Service's addresses
-    makes them anew, since the old certificate would not name the new one."""
-    api = FakeAPIServer()
-    try:
-        with helm.Config(kubeconfig_content=api.kubeconfig, namespace=NAMESPACE) as cfg:
-
-            def tls_secrets(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-                out = cfg.render(_chart(), values, name=RELEASE, namespace=NAMESPACE,
-                                 is_upgrade=True)  # fmt: skip
-                docs = yaml.safe_load_all(out["kube-audit-exporter/templates/webhook-tls.yaml"])
-                return {d["metadata"]["name"]: d for d in docs if d}
-
-            first = tls_secrets({})
-            assert set(first) == {f"{RELEASE}-kube-audit-exporter-tls",
-                                  f"{RELEASE}-kube-audit-exporter-apiserver"}  # fmt: skip
-            api.secrets.update(first)  # as if installed
-            again = tls_secrets({"podLabels": {"upgraded": "yes"}})
-            for name, secret in first.items():
-                assert again[name]["data"] == secret["data"], name
-            moved = tls_secrets({"webhook": {"service": {"clusterIP": "10.96.200.10"}}})
-            for name, secret in first.items():
-                assert moved[name]["data"]["ca.crt"] != secret["data"]["ca.crt"], name
-    finally:
-        api.close()
+@pytest.mark.parametrize("host", ["audit.cluster.internal", "192.0.2.7", "fd00::7"])
+@pytest.mark.parametrize("source", ["certManager", "generate"])
+def test_the_certificate_names_the_configured_host(source: str, host: str) -> None:
+    tls: dict[str, Any] = {"source": source}
+    if source == "certManager":
+        tls["certManager"] = {"issuerRef": {"name": "ca"}}
+    values = {"webhook": {"apiServer": {"host": host}, "tls": tls}}
+    objs = objects(render_raw(values))
+    assert urlsplit(api_server_url(objs)).hostname == host
+    assert_certificate_names(objs, host)
+    for cert in find(objs, "Certificate"):
+        validate_crd_object(cert)
 
 
 # --- values: descriptions, schema, contradictions -------------------------------
@@ -850,6 +895,19 @@ def test_schema_rejects_invalid_values(values: dict[str, Any], message: str) -> 
 
 
 @pytest.mark.parametrize(
+    "values",
+    [{"spool": {"maxBytes": "2GiB"}}, {"spool": {"maxBytes": "2 gib"}},
+     {"spool": {"maxBytes": "2000MB"}, "state": {"sizeLimit": "2G"}},
+     {"webhook": {"tls": {"clientAuth": {"caSecret": f"{RELEASE}-kube-audit-exporter-tls"}}}},
+     {"webhook": {"tls": {"clientAuth": {"enabled": False, "caSecret": "other"}}}},
+     {"state": {"type": "persistentVolumeClaim", "persistentVolumeClaim": {"existingClaim": "c"}},
+      "replicas": 1, "podDisruptionBudget": {"enabled": False}, "spool": {"maxBytes": "1TiB"}}],
+)  # fmt: skip
+def test_consistent_values_near_the_limits_render(values: dict[str, Any]) -> None:
+    render_raw(merged(DEFAULT, values))
+
+
+@pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"mode": "logfile", "replicas": 3},
@@ -890,11 +948,30 @@ def test_schema_rejects_invalid_values(values: dict[str, Any], message: str) -> 
         ({"config": {"webhook": {"tls_cert_file": "/x"}}},
          "config.webhook.tls_cert_file: the chart sets this key"),
         ({"config": {"spool": {"dir": "/x"}}}, "config.spool.dir: the chart sets this key"),
+        ({"preStopSleepSeconds": 60},
+         "preStopSleepSeconds: 60 is not below terminationGracePeriodSeconds: 60"),
+        ({"webhook": {"tls": {"clientAuth": {"caSecret": "corp-ca"}}}},
+         "webhook.tls.clientAuth.caSecret: corp-ca, but webhook.tls.source generate"),
+        ({"webhook": {"tls": {"clientAuth": {"caKey": "ca.pem"}}}},
+         "webhook.tls.clientAuth.caKey: ca.pem, but with webhook.tls.source generate"),
+        ({"webhook": {"tls": {"validityDays": 30, "certgen": {"renewBeforeDays": 30}}}},
+         "webhook.tls.certgen.renewBeforeDays: 30 is not below webhook.tls.validityDays: 30"),
+        ({"spool": {"maxBytes": "3GiB"}}, "spool.maxBytes: 3GiB exceeds state.sizeLimit: 2Gi"),
+        ({"spool": {"maxBytes": "2.2GB"}, "state": {"sizeLimit": "2Gi"}},
+         "spool.maxBytes: 2.2GB exceeds state.sizeLimit: 2Gi"),
+        ({"spool": {"maxBytes": 600000}, "state": {"sizeLimit": "500k"}},
+         "spool.maxBytes: 600000 exceeds state.sizeLimit: 500k"),
+        ({"mode": "logfile", "state": {"type": "emptyDir", "sizeLimit": "512Mi"}},
+         "spool.maxBytes: 1GiB exceeds state.sizeLimit: 512Mi"),
+        ({"replicas": 1, "podDisruptionBudget": {"enabled": False},
+          "state": {"type": "persistentVolumeClaim", "persistentVolumeClaim": {"size": "1Gi"}},
+          "spool": {"maxBytes": "4GiB"}},
+         "spool.maxBytes: 4GiB exceeds state.persistentVolumeClaim.size: 1Gi"),
     ],
 )  # fmt: skip
 def test_contradictions_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError) as e:
-        render_raw(values)
+        render_raw(merged(DEFAULT, values))
     assert message in str(e.value)
 
 
@@ -913,20 +990,30 @@ def test_network_policy_allows_only_dns_loki_and_alertmanager_out() -> None:
         "loki": {"url": "http://loki-gateway.monitoring"},
         "networkPolicy": {"egressPorts": [8080]},
     }
-    np = one(objects(render_raw(gateway)), "NetworkPolicy")
+    np = one(objects(render_raw(merged(DEFAULT, gateway))), "NetworkPolicy")
     assert [p["port"] for p in np["spec"]["egress"][1]["ports"]] == [8080]
     logfile = one(rendered_scenario("logfile"), "NetworkPolicy")
     assert [p["port"] for r in logfile["spec"]["ingress"] for p in r["ports"]] == ["http-metrics"]
 
 
-def test_notes_explain_reaching_the_webhook_without_cluster_dns() -> None:
-    default = render_raw({})
-    notes = next(v for k, v in default.items() if k.endswith("NOTES.txt"))
-    assert "cannot resolve" in notes and "webhook.service.clusterIP" in notes
-    assert "kubeadm" in notes and "kind" in notes and "k3s" in notes and "EKS" in notes
-    fixed = render_raw(scenario_values("webhook-certmanager"))
-    notes = next(v for k, v in fixed.items() if k.endswith("NOTES.txt"))
-    assert "fixed ClusterIP 10.96.200.10" in notes and "WARNING" not in notes
+def notes(values: dict[str, Any]) -> str:
+    return next(v for k, v in render_raw(values).items() if k.endswith("NOTES.txt"))
+
+
+def test_a_webhook_install_requires_a_way_for_the_api_server_to_reach_it() -> None:
+    """The API server cannot resolve the Service's DNS name, and a clusterIP
+    cannot be added later: the install refuses to start without the choice,
+    and the message says which values make it."""
+    with pytest.raises(helm.HelmRenderError) as e:
+        render_raw({})
+    for value in ("webhook.service.clusterIP", "webhook.service.type=NodePort",
+                  "webhook.apiServer.host", "cannot resolve"):  # fmt: skip
+        assert value in str(e.value)
+    text = notes(DEFAULT)
+    assert "kubeadm" in text and "kind" in text and "k3s" in text and "EKS" in text
+    assert "fixed ClusterIP 10.96.200.10" in text and "WARNING" not in text
+    assert "webhook.service.clusterIP" not in text  # no advice to change it afterwards
+    render_raw({"mode": "logfile"})  # logfile mode needs no such choice
 
 
 # --- the image --------------------------------------------------------------------

@@ -116,7 +116,7 @@ the integration; a forced `true` fails and says why). */}}
 {{- end }}
 
 {{- define "kube-audit-exporter.metricsServiceName" -}}
-{{- printf "%s-metrics" (include "kube-audit-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "kube-audit-exporter.childName" (list . "metrics") }}
 {{- end }}
 
 {{/* The serving Secret: tls.crt, tls.key and (usually) ca.crt. */}}
@@ -124,7 +124,7 @@ the integration; a forced `true` fails and says why). */}}
 {{- if eq .Values.webhook.tls.source "secret" }}
 {{- .Values.webhook.tls.existingSecret }}
 {{- else }}
-{{- printf "%s-tls" (include "kube-audit-exporter.fullname" .) }}
+{{- include "kube-audit-exporter.childName" (list . "tls") }}
 {{- end }}
 {{- end }}
 
@@ -134,7 +134,7 @@ the integration; a forced `true` fails and says why). */}}
 
 {{/* Secret holding the API server's webhook kubeconfig. */}}
 {{- define "kube-audit-exporter.apiServerSecretName" -}}
-{{- printf "%s-apiserver" (include "kube-audit-exporter.fullname" .) }}
+{{- include "kube-audit-exporter.childName" (list . "apiserver") }}
 {{- end }}
 
 {{/* Service DNS names for the serving certificate, shortest first. */}}
@@ -142,6 +142,9 @@ the integration; a forced `true` fails and says why). */}}
 {{- $svc := include "kube-audit-exporter.webhookServiceName" . }}
 {{- $ns := .Release.Namespace }}
 {{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) }}
+{{- /* the host the API server connects to, when it is a name */}}
+{{- $host := include "kube-audit-exporter.apiServerHost" . }}
+{{- if not (regexMatch "^[0-9.]+$|:" $host) }}{{ $names = append $names $host }}{{ end }}
 {{- toJson (concat $names .Values.webhook.tls.extraDNSNames | uniq) }}
 {{- end }}
 
@@ -178,4 +181,70 @@ tls: /etc/kube-audit-exporter/tls
 rules: /etc/kube-audit-exporter/rules
 loki: /etc/kube-audit-exporter/loki
 state: /var/lib/kube-audit-exporter
+{{- end }}
+
+{{/* The name of an object derived from the full name: "<fullname>-<suffix>",
+the full name shortened so that the suffix always survives the 63-character
+limit (two objects never end up with the same name). */}}
+{{- define "kube-audit-exporter.childName" -}}
+{{- $top := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $full := include "kube-audit-exporter.fullname" $top }}
+{{- printf "%s-%s" ($full | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix }}
+{{- end }}
+
+{{/* What the certgen Job makes (webhook.tls.source generate), as JSON: its
+ConfigMap carries it, and the pods' checksum/tls annotation rolls them when it
+changes, so that they load a serving certificate made for new names. */}}
+{{- define "kube-audit-exporter.certgenSpec" -}}
+{{- $tls := .Values.webhook.tls }}
+{{- $dnsNames := include "kube-audit-exporter.serviceDNSNames" . | fromJsonArray }}
+{{- toJson (dict
+  "namespace" .Release.Namespace
+  "secrets" (dict
+    "ca" (include "kube-audit-exporter.childName" (list . "ca"))
+    "serving" (include "kube-audit-exporter.tlsSecretName" .)
+    "apiServer" (include "kube-audit-exporter.apiServerSecretName" .))
+  "caName" (printf "%s-ca" (include "kube-audit-exporter.fullname" .))
+  "commonName" (index $dnsNames 2)
+  "dnsNames" $dnsNames
+  "ipAddresses" (include "kube-audit-exporter.serviceIPs" . | fromJsonArray)
+  "validityDays" (int $tls.validityDays)
+  "renewBeforeDays" (int $tls.certgen.renewBeforeDays)
+  "server" (include "kube-audit-exporter.apiServerURL" .)
+  "clientAuth" $tls.clientAuth.enabled
+  "labels" (include "kube-audit-exporter.labels" . | fromYaml)) }}
+{{- end }}
+
+{{/* With source certManager: the Secret of the API server's client certificate. */}}
+{{- define "kube-audit-exporter.clientCertSecretName" -}}
+{{- include "kube-audit-exporter.childName" (list . "apiserver-client") }}
+{{- end }}
+
+{{/* State on the node (logfile mode): one directory per release, so two
+releases never share a checkpoint or a spool. */}}
+{{- define "kube-audit-exporter.stateHostPath" -}}
+{{- printf "%s/%s/%s" (trimSuffix "/" .Values.state.hostPath) .Release.Namespace .Release.Name }}
+{{- end }}
+
+{{/* A size in bytes (as a string; pipe it to float64). Call with (list $value
+$quantity): $quantity true reads a Kubernetes quantity (2Gi, 500M; no
+exponents), false the exporter's size syntax (1GiB, 512MiB, 1GB: units case
+insensitive, an optional B). */}}
+{{- define "kube-audit-exporter.bytes" -}}
+{{- $value := toString (index . 0) | trim }}
+{{- $quantity := index . 1 }}
+{{- $m := regexFindAll "^([0-9]+(?:\\.[0-9]+)?)\\s*([a-zA-Z]*)$" $value -1 }}
+{{- if not $m }}{{ fail (printf "%q is not a size" $value) }}{{ end }}
+{{- $number := regexReplaceAll "^([0-9]+(?:\\.[0-9]+)?)\\s*([a-zA-Z]*)$" $value "${1}" | float64 }}
+{{- $unit := regexReplaceAll "^([0-9]+(?:\\.[0-9]+)?)\\s*([a-zA-Z]*)$" $value "${2}" }}
+{{- $k := 1000.0 }}{{ $ki := 1024.0 }}
+{{- $units := dict "" 1.0 "k" $k "Ki" $ki "M" (mulf $k $k) "Mi" (mulf $ki $ki) "G" (mulf $k $k $k) "Gi" (mulf $ki $ki $ki) "T" (mulf $k $k $k $k) "Ti" (mulf $ki $ki $ki $ki) "P" (mulf $k $k $k $k $k) "Pi" (mulf $ki $ki $ki $ki $ki) "m" 0.001 }}
+{{- if not $quantity }}
+  {{- $u := lower $unit | trimSuffix "b" }}
+  {{- $units = dict "" 1.0 "k" $k "ki" $ki "m" (mulf $k $k) "mi" (mulf $ki $ki) "g" (mulf $k $k $k) "gi" (mulf $ki $ki $ki) "t" (mulf $k $k $k $k) "ti" (mulf $ki $ki $ki $ki) }}
+  {{- $unit = $u }}
+{{- end }}
+{{- if not (hasKey $units $unit) }}{{ fail (printf "%q: unknown unit %q" $value $unit) }}{{ end }}
+{{- mulf $number (get $units $unit) }}
 {{- end }}

@@ -22,6 +22,9 @@ metadata:
     {{- end }}
   annotations:
     checksum/config: {{ include "kube-audit-exporter.config" . | sha256sum }}
+    {{- if and $webhook (eq $v.webhook.tls.source "generate") }}
+    checksum/tls: {{ include "kube-audit-exporter.certgenSpec" . | sha256sum }}
+    {{- end }}
     {{- with $v.rules.custom }}
     checksum/rules: {{ toJson . | sha256sum }}
     {{- end }}
@@ -62,19 +65,29 @@ spec:
           containerPort: {{ $v.webhook.port }}
           protocol: TCP
         {{- end }}
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: http-metrics
+        {{- toYaml $v.probes.startup | nindent 8 }}
       livenessProbe:
         httpGet:
           path: /healthz
           port: http-metrics
-        periodSeconds: 10
-        timeoutSeconds: 5
-        failureThreshold: 6
+        {{- toYaml $v.probes.liveness | nindent 8 }}
       readinessProbe:
         httpGet:
           path: /readyz
           port: http-metrics
-        periodSeconds: 5
-        timeoutSeconds: 5
+        {{- toYaml $v.probes.readiness | nindent 8 }}
+      {{- with $v.preStopSleepSeconds }}
+      lifecycle:
+        preStop:
+          # endpoints drain (kube-proxy, the API server's connections) before
+          # SIGTERM; the image has coreutils' sleep
+          exec:
+            command: [sleep, {{ . | quote }}]
+      {{- end }}
       {{- with $v.resources }}
       resources:
         {{- toYaml . | nindent 8 }}
@@ -125,11 +138,11 @@ spec:
         sizeLimit: {{ $v.state.sizeLimit }}
       {{- else if eq $state "hostPath" }}
       hostPath:
-        path: {{ $v.state.hostPath }}
+        path: {{ include "kube-audit-exporter.stateHostPath" . }}
         type: DirectoryOrCreate
       {{- else }}
       persistentVolumeClaim:
-        claimName: {{ default (printf "%s-state" (include "kube-audit-exporter.fullname" .)) $v.state.persistentVolumeClaim.existingClaim }}
+        claimName: {{ default (include "kube-audit-exporter.childName" (list . "state")) $v.state.persistentVolumeClaim.existingClaim }}
       {{- end }}
     {{- if $webhook }}
     - name: tls
@@ -159,7 +172,7 @@ spec:
     {{- if $v.rules.custom }}
     - name: rules
       configMap:
-        name: {{ include "kube-audit-exporter.fullname" . }}-rules
+        name: {{ include "kube-audit-exporter.childName" (list . "rules") }}
     {{- end }}
     {{- if $v.loki.existingSecret }}
     - name: loki-credentials

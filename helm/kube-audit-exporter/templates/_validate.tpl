@@ -4,6 +4,9 @@
 {{- $replicas := int (include "kube-audit-exporter.replicas" .) }}
 {{- $explicitReplicas := int (default 1 $v.replicas) }}
 {{- $state := include "kube-audit-exporter.stateType" . }}
+{{- if ge (int $v.preStopSleepSeconds) (int $v.terminationGracePeriodSeconds) }}
+  {{- fail (printf "preStopSleepSeconds: %v is not below terminationGracePeriodSeconds: %v; the pod would be killed before it could drain and write its checkpoint" $v.preStopSleepSeconds $v.terminationGracePeriodSeconds) }}
+{{- end }}
 {{- if eq $v.mode "logfile" }}
   {{- if gt $explicitReplicas 1 }}
     {{- fail (printf "replicas: %d contradicts mode logfile, which runs one pod per control-plane node (a DaemonSet); remove replicas or use mode webhook" $explicitReplicas) }}
@@ -31,6 +34,16 @@
   {{- if eq $svc.clusterIP "None" }}
     {{- fail "webhook.service.clusterIP: None (headless) leaves the API server no address to connect to; use a fixed address or leave it empty" }}
   {{- end }}
+  {{- if not (or $svc.clusterIP (eq $svc.type "NodePort") $v.webhook.apiServer.host) }}
+    {{- fail "webhook: choose how the API server reaches the exporter; it runs on the host network and cannot resolve cluster DNS names. Set one of: webhook.service.clusterIP=<a free address of the service CIDR, e.g. 10.96.200.10 (kubeadm 10.96.0.0/12) or 10.43.200.10 (k3s)>; webhook.service.type=NodePort with webhook.service.nodePort=<30000-32767>; or webhook.apiServer.host=<a name or address the control-plane nodes resolve to the Service>. It is written into the API server's kubeconfig and the certificate, and a Service's clusterIP cannot change after install." }}
+  {{- end }}
+  {{- /* a Service's clusterIP is immutable: refuse an upgrade that changes it
+  (lookup is empty in `helm template`, so rendering stays repeatable) */}}
+  {{- $existing := lookup "v1" "Service" .Release.Namespace (include "kube-audit-exporter.webhookServiceName" .) }}
+  {{- $current := dig "spec" "clusterIP" "" ($existing | default dict) }}
+  {{- if and $svc.clusterIP $current (ne $current "None") (ne $current $svc.clusterIP) }}
+    {{- fail (printf "webhook.service.clusterIP: %s, but the Service %s already has clusterIP %s, which Kubernetes cannot change; keep %s (set webhook.service.clusterIP=%s), or uninstall and install again, then copy the new kubeconfig to the control-plane nodes" $svc.clusterIP (include "kube-audit-exporter.webhookServiceName" .) $current $current $current) }}
+  {{- end }}
   {{- if eq (int $v.webhook.port) (int $v.metrics.port) }}
     {{- fail (printf "webhook.port: %v is also metrics.port; they must differ" $v.webhook.port) }}
   {{- end }}
@@ -46,6 +59,30 @@
   {{- end }}
   {{- if and $tls.clientAuth.enabled (not $tls.clientAuth.caKey) }}
     {{- fail "webhook.tls.clientAuth.caKey: client verification is on but names no CA; set the key of the CA bundle or disable clientAuth" }}
+  {{- end }}
+  {{- if and (eq $tls.source "generate") $tls.clientAuth.enabled }}
+    {{- $own := include "kube-audit-exporter.tlsSecretName" . }}
+    {{- if and $tls.clientAuth.caSecret (ne $tls.clientAuth.caSecret $own) }}
+      {{- fail (printf "webhook.tls.clientAuth.caSecret: %s, but webhook.tls.source generate signs the API server's client certificate with its own CA (ca.crt of %s), which that Secret does not hold: mutual TLS could never succeed. Remove webhook.tls.clientAuth.caSecret, or use webhook.tls.source secret or certManager with a client certificate that CA signed" $tls.clientAuth.caSecret $own) }}
+    {{- end }}
+    {{- if ne $tls.clientAuth.caKey "ca.crt" }}
+      {{- fail (printf "webhook.tls.clientAuth.caKey: %s, but with webhook.tls.source generate the CA is under ca.crt; remove webhook.tls.clientAuth.caKey" $tls.clientAuth.caKey) }}
+    {{- end }}
+  {{- end }}
+  {{- if and (eq $tls.source "generate") (ge (int $tls.certgen.renewBeforeDays) (int $tls.validityDays)) }}
+    {{- fail (printf "webhook.tls.certgen.renewBeforeDays: %v is not below webhook.tls.validityDays: %v; every upgrade would make new certificates" $tls.certgen.renewBeforeDays $tls.validityDays) }}
+  {{- end }}
+{{- end }}
+{{- /* the spool must fit its volume: an emptyDir over its sizeLimit gets
+the pod evicted, a full claim fails the writes */}}
+{{- $spool := include "kube-audit-exporter.bytes" (list $v.spool.maxBytes false) | float64 }}
+{{- if eq $state "emptyDir" }}
+  {{- if gt $spool (include "kube-audit-exporter.bytes" (list $v.state.sizeLimit true) | float64) }}
+    {{- fail (printf "spool.maxBytes: %v exceeds state.sizeLimit: %v; the kubelet evicts the pod when its emptyDir outgrows the limit. Lower spool.maxBytes or raise state.sizeLimit" $v.spool.maxBytes $v.state.sizeLimit) }}
+  {{- end }}
+{{- else if and (eq $state "persistentVolumeClaim") (not $v.state.persistentVolumeClaim.existingClaim) }}
+  {{- if gt $spool (include "kube-audit-exporter.bytes" (list $v.state.persistentVolumeClaim.size true) | float64) }}
+    {{- fail (printf "spool.maxBytes: %v exceeds state.persistentVolumeClaim.size: %v; the spool would fill the claim. Lower spool.maxBytes or raise the size" $v.spool.maxBytes $v.state.persistentVolumeClaim.size) }}
   {{- end }}
 {{- end }}
 {{- $l := $v.loki }}
