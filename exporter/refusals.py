@@ -38,10 +38,13 @@ class InvalidEvent(Exception):
     """An input that is not a usable audit event; ``reason`` is one of INVALID_REASONS."""
 
     def __init__(self, reason: str, detail: str, *, line: int | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
+        # no message formatted here: millions are made, few are ever printed
         self.reason = reason
         self.detail = detail
         self.line = line
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
 
 class Refusals:

@@ -163,8 +163,11 @@ def test_replay_of_a_fifo(
     assert (status, report["events"], report["invalid"]) == (0, 16_563, {}), err
 
 
-def test_replay_of_dev_stdin_from_a_pipe() -> None:
-    proc = _cli("/dev/stdin", input=AUDIT2RBAC.read_bytes())
+@pytest.mark.parametrize("name", ["/dev/stdin", "-"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_replay_of_stdin_from_a_pipe(name: str, compressed: bool) -> None:
+    data = AUDIT2RBAC.read_bytes()
+    proc = _cli(name, input=gzip.compress(data) if compressed else data)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert (report["events"], report["invalid"]) == (757, {})

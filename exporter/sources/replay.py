@@ -76,7 +76,11 @@ def open_input(path: str) -> tuple[IO[bytes], GzipStream | _Position | None, int
     a pipe (``/dev/stdin``, ``<(...)``) or any other file that cannot seek is
     read as a stream: no size, no position."""
     if path == "-":
-        return sys.stdin.buffer, None, None
+        stdin = sys.stdin.buffer
+        if isinstance(stdin, io.BufferedReader) and stdin.peek(len(MAGIC))[: len(MAGIC)] == MAGIC:
+            gz = GzipStream(stdin)
+            return cast(IO[bytes], gz), gz, None
+        return stdin, None, None
     raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
     try:
         st = os.fstat(raw.fileno())
