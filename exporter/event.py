@@ -34,8 +34,9 @@ USER_KINDS = ("human", "serviceaccount", "node", "system", "anonymous", "unauthe
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 # A managed cluster's export wraps an event once (AKS ``properties.log``,
-# Log Analytics ``log_s``); a wrapper in a wrapper is tolerated, deeper is
-# refused as too_deep rather than unwrapped without end.
+# Log Analytics ``log_s``, CloudWatch Logs ``message``); a wrapper in a
+# wrapper is tolerated, deeper is refused as too_deep rather than unwrapped
+# without end.
 MAX_WRAPPERS = 8
 # JSON lines are split this many bytes at a time, not all at once.
 LINES_BLOCK = 1 << 20
@@ -613,17 +614,28 @@ class Decoder:
         if type(doc) is list:
             items = doc if raw_items is None else raw_items
         elif is_document(doc):
+            key = _items_key(doc)
+            if key == "logEvents":
+                message_type = doc.get("messageType")
+                if message_type == "CONTROL_MESSAGE":
+                    return  # CloudWatch Logs checking its destination: no event
+                if message_type != "DATA_MESSAGE":
+                    yield InvalidEvent(
+                        "invalid_value",
+                        f"CloudWatch Logs messageType {str(message_type)[:40]!r}",
+                    )
+                    return
             api_version = doc.get("apiVersion")
             if api_version is not None and api_version not in API_VERSIONS:
                 yield InvalidEvent(
                     "unknown_api_version", f"EventList apiVersion {str(api_version)[:60]!r}"
                 )
                 return
-            found = doc.get("items") if raw_items is None else raw_items
+            found = doc.get(key) if raw_items is None else raw_items
             if found is None:
                 return  # an empty EventList serialises its items as null
             if type(found) is not list:
-                yield InvalidEvent("wrong_type", "EventList.items must be a list")
+                yield InvalidEvent("wrong_type", f"{key} must be a list")
                 return
             items = found
         elif raw_items is not None:
@@ -776,15 +788,30 @@ def _split_lines(data: bytes) -> Iterator[bytes]:
 
 
 def is_document(doc: Any) -> bool:
-    """Is this decoded JSON a list of events (an array, an EventList)?"""
+    """Is this decoded JSON a list of events (an array, an EventList, a
+    CloudWatch Logs export)?"""
     if type(doc) is list:
         return True
     if type(doc) is not dict:
         return False
     if doc.get("kind") == "EventList":
         return True
-    # an EventList without kind and apiVersion
-    return "items" in doc and "kind" not in doc and "auditID" not in doc
+    if "kind" in doc or "auditID" in doc:
+        return False
+    # an EventList without kind and apiVersion, or CloudWatch Logs' documents
+    return "items" in doc or _items_key(doc) != "items"
+
+
+def _items_key(doc: dict[str, Any]) -> str:
+    """Where a document keeps its items: ``items`` (an EventList), ``events``
+    (the output of ``aws logs filter-log-events`` or ``get-log-events``) or
+    ``logEvents`` (a CloudWatch Logs subscription payload, as delivered to
+    Firehose, Kinesis or Lambda once gunzipped)."""
+    if "messageType" in doc and type(doc.get("logEvents")) is list:
+        return "logEvents"
+    if "items" not in doc and type(doc.get("events")) is list:
+        return "events"
+    return "items"
 
 
 _TYPE_NAMES: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
@@ -800,8 +827,8 @@ def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
 
     AKS diagnostic settings (categories kube-audit, kube-audit-admin) wrap the
     API server's JSON line as a string in ``properties.log``; Azure Log
-    Analytics queries return it in ``log_s``. Some exports carry the event
-    as an object instead of a string.
+    Analytics queries return it in ``log_s``; CloudWatch Logs (EKS) in
+    ``message``. Some exports carry the event as an object instead of a string.
     """
     props = obj.get("properties")
     if type(props) is dict:
@@ -812,4 +839,8 @@ def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
             return inner  # an event, or another wrapper (counted by the caller)
     if type(obj.get("log_s")) is str:
         return str(obj["log_s"]).encode()
+    # A CloudWatch Logs event (EKS control-plane logging): the API server's
+    # JSON line in ``message``, beside an integer ``timestamp`` (ms).
+    if type(obj.get("message")) is str and type(obj.get("timestamp")) is int:
+        return str(obj["message"]).encode()
     return None
