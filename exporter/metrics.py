@@ -79,7 +79,7 @@ FAILED_OPEN_PREFIXES = (
     "failed-open.mutation.webhook.admission.k8s.io/",
 )
 
-SOURCES = ("webhook", "logfile", "replay")
+SOURCES = ("webhook", "logfile", "replay", "eks")
 
 # Label values of the HTTP codes for the report, computed once: code 0 (no
 # responseStatus) is "unknown".
@@ -352,6 +352,17 @@ class AuditMetrics(Collector):
             "Audit log rotations followed, by kind (rename, truncate).",
             ("kind",),
         )
+        self.firehose_requests = c(
+            "eks_firehose_requests_total",
+            "Firehose HTTP endpoint deliveries answered, by status code.",
+            ("code",),
+        )
+        self.cloudwatch_errors = c(
+            "eks_cloudwatch_errors_total",
+            "CloudWatch Logs calls that failed after the SDK's own retries, by operation "
+            "and kind (throttled, error); the source backs off and calls again.",
+            ("operation", "kind"),
+        )
         self._families: tuple[_Counter | _Histogram, ...] = (
             self.requests,
             self.duration,
@@ -372,6 +383,8 @@ class AuditMetrics(Collector):
             self.webhook_requests,
             self.webhook_tls_failures,
             self.logfile_rotations,
+            self.firehose_requests,
+            self.cloudwatch_errors,
         )
         for level in PSA_LEVELS:
             self.psa.init((level,))

@@ -4,14 +4,24 @@ delivery receiver, and the CloudWatch Logs pull against moto's server mode
 
 from __future__ import annotations
 
+import base64
 import gzip
+import http.client
 import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from exporter.cli import main
+from exporter.event import AuditEvent, Decoder
+from exporter.metrics import AuditMetrics
+from exporter.pipeline import Pipeline
+from exporter.sources.eks import FirehoseReceiver
 from tests.conftest import CORPORA
 
 DEMO = CORPORA / "audit2rbac-demo" / "demo.log"
@@ -144,3 +154,301 @@ def test_unknown_message_type_is_refused(
     _, report = replay_json(capsys, str(export))
     assert report["events"] == 0
     assert report["invalid"] == {"invalid_value": 1}
+
+
+# --- Firehose HTTP endpoint delivery --------------------------------------------------
+
+ACCESS_KEY = "firehose-access-key-Zm9vYmFy"
+STREAM_ARN = "arn:aws:firehose:eu-west-1:123456789012:deliverystream/audit"
+PATH = "/firehose"
+
+
+class Spool:
+    """A sink that can be full, like the Loki spool when the disk is."""
+
+    keeps_marks = False
+
+    def __init__(self) -> None:
+        self.full = False
+        self.taken: list[AuditEvent] = []
+
+    def admit(self, events: Sequence[AuditEvent]) -> bool:
+        return not self.full
+
+    def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
+        self.taken.extend(events)
+        return True
+
+    def close(self, timeout: float = 10.0) -> bool:
+        return True
+
+
+@dataclass
+class Firehose:
+    receiver: FirehoseReceiver
+    registry: CollectorRegistry
+    spool: Spool
+
+    def post(
+        self,
+        records: list[bytes] | None = None,
+        *,
+        body: bytes | None = None,
+        request_id: str = "3e5a1a5e-0d4f-4f5c-9a55-8b0c1e4b7f10",
+        key: str | None = ACCESS_KEY,
+        gzip_body: bool = False,
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any]]:
+        if body is None:
+            doc = {
+                "requestId": request_id,
+                "timestamp": 1_700_000_100_000,
+                "records": [{"data": base64.b64encode(r).decode()} for r in records or []],
+            }
+            body = json.dumps(doc).encode()
+        headers = {
+            "Content-Type": content_type,
+            "X-Amz-Firehose-Protocol-Version": "1.0",
+            "X-Amz-Firehose-Request-Id": request_id,
+            "X-Amz-Firehose-Source-Arn": STREAM_ARN,
+            "User-Agent": "Amazon Kinesis Data Firehose Agent/1.0",
+        }
+        if key is not None:
+            headers["X-Amz-Firehose-Access-Key"] = key
+        if gzip_body:
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        host, port = self.receiver.address
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            conn.request("POST", PATH, body=body, headers=headers)
+            resp = conn.getresponse()
+            assert resp.getheader("Content-Type") == "application/json"
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def answered(self, code: int) -> float:
+        return self.value("kube_audit_eks_firehose_requests_total", code=str(code))
+
+
+@pytest.fixture
+def firehose() -> Iterator[Firehose]:
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry, sources=["eks"])
+    spool = Spool()
+    receiver = FirehoseReceiver(
+        listen_address="127.0.0.1:0",
+        path=PATH,
+        pipeline=Pipeline(metrics, sinks=[spool]),
+        decoder=Decoder(),
+        metrics=metrics,
+        access_key=ACCESS_KEY,
+        tls_cert_file=None,
+        tls_key_file=None,
+        insecure=True,
+        clock=lambda: 1_700_000_200.25,
+    )
+    receiver.start()
+    yield Firehose(receiver, registry, spool)
+    receiver.shutdown()
+
+
+def test_delivery_is_answered_as_documented_after_the_pipeline_took_it(
+    firehose: Firehose,
+) -> None:
+    lines = demo_lines()
+    status, reply = firehose.post(
+        [
+            subscription_payload(lines[:300]),
+            json.dumps(CONTROL_MESSAGE).encode(),
+            subscription_payload(lines[300:], stream="kube-apiserver-audit-1"),
+        ]
+    )
+    assert status == 200
+    assert reply == {
+        "requestId": "3e5a1a5e-0d4f-4f5c-9a55-8b0c1e4b7f10",
+        "timestamp": 1_700_000_200_250,
+    }
+    assert len(firehose.spool.taken) == 757
+    assert firehose.value("kube_audit_events_total", source="eks") == 757
+    assert sum_invalid(firehose.registry) == 0
+    assert firehose.answered(200) == 1
+
+
+def test_gzip_content_encoding_is_undone(firehose: Firehose) -> None:
+    status, _ = firehose.post([subscription_payload(demo_lines()[:50])], gzip_body=True)
+    assert status == 200
+    assert firehose.value("kube_audit_events_total", source="eks") == 50
+
+
+def test_decompressed_and_extracted_records_are_read_too(firehose: Firehose) -> None:
+    """Firehose's own decompression gives the payload's JSON; its message
+    extraction gives the bare lines."""
+    lines = demo_lines()
+    plain = gzip.decompress(subscription_payload(lines[:20]))
+    extracted = "\n".join(lines[20:30]).encode() + b"\n"
+    status, _ = firehose.post([plain, extracted])
+    assert status == 200
+    assert firehose.value("kube_audit_events_total", source="eks") == 30
+
+
+@pytest.mark.parametrize("key", [None, "", "wrong", ACCESS_KEY + "x"])
+def test_a_missing_or_wrong_access_key_is_refused_401_and_nothing_counted(
+    firehose: Firehose, key: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    status, reply = firehose.post([subscription_payload(demo_lines()[:5])], key=key)
+    assert status == 401
+    assert reply["requestId"] == "3e5a1a5e-0d4f-4f5c-9a55-8b0c1e4b7f10"
+    assert "X-Amz-Firehose-Access-Key" in reply["errorMessage"]
+    assert firehose.value("kube_audit_events_total", source="eks") == 0
+    assert firehose.answered(401) == 1
+    assert ACCESS_KEY not in caplog.text
+
+
+def test_a_retried_request_is_not_counted_twice(firehose: Firehose) -> None:
+    records = [subscription_payload(demo_lines()[:100])]
+    assert firehose.post(records)[0] == 200
+    assert firehose.post(records)[0] == 200
+    assert firehose.value("kube_audit_events_total", source="eks") == 100
+    assert firehose.value("kube_audit_events_duplicate_total", source="eks") == 100
+    assert len(firehose.spool.taken) == 100
+
+
+def test_full_spool_answers_503_and_the_retry_is_counted_once(firehose: Firehose) -> None:
+    records = [subscription_payload(demo_lines()[:40])]
+    firehose.spool.full = True
+    status, reply = firehose.post(records)
+    assert status == 503
+    assert reply["errorMessage"]
+    assert reply["requestId"] == "3e5a1a5e-0d4f-4f5c-9a55-8b0c1e4b7f10"
+    assert firehose.value("kube_audit_events_total", source="eks") == 0
+    firehose.spool.full = False
+    assert firehose.post(records)[0] == 200
+    assert firehose.value("kube_audit_events_total", source="eks") == 40
+    assert firehose.value("kube_audit_events_duplicate_total", source="eks") == 0
+
+
+def test_bad_records_are_counted_and_the_good_ones_around_them_kept(
+    firehose: Firehose,
+) -> None:
+    lines = demo_lines()
+    bomb = gzip.compress(b" " * (4 << 20))
+    firehose.receiver.max_decoded_bytes = 2 << 20
+    good = subscription_payload(lines[:10])
+    body = {
+        "requestId": "r-1",
+        "timestamp": 1,
+        "records": [
+            {"data": base64.b64encode(good).decode()},
+            {"data": "not base64 at all!"},
+            {"data": base64.b64encode(good[: len(good) // 2]).decode()},
+            {"nodata": 1},
+            {"data": base64.b64encode(b"garbage line\n" + lines[10].encode()).decode()},
+            {"data": base64.b64encode(bomb).decode()},
+        ],
+    }
+    status, _ = firehose.post(body=json.dumps(body).encode(), request_id="r-1")
+    assert status == 200
+    assert firehose.value("kube_audit_events_total", source="eks") == 11
+    invalid = {
+        r: firehose.value("kube_audit_events_invalid_total", source="eks", reason=r)
+        for r in ("invalid_encoding", "truncated_gzip", "wrong_type", "invalid_json", "too_large")
+    }
+    assert invalid == {
+        "invalid_encoding": 1,
+        "truncated_gzip": 1,
+        "wrong_type": 1,
+        "invalid_json": 1,
+        "too_large": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"this is not json", "not JSON"),
+        (b'{"requestId": "x", "timestamp": 1}', "records"),
+        (b'[{"data": "eA=="}]', "records"),
+    ],
+)
+def test_a_body_that_is_no_delivery_is_refused_400_with_the_documented_body(
+    firehose: Firehose, body: bytes, reason: str
+) -> None:
+    status, reply = firehose.post(body=body, request_id="req-400")
+    assert status == 400
+    assert set(reply) == {"requestId", "timestamp", "errorMessage"}
+    assert reply["requestId"] == "req-400"
+    assert reason in reply["errorMessage"]
+    assert firehose.answered(400) == 1
+
+
+def test_a_damaged_gzip_body_is_refused_400(firehose: Firehose) -> None:
+    whole = gzip.compress(json.dumps({"records": [{"data": "eA=="}] * 500}).encode())
+    body = whole[: len(whole) // 2]
+    host, port = firehose.receiver.address
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request(
+        "POST",
+        PATH,
+        body=body,
+        headers={
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "X-Amz-Firehose-Access-Key": ACCESS_KEY,
+            "X-Amz-Firehose-Request-Id": "req-gz",
+        },
+    )
+    resp = conn.getresponse()
+    assert resp.status == 400
+    assert json.loads(resp.read())["requestId"] == "req-gz"
+    conn.close()
+
+
+def test_firehose_feeds_the_same_metrics_as_the_webhook(firehose: Firehose) -> None:
+    lines = demo_lines()
+    firehose.post([subscription_payload(lines)])
+    native = CollectorRegistry()
+    metrics = AuditMetrics(native, sources=["webhook"])
+    Pipeline(metrics).process(
+        Decoder().decode_document("\n".join(lines).encode()), "webhook", context="native"
+    )
+    assert audit_samples(firehose.registry) == audit_samples(native)
+    assert audit_samples(native)
+
+
+def sum_invalid(registry: CollectorRegistry) -> float:
+    return sum(
+        s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "kube_audit_events_invalid_total"
+    )
+
+
+def audit_samples(
+    registry: CollectorRegistry,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample about the events themselves (not the source or the transport)."""
+    out = {}
+    for m in registry.collect():
+        for s in m.samples:
+            if "source" in s.labels or s.name.startswith(
+                ("kube_audit_webhook_requests", "kube_audit_eks_", "kube_audit_webhook_tls")
+            ):
+                continue
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_a_gzip_body_smaller_than_its_content_length_once_inflated_is_read(
+    firehose: Firehose,
+) -> None:
+    """Content-Length counts the gzip bytes; a tiny body inflates to fewer."""
+    status, reply = firehose.post(body=b'{"records":[]}', gzip_body=True)
+    assert status == 200
+    assert "errorMessage" not in reply

@@ -130,9 +130,11 @@ class WebhookServer:
         workers: int = DEFAULT_WORKERS,
         tls_reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL,
         http_metrics: HTTPMetrics | None = None,
+        listener: str = "webhook",
     ) -> None:
         """``http_metrics``: the process's HTTP families (kept unregistered
-        when not given)."""
+        when not given); ``listener``: this server's name in them (another
+        push receiver built on this one names its own)."""
         if not path.startswith("/"):
             raise ValueError(f"webhook.path: must start with '/', got {path!r}")
         if max_body_bytes < 1:
@@ -168,9 +170,7 @@ class WebhookServer:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.refused_log = RateLimitedLog(log)
-        with metrics.lock:
-            for code in KNOWN_CODES:
-                metrics.webhook_requests.init((code,))
+        self.init_counts()
         limits = Limits(
             max_connections=max_connections,
             handshake_timeout=handshake_timeout,
@@ -191,13 +191,13 @@ class WebhookServer:
         self._server = HTTPServer(
             listen_address,
             self,
-            name="webhook",
+            name=listener,
             metrics=http_metrics,
             tls=tls,
             limits=limits,
             on_handshake_failure=self._handshake_failed,
         )
-        self._workers = ThreadPoolExecutor(workers, thread_name_prefix="webhook-pipeline")
+        self._workers = ThreadPoolExecutor(workers, thread_name_prefix=f"{listener}-pipeline")
 
     def _handshake_failed(self, reason: str) -> None:
         # OpenSSL reason codes are a fixed set: a bounded label
@@ -219,6 +219,12 @@ class WebhookServer:
         """Stop accepting, let batches in flight finish (up to ``timeout``)."""
         self._server.shutdown(timeout)
         self._workers.shutdown(wait=True)
+
+    def init_counts(self) -> None:
+        """Pre-initialise the answer counter's known codes."""
+        with self.metrics.lock:
+            for code in KNOWN_CODES:
+                self.metrics.webhook_requests.init((code,))
 
     def count(self, code: int) -> None:
         with self.metrics.lock:
@@ -342,7 +348,9 @@ class WebhookServer:
             raise _Refusal(
                 400, "bad_framing", "invalid chunked body", close=True, cut="bad_request"
             ) from None
-        if length is not None and total < length:
+        # Content-Length counts the encoded bytes; the parser gives the
+        # decoded ones (a gzip'd body), which may be fewer.
+        if length is not None and total < length and "Content-Encoding" not in request.headers:
             raise _ClientGone
         return b"".join(chunks)
 
