@@ -81,8 +81,12 @@ OPERATIONS = ("DescribeLogStreams", "GetLogEvents")
 CHECKPOINT_LIMIT = 16 << 20
 
 
-class CursorError(Exception):
-    """A cursor file that exists but cannot be used."""
+class CursorError(ValueError):
+    """A cursor file that exists but cannot be used (a start-up error)."""
+
+
+class MissingExtra(ValueError):
+    """boto3 is not installed (a start-up error that names the extra)."""
 
 
 class _Failed(Exception):
