@@ -5,23 +5,28 @@ counted once."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import http.client
 import http.server
 import itertools
 import json
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from prometheus_client import CollectorRegistry
 
 from exporter.event import AuditEvent, Decoder
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
 from exporter.sources.eks_cloudwatch import CloudWatchSource, make_client
+from tests.integration.conftest import Process, exporter_cmd, free_port, poll
 from tests.test_eks import audit_samples, demo_lines
 
 pytestmark = pytest.mark.timeout(180)
@@ -317,3 +322,72 @@ def test_botocore_retries_throttling_itself_first(moto_url: str) -> None:
 
 def _rfc3339(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def test_run_pulls_cloudwatch_and_takes_firehose_deliveries(
+    moto_url: str, tmp_path: Path, spawn: Callable[..., Process]
+) -> None:
+    """The README's EKS section, as a process: the pull and the push at once."""
+    cluster = Cluster(moto_url)
+    lines = demo_lines()
+    cluster.put("0f3c9a", lines[:300])
+    key_file = tmp_path / "firehose-key"
+    key_file.write_text("s3cr3t-firehose-key\n")
+    web, push = free_port(), free_port()
+    flags = [
+        "--web.listen-address", f"127.0.0.1:{web}",
+        "--eks.log-group", cluster.group,
+        "--eks.region", "eu-west-1",
+        "--eks.endpoint-url", moto_url,
+        "--eks.start-at", _rfc3339(cluster.base_ms - 1000),
+        "--eks.poll-interval", "100ms",
+        "--eks.checkpoint-file", str(tmp_path / "cloudwatch.json"),
+        "--eks.firehose-listen-address", f"127.0.0.1:{push}",
+        "--eks.firehose-insecure",
+        "--eks.firehose-access-key-file", str(key_file),
+    ]  # fmt: skip
+    proc = spawn(exporter_cmd("run", *flags), "exporter", env=dict(os.environ))
+
+    def events() -> float:
+        text = requests.get(f"http://127.0.0.1:{web}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith('kube_audit_events_total{source="eks"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    poll(lambda: events() == 300, what="the pulled events", on_timeout=proc.output)
+    payload = gzip.compress(
+        json.dumps(
+            {
+                "messageType": "DATA_MESSAGE",
+                "owner": "123456789012",
+                "logGroup": cluster.group,
+                "logStream": PREFIX + "0f3c9a",
+                "subscriptionFilters": ["kube-audit-exporter"],
+                "logEvents": [
+                    {"id": str(i), "timestamp": cluster.base_ms + i, "message": m}
+                    for i, m in enumerate(lines[300:])
+                ],
+            }
+        ).encode()
+    )
+    reply = requests.post(
+        f"http://127.0.0.1:{push}/firehose",
+        json={
+            "requestId": "b7a1e2c4-1111-2222-3333-444455556666",
+            "timestamp": cluster.base_ms,
+            "records": [{"data": base64.b64encode(payload).decode()}],
+        },
+        headers={
+            "X-Amz-Firehose-Protocol-Version": "1.0",
+            "X-Amz-Firehose-Request-Id": "b7a1e2c4-1111-2222-3333-444455556666",
+            "X-Amz-Firehose-Access-Key": "s3cr3t-firehose-key",
+        },
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    assert reply.json()["requestId"] == "b7a1e2c4-1111-2222-3333-444455556666"
+    poll(lambda: events() == 757, what="the pushed events", on_timeout=proc.output)
+    assert proc.alive()
+    assert proc.stop() == 0
+    assert "s3cr3t-firehose-key" not in proc.output()
