@@ -23,19 +23,21 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	touch $@
 
 # Prometheus, promtool and Alertmanager for the integration tests,
-# jsonnetfmt for the monitoring mixin, and node + npm for the LogQL grammar,
-# from Debian.
+# jsonnetfmt for the monitoring mixin, node + npm for the LogQL grammar, and
+# zsh and fish for the completion tests, from Debian.
 deps-system:
 	@missing=""; \
-	for cmd in prometheus promtool prometheus-alertmanager jsonnetfmt node npm; do \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; \
+	for pair in prometheus:prometheus promtool:prometheus \
+	    prometheus-alertmanager:prometheus-alertmanager jsonnetfmt:jsonnet \
+	    node:nodejs npm:npm zsh:zsh fish:fish; do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages for:$$missing"; \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager jsonnet nodejs npm >/dev/null; \
+	    $$missing >/dev/null; \
 	fi
 
 # Replay the bundled simulated audit log, then run the exporter tailing it.
@@ -56,11 +58,13 @@ generate: deps-system $(VENV)/.installed-test
 	$(BIN)/python helm/values_doc.py
 
 # Grafana's LogQL grammar (npm, pinned by the committed package-lock.json)
-# for tests/test_logql_grammar.py; npm ci writes the stamp file last.
+# for tests/test_logql_grammar.py; npm ci writes the stamp file last. It runs
+# in tests/logql rather than with --prefix, which would also move npm's
+# global config (and the machine's CA file set there) to tests/logql/etc.
 LOGQL := tests/logql/node_modules/.package-lock.json
 
 $(LOGQL): tests/logql/package.json tests/logql/package-lock.json | deps-system
-	npm ci --prefix tests/logql --no-audit --no-fund
+	cd tests/logql && npm ci --no-audit --no-fund
 	touch $@
 
 test: deps-system $(VENV)/.installed-test $(LOGQL)
@@ -76,10 +80,14 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
+# One run, its figures written in one place: bench/figures.json, rendered
+# into bench/README.md's Figures and quoted in README.md's Performance.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/loki.py
-	$(BIN)/python bench/detect.py
+	$(BIN)/python bench/run.py --json bench/results.json
+	$(BIN)/python bench/loki.py --json bench/results-loki.json
+	$(BIN)/python bench/detect.py --json bench/results-detect.json
+	$(BIN)/python bench/figures.py --run bench/results.json --loki bench/results-loki.json \
+	  --detect bench/results-detect.json
 
 demo-data: $(VENV)/.installed
 	$(BIN)/kube-audit-exporter simulate --events 25000 --rate 25 --seed 20240501 \

@@ -118,6 +118,7 @@ def main() -> int:
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--repeat", type=int, default=6, help="copies of the input (default 6)")
     parser.add_argument("--rounds", type=int, default=3, help="best of N rounds (default 3)")
+    parser.add_argument("--json", default="", help="also write the figures here as JSON")
     args = parser.parse_args()
     paths = args.files or DEFAULT_FILES
     runs = variants(read_lines(paths), args.repeat)
@@ -135,6 +136,18 @@ def main() -> int:
     print(f"with detection:    {with_:>10,.0f} events/s  ({matched:,} rule matches)")
     print(f"detection cost:    {1e6 / with_ - 1e6 / without:>10.2f} µs/event in the pipeline")
     print(f"detector alone:    {alone:>10.2f} µs/event (decoded events, index warm)")
+    if args.json:
+        figures = {
+            "lines": n,
+            "files": [p.name for p in paths],
+            "rules": len(load_rules(None)),
+            "events_per_second_without_detection": round(without),
+            "events_per_second_with_detection": round(with_),
+            "rule_matches": matched,
+            "detection_us_per_event": round(1e6 / with_ - 1e6 / without, 2),
+            "detector_alone_us_per_event": round(alone, 2),
+        }
+        Path(args.json).write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
 
 

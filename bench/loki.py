@@ -323,6 +323,8 @@ class Row:
     received: int
     baseline: bool = False
     note: str = ""
+    # LokiSink rows: decoding the input beforehand (timed apart), per event
+    decode_us: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -424,6 +426,7 @@ def run(args: argparse.Namespace, work: Path, log: IO[bytes]) -> list[Row]:
                     float(result["cpu_seconds"]),
                     received,
                     note="; ".join(filter(None, [note, detail])),
+                    decode_us=result["decode_seconds"] / events * 1e6,
                 )
             )
             print(f"  LokiSink fsync {fsync}: {result['seconds']:.2f}s", file=sys.stderr)

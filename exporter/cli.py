@@ -25,6 +25,7 @@ from .cliparser import (
     Terminated,
     VersionAction,
 )
+from .completion import SHELLS, script
 from .config import (
     SOURCE_SECTIONS,
     Config,
@@ -119,7 +120,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .loki.tempspool import TempSpool
 
     try:
-        cfg = load(args)
+        cfg = load(args, skip=SOURCE_SECTIONS)
     except ConfigError as e:
         return _config_errors(e)
     logs.setup(cfg.log.format, "info" if args.verbose else "warning")
@@ -193,7 +194,7 @@ def _replay(
                     while result.refused and loki is not None:
                         # the spool is full: wait for Loki to take some, never drop
                         if not loki.wait_for_room(3600.0, stall=stall):
-                            raise _LokiStalled
+                            raise _LokiStalled("Loki made no room in the spool for an hour")
                         result = pipeline.process(batch, "replay", context=path)
                     report.duplicates += result.duplicates
                     for reason, count in batch.refusals:
@@ -216,12 +217,12 @@ def _replay(
                 if stream is not sys.stdin.buffer:
                     stream.close()
         if loki is not None and not loki.drain(stall=stall):
-            raise _LokiStalled
+            raise _LokiStalled("the Loki sender stopped (see the log above)")
         finished = True
-    except _LokiStalled:
+    except _LokiStalled as e:
         assert loki is not None
         status = EXIT_LOKI
-        print(_undelivered(loki, stall, temporary_spool), file=sys.stderr)
+        print(_undelivered(loki, stall, temporary_spool, str(e)), file=sys.stderr)
     finally:
         if loki is not None and not finished:
             loki.abandon()  # Ctrl-C, SIGTERM or a stall: no waiting for Loki
@@ -252,14 +253,16 @@ class _LokiStalled(Exception):
     """Loki took nothing for the stall timeout, or refused the credentials."""
 
 
-def _undelivered(loki: LokiSink, stall: float | None, temporary_spool: bool) -> str:
+def _undelivered(loki: LokiSink, stall: float | None, temporary_spool: bool, other: str) -> str:
     n = loki.undelivered()
     if loki.stalled and stall is not None:
         why = f"Loki accepted nothing for {stall:g}s"
         if loki.last_failure:
             why += f" (last failure: {loki.last_failure})"
+    elif loki.stopped_reason is not None:
+        why = f"Loki refused the exporter ({loki.stopped_reason})"
     else:
-        why = f"Loki refused the exporter ({loki.stopped_reason or 'sender stopped'})"
+        why = other
     where = (
         "the temporary spool is removed"
         if temporary_spool
@@ -342,7 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        description="Print the completion script for SHELL, generated from this command "
+        "line. bash: `source <(kube-audit-exporter completion bash)`; zsh (after compinit): "
+        "`source <(kube-audit-exporter completion zsh)`; fish: "
+        "`kube-audit-exporter completion fish | source`.",
+    )
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+    completion.set_defaults(func=lambda args: cmd_completion(args, parser))
     return parser
+
+
+def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    sys.stdout.write(script(args.shell, parser))
+    return 0
 
 
 def _duration(text: str) -> float:

@@ -849,9 +849,15 @@ def load(
     args: argparse.Namespace | None = None,
     environ: Mapping[str, str] | None = None,
     check_files: Callable[[str], bool] | None = None,
+    *,
+    skip: Collection[str] = (),
 ) -> Config:
     """Build the configuration from parsed flags, the environment and the file
-    they name; raise ConfigError listing every problem."""
+    they name; raise ConfigError listing every problem. The sections in
+    ``skip`` (``SOURCE_SECTIONS`` for replay) keep their defaults: a command
+    that does not use them neither reads nor validates them (a shared file's
+    webhook certificates need not exist where replay runs); their unknown
+    keys are still reported."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
     config_file = getattr(args, "config_file", None) or environ.get(ENV_PREFIX + "CONFIG_FILE")
@@ -870,6 +876,8 @@ def load(
     for where, layer in layers:
         for key, raw in layer.items():
             o = OPTIONS_BY_KEY[key]
+            if (o.section or "") in skip:
+                continue
             src = o.flag if where == "flags" else o.env if where == "environment" else where
             if key in positions and where == config_file:
                 src = "{}:{}:{}".format(where, *positions[key])

@@ -10,17 +10,18 @@ bad line never stops the good ones around it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 import orjson
 
-from .jsonsplit import split_items
+from .jsonsplit import not_a_json_container, split_items, split_lines
 from .refusals import INVALID_REASONS as INVALID_REASONS
+from .refusals import Batch as Batch
 from .refusals import InvalidEvent as InvalidEvent
-from .refusals import Refusals
+from .refusals import not_an_object
 
 API_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1"})
 STAGES = frozenset({"RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"})
@@ -38,8 +39,6 @@ DEFAULT_MAX_EVENT_BYTES = 1 << 20
 # wrapper is tolerated, deeper is refused as too_deep rather than unwrapped
 # without end.
 MAX_WRAPPERS = 8
-# JSON lines are split this many bytes at a time, not all at once.
-LINES_BLOCK = 1 << 20
 
 # Set on an event whose output had to leave something out (a Loki line over
 # its size limit, fields nested too deep to write).
@@ -505,37 +504,6 @@ def _fast_event(line: bytes) -> AuditEvent | None:
 Item = AuditEvent | InvalidEvent
 
 
-class Batch(list[AuditEvent]):
-    """Decoded events in input order, and a tally of the inputs refused among
-    them: a flood of bad input costs a counter, not an object per item."""
-
-    __slots__ = ("refusals",)
-
-    def __init__(self, items: Iterable[Item] = ()) -> None:
-        super().__init__()
-        self.refusals = Refusals()
-        self.add_all(items)
-
-    def add(self, item: Item) -> None:
-        if type(item) is AuditEvent:
-            self.append(item)
-        else:
-            self.refusals.add(item)  # type: ignore[arg-type]
-
-    def add_all(self, items: Iterable[Item]) -> None:
-        append, refuse = self.append, self.refusals.add
-        for item in items:
-            if type(item) is AuditEvent:
-                append(item)
-            else:
-                refuse(item)  # type: ignore[arg-type]
-
-    @property
-    def inputs(self) -> int:
-        """Events and refusals: the inputs this batch stands for."""
-        return len(self) + self.refusals.total
-
-
 class Decoder:
     """Turns lines and documents into events, refusing bad input item by item.
 
@@ -561,7 +529,7 @@ class Decoder:
         whose items are yielded in order."""
         try:
             if len(line) <= self.max_event_bytes:
-                refused = _not_a_json_container(line)
+                refused = not_a_json_container(line)
                 if refused is not None:
                     yield refused
                     return
@@ -597,7 +565,7 @@ class Decoder:
     def _lines(self, data: bytes) -> Iterator[Item]:
         """JSON lines (or garbage): each line stands or falls alone."""
         decode = self.decode_record
-        for lineno, line in enumerate(_split_lines(data), 1):
+        for lineno, line in enumerate(split_lines(data), 1):
             if not line or line.isspace():
                 continue
             for item in decode(line):
@@ -656,7 +624,7 @@ class Decoder:
         for index, item in enumerate(items):
             kind = type(item)
             if kind is not dict and kind is not bytes:
-                yield _not_an_object(item)
+                yield not_an_object(item)
                 continue
             try:
                 if check_size and kind is dict:
@@ -670,7 +638,18 @@ class Decoder:
 
     def _resolve(self, payload: Any, raw: bytes | None) -> AuditEvent:
         """The event in ``payload`` (a line's bytes or a decoded object),
-        unwrapping managed-cluster exports in a loop; raises InvalidEvent."""
+        unwrapping managed-cluster exports in a loop; raises InvalidEvent,
+        and nothing else: an unexpected error is this item's refusal."""
+        try:
+            return self._unwrapped(payload, raw)
+        except InvalidEvent:
+            raise
+        except Exception as e:  # a decoder bug must not take the batch with it
+            raise InvalidEvent(
+                "invalid_value", f"undecodable: {type(e).__name__}: {e}"[:200]
+            ) from None
+
+    def _unwrapped(self, payload: Any, raw: bytes | None) -> AuditEvent:
         wrappers = 0
         while True:
             if type(payload) is bytes:
@@ -699,7 +678,7 @@ def _inner(obj: Any) -> bytes | dict[str, Any] | None:
     """None when ``obj`` is to be read as an event, the payload when it wraps
     one; raises InvalidEvent when it is neither."""
     if type(obj) is not dict:
-        raise _not_an_object(obj)
+        raise not_an_object(obj)
     kind = obj.get("kind", "Event")
     if type(kind) is not str:
         raise InvalidEvent("wrong_type", "kind must be a string")
@@ -722,30 +701,6 @@ def _inner(obj: Any) -> bytes | dict[str, Any] | None:
     return None
 
 
-# The bytes a JSON scalar can start with: such a line is parsed to tell
-# wrong_type (valid JSON, not an object) from invalid_json.
-_SCALAR_STARTS = frozenset(b'"-0123456789tfn')
-
-
-def _not_a_json_container(line: bytes) -> InvalidEvent | None:
-    """The refusal of a line that cannot be an object or an array, found
-    without running the parsers (garbage costs one comparison, not three
-    failed parses); None when the line may be one."""
-    first = line[:1]
-    if first.isspace():
-        first = line.lstrip()[:1]
-    if first == b"{" or first == b"[" or not first:
-        return None
-    if first[0] in _SCALAR_STARTS:
-        try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            return _not_an_object(value)
-    return InvalidEvent("invalid_json", f"not a JSON object: starts with {first!r}")
-
-
 def _parse(line: bytes) -> Any:
     """One JSON value; raises InvalidEvent (invalid_json or too_deep)."""
     try:
@@ -758,7 +713,16 @@ def _parse(line: bytes) -> Any:
 
 def _parse_whole(data: bytes) -> tuple[Any, list[bytes] | None]:
     """One JSON document, and its items' bytes when it is an array or an
-    EventList too deep to parse whole; raises InvalidEvent."""
+    EventList too deep to parse whole; raises InvalidEvent.
+
+    msgspec first: it builds the objects as it parses, where orjson holds an
+    intermediate tree of 16 bytes a value beside them (an EventList of 32
+    million integers peaked 500 MB higher); orjson (via loads) decides what
+    msgspec refuses, so the accepted documents are those of loads."""
+    try:
+        return _decode_lenient(data), None
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        pass
     try:
         return loads(data), None
     except orjson.JSONDecodeError as e:
@@ -773,18 +737,6 @@ def _parse_whole(data: bytes) -> tuple[Any, list[bytes] | None]:
 
 def _depth_error(e: orjson.JSONDecodeError) -> bool:
     return "depth" in e.msg or "recursion" in e.msg.lower()
-
-
-def _split_lines(data: bytes) -> Iterator[bytes]:
-    """The lines of ``data``, split a block at a time: a body of millions of
-    short lines never becomes one list of millions of byte strings."""
-    start, size = 0, len(data)
-    while start < size:
-        end = data.find(b"\n", start + LINES_BLOCK)
-        if end < 0:
-            end = size
-        yield from data[start:end].split(b"\n")
-        start = end + 1
 
 
 def is_document(doc: Any) -> bool:
@@ -812,14 +764,6 @@ def _items_key(doc: dict[str, Any]) -> str:
     if "items" not in doc and type(doc.get("events")) is list:
         return "events"
     return "items"
-
-
-_TYPE_NAMES: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
-
-
-def _not_an_object(obj: Any) -> InvalidEvent:
-    kind = _TYPE_NAMES.get(type(obj)) or type(obj).__name__
-    return InvalidEvent("wrong_type", f"an event must be a JSON object, not {kind}")
 
 
 def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:

@@ -15,12 +15,18 @@ protocol):
   (counted from the connection's start for its first request, from the first
   byte for later ones), the whole request (the endpoint reads the body under
   :attr:`Connection.deadline`), the response write, the keep-alive idle time;
-- a connection limit that makes room: over it, the oldest connection that has
-  been in its TLS handshake, or waiting for its request, for a second or more
-  is cut (``too_many``), so clients that connect and stall cannot shut out one
-  that sends a request; when none has, the new connection waits, without TLS
-  state, for a free slot (a queue as long as the limit or the listen backlog,
-  then ``too_many``);
+- a connection is only an accepted socket until its client sends a byte: no
+  transport, no TLS state (asyncio's TLS layer alone takes 256 KiB a
+  connection), no slot, and the handshake deadline already running; over
+  ``max_connections`` (at least 1024) such sockets the oldest is cut
+  (``too_many``);
+- a connection limit that makes room: a connection that has spoken takes a
+  slot; when none is free, the oldest connection that has been in its TLS
+  handshake, or waiting for its request, for a second or more is cut
+  (``too_many``), so clients that connect and stall cannot shut out one that
+  sends a request; when none has, the new connection waits, still without
+  TLS state, for a free slot (a queue as long as the limit or the listen
+  backlog; over it its oldest is cut);
 - limits on the request line and header fields (aiohttp's parser) and answers
   for what the parser refuses (400, 431), built by the endpoint so each
   listener answers in its own format;
@@ -36,13 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import math
 import socket
 import ssl
-import sys
-import termios
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,6 +62,9 @@ from .tlsreload import ReloadingTLSContext, ssl_reason
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1024
+# Connections accepted per wake-up, so that the readiness of those already
+# accepted is seen between bursts.
+ACCEPT_BURST = 64
 SERVER = f"kube-audit-exporter/{__version__}"
 # When a response closes the connection before the request body was read, the
 # client may still be sending it; closing at once would answer it with a TCP
@@ -151,6 +157,14 @@ def _bind(listen_address: str) -> socket.socket:
     )
 
 
+def _has_data(sock: socket.socket) -> bool:
+    """Bytes are waiting on a non-blocking socket (not read)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except OSError:
+        return False
+
+
 class Endpoint(Protocol):
     """What a listener serves: answers for requests and for parser refusals."""
 
@@ -165,8 +179,8 @@ class Endpoint(Protocol):
 
 
 # Phases of a connection; each has at most one deadline.
-QUEUED, HANDSHAKE, HEAD, REQUEST, WRITING, IDLE = (
-    "queued", "handshake", "head", "request", "writing", "idle"
+SILENT, QUEUED, HANDSHAKE, HEAD, REQUEST, WRITING, IDLE = (
+    "silent", "queued", "handshake", "head", "request", "writing", "idle"
 )  # fmt: skip
 _TIMEOUT_REASON = {
     QUEUED: "too_many",
@@ -179,62 +193,87 @@ _TIMEOUT_REASON = {
 
 class Connection(asyncio.Protocol):
     """One client connection: TLS, deadlines and the connection limit, in
-    front of aiohttp's protocol (see the module doc)."""
+    front of aiohttp's protocol (see the module doc).
 
-    def __init__(self, server: HTTPServer) -> None:
+    Until the client sends its first byte the connection is only an accepted
+    socket watched for readability (``silent``): no transport, no TLS state,
+    no slot. Then it takes a slot (or waits for one, ``queued``), becomes an
+    asyncio transport, and TLS starts."""
+
+    def __init__(self, server: HTTPServer, sock: socket.socket, peer: str) -> None:
         self.server = server
         self.loop = server.loop
-        self.peer = "-"
-        self.phase = QUEUED
+        self.peer = peer
+        self.phase = SILENT
         # When the connection entered its current waiting phase (loop time).
-        self.since = 0.0
+        self.since = self.loop.time()
         # The loop time by which the current request must have arrived.
         self.deadline = math.inf
         self.closed = False
+        self._sock: socket.socket | None = sock
         self._raw: asyncio.Transport | None = None
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
         self._pending: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._fd = -1
+
+    # --- before the first byte ------------------------------------------------
+
+    def watch(self) -> None:
+        """Wait for the client's first byte, until the handshake (or, without
+        TLS, the header) deadline."""
+        assert self._sock is not None
+        self.loop.add_reader(self._sock.fileno(), self.spoke)
+        limits = self.server.limits
+        if self.server.tls is None:
+            self._arm(min(limits.header_timeout, limits.read_timeout))
+        else:
+            self._arm(limits.handshake_timeout)
+
+    def _unwatch(self) -> None:
+        if self.phase == SILENT and self._sock is not None:
+            self.loop.remove_reader(self._sock.fileno())
+
+    def spoke(self) -> None:
+        self._unwatch()
+        self.phase = QUEUED
+        self.since = self.loop.time()
+        if self.server.admit(self):
+            self.start()
+        else:  # waits for a slot, for at most the handshake timeout
+            self._arm(self.server.limits.handshake_timeout)
+
+    def start(self) -> None:
+        """Serve the connection (it holds one of the listener's slots)."""
+        self.phase = HANDSHAKE
+        self.since = self.loop.time()
+        if self.server.tls is not None:
+            self._arm(self.server.limits.handshake_timeout)
+        self.server.spawn(self._attach())
+
+    async def _attach(self) -> None:
+        sock = self._sock
+        if sock is None or self.closed:
+            return
+        try:
+            await self.loop.connect_accepted_socket(lambda: self, sock)
+        except OSError as e:
+            log.debug("cannot serve a connection", extra={"peer": self.peer, "error": str(e)})
+            self._abort()
 
     # --- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._raw = transport
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = format_address((str(peer[0]), int(peer[1])))
-        transport.pause_reading()
-        self._fd = transport.get_extra_info("socket").fileno()
-        self.since = self.loop.time()
-        if self.server.admit(self):
-            self.start()
-        else:  # queued until a slot is free, for at most the handshake timeout
-            self.phase = QUEUED
-            self._arm(self.server.limits.handshake_timeout)
-
-    def has_data(self) -> bool:
-        """The client has sent bytes not read yet (a queued connection)."""
-        try:
-            ready = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
-        except OSError:
-            return True  # let it start and fail at once
-        return int.from_bytes(ready, sys.byteorder) > 0
-
-    def start(self) -> None:
-        """Serve the connection (it holds one of the listener's slots)."""
-        assert self._raw is not None
-        self.phase = HANDSHAKE
-        self.since = self.loop.time()
-        if self.server.tls is None:
-            self._raw.resume_reading()
-            self._ready(self._raw)
-            return
-        # start_tls resumes reading once the handshake can read.
-        self._arm(self.server.limits.handshake_timeout)
-        self.server.spawn(self._handshake(self.server.tls))
+        self._sock = None  # the transport owns it now
+        if self.closed:
+            transport.abort()
+        elif self.server.tls is None:
+            self._ready(transport)
+        else:
+            transport.pause_reading()  # start_tls reads from here
+            self.server.spawn(self._handshake(self.server.tls))
 
     def data_received(self, data: bytes) -> None:
         if self._protocol is None:
@@ -358,7 +397,12 @@ class Connection(asyncio.Protocol):
 
     def _expired(self) -> None:
         self._timer = None
-        reason = _TIMEOUT_REASON.get(self.phase)
+        if self.phase == SILENT:
+            reason: str | None = (
+                "header_timeout" if self.server.tls is None else "handshake_timeout"
+            )
+        else:
+            reason = _TIMEOUT_REASON.get(self.phase)
         if reason is not None:
             self.cut(reason)
 
@@ -380,10 +424,14 @@ class Connection(asyncio.Protocol):
             self._abort()
 
     def _abort(self) -> None:
+        self._unwatch()
         self._finish()
         transport = self._transport or self._raw
         if transport is not None:
             transport.abort()
+        elif self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _finish(self) -> None:
         if not self.closed:
@@ -451,16 +499,19 @@ class HTTPServer:
         self._waiting: dict[Connection, None] = {}
         # Connections accepted over the limit, waiting for a slot.
         self._queue: dict[Connection, None] = {}
+        # Accepted connections that have not sent a byte yet: no slot.
+        self._silent: dict[Connection, None] = {}
         self._eviction: asyncio.TimerHandle | None = None
         self._starting: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._emptied: asyncio.Event | None = None
         self._aio: web.Server | None = None
-        self._listener: asyncio.Server | None = None
+        self._accepting = False
+        self._accept_log = RateLimitedLog(log)
         self._thread: threading.Thread | None = None
         self._cut_log = RateLimitedLog(log)
         self._error_log = RateLimitedLog(log)
-        metrics.add_listener(name, lambda: len(self._conns))
+        metrics.add_listener(name, lambda: len(self._conns) + len(self._queue) + len(self._silent))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -493,9 +544,8 @@ class HTTPServer:
     async def _open(self) -> None:
         self._emptied = asyncio.Event()
         self._aio = web.Server(self._dispatch, loop=self.loop)
-        self._listener = await self.loop.create_server(
-            lambda: Connection(self), sock=self._sock, backlog=LISTEN_BACKLOG
-        )
+        self._sock.setblocking(False)
+        self._resume_accepting()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, close connections not in a request, wait up to
@@ -513,9 +563,10 @@ class HTTPServer:
 
     async def _drain(self, timeout: float) -> None:
         self.stopping = True
-        assert self._listener is not None and self._emptied is not None
-        self._listener.close()
-        for conn in list(self._queue) + list(self._conns):
+        assert self._emptied is not None
+        self._pause_accepting()
+        self._sock.close()
+        for conn in list(self._silent) + list(self._queue) + list(self._conns):
             if not conn.busy:
                 conn.close()
         if self._conns:
@@ -534,6 +585,46 @@ class HTTPServer:
 
     # --- used by Connection ---------------------------------------------------
 
+    @property
+    def waiting_room(self) -> int:
+        """How many silent connections, and how many queued ones, are kept."""
+        return max(self.limits.max_connections, LISTEN_BACKLOG)
+
+    def _resume_accepting(self) -> None:
+        if not self.stopping and not self._accepting:
+            self._accepting = True
+            self.loop.add_reader(self._sock.fileno(), self._accept)
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self.loop.remove_reader(self._sock.fileno())
+
+    def _accept(self) -> None:
+        """Accept what the backlog holds; each new connection is watched for
+        its first byte. Over :attr:`waiting_room` silent ones, the oldest
+        silent one is cut."""
+        for _ in range(ACCEPT_BURST):
+            try:
+                sock, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # Out of descriptors (EMFILE) and the like: pause instead of
+                # spinning on a listening socket that stays readable.
+                self._accept_log.log(logging.ERROR, "accept failed", server=self.name, error=str(e))
+                self._pause_accepting()
+                self.loop.call_later(0.1, self._resume_accepting)
+                return
+            sock.setblocking(False)
+            if len(self._silent) >= self.waiting_room:
+                next(iter(self._silent)).cut("too_many")
+            conn = Connection(self, sock, format_address((str(addr[0]), int(addr[1]))))
+            self._silent[conn] = None
+            conn.watch()
+            if _has_data(sock):  # spoke already (a ClientHello sent with the connect)
+                conn.spoke()
+
     def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
@@ -544,7 +635,8 @@ class HTTPServer:
         cutting the oldest connection that has waited for its handshake or
         its request for :data:`EVICT_AFTER` seconds. False when no slot is
         free: the connection is queued (when the queue is full, its oldest
-        silent connection is cut, else its oldest)."""
+        is cut)."""
+        self._silent.pop(conn, None)
         if self.stopping:
             conn.close()
             return False
@@ -552,10 +644,8 @@ class HTTPServer:
         if not self._queue and not (full and not self._evict()):
             self._take(conn)
             return True
-        if len(self._queue) >= max(self.limits.max_connections, LISTEN_BACKLOG):
-            # The oldest that has sent nothing yet, else the oldest.
-            victim = next((c for c in self._queue if not c.has_data()), None)
-            (victim or next(iter(self._queue))).cut("too_many")
+        if len(self._queue) >= self.waiting_room:
+            next(iter(self._queue)).cut("too_many")
         self._queue[conn] = None
         self._schedule_eviction()
         return False
@@ -598,20 +688,10 @@ class HTTPServer:
             self._schedule_eviction()
 
     def _start_queued(self) -> None:
-        """Give the free slots to queued connections: first those that have
-        sent something already (a ClientHello, a request), oldest first, then
-        the oldest others. A client that connects and stays silent never
-        goes before one that speaks."""
+        """Give the free slots to the oldest queued connections."""
         self._starting = None
-        free = self.limits.max_connections - len(self._conns)
-        if free <= 0 or not self._queue:
-            return
-        chosen = list(self._queue)
-        if len(chosen) > free:
-            eager = [c for c in chosen if c.has_data()][:free]
-            taken = set(eager)
-            chosen = eager + [c for c in chosen if c not in taken][: free - len(eager)]
-        for conn in chosen:
+        while self._queue and len(self._conns) < self.limits.max_connections:
+            conn = next(iter(self._queue))
             del self._queue[conn]
             self._take(conn)
             conn.start()
@@ -627,6 +707,7 @@ class HTTPServer:
         self._handshaking.pop(conn, None)
         self._waiting.pop(conn, None)
         self._queue.pop(conn, None)
+        self._silent.pop(conn, None)
         if self._conns.pop(conn, False) is None and self._queue and self._starting is None:
             # Once per loop iteration, however many connections close in it.
             self._starting = self.loop.call_soon(self._start_queued)

@@ -1,4 +1,7 @@
-"""Finding the items of a JSON document too deep for the parsers.
+"""Cutting JSON input into the pieces the decoder takes one at a time,
+without parsing it: the lines of JSON lines (:func:`split_lines`), the items
+of a document too deep for the parsers (:func:`split_items`), and the quick
+refusal of a line that cannot be an object (:func:`not_a_json_container`).
 
 orjson stops at 1024 levels and msgspec at Python's recursion limit, and both
 refuse the whole document. An EventList with one absurdly nested item must
@@ -11,11 +14,18 @@ Each item is then decoded (or refused) on its own.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+
+import orjson
+
+from .refusals import InvalidEvent, not_an_object
 
 # A string (escapes included), a run of opening or closing brackets, or a
 # separator. Everything else (numbers, literals, whitespace) is skipped.
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|[,:]')
 _ITEMS_KEY = b'"items"'
+# JSON lines are split this many bytes at a time, not all at once.
+LINES_BLOCK = 1 << 20
 
 
 def split_items(doc: bytes) -> tuple[bytes | None, list[bytes]] | None:
@@ -100,3 +110,39 @@ def _append(items: list[bytes], doc: bytes, start: int, stop: int) -> None:
     item = doc[start:stop].strip()
     if item or items:
         items.append(item)  # an empty item between commas is kept: it is refused
+
+
+def split_lines(data: bytes) -> Iterator[bytes]:
+    """The lines of ``data``, split a block at a time: a body of millions of
+    short lines never becomes one list of millions of byte strings."""
+    start, size = 0, len(data)
+    while start < size:
+        end = data.find(b"\n", start + LINES_BLOCK)
+        if end < 0:
+            end = size
+        yield from data[start:end].split(b"\n")
+        start = end + 1
+
+
+# The bytes a JSON scalar can start with: such a line is parsed to tell
+# wrong_type (valid JSON, not an object) from invalid_json.
+_SCALAR_STARTS = frozenset(b'"-0123456789tfn')
+
+
+def not_a_json_container(line: bytes) -> InvalidEvent | None:
+    """The refusal of a line that cannot be an object or an array, found
+    without running the parsers (garbage costs one comparison, not three
+    failed parses); None when the line may be one."""
+    first = line[:1]
+    if first.isspace():
+        first = line.lstrip()[:1]
+    if first == b"{" or first == b"[" or not first:
+        return None
+    if first[0] in _SCALAR_STARTS:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return not_an_object(value)
+    return InvalidEvent("invalid_json", f"not a JSON object: starts with {first!r}")

@@ -23,9 +23,9 @@ A value outside the built-in sets takes one of the free places only when the
 request got past authentication and authorization (see :func:`permitted`): a
 client without permission is answered 401 or 403 for a made-up resource or
 namespace, so it cannot fill the places that real custom resources and
-namespaces need. Callers recognise a folded
-value (``__other__``, ``other``, a code class), count it in
-``kube_audit_series_overflow_total{metric,label}`` and call :meth:`folded`.
+namespaces need. Callers recognise a folded value (``__other__``, ``other``,
+a code class), count it in ``kube_audit_series_overflow_total{metric,label}``
+and call :meth:`folded`.
 """
 
 from __future__ import annotations
@@ -49,9 +49,6 @@ BUILTIN_NAMESPACES = ("", "default", "kube-system", "kube-public", "kube-node-le
 AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 KNOWN_CODES = frozenset(int(s) for s in HTTPStatus)
-
-# The labels that can fold, for the overflow counter's ``label`` label.
-FOLDABLE = ("verb", "resource", "api_group", "namespace", "code", "webhook", "audit_level")
 
 # Code labels that mean "not this exact code": a class, or garbage.
 FOLDED_CODES = frozenset((*CODE_CLASSES, OTHER_VALUE))

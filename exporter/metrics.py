@@ -505,8 +505,7 @@ class AuditMetrics(Collector):
 
     def _future(self, events: list[AuditEvent], source: str, now: float, n: int) -> None:
         self.future.inc((source,), n)
-        limit = now + self.max_future_skew
-        ev = next(e for e in events if e.stage_ts > limit)
+        ev = max(events, key=lambda e: e.stage_ts)
         self._future_log.warning(
             "event stamped in the future: freshness gauge left alone",
             source=source,

@@ -1,6 +1,6 @@
 """Refused inputs: the :class:`InvalidEvent` that says why one input is not an
-audit event, and the :class:`Refusals` tally that every source keeps instead
-of a list of them.
+audit event, the :class:`Refusals` tally that every source keeps instead of a
+list of them, and the :class:`Batch` of decoded events that carries one.
 
 A body or a file can hold millions of bad items (64 MiB of ``x`` lines is 32
 million). A tally costs the same whatever their number: a count per reason
@@ -10,7 +10,11 @@ a refused item is kept, and never its traceback.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .event import AuditEvent
 
 # Every reason an input can be refused for. Metrics pre-initialise these so the
 # series exist at zero; keep the list in sync with the raises in event.py.
@@ -89,3 +93,43 @@ class Refusals:
 
     def __repr__(self) -> str:
         return f"Refusals({self.counts})"
+
+
+_TYPE_NAMES: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+
+
+def not_an_object(obj: Any) -> InvalidEvent:
+    """The refusal of a JSON value that is not an object."""
+    kind = _TYPE_NAMES.get(type(obj)) or type(obj).__name__
+    return InvalidEvent("wrong_type", f"an event must be a JSON object, not {kind}")
+
+
+class Batch(list["AuditEvent"]):
+    """Decoded events in input order, and a tally of the inputs refused among
+    them: a flood of bad input costs a counter, not an object per item."""
+
+    __slots__ = ("refusals",)
+
+    def __init__(self, items: Iterable[AuditEvent | InvalidEvent] = ()) -> None:
+        super().__init__()
+        self.refusals = Refusals()
+        self.add_all(items)
+
+    def add(self, item: AuditEvent | InvalidEvent) -> None:
+        if type(item) is InvalidEvent:
+            self.refusals.add(item)
+        else:
+            self.append(item)  # type: ignore[arg-type]
+
+    def add_all(self, items: Iterable[AuditEvent | InvalidEvent]) -> None:
+        append, refuse = self.append, self.refusals.add
+        for item in items:
+            if type(item) is InvalidEvent:
+                refuse(item)
+            else:
+                append(item)  # type: ignore[arg-type]
+
+    @property
+    def inputs(self) -> int:
+        """Events and refusals: the inputs this batch stands for."""
+        return len(self) + self.refusals.total

@@ -229,7 +229,9 @@ def test_real_corpus_events_keep_their_exact_labels(corpora: Path) -> None:
             assert key[1:] == (e.resource, e.namespace, e.api_group, e.level), e
 
 
-def test_an_event_from_the_far_future_leaves_the_freshness_gauge_alone() -> None:
+def test_an_event_from_the_far_future_leaves_the_freshness_gauge_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     registry = CollectorRegistry()
     metrics = AuditMetrics(registry, max_future_skew=300.0)
     pipeline = Pipeline(metrics, clock=lambda: NOW)
@@ -253,6 +255,8 @@ def test_an_event_from_the_far_future_leaves_the_freshness_gauge_alone() -> None
     )
     assert value(gauge, source="webhook") == 1714557695.0
     assert value("kube_audit_events_future_total", source="webhook") == 2
+    (logged, *_) = [r for r in caplog.records if "stamped in the future" in r.getMessage()]
+    assert logged.__dict__["audit_id"] == "far" and logged.__dict__["source"] == "webhook"
     # still processed: counted as requests
     assert value(REQUEST, verb="list", resource="pods", code="200", user_kind="human") == 4
     # a clock a little ahead (within the skew) still moves the gauge
@@ -288,3 +292,19 @@ def test_bounds_and_skew_come_from_the_config_and_are_shared_with_loki(tmp_path:
         assert isinstance(sink, LokiSink) and sink.builder.bounds is metrics.bounds
     finally:
         pipeline.close(timeout=0.1)
+
+
+def test_the_readme_states_each_label_bound() -> None:
+    import re
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Label bounds", 1)[1].split("\n\n", 3)[2]
+    stated: dict[str, int] = {}
+    for row in section.splitlines()[2:]:
+        m = re.match(r"\| `(\w+)`.*\((\d+)(?: by default| each by default)?\) \|$", row)
+        if m:
+            stated[m.group(1)] = int(m.group(2))
+    bounds = LabelBounds().series_bounds()
+    assert stated == {**bounds, "user": 1001}  # and source_ip, on the same row

@@ -5,7 +5,7 @@ The queries: every rule of the generated Loki rule files and every Loki
 panel query and Loki query variable of the generated dashboards, both in
 dashboards/out and in the chart's files/ (which the chart wraps). The
 grammar runs in node (tests/logql/parse.mjs), installed by `make test`
-(`npm ci --prefix tests/logql`); test_mixin.py checks the label names.
+(`npm ci` in tests/logql); test_mixin.py checks the label names.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def node() -> str:
     if path is None:
         pytest.fail("node is not installed; `make test` installs it (Debian nodejs)")
     if not (LOGQL / "node_modules" / "@grafana" / "lezer-logql").is_dir():
-        pytest.fail("the LogQL grammar is not installed: run `npm ci --prefix tests/logql`")
+        pytest.fail("the LogQL grammar is not installed: run `make test` (npm ci in tests/logql)")
     return path
 
 

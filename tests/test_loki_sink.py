@@ -821,3 +821,19 @@ def test_drain_sends_a_partial_batch_without_waiting_for_batch_wait(
     assert sink.drain(timeout=30.0)
     assert loki.count() == len(events)
     assert sink.pending_entries == 0
+
+
+def test_drain_gives_up_when_loki_answers_nothing_for_the_stall_time(
+    tmp_path: Path, loki: LokiReceiver, corpora: Path, sinks: list[LokiSink]
+) -> None:
+    events = [c.event for c in corpus_events(corpora / "audit2rbac-demo")][:50]
+    loki.default = 503
+    sink = open_sink(sinks, settings(tmp_path, loki))
+    submit_all(sink, events)
+    assert sink.drain(stall=0.2) is False
+    assert sink.stalled and sink.last_failure == "http_5xx"
+    assert sink.undelivered() == 50
+    loki.default = None  # Loki is back: the same sink delivers everything
+    assert sink.drain(stall=30.0) is True
+    assert not sink.stalled and sink.undelivered() == 0
+    assert loki.count() == 50

@@ -311,3 +311,50 @@ def test_a_batch_cut_before_its_mark_is_cut_off_whole(tmp_path: Path, cut: int) 
     assert s2.stats().entries == 7
     assert seg.stat().st_size == before
     assert drain(s2) == payloads(7)
+
+
+def test_the_last_mark_survives_a_crash_right_after_the_ack_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=2048)
+    for i in range(10):
+        assert s.append(payloads(10, start=10 * i), f"mark-{i}".encode())
+    records, after = s.read(s.head(), 1 << 20)
+    assert len(records) == 100
+
+    class Crash(Exception):
+        pass
+
+    write_ack = Spool._write_ack
+
+    def crash(self: Spool, pos: tuple[int, int]) -> None:
+        write_ack(self, pos)
+        raise Crash  # kill -9 before the segments behind the ack are deleted
+
+    monkeypatch.setattr(Spool, "_write_ack", crash)
+    with pytest.raises(Crash):
+        s.ack(after, len(records))  # everything, the last mark too
+    monkeypatch.undo()
+    # The next start deletes the acknowledged segments without reading them.
+    s2 = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=2048)
+    assert s2.stats().entries == 0
+    assert s2.last_mark() == b"mark-9"
+
+
+def test_a_batch_cut_before_its_mark_is_cut_off_across_segments(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1024)
+    assert s.append(payloads(5), b"mark-1")
+    first = len(segments(tmp_path))
+    assert s.append(payloads(20, start=5), b"mark-2")  # over three segments
+    s.close()
+    assert len(segments(tmp_path)) >= first + 2
+    last = segments(tmp_path)[-1]
+    with open(last, "r+b") as f:  # killed before the mark's part of the write
+        f.truncate(last.stat().st_size - spool_mod.HEADER_SIZE - len(b"mark-2"))
+    s2 = Spool(str(tmp_path), segment_bytes=1024)
+    assert s2.last_mark() == b"mark-1"
+    assert s2.stats().entries == 5
+    assert len(segments(tmp_path)) == first
+    assert drain(s2) == payloads(5)
+    assert s2.append(payloads(20, start=5), b"mark-2")
+    assert drain(s2) == payloads(20, start=5)

@@ -188,7 +188,7 @@ def test_a_suggested_rule_silences_its_combination(
     _, _, summary = simulate_json(capsys, "--policy", str(policy), log)
     noisiest = [n for n in summary["noisiest"] if n["suggestion"]]
     top = noisiest[0]
-    assert top["events"] == max(n["events"] for n in summary["noisiest"])
+    assert top["events"] == max(n["events"] for n in noisiest)
     doc = yaml.safe_load(policy.read_text())
     [suggested] = yaml.safe_load(top["suggestion"])
     assert suggested["level"] == "None"
@@ -342,3 +342,35 @@ def test_omit_managed_fields_shrinks_the_bodies() -> None:
     }
     assert omitted == len(orjson.dumps(stripped)) + 1
     assert obj["responseObject"]["metadata"]["managedFields"] == managed  # not modified
+
+
+def test_suggestions_never_silence_secrets_or_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    """On this log the noisiest combinations under the recommended policy are
+    an operator's get/update/delete of secrets: the linter and the policy
+    keep those at Metadata, so no None rule may be suggested for them."""
+    log = str(CORPORA / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log")
+    policy = next(p for p in SHIPPED if p.name == "recommended.yaml")
+    _, _, summary = simulate_json(capsys, "--policy", str(policy), log)
+    secrets = [n for n in summary["noisiest"] if n["resource"] == "secrets"]
+    assert {n["verb"] for n in secrets} >= {"get", "update", "delete"}
+    for n in summary["noisiest"]:
+        suggestion = yaml.safe_load(n["suggestion"])[0] if n["suggestion"] else None
+        if n["resource"] == "secrets" or n["verb"] not in ("get", "list", "watch"):
+            assert suggestion is None or suggestion["level"] == "Metadata", n
+            assert "None rule would" in n["note"]
+    assert any(n["suggestion"] and "level: None" in n["suggestion"] for n in summary["noisiest"])
+
+
+def test_secrets_logged_with_bodies_get_a_metadata_suggestion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = str(CORPORA / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: RequestResponse\n"
+    )
+    _, _, summary = simulate_json(capsys, "--policy", str(policy), "--top", "20", log)
+    secrets = [n for n in summary["noisiest"] if n["resource"] == "secrets"]
+    assert len(secrets) >= 3
+    for n in secrets:
+        assert yaml.safe_load(n["suggestion"])[0]["level"] == "Metadata"

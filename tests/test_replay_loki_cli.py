@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from exporter.loki.tempspool import PREFIX, TempSpool, remove_leftovers
 from tests.conftest import CORPORA
 from tests.loki_receiver import LokiReceiver, wait_for
@@ -87,22 +89,16 @@ def _interrupt(tmp_path: Path, loki: LokiReceiver, signum: int) -> tuple[int, st
     return proc.returncode, err
 
 
-def test_ctrl_c_during_a_backfill_is_one_line_and_removes_the_spool(
-    tmp_path: Path, loki: LokiReceiver
+@pytest.mark.parametrize(
+    ("signum", "status", "message"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_ctrl_c_or_sigterm_during_a_backfill_is_one_line_and_removes_the_spool(
+    tmp_path: Path, loki: LokiReceiver, signum: int, status: int, message: str
 ) -> None:
-    status, err = _interrupt(tmp_path, loki, signal.SIGINT)
-    assert status == 130
-    assert err.strip().splitlines()[-1] == "kube-audit-exporter: interrupted"
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert spools(tmp_path) == []
-
-
-def test_sigterm_during_a_backfill_exits_143_and_removes_the_spool(
-    tmp_path: Path, loki: LokiReceiver
-) -> None:
-    status, err = _interrupt(tmp_path, loki, signal.SIGTERM)
-    assert status == 143
-    assert err.strip().splitlines()[-1] == "kube-audit-exporter: terminated"
+    got, err = _interrupt(tmp_path, loki, signum)
+    assert got == status
+    assert err.strip().splitlines()[-1] == f"kube-audit-exporter: {message}"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert spools(tmp_path) == []
 
@@ -156,3 +152,32 @@ def test_strict_exits_4_when_an_input_held_invalid_events(tmp_path: Path) -> Non
     assert strict.stdout == lenient.stdout  # the same summary, counted either way
     clean = subprocess.run(replay_cmd("--strict", str(DEMO)), capture_output=True, cwd=ROOT)
     assert clean.returncode == 0
+
+
+def test_replay_and_rules_list_ignore_the_sources_of_a_shared_config(tmp_path: Path) -> None:
+    """A configuration written for `run` (webhook certificates that exist only
+    on the cluster) still serves replay and rules list on a laptop; `run`'s
+    own check still refuses it there."""
+    config = tmp_path / "prod.yaml"
+    config.write_text(
+        "cluster: prod\nwebhook:\n  listen_address: ':8443'\n  tls_cert_file: /nowhere/tls.crt\n"
+        "  tls_key_file: /nowhere/tls.key\ndetect:\n  trusted_networks: [10.0.0.0/8]\n"
+    )
+    replay = subprocess.run(
+        replay_cmd("--config.file", str(config), str(DEMO)), capture_output=True, text=True,
+        cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout.startswith("757 events")
+    rules = subprocess.run(
+        [sys.executable, "-m", "exporter", "rules", "list", "--config.file", str(config)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert rules.returncode == 0, rules.stderr
+    assert "needs detect.trusted_networks" not in rules.stdout
+    check = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", "--config.file", str(config)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 1
+    assert "webhook.tls_cert_file: cannot read /nowhere/tls.crt" in check.stderr

@@ -86,10 +86,12 @@ def _status(rule: Rule, settings: DetectionSettings) -> tuple[bool, str]:
 def _configured(args: argparse.Namespace) -> tuple[RuleSet, DetectionSettings] | None:
     """The rules and detection settings the configuration gives (the rule
     files named on the command line win over rules.file)."""
-    from ..config import ConfigError, detection_settings, load
+    from ..config import OPTIONS, ConfigError, detection_settings, load
 
+    used = ("", "rules", "detect", "alertmanager")
+    unused = {o.section or "" for o in OPTIONS} - set(used)
     try:
-        cfg = load(args) if hasattr(args, "config_file") else None
+        cfg = load(args, skip=unused) if hasattr(args, "config_file") else None
     except ConfigError as e:
         print("configuration is invalid:", file=sys.stderr)
         for problem in e.problems:

@@ -84,8 +84,7 @@ def push(
 ) -> BackfillResult:
     """Run ``batches`` through ``pipeline`` (whose sinks include ``sink``),
     waiting for room whenever the spool is full, then wait until Loki has
-    every entry. ``age`` sees each batch once (not as a processor: a batch
-    refused for want of room goes through the processors again). Returns
+    every entry. ``age`` sees each batch once, before the pipeline. Returns
     what happened; nothing is dropped silently."""
     result = BackfillResult()
     for batch in batches:

@@ -223,10 +223,8 @@ class LokiSink:
     def _stalled_since(self, start: float, stall: float | None) -> bool:
         """Whether Loki has answered nothing for ``stall`` seconds, counted
         from the later of ``start`` and its last answer."""
-        if not stall:
-            return False
-        if time.monotonic() - max(start, self.answered_at) >= stall:
-            self.stalled = True
+        idle = time.monotonic() - max(start, self.answered_at)
+        self.stalled = stall is not None and stall > 0 and idle >= stall
         return self.stalled
 
     def undelivered(self) -> int:

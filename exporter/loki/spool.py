@@ -19,8 +19,9 @@ A *mark* is a record whose append time has its top bit set: a source's
 resume position (the log tailer's checkpoint), appended in the same write as
 the batch it follows, so that after a kill -9 the batch and the position
 are both there or neither is: the batch's entries carry the next bit, and
-such entries at the end of the last segment without their mark (a write
-cut short) are cut off at start-up like a torn record. Marks are not entries: readers skip them and
+such entries at the end of the spool without their mark (a write cut
+short, in one segment or over several) are cut off at start-up like a torn
+record. Marks are not entries: readers skip them and
 :meth:`Spool.last_mark` gives the newest back. Before the segment holding
 the newest mark is deleted, the mark is written to ``mark`` (write, fsync,
 rename), so acknowledging everything does not lose it.
@@ -137,6 +138,27 @@ def _record_ok(data: bytes | memoryview, pos: int) -> int:
     if zlib.crc32(data[pos + _HEADER.size : end], check) != crc:
         return -1
     return end
+
+
+@dataclass(slots=True)
+class _Run:
+    """While the segments are read in order at start-up: the entries of a
+    marked batch whose mark has not come (yet), from ``seg``/``start`` to
+    ``end``."""
+
+    seg: int = 0
+    start: int = 0
+    entries: int = 0
+    end: Position = (0, -1)
+
+    def see(self, seg: int, item: _Good) -> None:
+        if item.flags & MARK_FLAG or not item.flags & MARKED_FLAG:
+            self.entries = 0
+            return
+        if not self.entries:
+            self.seg, self.start = seg, item.start
+        self.entries += 1
+        self.end = (seg, item.end)
 
 
 def _parse(data: bytes, start: int) -> Iterator[_Good | _Bad]:
@@ -296,6 +318,7 @@ class Spool:
             for seg in [s for s in segs if s < ack[0]]:
                 os.unlink(self._path(seg))
             segs = [s for s in segs if s >= ack[0]]
+        run = _Run()
         for i, seg in enumerate(segs):
             with open(self._path(seg), "rb") as f:
                 data = f.read()
@@ -304,22 +327,13 @@ class Spool:
                 start = ack[1] if ack[1] <= len(data) else 0
             size = len(data)
             last = i == len(segs) - 1
-            # The entries of a marked batch whose mark is not (yet) there:
-            # where the first starts, how many, where the last ends.
-            unmarked = (0, 0, -1)
             for item in _parse(data, start):
                 if type(item) is _Good:
+                    run.see(seg, item)
                     if item.flags & MARK_FLAG:
                         self._mark = item.payload
                         self._mark_saved = False
-                        unmarked = (0, 0, -1)
                         continue
-                    if not item.flags & MARKED_FLAG:
-                        unmarked = (0, 0, -1)
-                    elif unmarked[1]:
-                        unmarked = (unmarked[0], unmarked[1] + 1, item.end)
-                    else:
-                        unmarked = (item.start, 1, item.end)
                     self._entries += 1
                     if self._oldest is None:
                         self._oldest = item.ts
@@ -346,20 +360,13 @@ class Spool:
                             "bytes": item.end - item.start,
                         },
                     )
-            if last and unmarked[1] and unmarked[2] == size:
-                # kill -9 in the middle of a marked batch's write: its source
-                # reads the batch again from the mark before it.
-                size = unmarked[0]
-                self._entries -= unmarked[1]
-                log.warning(
-                    "spool: cut a batch whose mark was never written off the end",
-                    extra={"segment": seg, "offset": size, "entries": unmarked[1]},
-                )
             if size != len(data):
                 with open(self._path(seg), "r+b") as f:
                     f.truncate(size)
                     os.fsync(f.fileno())
             self._sizes[seg] = size
+        if run.entries and segs and run.end == (segs[-1], self._sizes[segs[-1]]):
+            segs = self._cut(run, segs)
         if self._mark is None:
             self._mark = self._read_mark()
             self._mark_saved = True
@@ -382,6 +389,28 @@ class Spool:
                     "corrupt_records": self._corrupt,
                 },
             )
+
+    def _cut(self, run: _Run, segs: list[int]) -> list[int]:
+        """Cut off ``run``, entries at the end of the spool without their
+        mark (kill -9 in the middle of a marked batch's write): their source
+        reads them again from the mark before them. The segments left."""
+        for seg in [s for s in segs if s > run.seg]:
+            os.unlink(self._path(seg))
+            del self._sizes[seg]
+        with open(self._path(run.seg), "r+b") as f:
+            f.truncate(run.start)
+            os.fsync(f.fileno())
+        self._sizes[run.seg] = run.start
+        self._entries -= run.entries
+        if not self._entries:
+            self._oldest = None
+        self._known_bad = {k: v for k, v in self._known_bad.items() if k < (run.seg, run.start)}
+        log.warning(
+            "spool: cut a batch whose mark was never written off the end",
+            extra={"segment": run.seg, "offset": run.start, "entries": run.entries},
+        )
+        self._sync_dir()
+        return [s for s in segs if s <= run.seg]
 
     # --- writing --------------------------------------------------------------
 
@@ -767,16 +796,17 @@ class Spool:
                 for s in done:
                     del self._sizes[s]
                 self._known_bad = {k: v for k, v in self._known_bad.items() if k[0] >= pos[0]}
-            self._write_ack(pos)
             if done:
                 with self._lock:
                     mark = None if self._mark_saved else self._mark
                 if mark is not None:
-                    # The newest mark may be in a segment about to go.
+                    # The newest mark may be in a segment about to go; saved
+                    # before the ack file, whose start-up deletes them unread.
                     self._write_mark(mark)
                     with self._lock:
                         if self._mark is mark:
                             self._mark_saved = True
+            self._write_ack(pos)
             for s in done:
                 with self._read_lock:
                     self._close_reading(self._path(s))

@@ -43,7 +43,8 @@ def register(subparsers: Any) -> None:
         help="evaluate a policy over recorded audit events",
         description="For each recorded event: the level the policy gives it and the rule "
         "that decides; then the volume per rule, rules that never match and the noisiest "
-        "(user, verb, resource) combinations with a suggested None rule. With --output json, "
+        "(user, verb, resource) combinations with a suggested rule (None for reads; never None for "
+        "writes or secrets, which the linter keeps audited). With --output json, "
         "one JSON object per event (auditID, stage, level, rule, omitStages) and a last "
         'object {"summary": ...}.',
     )

@@ -102,8 +102,9 @@ def _report(load: LoadResult) -> LintReport:
     findings = list(load.findings)
     if load.policy is not None:
         findings.extend(validate(load.policy))
-        if not any(f.severity == ERROR for f in findings):
-            findings.extend(policy_warnings(load.policy))
+        # every warning, even beside errors: fixing the errors one at a time
+        # should not reveal new warnings each time
+        findings.extend(policy_warnings(load.policy))
     findings.sort(key=Finding.sort_key)
     return LintReport(load.source, findings, load)
 

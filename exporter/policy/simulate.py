@@ -36,7 +36,9 @@ from typing import Any
 from ..event import AuditEvent, dumps_event
 from .attributes import attributes_from_event
 from .evaluate import Attributes, Decision, Evaluator
+from .lint import SENSITIVE
 from .model import (
+    LEVEL_METADATA,
     LEVEL_NONE,
     LEVEL_ORDER,
     LEVEL_REQUEST,
@@ -47,14 +49,6 @@ from .model import (
 
 READ_VERBS = frozenset({"get", "list", "watch", "head", "options"})
 NOT_WRITTEN = "notWritten"
-SENSITIVE_RESOURCES = frozenset(
-    {
-        ("", "secrets"),
-        ("", "configmaps"),
-        ("", "serviceaccounts/token"),
-        ("authentication.k8s.io", "tokenreviews"),
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -138,6 +132,38 @@ class Noise:
     events: int = 0
     bytes: int = 0
     rules: set[int] = field(default_factory=set)
+    levels: set[str] = field(default_factory=set)
+
+
+def is_sensitive(key: NoiseKey) -> bool:
+    """Secrets, ConfigMaps, TokenReviews, TokenRequests: the linter's list."""
+    return key.resource_request and any(
+        key.group == t.group
+        and key.resource == (f"{t.resource}/{t.subresource}" if t.subresource else t.resource)
+        for t in SENSITIVE
+    )
+
+
+def _advice(key: NoiseKey, noise: Noise) -> dict[str, Any]:
+    """The suggestion for a noisy combination, in line with the linter and
+    the recommended policy: reads of ordinary objects may go (None); writes
+    and secrets stay audited, at Metadata when they are logged with bodies
+    now, else as they are (no suggestion, a note says why)."""
+    sensitive = is_sensitive(key)
+    write = key.verb not in READ_VERBS
+    if not sensitive and not write:
+        return {"suggestion": suggested_rule(key)}
+    why = (
+        "secrets and tokens: a None rule would hide who accessed them"
+        if sensitive
+        else "these are writes: a None rule would lose who changed what"
+    )
+    if max((LEVEL_ORDER[level] for level in noise.levels), default=0) > LEVEL_ORDER[LEVEL_METADATA]:
+        return {
+            "suggestion": suggested_rule(key, LEVEL_METADATA),
+            "note": f"{why}; Metadata keeps who did what without the bodies",
+        }
+    return {"suggestion": None, "note": f"{why}; already at Metadata, keep it"}
 
 
 def _strip_managed_fields(body: Any) -> Any:
@@ -175,10 +201,11 @@ def estimate_size(event: dict[str, Any], level: str, omit_managed_fields: bool) 
     return len(dumps_event(out)) + 1, bodies_unknown
 
 
-def suggested_rule(key: NoiseKey) -> str:
-    """A ``level: None`` rule (YAML) that silences exactly this combination."""
+def suggested_rule(key: NoiseKey, level: str = LEVEL_NONE) -> str:
+    """A rule (YAML) for exactly this combination: ``level: None`` silences
+    it, ``level: Metadata`` keeps who did what without the bodies."""
     q = json.dumps
-    lines = ["- level: None"]
+    lines = [f"- level: {level}"]
     if key.user is not None:
         lines.append(f"  users: [{q(key.user)}]")
     lines.append(f"  verbs: [{q(key.verb)}]")
@@ -224,6 +251,7 @@ class Simulation:
             noise = self.noise.setdefault(NoiseKey.of(attrs), Noise())
             noise.events += 1
             noise.bytes += size
+            noise.levels.add(decision.level)
             if decision.rule is not None:
                 noise.rules.add(decision.rule)
         return result
@@ -263,15 +291,8 @@ class Simulation:
                     "them by user, and dropping them hides attacks"
                 )
             else:
-                entry["suggestion"] = suggested_rule(key)
+                entry.update(_advice(key, noise))
                 entry["insertBefore"] = min(noise.rules) if noise.rules else None
-                notes = []
-                if key.verb not in READ_VERBS:
-                    notes.append("these are writes: a None rule loses who changed what")
-                if key.resource_request and (key.group, key.resource) in SENSITIVE_RESOURCES:
-                    notes.append("secrets and tokens: a None rule hides who accessed them")
-                if notes:
-                    entry["note"] = "; ".join(notes)
             out.append(entry)
         return out
 

@@ -12,11 +12,9 @@ counted in ``kube_audit_http_connections_closed_total{listener,reason}``.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import logging
 import resource
-import selectors
 import socket
 import ssl
 import threading
@@ -32,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from exporter.httpserver import Limits
 from exporter.metrics import HTTPMetrics
 from exporter.web import MetricsServer
+from tests.flood import Flood, tcp, tls
 from tests.test_webhook import (  # noqa: F401 (fixtures)
     PATH,
     Factory,
@@ -70,101 +69,6 @@ def cuts(registry: CollectorRegistry, listener: str, reason: str) -> float:
 
 def open_connections(registry: CollectorRegistry, listener: str) -> float:
     return registry.get_sample_value("kube_audit_http_connections", {"listener": listener}) or 0
-
-
-class Flood:
-    """Holds ``count`` connections open from a thread. With ``replace``, each
-    one the server closes is opened again, as an attacker would; with
-    ``dribble``, every open connection sends the next byte of it (then
-    ``filler`` forever) each ``interval`` seconds."""
-
-    def __init__(
-        self,
-        opener: Callable[[], socket.socket],
-        count: int,
-        *,
-        replace: bool = False,
-        dribble: bytes = b"",
-        filler: bytes = b"a",
-        interval: float = 0.2,
-    ) -> None:
-        self.opener = opener
-        self.count = count
-        self.replace = replace
-        self.dribble = dribble
-        self.filler = filler
-        self.interval = interval
-        self.closed_by_server = 0
-        self._socks: dict[socket.socket, int] = {}
-        self._sel = selectors.DefaultSelector()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flood", daemon=True)
-
-    def __enter__(self) -> Flood:
-        for _ in range(self.count):
-            self._open()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        for sock in list(self._socks):
-            sock.close()
-        self._sel.close()
-
-    def _open(self) -> None:
-        sock = self.opener()
-        sock.setblocking(False)
-        self._socks[sock] = 0
-        self._sel.register(sock, selectors.EVENT_READ)
-
-    def _closed(self, sock: socket.socket) -> None:
-        self._sel.unregister(sock)
-        del self._socks[sock]
-        sock.close()
-        self.closed_by_server += 1
-        if self.replace and not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                self._open()
-
-    def _run(self) -> None:
-        next_byte = time.monotonic()
-        while not self._stop.is_set():
-            for key, _ in self._sel.select(0.05):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    data = sock.recv(65536)
-                except (ssl.SSLWantReadError, BlockingIOError):
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    self._closed(sock)
-            if self.dribble and time.monotonic() >= next_byte:
-                next_byte = time.monotonic() + self.interval
-                for sock, sent in list(self._socks.items()):
-                    byte = self.dribble[sent : sent + 1] or self.filler
-                    try:
-                        sock.send(byte)
-                        self._socks[sock] = sent + 1
-                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                        pass
-                    except OSError:
-                        self._closed(sock)
-
-
-def tcp(address: tuple[str, int]) -> Callable[[], socket.socket]:
-    return lambda: socket.create_connection(address, timeout=30)
-
-
-def tls(address: tuple[str, int], context: ssl.SSLContext) -> Callable[[], socket.socket]:
-    def opener() -> socket.socket:
-        sock = socket.create_connection(address, timeout=30)
-        return context.wrap_socket(sock, server_hostname="127.0.0.1")
-
-    return opener
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -283,8 +187,9 @@ def test_idle_and_slow_sockets_do_not_delay_metrics(
     sockets: int,
     dribble: bytes,
 ) -> None:
-    server, registry = metrics_server(header_timeout=1.0)
-    with Flood(tcp(server.address), sockets, replace=True, dribble=dribble) as flood:
+    server, registry = metrics_server(header_timeout=2.0)
+    flood = Flood(tcp(server.address), sockets, replace=True, dribble=dribble, interval=0.5)
+    with flood:
         (status, body), wait = timed(lambda: scrape(server.address))
         kind = "slow" if dribble else "idle"
         print(f"\n{sockets} {kind} sockets on the metrics port: /metrics in {wait:.3f} s")
