@@ -51,8 +51,7 @@ code   when
 (404, 405, 408, 411 and 500 as for the webhook, see
 exporter/sources/webhook.py, whose HTTP handling this receiver shares.) A
 retried request is not counted twice: its events are duplicates by
-(auditID, stage, stageTimestamp), in Redis when ``state.url`` is set, so
-several replicas behind one load balancer share the work.
+(auditID, stage, stageTimestamp) in the pipeline's dedupe window.
 
 Pull, :class:`~exporter.sources.eks_cloudwatch.CloudWatchSource`: see that
 module.
