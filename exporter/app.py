@@ -126,6 +126,7 @@ class App:
                 decoder=self.decoder,
                 metrics=self.metrics,
                 access_key=access_key,
+                stream_prefix=e.stream_prefix,
                 tls_cert_file=e.firehose_tls_cert_file or None,
                 tls_key_file=e.firehose_tls_key_file or None,
                 insecure=e.firehose_insecure,

@@ -23,6 +23,7 @@ from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
 from exporter.sources.eks import FirehoseReceiver
 from tests.conftest import CORPORA
+from tests.tlsutil import make_pki
 
 DEMO = CORPORA / "audit2rbac-demo" / "demo.log"
 GROUP = "/aws/eks/demo/cluster"
@@ -279,6 +280,20 @@ def test_delivery_is_answered_as_documented_after_the_pipeline_took_it(
     assert firehose.answered(200) == 1
 
 
+def test_payloads_of_other_eks_log_types_are_skipped_not_refused(firehose: Firehose) -> None:
+    """A subscription filter with an empty pattern sends every stream of the
+    group: the API server's own log, the authenticator's."""
+    lines = demo_lines()
+    other = subscription_payload(["I1206 05:00:00.000000 1 trace.go:236] Trace[1]"] * 3)
+    other = gzip.compress(
+        gzip.decompress(other).replace(b"kube-apiserver-audit-0", b"authenticator-9f")
+    )
+    status, _ = firehose.post([other, subscription_payload(lines[:25])])
+    assert status == 200
+    assert firehose.value("kube_audit_events_total", source="eks") == 25
+    assert sum_invalid(firehose.registry) == 0
+
+
 def test_gzip_content_encoding_is_undone(firehose: Firehose) -> None:
     status, _ = firehose.post([subscription_payload(demo_lines()[:50])], gzip_body=True)
     assert status == 200
@@ -452,3 +467,53 @@ def test_a_gzip_body_smaller_than_its_content_length_once_inflated_is_read(
     status, reply = firehose.post(body=b'{"records":[]}', gzip_body=True)
     assert status == 200
     assert "errorMessage" not in reply
+
+
+def test_the_receiver_serves_https_without_a_client_certificate(tmp_path: Path) -> None:
+    """Firehose delivers only to https://, and presents no certificate."""
+    pki = make_pki(tmp_path)
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry, sources=["eks"])
+    receiver = FirehoseReceiver(
+        listen_address="127.0.0.1:0",
+        path=PATH,
+        pipeline=Pipeline(metrics),
+        decoder=Decoder(),
+        metrics=metrics,
+        access_key=ACCESS_KEY,
+        tls_cert_file=str(pki.server.cert_file),
+        tls_key_file=str(pki.server.key_file),
+        insecure=False,
+    )
+    receiver.start()
+    try:
+        body = json.dumps(
+            {
+                "requestId": "tls-1",
+                "timestamp": 1,
+                "records": [
+                    {"data": base64.b64encode(subscription_payload(demo_lines()[:7])).decode()}
+                ],
+            }
+        )
+        host, port = receiver.address
+        conn = http.client.HTTPSConnection(
+            host, port, timeout=30, context=pki.client_context(with_cert=False)
+        )
+        conn.request(
+            "POST",
+            PATH,
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Amz-Firehose-Request-Id": "tls-1",
+                "X-Amz-Firehose-Access-Key": ACCESS_KEY,
+            },
+        )
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert json.loads(resp.read())["requestId"] == "tls-1"
+        conn.close()
+        assert registry.get_sample_value("kube_audit_events_total", {"source": "eks"}) == 7
+    finally:
+        receiver.shutdown()

@@ -64,6 +64,7 @@ import binascii
 import hmac
 import io
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,6 +75,7 @@ from aiohttp import web
 from ..event import AuditEvent, Batch, Decoder, InvalidEvent
 from ..gzstream import MAGIC, GzipStream
 from ..httpserver import Connection, Limits
+from ..logs import RateLimitedLog
 from ..metrics import AuditMetrics, HTTPMetrics
 from ..pipeline import BatchResult, Pipeline
 from .webhook import DEFAULT_WORKERS, WebhookServer, _ClientGone, _Refusal
@@ -104,12 +106,31 @@ def gunzip(data: bytes, limit: int) -> tuple[bytes, InvalidEvent | None]:
     return out, None
 
 
-def decode_records(records: list[Any], decoder: Decoder, max_decoded_bytes: int) -> Batch:
+_LOG_STREAM = re.compile(rb'"logStream"\s*:\s*"([^"\\]*)"')
+
+
+def stream_of(payload: bytes) -> str | None:
+    """The ``logStream`` of a subscription payload, found in its head
+    without parsing it (CloudWatch writes it before ``logEvents``)."""
+    found = _LOG_STREAM.search(payload, 0, 4096)
+    return None if found is None else found.group(1).decode(errors="replace")
+
+
+def decode_records(
+    records: list[Any],
+    decoder: Decoder,
+    max_decoded_bytes: int,
+    stream_prefix: str = "",
+    skipped: Callable[[str], None] | None = None,
+) -> Batch:
     """The events in a Firehose request's ``records``, in order, and a
     refusal for each record (or item in it) that is not usable. A record's
     data is base64 of a CloudWatch Logs subscription payload (gzip'd or
     not) or of JSON lines; refusals of a whole record are located by its
-    index."""
+    index. A payload from a stream not named ``stream_prefix...`` (another
+    EKS log type the subscription filter let through: ``authenticator-*``,
+    ``kube-apiserver-*``) is skipped, not refused, and its stream passed to
+    ``skipped``."""
     batch = Batch()
     budget = max_decoded_bytes
     for index, record in enumerate(records):
@@ -127,6 +148,12 @@ def decode_records(records: list[Any], decoder: Decoder, max_decoded_bytes: int)
             if refused is not None:
                 refused.line = index
                 batch.add(refused)
+                continue
+        if stream_prefix:
+            stream = stream_of(raw)
+            if stream is not None and not stream.startswith(stream_prefix):
+                if skipped is not None:
+                    skipped(stream)
                 continue
         budget -= len(raw)
         if budget < 0:
@@ -163,6 +190,7 @@ class FirehoseReceiver(WebhookServer):
         decoder: Decoder,
         metrics: AuditMetrics,
         access_key: str,
+        stream_prefix: str = "kube-apiserver-audit-",
         tls_cert_file: str | None,
         tls_key_file: str | None,
         insecure: bool,
@@ -175,6 +203,8 @@ class FirehoseReceiver(WebhookServer):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._access_key = access_key.encode()
+        self.stream_prefix = stream_prefix
+        self._skip_log = RateLimitedLog(log, burst=1, interval=3600.0)
         self.max_decoded_bytes = max_decoded_bytes
         self.clock = clock
         super().__init__(
@@ -264,7 +294,9 @@ class FirehoseReceiver(WebhookServer):
         records = doc.get("records") if type(doc) is dict else None
         if type(records) is not list:
             raise _Refusal(400, "not_a_delivery", "the body has no records array")
-        batch = decode_records(records, self.decoder, self.max_decoded_bytes)
+        batch = decode_records(
+            records, self.decoder, self.max_decoded_bytes, self.stream_prefix, self._skipped
+        )
         try:
             result = self.pipeline.process(
                 batch, SOURCE, context=f"firehose request {request_id} from {peer}"
@@ -275,6 +307,15 @@ class FirehoseReceiver(WebhookServer):
         if result.refused:
             raise _Refusal(503, "spool_full", "the exporter cannot take the records now; retry")
         return result
+
+    def _skipped(self, stream: str) -> None:
+        self._skip_log.log(
+            logging.INFO,
+            "firehose records from a stream that is not an audit stream skipped; "
+            "narrow the subscription filter's pattern",
+            stream=stream[:200],
+            stream_prefix=self.stream_prefix,
+        )
 
     # --- answers ---------------------------------------------------------------
 
