@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.cli import main
+from exporter.cli import build_parser, main
+from exporter.config import ConfigError, load, require_source
 from exporter.event import AuditEvent, Decoder
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
@@ -517,3 +518,50 @@ def test_the_receiver_serves_https_without_a_client_certificate(tmp_path: Path) 
         assert registry.get_sample_value("kube_audit_events_total", {"source": "eks"}) == 7
     finally:
         receiver.shutdown()
+
+
+# --- configuration ------------------------------------------------------------------
+
+
+def test_eks_configuration_problems_are_located(tmp_path: Path) -> None:
+    f = tmp_path / "eks.yaml"
+    f.write_text(
+        "eks:\n"
+        "  log_group: /aws/eks/demo/cluster\n"
+        "  start_at: yesterday\n"
+        "  poll_interval: soon\n"
+        "  firehose_listen_address: 127.0.0.1:8443\n"
+        "  firehose_path: firehose\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load(build_parser().parse_args(["check-config", "--config.file", str(f)]), {})
+    text = str(info.value)
+    for expected in (
+        "eks.start_at: must be checkpoint, now or an RFC 3339 time, not 'yesterday'",
+        "eks.poll_interval: 'soon' is not a duration",
+        "eks.firehose_access_key_file: required with eks.firehose_listen_address",
+        "eks.firehose_tls_cert_file: the Firehose receiver needs a certificate and key",
+        "eks.firehose_path: must start with '/'",
+    ):
+        assert expected in text, text
+
+
+def test_eks_configuration_from_flags_and_environment(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("k\n")
+    argv = [
+        "check-config",
+        "--eks.log-group", "/aws/eks/demo/cluster",
+        "--eks.start-at", "2024-05-01T10:00:00Z",
+        "--eks.firehose-listen-address", "127.0.0.1:8443",
+        "--eks.firehose-insecure",
+    ]  # fmt: skip
+    env = {
+        "KUBE_AUDIT_EKS_FIREHOSE_ACCESS_KEY_FILE": str(key),
+        "KUBE_AUDIT_EKS_REGION": "eu-west-1",
+    }
+    cfg = load(build_parser().parse_args(argv), env)
+    assert cfg.eks.log_group == "/aws/eks/demo/cluster"
+    assert cfg.eks.region == "eu-west-1"
+    assert cfg.eks.firehose_access_key_file == str(key)
+    require_source(cfg)  # either EKS source is a source
