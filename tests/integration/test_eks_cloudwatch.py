@@ -391,3 +391,55 @@ def test_run_pulls_cloudwatch_and_takes_firehose_deliveries(
     assert proc.alive()
     assert proc.stop() == 0
     assert "s3cr3t-firehose-key" not in proc.output()
+
+
+def test_kill9_then_restart_from_the_checkpoint_counts_each_event_once(
+    moto_url: str, tmp_path: Path, spawn: Callable[..., Process]
+) -> None:
+    """The README's pull configuration, killed without warning and started
+    again: what was counted is not read again, what came meanwhile is."""
+    cluster = Cluster(moto_url)
+    lines = demo_lines()
+    cluster.put("0f3c9a", lines[:300])
+    config = tmp_path / "eks.yaml"
+    config.write_text(
+        "cluster: demo\n"
+        "eks:\n"
+        f"  log_group: {cluster.group}\n"
+        "  region: eu-west-1\n"
+        f"  checkpoint_file: {tmp_path / 'cloudwatch.json'}\n"
+        "  start_at: checkpoint\n"
+        f"  endpoint_url: {moto_url}\n"
+        "  poll_interval: 100ms\n"
+    )
+
+    def run(*flags: str) -> tuple[Process, Callable[[], float]]:
+        web = free_port()
+        proc = spawn(
+            exporter_cmd("run", "--config.file", str(config),
+                         "--web.listen-address", f"127.0.0.1:{web}", *flags),
+            f"exporter-{web}",
+            env=dict(os.environ),
+        )  # fmt: skip
+
+        def events() -> float:
+            text = requests.get(f"http://127.0.0.1:{web}/metrics", timeout=5).text
+            for line in text.splitlines():
+                if line.startswith('kube_audit_events_total{source="eks"}'):
+                    return float(line.split()[-1])
+            return -1.0
+
+        return proc, events
+
+    first, events = run("--eks.start-at", _rfc3339(cluster.base_ms - 1000))
+    poll(lambda: events() == 300, what="the first 300 events", on_timeout=first.output)
+    first.proc.kill()  # kill -9: no shutdown, no last checkpoint write
+    first.proc.wait()
+    # meanwhile: more at the last millisecond taken, and later ones
+    cluster.put_same_ms("0f3c9a", lines[300:310], at=299)
+    cluster.put("0f3c9a", lines[310:400], at=1000)
+    second, events = run()
+    poll(lambda: events() == 100, what="the 100 new events", on_timeout=second.output)
+    cluster.put("0f3c9a", lines[400:401], at=5000)  # a marker: read after all the rest
+    poll(lambda: events() >= 101, what="the marker", on_timeout=second.output)
+    assert events() == 101
