@@ -740,29 +740,34 @@ def _depth_error(e: orjson.JSONDecodeError) -> bool:
 
 
 def is_document(doc: Any) -> bool:
-    """Is this decoded JSON a list of events (an array, an EventList, a
-    CloudWatch Logs export)?"""
+    """Is this decoded JSON a list of events (an array, an EventList, an
+    Azure Monitor or CloudWatch Logs export)?"""
     if type(doc) is list:
         return True
     if type(doc) is not dict:
         return False
     if doc.get("kind") == "EventList":
         return True
-    if "kind" in doc or "auditID" in doc:
-        return False
-    # an EventList without kind and apiVersion, or CloudWatch Logs' documents
-    return "items" in doc or _items_key(doc) != "items"
+    # an EventList without kind and apiVersion, Azure Monitor's
+    # {"records": [...]} (an Event Hubs message from AKS diagnostic settings),
+    # or a CloudWatch Logs export (EKS)
+    return _items_key(doc) in doc and "kind" not in doc and "auditID" not in doc
 
 
 def _items_key(doc: dict[str, Any]) -> str:
-    """Where a document keeps its items: ``items`` (an EventList), ``events``
+    """Where a document keeps its items: ``items`` (an EventList),
+    ``records`` (an Azure Monitor export: diagnostic settings' Event Hubs
+    messages and the storage account's blobs of the old format), ``events``
     (the output of ``aws logs filter-log-events`` or ``get-log-events``) or
     ``logEvents`` (a CloudWatch Logs subscription payload, as delivered to
     Firehose, Kinesis or Lambda once gunzipped)."""
     if "messageType" in doc and type(doc.get("logEvents")) is list:
         return "logEvents"
-    if "items" not in doc and type(doc.get("events")) is list:
-        return "events"
+    if "items" not in doc:
+        if type(doc.get("events")) is list:
+            return "events"
+        if "records" in doc:
+            return "records"
     return "items"
 
 

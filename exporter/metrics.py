@@ -338,6 +338,18 @@ class AuditMetrics(Collector):
             LAG_BUCKETS,
         )
         self.last_event: dict[str, float] = {}
+        # the EKS sources (exporter/sources/eks.py, eks_cloudwatch.py)
+        self.firehose_requests = c(
+            "eks_firehose_requests_total",
+            "Firehose HTTP endpoint deliveries answered, by status code.",
+            ("code",),
+        )
+        self.cloudwatch_errors = c(
+            "eks_cloudwatch_errors_total",
+            "CloudWatch Logs calls that failed after the SDK's own retries, by operation "
+            "and kind (throttled, error); the source backs off and calls again.",
+            ("operation", "kind"),
+        )
         self.webhook_requests = c(
             "webhook_requests_total", "Webhook HTTP requests answered, by status code.", ("code",)
         )
@@ -351,17 +363,6 @@ class AuditMetrics(Collector):
             "logfile_rotations_total",
             "Audit log rotations followed, by kind (rename, truncate).",
             ("kind",),
-        )
-        self.firehose_requests = c(
-            "eks_firehose_requests_total",
-            "Firehose HTTP endpoint deliveries answered, by status code.",
-            ("code",),
-        )
-        self.cloudwatch_errors = c(
-            "eks_cloudwatch_errors_total",
-            "CloudWatch Logs calls that failed after the SDK's own retries, by operation "
-            "and kind (throttled, error); the source backs off and calls again.",
-            ("operation", "kind"),
         )
         self._families: tuple[_Counter | _Histogram, ...] = (
             self.requests,
@@ -379,12 +380,12 @@ class AuditMetrics(Collector):
             self.duplicates,
             self.future,
             self.lag,
+            self.firehose_requests,
+            self.cloudwatch_errors,
             self.series_overflow,
             self.webhook_requests,
             self.webhook_tls_failures,
             self.logfile_rotations,
-            self.firehose_requests,
-            self.cloudwatch_errors,
         )
         for level in PSA_LEVELS:
             self.psa.init((level,))

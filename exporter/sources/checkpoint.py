@@ -177,8 +177,8 @@ def save(filename: str, ck: Checkpoint) -> None:
 
 
 def read_small(filename: str, limit: int = 1 << 16) -> bytes | None:
-    """The first ``limit`` bytes of a checkpoint file; None when there is
-    none yet. Raises OSError when it cannot be read."""
+    """The first ``limit`` bytes of ``filename``; None when it does not exist.
+    Raises OSError when it cannot be read."""
     try:
         with open(filename, "rb") as f:
             return f.read(limit)
@@ -188,9 +188,7 @@ def read_small(filename: str, limit: int = 1 << 16) -> bytes | None:
 
 def write_atomic(filename: str, data: bytes) -> None:
     """Replace ``filename`` atomically and durably with ``data`` (temporary
-    file, fsync, rename, fsync of the directory): a crash leaves the old
-    content or the new, never half of it. Every source's cursor file (the
-    log tailer's position, a cloud source's cursors) is written this way."""
+    file, fsync, rename, fsync of the directory): any source's cursor file."""
     directory = os.path.dirname(os.path.abspath(filename))
     fd, tmp = tempfile.mkstemp(
         prefix=f".{os.path.basename(filename)}.", suffix=".tmp", dir=directory

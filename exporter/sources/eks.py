@@ -181,6 +181,8 @@ class FirehoseReceiver(WebhookServer):
     requires one). Binds in the constructor like the webhook.
     """
 
+    LISTENER = "firehose"
+
     def __init__(
         self,
         *,
@@ -222,7 +224,6 @@ class FirehoseReceiver(WebhookServer):
             max_connections=max_connections,
             workers=workers,
             http_metrics=http_metrics,
-            listener="firehose",
         )
 
     def init_counts(self) -> None:

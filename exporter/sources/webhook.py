@@ -108,6 +108,12 @@ class WebhookServer:
     the pipeline.
     """
 
+    # the listener label of the HTTP layer's metrics (a push source that
+    # reuses this server names its own)
+    LISTENER = "webhook"
+    # the Content-Types taken (None: any, the body says what it is)
+    CONTENT_TYPES: frozenset[str] | None = frozenset({"application/json"})
+
     def __init__(
         self,
         *,
@@ -130,11 +136,9 @@ class WebhookServer:
         workers: int = DEFAULT_WORKERS,
         tls_reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL,
         http_metrics: HTTPMetrics | None = None,
-        listener: str = "webhook",
     ) -> None:
         """``http_metrics``: the process's HTTP families (kept unregistered
-        when not given); ``listener``: this server's name in them (another
-        push receiver built on this one names its own)."""
+        when not given)."""
         if not path.startswith("/"):
             raise ValueError(f"webhook.path: must start with '/', got {path!r}")
         if max_body_bytes < 1:
@@ -191,13 +195,13 @@ class WebhookServer:
         self._server = HTTPServer(
             listen_address,
             self,
-            name=listener,
+            name=self.LISTENER,
             metrics=http_metrics,
             tls=tls,
             limits=limits,
             on_handshake_failure=self._handshake_failed,
         )
-        self._workers = ThreadPoolExecutor(workers, thread_name_prefix=f"{listener}-pipeline")
+        self._workers = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.LISTENER}-pipeline")
 
     def _handshake_failed(self, reason: str) -> None:
         # OpenSSL reason codes are a fixed set: a bounded label
@@ -268,7 +272,7 @@ class WebhookServer:
             raise _Refusal(
                 405, "method_not_allowed", "use POST", close=True, headers={"Allow": "POST"}
             )
-        if request.content_type != "application/json":
+        if self.CONTENT_TYPES is not None and request.content_type not in self.CONTENT_TYPES:
             raise _Refusal(
                 415, "unsupported_media_type", "Content-Type must be application/json", close=True
             )
