@@ -23,6 +23,7 @@ from exporter.event import AuditEvent, Decoder
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
 from exporter.sources.eks import FirehoseReceiver
+from exporter.sources.eks_cloudwatch import make_client
 from tests.conftest import CORPORA
 from tests.tlsutil import make_pki
 
@@ -565,3 +566,13 @@ def test_eks_configuration_from_flags_and_environment(tmp_path: Path) -> None:
     assert cfg.eks.region == "eu-west-1"
     assert cfg.eks.firehose_access_key_file == str(key)
     require_source(cfg)  # either EKS source is a source
+
+
+def test_a_missing_region_is_a_start_up_error_naming_the_option(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(ValueError, match=r"eks\.region"):
+        make_client("", "")

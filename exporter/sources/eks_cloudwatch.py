@@ -149,9 +149,12 @@ def make_client(region: str, endpoint_url: str, attempts: int = 3) -> Any:
         retries={"mode": "standard", "total_max_attempts": attempts},
         user_agent_extra="kube-audit-exporter",
     )
-    return boto3.client(
-        "logs", region_name=region or None, endpoint_url=endpoint_url or None, config=config
-    )
+    try:
+        return boto3.client(
+            "logs", region_name=region or None, endpoint_url=endpoint_url or None, config=config
+        )
+    except Exception as e:  # NoRegionError, a malformed endpoint URL
+        raise ValueError(f"eks.region/eks.endpoint_url: {e}") from None
 
 
 class CloudWatchSource:
