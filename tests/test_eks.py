@@ -9,6 +9,7 @@ import gzip
 import http.client
 import json
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -576,3 +577,9 @@ def test_a_missing_region_is_a_start_up_error_naming_the_option(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(ValueError, match=r"eks\.region"):
         make_client("", "")
+
+
+def test_without_boto3_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
+    with pytest.raises(ValueError, match=r"kube-audit-exporter\[eks\]"):
+        make_client("eu-west-1", "")
