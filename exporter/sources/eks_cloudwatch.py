@@ -142,8 +142,9 @@ def make_client(region: str, endpoint_url: str, attempts: int = 3) -> Any:
         import boto3
         from botocore.config import Config
     except ImportError:
-        raise RuntimeError(
-            "the EKS CloudWatch Logs source needs boto3: pip install 'kube-audit-exporter[eks]'"
+        raise MissingExtra(
+            "eks.log_group: the CloudWatch Logs source needs boto3: "
+            "pip install 'kube-audit-exporter[eks]'"
         ) from None
     config = Config(
         retries={"mode": "standard", "total_max_attempts": attempts},
