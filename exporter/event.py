@@ -9,6 +9,7 @@ bad line never stops the good ones around it.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -550,15 +551,24 @@ class Decoder:
 
     def decode_document(self, body: bytes) -> Iterator[Item]:
         """A webhook body or a whole file: an Event, an EventList, a JSON array
-        of events, or JSON lines (each of which may be one of those). Yields
-        events and refusals in input order."""
+        of events, or JSON lines (each of which may be one of those), or
+        documents written back to back without a separator (Firehose's S3
+        objects). Yields events and refusals in input order."""
         stripped = body.strip()
         if not stripped:
             return
         try:
             doc, raw_items = _parse_whole(stripped)
         except InvalidEvent:
-            yield from self._lines(stripped)
+            documents = _concatenated(stripped)
+            if documents is None:
+                yield from self._lines(stripped)
+                return
+            for document in documents:
+                if type(document) is bytes:
+                    yield from self.decode_document(document)
+                else:
+                    yield document  # type: ignore[misc]
             return
         yield from self._document(doc, raw_items, len(stripped), None)
 
@@ -733,6 +743,43 @@ def _parse_whole(data: bytes) -> tuple[Any, list[bytes] | None]:
         raise InvalidEvent("too_deep", "nested deeper than the JSON parser goes")
     skeleton, items = split
     return ([] if skeleton is None else _parse(skeleton)), items
+
+
+_RAW_DECODE = json.JSONDecoder().raw_decode
+
+
+def _concatenated(data: bytes) -> Iterator[bytes | InvalidEvent] | None:
+    """The documents of ``data`` when it is CloudWatch Logs subscription
+    payloads written one after the other with nothing between them, as
+    Firehose writes them to S3; None when it is not (JSON lines, garbage, a
+    single damaged document). A document that cannot be read ends it, as a
+    refusal of the rest."""
+    if data[:1] != b"{" or b"}{" not in data:
+        return None
+    try:
+        text = data.decode()
+        first, end = _RAW_DECODE(text)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep
+        return None
+    if type(first) is not dict or "messageType" not in first or text[end : end + 1] != "{":
+        return None
+    return _documents(text, end)
+
+
+def _documents(text: str, end: int) -> Iterator[bytes | InvalidEvent]:
+    yield text[:end].encode()
+    start, size = end, len(text)
+    while start < size:
+        try:
+            _, end = _RAW_DECODE(text, start)
+        except (ValueError, RecursionError) as e:
+            yield InvalidEvent("invalid_json", f"at character {start}: {str(e)[:100]}")
+            return
+        yield text[start:end].encode()
+        if end < size and text[end] != "{":
+            yield InvalidEvent("invalid_json", f"unexpected {text[end]!r} at character {end}")
+            return
+        start = end
 
 
 def _depth_error(e: orjson.JSONDecodeError) -> bool:

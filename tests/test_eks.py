@@ -127,6 +127,35 @@ def test_replay_of_gzipped_subscription_payloads(
     assert report == native
 
 
+def test_replay_of_a_firehose_s3_object_of_payloads_back_to_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Firehose writes to S3 the records it got, one after the other without
+    a separator: gzip members of payloads, one gzip file once decompressed."""
+    lines = demo_lines()
+    members = [
+        subscription_payload(lines[:300]),
+        gzip.compress(json.dumps(CONTROL_MESSAGE).encode()),
+        subscription_payload(lines[300:], stream="kube-apiserver-audit-1"),
+    ]
+    obj = tmp_path / "kube-audit-1-2024-05-01-10-00-00-0f3c.gz"
+    obj.write_bytes(b"".join(members))
+    _, native = replay_json(capsys, str(DEMO))
+    status, report = replay_json(capsys, str(obj))
+    assert status == 0
+    assert report == native
+
+
+def test_documents_back_to_back_that_are_not_payloads_are_not_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = tmp_path / "two.json"
+    doc.write_text("{}{}")
+    _, report = replay_json(capsys, str(doc))
+    assert report["events"] == 0
+    assert sum(report["invalid"].values()) == 1
+
+
 def test_control_message_is_no_event_and_no_refusal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
