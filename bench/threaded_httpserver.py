@@ -1,6 +1,8 @@
 """The naive baseline for bench/webhook_server.py: the threaded HTTP/1.1 server
-the exporter used before its asynchronous one (a verbatim copy of the old
-exporter/httpserver.py, imports made absolute). Not used by the exporter.
+the exporter used before its asynchronous one (a copy of the old
+exporter/httpserver.py, imports made absolute; the listen address parsing and
+the reloading TLS context, unchanged, are imported from the exporter). Not
+used by the exporter.
 
 A small threaded HTTP/1.1 server shared by the webhook and the metrics endpoint.
 
@@ -24,7 +26,6 @@ lack:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.server
 import io
 import logging
@@ -39,7 +40,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
+from exporter.httpserver import format_address, parse_listen_address
 from exporter.logs import RateLimitedLog
+from exporter.tlsreload import ReloadingTLSContext, ssl_reason
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -59,34 +62,6 @@ LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 16 << 20
 
 
-def parse_listen_address(value: str) -> tuple[str, int]:
-    """``host:port``, ``:port`` (all interfaces) or ``[ipv6]:port`` to (host, port).
-
-    The host is ``""`` for all interfaces. Raises ValueError with a message
-    that can be shown as is.
-    """
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        raise ValueError(f"listen address {value!r}: expected host:port, :port or [ipv6]:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if not host:
-            raise ValueError(f"listen address {value!r}: empty IPv6 address")
-    elif ":" in host:
-        raise ValueError(f"listen address {value!r}: put an IPv6 address in brackets, [::1]:8443")
-    if not (port_text.isascii() and port_text.isdigit()):
-        raise ValueError(f"listen address {value!r}: port {port_text!r} is not a number")
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"listen address {value!r}: port {port} is out of range")
-    return host, port
-
-
-def format_address(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
     """Address family and socket address to bind ``host:port`` to."""
     if not host:
@@ -103,122 +78,7 @@ def _resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
     return int(family), (str(sockaddr[0]), int(sockaddr[1]))
 
 
-# --- TLS ---------------------------------------------------------------------
-
-
-class ReloadingTLSContext:
-    """A server :class:`ssl.SSLContext` rebuilt when its files change on disk.
-
-    The files are compared by content (a SHA-256 of each) at most every
-    ``reload_interval`` seconds, when a connection asks for the context: a
-    Kubernetes Secret update (a symlink swap) or cert-manager's renewal is
-    picked up without a restart, and a rewrite that keeps size and mtime
-    is not missed. When the new files cannot be loaded (a half-written pair,
-    a key that does not match) the previous context stays in use, the error
-    is logged once, and the files are tried again when they change next.
-
-    With ``client_ca_file`` a client certificate signed by one of its CAs is
-    mandatory (``CERT_REQUIRED``). TLS 1.2 is the minimum version.
-    """
-
-    def __init__(
-        self,
-        cert_file: str,
-        key_file: str,
-        client_ca_file: str | None = None,
-        *,
-        reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self.client_ca_file = client_ca_file
-        self.reload_interval = reload_interval
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._unreadable = False
-        # Start-up: any problem is fatal and reported as a ValueError.
-        try:
-            self._signature = self._read_signature()
-        except OSError as e:
-            raise ValueError(f"cannot read TLS file {e.filename}: {e.strerror}") from None
-        self._context = self._build()
-        self._next_check = clock() + reload_interval
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        return (self.cert_file, self.key_file) + (
-            (self.client_ca_file,) if self.client_ca_file else ()
-        )
-
-    def _read_signature(self) -> tuple[bytes, ...]:
-        sig = []
-        for path in self.files:
-            with open(path, "rb") as f:
-                sig.append(hashlib.sha256(f.read()).digest())
-        return tuple(sig)
-
-    def _build(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.options |= ssl.OP_NO_RENEGOTIATION
-        ctx.set_alpn_protocols(["http/1.1"])
-        try:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        except OSError as e:
-            raise ValueError(
-                f"cannot load TLS certificate {self.cert_file} with key {self.key_file}: "
-                f"{_ssl_reason(e)}"
-            ) from None
-        if self.client_ca_file:
-            try:
-                ctx.load_verify_locations(cafile=self.client_ca_file)
-            except OSError as e:
-                raise ValueError(
-                    f"cannot load client CA {self.client_ca_file}: {_ssl_reason(e)}"
-                ) from None
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
-
-    def current(self) -> ssl.SSLContext:
-        """The context for a new connection, reloaded first if the files changed."""
-        now = self.clock()
-        with self._lock:
-            if now < self._next_check:
-                return self._context
-            self._next_check = now + self.reload_interval
-            try:
-                signature = self._read_signature()
-            except OSError as e:
-                if not self._unreadable:  # once per outage, not per connection
-                    self._unreadable = True
-                    log.error(
-                        "cannot read TLS files; keeping the previous certificate",
-                        extra={"file": e.filename, "error": e.strerror},
-                    )
-                return self._context
-            self._unreadable = False
-            if signature == self._signature:
-                return self._context
-            # Remember what was tried, so a bad pair is logged once, not per connection.
-            self._signature = signature
-            try:
-                self._context = self._build()
-            except ValueError as e:
-                log.error(
-                    "TLS files changed but cannot be loaded; keeping the previous certificate",
-                    extra={"error": str(e)},
-                )
-            else:
-                log.info("reloaded TLS certificate", extra={"cert_file": self.cert_file})
-            return self._context
-
-
-def _ssl_reason(e: OSError) -> str:
-    reason = getattr(e, "reason", None)
-    if isinstance(reason, str) and reason:
-        return reason
-    return e.strerror or str(e)
+_ssl_reason = ssl_reason
 
 
 # --- connections -------------------------------------------------------------

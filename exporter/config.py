@@ -61,6 +61,21 @@ def opt(
     }
 
 
+def _duration(default: float, help: str) -> Any:
+    """A duration option of the HTTP listeners."""
+    return field(default=default, metadata=opt(help, kind="duration", minimum=0.01))
+
+
+# The same deadlines on both listeners (exporter.httpserver.Limits); a field
+# each, since a dataclass takes over the Field it is given.
+def _header_timeout() -> Any:
+    return _duration(10.0, "How long a request head may take to arrive.")
+
+
+def _idle_timeout() -> Any:
+    return _duration(90.0, "How long a keep-alive connection may idle.")
+
+
 @dataclass(frozen=True)
 class WebConfig:
     listen_address: str = field(
@@ -71,18 +86,9 @@ class WebConfig:
         default=4096,
         metadata=opt("Open connections at most; over it the oldest idle one is cut.", minimum=1),
     )
-    header_timeout: float = field(
-        default=10.0,
-        metadata=opt("How long a request head may take to arrive.", kind="duration", minimum=0.01),
-    )
-    read_timeout: float = field(
-        default=30.0,
-        metadata=opt("How long a whole request may take to arrive.", kind="duration", minimum=0.01),
-    )
-    idle_timeout: float = field(
-        default=90.0,
-        metadata=opt("How long a keep-alive connection may idle.", kind="duration", minimum=0.01),
-    )
+    header_timeout: float = _header_timeout()
+    read_timeout: float = _duration(30.0, "How long a whole request may take to arrive.")
+    idle_timeout: float = _idle_timeout()
 
 
 @dataclass(frozen=True)
@@ -127,18 +133,9 @@ class WebhookConfig:
             minimum=1,
         ),
     )
-    handshake_timeout: float = field(
-        default=5.0,
-        metadata=opt("How long a TLS handshake may take.", kind="duration", minimum=0.01),
-    )
-    header_timeout: float = field(
-        default=10.0,
-        metadata=opt("How long a request head may take to arrive.", kind="duration", minimum=0.01),
-    )
-    idle_timeout: float = field(
-        default=90.0,
-        metadata=opt("How long a keep-alive connection may idle.", kind="duration", minimum=0.01),
-    )
+    handshake_timeout: float = _duration(5.0, "How long a TLS handshake may take.")
+    header_timeout: float = _header_timeout()
+    idle_timeout: float = _idle_timeout()
     max_header_bytes: int = field(
         default=8190,
         metadata=opt(
@@ -146,7 +143,7 @@ class WebhookConfig:
         ),
     )
     workers: int = field(
-        default=4,
+        default=2,
         metadata=opt("Threads that decode and process batches at once.", minimum=1),
     )
 

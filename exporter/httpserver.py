@@ -33,6 +33,10 @@ protocol):
 - every connection the server cuts counted in
   ``kube_audit_http_connections_closed_total{listener,reason}`` and logged at
   a bounded rate, without a traceback;
+- the GIL's switch interval lowered to 0.5 ms, so the loop thread gets the
+  GIL back quickly from the pipeline's worker threads each time it wakes for
+  I/O (with the default 5 ms, webhook throughput fell below the threaded
+  server's; see bench/webhook_server.py);
 - a graceful shutdown: stop accepting, close connections not in a request,
   let requests in flight finish (answered with ``Connection: close``) up to a
   timeout, then cut the rest.
@@ -46,6 +50,7 @@ import logging
 import math
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -65,6 +70,8 @@ LISTEN_BACKLOG = 1024
 # Connections accepted per wake-up, so that the readiness of those already
 # accepted is seen between bursts.
 ACCEPT_BURST = 64
+READ_BUFFER = 1 << 20
+SWITCH_INTERVAL = 0.0005
 SERVER = f"kube-audit-exporter/{__version__}"
 # When a response closes the connection before the request body was read, the
 # client may still be sending it; closing at once would answer it with a TCP
@@ -523,6 +530,10 @@ class HTTPServer:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError(f"{self.name} server already started")
+        # The loop thread shares the GIL with the pipeline's workers: let it
+        # have the GIL back within a millisecond, not the default 5 ms, each
+        # time it wakes for I/O.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         started = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(started,), name=f"{self.name}-http", daemon=True
@@ -727,6 +738,8 @@ class HTTPServer:
             max_field_size=limits.max_header_bytes,
             max_headers=limits.max_headers,
             lingering_time=LINGER_SECONDS,
+            # Bodies of a few MiB arrive without pausing the transport.
+            read_bufsize=READ_BUFFER,
             access_log=None,
         )
 

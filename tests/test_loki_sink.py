@@ -606,7 +606,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
         submitted = int(line)
         if submitted >= 6000:
             break
-    wait_for(lambda: loki.held > 0, what="the child's fourth push, held")
+    wait_for(lambda: loki.held > 0, timeout=60, what="the child's fourth push, held")
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     child.stdout.close()

@@ -20,8 +20,10 @@ import pytest
 
 from exporter.cli import main
 from exporter.gzstream import GzipStream
+from exporter.policy.lint import EXIT_ERRORS
 from tests.conftest import CORPORA, ROOT
 from tests.test_logfile import ApiServerLog, Tail, independent_count
+from tests.test_policy_simulate import SHIPPED, simulate_json
 
 DEMO = ROOT / "demo" / "audit.log.gz"
 AUDIT2RBAC = CORPORA / "audit2rbac-demo" / "demo.log"
@@ -184,3 +186,16 @@ def test_replay_of_process_substitution_plain_and_gzip(tmp_path: Path) -> None:
     # the compressed one is recognised by its magic number, not its name
     assert (report["files"], report["events"], report["invalid"]) == (2, 757, {})
     assert report["duplicates"] == 757
+
+
+def test_policy_simulate_reads_a_cut_gzip_to_the_cut_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = gzip.compress(AUDIT2RBAC.read_bytes())
+    path = tmp_path / "cut.log.gz"
+    path.write_bytes(data[: len(data) // 2])
+    complete = gunzip_what_can_be(path.read_bytes()).count(b"\n")
+    code, _, summary = simulate_json(capsys, "--policy", str(SHIPPED[0]), str(path))
+    assert code == EXIT_ERRORS
+    assert summary["invalid"] == {"truncated_gzip": 1, "invalid_json": 1}
+    assert summary["events"] == complete

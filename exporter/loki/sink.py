@@ -58,6 +58,9 @@ CREDENTIALS_POLL = 1.0
 # What an entry adds to its event's JSON line, at most, for the room check:
 # stream labels, timestamp, structured metadata and the spool's record header.
 ENTRY_OVERHEAD = 512
+# The room check's guess for an event without its original line (a webhook
+# item), until entries have been built: then it is their mean size.
+FIRST_ENTRY_GUESS = 4096
 
 
 class LokiSink:
@@ -123,6 +126,7 @@ class LokiSink:
         self.last_failure = ""
         self.stalled = False
         self._abandoned = False
+        self._mean_entry = FIRST_ENTRY_GUESS
         self._thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
         backlog = self.spool.stats()
         log.info(
@@ -153,12 +157,17 @@ class LokiSink:
         return [build(ev) for ev in events]
 
     def admit(self, events: Sequence[AuditEvent]) -> bool:
-        """Whether the spool has room for ``events`` (estimated from their
-        JSON lines; an admitted batch is appended even when its entries turn
-        out larger, so the spool overshoots by less than one batch)."""
+        """Whether the spool has room for ``events``, estimated from their
+        original lines (an event without one, from a webhook EventList,
+        counts as the mean entry so far: it is not serialised twice). An
+        admitted batch is appended even when its entries turn out larger,
+        so the spool overshoots its limit by less than one batch."""
         if not events:
             return True
-        nbytes = sum(len(ev.to_bytes()) for ev in events) + ENTRY_OVERHEAD * len(events)
+        nbytes = ENTRY_OVERHEAD * len(events)
+        for ev in events:
+            raw = ev.raw
+            nbytes += self._mean_entry if raw is None else len(raw)
         if self.spool.admits(nbytes):
             return True
         self.stats.full()
@@ -179,6 +188,8 @@ class LokiSink:
                 redact(ev)
         record = self.builder.record
         payloads = [record(ev) for ev in events]
+        if payloads:
+            self._mean_entry = sum(map(len, payloads)) // len(payloads)
         return self.spool.append(payloads, mark, check_room=False)
 
     def wait_for_room(self, timeout: float, stall: float | None = None) -> bool:

@@ -140,6 +140,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     if per_event:
                         lines.append(_event_output(item, result, second, policy, as_json))
                 _write(lines)
+            problem = getattr(stream, "problem", None)
+            if problem:  # a cut .gz, read up to the cut (counted as truncated_gzip)
+                print(f"{path}: {problem}; read up to there", file=sys.stderr)
+                status = EXIT_ERRORS
         except BrokenPipeError:
             raise  # our reader went away (| head): not the input's fault
         except (OSError, EOFError) as e:

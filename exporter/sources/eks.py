@@ -247,7 +247,7 @@ class FirehoseReceiver(WebhookServer):
             self._authenticate(request)
             body = await self._read_body(request, length, conn)
             result = await asyncio.get_running_loop().run_in_executor(
-                self._workers, self._deliver, body, request_id, conn.peer
+                self._workers, self._run_delivery, body, request_id, conn.peer
             )
         except _Refusal as r:
             return self._refuse_request(r, request, conn, request_id)
@@ -263,7 +263,7 @@ class FirehoseReceiver(WebhookServer):
                 "invalid": result.invalid,
             },
         )
-        return self._reply(200, request_id)
+        return self._reply(200, request_id, counted=True)
 
     def refuse(self, status: int, reason: str, message: str, peer: str) -> web.StreamResponse:
         self.refused_log.warning(
@@ -284,6 +284,18 @@ class FirehoseReceiver(WebhookServer):
             )
 
     # --- processing (in a worker thread) ----------------------------------------
+
+    def _run_delivery(self, body: bytes, request_id: str, peer: str) -> BatchResult:
+        """:meth:`_deliver` and the count of its answer, in the worker thread
+        (as the webhook does: the loop never waits for the metrics lock)."""
+        try:
+            result = self._deliver(body, request_id, peer)
+        except _Refusal as r:
+            self.count(r.code)
+            r.counted = True
+            raise
+        self.count(200)
+        return result
 
     def _deliver(self, body: bytes, request_id: str, peer: str) -> BatchResult:
         """``body`` with its Content-Encoding undone (by the HTTP parser, as
@@ -334,7 +346,7 @@ class FirehoseReceiver(WebhookServer):
             code=r.code,
             reason=r.reason,
         )
-        response = self._reply(r.code, request_id, r.message, r.headers)
+        response = self._reply(r.code, request_id, r.message, r.headers, counted=r.counted)
         if r.close:
             response.force_close()
         return response
@@ -345,10 +357,13 @@ class FirehoseReceiver(WebhookServer):
         request_id: str,
         error: str | None = None,
         headers: dict[str, str] | None = None,
+        *,
+        counted: bool = False,
     ) -> web.Response:
         """The documented answer: the request's id, the time in milliseconds,
         and on a failure the reason (which Firehose logs as it is)."""
-        self.count(code)
+        if not counted:
+            self.count(code)
         doc: dict[str, Any] = {"requestId": request_id, "timestamp": int(self.clock() * 1000)}
         if error is not None:
             doc["errorMessage"] = error

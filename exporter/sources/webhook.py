@@ -63,7 +63,7 @@ SOURCE = "webhook"
 RETRY_AFTER_SECONDS = 5
 # Pre-initialised so the series exist at zero (the others appear when used).
 KNOWN_CODES = ("200", "400", "404", "405", "408", "411", "413", "415", "500", "503")
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = 2
 
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -90,6 +90,7 @@ class _Refusal(Exception):
         self.close = close
         self.headers = headers or {}
         self.cut = cut
+        self.counted = False  # in webhook_requests_total already
 
 
 class _ClientGone(Exception):
@@ -241,7 +242,7 @@ class WebhookServer:
             length = self._precheck(request)
             body = await self._read_body(request, length, conn)
             result = await asyncio.get_running_loop().run_in_executor(
-                self._workers, self._process, body, conn.peer
+                self._workers, self._run_batch, body, conn.peer
             )
         except _Refusal as r:
             return self._refuse(r, request, conn)
@@ -255,6 +256,7 @@ class WebhookServer:
                 "duplicates": result.duplicates,
                 "invalid": result.invalid,
             },
+            counted=True,
         )
 
     def refuse(self, status: int, reason: str, message: str, peer: str) -> web.StreamResponse:
@@ -360,6 +362,19 @@ class WebhookServer:
 
     # --- processing (in a worker thread) ----------------------------------------
 
+    def _run_batch(self, body: bytes, peer: str) -> BatchResult:
+        """:meth:`_process` and the count of its answer, in a worker thread:
+        the metrics lock, held by workers for a batch at a time, is never
+        waited for on the event loop."""
+        try:
+            result = self._process(body, peer)
+        except _Refusal as r:
+            self.count(r.code)
+            r.counted = True
+            raise
+        self.count(200)
+        return result
+
     def _process(self, body: bytes, peer: str) -> BatchResult:
         if not body.strip():
             raise _Refusal(400, "empty_body", "the body is empty")
@@ -397,15 +412,23 @@ class WebhookServer:
             code=r.code,
             reason=r.reason,
         )
-        response = self._answer(r.code, {"error": r.reason, "message": r.message}, r.headers)
+        response = self._answer(
+            r.code, {"error": r.reason, "message": r.message}, r.headers, counted=r.counted
+        )
         if r.close:
             response.force_close()
         return response
 
     def _answer(
-        self, code: int, doc: dict[str, Any], headers: dict[str, str] | None = None
+        self,
+        code: int,
+        doc: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        *,
+        counted: bool = False,
     ) -> web.Response:
-        self.count(code)
+        if not counted:
+            self.count(code)
         response = web.Response(status=code, body=orjson.dumps(doc) + b"\n", headers=headers)
         response.headers["Content-Type"] = "application/json"
         return response
