@@ -443,3 +443,59 @@ def test_kill9_then_restart_from_the_checkpoint_counts_each_event_once(
     cluster.put("0f3c9a", lines[400:401], at=5000)  # a marker: read after all the rest
     poll(lambda: events() >= 101, what="the marker", on_timeout=second.output)
     assert events() == 101
+
+
+def test_with_a_sink_that_keeps_marks_the_later_of_mark_and_file_is_resumed(
+    moto_url: str, tmp_path: Path
+) -> None:
+    """With Loki on, the spool keeps each batch's mark in the batch's own
+    write; the cursor file is still written after it, and after a restart
+    the later of the two (by seq) is where reading resumes."""
+    cluster = Cluster(moto_url)
+    lines = demo_lines()
+    cluster.put("a1", lines[:50])
+    ckpt = tmp_path / "cw.json"
+    marks: list[bytes] = []
+
+    class MarkingSink:
+        keeps_marks = True
+
+        def admit(self, events: Any) -> bool:
+            return True
+
+        def submit(self, events: Any, mark: bytes | None = None) -> bool:
+            assert mark is not None
+            marks.append(mark)
+            return True
+
+        def close(self, timeout: float = 10.0) -> bool:
+            return True
+
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry, sources=["eks"])
+    source = CloudWatchSource(
+        client=make_client("eu-west-1", moto_url, attempts=1),
+        log_group=cluster.group,
+        pipeline=Pipeline(metrics, sinks=[MarkingSink()]),
+        decoder=Decoder(),
+        metrics=metrics,
+        checkpoint_file=str(ckpt),
+        start_at=_rfc3339(cluster.base_ms - 1000),
+    )
+    assert source.poll_once()
+    assert len(marks) == 1
+    assert json.loads(ckpt.read_bytes()) == json.loads(marks[-1])
+    stale = ckpt.read_bytes()
+    cluster.put("a1", lines[50:80], at=100)
+    assert source.poll_once()
+    assert len(marks) == 2
+    ckpt.write_bytes(stale)  # as if the last file write was lost
+    cluster.put("a1", lines[80:90], at=200)
+    again = Reader(cluster, moto_url, checkpoint_file=str(ckpt), resume_mark=marks[-1])
+    assert again.source.poll_once()
+    assert again.events == 10
+    stale_copy = tmp_path / "stale.json"
+    stale_copy.write_bytes(stale)
+    other = Reader(cluster, moto_url, checkpoint_file=str(stale_copy), resume_mark=b"not ours")
+    assert other.source.poll_once()
+    assert other.events == 40  # from the stale file: the 30 after it, and the 10
