@@ -9,6 +9,7 @@ import gzip
 import http.client
 import json
 import logging
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -612,3 +613,31 @@ def test_without_boto3_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
     with pytest.raises(ValueError, match=r"kube-audit-exporter\[eks\]"):
         make_client("eu-west-1", "")
+
+
+def test_a_body_over_the_limit_is_refused_413_unread_with_the_documented_body(
+    firehose: Firehose,
+) -> None:
+    firehose.receiver.max_body_bytes = 2048
+    status, reply = firehose.post([subscription_payload(demo_lines()[:200])], request_id="big")
+    assert status == 413
+    assert reply["requestId"] == "big"
+    assert reply["errorMessage"]
+    assert firehose.value("kube_audit_events_total", source="eks") == 0
+    assert firehose.answered(413) == 1
+
+
+def test_a_request_the_parser_refuses_is_answered_in_firehose_form(firehose: Firehose) -> None:
+    host, port = firehose.receiver.address
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /firehose HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400"
+    reply = json.loads(body)
+    assert set(reply) == {"requestId", "timestamp", "errorMessage"}
