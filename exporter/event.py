@@ -616,6 +616,9 @@ class Decoder:
                 yield InvalidEvent("wrong_type", f"{key} must be a list")
                 return
             items = found
+            if key in _CLOUDWATCH_KEYS and raw_items is None:
+                yield from self._messages(items)
+                return
         elif raw_items is not None:
             # split, but not a list: an object whose "items" is too deep
             yield InvalidEvent("too_deep", "nested deeper than the JSON parser goes")
@@ -645,6 +648,25 @@ class Decoder:
             except InvalidEvent as e:
                 e.line = index
                 yield e
+
+    def _messages(self, items: list[Any]) -> Iterator[Item]:
+        """CloudWatch Logs events: each ``message`` is the API server's JSON
+        line, read as a line of JSON lines is (its fast path); an item
+        without a string message is read as any other item."""
+        decode = self.decode_record
+        for index, item in enumerate(items):
+            message = item.get("message") if type(item) is dict else None
+            if type(message) is not str:
+                try:
+                    yield self._resolve(item, None) if type(item) is dict else not_an_object(item)
+                except InvalidEvent as e:
+                    e.line = index
+                    yield e
+                continue
+            for found in decode(message.encode()):
+                if type(found) is not AuditEvent:
+                    found.line = index  # type: ignore[union-attr]
+                yield found
 
     def _resolve(self, payload: Any, raw: bytes | None) -> AuditEvent:
         """The event in ``payload`` (a line's bytes or a decoded object),
@@ -799,6 +821,10 @@ def is_document(doc: Any) -> bool:
     # {"records": [...]} (an Event Hubs message from AKS diagnostic settings),
     # or a CloudWatch Logs export (EKS)
     return _items_key(doc) in doc and "kind" not in doc and "auditID" not in doc
+
+
+# The documents whose items are CloudWatch Logs events (see _items_key).
+_CLOUDWATCH_KEYS = frozenset({"events", "logEvents"})
 
 
 def _items_key(doc: dict[str, Any]) -> str:
