@@ -4,10 +4,9 @@ Each poll lists the group's streams named ``kube-apiserver-audit-*``
 (DescribeLogStreams), so a stream that appears (a new API server instance)
 is followed from its first event, and reads each live stream forward with
 GetLogEvents (``startFromHead``, then its ``nextForwardToken``) until it
-has nothing new. A stream whose last ingestion is more than
-:data:`STREAM_IDLE_MS` older than the moment it was last read to its end is
-no longer read (a replaced API server); it is read again once it has new
-events.
+has nothing new. A stream read to its end whose listed last ingestion is
+more than :data:`STREAM_IDLE_MS` old and has not moved since is no longer
+read (a replaced API server); it is read again once it moves.
 
 The cursor of a stream is the newest event timestamp taken (milliseconds)
 and a digest of every message taken at that very millisecond. After a
@@ -106,7 +105,8 @@ class StreamCursor:
     # not kept across restarts:
     token: str | None = None
     start_ms: int | None = None  # the startTime of this session's reads
-    caught_up_ms: int | None = None  # wall clock when last read to its end
+    # its lastIngestionTime (as listed) when it was last read to its end
+    caught_up_ingestion: int | None = None
 
     def take(self, ts: int, message_digest: str) -> bool:
         """Whether an event is new; remembers it when it is."""
@@ -317,8 +317,8 @@ class CloudWatchSource:
                 if self._stop.is_set():
                     break
                 cursor = self.streams.setdefault(name, StreamCursor())
-                if self._live(cursor, last_ingestion):
-                    self._read(name, cursor)
+                if self._live(cursor, last_ingestion) and self._read(name, cursor):
+                    cursor.caught_up_ingestion = last_ingestion
         except _Failed:
             self.failures += 1
             return False
@@ -326,9 +326,14 @@ class CloudWatchSource:
         return True
 
     def _live(self, cursor: StreamCursor, last_ingestion: int | None) -> bool:
-        if cursor.caught_up_ms is None or last_ingestion is None:
+        """Whether to read a stream: one not read to its end yet, one with
+        an ingestion since, or one whose last ingestion is recent (the
+        listed time may lag what the stream holds)."""
+        if cursor.caught_up_ingestion is None or last_ingestion is None:
             return True
-        return last_ingestion >= cursor.caught_up_ms - STREAM_IDLE_MS
+        if last_ingestion > cursor.caught_up_ingestion:
+            return True
+        return int(self.clock() * 1000) - last_ingestion < STREAM_IDLE_MS
 
     def _list_streams(self) -> list[tuple[str, int | None]]:
         streams = []
@@ -346,9 +351,10 @@ class CloudWatchSource:
                 return streams
             kwargs["nextToken"] = token
 
-    def _read(self, name: str, cursor: StreamCursor) -> None:
-        """Read ``name`` forward until it has nothing new (or a batch is
-        refused: it is read again from the same place at the next poll)."""
+    def _read(self, name: str, cursor: StreamCursor) -> bool:
+        """Read ``name`` forward until it has nothing new (True), or a batch
+        is refused (False: it is read again from the same place at the next
+        poll)."""
         if cursor.start_ms is None:
             cursor.start_ms = cursor.time_ms if cursor.time_ms is not None else self.start_ms
         while not self._stop.is_set():
@@ -365,12 +371,12 @@ class CloudWatchSource:
             events = page.get("events") or []
             token = page.get("nextForwardToken")
             if events and not self._take(name, cursor, events):
-                return
+                return False
             if not events or token is None or token == cursor.token:
                 cursor.token = token or cursor.token
-                cursor.caught_up_ms = int(self.clock() * 1000)
-                return
+                return True
             cursor.token = token
+        return False
 
     def _take(self, name: str, cursor: StreamCursor, events: Iterable[dict[str, Any]]) -> bool:
         """Hand one page to the pipeline; True when it was taken."""

@@ -499,3 +499,48 @@ def test_with_a_sink_that_keeps_marks_the_later_of_mark_and_file_is_resumed(
     other = Reader(cluster, moto_url, checkpoint_file=str(stale_copy), resume_mark=b"not ours")
     assert other.source.poll_once()
     assert other.events == 40  # from the stale file: the 30 after it, and the 10
+
+
+class CountingClient:
+    """A boto3 client whose GetLogEvents calls are counted, by stream."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.reads: list[str] = []
+
+    def describe_log_streams(self, **kwargs: Any) -> Any:
+        return self.client.describe_log_streams(**kwargs)
+
+    def get_log_events(self, **kwargs: Any) -> Any:
+        self.reads.append(kwargs["logStreamName"].removeprefix(PREFIX))
+        return self.client.get_log_events(**kwargs)
+
+
+def test_a_stream_quiet_for_two_hours_is_left_until_it_has_new_events(moto_url: str) -> None:
+    cluster = Cluster(moto_url)
+    lines = demo_lines()
+    cluster.put("old", lines[:10])
+    cluster.put("new", lines[10:20], at=10)
+    now = [time.time()]
+    client = CountingClient(make_client("eu-west-1", moto_url, attempts=1))
+    reader = Reader(
+        cluster,
+        moto_url,
+        client=client,
+        start_at=_rfc3339(cluster.base_ms - 1000),
+        clock=lambda: now[0],
+    )
+    assert reader.source.poll_once()
+    assert reader.events == 20
+    assert set(client.reads) == {"old", "new"}
+    client.reads.clear()
+    assert reader.source.poll_once()
+    assert set(client.reads) == {"old", "new"}  # active: read at every poll
+    now[0] += 3 * 3600  # three hours later, nothing new anywhere
+    client.reads.clear()
+    assert reader.source.poll_once()
+    assert client.reads == []  # both quiet for longer than STREAM_IDLE_MS
+    cluster.put("new", lines[20:30], at=100)  # its lastIngestionTime moves on
+    assert reader.source.poll_once()
+    assert client.reads and set(client.reads) == {"new"}
+    assert reader.events == 30
