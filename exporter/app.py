@@ -22,6 +22,8 @@ from .loki.sink import LokiSink
 from .metrics import AuditMetrics, HTTPMetrics
 from .pipeline import Pipeline, Processor, Sink
 from .redact import Redactor
+from .sources.eks import FirehoseReceiver
+from .sources.eks_cloudwatch import CloudWatchSource, make_client
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
 from .web import MetricsServer
@@ -42,6 +44,7 @@ class App:
             for name, on in (
                 ("webhook", bool(cfg.webhook.listen_address)),
                 ("logfile", bool(cfg.logfile.path)),
+                ("eks", bool(cfg.eks.log_group or cfg.eks.firehose_listen_address)),
             )
             if on
         ]
@@ -101,6 +104,51 @@ class App:
                 resume_mark=marks[0] if marks else None,
             )
 
+        self.firehose: FirehoseReceiver | None = None
+        self.cloudwatch: CloudWatchSource | None = None
+        self._start_eks(cfg)
+
+    def _start_eks(self, cfg: Config) -> None:
+        """The EKS sources, when configured: Firehose's push receiver and
+        the CloudWatch Logs pull (boto3 imported only for the latter)."""
+        e = cfg.eks
+        if e.firehose_listen_address:
+            with open(e.firehose_access_key_file, encoding="utf-8") as f:
+                access_key = f.read().strip()
+            if not access_key:
+                raise ValueError(
+                    f"eks.firehose_access_key_file: {e.firehose_access_key_file} is empty"
+                )
+            self.firehose = _listening("eks.firehose_listen_address", FirehoseReceiver)(
+                listen_address=e.firehose_listen_address,
+                path=e.firehose_path,
+                pipeline=self.pipeline,
+                decoder=self.decoder,
+                metrics=self.metrics,
+                access_key=access_key,
+                stream_prefix=e.stream_prefix,
+                tls_cert_file=e.firehose_tls_cert_file or None,
+                tls_key_file=e.firehose_tls_key_file or None,
+                insecure=e.firehose_insecure,
+                max_body_bytes=e.firehose_max_body_bytes,
+                http_metrics=self.http_metrics,
+            )
+        if e.log_group:
+            marks = [s.spool.last_mark() for s in self.pipeline.sinks if isinstance(s, LokiSink)]
+            self.cloudwatch = CloudWatchSource(
+                client=make_client(e.region, e.endpoint_url),
+                log_group=e.log_group,
+                stream_prefix=e.stream_prefix,
+                pipeline=self.pipeline,
+                decoder=self.decoder,
+                metrics=self.metrics,
+                checkpoint_file=e.checkpoint_file or None,
+                start_at=e.start_at,
+                poll_interval=e.poll_interval,
+                backoff_max=e.backoff_max,
+                resume_mark=marks[0] if marks else None,
+            )
+
     def start(self) -> None:
         log.info(
             "starting kube-audit-exporter",
@@ -115,6 +163,12 @@ class App:
         if self.logfile is not None:
             self.logfile.start()
             log.info("tailing audit log", extra={"path": self.cfg.logfile.path})
+        if self.firehose is not None:
+            self.firehose.start()
+            log.info("firehose receiver listening", extra={"address": _fmt(self.firehose.address)})
+        if self.cloudwatch is not None:
+            self.cloudwatch.start()
+            log.info("reading CloudWatch Logs", extra={"log_group": self.cfg.eks.log_group})
         self._ready.set()
         log.info("ready", extra={"metrics": _fmt(self.web.address)})
 
@@ -125,6 +179,10 @@ class App:
             self.webhook.shutdown(timeout)
         if self.logfile is not None:
             self.logfile.stop(timeout)
+        if self.firehose is not None:
+            self.firehose.shutdown(timeout)
+        if self.cloudwatch is not None:
+            self.cloudwatch.stop(timeout)
         self.pipeline.close(timeout)
         if self.notifier is not None:
             self.notifier.close(timeout)

@@ -28,6 +28,7 @@ from .labels import LabelBounds
 from .logs import safe_url
 from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
 from .metrics import AuditMetrics
+from .sources.eks_cloudwatch import parse_start_at
 
 ENV_PREFIX = "KUBE_AUDIT_"
 
@@ -174,6 +175,87 @@ class LogfileConfig:
     checkpoint_interval: float = field(
         default=5.0,
         metadata=opt("How often the checkpoint is written.", kind="duration", minimum=0.01),
+    )
+
+
+@dataclass(frozen=True)
+class EksConfig:
+    """EKS: the audit log group in CloudWatch Logs, pulled, and Firehose's
+    HTTP endpoint delivery, pushed (exporter/sources/eks.py, eks_cloudwatch.py)."""
+
+    log_group: str = field(
+        default="",
+        metadata=opt(
+            "CloudWatch Logs group to pull, /aws/eks/<cluster>/cluster; empty disables the pull."
+        ),
+    )
+    stream_prefix: str = field(
+        default="kube-apiserver-audit-",
+        metadata=opt("Only streams whose name starts with this are read."),
+    )
+    region: str = field(
+        default="", metadata=opt("AWS region; empty uses the SDK's default (AWS_REGION, ...).")
+    )
+    endpoint_url: str = field(
+        default="",
+        metadata=opt("CloudWatch Logs endpoint URL (a VPC endpoint, an emulator); empty: AWS's."),
+    )
+    checkpoint_file: str = field(
+        default="",
+        metadata=opt("Where the per-stream cursors are kept; empty means no checkpoint."),
+    )
+    start_at: str = field(
+        default="checkpoint",
+        metadata=opt(
+            "checkpoint: resume from the checkpoint (now when there is none); now; "
+            "or an RFC 3339 time (2024-05-01T10:00:00Z) to read from."
+        ),
+    )
+    poll_interval: float = field(
+        default=5.0,
+        metadata=opt("How often the streams are listed and read.", kind="duration", minimum=0.01),
+    )
+    backoff_max: float = field(
+        default=300.0,
+        metadata=opt(
+            "Longest wait after throttled or failed calls (doubling from 1s).",
+            kind="duration",
+            minimum=0.01,
+        ),
+    )
+    firehose_listen_address: str = field(
+        default="",
+        metadata=opt(
+            "Address of the Firehose HTTP endpoint delivery receiver; empty disables it.",
+            kind="address",
+        ),
+    )
+    firehose_path: str = field(
+        default="/firehose", metadata=opt("URL path Firehose POSTs to (part of its endpoint URL).")
+    )
+    firehose_access_key_file: str = field(
+        default="",
+        metadata=opt(
+            "File holding the Firehose stream's access key (X-Amz-Firehose-Access-Key).",
+            kind="file",
+        ),
+    )
+    firehose_tls_cert_file: str = field(
+        default="",
+        metadata=opt("Serving certificate (PEM) of the Firehose receiver.", kind="file"),
+    )
+    firehose_tls_key_file: str = field(
+        default="", metadata=opt("Private key of that certificate (PEM).", kind="file")
+    )
+    firehose_insecure: bool = field(
+        default=False,
+        metadata=opt("Serve the receiver as plain HTTP (TLS ends at a load balancer)."),
+    )
+    firehose_max_body_bytes: int = field(
+        default=96 << 20,
+        metadata=opt(
+            "Largest request body once gunzipped (413 above).", kind="bytes", minimum=1024
+        ),
     )
 
 
@@ -433,6 +515,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     logfile: LogfileConfig = field(default_factory=LogfileConfig)
+    eks: EksConfig = field(default_factory=EksConfig)
     loki: LokiConfig = field(default_factory=LokiConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
@@ -703,7 +786,7 @@ def load_file(path: str, problems: list[str], positions: Positions | None = None
 
 # The sections only ``run`` uses (its sources and its HTTP endpoints): replay
 # and the offline tools neither take nor show their flags.
-SOURCE_SECTIONS = ("web", "webhook", "logfile")
+SOURCE_SECTIONS = ("web", "webhook", "logfile", "eks")
 
 
 def add_flags(
@@ -900,6 +983,38 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
     yield from _detection_problems(cfg)
     if cfg.logfile.checkpoint_file and not cfg.logfile.path:
         yield "logfile.checkpoint_file: set without logfile.path"
+    yield from _eks_problems(cfg)
+
+
+def _eks_problems(cfg: Config) -> Iterator[str]:
+    e = cfg.eks
+    if e.log_group:
+        try:
+            parse_start_at(e.start_at)
+        except ValueError as err:
+            yield f"eks.start_at: {err}"
+    elif e.checkpoint_file:
+        yield "eks.checkpoint_file: set without eks.log_group"
+    if not e.firehose_listen_address:
+        return
+    if not e.firehose_access_key_file:
+        yield (
+            "eks.firehose_access_key_file: required with eks.firehose_listen_address "
+            "(the key set on the Firehose stream's HTTP endpoint)"
+        )
+    has_tls = bool(e.firehose_tls_cert_file or e.firehose_tls_key_file)
+    if e.firehose_insecure and has_tls:
+        yield "eks.firehose_insecure: contradicts eks.firehose_tls_cert_file/tls_key_file"
+    if not e.firehose_insecure and not (e.firehose_tls_cert_file and e.firehose_tls_key_file):
+        yield (
+            "eks.firehose_tls_cert_file: the Firehose receiver needs a certificate and key "
+            "(or eks.firehose_insecure behind a load balancer that ends TLS)"
+        )
+    if not e.firehose_path.startswith("/"):
+        yield f"eks.firehose_path: must start with '/', not {e.firehose_path!r}"
+    for other in ("web", "webhook"):
+        if e.firehose_listen_address == getattr(cfg, other).listen_address:
+            yield f"eks.firehose_listen_address: must differ from {other}.listen_address"
 
 
 def _pairs(items: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -1024,9 +1139,15 @@ def require_source(cfg: Config) -> None:
     """What ``run`` needs beyond a valid configuration: a source, and a
     spool directory when events go to Loki."""
     problems = []
-    if not cfg.webhook.listen_address and not cfg.logfile.path:
+    if not (
+        cfg.webhook.listen_address
+        or cfg.logfile.path
+        or cfg.eks.log_group
+        or cfg.eks.firehose_listen_address
+    ):
         problems.append(
-            "webhook.listen_address: no source configured; set it or logfile.path (or both)"
+            "webhook.listen_address: no source configured; set it, logfile.path, "
+            "eks.log_group or eks.firehose_listen_address"
         )
     if cfg.loki.url and not cfg.spool.dir:
         problems.append("spool.dir: required with loki.url (the durable buffer for Loki)")

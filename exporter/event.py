@@ -9,6 +9,7 @@ bad line never stops the good ones around it.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -35,8 +36,9 @@ USER_KINDS = ("human", "serviceaccount", "node", "system", "anonymous", "unauthe
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 # A managed cluster's export wraps an event once (AKS ``properties.log``,
-# Log Analytics ``log_s``); a wrapper in a wrapper is tolerated, deeper is
-# refused as too_deep rather than unwrapped without end.
+# Log Analytics ``log_s``, CloudWatch Logs ``message``); a wrapper in a
+# wrapper is tolerated, deeper is refused as too_deep rather than unwrapped
+# without end.
 MAX_WRAPPERS = 8
 
 # Set on an event whose output had to leave something out (a Loki line over
@@ -549,15 +551,24 @@ class Decoder:
 
     def decode_document(self, body: bytes) -> Iterator[Item]:
         """A webhook body or a whole file: an Event, an EventList, a JSON array
-        of events, or JSON lines (each of which may be one of those). Yields
-        events and refusals in input order."""
+        of events, or JSON lines (each of which may be one of those), or
+        documents written back to back without a separator (Firehose's S3
+        objects). Yields events and refusals in input order."""
         stripped = body.strip()
         if not stripped:
             return
         try:
             doc, raw_items = _parse_whole(stripped)
         except InvalidEvent:
-            yield from self._lines(stripped)
+            documents = _concatenated(stripped)
+            if documents is None:
+                yield from self._lines(stripped)
+                return
+            for document in documents:
+                if type(document) is bytes:
+                    yield from self.decode_document(document)
+                else:
+                    yield document  # type: ignore[misc]
             return
         yield from self._document(doc, raw_items, len(stripped), None)
 
@@ -581,19 +592,33 @@ class Decoder:
         if type(doc) is list:
             items = doc if raw_items is None else raw_items
         elif is_document(doc):
+            key = _items_key(doc)
+            if key == "logEvents":
+                message_type = doc.get("messageType")
+                if message_type == "CONTROL_MESSAGE":
+                    return  # CloudWatch Logs checking its destination: no event
+                if message_type != "DATA_MESSAGE":
+                    yield InvalidEvent(
+                        "invalid_value",
+                        f"CloudWatch Logs messageType {str(message_type)[:40]!r}",
+                    )
+                    return
             api_version = doc.get("apiVersion")
             if api_version is not None and api_version not in API_VERSIONS:
                 yield InvalidEvent(
                     "unknown_api_version", f"EventList apiVersion {str(api_version)[:60]!r}"
                 )
                 return
-            found = doc.get("items") if raw_items is None else raw_items
+            found = doc.get(key) if raw_items is None else raw_items
             if found is None:
                 return  # an empty EventList serialises its items as null
             if type(found) is not list:
-                yield InvalidEvent("wrong_type", "EventList.items must be a list")
+                yield InvalidEvent("wrong_type", f"{key} must be a list")
                 return
             items = found
+            if key in _CLOUDWATCH_KEYS and raw_items is None:
+                yield from self._messages(items)
+                return
         elif raw_items is not None:
             # split, but not a list: an object whose "items" is too deep
             yield InvalidEvent("too_deep", "nested deeper than the JSON parser goes")
@@ -623,6 +648,25 @@ class Decoder:
             except InvalidEvent as e:
                 e.line = index
                 yield e
+
+    def _messages(self, items: list[Any]) -> Iterator[Item]:
+        """CloudWatch Logs events: each ``message`` is the API server's JSON
+        line, read as a line of JSON lines is (its fast path); an item
+        without a string message is read as any other item."""
+        decode = self.decode_record
+        for index, item in enumerate(items):
+            message = item.get("message") if type(item) is dict else None
+            if type(message) is not str:
+                try:
+                    yield self._resolve(item, None) if type(item) is dict else not_an_object(item)
+                except InvalidEvent as e:
+                    e.line = index
+                    yield e
+                continue
+            for found in decode(message.encode()):
+                if type(found) is not AuditEvent:
+                    found.line = index  # type: ignore[union-attr]
+                yield found
 
     def _resolve(self, payload: Any, raw: bytes | None) -> AuditEvent:
         """The event in ``payload`` (a line's bytes or a decoded object),
@@ -723,20 +767,81 @@ def _parse_whole(data: bytes) -> tuple[Any, list[bytes] | None]:
     return ([] if skeleton is None else _parse(skeleton)), items
 
 
+_RAW_DECODE = json.JSONDecoder().raw_decode
+
+
+def _concatenated(data: bytes) -> Iterator[bytes | InvalidEvent] | None:
+    """The documents of ``data`` when it is CloudWatch Logs subscription
+    payloads written one after the other with nothing between them, as
+    Firehose writes them to S3; None when it is not (JSON lines, garbage, a
+    single damaged document). A document that cannot be read ends it, as a
+    refusal of the rest."""
+    if data[:1] != b"{" or b"}{" not in data:
+        return None
+    try:
+        text = data.decode()
+        first, end = _RAW_DECODE(text)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep
+        return None
+    if type(first) is not dict or "messageType" not in first or text[end : end + 1] != "{":
+        return None
+    return _documents(text, end)
+
+
+def _documents(text: str, end: int) -> Iterator[bytes | InvalidEvent]:
+    yield text[:end].encode()
+    start, size = end, len(text)
+    while start < size:
+        try:
+            _, end = _RAW_DECODE(text, start)
+        except (ValueError, RecursionError) as e:
+            yield InvalidEvent("invalid_json", f"at character {start}: {str(e)[:100]}")
+            return
+        yield text[start:end].encode()
+        if end < size and text[end] != "{":
+            yield InvalidEvent("invalid_json", f"unexpected {text[end]!r} at character {end}")
+            return
+        start = end
+
+
 def _depth_error(e: orjson.JSONDecodeError) -> bool:
     return "depth" in e.msg or "recursion" in e.msg.lower()
 
 
 def is_document(doc: Any) -> bool:
-    """Is this decoded JSON a list of events (an array, an EventList)?"""
+    """Is this decoded JSON a list of events (an array, an EventList, an
+    Azure Monitor or CloudWatch Logs export)?"""
     if type(doc) is list:
         return True
     if type(doc) is not dict:
         return False
     if doc.get("kind") == "EventList":
         return True
-    # an EventList without kind and apiVersion
-    return "items" in doc and "kind" not in doc and "auditID" not in doc
+    # an EventList without kind and apiVersion, Azure Monitor's
+    # {"records": [...]} (an Event Hubs message from AKS diagnostic settings),
+    # or a CloudWatch Logs export (EKS)
+    return _items_key(doc) in doc and "kind" not in doc and "auditID" not in doc
+
+
+# The documents whose items are CloudWatch Logs events (see _items_key).
+_CLOUDWATCH_KEYS = frozenset({"events", "logEvents"})
+
+
+def _items_key(doc: dict[str, Any]) -> str:
+    """Where a document keeps its items: ``items`` (an EventList),
+    ``records`` (an Azure Monitor export: diagnostic settings' Event Hubs
+    messages and the storage account's blobs of the old format), ``events``
+    (the output of ``aws logs filter-log-events`` or ``get-log-events``) or
+    ``logEvents`` (a CloudWatch Logs subscription payload, as delivered to
+    Firehose, Kinesis or Lambda once gunzipped)."""
+    if "messageType" in doc and type(doc.get("logEvents")) is list:
+        return "logEvents"
+    if "items" not in doc:
+        if type(doc.get("events")) is list:
+            return "events"
+        if "records" in doc:
+            return "records"
+    return "items"
 
 
 def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
@@ -744,8 +849,8 @@ def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
 
     AKS diagnostic settings (categories kube-audit, kube-audit-admin) wrap the
     API server's JSON line as a string in ``properties.log``; Azure Log
-    Analytics queries return it in ``log_s``. Some exports carry the event
-    as an object instead of a string.
+    Analytics queries return it in ``log_s``; CloudWatch Logs (EKS) in
+    ``message``. Some exports carry the event as an object instead of a string.
     """
     props = obj.get("properties")
     if type(props) is dict:
@@ -756,4 +861,8 @@ def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
             return inner  # an event, or another wrapper (counted by the caller)
     if type(obj.get("log_s")) is str:
         return str(obj["log_s"]).encode()
+    # A CloudWatch Logs event (EKS control-plane logging): the API server's
+    # JSON line in ``message``, beside an integer ``timestamp`` (ms).
+    if type(obj.get("message")) is str and type(obj.get("timestamp")) is int:
+        return str(obj["message"]).encode()
     return None

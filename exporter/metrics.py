@@ -79,7 +79,7 @@ FAILED_OPEN_PREFIXES = (
     "failed-open.mutation.webhook.admission.k8s.io/",
 )
 
-SOURCES = ("webhook", "logfile", "replay")
+SOURCES = ("webhook", "logfile", "replay", "eks")
 
 # Label values of the HTTP codes for the report, computed once: code 0 (no
 # responseStatus) is "unknown".
@@ -338,6 +338,18 @@ class AuditMetrics(Collector):
             LAG_BUCKETS,
         )
         self.last_event: dict[str, float] = {}
+        # the EKS sources (exporter/sources/eks.py, eks_cloudwatch.py)
+        self.firehose_requests = c(
+            "eks_firehose_requests_total",
+            "Firehose HTTP endpoint deliveries answered, by status code.",
+            ("code",),
+        )
+        self.cloudwatch_errors = c(
+            "eks_cloudwatch_errors_total",
+            "CloudWatch Logs calls that failed after the SDK's own retries, by operation "
+            "and kind (throttled, error); the source backs off and calls again.",
+            ("operation", "kind"),
+        )
         self.webhook_requests = c(
             "webhook_requests_total", "Webhook HTTP requests answered, by status code.", ("code",)
         )
@@ -368,6 +380,8 @@ class AuditMetrics(Collector):
             self.duplicates,
             self.future,
             self.lag,
+            self.firehose_requests,
+            self.cloudwatch_errors,
             self.series_overflow,
             self.webhook_requests,
             self.webhook_tls_failures,

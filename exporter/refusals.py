@@ -28,6 +28,7 @@ INVALID_REASONS = (
     "too_large",  # over the configured per-event size limit
     "too_deep",  # nested deeper than the parsers go, or wrappers inside wrappers
     "truncated_gzip",  # a .gz file that ends before its end-of-stream marker
+    "invalid_encoding",  # a provider's record that is not the base64 it must be
 )
 
 # Refusals kept whole per tally, for the log; the rest are only counted.

@@ -110,6 +110,12 @@ class WebhookServer:
     the pipeline.
     """
 
+    # the listener label of the HTTP layer's metrics (a push source that
+    # reuses this server names its own)
+    LISTENER = "webhook"
+    # the Content-Types taken (None: any, the body says what it is)
+    CONTENT_TYPES: frozenset[str] | None = frozenset({"application/json"})
+
     def __init__(
         self,
         *,
@@ -170,9 +176,7 @@ class WebhookServer:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.refused_log = RateLimitedLog(log)
-        with metrics.lock:
-            for code in KNOWN_CODES:
-                metrics.webhook_requests.init((code,))
+        self.init_counts()
         limits = Limits(
             max_connections=max_connections,
             handshake_timeout=handshake_timeout,
@@ -193,13 +197,13 @@ class WebhookServer:
         self._server = HTTPServer(
             listen_address,
             self,
-            name="webhook",
+            name=self.LISTENER,
             metrics=http_metrics,
             tls=tls,
             limits=limits,
             on_handshake_failure=self._handshake_failed,
         )
-        self._workers = ThreadPoolExecutor(workers, thread_name_prefix="webhook-pipeline")
+        self._workers = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.LISTENER}-pipeline")
 
     def _handshake_failed(self, reason: str) -> None:
         # OpenSSL reason codes are a fixed set: a bounded label
@@ -221,6 +225,12 @@ class WebhookServer:
         """Stop accepting, let batches in flight finish (up to ``timeout``)."""
         self._server.shutdown(timeout)
         self._workers.shutdown(wait=True)
+
+    def init_counts(self) -> None:
+        """Pre-initialise the answer counter's known codes."""
+        with self.metrics.lock:
+            for code in KNOWN_CODES:
+                self.metrics.webhook_requests.init((code,))
 
     def count(self, code: int) -> None:
         with self.metrics.lock:
@@ -265,7 +275,7 @@ class WebhookServer:
             raise _Refusal(
                 405, "method_not_allowed", "use POST", close=True, headers={"Allow": "POST"}
             )
-        if request.content_type != "application/json":
+        if self.CONTENT_TYPES is not None and request.content_type not in self.CONTENT_TYPES:
             raise _Refusal(
                 415, "unsupported_media_type", "Content-Type must be application/json", close=True
             )
@@ -345,7 +355,9 @@ class WebhookServer:
             raise _Refusal(
                 400, "bad_framing", "invalid chunked body", close=True, cut="bad_request"
             ) from None
-        if length is not None and total < length:
+        # Content-Length counts the encoded bytes; the parser gives the
+        # decoded ones (a gzip'd body), which may be fewer.
+        if length is not None and total < length and "Content-Encoding" not in request.headers:
             raise _ClientGone
         return b"".join(chunks)
 
