@@ -21,6 +21,7 @@ from .jsonsplit import split_items
 from .refusals import INVALID_REASONS as INVALID_REASONS
 from .refusals import InvalidEvent as InvalidEvent
 from .refusals import Refusals
+from .sources.gke_map import entry_to_event, is_log_entry
 
 API_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1"})
 STAGES = frozenset({"RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"})
@@ -801,8 +802,12 @@ def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
     AKS diagnostic settings (categories kube-audit, kube-audit-admin) wrap the
     API server's JSON line as a string in ``properties.log``; Azure Log
     Analytics queries return it in ``log_s``. Some exports carry the event
-    as an object instead of a string.
+    as an object instead of a string. A GKE Cloud Audit Log entry
+    (``protoPayload`` an AuditLog) is rebuilt as an event by
+    :func:`~exporter.sources.gke_map.entry_to_event`.
     """
+    if is_log_entry(obj):
+        return entry_to_event(obj)
     props = obj.get("properties")
     if type(props) is dict:
         inner = props.get("log")
