@@ -108,6 +108,10 @@ class WebhookServer:
     the pipeline.
     """
 
+    # the listener label of the HTTP layer's metrics (a push source that
+    # reuses this server names its own)
+    LISTENER = "webhook"
+
     def __init__(
         self,
         *,
@@ -191,7 +195,7 @@ class WebhookServer:
         self._server = HTTPServer(
             listen_address,
             self,
-            name="webhook",
+            name=self.LISTENER,
             metrics=http_metrics,
             tls=tls,
             limits=limits,
