@@ -690,3 +690,88 @@ def test_pull_subscription_name_is_checked() -> None:
             decoder=Decoder(),
             metrics=AuditMetrics(CollectorRegistry()),
         )
+
+
+# --- configuration and the running exporter ----------------------------------------
+
+
+def run_args(*argv: str) -> Any:
+    from exporter.cli import build_parser
+
+    return build_parser().parse_args(["run", "--web.listen-address", "127.0.0.1:0", *argv])
+
+
+def test_gke_configuration_problems_are_located(tmp_path: Any) -> None:
+    from exporter.config import ConfigError, load
+
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "gke:\n  subscription: k8s-audit\n  push_listen_address: 127.0.0.1:0\n  max_messages: 0\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load(run_args("--config.file", str(f)), {})
+    text = str(info.value)
+    for expected in (
+        "gke.subscription: must be projects/<project>/subscriptions/<name>",
+        "gke.push_audience: required to verify the push subscription's OIDC token",
+        "gke.push_tls_cert_file: a certificate and key are required",
+        "gke.max_messages: must be >= 1",
+    ):
+        assert expected in text, text
+    with pytest.raises(ConfigError, match=r"gke\.push_audience: set without gke\.push_listen"):
+        load(run_args(), {"KUBE_AUDIT_GKE_PUSH_AUDIENCE": AUDIENCE})
+
+
+def test_run_with_only_the_gke_push_source_takes_a_message() -> None:
+    from exporter.app import App
+    from exporter.config import load, require_source
+
+    cfg = load(
+        run_args(
+            "--gke.push-listen-address",
+            "127.0.0.1:0",
+            "--gke.push-insecure-http",
+            "--gke.push-allow-unauthenticated",
+        ),
+        {},
+    )
+    require_source(cfg)  # the push endpoint alone is a source
+    app = App(cfg)
+    app.start()
+    try:
+        assert app.gke_push is not None
+        reply = request(app.gke_push.address, envelope(FORBIDDEN), context=None, path="/pubsub")
+        assert reply.status == 200
+        assert app.registry.get_sample_value("kube_audit_events_total", {"source": "gke"}) == 1
+    finally:
+        app.stop(10)
+
+
+# --- replay of exports ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["gcloud-json", "storage-sink"])
+def test_replay_reads_gcloud_output_and_storage_sink_files(
+    form: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gcloud logging read --format=json` prints one indented JSON array;
+    a Cloud Storage sink writes one entry per line. Both replay to the same
+    requests and detections (the README's first alert: cluster-admin-binding)."""
+    from exporter.cli import main
+
+    entries = [sysdig_entry(p) for p in sysdig_files()]
+    other = entry("google.container.v1.ClusterManager.GetCluster", "projects/p/clusters/c")
+    other["resource"]["type"] = "gke_cluster"
+    other["protoPayload"]["serviceName"] = "container.googleapis.com"
+    entries.insert(3, other)
+    path = tmp_path / "export.json"
+    if form == "gcloud-json":
+        path.write_text(json.dumps(entries, indent=2))
+    else:
+        path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert main(["replay", "--output", "json", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["events"], report["requests"]) == (25, 24)
+    assert report["invalid"] == {"not_an_event": 1}
+    rules = {d["rule"] for d in report["detections"]}
+    assert {"cluster-admin-binding", "role-with-wildcard", "pod-host-network"} <= rules

@@ -83,8 +83,12 @@ PUSH_CODES = ("200", "400", "401", "403", "404", "405", "408", "411", "413", "41
 _MAX_AGE = re.compile(r"max-age=([0-9]+)")
 
 
-def _import_error(e: ImportError) -> RuntimeError:
-    return RuntimeError(f"the GKE source needs {e.name}: {EXTRA_HINT}")
+class MissingExtra(ValueError):
+    """The [gke] extra is not installed (a start-up error, like a bad value)."""
+
+
+def _import_error(e: ImportError) -> MissingExtra:
+    return MissingExtra(f"the GKE source needs {e.name}: {EXTRA_HINT}")
 
 
 # --- the push token -------------------------------------------------------------
@@ -402,6 +406,11 @@ class PubSubPull:
         self.max_bytes = max_bytes
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        if subscriber is None:
+            try:
+                import google.cloud.pubsub_v1  # type: ignore[import-untyped]  # noqa: F401
+            except ImportError as e:
+                raise _import_error(e) from None
         self._subscriber = subscriber
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -414,7 +423,7 @@ class PubSubPull:
 
     def start(self) -> None:
         try:
-            from google.cloud import pubsub_v1  # type: ignore[import-untyped]
+            from google.cloud import pubsub_v1
         except ImportError as e:
             raise _import_error(e) from None
         subscriber = self._subscriber or pubsub_v1.SubscriberClient()
