@@ -31,7 +31,7 @@ from exporter.pipeline import Pipeline
 from exporter.sources.gke import OIDCVerifier, PubSubPull, PubSubPushServer, TokenRefused
 from exporter.sources.gke_map import entry_to_event
 from exporter.sources.webhook import WebhookServer
-from tests.gke_entries import entry, sysdig_entry, sysdig_files
+from tests.gke_entries import SYSDIG, entry, sysdig_entry, sysdig_files
 from tests.test_webhook import request
 
 AUDIENCE = "https://audit.example.com/pubsub"
@@ -775,3 +775,78 @@ def test_replay_reads_gcloud_output_and_storage_sink_files(
     assert report["invalid"] == {"not_an_event": 1}
     rules = {d["rule"] for d in report["detections"]}
     assert {"cluster-admin-binding", "role-with-wildcard", "pod-host-network"} <= rules
+
+
+# --- the README, followed as written ---------------------------------------------------
+
+
+def readme_yaml_blocks(marker: str) -> list[dict[str, Any]]:
+    import re
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### GKE") : text.index("#### The mapping, field by field")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    return [yaml.safe_load(b) for b in blocks if marker in b]
+
+
+def test_readme_pull_configuration_is_valid() -> None:
+    from exporter.config import load, require_source
+
+    (doc,) = readme_yaml_blocks("subscription:")
+    env = {"KUBE_AUDIT_GKE_SUBSCRIPTION": doc["gke"]["subscription"]}
+    require_source(load(run_args(), env))
+
+
+def test_readme_push_configuration_takes_a_signed_push_and_fires_the_first_alert(
+    tmp_path: Any, keys: dict[str, Key], certs: CertsServer
+) -> None:
+    """The README's push YAML as written (only the port and the certificate
+    URL changed for loopback), a token signed for its audience and service
+    account, and the README's first alert (a cluster-admin binding)."""
+    import yaml
+
+    from exporter.app import App
+    from exporter.config import load, require_source
+
+    (doc,) = readme_yaml_blocks("push_listen_address:")
+    gke = doc["gke"]
+    gke["push_listen_address"] = "127.0.0.1:0"
+    gke["push_certs_url"] = certs.url
+    f = tmp_path / "config.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    cfg = load(run_args("--config.file", str(f)), {})
+    require_source(cfg)
+    app = App(cfg)
+    app.start()
+    try:
+        assert app.gke_push is not None
+        binding = sysdig_entry(SYSDIG / "log_entries" / "attach_cluster_admin_role.json")
+        token = keys["k1"].sign(aud=gke["push_audience"], email=gke["push_service_account"])
+        reply = request(
+            app.gke_push.address,
+            envelope(binding),
+            context=None,
+            path=cfg.gke.push_path,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert reply.status == 200
+        value = app.registry.get_sample_value
+        assert value("kube_audit_events_total", {"source": "gke"}) == 1
+        rule = {"rule": "cluster-admin-binding", "severity": "warning"}
+        assert value("kube_audit_rule_matches_total", rule) == 1
+        # the same token for another audience is refused
+        other = keys["k1"].sign(aud="https://elsewhere.example.com")
+        refused = request(
+            app.gke_push.address,
+            envelope(binding),
+            context=None,
+            path=cfg.gke.push_path,
+            headers={"Authorization": f"Bearer {other}"},
+        )
+        assert refused.status == 403
+    finally:
+        app.stop(10)
