@@ -850,3 +850,24 @@ def test_readme_push_configuration_takes_a_signed_push_and_fires_the_first_alert
         assert refused.status == 403
     finally:
         app.stop(10)
+
+
+def test_pull_nacks_a_batch_the_pipeline_failed_on() -> None:
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry)
+
+    def broken(events: list[AuditEvent]) -> None:
+        raise RuntimeError("disk on fire")
+
+    source = PubSubPull(
+        subscription=SUBSCRIPTION,
+        pipeline=Pipeline(metrics, processors=[broken]),
+        decoder=Decoder(),
+        metrics=metrics,
+        subscriber=FakeSubscriber(),
+    )
+    msgs = messages_of([FORBIDDEN])
+    assert source.process(msgs) is None
+    assert (msgs[0].acked, msgs[0].nacked) == (0, 1)
+    nacked = registry.get_sample_value("kube_audit_gke_pull_messages_total", {"outcome": "nacked"})
+    assert nacked == 1
