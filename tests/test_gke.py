@@ -431,7 +431,7 @@ def test_push_envelope_problems_are_400_and_foreign_entries_acknowledged(
 
 def test_push_with_payload_unwrapping_reads_the_bare_entry(push: Callable[..., Push]) -> None:
     p = push()
-    reply = p.post(json.dumps(FORBIDDEN).encode())
+    reply = p.post(json.dumps(FORBIDDEN).encode(), content_type="application/octet-stream")
     assert reply.json() == {"accepted": 1, "duplicates": 0, "invalid": 0}
 
 

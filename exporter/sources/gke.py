@@ -29,7 +29,8 @@ code   when
 =====  =========================================================================
 
 and the framing answers of :mod:`~exporter.sources.webhook` (404, 405, 408,
-411, 413, 415), whose HTTP handling this server reuses. Every answer is
+411, 413), whose HTTP handling this server reuses; any Content-Type is taken
+(an unwrapped payload keeps its publisher's). Every answer is
 counted in ``kube_audit_gke_push_requests_total{code}``; the token is never
 logged.
 
@@ -79,7 +80,7 @@ GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"
 DEFAULT_CERTS_MAX_AGE = 3600.0
 # An unknown key id refetches the certificates at most this often.
 CERTS_REFETCH_INTERVAL = 30.0
-PUSH_CODES = ("200", "400", "401", "403", "404", "405", "408", "411", "413", "415", "500", "503")
+PUSH_CODES = ("200", "400", "401", "403", "404", "405", "408", "411", "413", "500", "503")
 _MAX_AGE = re.compile(r"max-age=([0-9]+)")
 
 
@@ -278,6 +279,9 @@ class PubSubPushServer(WebhookServer):
     it explicitly)."""
 
     LISTENER = "gke_push"
+    # a subscription that unwraps payloads sends the bare message data with
+    # whatever Content-Type its publisher gave it
+    CONTENT_TYPES = None
 
     def __init__(self, *, verifier: OIDCVerifier | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -111,6 +111,8 @@ class WebhookServer:
     # the listener label of the HTTP layer's metrics (a push source that
     # reuses this server names its own)
     LISTENER = "webhook"
+    # the Content-Types taken (None: any, the body says what it is)
+    CONTENT_TYPES: frozenset[str] | None = frozenset({"application/json"})
 
     def __init__(
         self,
@@ -266,7 +268,7 @@ class WebhookServer:
             raise _Refusal(
                 405, "method_not_allowed", "use POST", close=True, headers={"Allow": "POST"}
             )
-        if request.content_type != "application/json":
+        if self.CONTENT_TYPES is not None and request.content_type not in self.CONTENT_TYPES:
             raise _Refusal(
                 415, "unsupported_media_type", "Content-Type must be application/json", close=True
             )
