@@ -24,6 +24,7 @@ from .pipeline import Pipeline, Processor, Sink
 from .redact import Redactor
 from .sources.eks import FirehoseReceiver
 from .sources.eks_cloudwatch import CloudWatchSource, make_client
+from .sources.gke import OIDCVerifier, PubSubPull, PubSubPushServer
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
 from .web import MetricsServer
@@ -45,6 +46,7 @@ class App:
                 ("webhook", bool(cfg.webhook.listen_address)),
                 ("logfile", bool(cfg.logfile.path)),
                 ("eks", bool(cfg.eks.log_group or cfg.eks.firehose_listen_address)),
+                ("gke", bool(cfg.gke.subscription or cfg.gke.push_listen_address)),
             )
             if on
         ]
@@ -107,6 +109,7 @@ class App:
         self.firehose: FirehoseReceiver | None = None
         self.cloudwatch: CloudWatchSource | None = None
         self._start_eks(cfg)
+        self.gke_push, self.gke_pull = self._gke_sources()
 
     def _start_eks(self, cfg: Config) -> None:
         """The EKS sources, when configured: Firehose's push receiver and
@@ -149,6 +152,51 @@ class App:
                 resume_mark=marks[0] if marks else None,
             )
 
+    def _gke_sources(self) -> tuple[PubSubPushServer | None, PubSubPull | None]:
+        """The GKE source's Pub/Sub push endpoint and pull, as configured."""
+        g = self.cfg.gke
+        push = pull = None
+        if g.push_listen_address:
+            verifier = None
+            if not g.push_allow_unauthenticated:
+                verifier = OIDCVerifier(
+                    g.push_audience,
+                    service_account=g.push_service_account,
+                    certs_url=g.push_certs_url,
+                )
+            w = self.cfg.webhook  # the HTTP limits are the webhook's
+            push = _listening("gke.push_listen_address", PubSubPushServer)(
+                verifier=verifier,
+                listen_address=g.push_listen_address,
+                path=g.push_path,
+                pipeline=self.pipeline,
+                decoder=self.decoder,
+                metrics=self.metrics,
+                tls_cert_file=g.push_tls_cert_file or None,
+                tls_key_file=g.push_tls_key_file or None,
+                client_ca_file=None,
+                insecure=g.push_insecure_http,
+                max_body_bytes=w.max_body_bytes,
+                read_timeout=w.read_timeout,
+                max_connections=w.max_connections,
+                header_timeout=w.header_timeout,
+                idle_timeout=w.idle_timeout,
+                workers=w.workers,
+                http_metrics=self.http_metrics,
+            )
+        if g.subscription:
+            pull = PubSubPull(
+                subscription=g.subscription,
+                pipeline=self.pipeline,
+                decoder=self.decoder,
+                metrics=self.metrics,
+                max_messages=g.max_messages,
+                max_bytes=g.max_bytes,
+                batch_size=g.batch_size,
+                flush_interval=g.flush_interval,
+            )
+        return push, pull
+
     def start(self) -> None:
         log.info(
             "starting kube-audit-exporter",
@@ -169,6 +217,12 @@ class App:
         if self.cloudwatch is not None:
             self.cloudwatch.start()
             log.info("reading CloudWatch Logs", extra={"log_group": self.cfg.eks.log_group})
+        if self.gke_push is not None:
+            self.gke_push.start()
+            log.info("GKE Pub/Sub push listening", extra={"address": _fmt(self.gke_push.address)})
+        if self.gke_pull is not None:
+            self.gke_pull.start()
+            log.info("pulling GKE audit entries", extra={"subscription": self.cfg.gke.subscription})
         self._ready.set()
         log.info("ready", extra={"metrics": _fmt(self.web.address)})
 
@@ -183,6 +237,10 @@ class App:
             self.firehose.shutdown(timeout)
         if self.cloudwatch is not None:
             self.cloudwatch.stop(timeout)
+        if self.gke_push is not None:
+            self.gke_push.shutdown(timeout)
+        if self.gke_pull is not None:
+            self.gke_pull.stop(timeout)
         self.pipeline.close(timeout)
         if self.notifier is not None:
             self.notifier.close(timeout)

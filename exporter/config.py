@@ -29,6 +29,7 @@ from .logs import safe_url
 from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
 from .metrics import AuditMetrics
 from .sources.eks_cloudwatch import parse_start_at
+from .sources.gke import GOOGLE_CERTS_URL
 
 ENV_PREFIX = "KUBE_AUDIT_"
 
@@ -256,6 +257,76 @@ class EksConfig:
         metadata=opt(
             "Largest request body once gunzipped (413 above).", kind="bytes", minimum=1024
         ),
+    )
+
+
+@dataclass(frozen=True)
+class GKEConfig:
+    """GKE audit entries from a Cloud Logging sink to Pub/Sub (exporter/sources/gke.py)."""
+
+    subscription: str = field(
+        default="",
+        metadata=opt(
+            "Pub/Sub subscription to pull, projects/<project>/subscriptions/<name>; "
+            "empty disables the pull."
+        ),
+    )
+    max_messages: int = field(
+        default=1000,
+        metadata=opt("Flow control: messages leased at once at most.", minimum=1),
+    )
+    max_bytes: int = field(
+        default=64 << 20,
+        metadata=opt(
+            "Flow control: bytes of messages leased at once at most.", kind="bytes", minimum=1024
+        ),
+    )
+    batch_size: int = field(
+        default=500,
+        metadata=opt("Pulled messages processed (and acknowledged) together.", minimum=1),
+    )
+    flush_interval: float = field(
+        default=0.5,
+        metadata=opt(
+            "How long a batch of pulled messages waits to fill.", kind="duration", minimum=0.001
+        ),
+    )
+    push_listen_address: str = field(
+        default="",
+        metadata=opt("Address of the Pub/Sub push endpoint; empty disables it.", kind="address"),
+    )
+    push_path: str = field(default="/pubsub", metadata=opt("URL path of the push endpoint."))
+    push_audience: str = field(
+        default="",
+        metadata=opt(
+            "Audience the push subscription's OIDC token must carry (its push endpoint URL "
+            "unless the subscription set another)."
+        ),
+    )
+    push_service_account: str = field(
+        default="",
+        metadata=opt("Service account email the push token must be issued for."),
+    )
+    push_certs_url: str = field(
+        default=GOOGLE_CERTS_URL,
+        metadata=opt("Where Google's token signing certificates are fetched."),
+    )
+    push_tls_cert_file: str = field(
+        default="", metadata=opt("Serving certificate of the push endpoint (PEM).", kind="file")
+    )
+    push_tls_key_file: str = field(
+        default="", metadata=opt("Private key of the push serving certificate.", kind="file")
+    )
+    push_insecure_http: bool = field(
+        default=False,
+        metadata=opt(
+            "Serve the push endpoint over plain HTTP (behind a load balancer that "
+            "terminates HTTPS)."
+        ),
+    )
+    push_allow_unauthenticated: bool = field(
+        default=False,
+        metadata=opt("Accept pushes without a verified OIDC token. For tests only."),
     )
 
 
@@ -516,6 +587,7 @@ class Config:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     logfile: LogfileConfig = field(default_factory=LogfileConfig)
     eks: EksConfig = field(default_factory=EksConfig)
+    gke: GKEConfig = field(default_factory=GKEConfig)
     loki: LokiConfig = field(default_factory=LokiConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
@@ -786,7 +858,7 @@ def load_file(path: str, problems: list[str], positions: Positions | None = None
 
 # The sections only ``run`` uses (its sources and its HTTP endpoints): replay
 # and the offline tools neither take nor show their flags.
-SOURCE_SECTIONS = ("web", "webhook", "logfile", "eks")
+SOURCE_SECTIONS = ("web", "webhook", "logfile", "eks", "gke")
 
 
 def add_flags(
@@ -984,6 +1056,7 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
     if cfg.logfile.checkpoint_file and not cfg.logfile.path:
         yield "logfile.checkpoint_file: set without logfile.path"
     yield from _eks_problems(cfg)
+    yield from _gke_problems(cfg.gke)
 
 
 def _eks_problems(cfg: Config) -> Iterator[str]:
@@ -1015,6 +1088,46 @@ def _eks_problems(cfg: Config) -> Iterator[str]:
     for other in ("web", "webhook"):
         if e.firehose_listen_address == getattr(cfg, other).listen_address:
             yield f"eks.firehose_listen_address: must differ from {other}.listen_address"
+
+
+def _gke_problems(g: GKEConfig) -> Iterator[str]:
+    if g.subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", g.subscription):
+        yield (
+            f"gke.subscription: must be projects/<project>/subscriptions/<name>, "
+            f"got {g.subscription!r}"
+        )
+    push = {
+        "push_audience": g.push_audience,
+        "push_service_account": g.push_service_account,
+        "push_tls_cert_file": g.push_tls_cert_file,
+        "push_tls_key_file": g.push_tls_key_file,
+        "push_insecure_http": g.push_insecure_http,
+        "push_allow_unauthenticated": g.push_allow_unauthenticated,
+    }
+    if not g.push_listen_address:
+        for key, value in push.items():
+            if value:
+                yield f"gke.{key}: set without gke.push_listen_address"
+        return
+    if not g.push_path.startswith("/"):
+        yield f"gke.push_path: must start with '/', got {g.push_path!r}"
+    if g.push_allow_unauthenticated:
+        if g.push_audience or g.push_service_account:
+            yield "gke.push_allow_unauthenticated: contradicts gke.push_audience"
+    elif not g.push_audience:
+        yield (
+            "gke.push_audience: required to verify the push subscription's OIDC token "
+            "(or set gke.push_allow_unauthenticated)"
+        )
+    if g.push_insecure_http:
+        if g.push_tls_cert_file or g.push_tls_key_file:
+            yield "gke.push_insecure_http: cannot be combined with gke.push_tls_cert_file"
+    elif not (g.push_tls_cert_file and g.push_tls_key_file):
+        yield (
+            "gke.push_tls_cert_file: a certificate and key are required "
+            "(gke.push_tls_cert_file, gke.push_tls_key_file), or gke.push_insecure_http "
+            "behind a load balancer that terminates HTTPS"
+        )
 
 
 def _pairs(items: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -1144,10 +1257,13 @@ def require_source(cfg: Config) -> None:
         or cfg.logfile.path
         or cfg.eks.log_group
         or cfg.eks.firehose_listen_address
+        or cfg.gke.subscription
+        or cfg.gke.push_listen_address
     ):
         problems.append(
             "webhook.listen_address: no source configured; set it, logfile.path, "
-            "eks.log_group or eks.firehose_listen_address"
+            "eks.log_group, eks.firehose_listen_address, gke.subscription or "
+            "gke.push_listen_address"
         )
     if cfg.loki.url and not cfg.spool.dir:
         problems.append("spool.dir: required with loki.url (the durable buffer for Loki)")

@@ -79,7 +79,7 @@ FAILED_OPEN_PREFIXES = (
     "failed-open.mutation.webhook.admission.k8s.io/",
 )
 
-SOURCES = ("webhook", "logfile", "replay", "eks")
+SOURCES = ("webhook", "logfile", "replay", "eks", "gke")
 
 # Label values of the HTTP codes for the report, computed once: code 0 (no
 # responseStatus) is "unknown".
@@ -359,6 +359,17 @@ class AuditMetrics(Collector):
             "by OpenSSL reason.",
             ("reason",),
         )
+        # the GKE source (exporter/sources/gke.py): push answers, pulled messages
+        self.gke_push_requests = c(
+            "gke_push_requests_total",
+            "Pub/Sub push requests answered by the GKE source, by status code.",
+            ("code",),
+        )
+        self.gke_pull_messages = c(
+            "gke_pull_messages_total",
+            "Pub/Sub messages pulled by the GKE source, by outcome (acked, nacked).",
+            ("outcome",),
+        )
         self.logfile_rotations = c(
             "logfile_rotations_total",
             "Audit log rotations followed, by kind (rename, truncate).",
@@ -385,6 +396,8 @@ class AuditMetrics(Collector):
             self.series_overflow,
             self.webhook_requests,
             self.webhook_tls_failures,
+            self.gke_push_requests,
+            self.gke_pull_messages,
             self.logfile_rotations,
         )
         for level in PSA_LEVELS:

@@ -54,7 +54,27 @@ def _audit_event(obj: Any) -> dict[str, Any] | None:
         return json.loads(obj["log_s"])
     if "auditID" in obj and "stage" in obj:
         return obj
-    return None
+    return _gke_event(obj.get("protoPayload"), obj)
+
+
+# gRPC codes of the GKE corpus entries, by google/rpc/code.proto's HTTP mapping
+_GKE_HTTP = {0: 200, 5: 404, 7: 403, 16: 401}
+
+
+def _gke_event(payload: Any, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The few fields the count needs of a GKE Cloud Audit Log entry (a
+    non-resource request: methodName io.k8s.<verb>, no objectRef)."""
+    if not isinstance(payload, dict) or entry.get("resource", {}).get("type") != "k8s_cluster":
+        return None
+    method = payload["methodName"].split(".")
+    assert len(method) == 3, "only the non-resource entry of elastic-integrations is counted here"
+    return {
+        "auditID": entry["operation"]["id"],
+        "stage": "ResponseComplete",
+        "stageTimestamp": entry["timestamp"],
+        "verb": method[-1],
+        "responseStatus": {"code": _GKE_HTTP[payload.get("status", {}).get("code", 0)]},
+    }
 
 
 def independent_count(path: Path) -> tuple[Counter[tuple[str, str, str]], Counter[str], int]:

@@ -74,7 +74,8 @@ from aiohttp import web
 
 from ..event import AuditEvent, Batch, Decoder, InvalidEvent
 from ..gzstream import MAGIC, GzipStream
-from ..httpserver import Connection, Limits
+from ..httpconn import Connection
+from ..httpserver import Limits
 from ..logs import RateLimitedLog
 from ..metrics import AuditMetrics, HTTPMetrics
 from ..pipeline import BatchResult, Pipeline
