@@ -619,7 +619,7 @@ class Decoder:
                     "unknown_api_version", f"EventList apiVersion {str(api_version)[:60]!r}"
                 )
                 return
-            found = doc.get("items") if raw_items is None else raw_items
+            found = doc.get(_items_key(doc)) if raw_items is None else raw_items
             if found is None:
                 return  # an empty EventList serialises its items as null
             if type(found) is not list:
@@ -783,8 +783,16 @@ def is_document(doc: Any) -> bool:
         return False
     if doc.get("kind") == "EventList":
         return True
-    # an EventList without kind and apiVersion
-    return "items" in doc and "kind" not in doc and "auditID" not in doc
+    # an EventList without kind and apiVersion, or Azure Monitor's
+    # {"records": [...]} (an Event Hubs message from AKS diagnostic settings)
+    return _items_key(doc) in doc and "kind" not in doc and "auditID" not in doc
+
+
+def _items_key(doc: dict[str, Any]) -> str:
+    """The key of a document's list of items: ``items`` (an EventList) or
+    ``records`` (an Azure Monitor export: diagnostic settings' Event Hubs
+    messages and the storage account's blobs of the old format)."""
+    return "records" if "records" in doc and "items" not in doc else "items"
 
 
 _TYPE_NAMES: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}

@@ -167,17 +167,28 @@ def load(filename: str) -> Checkpoint | None:
 
     Raises OSError when it cannot be read and CheckpointError when it is not
     a checkpoint of this version."""
-    try:
-        with open(filename, "rb") as f:
-            data = f.read(1 << 16)
-    except FileNotFoundError:
-        return None
-    return parse(data)
+    data = read_small(filename)
+    return None if data is None else parse(data)
 
 
 def save(filename: str, ck: Checkpoint) -> None:
     """Replace ``filename`` atomically and durably with ``ck``."""
-    data = dump(ck)
+    write_atomic(filename, dump(ck))
+
+
+def read_small(filename: str, limit: int = 1 << 16) -> bytes | None:
+    """The first ``limit`` bytes of ``filename``; None when it does not exist.
+    Raises OSError when it cannot be read."""
+    try:
+        with open(filename, "rb") as f:
+            return f.read(limit)
+    except FileNotFoundError:
+        return None
+
+
+def write_atomic(filename: str, data: bytes) -> None:
+    """Replace ``filename`` atomically and durably with ``data`` (temporary
+    file, fsync, rename, fsync of the directory): any source's cursor file."""
     directory = os.path.dirname(os.path.abspath(filename))
     fd, tmp = tempfile.mkstemp(
         prefix=f".{os.path.basename(filename)}.", suffix=".tmp", dir=directory

@@ -1,0 +1,598 @@
+"""The AKS source without an emulator: the storage archive reader on an
+in-memory blob store, the Event Hubs adapter with a double of azure-eventhub's
+consumer client (no Event Hubs emulator runs here), and replay of both export
+formats, on the real AKS records in the shared corpora. Against Azurite:
+tests/integration/test_aks_azurite.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.cli import main
+from exporter.event import AuditEvent, Batch, Decoder, InvalidEvent
+from exporter.metrics import AuditMetrics
+from exporter.pipeline import Pipeline
+from exporter.sources import checkpoint as ckpt
+from exporter.sources.aks import (
+    ArchiveCheckpoint,
+    BlobArchiveSource,
+    BlobInfo,
+    EventHubSource,
+    event_body,
+    stream_of,
+)
+from tests.conftest import CORPORA
+
+ELASTIC = (
+    CORPORA / "elastic-integrations/packages/kubernetes/data_stream/audit_logs/_dev/test/pipeline"
+)
+LOG_ANALYTICS = (
+    CORPORA / "small-samples/mohamedsaif-kubernetes-auditor/sample-log-query-result.json"
+)
+RESOURCE = (
+    "resourceId=/SUBSCRIPTIONS/AE2861B3-E901-49BD-99F3-660EB5747107/RESOURCEGROUPS/TEST"
+    "/PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/TEST-CLUSTER"
+)
+
+
+def hour_blob(hour: int, resource: str = RESOURCE) -> str:
+    return f"{resource}/y=2025/m=10/d=07/h={hour:02d}/m=00/PT1H.json"
+
+
+# --- real records -------------------------------------------------------------
+
+
+def real_records() -> list[dict[str, Any]]:
+    """The AKS diagnostic records of the corpora as the storage account and
+    Event Hubs carry them: the real ones (``properties.log`` a string, and an
+    object), then the Log Analytics events (``log_s``) put in the same
+    envelope as the real kube-audit record."""
+    records = [
+        json.loads(line)
+        for line in (ELASTIC / "test-kube-audit.log").read_text().split("\n")
+        if line
+    ]
+    records += [
+        json.loads(line)
+        for line in (ELASTIC / "test-audit.log").read_text().splitlines()
+        if '"properties"' in line
+    ]
+    template = records[0]
+    for row in json.loads(LOG_ANALYTICS.read_text())["body"]["value"]:
+        inner = json.loads(row["log_s"])
+        record = json.loads(json.dumps(template))
+        record["category"] = row["Category"]
+        record["properties"]["log"] = json.dumps(inner)
+        record["time"] = inner["stageTimestamp"]
+        records.append(record)
+    return records
+
+
+def inner_event(record: dict[str, Any]) -> dict[str, Any]:
+    log = record["properties"]["log"]
+    return json.loads(log) if isinstance(log, str) else dict(log)
+
+
+def distinct(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (auditID, stage, stageTimestamp): the elastic samples
+    reuse an auditID, which the pipeline rightly takes as a retry."""
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for r in records:
+        e = inner_event(r)
+        key = (e["auditID"], e["stage"], e["stageTimestamp"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+RECORDS = real_records()
+
+
+def test_the_corpora_hold_both_categories_and_both_log_shapes() -> None:
+    assert {r["category"] for r in RECORDS} == {"kube-audit", "kube-audit-admin"}
+    shapes = {type(r["properties"]["log"]).__name__ for r in RECORDS}
+    assert shapes == {"str", "dict"}
+    assert len(distinct(RECORDS)) >= 5
+
+
+# --- metrics ------------------------------------------------------------------
+
+
+def new_pipeline(sinks: Sequence[Any] = ()) -> tuple[CollectorRegistry, AuditMetrics, Pipeline]:
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry)
+    return registry, metrics, Pipeline(metrics, sinks=sinks)
+
+
+def audit_samples(
+    registry: CollectorRegistry,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The request metrics, without the source label and the sources' own
+    health: what must not depend on how the events arrived."""
+    out = {}
+    for fam in text_string_to_metric_families(generate_latest(registry).decode()):
+        if fam.name.startswith(("kube_audit_aks", "kube_audit_logfile")):
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_created") or "source" in s.labels:
+                continue
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def by_source(registry: CollectorRegistry, name: str, source: str) -> float:
+    return registry.get_sample_value(name, {"source": source}) or 0.0
+
+
+def webhook_registry(events: list[dict[str, Any]]) -> CollectorRegistry:
+    """The same events through the webhook's path: one EventList body."""
+    registry, _, pipeline = new_pipeline()
+    body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events})
+    pipeline.process(Batch(Decoder().decode_document(body)), "webhook")
+    return registry
+
+
+# --- the archive reader on an in-memory store ---------------------------------
+
+
+class MemoryStore:
+    """Append blobs in memory, with the BlobStore methods the source calls."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[tuple[str, str], bytearray] = {}
+        self.reads = 0
+        self.fail_list = False
+
+    def append(self, container: str, blob: str, data: bytes) -> None:
+        self.blobs.setdefault((container, blob), bytearray()).extend(data)
+
+    def list_blobs(self, container: str, prefix: str) -> list[BlobInfo]:
+        if self.fail_list:
+            raise ConnectionError("storage unreachable")
+        return [
+            BlobInfo(name, len(data))
+            for (c, name), data in self.blobs.items()
+            if c == container and name.startswith(prefix)
+        ]
+
+    def read(self, container: str, blob: str, offset: int, length: int) -> bytes:
+        self.reads += 1
+        return bytes(self.blobs[(container, blob)][offset : offset + length])
+
+
+def lines(records: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+
+class Gate:
+    """A sink that refuses every batch while closed (a full spool)."""
+
+    keeps_marks = False
+
+    def __init__(self) -> None:
+        self.open = True
+        self.taken = 0
+
+    def admit(self, events: Sequence[AuditEvent]) -> bool:
+        return self.open
+
+    def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
+        self.taken += len(events)
+        return True
+
+    def close(self, timeout: float = 10.0) -> bool:
+        return True
+
+
+def archive(
+    store: MemoryStore, pipeline: Pipeline, metrics: AuditMetrics, **kwargs: Any
+) -> BlobArchiveSource:
+    return BlobArchiveSource(store, pipeline=pipeline, decoder=Decoder(), metrics=metrics, **kwargs)
+
+
+def test_archive_feeds_the_same_metrics_as_the_webhook() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    for r in records:
+        store.append(f"insights-logs-{r['category']}", hour_blob(16), orjson.dumps(r) + b"\n")
+    registry, metrics, pipeline = new_pipeline()
+    assert archive(store, pipeline, metrics).poll_once() == len(records)
+    assert by_source(registry, "kube_audit_events_total", "aks") == len(records)
+    expected = webhook_registry([inner_event(r) for r in records])
+    assert audit_samples(registry) == audit_samples(expected)
+
+
+def test_archive_reads_only_what_was_appended_and_never_twice(tmp_path: Path) -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    container = "insights-logs-kube-audit"
+    store.append(container, hour_blob(16), lines(records[:2]))
+    registry, metrics, pipeline = new_pipeline()
+    cp = str(tmp_path / "aks.json")
+    src = archive(store, pipeline, metrics, checkpoint_file=cp)
+    assert src.poll_once() == 2
+    assert src.poll_once() == 0
+    store.append(container, hour_blob(16), lines(records[2:4]))
+    assert src.poll_once() == 2
+    # a restarted source resumes from the checkpoint file
+    saved = ArchiveCheckpoint.parse(Path(cp).read_bytes())
+    stream = stream_of(container, hour_blob(16))
+    assert saved.streams[stream] == {hour_blob(16): len(store.blobs[(container, hour_blob(16))])}
+    again = archive(store, pipeline, metrics, checkpoint_file=cp)
+    assert again.poll_once() == 0
+    assert by_source(registry, "kube_audit_events_total", "aks") == 4
+
+
+def test_a_record_appended_late_to_the_previous_hour_is_still_read() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit-admin"
+    store.append(c, hour_blob(16), lines(records[:1]))
+    registry, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics)
+    assert src.poll_once() == 1
+    store.append(c, hour_blob(17), lines(records[1:2]))
+    store.append(c, hour_blob(16), lines(records[2:3]))
+    assert src.poll_once() == 2
+    assert by_source(registry, "kube_audit_events_total", "aks") == 3
+
+
+def test_bad_records_are_counted_and_the_good_ones_around_them_kept() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    bad_inner = dict(
+        records[0], properties={"log": '{"kind":"Event","apiVersion":"audit.k8s.io/v1"'}
+    )
+    store.append(c, hour_blob(16), orjson.dumps(records[0]) + b"\n")
+    store.append(c, hour_blob(16), b"not json at all\n")
+    store.append(c, hour_blob(16), orjson.dumps(bad_inner) + b"\n")
+    store.append(c, hour_blob(16), b'{"category":"kube-audit","properties":{"log":42}}\n')
+    store.append(c, hour_blob(16), orjson.dumps(records[1]) + b"\n")
+    registry, metrics, pipeline = new_pipeline()
+    assert archive(store, pipeline, metrics).poll_once() == 2
+    assert by_source(registry, "kube_audit_events_total", "aks") == 2
+    invalid = sum(
+        registry.get_sample_value("kube_audit_events_invalid_total", {"source": "aks", "reason": r})
+        or 0
+        for r in ("invalid_json", "not_an_event", "wrong_type")
+    )
+    assert invalid == 3
+
+
+def test_a_record_without_its_newline_is_read_once_when_whole() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    first = orjson.dumps(records[0])
+    store.append(c, hour_blob(16), first[: len(first) // 2])
+    registry, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics)
+    assert src.poll_once() == 0  # half a record: wait for the rest
+    store.append(c, hour_blob(16), first[len(first) // 2 :])
+    assert src.poll_once() == 1  # whole, though its newline is not there yet
+    store.append(c, hour_blob(16), b"\n" + lines(records[1:2]))
+    assert src.poll_once() == 1
+    assert by_source(registry, "kube_audit_events_total", "aks") == 2
+    assert not registry.get_sample_value(
+        "kube_audit_events_invalid_total", {"source": "aks", "reason": "invalid_json"}
+    )
+
+
+def test_small_reads_split_records_across_requests_without_loss() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    store.append(c, hour_blob(16), lines(records))
+    _registry, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics, read_bytes=97, batch_lines=2)
+    assert src.poll_once() == len(records)
+    assert store.reads > len(records)
+
+
+def test_a_record_over_the_size_limit_is_refused_and_skipped() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    store.append(c, hour_blob(16), lines(records[:1]) + b'{"x":"' + b"a" * 5000 + b'"}\n')
+    store.append(c, hour_blob(16), lines(records[1:2]))
+    registry, metrics, _ = new_pipeline()
+    pipeline = Pipeline(metrics)
+    src = BlobArchiveSource(
+        store, pipeline=pipeline, decoder=Decoder(2048), metrics=metrics, read_bytes=1024
+    )
+    assert src.poll_once() == 2
+    assert (
+        registry.get_sample_value(
+            "kube_audit_events_invalid_total", {"source": "aks", "reason": "too_large"}
+        )
+        == 1
+    )
+
+
+def test_a_refused_batch_is_read_again_and_counted_once(tmp_path: Path) -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    store.append(c, hour_blob(16), lines(records[:3]))
+    gate = Gate()
+    registry, metrics, pipeline = new_pipeline([gate])
+    cp = tmp_path / "aks.json"
+    src = archive(store, pipeline, metrics, checkpoint_file=str(cp))
+    gate.open = False
+    assert src.poll_once() == 0
+    assert not cp.exists()
+    assert by_source(registry, "kube_audit_events_total", "aks") == 0
+    assert (
+        registry.get_sample_value("kube_audit_aks_archive_errors_total", {"operation": "refused"})
+        == 1
+    )
+    gate.open = True
+    assert src.poll_once() == 3
+    assert src.poll_once() == 0
+    assert gate.taken == 3
+    assert by_source(registry, "kube_audit_events_total", "aks") == 3
+
+
+def test_start_at_end_skips_what_is_there_and_reads_what_comes(tmp_path: Path) -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    store.append(c, hour_blob(15), lines(records[:1]))
+    store.append(c, hour_blob(16), lines(records[1:2]))
+    _registry, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics, start_at="end")
+    assert src.poll_once() == 0
+    store.append(c, hour_blob(16), lines(records[2:3]))
+    # a cluster that appears later is read from its start
+    store.append(c, hour_blob(16, RESOURCE.replace("TEST-CLUSTER", "OTHER")), lines(records[3:4]))
+    assert src.poll_once() == 2
+
+
+def test_both_categories_and_two_clusters_are_separate_streams() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    other = RESOURCE.replace("TEST-CLUSTER", "OTHER")
+    store.append("insights-logs-kube-audit", hour_blob(16), lines(records[:1]))
+    store.append("insights-logs-kube-audit-admin", hour_blob(16), lines(records[1:2]))
+    store.append("insights-logs-kube-audit", hour_blob(9, other), lines(records[2:3]))
+    _registry, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics)
+    assert src.poll_once() == 3
+    assert len(src.position.streams) == 3
+    # an older hour of another cluster is not "done" because a newer one was read
+    store.append("insights-logs-kube-audit", hour_blob(8, other), lines(records[3:4]))
+    assert src.poll_once() == 0  # older than the kept blobs of its own stream: done
+    store.append("insights-logs-kube-audit", hour_blob(10, other), lines(records[3:4]))
+    assert src.poll_once() == 1
+
+
+def test_a_listing_error_is_counted_and_the_next_poll_goes_on() -> None:
+    store = MemoryStore()
+    store.append("insights-logs-kube-audit", hour_blob(16), lines(distinct(RECORDS)[:1]))
+    registry, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics)
+    store.fail_list = True
+    assert src.poll_once() == 0
+    assert (
+        registry.get_sample_value("kube_audit_aks_archive_errors_total", {"operation": "list"}) == 2
+    )
+    store.fail_list = False
+    assert src.poll_once() == 1
+
+
+def test_a_damaged_checkpoint_stops_the_start_with_its_name(tmp_path: Path) -> None:
+    cp = tmp_path / "aks.json"
+    cp.write_bytes(b'{"version": 1, "kind": "aks-blob", "seq": 1, "streams": {"s": {"b": -1}}}')
+    _, metrics, pipeline = new_pipeline()
+    with pytest.raises(ckpt.CheckpointError, match=r"aks\.json.*streams\.s"):
+        archive(MemoryStore(), pipeline, metrics, checkpoint_file=str(cp))
+    # a log file checkpoint is not taken for one
+    cp.write_bytes(b'{"version": 1, "path": "/var/log/audit.log"}')
+    with pytest.raises(ckpt.CheckpointError, match="aks-blob"):
+        archive(MemoryStore(), pipeline, metrics, checkpoint_file=str(cp))
+
+
+# --- Event Hubs, with a double of the consumer client -------------------------
+
+
+class FakeEvent:
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+
+class FakeContext:
+    def __init__(self, partition_id: str = "0", fail: bool = False) -> None:
+        self.partition_id = partition_id
+        self.checkpoints: list[Any] = []
+        self.fail = fail
+
+    def update_checkpoint(self, event: Any = None, **kwargs: Any) -> None:
+        if self.fail:
+            raise ConnectionError("checkpoint store unreachable")
+        self.checkpoints.append(event)
+
+
+class FakeClient:
+    """Delivers prepared batches as EventHubConsumerClient.receive_batch does
+    (the callback per partition batch), then returns."""
+
+    def __init__(self, deliveries: list[tuple[FakeContext, list[FakeEvent]]]) -> None:
+        self.deliveries = deliveries
+        self.kwargs: dict[str, Any] = {}
+        self.closed = False
+
+    def receive_batch(self, on_event_batch: Callable[..., None], **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        for context, events in self.deliveries:
+            on_event_batch(context, events)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def message(records: list[dict[str, Any]]) -> FakeEvent:
+    """One Event Hubs message as diagnostic settings send it."""
+    return FakeEvent(orjson.dumps({"records": records}))
+
+
+def test_eventhub_records_feed_the_same_metrics_as_the_webhook() -> None:
+    records = distinct(RECORDS)
+    ctx = FakeContext()
+    events = [message(records[:3]), FakeEvent([orjson.dumps({"records": records[3:]})])]
+    client = FakeClient([(ctx, events)])
+    registry, metrics, pipeline = new_pipeline()
+    EventHubSource(client, pipeline=pipeline, decoder=Decoder(), metrics=metrics).run()
+    assert client.kwargs["starting_position"] == "-1"
+    assert ctx.checkpoints == [events[-1]]
+    expected = webhook_registry([inner_event(r) for r in records])
+    assert audit_samples(registry) == audit_samples(expected)
+
+
+def test_eventhub_redelivery_is_not_counted_twice() -> None:
+    records = distinct(RECORDS)
+    batch = [message(records)]
+    # the checkpoint did not move (a crash, a lost partition): delivered again
+    ctx = FakeContext(fail=True)
+    client = FakeClient([(ctx, batch), (FakeContext(), batch)])
+    registry, metrics, pipeline = new_pipeline()
+    EventHubSource(client, pipeline=pipeline, decoder=Decoder(), metrics=metrics).run()
+    assert by_source(registry, "kube_audit_events_total", "aks") == len(records)
+    assert by_source(registry, "kube_audit_events_duplicate_total", "aks") == len(records)
+    assert (
+        registry.get_sample_value(
+            "kube_audit_aks_eventhub_errors_total", {"operation": "checkpoint"}
+        )
+        == 1
+    )
+
+
+def test_eventhub_bad_records_are_counted_and_the_good_ones_kept() -> None:
+    records = distinct(RECORDS)
+    events = [
+        message([records[0], {"category": "kube-audit", "properties": {"log": "{"}}, records[1]]),
+        FakeEvent(b"\xff\xfe garbage"),
+        FakeEvent({"amqp": "value body"}),
+        message(records[2:3]),
+    ]
+    ctx = FakeContext()
+    registry, metrics, pipeline = new_pipeline()
+    EventHubSource(
+        FakeClient([(ctx, events)]), pipeline=pipeline, decoder=Decoder(), metrics=metrics
+    ).run()
+    assert by_source(registry, "kube_audit_events_total", "aks") == 3
+    reasons = {
+        r: registry.get_sample_value(
+            "kube_audit_events_invalid_total", {"source": "aks", "reason": r}
+        )
+        for r in ("invalid_json", "wrong_type")
+    }
+    assert reasons == {"invalid_json": 2, "wrong_type": 1}
+    assert ctx.checkpoints == [events[-1]]
+
+
+def test_eventhub_refused_batch_is_retried_before_the_checkpoint_moves() -> None:
+    records = distinct(RECORDS)
+    gate = Gate()
+    gate.open = False
+    registry, metrics, pipeline = new_pipeline([gate])
+    ctx = FakeContext()
+    tries = 0
+    src: EventHubSource
+
+    class Clock:
+        def wait(self, seconds: float) -> bool:
+            nonlocal tries
+            tries += 1
+            assert not ctx.checkpoints  # nothing acknowledged while refused
+            gate.open = tries >= 3
+            return False
+
+    src = EventHubSource(
+        FakeClient([(ctx, [message(records)])]),
+        pipeline=pipeline,
+        decoder=Decoder(),
+        metrics=metrics,
+    )
+    src._stop = Clock()  # type: ignore[assignment]
+    src.run()
+    assert tries == 3
+    assert len(ctx.checkpoints) == 1
+    assert gate.taken == len(records)
+    assert by_source(registry, "kube_audit_events_total", "aks") == len(records)
+    assert (
+        registry.get_sample_value("kube_audit_aks_eventhub_errors_total", {"operation": "refused"})
+        == 3
+    )
+
+
+def test_eventhub_stop_while_refused_leaves_the_checkpoint() -> None:
+    gate = Gate()
+    gate.open = False
+    registry, metrics, pipeline = new_pipeline([gate])
+    ctx = FakeContext()
+    client = FakeClient([(ctx, [message(distinct(RECORDS))])])
+    src = EventHubSource(client, pipeline=pipeline, decoder=Decoder(), metrics=metrics)
+    src.stop()
+    src.run()
+    assert client.closed and ctx.checkpoints == []
+    assert by_source(registry, "kube_audit_events_total", "aks") == 0
+
+
+def test_event_body_shapes() -> None:
+    assert event_body(FakeEvent(b"{}")) == b"{}"
+    assert event_body(FakeEvent([b"{", b"}"])) == b"{}"
+    assert event_body(FakeEvent("{}")) == b"{}"
+    with pytest.raises(InvalidEvent, match="wrong_type"):
+        event_body(FakeEvent(42))
+
+
+# --- replay of the export formats ---------------------------------------------
+
+
+def replay(capsys: pytest.CaptureFixture[str], *paths: Path) -> dict[str, Any]:
+    main(["replay", "--output", "json", *map(str, paths)])
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return report
+
+
+def test_replay_reads_storage_blobs_and_eventhub_messages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = distinct(RECORDS)
+    blob = tmp_path / "PT1H.json"
+    blob.write_bytes(lines(records))
+    native = tmp_path / "audit.log"
+    native.write_bytes(b"".join(orjson.dumps(inner_event(r)) + b"\n" for r in records))
+    # Event Hubs messages as captured (one {"records": [...]} per line), and one pretty-printed
+    hub = tmp_path / "eventhub.jsonl"
+    hub.write_bytes(
+        orjson.dumps({"records": records[:2]})
+        + b"\n"
+        + orjson.dumps({"records": records[2:]})
+        + b"\n"
+    )
+    pretty = tmp_path / "message.json"
+    pretty.write_text(json.dumps({"records": records}, indent=2))
+    expected = replay(capsys, native)
+    assert expected["events"] == len(records)
+    for path in (blob, hub, pretty):
+        assert replay(capsys, path) == expected, path.name
+
+
+def test_replay_of_the_real_storage_line_unwraps_the_string_log(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = replay(capsys, ELASTIC / "test-kube-audit.log")
+    assert report["events"] == 1
+    assert report.get("invalid", 0) in (0, {})
