@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,8 @@ def azurite(workdir: Path, deadline: float = 60.0) -> Iterator[Azurite]:
             seen += line
             m = LISTENING.search(line)
             if m:
+                # keep draining its output, so that it never blocks on a full pipe
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
                 yield Azurite(m.group(1).decode())
                 return
         pytest.fail(f"Azurite did not start within {deadline}s: {seen!r}")

@@ -1,0 +1,163 @@
+"""The AKS storage archive and the Event Hubs checkpoint store against
+Azurite (Microsoft's Azure Storage emulator, started here on loopback): real
+append blobs, ranged reads and containers, through azure-storage-blob."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from exporter.event import Decoder
+from exporter.sources.aks import (
+    CONNECTION_STRING_ENV,
+    ArchiveCheckpoint,
+    AzureBlobStore,
+    BlobArchiveSource,
+    blob_service,
+    checkpoint_store,
+    stream_of,
+)
+from tests.azurite_server import Azurite, azurite
+from tests.test_aks import (
+    RECORDS,
+    Gate,
+    audit_samples,
+    by_source,
+    distinct,
+    hour_blob,
+    inner_event,
+    lines,
+    new_pipeline,
+    webhook_registry,
+)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    with azurite(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
+
+
+@pytest.fixture
+def service(emulator: Azurite) -> Iterator[BlobServiceClient]:
+    client = blob_service(emulator.account_url, {CONNECTION_STRING_ENV: emulator.connection_string})
+    yield client
+    for c in client.list_containers():
+        client.delete_container(c.name)
+
+
+def append(service: BlobServiceClient, container: str, blob: str, data: bytes) -> None:
+    """What Azure Monitor does: an append blob, one block per write."""
+    client = service.get_blob_client(container, blob)
+    if not client.exists():
+        if not service.get_container_client(container).exists():
+            service.create_container(container)
+        client.create_append_blob()
+    client.append_block(data)
+
+
+def source(service: BlobServiceClient, pipeline: Any, metrics: Any, **kw: Any) -> BlobArchiveSource:
+    return BlobArchiveSource(
+        AzureBlobStore(service), pipeline=pipeline, decoder=Decoder(), metrics=metrics, **kw
+    )
+
+
+def test_tails_both_categories_through_the_hours_and_resumes(
+    service: BlobServiceClient, tmp_path: Path
+) -> None:
+    records = distinct(RECORDS)
+    audit, admin = "insights-logs-kube-audit", "insights-logs-kube-audit-admin"
+    registry, metrics, pipeline = new_pipeline()
+    cp = tmp_path / "aks.json"
+    src = source(service, pipeline, metrics, checkpoint_file=str(cp))
+    assert src.poll_once() == 0  # no container yet: nothing, no error
+    append(service, audit, hour_blob(16), lines(records[:2]))
+    append(service, admin, hour_blob(16), lines(records[2:3]))
+    assert src.poll_once() == 3
+    append(service, audit, hour_blob(16), lines(records[3:4]))
+    append(service, audit, hour_blob(17), lines(records[4:5]))
+    assert src.poll_once() == 2
+    saved = ArchiveCheckpoint.parse(cp.read_bytes())
+    stream = stream_of(audit, hour_blob(16))
+    size16 = service.get_blob_client(audit, hour_blob(16)).get_blob_properties().size
+    assert saved.streams[stream] == {hour_blob(16): size16, hour_blob(17): len(lines(records[4:5]))}
+    # a restart from the checkpoint reads only what came since
+    append(service, audit, hour_blob(17), lines(records[5:]))
+    again = source(service, pipeline, metrics, checkpoint_file=str(cp))
+    assert again.poll_once() == len(records) - 5
+    assert again.poll_once() == 0
+    assert by_source(registry, "kube_audit_events_total", "aks") == len(records)
+    assert (
+        registry.get_sample_value("kube_audit_aks_archive_errors_total", {"operation": "read"})
+        is None
+    )
+    assert audit_samples(registry) == audit_samples(
+        webhook_registry([inner_event(r) for r in records])
+    )
+
+
+def test_a_record_split_across_append_blocks_is_read_once_whole(
+    service: BlobServiceClient,
+) -> None:
+    records = distinct(RECORDS)
+    c = "insights-logs-kube-audit"
+    data = lines(records[:2])
+    cut = len(orjson.dumps(records[0])) + 20  # inside the second record
+    registry, metrics, pipeline = new_pipeline()
+    src = source(service, pipeline, metrics)
+    append(service, c, hour_blob(16), data[:cut])
+    assert src.poll_once() == 1
+    append(service, c, hour_blob(16), data[cut:])
+    assert src.poll_once() == 1
+    assert by_source(registry, "kube_audit_events_total", "aks") == 2
+    assert not registry.get_sample_value(
+        "kube_audit_events_invalid_total", {"source": "aks", "reason": "invalid_json"}
+    )
+
+
+def test_a_refused_batch_leaves_the_checkpoint_and_is_counted_once(
+    service: BlobServiceClient, tmp_path: Path
+) -> None:
+    records = distinct(RECORDS)
+    c = "insights-logs-kube-audit"
+    append(service, c, hour_blob(16), lines(records))
+    gate = Gate()
+    gate.open = False
+    registry, metrics, pipeline = new_pipeline([gate])
+    cp = tmp_path / "aks.json"
+    src = source(service, pipeline, metrics, checkpoint_file=str(cp))
+    assert src.poll_once() == 0
+    assert not cp.exists()
+    gate.open = True
+    assert src.poll_once() == len(records)
+    assert src.poll_once() == 0
+    assert gate.taken == len(records)
+    assert by_source(registry, "kube_audit_events_total", "aks") == len(records)
+
+
+def test_the_eventhub_checkpoint_store_keeps_checkpoints_in_its_container(
+    emulator: Azurite, service: BlobServiceClient
+) -> None:
+    env = {CONNECTION_STRING_ENV: emulator.connection_string}
+    store = checkpoint_store(emulator.account_url, "aks-eventhub-checkpoints", env)
+    assert service.get_container_client("aks-eventhub-checkpoints").exists()
+    # the calls EventHubConsumerClient makes for partition 0
+    where = {
+        "fully_qualified_namespace": "ns.servicebus.windows.net",
+        "eventhub_name": "aks-audit",
+        "consumer_group": "$Default",
+    }
+    owned = store.claim_ownership([{**where, "partition_id": "0", "owner_id": "replica-a"}])
+    assert [o["partition_id"] for o in owned] == ["0"]
+    store.update_checkpoint({**where, "partition_id": "0", "offset": "4242", "sequence_number": 7})
+    # a second replica (or this one after a restart) finds it
+    again = checkpoint_store(emulator.account_url, "aks-eventhub-checkpoints", env)
+    found = again.list_checkpoints(**where)
+    assert [(c["partition_id"], c["offset"], c["sequence_number"]) for c in found] == [
+        ("0", "4242", 7)
+    ]
