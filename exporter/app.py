@@ -22,6 +22,8 @@ from .loki.sink import LokiSink
 from .metrics import AuditMetrics, HTTPMetrics
 from .pipeline import Pipeline, Processor, Sink
 from .redact import Redactor
+from .sources import aks
+from .sources.aks import AzureBlobStore, BlobArchiveSource, EventHubSource
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
 from .web import MetricsServer
@@ -42,6 +44,7 @@ class App:
             for name, on in (
                 ("webhook", bool(cfg.webhook.listen_address)),
                 ("logfile", bool(cfg.logfile.path)),
+                ("aks", bool(cfg.aks.storage_account_url or cfg.aks.eventhub_namespace)),
             )
             if on
         ]
@@ -100,6 +103,45 @@ class App:
                 checkpoint_interval=f.checkpoint_interval,
                 resume_mark=marks[0] if marks else None,
             )
+        self.aks = self._aks_sources(cfg)
+
+    def _aks_sources(self, cfg: Config) -> list[BlobArchiveSource | EventHubSource]:
+        """The AKS archive reader and Event Hubs consumer, as configured (the
+        Azure SDK is imported only when one is)."""
+        a = cfg.aks
+        found: list[BlobArchiveSource | EventHubSource] = []
+        if a.storage_account_url:
+            found.append(
+                BlobArchiveSource(
+                    AzureBlobStore(aks.blob_service(a.storage_account_url)),
+                    categories=a.categories,
+                    prefix=a.prefix,
+                    checkpoint_file=a.checkpoint_file or None,
+                    start_at=a.start_at,
+                    poll_interval=a.poll_interval,
+                    pipeline=self.pipeline,
+                    decoder=self.decoder,
+                    metrics=self.metrics,
+                )
+            )
+        if a.eventhub_namespace:
+            store = aks.checkpoint_store(
+                a.eventhub_checkpoint_account_url, a.eventhub_checkpoint_container
+            )
+            client = aks.eventhub_client(
+                a.eventhub_namespace, a.eventhub_name, a.eventhub_consumer_group, store
+            )
+            start = "-1" if a.eventhub_start_at == "beginning" else "@latest"
+            found.append(
+                EventHubSource(
+                    client,
+                    starting_position=start,
+                    pipeline=self.pipeline,
+                    decoder=self.decoder,
+                    metrics=self.metrics,
+                )
+            )
+        return found
 
     def start(self) -> None:
         log.info(
@@ -115,6 +157,9 @@ class App:
         if self.logfile is not None:
             self.logfile.start()
             log.info("tailing audit log", extra={"path": self.cfg.logfile.path})
+        for source in self.aks:
+            source.start()
+            log.info("reading AKS audit logs", extra={"from": type(source).__name__})
         self._ready.set()
         log.info("ready", extra={"metrics": _fmt(self.web.address)})
 
@@ -125,6 +170,8 @@ class App:
             self.webhook.shutdown(timeout)
         if self.logfile is not None:
             self.logfile.stop(timeout)
+        for source in self.aks:
+            source.stop(timeout)
         self.pipeline.close(timeout)
         if self.notifier is not None:
             self.notifier.close(timeout)

@@ -180,6 +180,76 @@ class LogfileConfig:
     )
 
 
+@dataclass(frozen=True)
+class AksConfig:
+    """AKS diagnostic settings (categories kube-audit, kube-audit-admin): the
+    storage account archive and/or an Event Hub. Credentials come from the
+    Azure SDK's default chain (Workload Identity), never from here."""
+
+    storage_account_url: str = field(
+        default="",
+        metadata=opt(
+            "Storage account the diagnostic setting archives to "
+            "(https://<account>.blob.core.windows.net); empty disables the archive."
+        ),
+    )
+    categories: tuple[str, ...] = field(
+        default=("kube-audit", "kube-audit-admin"),
+        metadata=opt(
+            "Categories to read (repeatable): containers insights-logs-<category>.",
+            kind="list",
+        ),
+    )
+    prefix: str = field(
+        default="",
+        metadata=opt(
+            "Only blobs under this prefix (resourceId=/SUBSCRIPTIONS/.../MANAGEDCLUSTERS/<name>/)."
+        ),
+    )
+    checkpoint_file: str = field(
+        default="",
+        metadata=opt("Where the archive's read positions are kept; empty means none."),
+    )
+    start_at: str = field(
+        default="checkpoint",
+        metadata=opt(
+            "checkpoint: resume from the checkpoint (the beginning when there is none); "
+            "beginning or end: ignore it.",
+            choices=("checkpoint", "beginning", "end"),
+        ),
+    )
+    poll_interval: float = field(
+        default=30.0,
+        metadata=opt("How often the archive is listed.", kind="duration", minimum=0.01),
+    )
+    eventhub_namespace: str = field(
+        default="",
+        metadata=opt(
+            "Event Hubs namespace (<ns>.servicebus.windows.net); empty disables Event Hubs."
+        ),
+    )
+    eventhub_name: str = field(default="", metadata=opt("The Event Hub the setting sends to."))
+    eventhub_consumer_group: str = field(
+        default="$Default", metadata=opt("The consumer group to read as.")
+    )
+    eventhub_checkpoint_account_url: str = field(
+        default="",
+        metadata=opt("Storage account for the Event Hubs checkpoints and partition ownership."),
+    )
+    eventhub_checkpoint_container: str = field(
+        default="kube-audit-exporter-checkpoints",
+        metadata=opt("Container for them (created when missing)."),
+    )
+    eventhub_start_at: str = field(
+        default="beginning",
+        metadata=opt(
+            "Where a partition without a checkpoint starts: beginning (the hub's "
+            "retention) or end.",
+            choices=("beginning", "end"),
+        ),
+    )
+
+
 _LOKI = LokiSettings()
 
 
@@ -436,6 +506,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     logfile: LogfileConfig = field(default_factory=LogfileConfig)
+    aks: AksConfig = field(default_factory=AksConfig)
     loki: LokiConfig = field(default_factory=LokiConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
@@ -706,7 +777,7 @@ def load_file(path: str, problems: list[str], positions: Positions | None = None
 
 # The sections only ``run`` uses (its sources and its HTTP endpoints): replay
 # and the offline tools neither take nor show their flags.
-SOURCE_SECTIONS = ("web", "webhook", "logfile")
+SOURCE_SECTIONS = ("web", "webhook", "logfile", "aks")
 
 
 def add_flags(
@@ -895,6 +966,36 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
     yield from _detection_problems(cfg)
     if cfg.logfile.checkpoint_file and not cfg.logfile.path:
         yield "logfile.checkpoint_file: set without logfile.path"
+    yield from _aks_problems(cfg.aks)
+
+
+def _aks_problems(a: AksConfig) -> Iterator[str]:
+    for key in ("storage_account_url", "eventhub_checkpoint_account_url"):
+        url = getattr(a, key)
+        if url and not re.match(r"^https?://[^/\s]+", url):
+            yield f"aks.{key}: {safe_url(url)!r} is not an http(s) URL"
+    for category in a.categories:
+        if category not in ("kube-audit", "kube-audit-admin"):
+            yield f"aks.categories: {category!r} is not kube-audit or kube-audit-admin"
+    if a.storage_account_url and not a.categories:
+        yield "aks.categories: empty; name kube-audit, kube-audit-admin or both"
+    if a.checkpoint_file and not a.storage_account_url:
+        yield "aks.checkpoint_file: set without aks.storage_account_url"
+    if a.eventhub_namespace:
+        if "/" in a.eventhub_namespace or "." not in a.eventhub_namespace:
+            yield (
+                f"aks.eventhub_namespace: {a.eventhub_namespace!r} is not a fully qualified "
+                "host (<ns>.servicebus.windows.net)"
+            )
+        if not a.eventhub_name:
+            yield "aks.eventhub_name: required with aks.eventhub_namespace"
+        if not a.eventhub_checkpoint_account_url:
+            yield (
+                "aks.eventhub_checkpoint_account_url: required with aks.eventhub_namespace "
+                "(checkpoints and partition ownership across replicas)"
+            )
+    elif a.eventhub_name:
+        yield "aks.eventhub_name: set without aks.eventhub_namespace"
 
 
 def _pairs(items: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -1019,9 +1120,11 @@ def require_source(cfg: Config) -> None:
     """What ``run`` needs beyond a valid configuration: a source, and a
     spool directory when events go to Loki."""
     problems = []
-    if not cfg.webhook.listen_address and not cfg.logfile.path:
+    aks = cfg.aks.storage_account_url or cfg.aks.eventhub_namespace
+    if not cfg.webhook.listen_address and not cfg.logfile.path and not aks:
         problems.append(
-            "webhook.listen_address: no source configured; set it or logfile.path (or both)"
+            "webhook.listen_address: no source configured; set it, logfile.path, "
+            "aks.storage_account_url or aks.eventhub_namespace"
         )
     if cfg.loki.url and not cfg.spool.dir:
         problems.append("spool.dir: required with loki.url (the durable buffer for Loki)")

@@ -16,16 +16,17 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cli import main
+from exporter.cli import build_parser, main
+from exporter.config import ConfigError, load, require_source
 from exporter.event import AuditEvent, Batch, Decoder, InvalidEvent
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
-from exporter.sources import checkpoint as ckpt
 from exporter.sources.aks import (
     ArchiveCheckpoint,
     BlobArchiveSource,
     BlobInfo,
     EventHubSource,
+    StartError,
     event_body,
     stream_of,
 )
@@ -395,11 +396,11 @@ def test_a_damaged_checkpoint_stops_the_start_with_its_name(tmp_path: Path) -> N
     cp = tmp_path / "aks.json"
     cp.write_bytes(b'{"version": 1, "kind": "aks-blob", "seq": 1, "streams": {"s": {"b": -1}}}')
     _, metrics, pipeline = new_pipeline()
-    with pytest.raises(ckpt.CheckpointError, match=r"aks\.json.*streams\.s"):
+    with pytest.raises(StartError, match=r"aks\.json.*streams\.s"):
         archive(MemoryStore(), pipeline, metrics, checkpoint_file=str(cp))
     # a log file checkpoint is not taken for one
     cp.write_bytes(b'{"version": 1, "path": "/var/log/audit.log"}')
-    with pytest.raises(ckpt.CheckpointError, match="aks-blob"):
+    with pytest.raises(StartError, match="aks-blob"):
         archive(MemoryStore(), pipeline, metrics, checkpoint_file=str(cp))
 
 
@@ -596,3 +597,47 @@ def test_replay_of_the_real_storage_line_unwraps_the_string_log(
     report = replay(capsys, ELASTIC / "test-kube-audit.log")
     assert report["events"] == 1
     assert report.get("invalid", 0) in (0, {})
+
+
+# --- configuration --------------------------------------------------------------
+
+
+def config_problems(tmp_path: Path, text: str) -> list[str]:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    args = build_parser().parse_args(["check-config", "--config.file", str(f)])
+    with pytest.raises(ConfigError) as info:
+        load(args, {})
+    return info.value.problems
+
+
+def test_aks_configuration_problems_are_located(tmp_path: Path) -> None:
+    found = config_problems(
+        tmp_path,
+        "aks:\n"
+        "  storage_account_url: acct.blob.core.windows.net\n"
+        "  categories: [kube-audit, kube-apiserver]\n"
+        "  eventhub_namespace: https://ns.servicebus.windows.net/\n",
+    )
+    f = tmp_path / "c.yaml"
+    assert any(
+        p.startswith("aks.storage_account_url: 'acct.blob.core.windows.net' is not an http(s) URL")
+        and p.endswith(f"(from {f}:2:3)")
+        for p in found
+    ), found
+    assert any(p.startswith("aks.categories: 'kube-apiserver'") for p in found), found
+    assert any(p.startswith("aks.eventhub_namespace:") for p in found), found
+    assert any(p.startswith("aks.eventhub_name: required") for p in found), found
+    assert any(p.startswith("aks.eventhub_checkpoint_account_url: required") for p in found), found
+
+
+def test_aks_configuration_from_the_environment() -> None:
+    env = {
+        "KUBE_AUDIT_AKS_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net",
+        "KUBE_AUDIT_AKS_START_AT": "end",
+    }
+    cfg = load(build_parser().parse_args(["check-config"]), env)
+    assert cfg.aks.storage_account_url == "https://acct.blob.core.windows.net"
+    assert cfg.aks.categories == ("kube-audit", "kube-audit-admin")
+    assert cfg.aks.start_at == "end"
+    require_source(cfg)  # the archive alone is a source

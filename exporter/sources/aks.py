@@ -39,7 +39,6 @@ is ever logged.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -72,7 +71,12 @@ CHECKPOINT_VERSION = 1
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 
 
-class MissingExtra(RuntimeError):
+class StartError(ValueError):
+    """A source that cannot start (reported, exit 1): a missing SDK, a
+    checkpoint it cannot use, a container it cannot create."""
+
+
+class MissingExtra(StartError):
     """The Azure SDK is not installed."""
 
 
@@ -413,7 +417,9 @@ class BlobArchiveSource:
             return None if data is None else ArchiveCheckpoint.parse(data)
         except (OSError, ckpt.CheckpointError) as e:
             # fail fast at start-up: reading everything again would count it twice
-            raise ckpt.CheckpointError(f"{self.checkpoint_file}: {_describe(e)}") from None
+            raise StartError(
+                f"aks.checkpoint_file: {self.checkpoint_file}: {_describe(e)}"
+            ) from None
 
     def _save(self, ck: ArchiveCheckpoint) -> bool:
         assert self.checkpoint_file
@@ -614,8 +620,14 @@ def checkpoint_store(
     store_mod = _azure("azure.eventhub.extensions.checkpointstoreblob")
     exceptions = _azure("azure.core.exceptions")
     service = blob_service(account_url, env)
-    with contextlib.suppress(exceptions.ResourceExistsError):
+    try:
         service.create_container(container)
+    except exceptions.ResourceExistsError:
+        pass
+    except exceptions.AzureError as e:
+        raise StartError(
+            f"aks.eventhub_checkpoint_container: cannot create {container!r}: {_describe(e)}"
+        ) from None
     conn = env.get(CONNECTION_STRING_ENV)
     if conn:
         return store_mod.BlobCheckpointStore.from_connection_string(conn, container)

@@ -10,8 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 from azure.storage.blob import BlobServiceClient
+from prometheus_client import CollectorRegistry
 
+from exporter.app import App
+from exporter.cli import build_parser
+from exporter.config import load, require_source
 from exporter.event import Decoder
 from exporter.sources.aks import (
     CONNECTION_STRING_ENV,
@@ -23,6 +28,7 @@ from exporter.sources.aks import (
     stream_of,
 )
 from tests.azurite_server import Azurite, azurite
+from tests.integration.conftest import poll
 from tests.test_aks import (
     RECORDS,
     Gate,
@@ -161,3 +167,41 @@ def test_the_eventhub_checkpoint_store_keeps_checkpoints_in_its_container(
     assert [(c["partition_id"], c["offset"], c["sequence_number"]) for c in found] == [
         ("0", "4242", 7)
     ]
+
+
+def test_the_exporter_reads_the_archive_as_the_readme_configures_it(
+    emulator: Azurite, service: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` with the README's aks: section, the connection string in the
+    environment as the README says for Azurite; the first metric appears."""
+    records = distinct(RECORDS)
+    append(service, "insights-logs-kube-audit", hour_blob(16), lines(records))
+    monkeypatch.setenv(CONNECTION_STRING_ENV, emulator.connection_string)
+    f = tmp_path / "config.yaml"
+    f.write_text(
+        "web:\n  listen_address: 127.0.0.1:0\n"
+        "aks:\n"
+        f"  storage_account_url: {emulator.account_url}\n"
+        f"  checkpoint_file: {tmp_path / 'aks-checkpoint.json'}\n"
+        "  poll_interval: 0.2s\n"
+    )
+    cfg = load(build_parser().parse_args(["run", "--config.file", str(f)]), {})
+    require_source(cfg)
+    app = App(cfg, CollectorRegistry())
+    app.start()
+    try:
+        url = f"http://127.0.0.1:{app.web.address[1]}/metrics"
+        text = poll(
+            lambda: (
+                body
+                if f'kube_audit_events_total{{source="aks"}} {float(len(records))}'
+                in (body := requests.get(url, timeout=5).text)
+                else None
+            ),
+            what="the AKS events in /metrics",
+        )
+        assert "kube_audit_aks_archive_streams 1.0" in text
+        assert emulator.connection_string not in text
+    finally:
+        app.stop()
+    assert (tmp_path / "aks-checkpoint.json").exists()
