@@ -641,3 +641,30 @@ def test_aks_configuration_from_the_environment() -> None:
     assert cfg.aks.categories == ("kube-audit", "kube-audit-admin")
     assert cfg.aks.start_at == "end"
     require_source(cfg)  # the archive alone is a source
+
+
+def test_an_event_in_both_categories_is_counted_once() -> None:
+    """kube-audit-admin holds the same events as kube-audit (less get and
+    list): with both enabled, the second copy is a duplicate."""
+    records = [r for r in distinct(RECORDS) if inner_event(r)["verb"] not in ("get", "list")]
+    assert len(records) >= 3
+    store = MemoryStore()
+    for category in ("kube-audit", "kube-audit-admin"):
+        store.append(f"insights-logs-{category}", hour_blob(16), lines(records))
+    registry, metrics, pipeline = new_pipeline()
+    archive(store, pipeline, metrics).poll_once()
+    assert by_source(registry, "kube_audit_events_total", "aks") == len(records)
+    assert by_source(registry, "kube_audit_events_duplicate_total", "aks") == len(records)
+    assert audit_samples(registry) == audit_samples(
+        webhook_registry([inner_event(r) for r in records])
+    )
+
+
+def test_the_aks_metrics_are_in_the_readme() -> None:
+    registry, metrics, pipeline = new_pipeline()
+    archive(MemoryStore(), pipeline, metrics)
+    EventHubSource(FakeClient([]), pipeline=pipeline, decoder=Decoder(), metrics=metrics)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    names = {m.name for m in registry.collect() if m.name.startswith("kube_audit_aks")}
+    assert len(names) == 4
+    assert [n for n in sorted(names) if f"`{n}" not in readme] == []
