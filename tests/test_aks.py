@@ -153,6 +153,7 @@ class MemoryStore:
         self.blobs: dict[tuple[str, str], bytearray] = {}
         self.reads = 0
         self.fail_list = False
+        self.fail_read: set[str] = set()
 
     def append(self, container: str, blob: str, data: bytes) -> None:
         self.blobs.setdefault((container, blob), bytearray()).extend(data)
@@ -168,6 +169,8 @@ class MemoryStore:
 
     def read(self, container: str, blob: str, offset: int, length: int) -> bytes:
         self.reads += 1
+        if blob in self.fail_read:
+            raise TimeoutError("read timed out")
         return bytes(self.blobs[(container, blob)][offset : offset + length])
 
 
@@ -668,3 +671,35 @@ def test_the_aks_metrics_are_in_the_readme() -> None:
     names = {m.name for m in registry.collect() if m.name.startswith("kube_audit_aks")}
     assert len(names) == 4
     assert [n for n in sorted(names) if f"`{n}" not in readme] == []
+
+
+def test_a_blob_that_cannot_be_read_is_not_skipped_for_newer_hours() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    for i, hour in enumerate(range(12, 17)):
+        store.append(c, hour_blob(hour), lines(records[i : i + 1]))
+    registry, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics)
+    store.fail_read = {hour_blob(13)}
+    assert src.poll_once() == 1  # h12; h13 fails, the newer hours wait for it
+    assert registry.get_sample_value("kube_audit_aks_archive_errors_total", {"operation": "read"})
+    store.fail_read = set()
+    assert src.poll_once() == 4
+    assert by_source(registry, "kube_audit_events_total", "aks") == 5
+
+
+def test_a_refused_batch_stops_the_whole_poll() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    store.append("insights-logs-kube-audit", hour_blob(16), lines(records[:2]))
+    store.append("insights-logs-kube-audit-admin", hour_blob(16), lines(records[2:4]))
+    gate = Gate()
+    gate.open = False
+    registry, metrics, pipeline = new_pipeline([gate])
+    src = archive(store, pipeline, metrics)
+    assert src.poll_once() == 0
+    refused = {"operation": "refused"}
+    assert registry.get_sample_value("kube_audit_aks_archive_errors_total", refused) == 1
+    gate.open = True
+    assert src.poll_once() == 4

@@ -246,7 +246,8 @@ class BlobArchiveSource:
         self._ck = loaded or ArchiveCheckpoint()
         # "end": the streams there at the first poll start at their end
         self._skip_existing = start_at == "end"
-        self._first_poll = True
+        self._listed: set[str] = set()  # containers listed once (start_at end)
+        self._errors_lock = threading.Lock()
         metrics.add_state(self._collect)
 
     # -- running -----------------------------------------------------------
@@ -277,19 +278,21 @@ class BlobArchiveSource:
             streams: dict[str, list[BlobInfo]] = {}
             for b in blobs:
                 streams.setdefault(stream_of(container, b.name), []).append(b)
+            first = container not in self._listed
+            self._listed.add(container)
             for stream, found in sorted(streams.items()):
                 found.sort(key=lambda b: b.name)
-                if self._first_poll and self._skip_existing and stream not in self._ck.streams:
+                if first and self._skip_existing and stream not in self._ck.streams:
                     self._set(stream, {b.name: b.size for b in found[-KEEP_BLOBS:]})
                     continue
-                n = self._read_stream(container, stream, found)
-                if n is None:
-                    break  # refused: retry at the next poll, from the checkpoint
-                taken += n
-        self._first_poll = False
+                try:
+                    taken += self._read_stream(container, stream, found)
+                except _Refused as e:
+                    # the pipeline is full: everything waits for the next poll
+                    return taken + e.taken
         return taken
 
-    def _read_stream(self, container: str, stream: str, found: list[BlobInfo]) -> int | None:
+    def _read_stream(self, container: str, stream: str, found: list[BlobInfo]) -> int:
         known = self._ck.streams.get(stream, {})
         floor = min(known) if known else ""
         taken = 0
@@ -301,14 +304,15 @@ class BlobArchiveSource:
                 continue
             n = self._read_blob(container, stream, b, offset)
             if n is None:
-                return None
+                break  # a read failed: this stream goes on at the next poll
             taken += n
             known = self._ck.streams.get(stream, {})
         return taken
 
     def _read_blob(self, container: str, stream: str, b: BlobInfo, offset: int) -> int | None:
         """Hand on the whole records of ``b`` from ``offset``; the events
-        taken, or None when the pipeline refused a batch."""
+        taken, None when a read failed. Raises _Refused when the pipeline
+        refused a batch."""
         taken = 0
         carry = b""
         skipping = False  # inside a record over the size limit, until its newline
@@ -322,7 +326,7 @@ class BlobArchiveSource:
                 )
             except Exception as e:
                 self._error("read", blob=f"{container}/{b.name}", error=_describe(e))
-                return taken
+                return None
             if not data:
                 break
             at_end = start + len(data) >= b.size
@@ -360,7 +364,7 @@ class BlobArchiveSource:
                 skipping = True
             if batch.inputs:
                 if not self._submit(stream, b.name, pos + lines_end, batch, container):
-                    return None
+                    raise _Refused(taken)
                 taken += len(batch)
             else:
                 self._advance(stream, b.name, pos + lines_end)
@@ -434,7 +438,8 @@ class BlobArchiveSource:
     # -- errors and state ----------------------------------------------------
 
     def _error(self, operation: str, **context: str) -> None:
-        self._errors[operation] += 1
+        with self._errors_lock:
+            self._errors[operation] += 1
         if operation != "refused":
             self._log.warning(f"AKS archive: {operation} failed", **context)
 
@@ -449,7 +454,17 @@ class BlobArchiveSource:
             "Streams (cluster and category) of the AKS storage archive being followed.",
             value=len(self._ck.streams),
         )
-        yield _errors_family("aks_archive_errors", self._errors, "list, read, checkpoint, refused")
+        with self._errors_lock:
+            counts = Counter(self._errors)
+        yield _errors_family("aks_archive_errors", counts, "list, read, checkpoint, refused")
+
+
+class _Refused(Exception):
+    """The pipeline refused a batch; ``taken`` events were taken before it."""
+
+    def __init__(self, taken: int) -> None:
+        super().__init__(taken)
+        self.taken = taken
 
 
 def _errors_family(name: str, counts: Counter[str], operations: str) -> CounterMetricFamily:
