@@ -60,6 +60,14 @@ def opt(
     }
 
 
+# Where a source with a checkpoint starts (the log file, the AKS archive).
+START_AT = opt(
+    "checkpoint: resume from the checkpoint (the beginning when there is none); "
+    "beginning or end: ignore it.",
+    choices=("checkpoint", "beginning", "end"),
+)
+
+
 @dataclass(frozen=True)
 class WebConfig:
     listen_address: str = field(
@@ -160,14 +168,7 @@ class LogfileConfig:
         default="",
         metadata=opt("Where the read position is kept; empty means no checkpoint."),
     )
-    start_at: str = field(
-        default="checkpoint",
-        metadata=opt(
-            "checkpoint: resume from the checkpoint (the beginning when there is none); "
-            "beginning or end: ignore it.",
-            choices=("checkpoint", "beginning", "end"),
-        ),
-    )
+    start_at: str = field(default="checkpoint", metadata=START_AT)
     poll_interval: float = field(
         default=0.25,
         metadata=opt(
@@ -210,14 +211,7 @@ class AksConfig:
         default="",
         metadata=opt("Where the archive's read positions are kept; empty means none."),
     )
-    start_at: str = field(
-        default="checkpoint",
-        metadata=opt(
-            "checkpoint: resume from the checkpoint (the beginning when there is none); "
-            "beginning or end: ignore it.",
-            choices=("checkpoint", "beginning", "end"),
-        ),
-    )
+    start_at: str = field(default="checkpoint", metadata=START_AT)
     poll_interval: float = field(
         default=30.0,
         metadata=opt("How often the archive is listed.", kind="duration", minimum=0.01),
