@@ -703,3 +703,24 @@ def test_a_refused_batch_stops_the_whole_poll() -> None:
     assert registry.get_sample_value("kube_audit_aks_archive_errors_total", refused) == 1
     gate.open = True
     assert src.poll_once() == 4
+
+
+def test_no_credential_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """An Azure error that quotes a SAS URL or a connection string is
+    logged with the credential masked."""
+    secret_sig = "sv=2022-11-02&ss=b&sig=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D"
+    key = "AccountKey=bm90LWEtcmVhbC1rZXk=;"
+
+    class Leaky(MemoryStore):
+        def list_blobs(self, container: str, prefix: str) -> list[BlobInfo]:
+            raise PermissionError(
+                f"403 on https://acct.blob.core.windows.net/{container}?{secret_sig} ({key})"
+            )
+
+    _, metrics, pipeline = new_pipeline()
+    with caplog.at_level("WARNING"):
+        archive(Leaky(), pipeline, metrics).poll_once()
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "403 on https://acct.blob.core.windows.net" in text
+    assert "c2VjcmV0" not in text and "bm90LWEt" not in text
+    assert "sig=<redacted>" in text

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -488,8 +489,17 @@ def _complete_json(data: bytes) -> bool:
     return True
 
 
+# Credentials an Azure error message could quote: a SAS token's signature
+# (and its other fields, harmless but noisy), an account key, a connection
+# string's keys.
+_SECRETS = re.compile(r"(?i)\b(sig|AccountKey|SharedAccessSignature|SharedAccessKey)=[^&;\s'\"]*")
+
+
 def _describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    """An error in one line, for logs, with credentials it quotes masked."""
+    text = str(e).splitlines()[0][:300] if str(e) else ""
+    masked = _SECRETS.sub(r"\1=<redacted>", text)
+    return f"{type(e).__name__}: {masked}"
 
 
 # --- Event Hubs -----------------------------------------------------------------
