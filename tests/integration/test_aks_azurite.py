@@ -18,6 +18,7 @@ from exporter.app import App
 from exporter.cli import build_parser
 from exporter.config import load, require_source
 from exporter.event import Decoder
+from exporter.sources import aks
 from exporter.sources.aks import (
     CONNECTION_STRING_ENV,
     ArchiveCheckpoint,
@@ -31,6 +32,8 @@ from tests.azurite_server import Azurite, azurite
 from tests.integration.conftest import poll
 from tests.test_aks import (
     RECORDS,
+    FakeClient,
+    FakeContext,
     Gate,
     audit_samples,
     by_source,
@@ -38,6 +41,7 @@ from tests.test_aks import (
     hour_blob,
     inner_event,
     lines,
+    message,
     new_pipeline,
     webhook_registry,
 )
@@ -205,3 +209,44 @@ def test_the_exporter_reads_the_archive_as_the_readme_configures_it(
     finally:
         app.stop()
     assert (tmp_path / "aks-checkpoint.json").exists()
+
+
+def test_the_exporter_wires_event_hubs_with_its_checkpoint_store(
+    emulator: Azurite, service: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` with aks.eventhub_*: the checkpoint container is created on
+    Azurite and handed to the consumer; the consumer itself (AMQP, no
+    emulator here) is a double that delivers one message of records."""
+    records = distinct(RECORDS)
+    monkeypatch.setenv(CONNECTION_STRING_ENV, emulator.connection_string)
+    built: dict[str, Any] = {}
+    ctx = FakeContext()
+
+    def client(namespace: str, eventhub: str, group: str, store: Any) -> FakeClient:
+        built.update(namespace=namespace, eventhub=eventhub, group=group, store=store)
+        return FakeClient([(ctx, [message(records)])])
+
+    monkeypatch.setattr(aks, "eventhub_client", client)
+    f = tmp_path / "config.yaml"
+    f.write_text(
+        "web:\n  listen_address: 127.0.0.1:0\n"
+        "aks:\n"
+        "  eventhub_namespace: my-ns.servicebus.windows.net\n"
+        "  eventhub_name: aks-audit\n"
+        f"  eventhub_checkpoint_account_url: {emulator.account_url}\n"
+    )
+    cfg = load(build_parser().parse_args(["run", "--config.file", str(f)]), {})
+    registry = CollectorRegistry()
+    app = App(cfg, registry)
+    app.start()
+    try:
+        poll(
+            lambda: ctx.checkpoints or None,
+            what="the batch taken and checkpointed",
+        )
+    finally:
+        app.stop()
+    assert built["namespace"] == "my-ns.servicebus.windows.net"
+    assert (built["eventhub"], built["group"]) == ("aks-audit", "$Default")
+    assert service.get_container_client("kube-audit-exporter-checkpoints").exists()
+    assert by_source(registry, "kube_audit_events_total", "aks") == len(records)
