@@ -724,3 +724,33 @@ def test_no_credential_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> Non
     assert "403 on https://acct.blob.core.windows.net" in text
     assert "c2VjcmV0" not in text and "bm90LWEt" not in text
     assert "sig=<redacted>" in text
+
+
+def test_batches_hold_at_most_batch_lines_and_a_refusal_mid_blob_keeps_what_was_taken(
+    tmp_path: Path,
+) -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    store.append(c, hour_blob(16), lines(records[:5]))
+    sizes: list[int] = []
+
+    class Counting(Gate):
+        def admit(self, events: Sequence[AuditEvent]) -> bool:
+            if len(sizes) == 2:
+                return False  # the third batch finds the spool full
+            sizes.append(len(events))
+            return True
+
+    registry, metrics, pipeline = new_pipeline([Counting()])
+    cp = tmp_path / "aks.json"
+    src = archive(store, pipeline, metrics, batch_lines=2, checkpoint_file=str(cp))
+    assert src.poll_once() == 4
+    assert sizes == [2, 2]
+    stream = stream_of(c, hour_blob(16))
+    assert ArchiveCheckpoint.parse(cp.read_bytes()).streams[stream] == {
+        hour_blob(16): len(lines(records[:4]))
+    }
+    sizes.clear()
+    assert src.poll_once() == 1
+    assert by_source(registry, "kube_audit_events_total", "aks") == 5

@@ -264,7 +264,10 @@ class BlobArchiveSource:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception as e:  # never let the thread die: the next poll goes on
+                self._error("poll", error=_describe(e))
             self._stop.wait(self.poll_interval)
 
     def poll_once(self) -> int:
@@ -344,7 +347,6 @@ class BlobArchiveSource:
                 consumed = nl + 1
                 skipping = False
             last_nl = buf.rfind(b"\n")
-            ends: list[int] = []
             lines_end = last_nl + 1 if last_nl >= consumed else consumed
             cursor = consumed
             while cursor < lines_end:
@@ -353,7 +355,11 @@ class BlobArchiveSource:
                 cursor = nl + 1
                 if line.strip():
                     batch.add_all(self.decoder.decode_record(line))
-                    ends.append(cursor)
+                    if batch.inputs >= self.batch_lines and cursor < lines_end:
+                        taken += self._hand_on(
+                            container, stream, b.name, pos + cursor, batch, taken
+                        )
+                        batch = Batch()
             tail = buf[lines_end:]
             if at_end and tail.strip() and _complete_json(tail):
                 # the last record of a blob may come without its newline
@@ -364,14 +370,21 @@ class BlobArchiveSource:
                 lines_end = len(buf)
                 skipping = True
             if batch.inputs:
-                if not self._submit(stream, b.name, pos + lines_end, batch, container):
-                    raise _Refused(taken)
-                taken += len(batch)
+                taken += self._hand_on(container, stream, b.name, pos + lines_end, batch, taken)
             else:
                 self._advance(stream, b.name, pos + lines_end)
             pos += lines_end
             carry = buf[lines_end:]
         return taken
+
+    def _hand_on(
+        self, container: str, stream: str, blob: str, offset: int, batch: Batch, taken: int
+    ) -> int:
+        """Submit ``batch`` (the records up to ``offset``); the events taken.
+        Raises _Refused (with the ``taken`` before it) when refused."""
+        if not self._submit(stream, blob, offset, batch, container):
+            raise _Refused(taken)
+        return len(batch)
 
     def _submit(self, stream: str, blob: str, offset: int, batch: Batch, container: str) -> bool:
         after = self._advanced(stream, blob, offset)
@@ -457,7 +470,7 @@ class BlobArchiveSource:
         )
         with self._errors_lock:
             counts = Counter(self._errors)
-        yield _errors_family("aks_archive_errors", counts, "list, read, checkpoint, refused")
+        yield _errors_family("aks_archive_errors", counts, "list, read, checkpoint, poll, refused")
 
 
 class _Refused(Exception):
