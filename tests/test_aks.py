@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from exporter.config import ConfigError, load, require_source
 from exporter.event import AuditEvent, Batch, Decoder, InvalidEvent
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
+from exporter.sources import aks
 from exporter.sources.aks import (
     ArchiveCheckpoint,
     BlobArchiveSource,
@@ -44,8 +46,8 @@ RESOURCE = (
 )
 
 
-def hour_blob(hour: int, resource: str = RESOURCE) -> str:
-    return f"{resource}/y=2025/m=10/d=07/h={hour:02d}/m=00/PT1H.json"
+def hour_blob(hour: int, resource: str = RESOURCE, day: int = 7) -> str:
+    return f"{resource}/y=2025/m=10/d={day:02d}/h={hour:02d}/m=00/PT1H.json"
 
 
 # --- real records -------------------------------------------------------------
@@ -154,11 +156,13 @@ class MemoryStore:
         self.reads = 0
         self.fail_list = False
         self.fail_read: set[str] = set()
+        self.listed: list[tuple[str, str]] = []
 
     def append(self, container: str, blob: str, data: bytes) -> None:
         self.blobs.setdefault((container, blob), bytearray()).extend(data)
 
     def list_blobs(self, container: str, prefix: str) -> list[BlobInfo]:
+        self.listed.append((container, prefix))
         if self.fail_list:
             raise ConnectionError("storage unreachable")
         return [
@@ -754,3 +758,46 @@ def test_batches_hold_at_most_batch_lines_and_a_refusal_mid_blob_keeps_what_was_
     sizes.clear()
     assert src.poll_once() == 1
     assert by_source(registry, "kube_audit_events_total", "aks") == 5
+
+
+def test_most_polls_list_only_the_days_the_streams_are_at() -> None:
+    records = distinct(RECORDS)
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    store.append(c, hour_blob(16), lines(records[:1]))
+    now = [datetime(2025, 10, 7, 17, 30, tzinfo=UTC).timestamp()]
+    registry, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics, categories=["kube-audit"], clock=lambda: now[0])
+    assert src.poll_once() == 1
+    assert store.listed == [(c, "")]  # the first listing is whole
+    store.listed.clear()
+    assert src.poll_once() == 0
+    assert store.listed == [(c, f"{RESOURCE}/y=2025/m=10/d=07/")]
+    # past midnight: yesterday and today
+    now[0] = datetime(2025, 10, 8, 0, 10, tzinfo=UTC).timestamp()
+    store.append(c, hour_blob(0, day=8), lines(records[1:2]))
+    store.listed.clear()
+    assert src.poll_once() == 1
+    assert [p for _, p in store.listed] == [
+        f"{RESOURCE}/y=2025/m=10/d=07/",
+        f"{RESOURCE}/y=2025/m=10/d=08/",
+    ]
+    # a new cluster is found by the next whole listing
+    other = RESOURCE.replace("TEST-CLUSTER", "OTHER")
+    store.append(c, hour_blob(0, other, day=8), lines(records[2:3]))
+    found = sum(src.poll_once() for _ in range(aks.FULL_LIST_EVERY))
+    assert found == 1
+    assert by_source(registry, "kube_audit_events_total", "aks") == 3
+
+
+def test_a_stream_days_behind_is_listed_whole() -> None:
+    store = MemoryStore()
+    c = "insights-logs-kube-audit"
+    store.append(c, hour_blob(16), lines(distinct(RECORDS)[:1]))
+    now = datetime(2025, 10, 12, 9, 0, tzinfo=UTC).timestamp()
+    _, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics, categories=["kube-audit"], clock=lambda: now)
+    src.poll_once()
+    store.listed.clear()
+    src.poll_once()
+    assert store.listed == [(c, "")]

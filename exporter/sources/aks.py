@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -67,6 +68,12 @@ CATEGORIES = ("kube-audit", "kube-audit-admin")
 KEEP_BLOBS = 3
 # Bytes fetched per ranged GET, and records handed to the pipeline per batch.
 READ_BYTES = 4 << 20
+# A container is listed whole at the first poll and every FULL_LIST_EVERY
+# polls (new clusters appear there); in between only the days its known
+# streams are at, up to today, when they are at most NARROW_DAYS.
+FULL_LIST_EVERY = 20
+NARROW_DAYS = 3
+_DAY = re.compile(r"/y=(\d{4})/m=(\d{2})/d=(\d{2})/")
 BATCH_LINES = 1000
 CHECKPOINT_VERSION = 1
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -226,6 +233,7 @@ class BlobArchiveSource:
         poll_interval: float = 30.0,
         batch_lines: int = BATCH_LINES,
         read_bytes: int = READ_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if start_at not in ("checkpoint", "beginning", "end"):
             raise ValueError(f"start_at: {start_at!r} is not checkpoint, beginning or end")
@@ -238,6 +246,8 @@ class BlobArchiveSource:
         self.poll_interval = poll_interval
         self.batch_lines = batch_lines
         self.read_bytes = read_bytes
+        self.clock = clock
+        self._polls = 0
         self._errors: Counter[str] = Counter()
         self._log = RateLimitedLog(log)
         self._stop = threading.Event()
@@ -275,7 +285,7 @@ class BlobArchiveSource:
         taken = 0
         for container in self.containers:
             try:
-                blobs = self.store.list_blobs(container, self.prefix)
+                blobs = self._list(container)
             except Exception as e:  # the SDK's errors have no common base here
                 self._error("list", container=container, error=_describe(e))
                 continue
@@ -294,7 +304,42 @@ class BlobArchiveSource:
                 except _Refused as e:
                     # the pipeline is full: everything waits for the next poll
                     return taken + e.taken
+        self._polls += 1
         return taken
+
+    def _list(self, container: str) -> list[BlobInfo]:
+        """The container's blobs: all of them, or (most polls) only those of
+        the days its known streams are at, up to today: a year of hourly
+        blobs is not listed twice a minute."""
+        narrow = self._narrow_prefixes(container)
+        if narrow is None:
+            return self.store.list_blobs(container, self.prefix)
+        found: list[BlobInfo] = []
+        for prefix in narrow:
+            found += self.store.list_blobs(container, prefix)
+        return found
+
+    def _narrow_prefixes(self, container: str) -> list[str] | None:
+        """The day prefixes to list, or None for a full listing."""
+        if container not in self._listed or self._polls % FULL_LIST_EVERY == 0:
+            return None
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        prefixes: list[str] = []
+        head = container + "/"
+        for stream, blobs in self._ck.streams.items():
+            if not stream.startswith(head) or not blobs:
+                continue
+            m = _DAY.search(min(blobs))
+            if m is None:
+                return None
+            day = date(int(m[1]), int(m[2]), int(m[3]))
+            if (today - day).days >= NARROW_DAYS or day > today:
+                return None
+            resource = stream[len(head) :]
+            while day <= today:
+                prefixes.append(f"{resource}/y={day.year:04d}/m={day.month:02d}/d={day.day:02d}/")
+                day += timedelta(days=1)
+        return prefixes
 
     def _read_stream(self, container: str, stream: str, found: list[BlobInfo]) -> int:
         known = self._ck.streams.get(stream, {})
