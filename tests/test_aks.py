@@ -801,3 +801,13 @@ def test_a_stream_days_behind_is_listed_whole() -> None:
     store.listed.clear()
     src.poll_once()
     assert store.listed == [(c, "")]
+
+
+def test_a_container_empty_at_first_is_listed_whole_until_a_stream_appears() -> None:
+    store = MemoryStore()
+    now = datetime(2025, 10, 7, 17, 30, tzinfo=UTC).timestamp()
+    _, metrics, pipeline = new_pipeline()
+    src = archive(store, pipeline, metrics, categories=["kube-audit"], clock=lambda: now)
+    assert src.poll_once() == 0
+    store.append("insights-logs-kube-audit", hour_blob(16), lines(distinct(RECORDS)[:1]))
+    assert src.poll_once() == 1

@@ -339,7 +339,7 @@ class BlobArchiveSource:
             while day <= today:
                 prefixes.append(f"{resource}/y={day.year:04d}/m={day.month:02d}/d={day.day:02d}/")
                 day += timedelta(days=1)
-        return prefixes
+        return prefixes or None  # no stream known yet: look at everything
 
     def _read_stream(self, container: str, stream: str, found: list[BlobInfo]) -> int:
         known = self._ck.streams.get(stream, {})
