@@ -526,6 +526,9 @@ def test_eventhub_refused_batch_is_retried_before_the_checkpoint_moves() -> None
             gate.open = tries >= 3
             return False
 
+        def is_set(self) -> bool:
+            return False
+
     src = EventHubSource(
         FakeClient([(ctx, [message(records)])]),
         pipeline=pipeline,
@@ -811,3 +814,37 @@ def test_a_container_empty_at_first_is_listed_whole_until_a_stream_appears() -> 
     assert src.poll_once() == 0
     store.append("insights-logs-kube-audit", hour_blob(16), lines(distinct(RECORDS)[:1]))
     assert src.poll_once() == 1
+
+
+def test_eventhub_consumer_that_fails_to_start_is_started_again() -> None:
+    records = distinct(RECORDS)
+    ctx = FakeContext()
+    waits: list[float] = []
+
+    class Flaky(FakeClient):
+        calls = 0
+
+        def receive_batch(self, on_event_batch: Callable[..., None], **kwargs: Any) -> None:
+            Flaky.calls += 1
+            if Flaky.calls <= 2:
+                raise ConnectionError("amqp:connection:forced")
+            super().receive_batch(on_event_batch, **kwargs)
+
+    class Clock:
+        def wait(self, seconds: float) -> bool:
+            waits.append(seconds)
+            return False
+
+        def is_set(self) -> bool:
+            return False
+
+    registry, metrics, pipeline = new_pipeline()
+    src = EventHubSource(
+        Flaky([(ctx, [message(records)])]), pipeline=pipeline, decoder=Decoder(), metrics=metrics
+    )
+    src._stop = Clock()  # type: ignore[assignment]
+    src.run()
+    assert waits == [1.0, 2.0]
+    receive = {"operation": "receive"}
+    assert registry.get_sample_value("kube_audit_aks_eventhub_errors_total", receive) == 2
+    assert by_source(registry, "kube_audit_events_total", "aks") == len(records)

@@ -77,6 +77,8 @@ _DAY = re.compile(r"/y=(\d{4})/m=(\d{2})/d=(\d{2})/")
 BATCH_LINES = 1000
 CHECKPOINT_VERSION = 1
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+# The longest pause before the Event Hubs consumer is started again.
+MAX_RESTART_PAUSE = 60.0
 
 
 class StartError(ValueError):
@@ -665,13 +667,25 @@ class EventHubSource:
 
     def run(self) -> None:
         """Receive until :meth:`stop` (blocks; the client runs a thread per
-        partition it owns)."""
-        self.client.receive_batch(
-            self.on_event_batch,
-            max_batch_size=self.max_batch_size,
-            starting_position=self.starting_position,
-            on_error=self.on_error,
-        )
+        partition it owns). The client retries what it can and reports it
+        to :meth:`on_error`; should ``receive_batch`` itself fail, it is
+        counted, logged and called again after a growing pause (1 s to
+        ``MAX_RESTART_PAUSE``)."""
+        pause = self.retry_interval
+        while not self._stop.is_set():
+            try:
+                self.client.receive_batch(
+                    self.on_event_batch,
+                    max_batch_size=self.max_batch_size,
+                    starting_position=self.starting_position,
+                    on_error=self.on_error,
+                )
+                return  # the client was closed
+            except Exception as e:
+                self.on_error(None, e)
+            if self._stop.wait(pause):
+                return
+            pause = min(pause * 2, MAX_RESTART_PAUSE)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="aks-eventhub", daemon=True)
