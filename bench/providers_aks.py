@@ -39,7 +39,8 @@ from exporter.detect.noise import find_corpora  # noqa: E402
 from exporter.event import Batch, Decoder  # noqa: E402
 from exporter.metrics import AuditMetrics  # noqa: E402
 from exporter.pipeline import Pipeline  # noqa: E402
-from exporter.sources.aks import BlobArchiveSource, BlobInfo, EventHubSource  # noqa: E402
+from exporter.sources.aks import BlobArchiveSource, BlobInfo  # noqa: E402
+from exporter.sources.aks_eventhub import EventHubSource  # noqa: E402
 
 PERFSPEC = "perfspec-kubernetes-event-dataset/reconstructed-audit.log"
 BLOB = (

@@ -22,8 +22,9 @@ from .loki.sink import LokiSink
 from .metrics import AuditMetrics, HTTPMetrics
 from .pipeline import Pipeline, Processor, Sink
 from .redact import Redactor
-from .sources import aks
-from .sources.aks import AzureBlobStore, BlobArchiveSource, EventHubSource
+from .sources import aks, aks_eventhub
+from .sources.aks import AzureBlobStore, BlobArchiveSource
+from .sources.aks_eventhub import EventHubSource
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
 from .web import MetricsServer
@@ -125,10 +126,10 @@ class App:
                 )
             )
         if a.eventhub_namespace:
-            store = aks.checkpoint_store(
+            store = aks_eventhub.checkpoint_store(
                 a.eventhub_checkpoint_account_url, a.eventhub_checkpoint_container
             )
-            client = aks.eventhub_client(
+            client = aks_eventhub.eventhub_client(
                 a.eventhub_namespace, a.eventhub_name, a.eventhub_consumer_group, store
             )
             start = "-1" if a.eventhub_start_at == "beginning" else "@latest"

@@ -22,16 +22,15 @@ from exporter.config import ConfigError, load, require_source
 from exporter.event import AuditEvent, Batch, Decoder, InvalidEvent
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
-from exporter.sources import aks
 from exporter.sources.aks import (
+    FULL_LIST_EVERY,
     ArchiveCheckpoint,
     BlobArchiveSource,
     BlobInfo,
-    EventHubSource,
     StartError,
-    event_body,
     stream_of,
 )
+from exporter.sources.aks_eventhub import EventHubSource, event_body
 from tests.conftest import CORPORA
 
 ELASTIC = (
@@ -788,7 +787,7 @@ def test_most_polls_list_only_the_days_the_streams_are_at() -> None:
     # a new cluster is found by the next whole listing
     other = RESOURCE.replace("TEST-CLUSTER", "OTHER")
     store.append(c, hour_blob(0, other, day=8), lines(records[2:3]))
-    found = sum(src.poll_once() for _ in range(aks.FULL_LIST_EVERY))
+    found = sum(src.poll_once() for _ in range(FULL_LIST_EVERY))
     assert found == 1
     assert by_source(registry, "kube_audit_events_total", "aks") == 3
 

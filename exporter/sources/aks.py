@@ -22,12 +22,12 @@ out). Two of the destinations are read here:
   metrics count them, as the log file source does), so a refused batch or a
   restart reads the same records again and nothing is counted twice.
 
-- **Event Hubs** (:class:`EventHubSource`). Each message's body is
-  ``{"records": [...]}``. The consumer (azure-eventhub's
-  ``EventHubConsumerClient`` with the blob checkpoint store, built by
-  :func:`eventhub_client`) hands a batch per partition to
-  :meth:`EventHubSource.on_event_batch`, which decodes it, retries it while
-  the pipeline refuses it, and only then moves the partition's checkpoint.
+- **Event Hubs** (:mod:`.aks_eventhub`): each message's body is
+  ``{"records": [...]}``, consumed with azure-eventhub and its blob
+  checkpoint store.
+
+This module holds the archive reader and what both share: the source name,
+the SDK import, the storage client, error descriptions without credentials.
 
 The Azure SDKs are the optional extra ``[aks]``, imported only here and only
 when a source is built. Credentials come from the SDK's default chain
@@ -77,8 +77,6 @@ _DAY = re.compile(r"/y=(\d{4})/m=(\d{2})/d=(\d{2})/")
 BATCH_LINES = 1000
 CHECKPOINT_VERSION = 1
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
-# The longest pause before the Event Hubs consumer is started again.
-MAX_RESTART_PAUSE = 60.0
 
 
 class StartError(ValueError):
@@ -188,7 +186,7 @@ class AzureBlobStore:
         return data
 
 
-def _azure(module: str) -> Any:
+def azure_module(module: str) -> Any:
     """Import an Azure SDK module, or say which extra brings it."""
     import importlib
 
@@ -206,11 +204,11 @@ def blob_service(account_url: str, environ: Mapping[str, str] | None = None) -> 
     ``AZURE_STORAGE_CONNECTION_STRING`` when it is set, else with the
     default credential chain (Workload Identity in a pod)."""
     env = os.environ if environ is None else environ
-    blob = _azure("azure.storage.blob")
+    blob = azure_module("azure.storage.blob")
     conn = env.get(CONNECTION_STRING_ENV)
     if conn:
         return blob.BlobServiceClient.from_connection_string(conn)
-    identity = _azure("azure.identity")
+    identity = azure_module("azure.identity")
     return blob.BlobServiceClient(account_url, credential=identity.DefaultAzureCredential())
 
 
@@ -279,7 +277,7 @@ class BlobArchiveSource:
             try:
                 self.poll_once()
             except Exception as e:  # never let the thread die: the next poll goes on
-                self._error("poll", error=_describe(e))
+                self._error("poll", error=describe(e))
             self._stop.wait(self.poll_interval)
 
     def poll_once(self) -> int:
@@ -289,7 +287,7 @@ class BlobArchiveSource:
             try:
                 blobs = self._list(container)
             except Exception as e:  # the SDK's errors have no common base here
-                self._error("list", container=container, error=_describe(e))
+                self._error("list", container=container, error=describe(e))
                 continue
             streams: dict[str, list[BlobInfo]] = {}
             for b in blobs:
@@ -376,7 +374,7 @@ class BlobArchiveSource:
                     container, b.name, start, min(self.read_bytes, b.size - start)
                 )
             except Exception as e:
-                self._error("read", blob=f"{container}/{b.name}", error=_describe(e))
+                self._error("read", blob=f"{container}/{b.name}", error=describe(e))
                 return None
             if not data:
                 break
@@ -483,7 +481,7 @@ class BlobArchiveSource:
         except (OSError, ckpt.CheckpointError) as e:
             # fail fast at start-up: reading everything again would count it twice
             raise StartError(
-                f"aks.checkpoint_file: {self.checkpoint_file}: {_describe(e)}"
+                f"aks.checkpoint_file: {self.checkpoint_file}: {describe(e)}"
             ) from None
 
     def _save(self, ck: ArchiveCheckpoint) -> bool:
@@ -491,7 +489,7 @@ class BlobArchiveSource:
         try:
             ckpt.write_atomic(self.checkpoint_file, ck.dump())
         except OSError as e:
-            self._error("checkpoint", checkpoint=self.checkpoint_file, error=_describe(e))
+            self._error("checkpoint", checkpoint=self.checkpoint_file, error=describe(e))
             return False
         self._checkpoint_at = time.time()
         return True
@@ -517,7 +515,7 @@ class BlobArchiveSource:
         )
         with self._errors_lock:
             counts = Counter(self._errors)
-        yield _errors_family("aks_archive_errors", counts, "list, read, checkpoint, poll, refused")
+        yield errors_family("aks_archive_errors", counts, "list, read, checkpoint, poll, refused")
 
 
 class _Refused(Exception):
@@ -528,7 +526,7 @@ class _Refused(Exception):
         self.taken = taken
 
 
-def _errors_family(name: str, counts: Counter[str], operations: str) -> CounterMetricFamily:
+def errors_family(name: str, counts: Counter[str], operations: str) -> CounterMetricFamily:
     family = CounterMetricFamily(
         PREFIX + name,
         f"AKS source errors, by operation ({operations}).",
@@ -555,197 +553,8 @@ def _complete_json(data: bytes) -> bool:
 _SECRETS = re.compile(r"(?i)\b(sig|AccountKey|SharedAccessSignature|SharedAccessKey)=[^&;\s'\"]*")
 
 
-def _describe(e: BaseException) -> str:
+def describe(e: BaseException) -> str:
     """An error in one line, for logs, with credentials it quotes masked."""
     text = str(e).splitlines()[0][:300] if str(e) else ""
     masked = _SECRETS.sub(r"\1=<redacted>", text)
     return f"{type(e).__name__}: {masked}"
-
-
-# --- Event Hubs -----------------------------------------------------------------
-
-
-class PartitionContext(Protocol):
-    """What the source uses of azure-eventhub's ``PartitionContext``."""
-
-    @property
-    def partition_id(self) -> str: ...
-
-    def update_checkpoint(self, event: Any = None, **kwargs: Any) -> None: ...
-
-
-class ConsumerClient(Protocol):
-    """What the source uses of azure-eventhub's ``EventHubConsumerClient``."""
-
-    def receive_batch(self, on_event_batch: Callable[..., None], **kwargs: Any) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def event_body(event: Any) -> bytes:
-    """An EventData's body as bytes (a data body is bytes or a list of
-    bytes sections); raises InvalidEvent for another body type."""
-    try:
-        body = event.body
-    except ValueError:
-        return b""
-    if isinstance(body, bytes | bytearray):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode()
-    try:
-        return b"".join(body)
-    except TypeError:
-        raise InvalidEvent(
-            "wrong_type", f"an Event Hubs body must be data, not {type(body).__name__}"
-        ) from None
-
-
-class EventHubSource:
-    """Consumes AKS diagnostic records from an Event Hub.
-
-    The client (:func:`eventhub_client`, or a test double) calls
-    :meth:`on_event_batch` with a partition's events. A batch the pipeline
-    refuses (a full spool) is offered again every ``retry_interval`` until it
-    is taken (the partition waits meanwhile); only then is the partition's
-    checkpoint moved past it. A batch redelivered after a restart from an
-    older checkpoint is recognised by the pipeline's dedupe."""
-
-    def __init__(
-        self,
-        client: ConsumerClient,
-        *,
-        pipeline: Pipeline,
-        decoder: Decoder,
-        metrics: AuditMetrics,
-        starting_position: str = "-1",
-        max_batch_size: int = 300,
-        retry_interval: float = 1.0,
-    ) -> None:
-        self.client = client
-        self.pipeline = pipeline
-        self.decoder = decoder
-        self.starting_position = starting_position
-        self.max_batch_size = max_batch_size
-        self.retry_interval = retry_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._errors: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._log = RateLimitedLog(log)
-        metrics.add_state(self._collect)
-
-    def on_event_batch(self, context: PartitionContext, events: list[Any]) -> None:
-        if not events:
-            return
-        batch = Batch()
-        for event in events:
-            try:
-                batch.add_all(self.decoder.decode_document(event_body(event)))
-            except InvalidEvent as e:
-                batch.add(e)
-        where = f"eventhub partition {context.partition_id}"
-        while True:
-            result = self.pipeline.process(batch, SOURCE, where)
-            if not result.refused:
-                break
-            self._count("refused")
-            if self._stop.wait(self.retry_interval):
-                return  # stopping: the checkpoint stays before this batch
-        try:
-            context.update_checkpoint(events[-1])
-        except Exception as e:
-            # taken, but the checkpoint did not move: a restart redelivers
-            # this batch, and the pipeline's dedupe drops it
-            self._count("checkpoint")
-            self._log.warning("AKS Event Hubs: checkpoint failed", where=where, error=_describe(e))
-
-    def on_error(self, context: PartitionContext | None, error: Exception) -> None:
-        self._count("receive")
-        where = "eventhub" if context is None else f"eventhub partition {context.partition_id}"
-        self._log.warning("AKS Event Hubs: receive failed", where=where, error=_describe(error))
-
-    def run(self) -> None:
-        """Receive until :meth:`stop` (blocks; the client runs a thread per
-        partition it owns). The client retries what it can and reports it
-        to :meth:`on_error`; should ``receive_batch`` itself fail, it is
-        counted, logged and called again after a growing pause (1 s to
-        ``MAX_RESTART_PAUSE``)."""
-        pause = self.retry_interval
-        while not self._stop.is_set():
-            try:
-                self.client.receive_batch(
-                    self.on_event_batch,
-                    max_batch_size=self.max_batch_size,
-                    starting_position=self.starting_position,
-                    on_error=self.on_error,
-                )
-                return  # the client was closed
-            except Exception as e:
-                self.on_error(None, e)
-            if self._stop.wait(pause):
-                return
-            pause = min(pause * 2, MAX_RESTART_PAUSE)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="aks-eventhub", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float | None = 10.0) -> None:
-        self._stop.set()
-        self.client.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _count(self, operation: str) -> None:
-        with self._lock:
-            self._errors[operation] += 1
-
-    def _collect(self) -> Iterator[Metric]:
-        with self._lock:
-            counts = Counter(self._errors)
-        yield _errors_family("aks_eventhub_errors", counts, "receive, checkpoint, refused")
-
-
-def checkpoint_store(
-    account_url: str, container: str, environ: Mapping[str, str] | None = None
-) -> Any:
-    """azure-eventhub's blob checkpoint store in ``container`` (created when
-    missing), from ``AZURE_STORAGE_CONNECTION_STRING`` when it is set, else
-    with the default credential chain."""
-    env = os.environ if environ is None else environ
-    store_mod = _azure("azure.eventhub.extensions.checkpointstoreblob")
-    exceptions = _azure("azure.core.exceptions")
-    service = blob_service(account_url, env)
-    try:
-        service.create_container(container)
-    except exceptions.ResourceExistsError:
-        pass
-    except exceptions.AzureError as e:
-        raise StartError(
-            f"aks.eventhub_checkpoint_container: cannot create {container!r}: {_describe(e)}"
-        ) from None
-    conn = env.get(CONNECTION_STRING_ENV)
-    if conn:
-        return store_mod.BlobCheckpointStore.from_connection_string(conn, container)
-    identity = _azure("azure.identity")
-    return store_mod.BlobCheckpointStore(
-        account_url, container, credential=identity.DefaultAzureCredential()
-    )
-
-
-def eventhub_client(
-    namespace: str, eventhub: str, consumer_group: str, store: Any
-) -> ConsumerClient:  # pragma: no cover - AMQP: no emulator here
-    """The consumer: ``namespace`` is the fully qualified host
-    (``<ns>.servicebus.windows.net``); credentials from the default chain."""
-    hub = _azure("azure.eventhub")
-    identity = _azure("azure.identity")
-    client: ConsumerClient = hub.EventHubConsumerClient(
-        fully_qualified_namespace=namespace,
-        eventhub_name=eventhub,
-        consumer_group=consumer_group,
-        credential=identity.DefaultAzureCredential(),
-        checkpoint_store=store,
-    )
-    return client

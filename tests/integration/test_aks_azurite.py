@@ -18,16 +18,16 @@ from exporter.app import App
 from exporter.cli import build_parser
 from exporter.config import load, require_source
 from exporter.event import Decoder
-from exporter.sources import aks
+from exporter.sources import aks_eventhub
 from exporter.sources.aks import (
     CONNECTION_STRING_ENV,
     ArchiveCheckpoint,
     AzureBlobStore,
     BlobArchiveSource,
     blob_service,
-    checkpoint_store,
     stream_of,
 )
+from exporter.sources.aks_eventhub import checkpoint_store
 from tests.azurite_server import Azurite, azurite
 from tests.integration.conftest import poll
 from tests.test_aks import (
@@ -226,7 +226,7 @@ def test_the_exporter_wires_event_hubs_with_its_checkpoint_store(
         built.update(namespace=namespace, eventhub=eventhub, group=group, store=store)
         return FakeClient([(ctx, [message(records)])])
 
-    monkeypatch.setattr(aks, "eventhub_client", client)
+    monkeypatch.setattr(aks_eventhub, "eventhub_client", client)
     f = tmp_path / "config.yaml"
     f.write_text(
         "web:\n  listen_address: 127.0.0.1:0\n"
