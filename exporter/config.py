@@ -966,7 +966,13 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
 def _aks_problems(a: AksConfig) -> Iterator[str]:
     for key in ("storage_account_url", "eventhub_checkpoint_account_url"):
         url = getattr(a, key)
-        if url and not re.match(r"^https?://[^/\s]+", url):
+        if "?" in url or "sig=" in url:
+            # a SAS URL: the token would be in the start-up log line
+            yield (
+                f"aks.{key}: must not carry a query (a SAS token); credentials come "
+                "from the Azure default chain (Workload Identity)"
+            )
+        elif url and not re.match(r"^https?://[^/\s]+", url):
             yield f"aks.{key}: {safe_url(url)!r} is not an http(s) URL"
     for category in a.categories:
         if category not in ("kube-audit", "kube-audit-admin"):

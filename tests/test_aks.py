@@ -847,3 +847,16 @@ def test_eventhub_consumer_that_fails_to_start_is_started_again() -> None:
     receive = {"operation": "receive"}
     assert registry.get_sample_value("kube_audit_aks_eventhub_errors_total", receive) == 2
     assert by_source(registry, "kube_audit_events_total", "aks") == len(records)
+
+
+def test_a_sas_url_is_refused_without_echoing_its_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sas = "https://acct.blob.core.windows.net/?sv=2022-11-02&sig=c2VjcmV0"
+    found = config_problems(tmp_path, f"aks:\n  storage_account_url: '{sas}'\n")
+    assert any(p.startswith("aks.storage_account_url: must not carry a query") for p in found)
+    assert not any("c2VjcmV0" in p for p in found)
+    status = main(["check-config", "--aks.storage-account-url", sas])
+    assert status == 1
+    out = capsys.readouterr()
+    assert "c2VjcmV0" not in out.out + out.err
