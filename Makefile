@@ -67,7 +67,15 @@ $(LOGQL): tests/logql/package.json tests/logql/package-lock.json | deps-system
 	cd tests/logql && npm ci --no-audit --no-fund
 	touch $@
 
-test: deps-system $(VENV)/.installed-test $(LOGQL)
+# Azurite, Microsoft's Azure Storage emulator (npm, pinned likewise), for the
+# AKS tests; the tests start it on loopback.
+AZURITE := tests/azurite/node_modules/.package-lock.json
+
+$(AZURITE): tests/azurite/package.json tests/azurite/package-lock.json | deps-system
+	cd tests/azurite && npm ci --no-audit --no-fund
+	touch $@
+
+test: deps-system $(VENV)/.installed-test $(LOGQL) $(AZURITE)
 	$(BIN)/python -m pytest -q
 	$(MAKE) lint
 
@@ -94,4 +102,4 @@ demo-data: $(VENV)/.installed
 	  --start 2024-05-01T08:00:00Z --output $(DEMO)
 
 clean:
-	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache tests/logql/node_modules
+	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache tests/logql/node_modules tests/azurite/node_modules

@@ -22,6 +22,9 @@ from .loki.sink import LokiSink
 from .metrics import AuditMetrics, HTTPMetrics
 from .pipeline import Pipeline, Processor, Sink
 from .redact import Redactor
+from .sources import aks, aks_eventhub
+from .sources.aks import AzureBlobStore, BlobArchiveSource
+from .sources.aks_eventhub import EventHubSource
 from .sources.eks import FirehoseReceiver
 from .sources.eks_cloudwatch import CloudWatchSource, make_client
 from .sources.gke import OIDCVerifier, PubSubPull, PubSubPushServer
@@ -47,6 +50,7 @@ class App:
                 ("logfile", bool(cfg.logfile.path)),
                 ("eks", bool(cfg.eks.log_group or cfg.eks.firehose_listen_address)),
                 ("gke", bool(cfg.gke.subscription or cfg.gke.push_listen_address)),
+                ("aks", bool(cfg.aks.storage_account_url or cfg.aks.eventhub_namespace)),
             )
             if on
         ]
@@ -105,11 +109,49 @@ class App:
                 checkpoint_interval=f.checkpoint_interval,
                 resume_mark=marks[0] if marks else None,
             )
-
         self.firehose: FirehoseReceiver | None = None
         self.cloudwatch: CloudWatchSource | None = None
         self._start_eks(cfg)
         self.gke_push, self.gke_pull = self._gke_sources()
+        self.aks = self._aks_sources(cfg)
+
+    def _aks_sources(self, cfg: Config) -> list[BlobArchiveSource | EventHubSource]:
+        """The AKS archive reader and Event Hubs consumer, as configured (the
+        Azure SDK is imported only when one is)."""
+        a = cfg.aks
+        found: list[BlobArchiveSource | EventHubSource] = []
+        if a.storage_account_url:
+            found.append(
+                BlobArchiveSource(
+                    AzureBlobStore(aks.blob_service(a.storage_account_url)),
+                    categories=a.categories,
+                    prefix=a.prefix,
+                    checkpoint_file=a.checkpoint_file or None,
+                    start_at=a.start_at,
+                    poll_interval=a.poll_interval,
+                    pipeline=self.pipeline,
+                    decoder=self.decoder,
+                    metrics=self.metrics,
+                )
+            )
+        if a.eventhub_namespace:
+            store = aks_eventhub.checkpoint_store(
+                a.eventhub_checkpoint_account_url, a.eventhub_checkpoint_container
+            )
+            client = aks_eventhub.eventhub_client(
+                a.eventhub_namespace, a.eventhub_name, a.eventhub_consumer_group, store
+            )
+            start = "-1" if a.eventhub_start_at == "beginning" else "@latest"
+            found.append(
+                EventHubSource(
+                    client,
+                    starting_position=start,
+                    pipeline=self.pipeline,
+                    decoder=self.decoder,
+                    metrics=self.metrics,
+                )
+            )
+        return found
 
     def _start_eks(self, cfg: Config) -> None:
         """The EKS sources, when configured: Firehose's push receiver and
@@ -223,6 +265,9 @@ class App:
         if self.gke_pull is not None:
             self.gke_pull.start()
             log.info("pulling GKE audit entries", extra={"subscription": self.cfg.gke.subscription})
+        for source in self.aks:
+            source.start()
+            log.info("reading AKS audit logs", extra={"from": type(source).__name__})
         self._ready.set()
         log.info("ready", extra={"metrics": _fmt(self.web.address)})
 
@@ -241,6 +286,8 @@ class App:
             self.gke_push.shutdown(timeout)
         if self.gke_pull is not None:
             self.gke_pull.stop(timeout)
+        for source in self.aks:
+            source.stop(timeout)
         self.pipeline.close(timeout)
         if self.notifier is not None:
             self.notifier.close(timeout)

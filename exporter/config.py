@@ -77,6 +77,14 @@ def _idle_timeout() -> Any:
     return _duration(90.0, "How long a keep-alive connection may idle.")
 
 
+# Where a source with a checkpoint starts (the log file, the AKS archive).
+START_AT = opt(
+    "checkpoint: resume from the checkpoint (the beginning when there is none); "
+    "beginning or end: ignore it.",
+    choices=("checkpoint", "beginning", "end"),
+)
+
+
 @dataclass(frozen=True)
 class WebConfig:
     listen_address: str = field(
@@ -159,14 +167,7 @@ class LogfileConfig:
         default="",
         metadata=opt("Where the read position is kept; empty means no checkpoint."),
     )
-    start_at: str = field(
-        default="checkpoint",
-        metadata=opt(
-            "checkpoint: resume from the checkpoint (the beginning when there is none); "
-            "beginning or end: ignore it.",
-            choices=("checkpoint", "beginning", "end"),
-        ),
-    )
+    start_at: str = field(default="checkpoint", metadata=START_AT)
     poll_interval: float = field(
         default=0.25,
         metadata=opt(
@@ -256,6 +257,69 @@ class EksConfig:
         default=96 << 20,
         metadata=opt(
             "Largest request body once gunzipped (413 above).", kind="bytes", minimum=1024
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class AksConfig:
+    """AKS diagnostic settings (categories kube-audit, kube-audit-admin): the
+    storage account archive and/or an Event Hub. Credentials come from the
+    Azure SDK's default chain (Workload Identity), never from here."""
+
+    storage_account_url: str = field(
+        default="",
+        metadata=opt(
+            "Storage account the diagnostic setting archives to "
+            "(https://<account>.blob.core.windows.net); empty disables the archive."
+        ),
+    )
+    categories: tuple[str, ...] = field(
+        default=("kube-audit", "kube-audit-admin"),
+        metadata=opt(
+            "Categories to read (repeatable): containers insights-logs-<category>.",
+            kind="list",
+        ),
+    )
+    prefix: str = field(
+        default="",
+        metadata=opt(
+            "Only blobs under this prefix (resourceId=/SUBSCRIPTIONS/.../MANAGEDCLUSTERS/<name>/)."
+        ),
+    )
+    checkpoint_file: str = field(
+        default="",
+        metadata=opt("Where the archive's read positions are kept; empty means none."),
+    )
+    start_at: str = field(default="checkpoint", metadata=START_AT)
+    poll_interval: float = field(
+        default=30.0,
+        metadata=opt("How often the archive is listed.", kind="duration", minimum=0.01),
+    )
+    eventhub_namespace: str = field(
+        default="",
+        metadata=opt(
+            "Event Hubs namespace (<ns>.servicebus.windows.net); empty disables Event Hubs."
+        ),
+    )
+    eventhub_name: str = field(default="", metadata=opt("The Event Hub the setting sends to."))
+    eventhub_consumer_group: str = field(
+        default="$Default", metadata=opt("The consumer group to read as.")
+    )
+    eventhub_checkpoint_account_url: str = field(
+        default="",
+        metadata=opt("Storage account for the Event Hubs checkpoints and partition ownership."),
+    )
+    eventhub_checkpoint_container: str = field(
+        default="kube-audit-exporter-checkpoints",
+        metadata=opt("Container for them (created when missing)."),
+    )
+    eventhub_start_at: str = field(
+        default="beginning",
+        metadata=opt(
+            "Where a partition without a checkpoint starts: beginning (the hub's "
+            "retention) or end.",
+            choices=("beginning", "end"),
         ),
     )
 
@@ -588,6 +652,7 @@ class Config:
     logfile: LogfileConfig = field(default_factory=LogfileConfig)
     eks: EksConfig = field(default_factory=EksConfig)
     gke: GKEConfig = field(default_factory=GKEConfig)
+    aks: AksConfig = field(default_factory=AksConfig)
     loki: LokiConfig = field(default_factory=LokiConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
@@ -858,7 +923,7 @@ def load_file(path: str, problems: list[str], positions: Positions | None = None
 
 # The sections only ``run`` uses (its sources and its HTTP endpoints): replay
 # and the offline tools neither take nor show their flags.
-SOURCE_SECTIONS = ("web", "webhook", "logfile", "eks", "gke")
+SOURCE_SECTIONS = ("web", "webhook", "logfile", "eks", "gke", "aks")
 
 
 def add_flags(
@@ -1057,6 +1122,7 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
         yield "logfile.checkpoint_file: set without logfile.path"
     yield from _eks_problems(cfg)
     yield from _gke_problems(cfg.gke)
+    yield from _aks_problems(cfg.aks)
 
 
 def _eks_problems(cfg: Config) -> Iterator[str]:
@@ -1128,6 +1194,41 @@ def _gke_problems(g: GKEConfig) -> Iterator[str]:
             "(gke.push_tls_cert_file, gke.push_tls_key_file), or gke.push_insecure_http "
             "behind a load balancer that terminates HTTPS"
         )
+
+
+def _aks_problems(a: AksConfig) -> Iterator[str]:
+    for key in ("storage_account_url", "eventhub_checkpoint_account_url"):
+        url = getattr(a, key)
+        if "?" in url or "sig=" in url:
+            # a SAS URL: the token would be in the start-up log line
+            yield (
+                f"aks.{key}: must not carry a query (a SAS token); credentials come "
+                "from the Azure default chain (Workload Identity)"
+            )
+        elif url and not re.match(r"^https?://[^/\s]+", url):
+            yield f"aks.{key}: {safe_url(url)!r} is not an http(s) URL"
+    for category in a.categories:
+        if category not in ("kube-audit", "kube-audit-admin"):
+            yield f"aks.categories: {category!r} is not kube-audit or kube-audit-admin"
+    if a.storage_account_url and not a.categories:
+        yield "aks.categories: empty; name kube-audit, kube-audit-admin or both"
+    if a.checkpoint_file and not a.storage_account_url:
+        yield "aks.checkpoint_file: set without aks.storage_account_url"
+    if a.eventhub_namespace:
+        if "/" in a.eventhub_namespace or "." not in a.eventhub_namespace:
+            yield (
+                f"aks.eventhub_namespace: {a.eventhub_namespace!r} is not a fully qualified "
+                "host (<ns>.servicebus.windows.net)"
+            )
+        if not a.eventhub_name:
+            yield "aks.eventhub_name: required with aks.eventhub_namespace"
+        if not a.eventhub_checkpoint_account_url:
+            yield (
+                "aks.eventhub_checkpoint_account_url: required with aks.eventhub_namespace "
+                "(checkpoints and partition ownership across replicas)"
+            )
+    elif a.eventhub_name:
+        yield "aks.eventhub_name: set without aks.eventhub_namespace"
 
 
 def _pairs(items: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -1259,11 +1360,13 @@ def require_source(cfg: Config) -> None:
         or cfg.eks.firehose_listen_address
         or cfg.gke.subscription
         or cfg.gke.push_listen_address
+        or cfg.aks.storage_account_url
+        or cfg.aks.eventhub_namespace
     ):
         problems.append(
             "webhook.listen_address: no source configured; set it, logfile.path, "
-            "eks.log_group, eks.firehose_listen_address, gke.subscription or "
-            "gke.push_listen_address"
+            "eks.log_group, eks.firehose_listen_address, gke.subscription, "
+            "gke.push_listen_address, aks.storage_account_url or aks.eventhub_namespace"
         )
     if cfg.loki.url and not cfg.spool.dir:
         problems.append("spool.dir: required with loki.url (the durable buffer for Loki)")

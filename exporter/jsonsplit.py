@@ -23,15 +23,17 @@ from .refusals import InvalidEvent, not_an_object
 # A string (escapes included), a run of opening or closing brackets, or a
 # separator. Everything else (numbers, literals, whitespace) is skipped.
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|[,:]')
-_ITEMS_KEY = b'"items"'
+# an EventList's items; an Azure Monitor export's (Event Hubs) records
+_ITEMS_KEYS = (b'"items"', b'"records"')
 # JSON lines are split this many bytes at a time, not all at once.
 LINES_BLOCK = 1 << 20
 
 
 def split_items(doc: bytes) -> tuple[bytes | None, list[bytes]] | None:
     """The items of ``doc``, a JSON array or an object with an ``items`` array
-    (an EventList), as byte strings, and the object with its items array
-    emptied (None for an array), to be parsed for kind and apiVersion.
+    (an EventList) or a ``records`` array (an Azure Monitor export), as byte
+    strings, and the object with its items array emptied (None for an
+    array), to be parsed for kind and apiVersion.
 
     None when ``doc`` is not one such value (JSON lines, garbage, a
     truncated document). Items are not checked: each is parsed on its own.
@@ -89,7 +91,7 @@ def split_items(doc: bytes) -> tuple[bytes | None, list[bytes]] | None:
             depth = new_depth
             continue
         if c == 0x3A:  # ':'
-            value_of_items = depth == 1 and key == _ITEMS_KEY
+            value_of_items = depth == 1 and key in _ITEMS_KEYS
             continue
         # ','
         if depth == items_depth:

@@ -79,7 +79,7 @@ FAILED_OPEN_PREFIXES = (
     "failed-open.mutation.webhook.admission.k8s.io/",
 )
 
-SOURCES = ("webhook", "logfile", "replay", "eks", "gke")
+SOURCES = ("webhook", "logfile", "replay", "eks", "gke", "aks")
 
 # Label values of the HTTP codes for the report, computed once: code 0 (no
 # responseStatus) is "unknown".
