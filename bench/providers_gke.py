@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from exporter.event import Batch, Decoder, Item  # noqa: E402
+from exporter.gke_entry import entry_to_event  # noqa: E402
 from exporter.metrics import AuditMetrics  # noqa: E402
 from exporter.pipeline import Pipeline  # noqa: E402
 from exporter.sources.gke import push_items  # noqa: E402
-from exporter.sources.gke_map import entry_to_event  # noqa: E402
 from tests.gke_entries import sysdig_entry, sysdig_files  # noqa: E402
 
 BATCH = 1000

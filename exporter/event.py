@@ -18,12 +18,12 @@ from typing import Any, Literal
 import msgspec
 import orjson
 
+from .gke_entry import entry_to_event, is_log_entry
 from .jsonsplit import not_a_json_container, split_items, split_lines
 from .refusals import INVALID_REASONS as INVALID_REASONS
 from .refusals import Batch as Batch
 from .refusals import InvalidEvent as InvalidEvent
 from .refusals import not_an_object
-from .sources.gke_map import entry_to_event, is_log_entry
 
 API_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1"})
 STAGES = frozenset({"RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"})
@@ -853,7 +853,7 @@ def _unwrap(obj: dict[str, Any]) -> bytes | dict[str, Any] | None:
     Analytics queries return it in ``log_s``; CloudWatch Logs (EKS) in
     ``message``. Some exports carry the event as an object instead of a string.
     A GKE Cloud Audit Log entry (``protoPayload`` an AuditLog) is rebuilt as
-    an event by :func:`~exporter.sources.gke_map.entry_to_event`.
+    an event by :func:`~exporter.gke_entry.entry_to_event`.
     """
     if is_log_entry(obj):
         return entry_to_event(obj)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from exporter.sources.gke_map import AUDIT_LOG_TYPE
+from exporter.gke_entry import AUDIT_LOG_TYPE
 from tests.conftest import CORPORA
 
 SYSDIG = CORPORA / "sysdig-stackdriver-webhook-bridge"

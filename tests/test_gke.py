@@ -26,10 +26,10 @@ from google.auth import crypt, jwt
 from prometheus_client import CollectorRegistry
 
 from exporter.event import AuditEvent, Decoder
+from exporter.gke_entry import entry_to_event
 from exporter.metrics import AuditMetrics, HTTPMetrics
 from exporter.pipeline import Pipeline
 from exporter.sources.gke import OIDCVerifier, PubSubPull, PubSubPushServer, TokenRefused
-from exporter.sources.gke_map import entry_to_event
 from exporter.sources.webhook import WebhookServer
 from tests.gke_entries import SYSDIG, entry, sysdig_entry, sysdig_files
 from tests.test_webhook import request

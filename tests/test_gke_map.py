@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from exporter.event import AuditEvent, Decoder, InvalidEvent
-from exporter.sources.gke_map import GRPC_ANNOTATION, entry_to_event
+from exporter.gke_entry import GRPC_ANNOTATION, entry_to_event
 from tests.gke_entries import ELASTIC_GKE, SYSDIG, entry, sysdig_entry, sysdig_files
 
 

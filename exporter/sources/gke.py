@@ -4,7 +4,7 @@ A log sink (filter ``resource.type="k8s_cluster" AND
 protoPayload.serviceName="k8s.io"``, or narrower) publishes each Cloud Audit
 Log entry as one Pub/Sub message whose data is the LogEntry JSON. Two ways to
 receive them, both feeding the same pipeline (source ``gke``) through
-:mod:`~exporter.sources.gke_map`:
+:mod:`~exporter.gke_entry`:
 
 Push (:class:`PubSubPushServer`): Pub/Sub POSTs each message to an HTTPS
 endpoint, ``{"message": {"data": base64, "messageId", "attributes",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..refusals import InvalidEvent
+from .refusals import InvalidEvent
 
 AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
 RESOURCE_TYPE = "k8s_cluster"
