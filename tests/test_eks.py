@@ -11,7 +11,7 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,13 @@ from prometheus_client import CollectorRegistry
 
 from exporter.cli import build_parser, main
 from exporter.config import ConfigError, load, require_source
-from exporter.event import AuditEvent, Decoder
+from exporter.event import Decoder
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
 from exporter.sources.eks import FirehoseReceiver
 from exporter.sources.eks_cloudwatch import make_client
 from tests.conftest import CORPORA
+from tests.sinks import Spool
 from tests.tlsutil import make_pki
 
 DEMO = CORPORA / "audit2rbac-demo" / "demo.log"
@@ -195,26 +196,6 @@ def test_unknown_message_type_is_refused(
 ACCESS_KEY = "firehose-access-key-Zm9vYmFy"
 STREAM_ARN = "arn:aws:firehose:eu-west-1:123456789012:deliverystream/audit"
 PATH = "/firehose"
-
-
-class Spool:
-    """A sink that can be full, like the Loki spool when the disk is."""
-
-    keeps_marks = False
-
-    def __init__(self) -> None:
-        self.full = False
-        self.taken: list[AuditEvent] = []
-
-    def admit(self, events: Sequence[AuditEvent]) -> bool:
-        return not self.full
-
-    def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
-        self.taken.extend(events)
-        return True
-
-    def close(self, timeout: float = 10.0) -> bool:
-        return True
 
 
 @dataclass

@@ -32,6 +32,7 @@ from exporter.pipeline import Pipeline
 from exporter.sources.gke import OIDCVerifier, PubSubPull, PubSubPushServer, TokenRefused
 from exporter.sources.webhook import WebhookServer
 from tests.gke_entries import SYSDIG, entry, sysdig_entry, sysdig_files
+from tests.sinks import Spool
 from tests.test_webhook import request
 
 AUDIENCE = "https://audit.example.com/pubsub"
@@ -248,26 +249,6 @@ def test_certs_kept_when_a_refresh_fails(keys: dict[str, Key]) -> None:
 
 
 # --- push --------------------------------------------------------------------------
-
-
-class Spool:
-    """A sink that can be full."""
-
-    keeps_marks = False
-
-    def __init__(self) -> None:
-        self.full = False
-        self.taken: list[AuditEvent] = []
-
-    def admit(self, events: Sequence[AuditEvent]) -> bool:
-        return not self.full
-
-    def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
-        self.taken.extend(events)
-        return True
-
-    def close(self, timeout: float = 10.0) -> bool:
-        return True
 
 
 @dataclass

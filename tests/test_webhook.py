@@ -23,6 +23,7 @@ from exporter.metrics import AuditMetrics, HTTPMetrics
 from exporter.pipeline import Pipeline, Processor, Sink
 from exporter.sources.webhook import RETRY_AFTER_SECONDS, WebhookServer
 
+from .sinks import Spool
 from .tlsutil import PKI, issue, make_ca, make_pki
 
 pytestmark = pytest.mark.timeout(120)
@@ -277,24 +278,7 @@ def test_chunked_body_is_accepted(webhook: Factory, demo_items: list[dict[str, A
 def test_full_spool_answers_503_with_retry_after_and_the_retry_is_counted_once(
     webhook: Factory, demo_items: list[dict[str, Any]]
 ) -> None:
-    class Spool:
-        def __init__(self) -> None:
-            self.full = True
-            self.taken: list[AuditEvent] = []
-
-        keeps_marks = False
-
-        def admit(self, events: Sequence[AuditEvent]) -> bool:
-            return not self.full
-
-        def submit(self, events: Sequence[AuditEvent], mark: bytes | None = None) -> bool:
-            self.taken.extend(events)
-            return True
-
-        def close(self) -> None:
-            pass
-
-    spool = Spool()
+    spool = Spool(full=True)
     h = webhook(sinks=[spool])
     body = event_list(demo_items[:30])
     reply = h.post(body)
