@@ -286,6 +286,9 @@ class PubSubPushServer(WebhookServer):
     def __init__(self, *, verifier: OIDCVerifier | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.verifier = verifier
+
+    def init_counts(self) -> None:
+        """Pre-initialise the push answers' known codes (not the webhook's)."""
         with self.metrics.lock:
             for code in PUSH_CODES:
                 self.metrics.gke_push_requests.init((code,))
