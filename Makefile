@@ -23,13 +23,15 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	touch $@
 
 # Prometheus, promtool and Alertmanager for the integration tests,
-# jsonnetfmt for the monitoring mixin, node + npm for the LogQL grammar, and
-# zsh and fish for the completion tests, from Debian.
+# jsonnetfmt for the monitoring mixin, node + npm for the LogQL grammar,
+# zsh and fish for the completion tests, redis-server for shared state and
+# chromium (headless) for the auditor's report, from Debian.
 deps-system:
 	@missing=""; \
 	for pair in prometheus:prometheus promtool:prometheus \
 	    prometheus-alertmanager:prometheus-alertmanager jsonnetfmt:jsonnet \
-	    node:nodejs npm:npm zsh:zsh fish:fish; do \
+	    node:nodejs npm:npm zsh:zsh fish:fish \
+	    redis-server:redis-server chromium:chromium; do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
