@@ -16,6 +16,64 @@ the README's configuration reference), from the values. */}}
     {{- $_ := set $wh "client_ca_file" (printf "%s/client-ca.crt" $paths.tls) }}
   {{- end }}
   {{- $_ := set $cfg "webhook" $wh }}
+{{- else if eq $v.mode "eks" }}
+  {{- $eks := dict }}
+  {{- with $v.eks.region }}{{ $_ := set $eks "region" . }}{{ end }}
+  {{- if eq $v.eks.intake "cloudwatch" }}
+    {{- $cw := $v.eks.cloudwatch }}
+    {{- $_ := set $eks "log_group" $cw.logGroup }}
+    {{- $_ := set $eks "stream_prefix" $cw.streamPrefix }}
+    {{- $_ := set $eks "start_at" $cw.startAt }}
+    {{- $_ := set $eks "checkpoint_file" (printf "%s/cloudwatch.json" $paths.state) }}
+    {{- with $cw.endpointUrl }}{{ $_ := set $eks "endpoint_url" . }}{{ end }}
+  {{- else }}
+    {{- $_ := set $eks "firehose_listen_address" (printf ":%v" $v.receiver.port) }}
+    {{- $_ := set $eks "firehose_path" $v.eks.firehose.path }}
+    {{- $_ := set $eks "firehose_access_key_file" (printf "%s/%s" $paths.firehose $v.eks.firehose.accessKeySecret.key) }}
+    {{- if $v.receiver.tls.existingSecret }}
+      {{- $_ := set $eks "firehose_tls_cert_file" (printf "%s/tls.crt" $paths.tls) }}
+      {{- $_ := set $eks "firehose_tls_key_file" (printf "%s/tls.key" $paths.tls) }}
+    {{- else }}
+      {{- $_ := set $eks "firehose_insecure" true }}
+    {{- end }}
+  {{- end }}
+  {{- $_ := set $cfg "eks" $eks }}
+{{- else if eq $v.mode "gke" }}
+  {{- $gke := dict }}
+  {{- if eq $v.gke.intake "pull" }}
+    {{- $_ := set $gke "subscription" $v.gke.pull.subscription }}
+  {{- else }}
+    {{- $_ := set $gke "push_listen_address" (printf ":%v" $v.receiver.port) }}
+    {{- $_ := set $gke "push_path" $v.gke.push.path }}
+    {{- $_ := set $gke "push_audience" (include "kube-audit-exporter.pushAudience" .) }}
+    {{- with $v.gke.push.serviceAccount }}{{ $_ := set $gke "push_service_account" . }}{{ end }}
+    {{- if $v.receiver.tls.existingSecret }}
+      {{- $_ := set $gke "push_tls_cert_file" (printf "%s/tls.crt" $paths.tls) }}
+      {{- $_ := set $gke "push_tls_key_file" (printf "%s/tls.key" $paths.tls) }}
+    {{- else }}
+      {{- $_ := set $gke "push_insecure_http" true }}
+    {{- end }}
+  {{- end }}
+  {{- $_ := set $cfg "gke" $gke }}
+{{- else if eq $v.mode "aks" }}
+  {{- $aks := dict }}
+  {{- if eq $v.aks.intake "archive" }}
+    {{- $ar := $v.aks.archive }}
+    {{- $_ := set $aks "storage_account_url" $ar.storageAccountUrl }}
+    {{- $_ := set $aks "categories" $ar.categories }}
+    {{- with $ar.prefix }}{{ $_ := set $aks "prefix" . }}{{ end }}
+    {{- $_ := set $aks "checkpoint_file" (printf "%s/aks-archive.json" $paths.state) }}
+    {{- $_ := set $aks "start_at" $ar.startAt }}
+  {{- else }}
+    {{- $eh := $v.aks.eventhub }}
+    {{- $_ := set $aks "eventhub_namespace" $eh.namespace }}
+    {{- $_ := set $aks "eventhub_name" $eh.name }}
+    {{- $_ := set $aks "eventhub_consumer_group" $eh.consumerGroup }}
+    {{- $_ := set $aks "eventhub_checkpoint_account_url" $eh.checkpointAccountUrl }}
+    {{- $_ := set $aks "eventhub_checkpoint_container" $eh.checkpointContainer }}
+    {{- $_ := set $aks "eventhub_start_at" $eh.startAt }}
+  {{- end }}
+  {{- $_ := set $cfg "aks" $aks }}
 {{- else }}
   {{- $_ := set $cfg "logfile" (dict
     "path" (printf "%s/%s" (trimSuffix "/" $v.logfile.hostPath) $v.logfile.fileName)

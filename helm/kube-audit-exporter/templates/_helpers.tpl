@@ -94,20 +94,99 @@ the integration; a forced `true` fails and says why). */}}
 {{- include "kube-audit-exporter.switch" (list .Values.lokiRules.enabled $auto) }}
 {{- end }}
 
-{{/* webhook or logfile mode. */}}
+{{/* webhook mode (not logfile, not a provider). */}}
 {{- define "kube-audit-exporter.webhook" -}}
 {{- if eq .Values.mode "webhook" }}true{{ end }}
 {{- end }}
 
+{{/* The managed provider of the mode (eks, gke, aks), or "". */}}
+{{- define "kube-audit-exporter.provider" -}}
+{{- if has .Values.mode (list "eks" "gke" "aks") }}{{ .Values.mode }}{{ end }}
+{{- end }}
+
+{{/* A provider mode's intake (firehose, cloudwatch, push, pull, eventhub,
+archive), or "". */}}
+{{- define "kube-audit-exporter.intake" -}}
+{{- $provider := include "kube-audit-exporter.provider" . }}
+{{- if $provider }}{{ get (get .Values $provider) "intake" }}{{ end }}
+{{- end }}
+
+{{/* An intake that polls with a checkpoint file, which one pod owns: EKS
+CloudWatch, the AKS archive. "true" or "". */}}
+{{- define "kube-audit-exporter.singleton" -}}
+{{- if has (include "kube-audit-exporter.intake" .) (list "cloudwatch" "archive") }}true{{ end }}
+{{- end }}
+
+{{/* The push receiver's port name (EKS Firehose, GKE Pub/Sub push), or "". */}}
+{{- define "kube-audit-exporter.receiver" -}}
+{{- $intake := include "kube-audit-exporter.intake" . }}
+{{- if eq $intake "firehose" }}firehose
+{{- else if and (eq .Values.mode "gke") (eq $intake "push") }}pubsub
+{{- end }}
+{{- end }}
+
+{{/* The URL path of the push receiver. */}}
+{{- define "kube-audit-exporter.receiverPath" -}}
+{{- if eq .Values.mode "eks" }}{{ .Values.eks.firehose.path }}{{ else }}{{ .Values.gke.push.path }}{{ end }}
+{{- end }}
+
+{{/* The audience of the GKE push token: the value, else the public URL. */}}
+{{- define "kube-audit-exporter.pushAudience" -}}
+{{- if .Values.gke.push.audience }}{{ .Values.gke.push.audience }}
+{{- else if .Values.receiver.ingress.host }}{{ printf "https://%s%s" .Values.receiver.ingress.host .Values.gke.push.path }}
+{{- end }}
+{{- end }}
+
+{{/* Pods: explicit replicas, else 1 for a singleton intake, else 2. */}}
 {{- define "kube-audit-exporter.replicas" -}}
-{{- if kindIs "invalid" .Values.replicas }}2{{ else }}{{ .Values.replicas }}{{ end }}
+{{- if not (kindIs "invalid" .Values.replicas) }}{{ .Values.replicas }}
+{{- else if include "kube-audit-exporter.singleton" . }}1
+{{- else }}2
+{{- end }}
 {{- end }}
 
 {{/* The state volume's type once `auto` is resolved. */}}
 {{- define "kube-audit-exporter.stateType" -}}
 {{- if ne .Values.state.type "auto" }}{{ .Values.state.type }}
 {{- else if eq .Values.mode "logfile" }}hostPath
+{{- else if or (eq .Values.mode "webhook") (include "kube-audit-exporter.singleton" .) }}persistentVolumeClaim
 {{- else }}emptyDir
+{{- end }}
+{{- end }}
+
+{{/* Webhook mode with claims: one per replica, from the StatefulSet's
+volume claim template. "true" or "". */}}
+{{- define "kube-audit-exporter.claimTemplate" -}}
+{{- if and (eq .Values.mode "webhook") (eq (include "kube-audit-exporter.stateType" .) "persistentVolumeClaim") (not .Values.state.persistentVolumeClaim.existingClaim) }}true{{ end }}
+{{- end }}
+
+{{/* The pods' environment: the Loki writer (each pod's own stream: the
+pod, or the node for the logfile DaemonSet) and the shared state's URL,
+which may carry a password and so is never in the ConfigMap. */}}
+{{- define "kube-audit-exporter.env" -}}
+{{- $s := .Values.state -}}
+- name: KUBE_AUDIT_LOKI_WRITER
+  valueFrom:
+    fieldRef:
+      fieldPath: {{ if eq .Values.mode "logfile" }}spec.nodeName{{ else }}metadata.name{{ end }}
+{{- if $s.urlKey }}
+- name: KUBE_AUDIT_STATE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.existingSecret }}
+      key: {{ $s.urlKey }}
+{{- else if $s.passwordKey }}
+{{- /* Kubernetes expands $(STATE_URL_PASSWORD) from the variable above it */}}
+- name: STATE_URL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.existingSecret }}
+      key: {{ $s.passwordKey }}
+- name: KUBE_AUDIT_STATE_URL
+  value: {{ regexReplaceAll "^(rediss?)://(?:([^@/:]*)@)?(.+)$" $s.url "${1}://${2}:$$(STATE_URL_PASSWORD)@${3}" | quote }}
+{{- else if $s.url }}
+- name: KUBE_AUDIT_STATE_URL
+  value: {{ $s.url | quote }}
 {{- end }}
 {{- end }}
 
@@ -178,6 +257,7 @@ the integration; a forced `true` fails and says why). */}}
 {{- define "kube-audit-exporter.paths" -}}
 config: /etc/kube-audit-exporter/config/config.yaml
 tls: /etc/kube-audit-exporter/tls
+firehose: /etc/kube-audit-exporter/firehose
 rules: /etc/kube-audit-exporter/rules
 loki: /etc/kube-audit-exporter/loki
 state: /var/lib/kube-audit-exporter

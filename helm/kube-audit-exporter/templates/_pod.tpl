@@ -1,13 +1,15 @@
-{{/* The pod template shared by the Deployment (webhook) and the DaemonSet
-(logfile). */}}
+{{/* The pod template shared by the StatefulSet (webhook), the DaemonSet
+(logfile) and the Deployment (eks, gke, aks). */}}
 {{- define "kube-audit-exporter.podTemplate" -}}
 {{- $v := .Values }}
 {{- $paths := include "kube-audit-exporter.paths" . | fromYaml }}
 {{- $webhook := include "kube-audit-exporter.webhook" . }}
+{{- $logfile := eq $v.mode "logfile" }}
+{{- $receiver := include "kube-audit-exporter.receiver" . }}
 {{- $state := include "kube-audit-exporter.stateType" . }}
 {{- $podSC := deepCopy $v.podSecurityContext }}
 {{- $sc := deepCopy $v.securityContext }}
-{{- if not $webhook }}
+{{- if $logfile }}
   {{- /* the documented exception: reading the API server's 0600 root log */}}
   {{- $_ := set $podSC "runAsUser" (int $v.logfile.runAsUser) }}
   {{- $_ := set $podSC "runAsNonRoot" (ne (int $v.logfile.runAsUser) 0) }}
@@ -19,6 +21,10 @@ metadata:
     {{- include "kube-audit-exporter.labels" . | nindent 4 }}
     {{- with $v.podLabels }}
     {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- if and (eq $v.mode "aks") $v.aks.clientId }}
+    # Azure Workload Identity injects the token and AZURE_* variables
+    azure.workload.identity/use: "true"
     {{- end }}
   annotations:
     checksum/config: {{ include "kube-audit-exporter.config" . | sha256sum }}
@@ -52,10 +58,11 @@ spec:
       args:
         - run
         - --config.file={{ $paths.config }}
-      {{- with $v.extraEnv }}
       env:
+        {{- include "kube-audit-exporter.env" . | nindent 8 }}
+        {{- with $v.extraEnv }}
         {{- toYaml . | nindent 8 }}
-      {{- end }}
+        {{- end }}
       ports:
         - name: http-metrics
           containerPort: {{ $v.metrics.port }}
@@ -63,6 +70,10 @@ spec:
         {{- if $webhook }}
         - name: webhook
           containerPort: {{ $v.webhook.port }}
+          protocol: TCP
+        {{- else if $receiver }}
+        - name: {{ $receiver }}
+          containerPort: {{ $v.receiver.port }}
           protocol: TCP
         {{- end }}
       startupProbe:
@@ -102,11 +113,17 @@ spec:
           mountPath: /tmp
         - name: state
           mountPath: {{ $paths.state }}
-        {{- if $webhook }}
+        {{- if or $webhook (and $receiver $v.receiver.tls.existingSecret) }}
         - name: tls
           mountPath: {{ $paths.tls }}
           readOnly: true
-        {{- else }}
+        {{- end }}
+        {{- if eq $receiver "firehose" }}
+        - name: firehose-access-key
+          mountPath: {{ $paths.firehose }}
+          readOnly: true
+        {{- end }}
+        {{- if $logfile }}
         # the API server's audit log directory, read-only
         - name: audit-log
           mountPath: {{ trimSuffix "/" $v.logfile.hostPath }}
@@ -132,6 +149,7 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- if not (include "kube-audit-exporter.claimTemplate" .) }}
     - name: state
       {{- if eq $state "emptyDir" }}
       emptyDir:
@@ -144,6 +162,7 @@ spec:
       persistentVolumeClaim:
         claimName: {{ default (include "kube-audit-exporter.childName" (list . "state")) $v.state.persistentVolumeClaim.existingClaim }}
       {{- end }}
+    {{- end }}
     {{- if $webhook }}
     - name: tls
       projected:
@@ -163,7 +182,27 @@ spec:
                 - key: {{ $v.webhook.tls.clientAuth.caKey }}
                   path: client-ca.crt
           {{- end }}
-    {{- else }}
+    {{- else if and $receiver $v.receiver.tls.existingSecret }}
+    - name: tls
+      secret:
+        secretName: {{ $v.receiver.tls.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: tls.crt
+            path: tls.crt
+          - key: tls.key
+            path: tls.key
+    {{- end }}
+    {{- if eq $receiver "firehose" }}
+    - name: firehose-access-key
+      secret:
+        secretName: {{ $v.eks.firehose.accessKeySecret.name }}
+        defaultMode: 0440
+        items:
+          - key: {{ $v.eks.firehose.accessKeySecret.key }}
+            path: {{ $v.eks.firehose.accessKeySecret.key }}
+    {{- end }}
+    {{- if $logfile }}
     - name: audit-log
       hostPath:
         path: {{ trimSuffix "/" $v.logfile.hostPath }}
@@ -188,7 +227,7 @@ spec:
     {{- with $v.extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- if $webhook }}
+  {{- if not $logfile }}
   {{- with $v.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}

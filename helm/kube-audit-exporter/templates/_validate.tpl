@@ -16,14 +16,86 @@
   {{- end }}
 {{- else }}
   {{- if eq $state "hostPath" }}
-    {{- fail "state.type: hostPath is for mode logfile; in mode webhook a pod moves between nodes and would lose its spool: use emptyDir or persistentVolumeClaim" }}
+    {{- fail (printf "state.type: hostPath is for mode logfile; in mode %s a pod moves between nodes and would lose its spool: use persistentVolumeClaim or emptyDir" $v.mode) }}
   {{- end }}
-  {{- if and (eq $state "persistentVolumeClaim") (gt $replicas 1) }}
-    {{- fail (printf "state.type: persistentVolumeClaim with replicas: %d would make the replicas share one spool; each needs its own: use replicas: 1 or emptyDir" $replicas) }}
+  {{- if and (eq $state "persistentVolumeClaim") (gt $replicas 1) $v.state.persistentVolumeClaim.existingClaim }}
+    {{- fail (printf "state.persistentVolumeClaim.existingClaim: one claim with replicas: %d would make the replicas share one spool; each needs its own: use replicas: 1, or leave existingClaim empty%s" $replicas (ternary " (a claim per replica)" "" (eq $v.mode "webhook"))) }}
   {{- end }}
-  {{- if and $v.podDisruptionBudget.enabled (ge (int $v.podDisruptionBudget.minAvailable) $replicas) }}
+  {{- if and (eq $state "persistentVolumeClaim") (gt $replicas 1) (ne $v.mode "webhook") }}
+    {{- fail (printf "state.type: persistentVolumeClaim with replicas: %d in mode %s would make the replicas share one claim; use replicas: 1 or emptyDir" $replicas $v.mode) }}
+  {{- end }}
+  {{- if and $v.podDisruptionBudget.enabled (not (include "kube-audit-exporter.singleton" .)) (ge (int $v.podDisruptionBudget.minAvailable) $replicas) }}
     {{- fail (printf "podDisruptionBudget.minAvailable: %v with replicas: %d would block every node drain; raise replicas or disable podDisruptionBudget" $v.podDisruptionBudget.minAvailable $replicas) }}
   {{- end }}
+{{- end }}
+{{- $provider := include "kube-audit-exporter.provider" . }}
+{{- $intake := include "kube-audit-exporter.intake" . }}
+{{- if include "kube-audit-exporter.singleton" . }}
+  {{- if gt $replicas 1 }}
+    {{- fail (printf "replicas: %d contradicts %s.intake: %s, which polls with a checkpoint file one pod owns; remove replicas (it is 1)%s" $replicas $provider $intake (ternary ", or use eks.intake firehose to scale" ", or use aks.intake eventhub to scale" (eq $provider "eks"))) }}
+  {{- end }}
+{{- end }}
+{{- if eq $v.mode "eks" }}
+  {{- if and (eq $intake "cloudwatch") (not $v.eks.cloudwatch.logGroup) }}
+    {{- fail "eks.cloudwatch.logGroup: required with eks.intake cloudwatch (/aws/eks/<cluster>/cluster)" }}
+  {{- end }}
+  {{- if and (eq $intake "firehose") (not $v.eks.firehose.accessKeySecret.name) }}
+    {{- fail "eks.firehose.accessKeySecret.name: required with eks.intake firehose: the Secret holding the access key set on the Firehose stream's HTTP endpoint" }}
+  {{- end }}
+{{- else if eq $v.mode "gke" }}
+  {{- if and (eq $intake "pull") (not $v.gke.pull.subscription) }}
+    {{- fail "gke.pull.subscription: required with gke.intake pull (projects/<project>/subscriptions/<name>)" }}
+  {{- end }}
+  {{- if and (eq $intake "push") (not (include "kube-audit-exporter.pushAudience" .)) }}
+    {{- fail "gke.push.audience: required with gke.intake push to verify the push subscription's OIDC token; set it (--push-auth-token-audience) or receiver.ingress.host (the audience is then https://<host><gke.push.path>)" }}
+  {{- end }}
+{{- else if eq $v.mode "aks" }}
+  {{- if eq $intake "archive" }}
+    {{- if not $v.aks.archive.storageAccountUrl }}
+      {{- fail "aks.archive.storageAccountUrl: required with aks.intake archive (https://<account>.blob.core.windows.net)" }}
+    {{- end }}
+  {{- else }}
+    {{- range list "namespace" "name" "checkpointAccountUrl" }}
+      {{- if not (get $v.aks.eventhub .) }}
+        {{- fail (printf "aks.eventhub.%s: required with aks.intake eventhub" .) }}
+      {{- end }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- if and $v.receiver.ingress.enabled (not (include "kube-audit-exporter.receiver" .)) }}
+  {{- fail (printf "receiver.ingress.enabled: the receiver serves the push intakes (eks.intake firehose, gke.intake push), not mode %s%s" $v.mode (ternary (printf " with intake %s" $intake) "" (ne $intake ""))) }}
+{{- end }}
+{{- if and $v.receiver.ingress.enabled (not $v.receiver.ingress.host) }}
+  {{- fail "receiver.ingress.host: required with receiver.ingress.enabled (the public name of the endpoint)" }}
+{{- end }}
+{{- $identity := dict "eks" (list "roleArn" $v.eks.roleArn) "gke" (list "gcpServiceAccount" $v.gke.gcpServiceAccount) "aks" (list "clientId" $v.aks.clientId) }}
+{{- range $p, $pair := $identity }}
+  {{- if and (index $pair 1) (ne $v.mode $p) }}
+    {{- fail (printf "%s.%s: set, but mode is %s; it annotates the ServiceAccount in mode %s only" $p (index $pair 0) $v.mode $p) }}
+  {{- end }}
+  {{- if and (index $pair 1) (not $v.serviceAccount.create) }}
+    {{- fail (printf "%s.%s: the chart annotates only a ServiceAccount it creates (serviceAccount.create is false); annotate %s yourself and remove %s.%s" $p (index $pair 0) (include "kube-audit-exporter.serviceAccountName" $) $p (index $pair 0)) }}
+  {{- end }}
+{{- end }}
+{{- /* the shared state's URL: from values or from a Secret, a password only
+from the Secret */}}
+{{- $s := $v.state }}
+{{- if regexMatch "^[a-z]+://[^/@]*:[^/@]*@" $s.url }}
+  {{- fail "state.url: carries a password, which would be in the pod spec; put the password in a Secret and set state.existingSecret and state.passwordKey (or the whole URL under state.urlKey)" }}
+{{- end }}
+{{- if and $s.existingSecret (eq (empty $s.passwordKey) (empty $s.urlKey)) }}
+  {{- fail "state.existingSecret: set exactly one of state.passwordKey (the password, put into state.url) and state.urlKey (a whole URL)" }}
+{{- end }}
+{{- if and (or $s.passwordKey $s.urlKey) (not $s.existingSecret) }}
+  {{- fail "state.existingSecret: required with state.passwordKey or state.urlKey" }}
+{{- end }}
+{{- if and $s.urlKey $s.url }}
+  {{- fail "state.url: set, but state.urlKey takes the whole URL from the Secret; remove one" }}
+{{- end }}
+{{- if and $s.passwordKey (not (regexMatch "^rediss?://" $s.url)) }}
+  {{- fail (printf "state.url: state.passwordKey needs a redis:// or rediss:// URL to put the password in, not %q; use state.urlKey for a unix:// URL" $s.url) }}
+{{- end }}
+{{- if eq $v.mode "webhook" }}
   {{- $svc := $v.webhook.service }}
   {{- if and (eq $svc.type "NodePort") (kindIs "invalid" $svc.nodePort) }}
     {{- fail "webhook.service.nodePort: required with type NodePort, so that the API server's kubeconfig can name it" }}
@@ -110,11 +182,15 @@ the pod evicted, a full claim fails the writes */}}
   "web" (list "listen_address")
   "webhook" (list "listen_address" "path" "tls_cert_file" "tls_key_file" "client_ca_file" "insecure")
   "logfile" (list "path" "checkpoint_file" "start_at")
-  "loki" (list "url" "tenant" "basic_auth_user" "basic_auth_password_file" "bearer_token_file" "ca_file" "cert_file" "key_file" "labels")
+  "loki" (list "url" "tenant" "basic_auth_user" "basic_auth_password_file" "bearer_token_file" "ca_file" "cert_file" "key_file" "labels" "writer")
   "spool" (list "dir" "max_bytes" "fsync")
   "rules" (list "file" "include_defaults")
   "detect" (list "trusted_networks" "pod_cidrs" "node_cidrs" "critical_workloads" "disabled_rules" "alert_min_severity")
   "alertmanager" (list "url" "link_template")
+  "eks" (list "log_group" "stream_prefix" "region" "endpoint_url" "checkpoint_file" "start_at" "firehose_listen_address" "firehose_path" "firehose_access_key_file" "firehose_tls_cert_file" "firehose_tls_key_file" "firehose_insecure")
+  "gke" (list "subscription" "push_listen_address" "push_path" "push_audience" "push_service_account" "push_tls_cert_file" "push_tls_key_file" "push_insecure_http" "push_allow_unauthenticated")
+  "aks" (list "storage_account_url" "categories" "prefix" "checkpoint_file" "start_at" "eventhub_namespace" "eventhub_name" "eventhub_consumer_group" "eventhub_checkpoint_account_url" "eventhub_checkpoint_container" "eventhub_start_at")
+  "state" (list "url")
 }}
 {{- range $section, $body := $v.config }}
   {{- if eq $section "cluster" }}
