@@ -131,7 +131,7 @@ def one(objs: Any, kind: str, name: str | None = None) -> dict[str, Any]:
 
 
 def workload(objs: Any) -> dict[str, Any]:
-    found = find(objs, "Deployment") + find(objs, "DaemonSet")
+    found = find(objs, "StatefulSet") + find(objs, "Deployment") + find(objs, "DaemonSet")
     assert len(found) == 1
     return found[0]
 
@@ -314,7 +314,7 @@ def test_every_container_is_hardened(scenario: str) -> None:
     # hostPath: only the audit log directory, read-only, and the node's state
     mounts = {m["name"]: m for c in spec["containers"] for m in c["volumeMounts"]}
     host = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
-    if workload(objs)["kind"] == "Deployment":
+    if workload(objs)["kind"] != "DaemonSet":
         assert not host
     else:
         assert mounts["audit-log"]["readOnly"] is True
@@ -501,7 +501,7 @@ def test_pod_security_levels_are_as_documented(scenario: str) -> None:
     violations = pod_security_violations(pod_spec(objs))
     for spec in pods:
         assert pod_security_violations(spec) == []
-    if workload(objs)["kind"] == "Deployment":
+    if workload(objs)["kind"] != "DaemonSet":
         assert violations == []
     else:
         assert any("hostPath" in v for v in violations)
@@ -640,6 +640,8 @@ def materialize_pod_filesystem(objs: Any, root: Path) -> None:
     names but no mount provides is then missing, and check-config says so."""
     spec = pod_spec(objs)
     volumes = {v["name"]: v for v in spec["volumes"]}
+    for claim in workload(objs)["spec"].get("volumeClaimTemplates", []):
+        volumes[claim["metadata"]["name"]] = {"persistentVolumeClaim": {}}
     [container] = spec["containers"]
 
     def put(path: Path, data: bytes) -> None:
@@ -694,10 +696,37 @@ def rooted_config(objs: Any, root: Path) -> dict[str, Any]:
     return move(exporter_config(objs))  # type: ignore[no-any-return]
 
 
-def check_config(config: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
+_DEPENDENT_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def pod_environment(objs: Any, pod: str = "audit-kube-audit-exporter-0",
+                    node: str = "cp-1") -> dict[str, str]:  # fmt: skip
+    """The exporter container's environment as the kubelet builds it: the
+    downward API (the pod's name, its node), Secrets (placeholders) and
+    `$(VAR)` expanded from the variables defined above."""
+    fields = {"metadata.name": pod, "spec.nodeName": node}
+    env: dict[str, str] = {}
+    for var in pod_spec(objs)["containers"][0].get("env", []):
+        if "value" in var:
+            value = _DEPENDENT_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), var["value"])
+        elif "fieldRef" in var["valueFrom"]:
+            value = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            value = _secret_placeholder(ref["name"], ref["key"], objs).decode().strip()
+        env[var["name"]] = value
+    return env
+
+
+def check_config(
+    config: dict[str, Any], tmp: Path, pod_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """check-config on the file, with the pod's environment (KUBE_AUDIT_*
+    variables are configuration too: flag > env > file)."""
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE_AUDIT_")}
+    env.update(pod_env or {})
     return subprocess.run(
         [sys.executable, "-m", "exporter.cli", "check-config", f"--config.file={path}"],
         capture_output=True, text=True, env=env, timeout=60,
@@ -709,18 +738,20 @@ def test_rendered_config_passes_check_config(scenario: str, tmp_path: Path) -> N
     root = tmp_path / "pod"
     materialize_pod_filesystem(objs, root)
     config = rooted_config(objs, root)
-    result = check_config(config, tmp_path)
+    result = check_config(config, tmp_path, pod_environment(objs))
     assert result.returncode == 0, result.stderr
     values = scenario_values(scenario)
-    if values.get("mode", "webhook") == "webhook":
+    sources = {"webhook", "logfile", "eks", "gke", "aks"}
+    mode = values.get("mode", "webhook")
+    # exactly one source section: the mode's
+    assert sources & set(config) == {mode}
+    if mode == "webhook":
         assert config["webhook"]["listen_address"] == ":8443"
         client_auth = values.get("webhook", {}).get("tls", {}).get("clientAuth", {})
         assert ("client_ca_file" in config["webhook"]) == client_auth.get("enabled", True)
-        assert "logfile" not in config
-    else:
+    elif mode == "logfile":
         assert config["logfile"]["path"].endswith("/audit.log")
         assert config["logfile"]["checkpoint_file"]
-        assert "webhook" not in config
     assert config.get("loki", {}).get("url") == values.get("loki", {}).get("url")
 
 
@@ -915,8 +946,8 @@ def test_consistent_values_near_the_limits_render(values: dict[str, Any]) -> Non
         ({"mode": "logfile", "state": {"type": "persistentVolumeClaim"}},
          "state.type: persistentVolumeClaim contradicts mode logfile"),
         ({"state": {"type": "hostPath"}}, "state.type: hostPath is for mode logfile"),
-        ({"state": {"type": "persistentVolumeClaim"}, "podDisruptionBudget": {"enabled": False}},
-         "replicas: 2 would make the replicas share one spool"),
+        ({"state": {"persistentVolumeClaim": {"existingClaim": "spool"}}},
+         "existingClaim: one claim with replicas: 2 would make the replicas share one spool"),
         ({"replicas": 1}, "podDisruptionBudget.minAvailable: 1 with replicas: 1 would block"),
         ({"webhook": {"service": {"type": "NodePort"}}},
          "webhook.service.nodePort: required with type NodePort"),
@@ -956,11 +987,15 @@ def test_consistent_values_near_the_limits_render(values: dict[str, Any]) -> Non
          "webhook.tls.clientAuth.caKey: ca.pem, but with webhook.tls.source generate"),
         ({"webhook": {"tls": {"validityDays": 30, "certgen": {"renewBeforeDays": 30}}}},
          "webhook.tls.certgen.renewBeforeDays: 30 is not below webhook.tls.validityDays: 30"),
-        ({"spool": {"maxBytes": "3GiB"}}, "spool.maxBytes: 3GiB exceeds state.sizeLimit: 2Gi"),
-        ({"spool": {"maxBytes": "2.2GB"}, "state": {"sizeLimit": "2Gi"}},
+        ({"spool": {"maxBytes": "3GiB"}, "state": {"type": "emptyDir"}},
+         "spool.maxBytes: 3GiB exceeds state.sizeLimit: 2Gi"),
+        ({"spool": {"maxBytes": "2.2GB"}, "state": {"type": "emptyDir", "sizeLimit": "2Gi"}},
          "spool.maxBytes: 2.2GB exceeds state.sizeLimit: 2Gi"),
-        ({"spool": {"maxBytes": 600000}, "state": {"sizeLimit": "500k"}},
+        ({"spool": {"maxBytes": 600000}, "state": {"type": "emptyDir", "sizeLimit": "500k"}},
          "spool.maxBytes: 600000 exceeds state.sizeLimit: 500k"),
+        # webhook mode's default: a claim per replica, of state.persistentVolumeClaim.size
+        ({"spool": {"maxBytes": "3GiB"}},
+         "spool.maxBytes: 3GiB exceeds state.persistentVolumeClaim.size: 2Gi"),
         ({"mode": "logfile", "state": {"type": "emptyDir", "sizeLimit": "512Mi"}},
          "spool.maxBytes: 1GiB exceeds state.sizeLimit: 512Mi"),
         ({"replicas": 1, "podDisruptionBudget": {"enabled": False},
