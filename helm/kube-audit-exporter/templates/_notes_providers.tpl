@@ -139,9 +139,10 @@ What to switch on at Azure:
 
 2. Roles for the pods' identity{{ with $v.aks.clientId }} (client id {{ . }}){{ end }}:
 {{- if eq $intake "eventhub" }}
-   Azure Event Hubs Data Receiver on the hub, and Storage Blob Data
-   Contributor on {{ $v.aks.eventhub.checkpointAccountUrl }} (checkpoints and
-   partition ownership, shared by the replicas; consumer group {{ $v.aks.eventhub.consumerGroup }}).
+   Azure Event Hubs Data Receiver on the hub, and
+   Storage Blob Data Contributor on {{ $v.aks.eventhub.checkpointAccountUrl }}
+   (checkpoints and partition ownership, shared by the replicas; consumer
+   group {{ $v.aks.eventhub.consumerGroup }}).
 {{- else }}
    Storage Blob Data Reader on {{ $v.aks.archive.storageAccountUrl }}.
 {{- end }}

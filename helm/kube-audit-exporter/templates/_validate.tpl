@@ -18,10 +18,10 @@
   {{- if eq $state "hostPath" }}
     {{- fail (printf "state.type: hostPath is for mode logfile; in mode %s a pod moves between nodes and would lose its spool: use persistentVolumeClaim or emptyDir" $v.mode) }}
   {{- end }}
-  {{- if and (eq $state "persistentVolumeClaim") (gt $replicas 1) $v.state.persistentVolumeClaim.existingClaim }}
+  {{- if and (eq $state "persistentVolumeClaim") (gt $replicas 1) $v.state.persistentVolumeClaim.existingClaim (not (include "kube-audit-exporter.singleton" .)) }}
     {{- fail (printf "state.persistentVolumeClaim.existingClaim: one claim with replicas: %d would make the replicas share one spool; each needs its own: use replicas: 1, or leave existingClaim empty%s" $replicas (ternary " (a claim per replica)" "" (eq $v.mode "webhook"))) }}
   {{- end }}
-  {{- if and (eq $state "persistentVolumeClaim") (gt $replicas 1) (ne $v.mode "webhook") }}
+  {{- if and (eq $state "persistentVolumeClaim") (gt $replicas 1) (ne $v.mode "webhook") (not (include "kube-audit-exporter.singleton" .)) }}
     {{- fail (printf "state.type: persistentVolumeClaim with replicas: %d in mode %s would make the replicas share one claim; use replicas: 1 or emptyDir" $replicas $v.mode) }}
   {{- end }}
   {{- if and $v.podDisruptionBudget.enabled (not (include "kube-audit-exporter.singleton" .)) (ge (int $v.podDisruptionBudget.minAvailable) $replicas) }}
