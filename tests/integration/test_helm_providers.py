@@ -159,8 +159,8 @@ def service_account(objs: Any) -> dict[str, Any]:
 
 
 def test_irsa_annotates_the_service_account_and_pod_identity_needs_nothing() -> None:
-    irsa = render(minimal("eks", "cloudwatch",
-                          {"eks": {"roleArn": "arn:aws:iam::123456789012:role/audit"}}))  # fmt: skip
+    role = {"eks": {"roleArn": "arn:aws:iam::123456789012:role/audit"}}
+    irsa = render(minimal("eks", "cloudwatch", role))
     assert service_account(irsa)["metadata"]["annotations"] == {
         "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/audit"
     }
@@ -197,9 +197,10 @@ def test_azure_workload_identity_annotates_the_account_and_labels_the_pods() -> 
     assert "azure.workload.identity/use" not in workload(objs)["spec"]["selector"]["matchLabels"]
     without = render(minimal("aks", "archive"))
     assert "annotations" not in service_account(without)["metadata"]
-    assert "azure.workload.identity/use" not in workload(without)["spec"]["template"][
-        "metadata"
-    ]["labels"]
+    assert (
+        "azure.workload.identity/use"
+        not in workload(without)["spec"]["template"]["metadata"]["labels"]
+    )
 
 
 def test_user_annotations_are_kept_beside_the_identity_annotation() -> None:
@@ -285,7 +286,8 @@ def test_a_load_balancer_service_can_be_restricted_to_the_provider_ranges() -> N
     ranges = ["3.228.170.0/26", "3.228.170.64/26"]
     values = minimal("eks", "firehose", {"receiver": {"service": {
         "type": "LoadBalancer", "port": 443, "loadBalancerSourceRanges": ranges,
-        "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "external"}}}})  # fmt: skip
+        "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "external"},
+    }}})  # fmt: skip
     svc = one(render(values), "Service", FULL)
     assert svc["spec"]["type"] == "LoadBalancer"
     assert svc["spec"]["loadBalancerSourceRanges"] == ranges
@@ -444,7 +446,8 @@ def test_tunables_of_the_provider_sections_pass_through_config() -> None:
         ({"mode": "eks", "eks": {"roleArn": "audit-role"}}, "/eks/roleArn"),
         ({"mode": "gke", "gke": {"pull": {"subscription": "k8s-audit"}}},
          "/gke/pull/subscription"),
-        ({"mode": "gke", "gke": {"gcpServiceAccount": "audit@gmail.com"}}, "/gke/gcpServiceAccount"),
+        ({"mode": "gke", "gke": {"gcpServiceAccount": "audit@gmail.com"}},
+         "/gke/gcpServiceAccount"),
         ({"mode": "aks", "aks": {"clientId": "my-app"}}, "/aks/clientId"),
         ({"mode": "aks", "aks": {"archive": {"categories": ["kube-apiserver"]}}},
          "/aks/archive/categories/0"),

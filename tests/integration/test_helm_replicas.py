@@ -256,7 +256,8 @@ def test_each_pod_names_its_loki_writer_from_the_downward_api(name: str, field: 
         "fieldRef": {"fieldPath": field}}  # fmt: skip
     env = pod_environment(objs, pod="audit-kube-audit-exporter-1", node="cp-2")
     assert env["KUBE_AUDIT_LOKI_WRITER"] == (
-        "cp-2" if field == "spec.nodeName" else "audit-kube-audit-exporter-1")
+        "cp-2" if field == "spec.nodeName" else "audit-kube-audit-exporter-1"
+    )
 
 
 def test_extra_env_comes_after_the_charts_own_variables() -> None:
