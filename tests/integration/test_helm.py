@@ -712,8 +712,9 @@ def pod_environment(objs: Any, pod: str = "audit-kube-audit-exporter-0",
         elif "fieldRef" in var["valueFrom"]:
             value = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
+            # like a generated password: nothing a URL would need to escape
             ref = var["valueFrom"]["secretKeyRef"]
-            value = _secret_placeholder(ref["name"], ref["key"], objs).decode().strip()
+            value = re.sub(r"[^A-Za-z0-9]", "", f"placeholder{ref['name']}{ref['key']}")
         env[var["name"]] = value
     return env
 
