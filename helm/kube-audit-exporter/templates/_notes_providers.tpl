@@ -53,7 +53,7 @@ What to switch on at AWS:
 
 2. Read access to the group for the pods' identity: a role with
    logs:DescribeLogStreams and logs:GetLogEvents on
-   arn:aws:logs:REGION:ACCOUNT:log-group:/aws/eks/{{ $cluster }}/cluster and .../cluster:*,
+   arn:aws:logs:REGION:ACCOUNT:log-group:{{ $v.eks.cloudwatch.logGroup }} and ...:*,
 {{- if $v.eks.roleArn }}
    through IRSA: the ServiceAccount {{ $sa }} carries
    eks.amazonaws.com/role-arn: {{ $v.eks.roleArn }}; the role's trust policy
@@ -63,9 +63,15 @@ What to switch on at AWS:
 
   aws eks create-pod-identity-association --cluster-name {{ $cluster }} \
     --namespace {{ $ns }} --service-account {{ $sa }} --role-arn arn:aws:iam::ACCOUNT:role/ROLE
+{{- if not $v.eks.region }}
+
+   eks.region is empty: set it, unless the pods' environment names one
+   (AWS_REGION, e.g. through extraEnv).
+{{- end }}
 {{- end }}
 
-   One pod polls {{ $v.eks.cloudwatch.logGroup }}; its checkpoint is in
+   One pod polls {{ $v.eks.cloudwatch.logGroup }};
+   its checkpoint is in
    {{- if eq (include "kube-audit-exporter.stateType" .) "persistentVolumeClaim" }} the claim {{ $v.state.persistentVolumeClaim.existingClaim | default (include "kube-audit-exporter.childName" (list . "state")) }}, so a new pod resumes where the last stopped.
    {{- else }} an emptyDir: a new pod starts again from eks.cloudwatch.startAt ({{ $v.eks.cloudwatch.startAt }}).
    {{- end }}
