@@ -19,7 +19,7 @@ from .significance import RANK_ROUTINE, component, rank
 FLAGGED_CAPACITY = 10_000
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -104,10 +104,10 @@ class Report:
                 slowest = self._slowest
                 if len(slowest) < 10:
                     self._seq += 1
-                    heapq.heappush(slowest, (took, self._seq, _who_what(ev)))
+                    heapq.heappush(slowest, (took, self._seq, who_what(ev)))
                 elif took > slowest[0][0]:
                     self._seq += 1
-                    heapq.heapreplace(slowest, (took, self._seq, _who_what(ev)))
+                    heapq.heapreplace(slowest, (took, self._seq, who_what(ev)))
 
     def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
         for c in cats:
@@ -121,9 +121,9 @@ class Report:
         rows = self.sensitive_ranked[r]
         if len(rows) < self.max_rows:
             earlier = self._flagged.pop(ev.audit_id, "") if self._flagged else ""
-            severity = min(ev.severity, earlier, key=lambda s: _SEVERITY_ORDER.get(s, 3))
+            severity = min(ev.severity, earlier, key=lambda s: SEVERITY_ORDER.get(s, 3))
             row = {"categories": list(cats), "rank": r, "severity": severity or None}
-            row.update(_who_what(ev))
+            row.update(who_what(ev))
             rows.append(row)
 
     @property
@@ -134,7 +134,7 @@ class Report:
         out = []
         for rows in self.sensitive_ranked:
             out.extend(
-                sorted(rows, key=lambda r: (_SEVERITY_ORDER.get(r["severity"], 3), r["time"]))
+                sorted(rows, key=lambda r: (SEVERITY_ORDER.get(r["severity"], 3), r["time"]))
             )
         return out
 
@@ -144,7 +144,7 @@ class Report:
             self.detections[(rule, self.rule_severity.get(rule, ev.severity))] += 1
             examples = self.detection_examples.setdefault(rule, [])
             if len(examples) < 5:
-                examples.append(_who_what(ev))
+                examples.append(who_what(ev))
 
     def to_dict(self, top: int = 10) -> dict[str, Any]:
         return {
@@ -153,8 +153,8 @@ class Report:
             "requests": self.requests,
             "duplicates": self.duplicates,
             "invalid": dict(sorted(self.invalid.items())),
-            "first_event": _iso(self.first_ts) if self.first_ts is not None else None,
-            "last_event": _iso(self.last_ts) if self.last_ts is not None else None,
+            "first_event": iso(self.first_ts) if self.first_ts is not None else None,
+            "last_event": iso(self.last_ts) if self.last_ts is not None else None,
             "requests_by_verb_resource_code": [
                 {"verb": v, "resource": r, "code": c, "count": n}
                 for (v, r, c), n in sorted(self.by_request.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -183,7 +183,7 @@ class Report:
                 {"rule": r, "severity": sev, "count": n, "examples": self.detection_examples[r]}
                 for (r, sev), n in sorted(
                     self.detections.items(),
-                    key=lambda kv: (_SEVERITY_ORDER.get(kv[0][1], 9), -kv[1]),
+                    key=lambda kv: (SEVERITY_ORDER.get(kv[0][1], 9), -kv[1]),
                 )
             ],
             "slowest_requests": [
@@ -193,12 +193,12 @@ class Report:
         }
 
 
-_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
-def _who_what(ev: AuditEvent) -> dict[str, Any]:
+def who_what(ev: AuditEvent) -> dict[str, Any]:
     return {
-        "time": _iso(ev.stage_ts),
+        "time": iso(ev.stage_ts),
         "user": ev.username or "(unauthenticated)",
         "impersonated_user": ev.impersonated_user or None,
         "verb": ev.verb,
