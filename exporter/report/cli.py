@@ -46,23 +46,33 @@ def register(sub: Any) -> None:
     p.add_argument("--output", required=True, metavar="FILE", help="the HTML report to write")
     p.add_argument("--pdf", metavar="FILE", help="also print the report to this PDF")
     p.add_argument(
-        "--from", dest="since", type=_time, metavar="TIME",
+        "--from",
+        dest="since",
+        type=_time,
+        metavar="TIME",
         help="leave out events before this time (RFC 3339, e.g. 2024-05-01T08:00:00Z)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--to", dest="until", type=_time, metavar="TIME",
+        "--to",
+        dest="until",
+        type=_time,
+        metavar="TIME",
         help="leave out events at or after this time (RFC 3339)",
-    )  # fmt: skip
+    )
     p.add_argument("--title", default="Kubernetes audit report", help="the report's title")
     p.add_argument(
-        "--gap", type=_duration, default=300.0, metavar="DURATION",
+        "--gap",
+        type=_duration,
+        default=300.0,
+        metavar="DURATION",
         help="a silence longer than this is listed as a gap in the record (default 5m)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--chromium", metavar="PATH",
+        "--chromium",
+        metavar="PATH",
         help="the Chromium used for --pdf (default: chromium, chromium-browser or "
         "google-chrome on the PATH)",
-    )  # fmt: skip
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log invalid inputs")
     add_flags(p, exclude=EXCLUDED)
     p.set_defaults(func=cmd_report)
@@ -146,9 +156,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return status
 
 
-def feed(
-    files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes: int
-) -> int:  # fmt: skip
+def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes: int) -> int:
     """Read each file into the pipeline as replay does; note each file's
     SHA-256 and what went wrong. Returns 0 or EXIT_INPUT."""
     from ..event import Decoder

@@ -18,8 +18,8 @@ from typing import Any
 from ..detect.alerts import render_link
 from ..detect.engine import CompiledRule, Detector, Match, index_key
 from ..detect.settings import DetectionSettings
-from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
 from ..duration import parse_go_duration
+from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
 from ..metrics import LATENCY_PREFIX, counts_as_request
 from .significance import is_reported_principal
 from .summary import Report, iso, who_what
@@ -120,7 +120,9 @@ class Collector:
         # stateful rules: the recent events of each group that met the rule's
         # condition, to show what made it fire
         self._stateful = [
-            r for r in (detector.rules if detector else ()) if r.rule.kind in ("threshold", "sequence")
+            r
+            for r in (detector.rules if detector else ())
+            if r.rule.kind in ("threshold", "sequence")
         ]
         self._evidence: dict[str, OrderedDict[tuple[str, ...], deque[dict[str, Any]]]] = {
             r.id: OrderedDict() for r in self._stateful
@@ -318,9 +320,15 @@ class Collector:
         ts = ev.stage_ts
         if rec is None:
             rec = self.detections[rule.id] = RuleDetections(
-                rule.id, rule.title, rule.severity, rule.description, rule.mitre, rule.kind,
-                first=ts, last=ts,
-            )  # fmt: skip
+                rule.id,
+                rule.title,
+                rule.severity,
+                rule.description,
+                rule.mitre,
+                rule.kind,
+                first=ts,
+                last=ts,
+            )
         rec.count += 1
         rec.first = min(rec.first, ts)
         rec.last = max(rec.last, ts)
@@ -336,7 +344,8 @@ class Collector:
         if m.value:
             row["value"] = m.value
         if rule.kind in ("threshold", "sequence"):
-            seen = self._evidence.get(rule.id, {}).get(m.group)
+            groups = self._evidence.get(rule.id)
+            seen = groups.get(m.group) if groups is not None else None
             window = rule.window
             row["evidence"] = [
                 e for e in (seen or ()) if not window or ts - window <= e["ts"] <= ts

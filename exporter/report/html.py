@@ -91,16 +91,14 @@ code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; f
 tr.denied td { background: #fbeaea; } tr.allowed td { background: #edf7ed; }
 .chart { width: 100%; height: auto; display: block; }
 .chart .axis { stroke: #888; } .chart .tick { font-size: 11px; fill: #444; }
-.legend { font-size: 12px; margin: 2px 0 6px; }
-.legend .key { margin-right: 14px; } .legend i { display: inline-block; width: 10px;
-  height: 10px; margin-right: 4px; vertical-align: -1px; }
-.c0 { background: #3b7d3b; } .c1 { background: #6a8fc7; } .c2 { background: #d9a21b; }
-.c3 { background: #c0392b; } .c4 { background: #888888; }
 .scroll { max-height: 260px; overflow: auto; border: 1px solid #eee; }
 .principal { border-left: 3px solid #1f5fa8; padding-left: 10px; margin: 14px 0; }
 .detection { border-left: 3px solid #aaa; padding-left: 10px; margin: 16px 0; }
 .detection.sev-critical { border-color: #8e1b1b; } .detection.sev-warning { border-color: #b7830f; }
-.evidence { margin-left: 18px; width: calc(100% - 18px); }
+.evidence { margin-left: 18px; }
+.occ td:nth-child(3), .occ td:nth-child(5), .occ th:nth-child(3), .occ th:nth-child(5),
+.occ td:nth-child(6) { white-space: nowrap; }
+figure { margin: 12px 0; }
 footer { margin-top: 40px; font-size: 12px; color: #666; }
 @media print {
   body { font-size: 11px; } main { max-width: none; padding: 0; }
@@ -117,27 +115,23 @@ _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 CSP = f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; img-src 'none'; form-action 'none'"
 
 
-def _legend(names: Sequence[str]) -> str:
-    # swatches by class, not by style attribute: the CSP allows no inline style
-    return (
-        '<div class="legend">'
-        + "".join(
-            f'<span class="key"><i class="c{i}"></i>{e(n)}</span>' for i, n in enumerate(names)
-        )
-        + "</div>"
-    )
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterable[int] = (),
-          classes: Sequence[str] | None = None, caption: str = "") -> str:  # fmt: skip
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    numeric: Iterable[int] = (),
+    classes: Sequence[str] | None = None,
+    caption: str = "",
+) -> str:
     """A table; ``rows`` cells are escaped unless wrapped in :class:`Raw`."""
     nums = set(numeric)
     out = ["<table>"]
     if caption:
-        out.append(f"<caption class=\"muted\">{e(caption)}</caption>")
+        out.append(f'<caption class="muted">{e(caption)}</caption>')
     out.append(
         "<thead><tr>"
-        + "".join(f'<th{" class=n" if i in nums else ""}>{e(h)}</th>' for i, h in enumerate(headers))
+        + "".join(
+            f"<th{' class=n' if i in nums else ''}>{e(h)}</th>" for i, h in enumerate(headers)
+        )
         + "</tr></thead><tbody>"
     )
     any_row = False
@@ -198,10 +192,11 @@ def _link(url: str) -> Raw:
     return Raw(e(url) if url else "-")
 
 
-def _chart_table(series: list[tuple[float, list[int]]], names: Sequence[str],
-                 slots: Sequence[int]) -> str:  # fmt: skip
+def _chart_table(
+    series: list[tuple[float, list[int]]], names: Sequence[str], slots: Sequence[int]
+) -> str:
     rows = [
-        [iso(start), *[values[s] for s in slots]]
+        [_bucket(start), *[values[s] for s in slots]]
         for start, values in series
         if any(values[s] for s in slots)
     ]
@@ -212,20 +207,23 @@ def _chart_table(series: list[tuple[float, list[int]]], names: Sequence[str],
     )
 
 
-def _chart(chart_id: str, title: str, c: Collector, slots: list[int], names: list[str],
-           colors: list[str]) -> str:  # fmt: skip
+def _chart(
+    chart_id: str, title: str, c: Collector, slots: list[int], names: list[str], colors: list[str]
+) -> str:
     tl = c.timeline
     series = [(start, [values[s] for s in slots]) for start, values in tl.series()]
     svg = stacked_bars(chart_id, title, series, names, colors, tl.width)
-    svg = svg[: svg.rindex('<div class="legend">')]  # the legend by classes, below
     return (
         f"<figure><figcaption><strong>{e(title)}</strong> "
         f'<span class="muted">(one bar per {_duration(tl.width)})</span></figcaption>'
         + svg
-        + _legend(names)
         + _chart_table(tl.series(), names, slots)
         + "</figure>"
     )
+
+
+def _bucket(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(seconds: float) -> str:
@@ -246,13 +244,17 @@ def _scope(c: Collector, scope: Scope) -> str:
     s = c.summary
     out = []
     files = [
-        [f.path, Raw(f"<code>{e(f.sha256)}</code>") if f.sha256 else "(not hashed: a stream)",
-         f.size if f.size is not None else "-", f.problem or "read whole"]
+        [
+            f.path,
+            Raw(f"<code>{e(f.sha256)}</code>") if f.sha256 else "(not hashed: a stream)",
+            f.size if f.size is not None else "-",
+            f.problem or "read whole",
+        ]
         for f in scope.files
-    ]  # fmt: skip
+    ]
     out.append("<h3>Input files</h3>")
     out.append(table(["file", "SHA-256", "bytes", "read"], files, numeric=[2]))
-    period = []
+    period: list[list[Any]] = []
     if scope.since is not None or scope.until is not None:
         period.append(["period asked for", f"{_when(scope.since)} .. {_when(scope.until)}"])
         period.append(["events outside it (left out)", c.outside_period])
@@ -267,7 +269,7 @@ def _scope(c: Collector, scope: Scope) -> str:
     for reason, n in sorted(s.invalid.items()):
         period.append([f"  invalid: {reason}", n])
     out.append("<h3>Coverage</h3>")
-    out.append(table(["", ""], period, numeric=[1]))
+    out.append(table(["", "count or time"], period, numeric=[1]))
     gaps = c.coverage.gaps()
     out.append(f"<h3>Gaps in the record (no event for more than {_duration(c.gap)})</h3>")
     if gaps:
@@ -282,16 +284,26 @@ def _scope(c: Collector, scope: Scope) -> str:
             numeric=[2],
         )
     )
-    out.append(_chart("chart-requests", "Requests over time by class", c,
-                      list(range(len(CLASSES))), list(CLASSES), CLASS_COLORS))  # fmt: skip
+    out.append(
+        _chart(
+            "chart-requests",
+            "Requests over time by class",
+            c,
+            list(range(len(CLASSES))),
+            list(CLASSES),
+            CLASS_COLORS,
+        )
+    )
     version = version_text("kube-audit-exporter").splitlines()
-    rows = [["exporter", version[0]], *[[line.split(":", 1)[0], line.split(":", 1)[1].strip()]
-                                        for line in version[1:]]]  # fmt: skip
+    rows: list[list[Any]] = [
+        ["exporter", version[0]],
+        *[[line.split(":", 1)[0], line.split(":", 1)[1].strip()] for line in version[1:]],
+    ]
     rows.append(["rules active", c.active_rules])
     for rule_id, why in sorted(c.inactive_rules.items()):
         rows.append([f"rule {rule_id} inactive", why])
     out.append("<h3>Versions</h3>")
-    out.append(table(["", ""], rows))
+    out.append(table(["component", "version"], rows))
     return "".join(out)
 
 
@@ -300,7 +312,9 @@ def _who_did_what(c: Collector) -> str:
     people = sorted(
         c.principals.items(), key=lambda kv: (kv[1].kind != "human", -kv[1].requests, kv[0])
     )
-    humans = [(name, c.timeline.keyed_series(name)) for name, p in people if name in c.timeline.keyed]
+    humans = [
+        (name, c.timeline.keyed_series(name)) for name, p in people if name in c.timeline.keyed
+    ]
     if humans:
         starts = [start for start, _ in c.timeline.series()]
         out.append(
@@ -308,8 +322,11 @@ def _who_did_what(c: Collector) -> str:
             f'<span class="muted">(requests per {_duration(c.timeline.width)}; darker is '
             "more)</span></figcaption>"
         )
-        out.append(activity_strip("chart-people", "Activity of each person", humans, starts,
-                                  c.timeline.width))  # fmt: skip
+        out.append(
+            activity_strip(
+                "chart-people", "Activity of each person", humans, starts, c.timeline.width
+            )
+        )
         rows = [[name, sum(v), sum(1 for x in v if x)] for name, v in humans]
         out.append(
             '<div class="scroll">'
@@ -322,10 +339,17 @@ def _who_did_what(c: Collector) -> str:
         table(
             ["who", "requests", "allowed", "denied", "first", "last", "first audit ID"],
             [
-                [Raw(f"{e(a)} <span class=muted>acting as</span> {e(b)}"), r[0], r[1], r[2],
-                 iso(r[3]), iso(r[4]), Raw(f"<code>{e(r[5])}</code>")]
+                [
+                    Raw(f"{e(a)} <span class=muted>acting as</span> {e(b)}"),
+                    r[0],
+                    r[1],
+                    r[2],
+                    iso(r[3]),
+                    iso(r[4]),
+                    Raw(f"<code>{e(r[5])}</code>"),
+                ]
                 for (a, b), r in imps
-            ],  # fmt: skip
+            ],
             numeric=[1, 2, 3],
         )
     )
@@ -384,11 +408,19 @@ def _sensitive(c: Collector) -> str:
         table(
             ["when", "kind", "who", "verb", "object", "code", "source", "audit ID", "flagged"],
             [
-                [r["time"], ",".join(r["categories"]), _who(r), r["verb"], _object(r),
-                 r["code"], r.get("source_ip"), Raw(f"<code>{e(r['audit_id'])}</code>"),
-                 Raw(_badge(r["severity"])) if r.get("severity") else "-"]
+                [
+                    r["time"],
+                    ",".join(r["categories"]),
+                    _who(r),
+                    r["verb"],
+                    _object(r),
+                    r["code"],
+                    r.get("source_ip"),
+                    Raw(f"<code>{e(r['audit_id'])}</code>"),
+                    Raw(_badge(r["severity"])) if r.get("severity") else "-",
+                ]
                 for r in shown
-            ],  # fmt: skip
+            ],
         )
     )
     if len(rows) > len(shown):
@@ -397,7 +429,10 @@ def _sensitive(c: Collector) -> str:
     out.append(
         table(
             ["component", "kind", "requests"],
-            [[who, cat, n] for (who, cat), n in sorted(s.routine.items(), key=lambda kv: (-kv[1], kv[0]))],
+            [
+                [who, cat, n]
+                for (who, cat), n in sorted(s.routine.items(), key=lambda kv: (-kv[1], kv[0]))
+            ],
             numeric=[2],
         )
     )
@@ -406,17 +441,26 @@ def _sensitive(c: Collector) -> str:
 
 def _detections(c: Collector) -> str:
     out = [
-        _chart("chart-detections", "Detections over time by severity", c,
-               [SEVERITY_SLOT[s] for s in ("critical", "warning", "info")],
-               ["critical", "warning", "info"], SEVERITY_COLORS)  # fmt: skip
+        _chart(
+            "chart-detections",
+            "Detections over time by severity",
+            c,
+            [SEVERITY_SLOT[s] for s in ("critical", "warning", "info")],
+            ["critical", "warning", "info"],
+            SEVERITY_COLORS,
+        )
     ]
     recs = sorted(
-        c.detections.values(), key=lambda r: (SEVERITY_ORDER.get(r.severity, 9), -r.count, r.rule_id)
+        c.detections.values(),
+        key=lambda r: (SEVERITY_ORDER.get(r.severity, 9), -r.count, r.rule_id),
     )
     out.append(
         table(
             ["severity", "rule", "matches", "first", "last"],
-            [[Raw(_badge(r.severity)), r.rule_id, r.count, iso(r.first), iso(r.last)] for r in recs],
+            [
+                [Raw(_badge(r.severity)), r.rule_id, r.count, iso(r.first), iso(r.last)]
+                for r in recs
+            ],
             numeric=[2],
         )
     )
@@ -429,46 +473,96 @@ def _detections(c: Collector) -> str:
         )
         if r.mitre:
             out.append(f"<p class=muted>MITRE ATT&amp;CK: {e(', '.join(r.mitre))}</p>")
-        for m in r.kept:
-            out.append(
-                table(
-                    ["when", "who", "verb", "object", "code", "source", "user agent", "audit ID",
-                     "link"],
-                    [[m["time"], _who(m), m["verb"], _object(m), m["code"], m.get("source_ip"),
-                      m.get("user_agent"), Raw(f"<code>{e(m['audit_id'])}</code>"),
-                      _link(m.get("link", ""))]],
-                )  # fmt: skip
-            )
-            extra = []
-            if m.get("group"):
-                extra.append("grouped by " + ", ".join(f"{k} = {v}" for k, v in m["group"].items()))
-            if m.get("value"):
-                extra.append(f"new value: {m['value']}")
-            if extra:
-                out.append(f"<p class=muted>{e('; '.join(extra))}</p>")
-            if m.get("evidence"):
-                out.append('<div class="evidence"><p class=muted>The events that made it '
-                           "fire (the group's latest within the rule's window):</p>")  # fmt: skip
-                out.append(
-                    table(
-                        ["when", "stage", "who", "verb", "object", "code", "source", "audit ID"],
-                        [[x["time"], x["stage"], x["user"], x["verb"], _object(x), x["code"],
-                          x["source_ip"], Raw(f"<code>{e(x['audit_id'])}</code>")]
-                         for x in m["evidence"]],
-                    )  # fmt: skip
-                )
-                out.append("</div>")
+        out.append(_occurrences(r.kept))
         if r.count > len(r.kept):
             out.append(f"<p class=muted>{r.count - len(r.kept):,} more matches not shown.</p>")
         out.append("</div>")
     return "".join(out)
 
 
+OCCURRENCE_HEADERS = (
+    "when",
+    "who",
+    "verb",
+    "object",
+    "code",
+    "source",
+    "user agent",
+    "audit ID",
+    "link",
+)
+
+
+def _occurrences(kept: list[dict[str, Any]]) -> str:
+    """One row per match; a stateful rule's match is followed by the events
+    that made it fire, and its group or new value."""
+    out = ['<table class="occ"><thead><tr>']
+    out.extend(f"<th>{e(h)}</th>" for h in OCCURRENCE_HEADERS)
+    out.append("</tr></thead><tbody>")
+    span = len(OCCURRENCE_HEADERS)
+    for m in kept:
+        cells = [
+            m["time"],
+            _who(m),
+            m["verb"],
+            _object(m),
+            m["code"],
+            m.get("source_ip"),
+            m.get("user_agent"),
+            Raw(f"<code>{e(m['audit_id'])}</code>"),
+            _link(m.get("link", "")),
+        ]
+        out.append(
+            "<tr>"
+            + "".join(f"<td>{v.html if isinstance(v, Raw) else _cell(v)}</td>" for v in cells)
+            + "</tr>"
+        )
+        extra = []
+        if m.get("group"):
+            extra.append("grouped by " + ", ".join(f"{k} = {v}" for k, v in m["group"].items()))
+        if m.get("value"):
+            extra.append(f"new value: {m['value']}")
+        evidence = m.get("evidence")
+        if not extra and not evidence:
+            continue
+        inner = f"<p class=muted>{e('; '.join(extra))}</p>" if extra else ""
+        if evidence:
+            inner += (
+                "<p class=muted>The events that made it fire (the group's latest within "
+                "the rule's window):</p>"
+                + table(
+                    ["when", "stage", "who", "verb", "object", "code", "source", "audit ID"],
+                    [
+                        [
+                            x["time"],
+                            x["stage"],
+                            x["user"],
+                            x["verb"],
+                            _object(x),
+                            x["code"],
+                            x["source_ip"],
+                            Raw(f"<code>{e(x['audit_id'])}</code>"),
+                        ]
+                        for x in evidence
+                    ],
+                )
+            )
+        out.append(f'<tr><td colspan="{span}"><div class="evidence">{inner}</div></td></tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _auth(c: Collector) -> str:
     s = c.summary
     out = [
-        _chart("chart-auth", "Authentication and authorization failures over time", c,
-               [SLOT_401, SLOT_403], ["401 unauthenticated", "403 forbidden"], AUTH_COLORS)  # fmt: skip
+        _chart(
+            "chart-auth",
+            "Authentication and authorization failures over time",
+            c,
+            [SLOT_401, SLOT_403],
+            ["401 unauthenticated", "403 forbidden"],
+            AUTH_COLORS,
+        )
     ]
     out.append("<h3>By principal</h3>")
     out.append(
@@ -499,11 +593,26 @@ def _critical(c: Collector) -> str:
     out = ["<h3>Configured</h3>"]
     out.append(
         table(
-            ["workload", "namespaces", "resources", "names", "allowed principals", "allowed windows"],
-            [[w.name, ", ".join(w.namespaces) or "any", ", ".join(w.resources) or "any",
-              ", ".join(w.names) or "any", ", ".join(w.allowed_principals) or "nobody",
-              ", ".join(str(x) for x in w.allowed_windows) or "any time"] for w in workloads],
-        )  # fmt: skip
+            [
+                "workload",
+                "namespaces",
+                "resources",
+                "names",
+                "allowed principals",
+                "allowed windows",
+            ],
+            [
+                [
+                    w.name,
+                    ", ".join(w.namespaces) or "any",
+                    ", ".join(w.resources) or "any",
+                    ", ".join(w.names) or "any",
+                    ", ".join(w.allowed_principals) or "nobody",
+                    ", ".join(str(x) for x in w.allowed_windows) or "any time",
+                ]
+                for w in workloads
+            ],
+        )
     )
     out.append("<h3>Every access</h3>")
     out.append(
@@ -517,10 +626,22 @@ def _critical(c: Collector) -> str:
     out.append(
         table(
             ["when", "workload", "verdict", "who", "verb", "object", "code", "source", "audit ID"],
-            [[r["time"], r["workload"], r["verdict"], _who(r), r["verb"], _object(r), r["code"],
-              r.get("source_ip"), Raw(f"<code>{e(r['audit_id'])}</code>")] for r in rows],
+            [
+                [
+                    r["time"],
+                    r["workload"],
+                    r["verdict"],
+                    _who(r),
+                    r["verb"],
+                    _object(r),
+                    r["code"],
+                    r.get("source_ip"),
+                    Raw(f"<code>{e(r['audit_id'])}</code>"),
+                ]
+                for r in rows
+            ],
             classes=["allowed" if r["verdict"] == "allowed" else "denied" for r in rows],
-        )  # fmt: skip
+        )
     )
     return "".join(out)
 
@@ -531,9 +652,16 @@ def _policy(c: Collector) -> str:
     out.append(
         table(
             ["finding (policy lint code)", "verdict", "what the record shows", "advice"],
-            [[f.code, Raw(f'<span class="{e(f.verdict)}">{e(f.verdict)}</span>'), f.text,
-              f.advice or "-"] for f in findings],
-        )  # fmt: skip
+            [
+                [
+                    f.code,
+                    Raw(f'<span class="{e(f.verdict)}">{e(f.verdict)}</span>'),
+                    f.text,
+                    f.advice or "-",
+                ]
+                for f in findings
+            ],
+        )
     )
     out.append(
         "<p class=muted>Run <code>kube-audit-exporter policy lint POLICY.yaml</code> on the "
@@ -545,8 +673,11 @@ def _policy(c: Collector) -> str:
     cols = [*LEVELS[1:], *extra]
     out.append(
         '<div class="scroll">'
-        + table(["resource", *cols], [[r, *[per.get(lv, 0) for lv in cols]] for r, per in rows],
-                numeric=range(1, len(cols) + 1))  # fmt: skip
+        + table(
+            ["resource", *cols],
+            [[r, *[per.get(lv, 0) for lv in cols]] for r, per in rows],
+            numeric=range(1, len(cols) + 1),
+        )
         + "</div>"
     )
     out.append("<h3>Stages seen</h3>")
@@ -570,36 +701,60 @@ def _policy(c: Collector) -> str:
 
 def _performance(c: Collector) -> str:
     s = c.summary
-    out = ["<h3>Slowest requests</h3><p class=muted>stageTimestamp minus "
-           "requestReceivedTimestamp; watches, exec, attach, port-forward and proxy are left "
-           "out.</p>"]  # fmt: skip
+    out = [
+        "<h3>Slowest requests</h3><p class=muted>stageTimestamp minus "
+        "requestReceivedTimestamp; watches, exec, attach, port-forward and proxy are left "
+        "out.</p>"
+    ]
     slow = sorted(s._slowest, key=lambda t: (-t[0], t[1]))
     out.append(
         table(
             ["seconds", "when", "who", "verb", "object", "code", "audit ID"],
-            [[round(d, 6), r["time"], _who(r), r["verb"], _object(r), r["code"],
-              Raw(f"<code>{e(r['audit_id'])}</code>")] for d, _, r in slow],
+            [
+                [
+                    round(d, 6),
+                    r["time"],
+                    _who(r),
+                    r["verb"],
+                    _object(r),
+                    r["code"],
+                    Raw(f"<code>{e(r['audit_id'])}</code>"),
+                ]
+                for d, _, r in slow
+            ],
             numeric=[0],
-        )  # fmt: skip
+        )
     )
     out.append("<h3>Latency phases (apiserver.latency.k8s.io annotations)</h3>")
     out.append(
         table(
             ["phase", "requests", "mean (s)", "max (s)"],
-            [[ph, int(st[0]), st[1] / st[0] if st[0] else 0.0, st[2]]
-             for ph, st in sorted(c.phases.items(), key=lambda kv: -kv[1][1])],
+            [
+                [ph, int(st[0]), st[1] / st[0] if st[0] else 0.0, st[2]]
+                for ph, st in sorted(c.phases.items(), key=lambda kv: -kv[1][1])
+            ],
             numeric=[1, 2, 3],
-        )  # fmt: skip
+        )
     )
     worst = sorted(c.phase_slowest, key=lambda t: (-t[0], t[1]))
     out.append("<h3>Requests with the longest single phase</h3>")
     out.append(
         table(
             ["phase", "seconds", "when", "who", "verb", "object", "audit ID"],
-            [[r["phase"], round(d, 6), r["time"], _who(r), r["verb"], _object(r),
-              Raw(f"<code>{e(r['audit_id'])}</code>")] for d, _, r in worst],
+            [
+                [
+                    r["phase"],
+                    round(d, 6),
+                    r["time"],
+                    _who(r),
+                    r["verb"],
+                    _object(r),
+                    Raw(f"<code>{e(r['audit_id'])}</code>"),
+                ]
+                for d, _, r in worst
+            ],
             numeric=[1],
-        )  # fmt: skip
+        )
     )
     return "".join(out)
 
@@ -622,7 +777,7 @@ def render(c: Collector, scope: Scope, only: Sequence[str] | None = None) -> str
     crit = sum(r.count for r in c.detections.values() if r.severity == "critical")
     warn = sum(r.count for r in c.detections.values() if r.severity == "warning")
     head = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="referrer" content="no-referrer">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -69,7 +69,11 @@ def judge(
     findings: list[Finding] = []
     seen = {r for r, _ in levels}
     leaked = sorted(
-        {f"{r} at {lv}" for (r, lv), n in levels.items() if r in SECRET_BODIES and lv in BODY_LEVELS}
+        {
+            f"{r} at {lv}"
+            for (r, lv), n in levels.items()
+            if r in SECRET_BODIES and lv in BODY_LEVELS
+        }
     )
     if leaked:
         findings.append(
@@ -153,7 +157,9 @@ def _cis(
             else "no events: no evidence of a policy",
         ),
     ]
-    covered = [r for r in ("secrets", "pods/exec", "rolebindings", "clusterrolebindings") if r in seen]
+    covered = [
+        r for r in ("secrets", "pods/exec", "rolebindings", "clusterrolebindings") if r in seen
+    ]
     if leaked:
         verdict, why = "contradicted", "secret values are logged (" + ", ".join(leaked) + ")"
     elif covered:

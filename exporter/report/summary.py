@@ -15,7 +15,6 @@ from ..metrics import CODE_LABEL, counts_as_request, is_long_running
 from ..sensitive import categories
 from .significance import RANK_ROUTINE, component, rank
 
-
 FLAGGED_CAPACITY = 10_000
 
 

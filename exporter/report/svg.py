@@ -12,6 +12,8 @@ HEIGHT = 180
 LEFT = 56
 BOTTOM = 22
 TOP = 8
+# the bars start below the legend
+PLOT_TOP = TOP + 16
 
 
 def _esc(value: object) -> str:
@@ -40,21 +42,21 @@ def stacked_bars(
     totals = [sum(values) for _, values in series]
     peak = max(totals, default=0)
     plot_w = WIDTH - LEFT - 8
-    plot_h = HEIGHT - TOP - BOTTOM
+    plot_h = HEIGHT - TOP - BOTTOM - 16
     out = [
         f'<svg class="chart" id="{_esc(chart_id)}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-labelledby="{_esc(chart_id)}-t" xmlns="http://www.w3.org/2000/svg">',
         f'<title id="{_esc(chart_id)}-t">{_esc(title)}</title>',
-        f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{WIDTH - 8}" y2="{TOP + plot_h}" '
+        f'<line x1="{LEFT}" y1="{PLOT_TOP + plot_h}" x2="{WIDTH - 8}" y2="{PLOT_TOP + plot_h}" '
         'class="axis"/>',
-        f'<text x="{LEFT - 4}" y="{TOP + 10}" class="tick" text-anchor="end">{peak:,}</text>',
-        f'<text x="{LEFT - 4}" y="{TOP + plot_h}" class="tick" text-anchor="end">0</text>',
+        f'<text x="{LEFT - 4}" y="{PLOT_TOP + 10}" class="tick" text-anchor="end">{peak:,}</text>',
+        f'<text x="{LEFT - 4}" y="{PLOT_TOP + plot_h}" class="tick" text-anchor="end">0</text>',
     ]
     if n and peak:
         bar_w = plot_w / n
         for i, (_, values) in enumerate(series):
             x = LEFT + i * bar_w
-            y = TOP + plot_h
+            y: float = PLOT_TOP + plot_h
             for value, color in zip(values, colors, strict=False):
                 if not value:
                     continue
@@ -72,15 +74,19 @@ def stacked_bars(
             )
     elif not peak:
         out.append(
-            f'<text x="{LEFT + plot_w / 2}" y="{TOP + plot_h / 2}" class="tick" '
+            f'<text x="{LEFT + plot_w / 2}" y="{PLOT_TOP + plot_h / 2}" class="tick" '
             'text-anchor="middle">none</text>'
         )
+    # the legend, inside the picture (colours as attributes: no style needed)
+    x = LEFT + 8
+    for name, color in zip(names, colors, strict=False):
+        out.append(
+            f'<rect x="{x}" y="{TOP}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{x + 14}" y="{TOP + 9}" class="tick">{_esc(name)}</text>'
+        )
+        x += 24 + 7 * len(name)
     out.append("</svg>")
-    legend = "".join(
-        f'<span class="key"><i style="background:{c}"></i>{_esc(name)}</span>'
-        for name, c in zip(names, colors, strict=False)
-    )
-    return "".join(out) + f'<div class="legend">{legend}</div>'
+    return "".join(out)
 
 
 def activity_strip(
