@@ -90,17 +90,27 @@ class Browser:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._ws is not None and not self._ws.closed:
+            # a browser asked to close takes its helper processes with it
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.call("Browser.close"), 5.0)
         if self._reader is not None:
             self._reader.cancel()
         if self._ws is not None:
             await self._ws.close()
         if self._session is not None:
             await self._session.close()
-        if self._proc is not None:
-            # the browser and its helpers: the process group it leads
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                # its own session (start_new_session): the group is the browser's
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if os.getpgid(proc.pid) == proc.pid:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
+                proc.wait(10.0)
         self._profile.cleanup()
 
     async def _read(self) -> None:

@@ -78,7 +78,8 @@ h3 { font-size: 16px; margin: 20px 0 6px; }
 nav ol { columns: 2; margin: 4px 0 12px; }
 table { border-collapse: collapse; margin: 6px 0 12px; width: 100%; font-size: 12.5px; }
 th, td { border: 1px solid #d4d4d4; padding: 3px 6px; text-align: left; vertical-align: top;
-  overflow-wrap: anywhere; }
+  overflow-wrap: break-word; }
+td code { word-break: break-all; }
 th { background: #eef2f7; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; font-size: 12px; }
@@ -608,7 +609,7 @@ def _critical(c: Collector) -> str:
                     ", ".join(w.resources) or "any",
                     ", ".join(w.names) or "any",
                     ", ".join(w.allowed_principals) or "nobody",
-                    ", ".join(str(x) for x in w.allowed_windows) or "any time",
+                    ", ".join(x.text for x in w.allowed_windows) or "any time",
                 ]
                 for w in workloads
             ],
