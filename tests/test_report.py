@@ -196,10 +196,16 @@ def test_principals_are_capped(tmp_path: Path) -> None:
             fh.write(
                 json.dumps(
                     {
-                        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
-                        "auditID": f"id-{i}", "stage": "ResponseComplete", "verb": "get",
-                        "requestURI": "/api/v1/pods", "user": {"username": f"user{i}@example.com"},
-                        "objectRef": {"resource": "pods"}, "responseStatus": {"code": 200},
+                        "kind": "Event",
+                        "apiVersion": "audit.k8s.io/v1",
+                        "level": "Metadata",
+                        "auditID": f"id-{i}",
+                        "stage": "ResponseComplete",
+                        "verb": "get",
+                        "requestURI": "/api/v1/pods",
+                        "user": {"username": f"user{i}@example.com"},
+                        "objectRef": {"resource": "pods"},
+                        "responseStatus": {"code": 200},
                         "requestReceivedTimestamp": "2024-05-01T08:00:00.000000Z",
                         "stageTimestamp": "2024-05-01T08:00:00.100000Z",
                     }  # fmt: skip
@@ -256,9 +262,7 @@ def test_terminal_summary_names_verb_object_and_audit_id(
     assert len({r.split(None, 1)[1] for r in rows}) == len(rows)
 
 
-def test_committed_demo_report_is_current(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_committed_demo_report_is_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`make report-demo` regenerates docs/report/demo.html (and the
     screenshots beside it); this fails when the report of the committed demo
     input would change."""
