@@ -208,7 +208,7 @@ def test_principals_are_capped(tmp_path: Path) -> None:
                         "responseStatus": {"code": 200},
                         "requestReceivedTimestamp": "2024-05-01T08:00:00.000000Z",
                         "stageTimestamp": "2024-05-01T08:00:00.100000Z",
-                    }  # fmt: skip
+                    }
                 )
                 + "\n"
             )

@@ -111,7 +111,7 @@ def test_hostile_values_do_not_run_or_break_the_page(tmp_path: Path) -> None:
                 "responseStatus": {"code": 101},
                 "requestReceivedTimestamp": f"2024-05-01T08:00:0{i}.000000Z",
                 "stageTimestamp": f"2024-05-01T08:00:0{i}.500000Z",
-            }  # fmt: skip
+            }
         )
     src.write_text("".join(json.dumps(ev) + "\n" for ev in events))
     path = write_report(tmp_path, str(src))
