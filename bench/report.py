@@ -46,8 +46,8 @@ def build(path: Path, events: int) -> int:
     return written
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one child process."""
+def measure(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MB) of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -56,27 +56,37 @@ def measure(cmd: list[str]) -> tuple[float, float]:
     err = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-500:]}")
-    return took, usage.ru_maxrss / 1024  # kilobytes on Linux
+    return took, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # KiB on Linux
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--keep", type=Path, help="keep the report written here")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         src = Path(tmp) / "audit.log"
         n = build(src, args.events)
         out = args.keep or Path(tmp) / "report.html"
         common = ["--config.file", str(CONFIG), str(src)]
-        replay_s, replay_mb = measure([str(EXE), "replay", *common, "--output", "json"])
-        report_s, report_mb = measure([str(EXE), "report", *common, "--output", str(out)])
+        runs: dict[str, list[tuple[float, float, float]]] = {"replay": [], "report": []}
+        for _ in range(args.repeat):
+            runs["replay"].append(measure([str(EXE), "replay", *common, "--output", "json"]))
+            runs["report"].append(measure([str(EXE), "report", *common, "--output", str(out)]))
         size = out.stat().st_size
-    print(f"input: {n:,} events (the demo log repeated, fresh auditIDs)")
-    print(f"{'command':<8} {'seconds':>8} {'events/s':>10} {'peak RSS MB':>12}")
-    for name, s, mb in (("replay", replay_s, replay_mb), ("report", report_s, report_mb)):
-        print(f"{name:<8} {s:>8.1f} {n / s:>10,.0f} {mb:>12.0f}")
-    ratio = replay_s / report_s
+    print(f"input: {n:,} events (the demo log repeated, fresh auditIDs); best of {args.repeat}")
+    print(f"{'command':<8} {'wall s':>7} {'CPU s':>7} {'events/s (CPU)':>15} {'peak RSS MB':>12}")
+    best = {}
+    for name, rs in runs.items():
+        wall = min(r[0] for r in rs)
+        cpu = min(r[1] for r in rs)
+        mb = max(r[2] for r in rs)
+        best[name] = cpu
+        print(f"{name:<8} {wall:>7.1f} {cpu:>7.1f} {n / cpu:>15,.0f} {mb:>12.0f}")
+    ratio = best["replay"] / best["report"]
+    # CPU time, not wall time: the rate of the work itself, whatever else
+    # the machine runs at the same time
     print(f"report/replay rate: {ratio:.2f} (target >= 0.80); report size {size / 1e6:.2f} MB")
     return 0
 

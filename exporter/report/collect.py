@@ -38,6 +38,7 @@ MAX_IMPERSONATIONS = 500
 MAX_CRITICAL_ROWS = 2000
 MAX_EVIDENCE_GROUPS = 2000
 MAX_EVIDENCE = 10
+MAX_SKIPPED = 10_000
 # Detections kept in full per rule, by severity; the rest are counted.
 KEEP_PER_RULE = {"critical": 100, "warning": 50, "info": 5}
 
@@ -59,8 +60,10 @@ class Principal:
     denied: int = 0
     first: float = 0.0
     last: float = 0.0
-    actions: dict[tuple[str, str], int] = field(default_factory=dict)
-    objects: dict[str, int] = field(default_factory=dict)
+    # (verb, resource, subresource) or, for a non-resource request, (verb, path, "")
+    actions: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # (resource, subresource, namespace, name)
+    objects: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     sources: dict[str, int] = field(default_factory=dict)
     agents: dict[str, int] = field(default_factory=dict)
 
@@ -108,7 +111,8 @@ class Collector:
         self.principals_overflow = 0
         self.impersonations: dict[tuple[str, str], list[Any]] = {}
         self.impersonations_overflow = 0
-        self.levels: Counter[tuple[str, str]] = Counter()
+        # (resource, subresource, level) -> requests; see resource_levels()
+        self._levels: dict[tuple[str, str, str], int] = {}
         self.stages: Counter[str] = Counter()
         self.phases: dict[str, list[float]] = {}
         self.phase_slowest: list[tuple[float, int, dict[str, Any]]] = []
@@ -124,10 +128,13 @@ class Collector:
             for r in (detector.rules if detector else ())
             if r.rule.kind in ("threshold", "sequence")
         ]
-        self._evidence: dict[str, OrderedDict[tuple[str, ...], deque[dict[str, Any]]]] = {
+        self._evidence: dict[str, OrderedDict[tuple[str, ...], deque[tuple[Any, ...]]]] = {
             r.id: OrderedDict() for r in self._stateful
         }
         self._evidence_index: dict[Any, tuple[CompiledRule, ...]] = {}
+        self._code_slots: dict[int, int] = {}
+        # usernames that are not itemised (nodes, the control plane, ...)
+        self._skipped: set[str] = set()
         ns: set[str] | None = set()
         for w in settings.critical_workloads:
             if not w.namespaces or any(c in p for p in w.namespaces for c in "*?["):
@@ -135,6 +142,15 @@ class Collector:
                 break
             ns.update(w.namespaces)  # type: ignore[union-attr]
         self._critical_ns = ns
+
+    @property
+    def levels(self) -> Counter[tuple[str, str]]:
+        """Requests per (resource or resource/subresource, audit level)."""
+        out: Counter[tuple[str, str]] = Counter()
+        for (res, sub, level), n in self._levels.items():
+            label = (f"{res}/{sub}" if sub else res) or "(non-resource)"
+            out[(label, level or "(none)")] += n
+        return out
 
     # --- the Detector's callback -------------------------------------------
 
@@ -150,14 +166,17 @@ class Collector:
         self.coverage.add([ev.stage_ts for ev in events])
         timeline = self.timeline
         stages = self.stages
-        levels = self.levels
+        levels = self._levels
         principals = self.principals
         stateful = self._stateful
         pending = self._pending
         workloads = self.settings.critical_workloads
         critical_ns = self._critical_ns
+        code_slots = self._code_slots
+        skipped = self._skipped
         for ev in events:
-            stages[ev.stage] += 1
+            stage = ev.stage
+            stages[stage] = stages.get(stage, 0) + 1
             if stateful:
                 self._feed_evidence(ev)
             if ev.rules and pending:
@@ -168,28 +187,31 @@ class Collector:
             ts = ev.stage_ts
             row = timeline.row(ts)
             code = ev.code
-            cls = code_class(code)
-            row[CLASSES.index(cls)] += 1
+            slot = code_slots.get(code)
+            if slot is None:
+                slot = code_slots[code] = CLASSES.index(code_class(code))
+            row[slot] += 1
             if code == 401:
                 row[SLOT_401] += 1
             elif code == 403:
                 row[SLOT_403] += 1
-            resource = ev.resource_label or "(non-resource)"
-            levels[(resource, ev.level or "(none)")] += 1
+            key = (ev.resource, ev.subresource, ev.level)
+            levels[key] = levels.get(key, 0) + 1
             username = ev.username
             kind = ev.user_kind
-            if is_reported_principal(username, kind):
-                p = principals.get(username)
-                if p is None:
-                    if len(principals) >= MAX_PRINCIPALS:
-                        self.principals_overflow += 1
-                        p = None
-                    else:
-                        p = principals[username] = Principal(kind, first=ts, last=ts)
-                if p is not None:
-                    self._principal(p, ev, ts)
-                    if kind == "human":
-                        timeline.add_keyed(username, ts)
+            p = principals.get(username)
+            if p is None and username not in skipped:
+                if not is_reported_principal(username, kind):
+                    if len(skipped) < MAX_SKIPPED:
+                        skipped.add(username)
+                elif len(principals) >= MAX_PRINCIPALS:
+                    self.principals_overflow += 1
+                else:
+                    p = principals[username] = Principal(kind, first=ts, last=ts)
+            if p is not None:
+                self._principal(p, ev, ts)
+                if kind == "human":
+                    timeline.add_keyed(username, ts)
             if ev.impersonated_user:
                 self._impersonation(ev, ts)
             if workloads and (critical_ns is None or ev.namespace in critical_ns):
@@ -212,10 +234,13 @@ class Collector:
             p.first = ts
         if ts > p.last:
             p.last = ts
-        bump(p.actions, (ev.verb, ev.resource_label or ev.request_uri.split("?", 1)[0]), 60)
+        resource = ev.resource
+        if resource:
+            bump(p.actions, (ev.verb, resource, ev.subresource), 60)
+        else:
+            bump(p.actions, (ev.verb, ev.request_uri.split("?", 1)[0], ""), 60)
         if ev.name or ev.namespace:
-            obj = ev.resource_label + " " + "/".join(x for x in (ev.namespace, ev.name) if x)
-            bump(p.objects, obj, 30)
+            bump(p.objects, (resource, ev.subresource, ev.namespace, ev.name), 30)
         if ev.source_ip:
             bump(p.sources, ev.source_ip, 20)
         if ev.user_agent:
@@ -296,11 +321,17 @@ class Collector:
                 self._evidence_index.clear()
             cands = self._evidence_index[key] = tuple(r for r in self._stateful if r.applies(key))
         for r in cands:
+            progress = r.state.groups if r.rule.kind == "sequence" else None  # type: ignore[union-attr]
+            matched = r.id in ev.rules
+            if progress is not None and not progress and not matched:
+                continue  # no sequence in progress: nothing to show later
             try:
                 if not r.test(ev):
                     continue
                 group = r.group(ev)
             except Exception:  # the Detector counts and logs rule failures
+                continue
+            if progress is not None and group not in progress and not matched:
                 continue
             groups = self._evidence[r.id]
             seen = groups.get(group)
@@ -311,7 +342,21 @@ class Collector:
                 seen = groups[group] = deque(maxlen=size)
             else:
                 groups.move_to_end(group)
-            seen.append(_brief(ev))
+            seen.append(
+                (
+                    ev.stage_ts,
+                    ev.username,
+                    ev.verb,
+                    ev.resource,
+                    ev.subresource,
+                    ev.namespace,
+                    ev.name,
+                    ev.code,
+                    ev.source_ip,
+                    ev.audit_id,
+                    ev.stage,
+                )
+            )
 
     def _detected(self, m: Match) -> None:
         rule = m.rule
@@ -348,24 +393,26 @@ class Collector:
             seen = groups.get(m.group) if groups is not None else None
             window = rule.window
             row["evidence"] = [
-                e for e in (seen or ()) if not window or ts - window <= e["ts"] <= ts
+                _brief(x) for x in (seen or ()) if not window or ts - window <= x[0] <= ts
             ]
         rec.kept.append(row)
 
 
-def _brief(ev: AuditEvent) -> dict[str, Any]:
+def _brief(x: tuple[Any, ...]) -> dict[str, Any]:
+    """An evidence tuple (see _feed_evidence) as a row."""
+    ts, user, verb, resource, sub, namespace, name, code, source_ip, audit_id, stage = x
     return {
-        "ts": ev.stage_ts,
-        "time": iso(ev.stage_ts),
-        "user": ev.username or "(unauthenticated)",
-        "verb": ev.verb,
-        "resource": ev.resource_label,
-        "namespace": ev.namespace,
-        "name": ev.name,
-        "code": ev.code,
-        "source_ip": ev.source_ip,
-        "audit_id": ev.audit_id,
-        "stage": ev.stage,
+        "ts": ts,
+        "time": iso(ts),
+        "user": user or "(unauthenticated)",
+        "verb": verb,
+        "resource": f"{resource}/{sub}" if sub else resource,
+        "namespace": namespace,
+        "name": name,
+        "code": code,
+        "source_ip": source_ip,
+        "audit_id": audit_id,
+        "stage": stage,
     }
 
 

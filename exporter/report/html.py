@@ -377,7 +377,7 @@ def _principal(name: str, p: Principal) -> str:
         f"<p>{p.requests:,} requests, {p.denied:,} refused (401/403); first seen "
         f"{iso(p.first)}, last seen {iso(p.last)}.</p>",
         table(["verb", "resource", "requests"], _actions(p), numeric=[2]),
-        table(["objects touched", "requests"], top(p.objects, 10), numeric=[1]),
+        table(["objects touched", "requests"], _objects(p), numeric=[1]),
         table(["source address", "requests"], top(p.sources, 10), numeric=[1]),
         table(["user agent", "requests"], top(p.agents, 10), numeric=[1]),
         "</div>",
@@ -388,8 +388,23 @@ def _principal(name: str, p: Principal) -> str:
 def _actions(p: Principal) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for key, n in top(p.actions, 15):
-        verb, resource = key if isinstance(key, tuple) else ("(others)", "")
-        rows.append([verb, resource, n])
+        if isinstance(key, tuple):
+            verb, resource, sub = key
+            rows.append([verb, f"{resource}/{sub}" if sub else resource, n])
+        else:
+            rows.append([key, "", n])
+    return rows
+
+
+def _objects(p: Principal) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for key, n in top(p.objects, 10):
+        if isinstance(key, tuple):
+            resource, sub, namespace, name = key
+            label = f"{resource}/{sub}" if sub else resource
+            rows.append([f"{label} {'/'.join(x for x in (namespace, name) if x)}".strip(), n])
+        else:
+            rows.append([key, n])
     return rows
 
 
