@@ -79,7 +79,7 @@ def test_demo_report_has_every_section_and_the_critical_detection(tmp_path: Path
     assert "The events that made it fire" in det
     # the sensitive operations that matter start with a person
     sens = section_text(html, "sensitive")
-    first_row = sens[sens.index("flagged") :]
+    first_row = sens[sens.index("audit ID") :]
     assert "@example.com" in first_row[:400]
     # the scope names the input and its digest
     import hashlib

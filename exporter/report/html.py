@@ -78,8 +78,9 @@ h3 { font-size: 16px; margin: 20px 0 6px; }
 nav ol { columns: 2; margin: 4px 0 12px; }
 table { border-collapse: collapse; margin: 6px 0 12px; width: 100%; font-size: 12.5px; }
 th, td { border: 1px solid #d4d4d4; padding: 3px 6px; text-align: left; vertical-align: top;
-  overflow-wrap: break-word; }
-td code { word-break: break-all; }
+  overflow-wrap: anywhere; }
+.nw, .badge, .problem, .ok, .unknown { white-space: nowrap; }
+td code { font-size: 11px; }
 th { background: #eef2f7; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; font-size: 12px; }
@@ -155,7 +156,10 @@ def _cell(v: Any) -> str:
         return f"{v:,}"
     if isinstance(v, float):
         return f"{v:,.3f}"
-    return e(v)
+    text = e(v)
+    # long values may break anywhere (narrow columns, long names); short
+    # ones (a verb, a code, a verdict) never
+    return f'<span class="nw">{text}</span>' if len(text) <= 14 else text
 
 
 class Raw:
@@ -422,10 +426,11 @@ def _sensitive(c: Collector) -> str:
     shown = rows[:MAX_ROWS]
     out.append(
         table(
-            ["when", "kind", "who", "verb", "object", "code", "source", "audit ID", "flagged"],
+            ["when", "flagged", "kind", "who", "verb", "object", "code", "source", "audit ID"],
             [
                 [
                     r["time"],
+                    Raw(_badge(r["severity"])) if r.get("severity") else "-",
                     ",".join(r["categories"]),
                     _who(r),
                     r["verb"],
@@ -433,7 +438,6 @@ def _sensitive(c: Collector) -> str:
                     r["code"],
                     r.get("source_ip"),
                     Raw(f"<code>{e(r['audit_id'])}</code>"),
-                    Raw(_badge(r["severity"])) if r.get("severity") else "-",
                 ]
                 for r in shown
             ],
@@ -513,7 +517,7 @@ def _occurrences(kept: list[dict[str, Any]]) -> str:
     """One row per match; a stateful rule's match is followed by the events
     that made it fire, and its group or new value."""
     out = ['<table class="occ"><thead><tr>']
-    out.extend(f"<th>{e(h)}</th>" for h in OCCURRENCE_HEADERS)
+    out.extend(f"<th>{_cell(h)}</th>" for h in OCCURRENCE_HEADERS)
     out.append("</tr></thead><tbody>")
     span = len(OCCURRENCE_HEADERS)
     for m in kept:
