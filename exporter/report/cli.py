@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import os
 import sys
+import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -167,13 +168,20 @@ def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes:
     summary = collector.summary
     since, until = scope.since, scope.until
     status = 0
+    # the digests are computed beside the reading, on another core when
+    # there is one (hashlib releases the GIL)
+    digests: dict[str, tuple[str, int | None]] = {}
+    hasher = threading.Thread(
+        target=lambda: digests.update((p, _hash(p)) for p in files), name="sha256", daemon=True
+    )
+    hasher.start()
+    done: list[tuple[str, str]] = []
     for path in files:
-        digest, size = _hash(path)
         try:
             stream, _, _ = open_input(path)
         except OSError as e:
             print(f"{path}: {e.strerror}", file=sys.stderr)
-            scope.files.append(InputFile(path, "", None, f"not read: {e.strerror}"))
+            done.append((path, f"not read: {e.strerror}"))
             status = EXIT_INPUT
             continue
         summary.files += 1
@@ -199,6 +207,12 @@ def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes:
         if problem:
             print(f"{path}: {problem}", file=sys.stderr)
             status = EXIT_INPUT
+        done.append((path, problem))
+    hasher.join()
+    for path, problem in done:
+        digest, size = digests.get(path, ("", None))
+        if problem.startswith("not read"):
+            digest, size = "", None
         scope.files.append(InputFile(path, digest, size, problem))
     return status
 
@@ -215,12 +229,11 @@ def _period(batch: list[AuditEvent], since: float | None, until: float | None, c
 
 def _hash(path: str) -> tuple[str, int | None]:
     """SHA-256 and size of a regular file ("" and None for a stream)."""
-    if path == "-":
+    # never open a FIFO or a device here: that would take the reader's data
+    if path == "-" or not os.path.isfile(path):
         return "", None
     try:
         with open(path, "rb") as fh:
-            if not os.path.isfile(path):
-                return "", None
             h = hashlib.file_digest(fh, "sha256")
             return h.hexdigest(), fh.tell()
     except OSError:

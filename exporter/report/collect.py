@@ -13,10 +13,11 @@ import heapq
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from ..detect.alerts import render_link
-from ..detect.engine import CompiledRule, Detector, Match, index_key
+from ..detect.engine import CompiledRule, Detector, Match
 from ..detect.settings import DetectionSettings
 from ..duration import parse_go_duration
 from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
@@ -174,11 +175,20 @@ class Collector:
         critical_ns = self._critical_ns
         code_slots = self._code_slots
         skipped = self._skipped
+        evidence_index = self._evidence_index
+        common = COMMON_ANNOTATIONS
+        stages.update(map(_stage, events))
         for ev in events:
-            stage = ev.stage
-            stages[stage] = stages.get(stage, 0) + 1
+            unusual = not (ev.annotations.keys() <= common)
             if stateful:
-                self._feed_evidence(ev)
+                # index_key(ev), inlined: this loop runs for every event
+                ikey = (ev.stage, ev.verb, ev.resource, ev.subresource, ev.user_kind, ev.code,
+                        ev.impersonated_user != "", unusual)  # fmt: skip
+                cands = evidence_index.get(ikey)
+                if cands is None:
+                    cands = self._candidates(ikey)
+                if cands:
+                    self._feed_evidence(ev, cands)
             if ev.rules and pending:
                 for m in pending.pop(id(ev), ()):
                     self._detected(m)
@@ -216,7 +226,7 @@ class Collector:
                 self._impersonation(ev, ts)
             if workloads and (critical_ns is None or ev.namespace in critical_ns):
                 self._critical(ev)
-            if not (ev.annotations.keys() <= COMMON_ANNOTATIONS):
+            if unusual:
                 self._phases(ev)
         if pending:
             # matches on events this processor did not see (cannot happen in
@@ -313,13 +323,15 @@ class Collector:
 
     # --- detections -------------------------------------------------------------
 
-    def _feed_evidence(self, ev: AuditEvent) -> None:
-        key = index_key(ev)
-        cands = self._evidence_index.get(key)
-        if cands is None:
-            if len(self._evidence_index) > 50_000:
-                self._evidence_index.clear()
-            cands = self._evidence_index[key] = tuple(r for r in self._stateful if r.applies(key))
+    def _candidates(self, key: Any) -> tuple[CompiledRule, ...]:
+        """The stateful rules that may match events with this index key."""
+        index = self._evidence_index
+        if len(index) > 50_000:
+            index.clear()
+        found = index[key] = tuple(r for r in self._stateful if r.applies(key))
+        return found
+
+    def _feed_evidence(self, ev: AuditEvent, cands: tuple[CompiledRule, ...]) -> None:
         for r in cands:
             progress = r.state.groups if r.rule.kind == "sequence" else None  # type: ignore[union-attr]
             matched = r.id in ev.rules
@@ -396,6 +408,9 @@ class Collector:
                 _brief(x) for x in (seen or ()) if not window or ts - window <= x[0] <= ts
             ]
         rec.kept.append(row)
+
+
+_stage = attrgetter("stage")
 
 
 def _brief(x: tuple[Any, ...]) -> dict[str, Any]:
