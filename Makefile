@@ -98,6 +98,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/detect.py --json bench/results-detect.json
 	$(BIN)/python bench/figures.py --run bench/results.json --loki bench/results-loki.json \
 	  --detect bench/results-detect.json
+	$(BIN)/python bench/report.py
 
 # The auditor's report of the demo log, committed with a screenshot of each
 # section (tests/test_report.py fails when the report would change).

@@ -276,3 +276,42 @@ def test_committed_demo_report_is_current(tmp_path: Path, monkeypatch: pytest.Mo
     assert out.read_text(encoding="utf-8") == COMMITTED.read_text(encoding="utf-8"), (
         "the demo report changed: run `make report-demo` and commit docs/report/"
     )
+
+
+def test_stdin_is_read_and_not_hashed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "stdin.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "report", "-", "--output", str(out)],
+        input=AUDIT2RBAC.read_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    scope = section_text(out.read_text(encoding="utf-8"), "scope")
+    assert "(not hashed: a stream)" in scope and "757" in scope
+
+
+def test_long_record_widens_buckets_without_losing_requests(tmp_path: Path) -> None:
+    src = tmp_path / "long.log"
+    with src.open("w") as fh:
+        for i in range(600):
+            t = f"2024-05-{1 + i // 24:02d}T{i % 24:02d}:00:00.000000Z"
+            fh.write(
+                json.dumps(
+                    {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+                     "auditID": f"id-{i}", "stage": "ResponseComplete", "verb": "get",
+                     "requestURI": "/api/v1/pods", "user": {"username": "alice@example.com"},
+                     "objectRef": {"resource": "pods"}, "responseStatus": {"code": 200},
+                     "requestReceivedTimestamp": t, "stageTimestamp": t}
+                ) + "\n"
+            )  # fmt: skip
+    status, html = report(tmp_path, str(src))
+    assert status == 0
+    requests = re.findall(r"<figure>.*?</figure>", html, flags=re.S)[0]
+    # the chart's table: a row per bucket, 2xx first; together every request
+    counts = re.findall(r"<tr><td>[^<]*</td><td class=n>([0-9,]+)</td>", requests)
+    assert 1 < len(counts) <= 240
+    assert sum(int(c.replace(",", "")) for c in counts) == 600

@@ -21,7 +21,7 @@ from ..detect.engine import CompiledRule, Detector, Match
 from ..detect.settings import DetectionSettings
 from ..duration import parse_go_duration
 from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
-from ..metrics import LATENCY_PREFIX, counts_as_request
+from ..metrics import LATENCY_PREFIX
 from .significance import is_reported_principal
 from .summary import Report, iso, who_what
 from .timeline import Coverage, Timeline
@@ -178,6 +178,7 @@ class Collector:
         evidence_index = self._evidence_index
         common = COMMON_ANNOTATIONS
         stages.update(map(_stage, events))
+        buckets = timeline.buckets  # changed in place when the buckets widen
         for ev in events:
             unusual = not (ev.annotations.keys() <= common)
             if stateful:
@@ -192,11 +193,20 @@ class Collector:
             if ev.rules and pending:
                 for m in pending.pop(id(ev), ()):
                     self._detected(m)
-            if not counts_as_request(ev):
+            stage = ev.stage
+            code = ev.code
+            # counts_as_request(ev), inlined
+            if not (
+                stage == "ResponseComplete"
+                or stage == "Panic"
+                or (stage == "ResponseStarted" and code == 401)
+            ):
                 continue
             ts = ev.stage_ts
-            row = timeline.row(ts)
-            code = ev.code
+            # timeline.row(ts), inlined; the width can change (see _widen)
+            row = buckets.get(int(ts // timeline.width))
+            if row is None:
+                row = timeline.row(ts)
             slot = code_slots.get(code)
             if slot is None:
                 slot = code_slots[code] = CLASSES.index(code_class(code))

@@ -75,7 +75,9 @@ class Timeline:
             else:
                 for i, v in enumerate(row):
                     into[i] += v
-        self.buckets = merged
+        # in place: callers may hold the dict
+        self.buckets.clear()
+        self.buckets.update(merged)
         for key, per in self.keyed.items():
             m: dict[int, int] = {}
             for b, v in per.items():
