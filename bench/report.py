@@ -78,16 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"input: {n:,} events (the demo log repeated, fresh auditIDs); best of {args.repeat}")
     print(f"{'command':<8} {'wall s':>7} {'CPU s':>7} {'events/s (CPU)':>15} {'peak RSS MB':>12}")
     best = {}
+    walls = {}
     for name, rs in runs.items():
         wall = min(r[0] for r in rs)
         cpu = min(r[1] for r in rs)
         mb = max(r[2] for r in rs)
         best[name] = cpu
+        walls[name] = wall
         print(f"{name:<8} {wall:>7.1f} {cpu:>7.1f} {n / cpu:>15,.0f} {mb:>12.0f}")
     ratio = best["replay"] / best["report"]
     # CPU time, not wall time: the rate of the work itself, whatever else
     # the machine runs at the same time
-    print(f"report/replay rate: {ratio:.2f} (target >= 0.80); report size {size / 1e6:.2f} MB")
+    print(
+        f"report/replay rate: {ratio:.2f} by CPU time, {walls['replay'] / walls['report']:.2f} "
+        f"by wall time (target >= 0.80); report size {size / 1e6:.2f} MB"
+    )
     return 0
 
 
