@@ -8,7 +8,7 @@ DEMO   := demo/audit.log.gz
 OUT    := demo/out
 WEB    ?= 127.0.0.1:9784
 
-.PHONY: run test lint bench demo-data generate clean deps-system
+.PHONY: run test lint bench demo-data generate clean deps-system report-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,14 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/detect.py --json bench/results-detect.json
 	$(BIN)/python bench/figures.py --run bench/results.json --loki bench/results-loki.json \
 	  --detect bench/results-detect.json
+	$(BIN)/python bench/report.py
+
+# The auditor's report of the demo log, committed with a screenshot of each
+# section (tests/test_report.py fails when the report would change).
+report-demo: deps-system $(VENV)/.installed
+	$(BIN)/kube-audit-exporter report --config.file demo/config.yaml $(DEMO) \
+	  --title "Demo cluster: audit report" --output docs/report/demo.html
+	$(BIN)/python -m exporter.report.screenshots docs/report/demo.html docs/report
 
 demo-data: $(VENV)/.installed
 	$(BIN)/kube-audit-exporter simulate --events 25000 --rate 25 --seed 20240501 \

@@ -50,6 +50,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "exporter.detect.cli",
     "exporter.policy.cli",
     "exporter.simulate",
+    "exporter.report.cli",
 )
 
 log = logging.getLogger("exporter")

@@ -75,7 +75,7 @@ def zsh_complete(script: Path, *words: str) -> list[str]:
 
 
 def test_bash_completes_subcommands_flags_and_choices(scripts: dict[str, Path]) -> None:
-    assert bash_complete(scripts["bash"], "rep") == ["replay"]
+    assert bash_complete(scripts["bash"], "repl") == ["replay"]
     assert bash_complete(scripts["bash"], "replay", "--loki.st") == ["--loki.stall-timeout"]
     assert bash_complete(scripts["bash"], "rules", "list", "--con") == ["--config.file"]
     assert sorted(bash_complete(scripts["bash"], "replay", "--output", "")) == ["json", "text"]
@@ -84,7 +84,7 @@ def test_bash_completes_subcommands_flags_and_choices(scripts: dict[str, Path]) 
 
 
 def test_fish_completes_subcommands_flags_and_choices(scripts: dict[str, Path]) -> None:
-    assert fish_complete(scripts["fish"], "kube-audit-exporter rep") == ["replay"]
+    assert fish_complete(scripts["fish"], "kube-audit-exporter repl") == ["replay"]
     assert fish_complete(scripts["fish"], "kube-audit-exporter replay --loki.st") == [
         "--loki.stall-timeout"
     ]

@@ -168,6 +168,7 @@ class CompiledRule:
         "stages",
         "started",
         "state",
+        "test",
     )
 
     def __init__(self, rule: Rule, ctx: Context, settings: DetectionSettings) -> None:
@@ -183,6 +184,8 @@ class CompiledRule:
             ThresholdState | DistinctThresholdState | SequenceState | FirstSeenState | None
         ) = None
         test = compile_predicate(rule.match, rule.excepts, ctx, rule.id)
+        # the rule's condition alone (no state): the report shows which events met it
+        self.test = test
         base = constraints(rule.match, ctx) if rule.match is not None else None
         getters = [_key_getter(p, ctx.derived) for p in rule.group_by]
 

@@ -1,5 +1,6 @@
-"""The auditor's report that ``replay`` prints: who did what, auth failures,
-sensitive operations, slowest requests."""
+"""The terminal summary that ``replay`` prints: who did what, auth failures,
+sensitive operations that matter, detections with their verb and object,
+slowest requests. (``report`` writes the full HTML report: see html.py.)"""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .event import AuditEvent
-from .metrics import CODE_LABEL, counts_as_request, is_long_running
-from .sensitive import categories
+from ..event import AuditEvent
+from ..metrics import CODE_LABEL, counts_as_request, is_long_running
+from ..sensitive import categories
+from .significance import RANK_ROUTINE, component, rank
+
+FLAGGED_CAPACITY = 10_000
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -37,11 +41,19 @@ class Report:
     auth_failures_by_user: Counter[tuple[str, str]] = field(default_factory=Counter)
     auth_failures_by_ip: Counter[tuple[str, str]] = field(default_factory=Counter)
     sensitive_counts: Counter[str] = field(default_factory=Counter)
-    sensitive: list[dict[str, Any]] = field(default_factory=list)
+    # the operations that matter, people first (see significance.py), each
+    # rank capped at max_rows; routine traffic as (component, category) counts
+    sensitive_ranked: list[list[dict[str, Any]]] = field(
+        default_factory=lambda: [[] for _ in range(RANK_ROUTINE)]
+    )
+    routine: Counter[tuple[str, str]] = field(default_factory=Counter)
     detections: Counter[tuple[str, str]] = field(default_factory=Counter)
     detection_examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # rule id -> its severity (an event's own severity is that of its worst match)
     rule_severity: dict[str, str] = field(default_factory=dict)
+    # auditID -> severity of a request a rule flagged at an earlier stage (an
+    # exec is flagged at ResponseStarted, counted at ResponseComplete)
+    _flagged: dict[str, str] = field(default_factory=dict)
     _slowest: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
     _seq: int = 0
 
@@ -63,6 +75,11 @@ class Report:
             if ev.rules:
                 self._detected(ev)
             if not counts_as_request(ev):
+                if ev.severity:
+                    flagged = self._flagged
+                    flagged[ev.audit_id] = ev.severity
+                    if len(flagged) > FLAGGED_CAPACITY:
+                        del flagged[next(iter(flagged))]
                 continue
             self.requests += 1
             code = ev.code
@@ -80,19 +97,45 @@ class Report:
                     self.auth_failures_by_ip[(ev.source_ip, reason)] += 1
             cats = categories(ev)
             if cats:
-                for c in cats:
-                    self.sensitive_counts[c] += 1
-                if len(self.sensitive) < self.max_rows:
-                    self.sensitive.append({"categories": list(cats), **_who_what(ev)})
+                self._sensitive(ev, cats)
             if ev.stage == "ResponseComplete" and not is_long_running(ev):
                 took = ev.stage_ts - ev.received_ts
                 slowest = self._slowest
                 if len(slowest) < 10:
                     self._seq += 1
-                    heapq.heappush(slowest, (took, self._seq, _who_what(ev)))
+                    heapq.heappush(slowest, (took, self._seq, who_what(ev)))
                 elif took > slowest[0][0]:
                     self._seq += 1
-                    heapq.heapreplace(slowest, (took, self._seq, _who_what(ev)))
+                    heapq.heapreplace(slowest, (took, self._seq, who_what(ev)))
+
+    def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
+        for c in cats:
+            self.sensitive_counts[c] += 1
+        r = rank(ev, cats)
+        if r == RANK_ROUTINE:
+            who = component(ev)
+            for c in cats:
+                self.routine[(who, c)] += 1
+            return
+        rows = self.sensitive_ranked[r]
+        if len(rows) < self.max_rows:
+            earlier = self._flagged.pop(ev.audit_id, "") if self._flagged else ""
+            severity = min(ev.severity, earlier, key=lambda s: SEVERITY_ORDER.get(s, 3))
+            row = {"categories": list(cats), "rank": r, "severity": severity or None}
+            row.update(who_what(ev))
+            rows.append(row)
+
+    @property
+    def sensitive(self) -> list[dict[str, Any]]:
+        """The sensitive operations that matter: people first, then unusual
+        principals, then anonymous callers; within each, those a rule flagged
+        (worst first), then by time."""
+        out = []
+        for rows in self.sensitive_ranked:
+            out.extend(
+                sorted(rows, key=lambda r: (SEVERITY_ORDER.get(r["severity"], 3), r["time"]))
+            )
+        return out
 
     def _detected(self, ev: AuditEvent) -> None:
         # per rule: the count and the first few events as examples
@@ -100,7 +143,7 @@ class Report:
             self.detections[(rule, self.rule_severity.get(rule, ev.severity))] += 1
             examples = self.detection_examples.setdefault(rule, [])
             if len(examples) < 5:
-                examples.append(_who_what(ev))
+                examples.append(who_what(ev))
 
     def to_dict(self, top: int = 10) -> dict[str, Any]:
         return {
@@ -109,8 +152,8 @@ class Report:
             "requests": self.requests,
             "duplicates": self.duplicates,
             "invalid": dict(sorted(self.invalid.items())),
-            "first_event": _iso(self.first_ts) if self.first_ts is not None else None,
-            "last_event": _iso(self.last_ts) if self.last_ts is not None else None,
+            "first_event": iso(self.first_ts) if self.first_ts is not None else None,
+            "last_event": iso(self.last_ts) if self.last_ts is not None else None,
             "requests_by_verb_resource_code": [
                 {"verb": v, "resource": r, "code": c, "count": n}
                 for (v, r, c), n in sorted(self.by_request.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -130,12 +173,16 @@ class Report:
             "sensitive_operations": {
                 "counts": dict(sorted(self.sensitive_counts.items())),
                 "events": self.sensitive,
+                "routine": [
+                    {"component": who, "category": c, "count": n}
+                    for (who, c), n in sorted(self.routine.items(), key=lambda kv: (-kv[1], kv[0]))
+                ],
             },
             "detections": [
                 {"rule": r, "severity": sev, "count": n, "examples": self.detection_examples[r]}
                 for (r, sev), n in sorted(
                     self.detections.items(),
-                    key=lambda kv: (_SEVERITY_ORDER.get(kv[0][1], 9), -kv[1]),
+                    key=lambda kv: (SEVERITY_ORDER.get(kv[0][1], 9), -kv[1]),
                 )
             ],
             "slowest_requests": [
@@ -145,12 +192,12 @@ class Report:
         }
 
 
-_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
-def _who_what(ev: AuditEvent) -> dict[str, Any]:
+def who_what(ev: AuditEvent) -> dict[str, Any]:
     return {
-        "time": _iso(ev.stage_ts),
+        "time": iso(ev.stage_ts),
         "user": ev.username or "(unauthenticated)",
         "impersonated_user": ev.impersonated_user or None,
         "verb": ev.verb,
@@ -184,7 +231,8 @@ def render_text(d: dict[str, Any], top: int = 10) -> str:
         if not rows:
             add("  (none)")
             return
-        cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+        last = len(cols) - 1
+        cells = [[_cell(r.get(c), whole=i == last) for i, c in enumerate(cols)] for r in rows]
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         header = "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))
         add(("  " + header).rstrip())
@@ -211,29 +259,41 @@ def render_text(d: dict[str, Any], top: int = 10) -> str:
         "Sensitive operations: "
         + (", ".join(f"{k} {v:,}" for k, v in counts.items()) if counts else "none")
     )
-    # Up to ``top`` rows of each category, so one busy category cannot hide the others.
-    shown: Counter[str] = Counter()
+    # People first, then unusual principals, then anonymous callers; each
+    # category shown up to ``top`` times so that one cannot hide the others.
+    shown: Counter[tuple[int, str]] = Counter()
     rows = []
     for r in sens["events"]:
-        if all(shown[c] >= top for c in r["categories"]):
+        kinds = [(r.get("rank", 0), c) for c in r["categories"]]
+        if all(shown[k] >= top for k in kinds):
             continue
-        shown.update(r["categories"])
-        rows.append({**r, "categories": ",".join(r["categories"])})
-    if rows:
+        shown.update(kinds)
+        rows.append({**r, "categories": ",".join(r["categories"]), "object": _object(r),
+                     "as": r.get("impersonated_user")})  # fmt: skip
+    table(
+        f"Sensitive operations that matter (people first; up to {top} of each kind; "
+        "--output json lists more)",
+        rows,
+        ["time", "categories", "user", "as", "verb", "object", "code", "source_ip", "audit_id"],
+    )
+    routine = sens.get("routine", [])
+    if routine:
         table(
-            f"Sensitive operations (first {top} of each kind; --output json lists more)",
-            rows,
-            ["time", "categories", "user", "verb", "resource", "namespace", "name", "code",
-             "source_ip"],
-        )  # fmt: skip
+            "Routine controller traffic (summarised)",
+            routine[: top * 2],
+            ["count", "category", "component"],
+        )
     rows = []
     for det in d["detections"][: top * 3]:
         ex = det["examples"][0] if det["examples"] else {}
         rows.append({"count": det["count"], "severity": det["severity"], "rule": det["rule"],
                      "first": ex.get("time"), "user": ex.get("user"),
-                     "source_ip": ex.get("source_ip")})  # fmt: skip
-    table("Detections (rule matches; --output json has examples)", rows,
-          ["count", "severity", "rule", "first", "user", "source_ip"])  # fmt: skip
+                     "as": ex.get("impersonated_user"), "verb": ex.get("verb"),
+                     "object": _object(ex) if ex else None, "source_ip": ex.get("source_ip"),
+                     "audit_id": ex.get("audit_id")})  # fmt: skip
+    table("Detections (rule matches, first occurrence; --output json has more examples)", rows,
+          ["count", "severity", "rule", "first", "user", "as", "verb", "object", "source_ip",
+           "audit_id"])  # fmt: skip
     table(
         "Slowest requests",
         d["slowest_requests"],
@@ -242,8 +302,19 @@ def render_text(d: dict[str, Any], top: int = 10) -> str:
     return "\n".join(out) + "\n"
 
 
-def _cell(value: Any) -> str:
+def _object(row: dict[str, Any]) -> str:
+    """``resource namespace/name`` of a row, as kubectl would name it."""
+    resource = row.get("resource") or ""
+    where = "/".join(x for x in (row.get("namespace"), row.get("name")) if x)
+    return f"{resource} {where}".strip() or "-"
+
+
+def _cell(value: Any, whole: bool = False) -> str:
+    """A table cell: long values lose their middle, not their end (user agents
+    differ in their last part); the last column is kept whole."""
     if value is None or value == "":
         return "-"
     text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if whole or len(text) <= 60:
+        return text
+    return text[:28] + "..." + text[-29:]

@@ -1,0 +1,453 @@
+"""What the HTML report needs, aggregated while the events stream through the
+pipeline: a processor placed after detection (so it sees redacted events and
+the rules they matched), with memory bounded whatever the input's size.
+
+Every collection is a counter of bounded keys or a list with a cap; what
+falls past a cap is counted, never kept. The terminal summary's aggregates
+(:class:`~exporter.report.summary.Report`) are reused, not computed twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
+
+from ..detect.alerts import render_link
+from ..detect.engine import CompiledRule, Detector, Match
+from ..detect.settings import DetectionSettings
+from ..duration import parse_go_duration
+from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
+from ..metrics import LATENCY_PREFIX
+from .significance import is_reported_principal
+from .summary import Report, iso, who_what
+from .timeline import Coverage, Timeline
+
+OTHER = "__other__"
+# Timeline slots: requests by class, auth failures, detections by severity.
+CLASSES = ("2xx", "3xx", "4xx", "5xx", "unknown")
+SLOT_401 = 5
+SLOT_403 = 6
+SEVERITY_SLOT = {"critical": 7, "warning": 8, "info": 9}
+SLOTS = 10
+
+MAX_PRINCIPALS = 300
+MAX_IMPERSONATIONS = 500
+MAX_CRITICAL_ROWS = 2000
+MAX_EVIDENCE_GROUPS = 2000
+MAX_EVIDENCE = 10
+MAX_SKIPPED = 10_000
+# Detections kept in full per rule, by severity; the rest are counted.
+KEEP_PER_RULE = {"critical": 100, "warning": 50, "info": 5}
+
+
+def bump(counter: dict[Any, int], key: Any, cap: int) -> None:
+    """counter[key] += 1, folding new keys past ``cap`` into OTHER."""
+    if key in counter or len(counter) < cap:
+        counter[key] = counter.get(key, 0) + 1
+    else:
+        counter[OTHER] = counter.get(OTHER, 0) + 1
+
+
+@dataclass
+class Principal:
+    """What one person or service account did."""
+
+    kind: str
+    requests: int = 0
+    denied: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    # (verb, resource, subresource) or, for a non-resource request, (verb, path, "")
+    actions: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # (resource, subresource, namespace, name)
+    objects: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)
+    agents: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RuleDetections:
+    rule_id: str
+    title: str
+    severity: str
+    description: str
+    mitre: tuple[str, ...]
+    kind: str
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    kept: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Collector:
+    """A pipeline processor (after the Detector) and the Detector's
+    ``on_match`` callback. ``since``/``until`` are only recorded here: the
+    caller filters the events."""
+
+    def __init__(
+        self,
+        settings: DetectionSettings,
+        detector: Detector | None = None,
+        *,
+        gap: float = 300.0,
+    ) -> None:
+        self.settings = settings
+        self.summary = Report()
+        if detector is not None:
+            self.summary.rule_severity = {r.id: r.severity for r in detector.rules}
+            self.inactive_rules = dict(detector.inactive)
+            self.active_rules = len(detector.rules)
+        else:
+            self.inactive_rules = {}
+            self.active_rules = 0
+        self.gap = gap
+        self.coverage = Coverage(gap)
+        self.timeline = Timeline(SLOTS)
+        self.outside_period = 0
+        self.principals: dict[str, Principal] = {}
+        self.principals_overflow = 0
+        self.impersonations: dict[tuple[str, str], list[Any]] = {}
+        self.impersonations_overflow = 0
+        # (resource, subresource, level) -> requests; see resource_levels()
+        self._levels: dict[tuple[str, str, str], int] = {}
+        self.stages: Counter[str] = Counter()
+        self.phases: dict[str, list[float]] = {}
+        self.phase_slowest: list[tuple[float, int, dict[str, Any]]] = []
+        self._seq = 0
+        self.critical: list[dict[str, Any]] = []
+        self.critical_counts: Counter[tuple[str, str]] = Counter()
+        self.detections: dict[str, RuleDetections] = {}
+        self._pending: dict[int, list[Match]] = {}
+        # stateful rules: the recent events of each group that met the rule's
+        # condition, to show what made it fire
+        self._stateful = [
+            r
+            for r in (detector.rules if detector else ())
+            if r.rule.kind in ("threshold", "sequence")
+        ]
+        self._evidence: dict[str, OrderedDict[tuple[str, ...], deque[tuple[Any, ...]]]] = {
+            r.id: OrderedDict() for r in self._stateful
+        }
+        self._evidence_index: dict[Any, tuple[CompiledRule, ...]] = {}
+        self._code_slots: dict[int, int] = {}
+        # usernames that are not itemised (nodes, the control plane, ...)
+        self._skipped: set[str] = set()
+        ns: set[str] | None = set()
+        for w in settings.critical_workloads:
+            if not w.namespaces or any(c in p for p in w.namespaces for c in "*?["):
+                ns = None
+                break
+            ns.update(w.namespaces)  # type: ignore[union-attr]
+        self._critical_ns = ns
+
+    @property
+    def levels(self) -> Counter[tuple[str, str]]:
+        """Requests per (resource or resource/subresource, audit level)."""
+        out: Counter[tuple[str, str]] = Counter()
+        for (res, sub, level), n in self._levels.items():
+            label = (f"{res}/{sub}" if sub else res) or "(non-resource)"
+            out[(label, level or "(none)")] += n
+        return out
+
+    # --- the Detector's callback -------------------------------------------
+
+    def on_match(self, m: Match) -> None:
+        self._pending.setdefault(id(m.event), []).append(m)
+
+    # --- the processor --------------------------------------------------------
+
+    def __call__(self, events: list[AuditEvent]) -> None:
+        if not events:
+            return
+        self.summary(events)
+        self.coverage.add([ev.stage_ts for ev in events])
+        timeline = self.timeline
+        stages = self.stages
+        levels = self._levels
+        principals = self.principals
+        stateful = self._stateful
+        pending = self._pending
+        workloads = self.settings.critical_workloads
+        critical_ns = self._critical_ns
+        code_slots = self._code_slots
+        skipped = self._skipped
+        evidence_index = self._evidence_index
+        common = COMMON_ANNOTATIONS
+        stages.update(map(_stage, events))
+        buckets = timeline.buckets  # changed in place when the buckets widen
+        for ev in events:
+            unusual = not (ev.annotations.keys() <= common)
+            if stateful:
+                # index_key(ev), inlined: this loop runs for every event
+                ikey = (ev.stage, ev.verb, ev.resource, ev.subresource, ev.user_kind, ev.code,
+                        ev.impersonated_user != "", unusual)  # fmt: skip
+                cands = evidence_index.get(ikey)
+                if cands is None:
+                    cands = self._candidates(ikey)
+                if cands:
+                    self._feed_evidence(ev, cands)
+            if ev.rules and pending:
+                for m in pending.pop(id(ev), ()):
+                    self._detected(m)
+            stage = ev.stage
+            code = ev.code
+            # counts_as_request(ev), inlined
+            if not (
+                stage == "ResponseComplete"
+                or stage == "Panic"
+                or (stage == "ResponseStarted" and code == 401)
+            ):
+                continue
+            ts = ev.stage_ts
+            # timeline.row(ts), inlined; the width can change (see _widen)
+            row = buckets.get(int(ts // timeline.width))
+            if row is None:
+                row = timeline.row(ts)
+            slot = code_slots.get(code)
+            if slot is None:
+                slot = code_slots[code] = CLASSES.index(code_class(code))
+            row[slot] += 1
+            if code == 401:
+                row[SLOT_401] += 1
+            elif code == 403:
+                row[SLOT_403] += 1
+            key = (ev.resource, ev.subresource, ev.level)
+            levels[key] = levels.get(key, 0) + 1
+            username = ev.username
+            kind = ev.user_kind
+            p = principals.get(username)
+            if p is None and username not in skipped:
+                if not is_reported_principal(username, kind):
+                    if len(skipped) < MAX_SKIPPED:
+                        skipped.add(username)
+                elif len(principals) >= MAX_PRINCIPALS:
+                    self.principals_overflow += 1
+                else:
+                    p = principals[username] = Principal(kind, first=ts, last=ts)
+            if p is not None:
+                self._principal(p, ev, ts)
+                if kind == "human":
+                    timeline.add_keyed(username, ts)
+            if ev.impersonated_user:
+                self._impersonation(ev, ts)
+            if workloads and (critical_ns is None or ev.namespace in critical_ns):
+                self._critical(ev)
+            if unusual:
+                self._phases(ev)
+        if pending:
+            # matches on events this processor did not see (cannot happen in
+            # one pipeline, but never keep them)
+            for ms in pending.values():
+                for m in ms:
+                    self._detected(m)
+            pending.clear()
+
+    def _principal(self, p: Principal, ev: AuditEvent, ts: float) -> None:
+        p.requests += 1
+        if ev.code == 401 or ev.code == 403:
+            p.denied += 1
+        if ts < p.first:
+            p.first = ts
+        if ts > p.last:
+            p.last = ts
+        resource = ev.resource
+        if resource:
+            bump(p.actions, (ev.verb, resource, ev.subresource), 60)
+        else:
+            bump(p.actions, (ev.verb, ev.request_uri.split("?", 1)[0], ""), 60)
+        if ev.name or ev.namespace:
+            bump(p.objects, (resource, ev.subresource, ev.namespace, ev.name), 30)
+        if ev.source_ip:
+            bump(p.sources, ev.source_ip, 20)
+        if ev.user_agent:
+            bump(p.agents, ev.user_agent, 10)
+
+    def _impersonation(self, ev: AuditEvent, ts: float) -> None:
+        key = (ev.username or "(unauthenticated)", ev.impersonated_user)
+        rec = self.impersonations.get(key)
+        if rec is None:
+            if len(self.impersonations) >= MAX_IMPERSONATIONS:
+                self.impersonations_overflow += 1
+                return
+            # count, allowed, denied, first, last, first audit ID
+            rec = self.impersonations[key] = [0, 0, 0, ts, ts, ev.audit_id]
+        rec[0] += 1
+        if ev.code == 401 or ev.code == 403:
+            rec[2] += 1
+        else:
+            rec[1] += 1
+        rec[3] = min(rec[3], ts)
+        rec[4] = max(rec[4], ts)
+
+    def _critical(self, ev: AuditEvent) -> None:
+        for w in self.settings.critical_workloads:
+            if not w.touches(ev.namespace, ev.resource, ev.subresource, ev.name):
+                continue
+            user = ev.obj.get("user")
+            groups = user.get("groups") if type(user) is dict else None
+            if not w.allows(ev.username, groups if type(groups) is list else ()):
+                verdict = "principal not allowed"
+            elif not w.in_window(ev.stage_ts):
+                verdict = "outside its window"
+            else:
+                verdict = "allowed"
+            self.critical_counts[(w.name, verdict)] += 1
+            if len(self.critical) < MAX_CRITICAL_ROWS:
+                self.critical.append({"workload": w.name, "verdict": verdict, **who_what(ev)})
+            return
+
+    def _phases(self, ev: AuditEvent) -> None:
+        worst = 0.0
+        worst_phase = ""
+        for key, value in ev.annotations.items():
+            if type(value) is not str or not key.startswith(LATENCY_PREFIX):
+                continue
+            seconds = parse_go_duration(value)
+            if seconds is None:
+                continue
+            phase = key[len(LATENCY_PREFIX) :]
+            stat = self.phases.get(phase)
+            if stat is None:
+                if len(self.phases) >= 30:
+                    phase = OTHER
+                    stat = self.phases.setdefault(OTHER, [0, 0.0, 0.0])
+                else:
+                    stat = self.phases[phase] = [0, 0.0, 0.0]
+            stat[0] += 1
+            stat[1] += seconds
+            if seconds > stat[2]:
+                stat[2] = seconds
+            if phase != "total" and seconds > worst:
+                worst, worst_phase = seconds, phase
+        if worst_phase:
+            self._seq += 1
+            item = (worst, self._seq, {"phase": worst_phase, **who_what(ev)})
+            if len(self.phase_slowest) < 10:
+                heapq.heappush(self.phase_slowest, item)
+            elif worst > self.phase_slowest[0][0]:
+                heapq.heapreplace(self.phase_slowest, item)
+
+    # --- detections -------------------------------------------------------------
+
+    def _candidates(self, key: Any) -> tuple[CompiledRule, ...]:
+        """The stateful rules that may match events with this index key."""
+        index = self._evidence_index
+        if len(index) > 50_000:
+            index.clear()
+        found = index[key] = tuple(r for r in self._stateful if r.applies(key))
+        return found
+
+    def _feed_evidence(self, ev: AuditEvent, cands: tuple[CompiledRule, ...]) -> None:
+        for r in cands:
+            progress = r.state.groups if r.rule.kind == "sequence" else None  # type: ignore[union-attr]
+            matched = r.id in ev.rules
+            if progress is not None and not progress and not matched:
+                continue  # no sequence in progress: nothing to show later
+            try:
+                if not r.test(ev):
+                    continue
+                group = r.group(ev)
+            except Exception:  # the Detector counts and logs rule failures
+                continue
+            if progress is not None and group not in progress and not matched:
+                continue
+            groups = self._evidence[r.id]
+            seen = groups.get(group)
+            if seen is None:
+                if len(groups) >= MAX_EVIDENCE_GROUPS:
+                    groups.popitem(last=False)
+                size = min(MAX_EVIDENCE, max(r.rule.count, 2 * len(r.rule.steps), 2))
+                seen = groups[group] = deque(maxlen=size)
+            else:
+                groups.move_to_end(group)
+            seen.append(
+                (
+                    ev.stage_ts,
+                    ev.username,
+                    ev.verb,
+                    ev.resource,
+                    ev.subresource,
+                    ev.namespace,
+                    ev.name,
+                    ev.code,
+                    ev.source_ip,
+                    ev.audit_id,
+                    ev.stage,
+                )
+            )
+
+    def _detected(self, m: Match) -> None:
+        rule = m.rule
+        rec = self.detections.get(rule.id)
+        ev = m.event
+        ts = ev.stage_ts
+        if rec is None:
+            rec = self.detections[rule.id] = RuleDetections(
+                rule.id,
+                rule.title,
+                rule.severity,
+                rule.description,
+                rule.mitre,
+                rule.kind,
+                first=ts,
+                last=ts,
+            )
+        rec.count += 1
+        rec.first = min(rec.first, ts)
+        rec.last = max(rec.last, ts)
+        slot = SEVERITY_SLOT.get(rule.severity)
+        if slot is not None:
+            self.timeline.row(ts)[slot] += 1
+        if len(rec.kept) >= KEEP_PER_RULE.get(rule.severity, 5):
+            return
+        row = who_what(ev)
+        row["link"] = render_link(self.settings.alert_link_template, m, self.settings)
+        if rule.group_by:
+            row["group"] = dict(zip(rule.group_by, m.group, strict=False))
+        if m.value:
+            row["value"] = m.value
+        if rule.kind in ("threshold", "sequence"):
+            groups = self._evidence.get(rule.id)
+            seen = groups.get(m.group) if groups is not None else None
+            window = rule.window
+            row["evidence"] = [
+                _brief(x) for x in (seen or ()) if not window or ts - window <= x[0] <= ts
+            ]
+        rec.kept.append(row)
+
+
+_stage = attrgetter("stage")
+
+
+def _brief(x: tuple[Any, ...]) -> dict[str, Any]:
+    """An evidence tuple (see _feed_evidence) as a row."""
+    ts, user, verb, resource, sub, namespace, name, code, source_ip, audit_id, stage = x
+    return {
+        "ts": ts,
+        "time": iso(ts),
+        "user": user or "(unauthenticated)",
+        "verb": verb,
+        "resource": f"{resource}/{sub}" if sub else resource,
+        "namespace": namespace,
+        "name": name,
+        "code": code,
+        "source_ip": source_ip,
+        "audit_id": audit_id,
+        "stage": stage,
+    }
+
+
+def top(counter: dict[Any, int], n: int) -> Sequence[tuple[Any, int]]:
+    """The ``n`` largest entries, then "(others)" with the rest."""
+    items = sorted(
+        ((k, v) for k, v in counter.items() if k != OTHER), key=lambda kv: (-kv[1], str(kv[0]))
+    )
+    out = items[:n]
+    rest = sum(v for _, v in items[n:]) + counter.get(OTHER, 0)
+    if rest:
+        out.append(("(others)", rest))
+    return out

@@ -1,0 +1,317 @@
+"""The auditor's report: the subcommand, what each section says about real
+and demo events, escaping of hostile values, bounded memory, the PDF's
+missing-engine error, and the committed demo report (drift check)."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import main
+from exporter.report.collect import MAX_PRINCIPALS
+from exporter.report.html import SECTIONS
+from exporter.report.timeline import Coverage, Timeline
+from tests.conftest import CORPORA
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo" / "audit.log.gz"
+DEMO_CONFIG = ROOT / "demo" / "config.yaml"
+COMMITTED = ROOT / "docs" / "report" / "demo.html"
+AUDIT2RBAC = CORPORA / "audit2rbac-demo" / "demo.log"
+
+
+def report(tmp_path: Path, *args: str, name: str = "r.html") -> tuple[int, str]:
+    out = tmp_path / name
+    status = main(["report", *args, "--output", str(out)])
+    return status, out.read_text(encoding="utf-8") if out.exists() else ""
+
+
+class Page(HTMLParser):
+    """Elements, attributes and text of a page, as a browser's parser sees them."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def ids(self) -> list[str]:
+        return [a["id"] or "" for _, a in self.tags if a.get("id")]
+
+
+def section_text(html: str, sid: str) -> str:
+    start = html.index(f'<section id="{sid}">')
+    end = html.index("</section>", start)
+    return "".join(Page(html[start:end]).text)
+
+
+def test_demo_report_has_every_section_and_the_critical_detection(tmp_path: Path) -> None:
+    status, html = report(tmp_path, "--config.file", str(DEMO_CONFIG), str(DEMO))
+    assert status == 0
+    page = Page(html)
+    for sid, title in SECTIONS:
+        assert sid in page.ids(), sid
+        assert title in html
+    det = section_text(html, "detections")
+    # the critical detection names who, the verb and the object
+    crit = det[det.index("Critical workload touched") :]
+    assert "dave@example.com" in crit[:2000]
+    assert "pods/exec payments/postgres-0" in crit[:2000]
+    raw = html[html.index("Critical workload touched") :]
+    row = raw[raw.index("<tbody>") : raw.index("</tr>", raw.index("<tbody>"))]
+    assert ">get</" in row and "postgres-0" in row
+    # the critical workload timeline marks dave's access as not allowed
+    critical = section_text(html, "critical")
+    assert "principal not allowed" in critical and "dave@example.com" in critical
+    # impersonation as "A acting as B", and the evidence of a stateful rule
+    who = section_text(html, "who")
+    assert "frank@example.com acting as system:admin" in who
+    assert "The events that made it fire" in det
+    # the sensitive operations that matter start with a person
+    sens = section_text(html, "sensitive")
+    first_row = sens[sens.index("audit ID") :]
+    assert "@example.com" in first_row[:400]
+    # the scope names the input and its digest
+    import hashlib
+
+    assert hashlib.sha256(DEMO.read_bytes()).hexdigest() in html
+
+
+def test_every_chart_has_its_table(tmp_path: Path) -> None:
+    _, html = report(tmp_path, "--config.file", str(DEMO_CONFIG), str(DEMO))
+    figures = re.findall(r"<figure>(.*?)</figure>", html, flags=re.S)
+    assert len(figures) == 4  # requests, people, detections, auth failures
+    for fig in figures:
+        assert "<svg" in fig and "<table>" in fig
+
+
+def test_page_is_self_contained(tmp_path: Path) -> None:
+    _, html = report(tmp_path, "--config.file", str(DEMO_CONFIG), str(DEMO))
+    page = Page(html)
+    assert not [t for t, _ in page.tags if t in ("script", "link", "img", "iframe", "object")]
+    for _, attrs in page.tags:
+        for name in ("src", "href", "action", "data"):
+            value = attrs.get(name)
+            assert value is None or value.startswith("#"), (name, value)
+    csp = [a["content"] for t, a in page.tags if t == "meta" and a.get("http-equiv")]
+    assert csp and "default-src 'none'" in (csp[0] or "")
+
+
+def test_hostile_values_are_escaped(tmp_path: Path) -> None:
+    evil_user = '<script>alert("u")</script>'
+    evil_agent = '"><img src=x onerror=alert(1)>'
+    src = tmp_path / "evil.log"
+    lines = []
+    for i, stage in enumerate(["ResponseComplete"] * 3):
+        lines.append(
+            json.dumps(
+                {
+                    "kind": "Event",
+                    "apiVersion": "audit.k8s.io/v1",
+                    "level": "Metadata",
+                    "auditID": f"a-{i}",
+                    "stage": stage,
+                    "requestURI": "/api/v1/namespaces/x/secrets/</td><b>n",
+                    "verb": "get",
+                    "user": {"username": evil_user},
+                    "impersonatedUser": {"username": "'quoted' & <i>"},
+                    "sourceIPs": ["203.0.113.9"],
+                    "userAgent": evil_agent,
+                    "objectRef": {"resource": "secrets", "namespace": "x", "name": "</td><b>n"},
+                    "responseStatus": {"code": 200},
+                    "requestReceivedTimestamp": f"2024-05-01T08:00:0{i}.000000Z",
+                    "stageTimestamp": f"2024-05-01T08:00:0{i}.100000Z",
+                }
+            )
+        )
+    src.write_text("\n".join(lines) + "\n")
+    status, html = report(tmp_path, str(src))
+    assert status == 0
+    assert evil_user not in html and evil_agent not in html and "<b>n" not in html
+    page = Page(html)
+    assert not [t for t, _ in page.tags if t in ("script", "img", "b", "i")]
+    text = "".join(page.text)
+    # the values are there, as text
+    assert evil_user in text and evil_agent in text and "'quoted' & <i>" in text
+    assert sum(1 for t, _ in page.tags if t == "section") == len(SECTIONS)
+
+
+def test_secret_values_never_reach_the_report(tmp_path: Path) -> None:
+    path = CORPORA / "falco-k8s-audit-trace-files" / "create_secret.json"
+    body = json.loads(path.read_text())
+    secret_values = [v for v in (body.get("requestObject", {}).get("data") or {}).values()]
+    status, html = report(tmp_path, str(path))
+    assert status == 0
+    for value in secret_values:
+        assert value not in html
+
+
+def test_corpus_report_and_period(tmp_path: Path) -> None:
+    status, whole = report(tmp_path, str(AUDIT2RBAC))
+    assert status == 0
+    assert "757" in section_text(whole, "scope")
+    # --from/--to leave events out, counted
+    status, part = report(
+        tmp_path, str(AUDIT2RBAC), "--from", "2017-01-01T00:00:00Z", "--to",
+        "2017-01-01T00:00:01Z", name="p.html",
+    )  # fmt: skip
+    assert status == 0
+    scope = section_text(part, "scope")
+    assert "events outside it (left out)" in scope and "757" in scope
+
+
+def test_gaps_are_listed(tmp_path: Path) -> None:
+    cov = Coverage(gap=60.0)
+    cov.add([0.0, 10.0, 20.0])
+    cov.add([500.0, 510.0])
+    assert cov.gaps() == [(20.0, 500.0)]
+    cov.add([30.0, 80.0])  # late events shrink the gap
+    assert cov.gaps() == [(80.0, 500.0)]
+    cov.add([130.0, 180.0, 230.0, 280.0, 330.0, 380.0, 430.0, 480.0])  # and fill it
+    assert cov.gaps() == []
+
+
+def test_timeline_widens_and_keeps_counts() -> None:
+    tl = Timeline(1, max_buckets=10)
+    for t in range(0, 3600, 7):
+        tl.row(float(t))[0] += 1
+    assert sum(v[0] for _, v in tl.series()) == len(range(0, 3600, 7))
+    assert len(tl.series()) <= 10
+
+
+def test_principals_are_capped(tmp_path: Path) -> None:
+    src = tmp_path / "many.log"
+    with src.open("w") as fh:
+        for i in range(MAX_PRINCIPALS + 50):
+            fh.write(
+                json.dumps(
+                    {
+                        "kind": "Event",
+                        "apiVersion": "audit.k8s.io/v1",
+                        "level": "Metadata",
+                        "auditID": f"id-{i}",
+                        "stage": "ResponseComplete",
+                        "verb": "get",
+                        "requestURI": "/api/v1/pods",
+                        "user": {"username": f"user{i}@example.com"},
+                        "objectRef": {"resource": "pods"},
+                        "responseStatus": {"code": 200},
+                        "requestReceivedTimestamp": "2024-05-01T08:00:00.000000Z",
+                        "stageTimestamp": "2024-05-01T08:00:00.100000Z",
+                    }
+                )
+                + "\n"
+            )
+    status, html = report(tmp_path, str(src))
+    assert status == 0
+    assert "50 requests by principals past the first 300" in html
+
+
+def test_missing_input_and_bad_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, html = report(tmp_path, str(tmp_path / "nope.log"), str(AUDIT2RBAC))
+    assert status == 2
+    assert "not read" in html and "757" in html
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(AUDIT2RBAC), "--output", "x.html", "--from", "yesterday"])
+    assert exc.value.code == 2
+    assert "bad timestamp" in capsys.readouterr().err
+
+
+def test_missing_pdf_engine_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium anywhere
+    status, html = report(tmp_path, str(AUDIT2RBAC), "--pdf", str(tmp_path / "r.pdf"))
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "no Chromium found" in err and "Traceback" not in err
+    assert html  # the HTML is written all the same
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_terminal_summary_names_verb_object_and_audit_id(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["replay", "--config.file", str(DEMO_CONFIG), str(DEMO)]) == 0
+    out = capsys.readouterr().out
+    detections = out[out.index("Detections (") :]
+    crit = next(line for line in detections.splitlines() if " critical " in line)
+    assert "pods/exec payments/postgres-0" in crit and " get " in crit
+    assert "6df430d5-c30c-4a2e-bfc3-d66b300fe2a9" in crit
+    # the person's exec is among the sensitive operations shown, routine
+    # controller traffic is one line per component
+    sens = out[out.index("Sensitive operations that matter") : out.index("Routine controller")]
+    assert "dave@example.com" in sens and "postgres-0" in sens
+    assert "system:serviceaccount:cert-manager:cert-manager" not in sens
+    routine = out[out.index("Routine controller") : out.index("Detections (")]
+    assert "system:serviceaccount:cert-manager:cert-manager" in routine
+    # impersonation shown; user agents not cut to look alike
+    assert "system:admin" in sens
+    agents = out[out.index("Top user agents") : out.index("Auth failures by user")]
+    rows = [line.strip() for line in agents.splitlines()[2:] if line.strip()]
+    assert len({r.split(None, 1)[1] for r in rows}) == len(rows)
+
+
+def test_committed_demo_report_is_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make report-demo` regenerates docs/report/demo.html (and the
+    screenshots beside it); this fails when the report of the committed demo
+    input would change."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "demo.html"
+    status = main(
+        ["report", "--config.file", "demo/config.yaml", "demo/audit.log.gz",
+         "--title", "Demo cluster: audit report", "--output", str(out)]
+    )  # fmt: skip
+    assert status == 0
+    assert out.read_text(encoding="utf-8") == COMMITTED.read_text(encoding="utf-8"), (
+        "the demo report changed: run `make report-demo` and commit docs/report/"
+    )
+
+
+def test_stdin_is_read_and_not_hashed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "stdin.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "report", "-", "--output", str(out)],
+        input=AUDIT2RBAC.read_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    scope = section_text(out.read_text(encoding="utf-8"), "scope")
+    assert "(not hashed: a stream)" in scope and "757" in scope
+
+
+def test_long_record_widens_buckets_without_losing_requests(tmp_path: Path) -> None:
+    src = tmp_path / "long.log"
+    with src.open("w") as fh:
+        for i in range(600):
+            t = f"2024-05-{1 + i // 24:02d}T{i % 24:02d}:00:00.000000Z"
+            fh.write(
+                json.dumps(
+                    {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+                     "auditID": f"id-{i}", "stage": "ResponseComplete", "verb": "get",
+                     "requestURI": "/api/v1/pods", "user": {"username": "alice@example.com"},
+                     "objectRef": {"resource": "pods"}, "responseStatus": {"code": 200},
+                     "requestReceivedTimestamp": t, "stageTimestamp": t}
+                ) + "\n"
+            )  # fmt: skip
+    status, html = report(tmp_path, str(src))
+    assert status == 0
+    requests = re.findall(r"<figure>.*?</figure>", html, flags=re.S)[0]
+    # the chart's table: a row per bucket, 2xx first; together every request
+    counts = re.findall(r"<tr><td>[^<]*</td><td class=n>([0-9,]+)</td>", requests)
+    assert 1 < len(counts) <= 240
+    assert sum(int(c.replace(",", "")) for c in counts) == 600
