@@ -12,6 +12,9 @@ Outputs (the same bytes in dashboards/out/ and helm/kube-audit-exporter/files/):
     prometheus/alerts.yaml    Prometheus alerting rules (a rule file: groups)
     prometheus/rules.yaml     Prometheus recording rules
     loki/rules.yaml           Loki ruler alerts (LogQL), for the loki_rule sidecar
+    alertmanager/inhibit-rules.yaml
+                              Alertmanager inhibit_rules: a detection
+                              notification mutes the mixin alert saying the same
 
 Rendering uses the ``jsonnet`` wheel; formatting uses ``jsonnetfmt`` (Debian
 package ``jsonnet``).
@@ -35,7 +38,7 @@ REPO = HERE.parent
 OUT = HERE / "out"
 HELM_FILES = REPO / "helm" / "kube-audit-exporter" / "files"
 # The directories this script owns, in out/ and in the chart's files/.
-GENERATED_DIRS = ("dashboards", "prometheus", "loki")
+GENERATED_DIRS = ("dashboards", "prometheus", "loki", "alertmanager")
 
 NOTE = (
     "Generated from dashboards/*.libsonnet by `make generate` "
@@ -61,6 +64,7 @@ def render(override: str = "{}") -> dict[str, Any]:
           prometheusAlerts: mixin.prometheusAlerts,
           prometheusRules: mixin.prometheusRules,
           lokiRules: mixin.lokiRules,
+          alertmanagerInhibitRules: mixin.alertmanagerInhibitRules,
           grafanaDashboards: mixin.grafanaDashboards,
         }}
     """
@@ -102,6 +106,13 @@ def _rule_file(doc: dict[str, Any]) -> str:
     return f"# {NOTE}\n{body}"
 
 
+def _yaml_file(doc: dict[str, Any]) -> str:
+    body = yaml.dump(
+        doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
+    return f"# {NOTE}\n{body}"
+
+
 def _dashboard(doc: dict[str, Any]) -> str:
     return json.dumps({"__comment": NOTE, **doc}, indent=2, ensure_ascii=False) + "\n"
 
@@ -113,6 +124,7 @@ def outputs(override: str = "{}") -> dict[str, str]:
         "prometheus/alerts.yaml": _rule_file(mixin["prometheusAlerts"]),
         "prometheus/rules.yaml": _rule_file(mixin["prometheusRules"]),
         "loki/rules.yaml": _rule_file(mixin["lokiRules"]),
+        "alertmanager/inhibit-rules.yaml": _yaml_file(mixin["alertmanagerInhibitRules"]),
     }
     for name, dashboard in sorted(mixin["grafanaDashboards"].items()):
         files[f"dashboards/{name}"] = _dashboard(dashboard)

@@ -134,7 +134,7 @@ def test_detector_in_the_pipeline_marks_counts_and_notifies() -> None:
     assert rules == ["secret-deleted-by-human"]
     alert = notifier.alerts[0]
     assert alert["labels"] == {
-        "alertname": "KubeAuditSecretDeletedByHuman",
+        "alertname": "KubeAuditDetectionSecretDeletedByHuman",
         "rule": "secret-deleted-by-human",
         "severity": "warning",
         "cluster": "lab",

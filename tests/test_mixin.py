@@ -32,12 +32,24 @@ MIXIN = ROOT / "dashboards"
 OUT = MIXIN / "out"
 HELM_FILES = ROOT / "helm" / "kube-audit-exporter" / "files"
 PROMTOOL_TESTS = MIXIN / "tests" / "alerts_test.yaml"
+# Tests of the alerts that are off by default, run against a rendering with
+# every alert on.
+OPTIONAL_PROMTOOL_TESTS = MIXIN / "tests" / "optional_alerts_test.yaml"
+# Every alert on: the override the optional tests and the runbook check use.
+ALL_ALERTS_ON = (
+    "{ _config+:: { alerts: std.mapWithKey(function(k, v) v { enabled: true }, super.alerts),"
+    " lokiAlerts: std.mapWithKey(function(k, v) v { enabled: true }, super.lokiAlerts) } }"
+)
 SEVERITIES = {"critical", "warning", "info"}
 
 # The exporter's Loki entries (DESIGN.md "Loki entries"): bounded stream
 # labels, and the structured metadata of every entry.
 STREAM_LABELS = {"service_name", "cluster", "verb"}
-STRUCTURED_METADATA = set(METADATA_FIELDS)
+# Issue 19.5 renames the structured metadata field `severity` to
+# `rule_severity` (Loki's level detection reads `severity`); the mixin uses
+# the new name, and once the rename is in METADATA_FIELDS this maps nothing.
+RENAMED_METADATA = {"severity": "rule_severity"}
+STRUCTURED_METADATA = {RENAMED_METADATA.get(f, f) for f in METADATA_FIELDS}
 # Grafana's own variables and the forms a dashboard may use.
 GRAFANA_BUILTINS = {
     "__interval",
@@ -120,6 +132,7 @@ def test_every_generated_file_says_it_is_generated() -> None:
         "prometheus/alerts.yaml",
         "prometheus/rules.yaml",
         "loki/rules.yaml",
+        "alertmanager/inhibit-rules.yaml",
         "dashboards/kube-audit-overview.json",
         "dashboards/kube-audit-security.json",
         "dashboards/kube-audit-explorer.json",
@@ -200,8 +213,33 @@ def test_promtool_unit_tests_pass() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_promtool_unit_tests_of_the_alerts_off_by_default_pass(tmp_path: Path) -> None:
+    files = load_generator().outputs(ALL_ALERTS_ON)
+    (tmp_path / "rules.yaml").write_text(files["prometheus/rules.yaml"])
+    (tmp_path / "alerts.yaml").write_text(files["prometheus/alerts.yaml"])
+    shutil.copy(OPTIONAL_PROMTOOL_TESTS, tmp_path / OPTIONAL_PROMTOOL_TESTS.name)
+    r = subprocess.run(
+        [promtool(), "test", "rules", OPTIONAL_PROMTOOL_TESTS.name],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def all_prometheus_alert_names() -> set[str]:
+    """Every Prometheus alert of the mixin, those off by default included."""
+    doc = load_generator().render(ALL_ALERTS_ON)["prometheusAlerts"]
+    return {r["alert"] for r in alert_rules(doc)}
+
+
 def test_every_alert_has_a_firing_and_a_quiet_case_asserting_everything() -> None:
-    tests = yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
+    tests = [
+        t
+        for path in (PROMTOOL_TESTS, OPTIONAL_PROMTOOL_TESTS)
+        for t in yaml.safe_load(path.read_text())["tests"]
+    ]
     firing: dict[str, int] = {}
     quiet: dict[str, int] = {}
     for t in tests:
@@ -218,7 +256,8 @@ def test_every_alert_has_a_firing_and_a_quiet_case_asserting_everything() -> Non
                     }, name
             else:
                 quiet[name] = quiet.get(name, 0) + 1
-    names = {r["alert"] for r in prometheus_alerts()}
+    names = all_prometheus_alert_names()
+    assert names > {r["alert"] for r in prometheus_alerts()}
     assert set(firing) == names, f"without a firing case: {names - set(firing)}"
     assert set(quiet) == names, f"without a quiet case: {names - set(quiet)}"
 
@@ -249,7 +288,7 @@ def test_severities_are_used_sparingly() -> None:
     for a in prometheus_alerts() + loki_alerts():
         by_severity.setdefault(a["labels"]["severity"], []).append(a["alert"])
     assert sorted(by_severity["critical"]) == [
-        "KubeAuditCriticalDetection",
+        "KubeAuditCriticalDetectionUndelivered",
         "KubeAuditExporterAbsent",
         "KubeAuditSpoolFull",
         "KubeAuditTLSCertificateExpiryCritical",
@@ -258,7 +297,7 @@ def test_severities_are_used_sparingly() -> None:
 
 def test_every_alert_has_a_runbook_section() -> None:
     headings = set(re.findall(r"^### (\w+)$", (MIXIN / "runbook.md").read_text(), re.M))
-    names = {a["alert"] for a in prometheus_alerts() + loki_alerts()}
+    names = all_prometheus_alert_names() | {a["alert"] for a in loki_alerts()}
     assert headings == names
 
 
@@ -273,8 +312,74 @@ def rendered_config() -> dict[str, Any]:
 
 def test_config_lists_exactly_the_alerts_emitted() -> None:
     cfg = rendered_config()
-    assert set(cfg["alerts"]) == {a["alert"] for a in prometheus_alerts()}
+    assert {k for k, v in cfg["alerts"].items() if v["enabled"]} == {
+        a["alert"] for a in prometheus_alerts()
+    }
+    assert set(cfg["alerts"]) == all_prometheus_alert_names()
     assert set(cfg["lokiAlerts"]) == {a["alert"] for a in loki_alerts()}
+    # kubernetes-mixin pages on API latency and errors already
+    assert not cfg["alerts"]["KubeAuditAPILatencyHigh"]["enabled"]
+    assert not cfg["alerts"]["KubeAuditAPIServerErrorsHigh"]["enabled"]
+
+
+# --- one naming scheme, one page per event ------------------------------------------------
+
+
+def test_detection_notifications_and_mixin_alerts_never_share_a_name() -> None:
+    from exporter.detect import load_rules
+    from exporter.detect.alerts import ALERTNAME_PREFIX, alertname
+
+    cfg = rendered_config()
+    assert cfg["detectionAlertPrefix"] == ALERTNAME_PREFIX == "KubeAuditDetection"
+    mixin = all_prometheus_alert_names() | {a["alert"] for a in loki_alerts()}
+    assert not [n for n in mixin if n.startswith(ALERTNAME_PREFIX)]
+    notifications = {alertname(r.id) for r in load_rules().rules}
+    assert len(notifications) == len(load_rules().rules)
+    assert notifications.isdisjoint(mixin)
+    assert alertname("auth-failure-burst") == "KubeAuditDetectionAuthFailureBurst"
+    assert "KubeAuditAuthFailureBurst" in mixin
+
+
+def test_a_mixin_alert_named_like_a_notification_does_not_render() -> None:
+    override = (
+        "{ _config+:: { alerts+: { KubeAuditDetectionX: { enabled: true, severity: 'info',"
+        " 'for': '0m' } } } }"
+    )
+    with pytest.raises(RuntimeError, match="detectionAlertPrefix"):
+        load_generator().render(override)
+
+
+def inhibit_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((OUT / "alertmanager" / "inhibit-rules.yaml").read_text())
+    rules: list[dict[str, Any]] = doc["inhibit_rules"]
+    return rules
+
+
+def test_inhibit_rules_name_real_rules_and_alerts_that_share_the_equal_labels() -> None:
+    from exporter.detect import load_rules
+
+    rule_ids = {r.id for r in load_rules().rules}
+    mixin = {a["alert"]: a for a in prometheus_alerts() + loki_alerts()}
+    rules = inhibit_rules()
+    assert len(rules) >= 4
+    targets = set()
+    for inhibit in rules:
+        [prefix, rule] = inhibit["source_matchers"]
+        assert prefix == 'alertname=~"KubeAuditDetection.+"'
+        m = re.fullmatch(r'rule="([a-z0-9-]+)"', rule)
+        assert m is not None and m.group(1) in rule_ids, rule
+        [target] = inhibit["target_matchers"]
+        m = re.fullmatch(r'alertname="(\w+)"', target)
+        assert m is not None and m.group(1) in mixin, target
+        targets.add(m.group(1))
+        assert "cluster" in inhibit["equal"]
+        # every other `equal` label is one the target alert keeps in its by()
+        for label in set(inhibit["equal"]) - {"cluster"}:
+            assert re.search(rf"by \([^)]*\b{label}\b", mixin[m.group(1)]["expr"]), (
+                target,
+                label,
+            )
+    assert {"KubeAuditAuthFailureBurst", "KubeAuditAnonymousAccessAllowed"} <= targets
 
 
 def test_each_alert_can_be_disabled_and_its_for_changed() -> None:
@@ -289,7 +394,8 @@ def test_each_alert_can_be_disabled_and_its_for_changed() -> None:
     )
     mixin = gen.render(override)
     alerts = {a["alert"]: a for a in alert_rules(mixin["prometheusAlerts"])}
-    assert set(alerts) == set(cfg["alerts"]) - {name}
+    enabled = {k for k, v in cfg["alerts"].items() if v["enabled"]}
+    assert set(alerts) == enabled - {name}
     assert alerts["KubeAuditExporterDown"]["for"] == "1s"
     assert {a["alert"] for a in alert_rules(mixin["lokiRules"])} == set(cfg["lokiAlerts"]) - {
         "KubeAuditLokiNoEvents"
@@ -380,7 +486,9 @@ def test_every_panel_datasource_is_a_template_variable() -> None:
         for vname, kind in (("datasource", "prometheus"), ("loki_datasource", "loki")):
             assert variables[vname]["type"] == "datasource"
             assert variables[vname]["query"] == kind
-        assert {"cluster", "job"} <= set(variables), name
+        assert "cluster" in variables, name
+        # Loki has no job label: the Explorer has no job variable to ignore
+        assert ("job" in variables) == (name != "kube-audit-explorer.json"), name
         for p in panels_of(d):
             if p["type"] == "row":
                 continue
@@ -396,7 +504,8 @@ def test_every_panel_datasource_is_a_template_variable() -> None:
 
 
 def test_every_variable_a_query_uses_is_defined() -> None:
-    ref = re.compile(r"\$\{?(\w+)")
+    # ($1, $2: label_replace's capture groups, which Grafana leaves alone)
+    ref = re.compile(r"\$\{?([A-Za-z_]\w*)")
     for name, d in dashboards().items():
         defined = set(variables_of(d)) | GRAFANA_BUILTINS
         texts = [t["expr"] for p in panels_of(d) for t in p.get("targets", [])]
@@ -506,6 +615,9 @@ def loki_queries(root: Path, label: str) -> list[tuple[str, str]]:
             for t in p.get("targets", []):
                 if t["datasource"]["type"] == "loki":
                     out.append((f"{where}: {p['title']} ({t.get('refId', '')})", t["expr"]))
+        for a in board["annotations"]["list"]:
+            if a["datasource"]["type"] == "loki":
+                out.append((f"{where}: annotation {a['name']}", a["expr"]))
         for v in variables_of(board).values():
             if v["type"] == "query" and v["datasource"]["type"] == "loki":
                 # Grafana's label_values(<stream selector>, <label>): the

@@ -81,17 +81,35 @@ local rules = import 'recording-rules.libsonnet';
             'An exporter of audit events is down.',
             'kube-audit-exporter {{ $labels.instance }} (job {{ $labels.job }})%s has been unreachable for %s: the audit events sent to its webhook wait in the API server, which drops them when its buffer is full, and nothing it would receive is counted or checked by the detection rules.' % [inCluster, a.KubeAuditExporterDown['for']],
           ) +
+          // Per cluster: a cluster whose targets were seen within a day but
+          // none is up now keeps its label, so one silent cluster is not
+          // hidden by the others in a central Thanos or Mimir; no target at
+          // all, anywhere, fires without one.
           alert(
             'KubeAuditExporterAbsent',
-            'absent(up{%s} == 1)' % sel,
+            |||
+              count by (%(cluster)s) (max_over_time(up{%(sel)s}[1d]))
+              unless
+              count by (%(cluster)s) (up{%(sel)s} == 1)
+              or
+              absent(up{%(sel)s})
+            ||| % { cluster: cfg.clusterLabel, sel: sel },
             'No exporter of audit events is up.',
-            'No target matching {%s} has been up for %s{{ with $labels.job }} (job {{ . }}){{ end }}: API requests are not counted, not sent to Loki and not checked by the detection rules.' % [sel, a.KubeAuditExporterAbsent['for']],
+            'No target matching {%s}%s has been up for %s: API requests are not counted, not sent to Loki and not checked by the detection rules.' % [sel, inCluster, a.KubeAuditExporterAbsent['for']],
           ) +
+          // Per cluster, over every source and replica: an exporter that never
+          // received an event (counters at 0 since it started) fires as well
+          // as one whose events stopped, once it has been scraped for the
+          // whole window (a fresh install gets that long to be wired).
           alert(
             'KubeAuditNoEventsReceived',
-            'time() - kube_audit_last_event_timestamp_seconds{%s} > %d' % [sel, a.KubeAuditNoEventsReceived.thresholdSeconds],
+            |||
+              sum by (%(cluster)s) (increase(kube_audit_events_total{%(sel)s}[%(t)ds])) == 0
+              and on (%(cluster)s)
+              count by (%(cluster)s) (kube_audit_events_total{%(sel)s} offset %(t)ds)
+            ||| % { cluster: cfg.clusterLabel, sel: sel, t: a.KubeAuditNoEventsReceived.thresholdSeconds },
             'The exporter receives no audit events.',
-            'The newest event of the {{ $labels.source }} source of {{ $labels.instance }}%s is {{ $value | humanizeDuration }} old: the API server stopped sending to the webhook, or stopped writing the log file the exporter reads.' % inCluster,
+            'No exporter%s took in an audit event in the last %s: the API server was never wired to the webhook or the log file (a fresh install), stopped sending, or writes another log file than the one read.' % [inCluster, '%ds' % a.KubeAuditNoEventsReceived.thresholdSeconds],
           ) +
           certificateExpiry('KubeAuditTLSCertificateExpiring', 'A TLS certificate of the audit webhook expires soon.') +
           certificateExpiry('KubeAuditTLSCertificateExpiryCritical', 'A TLS certificate of the audit webhook is about to expire.') +
@@ -109,9 +127,31 @@ local rules = import 'recording-rules.libsonnet';
           ) +
           alert(
             'KubeAuditSeriesOverflow',
-            'sum by (%s) (increase(kube_audit_series_overflow_total{%s}[%s])) > 0' % [by(['instance', 'metric', 'label']), sel, a.KubeAuditSeriesOverflow.window],
+            |||
+              sum by (%(by)s) (increase(kube_audit_series_overflow_total{%(sel)s}[%(w)s])) > 0
+              unless
+              sum by (%(by)s) (increase(kube_audit_series_overflow_total{%(sel)s}[%(w)s] offset %(w)s)) > 0
+            ||| % { by: by(['instance', 'metric', 'label']), sel: sel, w: a.KubeAuditSeriesOverflow.window },
             'Label values fold into __other__ to keep the series bounded.',
-            "{{ $labels.metric }} of {{ $labels.instance }}%s folded {{ $value | humanize }} increments of its {{ $labels.label }} label in the last %s; raise the label's bound (metrics.max_users, metrics.max_source_ips, metrics.max_extra_resources, metrics.max_namespaces, metrics.max_webhooks) if the series budget allows, or look for a client sending made-up values." % [inCluster, a.KubeAuditSeriesOverflow.window],
+            "{{ $labels.metric }} of {{ $labels.instance }}%s started folding its {{ $labels.label }} label ({{ $value | humanize }} increments in the last %s, none in the %s before); raise the label's bound (metrics.max_users, metrics.max_source_ips, metrics.max_extra_resources, metrics.max_namespaces, metrics.max_webhooks) if the series budget allows, or look for a client sending made-up values." % [inCluster, a.KubeAuditSeriesOverflow.window, a.KubeAuditSeriesOverflow.window],
+          ) +
+          alert(
+            'KubeAuditWebhookRequestsFailing',
+            increaseOrNew('kube_audit_webhook_requests_total', 'code=~"4..|5..", code!="503"', ['instance', 'code'], a.KubeAuditWebhookRequestsFailing.window, 0),
+            'The audit webhook refuses batches.',
+            '{{ $labels.instance }}%s answered {{ $value | humanize }} webhook requests with {{ $labels.code }} in the last %s. The API server does not send such a batch again: its events are lost. 400: undecodable body; 413: over webhook.max_body_bytes; 5xx: an error the exporter logged.' % [inCluster, a.KubeAuditWebhookRequestsFailing.window],
+          ) +
+          alert(
+            'KubeAuditWebhookTLSHandshakeFailures',
+            increaseOrNew('kube_audit_webhook_tls_handshake_failures_total', 'reason!=""', ['instance', 'reason'], a.KubeAuditWebhookTLSHandshakeFailures.window, a.KubeAuditWebhookTLSHandshakeFailures.threshold),
+            'TLS handshakes to the audit webhook fail.',
+            '{{ $value | humanize }} TLS handshakes to the webhook of {{ $labels.instance }}%s failed in the last %s ({{ $labels.reason }}). When the client is the API server, it cannot deliver audit events: check its client certificate against webhook.client_ca_file and its kubeconfig CA against the serving certificate.' % [inCluster, a.KubeAuditWebhookTLSHandshakeFailures.window],
+          ) +
+          alert(
+            'KubeAuditLogFileErrors',
+            increaseOrNew('kube_audit_logfile_errors_total', 'operation!=""', ['instance', 'operation'], a.KubeAuditLogFileErrors.window, 0),
+            'The audit log file cannot be read.',
+            '{{ $labels.instance }}%s had {{ $value | humanize }} {{ $labels.operation }} errors on the audit log file in the last %s: events are late, and lost if the file rotates away before the exporter reads it. Its log says which file and why.' % [inCluster, a.KubeAuditLogFileErrors.window],
           ),
       },
       {
@@ -120,13 +160,13 @@ local rules = import 'recording-rules.libsonnet';
           alert(
             'KubeAuditLokiPushFailing',
             |||
-              sum by (%(by)s) (rate(kube_audit_loki_push_failures_total{%(sel)s}[%(w)s]))
+              sum by (%(by)s) (increase(kube_audit_loki_push_failures_total{%(sel)s}[%(w)s]))
               /
-              sum by (%(by)s) (rate(kube_audit_loki_requests_total{%(sel)s}[%(w)s]))
+              sum by (%(by)s) (increase(kube_audit_loki_requests_total{%(sel)s}[%(w)s]))
               > %(t)g
-            ||| % { by: by(['instance']), sel: sel, w: cfg.recordingWindow, t: a.KubeAuditLokiPushFailing.threshold },
+            ||| % { by: by(['instance']), sel: sel, w: a.KubeAuditLokiPushFailing.window, t: a.KubeAuditLokiPushFailing.threshold },
             'Pushes to Loki fail.',
-            '{{ $value | humanizePercentage }} of the pushes of {{ $labels.instance }}%s to Loki failed over the last %s. The events wait in the spool; kube_audit_loki_push_failures_total tells why.' % [inCluster, cfg.recordingWindow],
+            '{{ $value | humanizePercentage }} of the pushes of {{ $labels.instance }}%s to Loki failed over the last %s. The events wait in the spool; kube_audit_loki_push_failures_total tells why.' % [inCluster, a.KubeAuditLokiPushFailing.window],
           ) +
           alert(
             'KubeAuditLokiSenderStopped',
@@ -152,10 +192,20 @@ local rules = import 'recording-rules.libsonnet';
               max by (%(by)s) (kube_audit_spool_bytes{%(sel)s})
               /
               max by (%(by)s) (kube_audit_spool_max_bytes{%(sel)s})
-              > %(t)g
-            ||| % { by: by(['instance']), sel: sel, t: a.KubeAuditSpoolFillingUp.threshold },
+              > %(min)g
+              and
+              max by (%(by)s) (predict_linear(kube_audit_spool_bytes{%(sel)s}[%(w)s], %(ahead)d))
+              >=
+              max by (%(by)s) (kube_audit_spool_max_bytes{%(sel)s})
+            ||| % { by: by(['instance']), sel: sel, min: a.KubeAuditSpoolFillingUp.minUsedShare, w: a.KubeAuditSpoolFillingUp.trendWindow, ahead: a.KubeAuditSpoolFillingUp.hoursAhead * 3600 },
             'The Loki spool is filling up.',
-            'The spool of {{ $labels.instance }}%s is {{ $value | humanizePercentage }} full: Loki takes events slower than they arrive. When it is full the webhook answers 503.' % inCluster,
+            'The spool of {{ $labels.instance }}%s is {{ $value | humanizePercentage }} full and, at the growth of the last %s, full within %d hours: Loki takes events slower than they arrive. When it is full the webhook answers 503.' % [inCluster, a.KubeAuditSpoolFillingUp.trendWindow, a.KubeAuditSpoolFillingUp.hoursAhead],
+          ) +
+          alert(
+            'KubeAuditSpoolEntriesOld',
+            'max by (%s) (kube_audit_spool_oldest_entry_age_seconds{%s}) > %d' % [by(['instance']), sel, a.KubeAuditSpoolEntriesOld.thresholdSeconds],
+            'Audit events wait long for Loki.',
+            'The oldest entry in the spool of {{ $labels.instance }}%s has waited {{ $value | humanizeDuration }} for Loki: the Explorer and the Loki alerts miss everything since. kube_audit_loki_push_failures_total and the exporter log say why.' % inCluster,
           ) +
           alert(
             'KubeAuditSpoolFull',
@@ -173,11 +223,23 @@ local rules = import 'recording-rules.libsonnet';
       {
         name: 'kube-audit-detections',
         rules:
+          // The fallback for the exporter's direct notifications: a critical
+          // match on an instance that has no Alertmanager configured (its
+          // kube_audit_alertmanager_* series are absent), or that delivered
+          // nothing and gave notifications up within the window.
           alert(
-            'KubeAuditCriticalDetection',
-            'sum by (%s) (increase(kube_audit_rule_matches_total{%s, severity="critical"}[%s])) > 0' % [by(['rule']), sel, a.KubeAuditCriticalDetection.window],
-            'A critical detection rule matched.',
-            "Detection rule {{ $labels.rule }} matched%s in the last %s (count: {{ $value | humanize }}). The exporter's own notification for each match says who did what to which object from where; in Loki the events carry {{ $labels.rule }} in their rules metadata." % [inCluster, a.KubeAuditCriticalDetection.window],
+            'KubeAuditCriticalDetectionUndelivered',
+            |||
+              sum by (%(by)s) (increase(kube_audit_rule_matches_total{%(sel)s, severity="critical"}[%(w)s])) > 0
+              unless on (%(cluster)s, job, instance)
+              (
+                sum by (%(cluster)s, job, instance) (increase(kube_audit_alertmanager_alerts_sent_total{%(sel)s}[%(w)s])) > 0
+                unless on (%(cluster)s, job, instance)
+                sum by (%(cluster)s, job, instance) (increase(kube_audit_alertmanager_failures_total{%(sel)s, reason=~"queue_full|retries_exhausted|shutdown"}[%(w)s])) > 0
+              )
+            ||| % { by: by(['instance', 'rule']), sel: sel, w: a.KubeAuditCriticalDetectionUndelivered.window, cluster: cfg.clusterLabel },
+            'A critical detection was not notified directly.',
+            'Detection rule {{ $labels.rule }} matched {{ $value | humanize }} times on {{ $labels.instance }}%s in the last %s, and the exporter could not tell Alertmanager itself (no alertmanager.url, or notifications given up). The direct notification would say who did what to which object from where: find the events in the Explorer with rule {{ $labels.rule }}.' % [inCluster, a.KubeAuditCriticalDetectionUndelivered.window],
           ) +
           alert(
             'KubeAuditWarningDetectionsElevated',
@@ -198,16 +260,28 @@ local rules = import 'recording-rules.libsonnet';
             '{{ $value | humanizePercentage }} of the API requests%s were refused by authorization (403) over the last %s.' % [inCluster, cfg.recordingWindow],
           ) +
           alert(
-            'KubeAuditAnonymousAccessAllowed',
-            increaseOrNew('kube_audit_sensitive_operations_total', 'category="anonymous", code_class="2xx"', ['verb', 'resource'], a.KubeAuditAnonymousAccessAllowed.window, 0),
-            'Anonymous requests succeed.',
-            'system:anonymous did {{ $labels.verb }} on {{ with $labels.resource }}{{ . }}{{ else }}a non-resource URL{{ end }} {{ $value | humanize }} times in the last %s%s and was allowed: a role is bound to anonymous users.' % [a.KubeAuditAnonymousAccessAllowed.window, inCluster],
-          ) +
-          alert(
             'KubeAuditWebhookFailedOpen',
             increaseOrNew('kube_audit_webhook_failed_open_total', 'webhook!=""', ['webhook'], a.KubeAuditWebhookFailedOpen.window, 0),
             'An admission webhook failed open.',
             'Admission webhook {{ $labels.webhook }} failed {{ $value | humanize }} times in the last %s%s and the requests were admitted without it (failurePolicy: Ignore).' % [a.KubeAuditWebhookFailedOpen.window, inCluster],
+          ) +
+          alert(
+            'KubeAuditRuleErrors',
+            increaseOrNew('kube_audit_detect_errors_total', 'rule!=""', ['instance', 'rule'], a.KubeAuditRuleErrors.window, 0),
+            'A detection rule fails on events.',
+            'Rule {{ $labels.rule }} of {{ $labels.instance }}%s failed {{ $value | humanize }} times in the last %s; those events went on unchecked by it. The exporter log names the rule and the error.' % [inCluster, a.KubeAuditRuleErrors.window],
+          ) +
+          alert(
+            'KubeAuditRuleInactive',
+            'max by (%s) (kube_audit_detect_rule_active{%s}) == 0' % [by(['rule']), sel],
+            'A detection rule does not run.',
+            'Rule {{ $labels.rule }}%s is loaded but inactive: disabled by detect.disabled_rules, or a setting it needs (detect.trusted_networks, detect.pod_cidrs, detect.critical_workloads...) is empty. `kube-audit-exporter rules list` says which.' % inCluster,
+          ) +
+          alert(
+            'KubeAuditRuleStateEvictions',
+            'sum by (%s) (increase(kube_audit_detect_state_evictions_total{%s}[%s])) > 0' % [by(['instance', 'rule']), sel, a.KubeAuditRuleStateEvictions.window],
+            'A stateful detection rule forgets state.',
+            'Rule {{ $labels.rule }} of {{ $labels.instance }}%s evicted {{ $value | humanize }} state entries in the last %s at its bound (detect.max_state_entries): its thresholds and sequences can miss what they look for. Raise the bound, or narrow the rule.' % [inCluster, a.KubeAuditRuleStateEvictions.window],
           ),
       },
       {

@@ -1,55 +1,70 @@
-// Audit explorer (Loki): from a spike to the raw events that caused it.
-// Filters are variables; the volume panels show where to look, dragging over
-// a spike narrows the time range, and the logs panel lists those events as
-// "user verb object -> code from address (user agent)".
+// Audit explorer (Loki): from a number on another dashboard to the raw
+// events behind it. Every filter is exact: "All" matches everything, a value
+// typed or passed by a data link (var-user=alice) matches only itself, never
+// alice-admin. The volume panels show where to look, dragging over a spike
+// narrows the time range, and the logs panel shows each whole event.
 local g = import '../lib/g.libsonnet';
 
 {
   local cfg = $._config,
 
-  // Text filters match anywhere in the value; empty matches everything
-  // (events without the field too).
-  local filters = std.join(' ', [
-    '| user=~"(?i).*${user}.*"',
-    '| namespace=~".*${namespace}.*"',
-    '| resource=~".*${resource}.*"',
-    '| code=~"${code}.*"',
-    '| source_ip=~".*${source_ip}.*"',
-    '| rules=~".*${rule}.*"',
+  // The exporter's structured metadata, one exact filter each (rules is a
+  // comma-separated list: the rule matches one of its items).
+  local filters = std.join('\n  ', [
+    '| user=~"${user:regex}"',
+    '| user_kind=~"${user_kind:regex}"',
+    '| resource=~"${resource:regex}"',
+    '| subresource=~"${subresource:regex}"',
+    '| namespace=~"${namespace:regex}"',
+    '| name=~"${name:regex}"',
+    '| code=~"${code:regex}"',
+    '| code=~"${code_class}"',
+    '| source_ip=~"${source_ip:regex}"',
+    '| rules=~"(.*,)?${rule:regex}(,.*)?"',
+    '| audit_id=~"${audit_id:regex}"',
   ]),
-  local events = '%s %s' % [g.lokiSelector(cfg, 'verb=~"$verb"'), filters],
+  local events = '%s\n  %s' % [g.lokiSelector(cfg, 'verb=~"${verb:regex}"'), filters],
+  local filter(name, label, description) = g.filterVariable(name, label, description),
 
   grafanaDashboards+:: {
     [cfg.dashboardFiles.explorer]: g.dashboard(
       cfg,
       'explorer',
       'Kubernetes audit / Explorer',
-      'The raw audit events in Loki. Narrow with the filters (user, namespace, resource, code and source address match anywhere in the value; code by prefix, so 4 is every 4xx), drag over a spike to zoom in, and expand a line for the whole event and its auditID.',
-      g.commonVariables(cfg) + [
-        g.queryVariable('verb', 'verb', g.loki, 'label_values({service_name="%s"}, verb)' % cfg.lokiServiceName, includeAll=true, allValue='.+', multi=true),
-        g.textVariable('user', 'user', 'Part of the user name, case-insensitive.'),
-        g.textVariable('namespace', 'namespace', 'Part of the namespace.'),
-        g.textVariable('resource', 'resource', 'Part of the resource (pods, secrets...).'),
-        g.textVariable('code', 'code', 'Start of the HTTP status code: 403, or 4 for every 4xx.'),
-        g.textVariable('source_ip', 'source address', 'Part of the source IP address.'),
-        g.textVariable('rule', 'detection rule', 'Part of a detection rule id.'),
+      'The raw audit events in Loki. Every filter is exact (type a value, or pick All); the other dashboards open this one with the filters of the number clicked. Drag over a spike to zoom in, and expand a line for the whole event.',
+      // No job variable: Loki has no job label, only cluster.
+      std.filter(function(v) v.name != 'job', g.commonVariables(cfg)) + [
+        g.queryVariable('verb', 'verb', g.loki, 'label_values({service_name="%s"}, verb)' % cfg.lokiServiceName, includeAll=true, allValue='.*', multi=true),
+        filter('user', 'user', 'The user name exactly (system:serviceaccount:ns:name for a service account).'),
+        g.filterVariable('user_kind', 'user kind', 'human, serviceaccount, node, system, anonymous or unauthenticated.', ['human', 'serviceaccount', 'node', 'system', 'anonymous', 'unauthenticated'], multi=true),
+        filter('resource', 'resource', 'The resource exactly, without subresource: pods, secrets...'),
+        filter('subresource', 'subresource', 'exec, log, status, token...; empty for requests on the object itself.'),
+        filter('namespace', 'namespace', 'The namespace exactly.'),
+        filter('name', 'name', "The object's name exactly."),
+        filter('code', 'code', 'The HTTP status code exactly: 403.'),
+        g.customVariable('code_class', 'code class', ['All : .*', '1xx : 1..', '2xx : 2..', '3xx : 3..', '4xx : 4..', '5xx : 5..']) {
+          current: { selected: true, text: 'All', value: '.*' },
+          options: [],
+        },
+        filter('source_ip', 'source address', 'The source IP address exactly (the last of sourceIPs).'),
+        filter('rule', 'detection rule', 'A detection rule id exactly: events it matched.'),
+        filter('audit_id', 'audit ID', 'One request: its auditID, from a notification or a table.'),
       ],
       [
         g.row('Event volume'),
-        g.timeseries('Events by verb', g.lq('sum by (verb) (count_over_time(%s [$__interval]))' % events, '{{verb}}'), stack=true, description='Drag over a spike to zoom in: every panel follows the time range.'),
-        g.timeseries('Events by status code', g.lq('sum by (code) (count_over_time(%s | code!="" [$__interval]))' % events, '{{code}}'), stack=true, description='Only the events that carry a code (ResponseStarted, ResponseComplete, Panic).'),
+        g.timeseries('Events by verb', g.lq('sum by (verb) (count_over_time(%s\n  [$__interval]))' % events, '{{verb}}'), stack=true, decimals=0, bars=true, description='Events per interval, every stage counted (a request logs up to three). Drag over a spike to zoom in: every panel follows the time range. Empty: widen the time range or set a filter back to All.'),
+        g.timeseries('Events by status code', g.lq('sum by (code) (count_over_time(%s\n  | code!=""\n  [$__interval]))' % events, '{{code}}'), stack=true, decimals=0, bars=true, description='Only the events that carry a code (ResponseStarted, ResponseComplete, Panic). Click a code in the legend to see it alone; set the code filter to list its events.'),
 
         g.row('Who, what, where (time range)'),
-        g.table('Top users', g.lqt('topk(%d, sum by (user) (count_over_time(%s | user!="" [$__range])))' % [cfg.topK, events]), 'events', w=8),
-        g.table('Top objects', g.lqt('topk(%d, sum by (namespace, resource, name) (count_over_time(%s | resource!="" [$__range])))' % [cfg.topK, events]), 'events', w=8),
-        g.table('Top source addresses', g.lqt('topk(%d, sum by (source_ip) (count_over_time(%s | source_ip!="" [$__range])))' % [cfg.topK, events]), 'events', w=8),
+        g.table('Top users', g.lqt('topk(%d, sum by (user) (count_over_time(%s\n  | user!=""\n  [$__range])))' % [cfg.topK, events]), 'events', w=8, description='Users with the most events under the filters. Click a user to filter by it.', links=[g.explorerLink(cfg, 'Events of this user', ['var-user=${__data.fields.user}'])]),
+        g.table('Top objects', g.lqt('topk(%d, sum by (namespace, resource, subresource, name) (count_over_time(%s\n  | resource!=""\n  [$__range])))' % [cfg.topK, events]), 'events', w=8, description='Objects with the most events under the filters. Click one to filter by it.', links=[g.explorerLink(cfg, 'Events on this object', ['var-namespace=${__data.fields.namespace}', 'var-resource=${__data.fields.resource}', 'var-subresource=${__data.fields.subresource}', 'var-name=${__data.fields.name}'])]),
+        g.table('Top source addresses', g.lqt('topk(%d, sum by (source_ip) (count_over_time(%s\n  | source_ip!=""\n  [$__range])))' % [cfg.topK, events]), 'events', w=8, description='Source addresses (the last of sourceIPs, the peer the API server saw) with the most events. Click one to filter by it.', links=[g.explorerLink(cfg, 'Events from this address', ['var-source_ip=${__data.fields.source_ip}'])]),
 
         g.row('Events'),
-        g.logs('Audit events', g.lq(|||
-          %s | json user_agent="userAgent"
-            | line_format `{{.user}} {{.verb}} {{.resource}}{{with .subresource}}/{{.}}{{end}} {{with .namespace}}{{.}}/{{end}}{{.name}} -> {{.code}} from {{.source_ip}} ({{.user_agent}}) {{.stage}}{{with .rules}} rules={{.}}{{end}}`
-        ||| % events), h=18, description='time, user, verb, object, code, source address, user agent. Expand a line for the whole event, its auditID and stage.'),
+        g.logs('Audit events', g.lq(events), h=18, description='Each whole event, as the API server wrote it (Secret data and tokens redacted), newest first: requestURI, user agent, objectRef, responseStatus and, at Request level and above, the bodies. Expand a line for its structured metadata (user, resource, subresource, name, code, audit_id, rules).'),
       ],
+      // Loki tables scan the whole range: refreshed on demand, not every minute.
+      refresh='',
     ),
   },
 }

@@ -21,6 +21,30 @@
     if extra == '' then '' else ', ' + extra,
   ],
 
+  // ---- counts that see one-off events ------------------------------------------
+
+  // Events counted per `window` (Grafana's $__interval for a timeseries,
+  // $__range for a stat or a table), grouped by `by`, where the counter's
+  // series may be created by its first event (a sensitive operation, a
+  // failed-open webhook, a user): increase() and rate() need two samples and
+  // cannot see that first event, so a single exec or secret read would not
+  // show. A series that existed `window` ago counts its growth (0 at a
+  // counter reset); one that did not counts its whole value, as the alerts
+  // do (alerts.libsonnet, increaseOrNew).
+  countNew(metric, selector, by, window)::
+    local m = '%s{%s}' % [metric, selector];
+    'sum by (%(by)s) (clamp_min(%(m)s - %(m)s offset %(w)s, 0) or (%(m)s unless %(m)s offset %(w)s))' % {
+      by: std.join(', ', by),
+      m: m,
+      w: window,
+    },
+
+  // Splits the metrics' `resource` label ("pods/exec") into Loki's two
+  // fields, `resource` ("pods") and `subresource` ("exec", absent when there
+  // is none), so that a data link can pass each to the Explorer exactly.
+  splitResource(expr)::
+    'label_replace(label_replace(%s, "subresource", "$2", "resource", "([^/]*)/(.+)"), "resource", "$1", "resource", "([^/]*)/.+")' % expr,
+
   // ---- targets -------------------------------------------------------------
 
   // A PromQL range query; legend uses Grafana's {{label}} syntax.
@@ -53,6 +77,7 @@
 
   panel(type, title, targets, w, h, description='')::
     local ts = asList(targets);
+    assert description != '' : title + ': every panel says what it shows and what to do when it looks wrong';
     {
       type: type,
       title: title,
@@ -65,15 +90,17 @@
   // Data links: shown when a series or cell is clicked.
   link(title, url):: { title: title, url: url },
 
-  timeseries(title, targets, unit='short', w=12, h=8, stack=false, description='', links=[], min=0)::
+  // `decimals=0` for counts (no "0.5 events"); `bars` for counts per interval.
+  timeseries(title, targets, unit='short', w=12, h=8, stack=false, description='', links=[], min=0, decimals=null, bars=false)::
     g.panel('timeseries', title, targets, w, h, description) {
       fieldConfig: {
         defaults: {
           unit: unit,
+          [if decimals != null then 'decimals']: decimals,
           min: min,
           links: links,
           custom: {
-            drawStyle: 'line',
+            drawStyle: if bars then 'bars' else 'line',
             lineWidth: 1,
             fillOpacity: if stack then 40 else 10,
             showPoints: 'never',
@@ -90,11 +117,14 @@
     },
 
   // A single number: the last value of the first series.
-  stat(title, targets, unit='short', w=4, h=4, description='', decimals=null, thresholds=null, textMode='value')::
-    g.panel('stat', title, targets, w, h, description) {
+  // Its queries are instant: one value at the end of the range, not a series.
+  stat(title, targets, unit='short', w=4, h=4, description='', decimals=null, thresholds=null, textMode='value', links=[])::
+    local instant = [t { range: false, instant: true } for t in asList(targets)];
+    g.panel('stat', title, instant, w, h, description) {
       fieldConfig: {
         defaults: {
           unit: unit,
+          links: links,
           [if decimals != null then 'decimals']: decimals,
           thresholds: {
             mode: 'absolute',
@@ -106,7 +136,7 @@
       options: {
         reduceOptions: { calcs: ['lastNotNull'], fields: '', values: false },
         colorMode: 'value',
-        graphMode: 'area',
+        graphMode: 'none',
         justifyMode: 'auto',
         textMode: textMode,
         orientation: 'auto',
@@ -122,10 +152,10 @@
 
   // A table of instant results, largest value first, without the Time column.
   // `value` names the value column; `links` apply to every cell.
-  table(title, targets, value='Value', unit='short', w=12, h=8, description='', links=[])::
+  table(title, targets, value='Value', unit='short', w=12, h=8, description='', links=[], decimals=0)::
     g.panel('table', title, targets, w, h, description) {
       fieldConfig: {
-        defaults: { unit: unit, links: links, custom: { align: 'auto' } },
+        defaults: { unit: unit, decimals: decimals, links: links, custom: { align: 'auto' } },
         overrides: [],
       },
       options: {
@@ -154,6 +184,47 @@
         sortOrder: 'Descending',
       },
     },
+
+  // Log lines as a table, one row per event: its time and the structured
+  // metadata named in `columns` (user, object...), newest first; `links`
+  // apply to every cell (the audit ID into the Explorer).
+  eventTable(title, targets, columns, w=24, h=8, description='', links=[])::
+    g.panel('table', title, targets, w, h, description) {
+      fieldConfig: {
+        defaults: { links: links, custom: { align: 'auto' } },
+        overrides: [],
+      },
+      options: {
+        showHeader: true,
+        sortBy: [{ displayName: 'Time', desc: true }],
+        footer: { show: false, reducer: ['count'], fields: '' },
+      },
+      transformations: [
+        { id: 'extractFields', options: { source: 'labels', replace: false, keepTime: true } },
+        {
+          id: 'organize',
+          options: {
+            includeByName: { [c]: true for c in ['Time'] + columns },
+            indexByName: { [(['Time'] + columns)[i]]: i for i in std.range(0, std.length(columns)) },
+          },
+        },
+      ],
+    },
+
+  // A Loki annotation: every matching event a marker on the time axis, its
+  // text the line's who/what, tags from the given metadata fields.
+  lokiAnnotation(name, expr, color, tagKeys, text):: {
+    name: name,
+    datasource: g.loki,
+    enable: true,
+    hide: false,
+    iconColor: color,
+    expr: expr,
+    instant: false,
+    tagKeys: std.join(',', tagKeys),
+    titleFormat: name,
+    textFormat: text,
+  },
 
   row(title):: { type: 'row', title: title, collapsed: false, panels: [] },
 
@@ -239,6 +310,25 @@
     multi: false,
   },
 
+  // An exact filter: "All" (the default) matches every value, the empty one
+  // too; any value typed, or passed by a link (var-user=alice), matches only
+  // itself. Queries use ${name:regex}: Grafana escapes a typed value, and
+  // leaves the custom all value (.*) as it is.
+  filterVariable(name, label, description, values=[], multi=false):: {
+    name: name,
+    label: label,
+    description: description,
+    type: 'custom',
+    query: std.join(',', values),
+    includeAll: true,
+    allValue: '.*',
+    allowCustomValue: true,
+    multi: multi,
+    current: { selected: true, text: 'All', value: '$__all' },
+    options: [],
+    hide: 0,
+  },
+
   // Free text, empty by default; queries use it inside a regular expression.
   textVariable(name, label, description=''):: {
     name: name,
@@ -276,19 +366,19 @@
 
   // ---- dashboard -----------------------------------------------------------
 
-  dashboard(cfg, key, title, description, variables, panels):: {
+  dashboard(cfg, key, title, description, variables, panels, annotations=[], refresh=null):: {
     uid: cfg.dashboardUIDs[key],
     title: title,
     description: description,
     tags: cfg.dashboardTags,
     timezone: cfg.dashboardTimezone,
-    refresh: cfg.dashboardRefresh,
+    refresh: if refresh == null then cfg.dashboardRefresh else refresh,
     time: { from: cfg.dashboardFrom, to: 'now' },
     editable: false,
     graphTooltip: 1,
     schemaVersion: 39,
     version: 1,
-    annotations: { list: [] },
+    annotations: { list: annotations },
     // The other kube-audit dashboards, keeping the time range and variables.
     links: [{
       title: 'kube-audit',

@@ -1,6 +1,14 @@
 """Alertmanager alerts for rule matches: who did what to which object, from
 where and when.
 
+Names: every notification is called ``KubeAuditDetection`` + the rule id in
+CamelCase (``secret-deleted-by-human`` -> ``KubeAuditDetectionSecretDeletedByHuman``)
+and carries the label ``rule``. The monitoring mixin's alerts never start
+with that prefix (dashboards/alerts/inhibit-rules.libsonnet checks it, as
+``detectionAlertPrefix``), so the two sources of pages never share a name,
+and its Alertmanager inhibit rules mute a mixin alert while the notification
+for the same detection is active.
+
 Only the parsed attributes of the event go into an alert (user, verb,
 resource, namespace, name, source address, user agent, response code, time,
 auditID); never request or response bodies, the request URI or an exec
@@ -17,6 +25,16 @@ from .settings import DetectionSettings, utc_text
 
 if TYPE_CHECKING:
     from .engine import Match
+
+
+# The prefix of every detection notification's alertname; the mixin's
+# _config.detectionAlertPrefix is the same string.
+ALERTNAME_PREFIX = "KubeAuditDetection"
+
+
+def alertname(rule_id: str) -> str:
+    """``KubeAuditDetection`` + the rule id in CamelCase."""
+    return ALERTNAME_PREFIX + "".join(p[:1].upper() + p[1:] for p in rule_id.split("-"))
 
 
 def _duration_text(seconds: float) -> str:
@@ -80,7 +98,7 @@ def build_alert(m: Match, settings: DetectionSettings, now: float) -> dict[str, 
     ev = m.event
     rule = m.rule
     labels = {
-        "alertname": rule.alertname,
+        "alertname": alertname(rule.id),
         "rule": rule.id,
         "severity": rule.severity,
         "cluster": settings.cluster,

@@ -138,7 +138,7 @@ def test_secret_deletion_and_login_sequence_each_notify_once(
 
         secret = by_rule["secret-deleted-by-human"]
         assert secret["labels"] == {
-            "alertname": "KubeAuditSecretDeletedByHuman",
+            "alertname": "KubeAuditDetectionSecretDeletedByHuman",
             "rule": "secret-deleted-by-human",
             "severity": "warning",
             "cluster": "integration",
@@ -161,7 +161,7 @@ def test_secret_deletion_and_login_sequence_each_notify_once(
 
         seq = by_rule["untrusted-then-trusted-access"]
         assert seq["labels"] == {
-            "alertname": "KubeAuditUntrustedThenTrustedAccess",
+            "alertname": "KubeAuditDetectionUntrustedThenTrustedAccess",
             "rule": "untrusted-then-trusted-access",
             "severity": "critical",
             "cluster": "integration",
