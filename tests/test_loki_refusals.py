@@ -133,7 +133,7 @@ def test_rule_severity_replaces_severity_in_structured_metadata() -> None:
         b'"requestReceivedTimestamp":"2024-01-01T00:00:00.000000Z",'
         b'"stageTimestamp":"2024-01-01T00:00:00.000001Z"}'
     )
-    ev.rules = ["namespace-deleted"]
+    ev.rules = ("namespace-deleted",)
     ev.severity = "critical"
     builder = EntryBuilder(LokiSettings(url="http://x", spool_dir="-", writer="pod-a"))
     meta = dict(builder.metadata(ev))
