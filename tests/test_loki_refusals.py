@@ -319,3 +319,34 @@ def test_no_proxy_sends_directly(
     assert sink.close(timeout=10)
     assert loki.count() == 10
     assert value(registry, "kube_audit_loki_push_failures_total", reason="connection") == 0
+
+
+# --- the writer label's defaults -------------------------------------------------
+
+
+def test_replay_writes_its_own_streams_and_run_defaults_to_the_host_name(
+    tmp_path: Path, loki: LokiReceiver
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from exporter.config import load, loki_settings
+    from tests.conftest import CORPORA, ROOT
+
+    demo = CORPORA / "audit2rbac-demo" / "demo.log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "replay", "--loki.url", loki.url, str(demo)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    writers = {r.labels.get("writer") for r in loki.received}
+    assert len(writers) == 1
+    writer = writers.pop()
+    assert writer is not None and writer.startswith(f"replay-{socket.gethostname()}-")
+    # run: the host name (the pod name in Kubernetes), unless set.
+    cfg = load(None, environ={"KUBE_AUDIT_LOKI_URL": loki.url})
+    assert loki_settings(cfg, spool_dir="x").writer == socket.gethostname()
+    # The chart sets the pod or node name through the environment.
+    cfg = load(None, environ={"KUBE_AUDIT_LOKI_URL": loki.url, "KUBE_AUDIT_LOKI_WRITER": "node-1"})
+    assert loki_settings(cfg, spool_dir="x").writer == "node-1"
