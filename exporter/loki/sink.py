@@ -415,7 +415,10 @@ class LokiSink:
         refusals = 0
         fmt = self.settings.format
         while work:
-            part, body, result, seconds = self._push(work[0], fmt, client)
+            # Taken before the push: another shard may learn meanwhile that
+            # Loki refuses metadata, and this push still carries it.
+            strip = self._strip
+            part, body, result, seconds = self._push(work[0], fmt, client, strip)
             if body is None:
                 work.pop(0)
                 continue
@@ -434,8 +437,9 @@ class LokiSink:
                 self.stats.sent(len(part), nbytes=body.raw_size)
                 work.pop(0)
                 attempt = 0
-            elif outcome == c.NO_METADATA and not self._strip:
-                self._metadata_refused(result)
+            elif outcome == c.NO_METADATA and not strip:
+                if not self._strip:
+                    self._metadata_refused(result)
                 self.stats.resent(len(part))
             elif outcome in (c.REJECTED, c.NO_METADATA):
                 refused = sum(result.rejected.values())
@@ -498,13 +502,13 @@ class LokiSink:
         return True
 
     def _push(
-        self, part: list[bytes], fmt: str, client: c.LokiClient
+        self, part: list[bytes], fmt: str, client: c.LokiClient, strip: bool = False
     ) -> tuple[list[bytes], Body | None, c.PushResult, float]:
         """Encode and push ``part`` once: (what was pushed, body, result,
         seconds). Records that do not decode are counted, logged and left
         out; no body when none is left."""
         codec = self.codec
-        if self._strip:
+        if strip:
             part = [_stripped(codec, r) for r in part]
         try:
             body = codec.encode(part, fmt)
