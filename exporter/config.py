@@ -495,9 +495,7 @@ class LokiConfig:
     )
     parallelism: int = field(
         default=_LOKI.parallelism,
-        metadata=opt(
-            "Pushes in flight at once, each for its share of the streams (1 to 64).", minimum=1
-        ),
+        metadata=opt("Pushes in flight at once, each for its share of the streams (1 to 64)."),
     )
     deadline: float = field(
         default=_LOKI.deadline,
@@ -564,7 +562,7 @@ class OtlpConfig:
     )
     parallelism: int = field(
         default=_OTLP.parallelism,
-        metadata=opt("Requests in flight at once (1 to 64).", minimum=1),
+        metadata=opt("Requests in flight at once (1 to 64)."),
     )
     service_name: str = field(
         default=_OTLP.service_name, metadata=opt("The service.name resource attribute.")
