@@ -350,3 +350,29 @@ def test_replay_writes_its_own_streams_and_run_defaults_to_the_host_name(
     # The chart sets the pod or node name through the environment.
     cfg = load(None, environ={"KUBE_AUDIT_LOKI_URL": loki.url, "KUBE_AUDIT_LOKI_WRITER": "node-1"})
     assert loki_settings(cfg, spool_dir="x").writer == "node-1"
+
+
+def test_drain_waits_out_a_passing_404_but_not_refused_credentials(
+    tmp_path: Path, loki: LokiReceiver, corpora: Path, sinks: list[LokiSink]
+) -> None:
+    loki.not_found_until = time.monotonic() + 1.0
+    sink = open_sink(
+        sinks, settings(tmp_path, loki, backoff_min=0.05, backoff_max=0.2), CollectorRegistry()
+    )
+    assert sink.submit(unique_events(corpora, 30))
+    assert sink.drain(timeout=60, stall=30)  # replay ends only when Loki has them
+    assert loki.count() == 30
+    assert 404 in loki.statuses()
+
+    # A refused token: replay gives up at once (exit 3), whatever the stall.
+    loki.expected_auth = "Bearer right"
+    token = tmp_path / "token"
+    token.write_text("wrong\n")
+    other = open_sink(
+        sinks,
+        settings(tmp_path, loki, "spool2", bearer_token_file=str(token)),
+        CollectorRegistry(),
+    )
+    assert other.submit(unique_events(corpora, 5))
+    assert not other.drain(timeout=60, stall=30)
+    assert other.stopped_reason == "unauthorized"

@@ -240,8 +240,9 @@ class LokiSink:
         return True
 
     def drain(self, timeout: float | None = None, stall: float | None = None) -> bool:
-        """Wait until everything spooled is acknowledged (True), the sender
-        stopped on a configuration error, ``timeout`` passed, or Loki
+        """Wait until everything spooled is acknowledged (True), Loki
+        refused the credentials (401, 403: a 404 or 405 may be a gateway's
+        rollout, left to ``stall``), ``timeout`` passed, or Loki
         answered nothing for ``stall`` seconds (False; :attr:`stalled` says
         which). For replay, which ends only when its events are in Loki."""
         start = time.monotonic()
@@ -251,7 +252,7 @@ class LokiSink:
             self.spool.changed.notify_all()
             try:
                 while not self.spool.empty():
-                    if self.stopped_reason is not None or not self._thread.is_alive():
+                    if self.stopped_reason in _CREDENTIALS or not self._thread.is_alive():
                         return False
                     if self._stalled_since(start, stall):
                         return False
@@ -591,6 +592,8 @@ class LokiSink:
 
 
 _ROUTE_CACHE_MAX = 4096
+# Stop reasons that drain() gives up on at once.
+_CREDENTIALS = ("unauthorized", "forbidden")
 
 
 class _Read:
