@@ -373,15 +373,10 @@ class LokiSink:
                         read = _Read(chunk.end, len(chunk.payloads), chunk.first_ts, nbytes)
                         window.append(read)
                         window_bytes += nbytes
-                        stream = self.codec.stream
-                        for payload in chunk.payloads:
-                            key = stream(payload)
-                            to = route.get(key)
-                            if to is None:
-                                if len(route) >= _ROUTE_CACHE_MAX:
-                                    route.clear()
-                                to = route[key] = shards[zlib.crc32(key) % len(shards)]
-                            to.add(payload, read)
+                        if len(shards) == 1:
+                            shards[0].add(chunk.payloads, read)
+                        else:
+                            self._route(chunk.payloads, read, shards, route)
                 flush = self._closing or self._draining > 0
                 wait = 1.0
                 for shard in shards:
@@ -406,6 +401,31 @@ class LokiSink:
         finally:
             for shard in shards:
                 shard.stop()
+
+    def _route(
+        self,
+        payloads: list[bytes],
+        read: _Read,
+        shards: list[_Shard],
+        route: dict[bytes, _Shard],
+    ) -> None:
+        """Each record to its stream's shard (remembered in ``route``)."""
+        stream = self.codec.stream
+        groups: dict[_Shard, list[bytes]] = {}
+        for payload in payloads:
+            key = stream(payload)
+            to = route.get(key)
+            if to is None:
+                if len(route) >= _ROUTE_CACHE_MAX:
+                    route.clear()
+                to = route[key] = shards[zlib.crc32(key) % len(shards)]
+            group = groups.get(to)
+            if group is None:
+                groups[to] = [payload]
+            else:
+                group.append(payload)
+        for to, group in groups.items():
+            to.add(group, read)
 
     def _settle(self, entries: list[bytes], client: c.LokiClient) -> bool:
         """Push ``entries`` until Loki has answered for every one (sent,
@@ -637,12 +657,13 @@ class _Shard:
         )
         self._thread.start()
 
-    def add(self, record: bytes, read: _Read) -> None:
+    def add(self, records: list[bytes], read: _Read) -> None:
+        """Records of one spool read, in spool order."""
         if not self.pending:
             self.first_ts = read.first_ts
-        self.pending.append(record)
-        self.reads.append(read)
-        self.pending_bytes += len(record)
+        self.pending += records
+        self.reads += [read] * len(records)
+        self.pending_bytes += sum(map(len, records))
 
     def start(self, max_bytes: int) -> None:
         """Push the pending records, up to ``max_bytes`` of them (at least one)."""
