@@ -21,7 +21,10 @@ from exporter.loki import LokiSettings, LokiSink
 from exporter.loki.entry import EntryBuilder, decode_record
 from exporter.metrics import AuditMetrics
 from tests.loki_receiver import LokiReceiver, wait_for
-from tests.test_loki_sink import unique_events
+from tests.test_loki_sink import tls_loki, unique_events
+from tests.tlsutil import PKI
+
+__all__ = ["tls_loki"]  # the fixture, shared with test_loki_sink
 
 CLUSTER = "test-cluster"
 
@@ -376,3 +379,27 @@ def test_drain_waits_out_a_passing_404_but_not_refused_credentials(
     assert other.submit(unique_events(corpora, 5))
     assert not other.drain(timeout=60, stall=30)
     assert other.stopped_reason == "unauthorized"
+
+
+def test_the_request_deadline_cuts_a_trickling_answer_over_tls_too(
+    tmp_path: Path,
+    tls_loki: tuple[LokiReceiver, PKI],
+    corpora: Path,
+    sinks: list[LokiSink],
+) -> None:
+    loki, pki = tls_loki
+    loki.script.extend(["trickle"])
+    registry = CollectorRegistry()
+    s = settings(
+        tmp_path,
+        loki,
+        timeout=30.0,
+        deadline=0.5,
+        ca_file=str(pki.ca.cert_file),
+        cert_file=str(pki.client.cert_file),
+        key_file=str(pki.client.key_file),
+    )
+    sink = open_sink(sinks, s, registry)
+    assert sink.submit(unique_events(corpora, 20))
+    wait_for(lambda: loki.count() == 20, timeout=60)
+    assert value(registry, "kube_audit_loki_push_failures_total", reason="timeout") == 1
