@@ -24,6 +24,13 @@ CPU, these senders push the same events to it:
   timestamp. The clock runs from the first ``info`` call until the last
   returns (its request answered).
 
+- ``LokiSink`` with parallel pushes: Loki is rarely on the same host, and
+  one push at a time waits a round trip per batch. For these rows the
+  receiver holds each answer for ``--latency`` seconds (default 0.05, a
+  Loki in another zone or behind a gateway) and the sink runs with
+  ``loki.parallelism`` 1, then each of ``--parallelism`` (default 1 and 4),
+  fsync ``never``, all in the same run: parallel pushes beside one.
+
 Events/s is events over those wall-clock seconds; CPU s is the sender
 process's CPU time (all its threads) over the same span. Peak RSS is each sender
 process's own high-water mark (wait4); "RSS at start" is what it held when
@@ -111,6 +118,13 @@ def receiver_main() -> int:
                 self.answers[status] += 1
             super()._answer(h, req, status, text)
 
+        latency = 0.0
+
+        def _handle(self, h: Any) -> None:
+            if self.latency:
+                time.sleep(self.latency)  # a round trip to a Loki further away
+            super()._handle(h)
+
     with tempfile.TemporaryDirectory(prefix="loki-bench-proto-") as tmp:
         receiver = BenchReceiver(compile_push_proto(Path(tmp)))
     print(receiver.url, flush=True)
@@ -118,6 +132,9 @@ def receiver_main() -> int:
         command = command.strip()
         if command == "reset":
             receiver.reset()
+            print("{}", flush=True)
+        elif command.startswith("latency "):
+            receiver.latency = float(command.split()[1])
             print("{}", flush=True)
         elif command == "stats":
             with receiver.lock:
@@ -178,7 +195,9 @@ def _resident_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def sink_main(url: str, path: str, fsync: str, spool_dir: str, batch: int) -> int:
+def sink_main(
+    url: str, path: str, fsync: str, spool_dir: str, batch: int, parallelism: int = 1
+) -> int:
     """Our Loki path, as the pipeline drives it: decoded events handed to
     ``submit`` in batches, then ``drain``."""
     import gc
@@ -186,7 +205,9 @@ def sink_main(url: str, path: str, fsync: str, spool_dir: str, batch: int) -> in
     from exporter.event import AuditEvent, Decoder, InvalidEvent
     from exporter.loki import LokiSettings, LokiSink
 
-    settings = LokiSettings(url=url, spool_dir=spool_dir, cluster=CLUSTER, fsync=fsync)
+    settings = LokiSettings(
+        url=url, spool_dir=spool_dir, cluster=CLUSTER, fsync=fsync, parallelism=parallelism
+    )
     sink = LokiSink(settings)
     decode = Decoder().decode_line
     # Decoding is the pipeline's work, done for the metrics whether Loki is
@@ -325,6 +346,9 @@ class Row:
     note: str = ""
     # LokiSink rows: decoding the input beforehand (timed apart), per event
     decode_us: float = 0.0
+    # The round-trip rows: how long the receiver held each answer; compared
+    # with each other (parallel pushes beside one), not with the baseline.
+    latency_ms: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -430,6 +454,37 @@ def run(args: argparse.Namespace, work: Path, log: IO[bytes]) -> list[Row]:
                 )
             )
             print(f"  LokiSink fsync {fsync}: {result['seconds']:.2f}s", file=sys.stderr)
+        if args.parallelism:
+            receiver.ask(f"latency {args.latency}")
+            for n in args.parallelism:
+                spool = work / f"spool-parallel-{n}"
+                argv = [
+                    sys.executable, SELF, "sink", "--url", receiver.url, "--file", str(path),
+                    "--fsync", "never", "--spool", str(spool), "--batch", str(args.batch),
+                    "--parallelism", str(n),
+                ]  # fmt: skip
+                result, usage = measure(argv, sender_cpu, log)
+                received, note = check(receiver, int(result["events"]))
+                events = int(result["events"])
+                what = "1 push" if n == 1 else f"{n} pushes"
+                rows.append(
+                    Row(
+                        f"LokiSink, {what} in flight, {args.latency * 1000:g} ms Loki",
+                        events,
+                        float(result["seconds"]),
+                        _mb(usage),
+                        float(result["held_mb"]),
+                        float(result["cpu_seconds"]),
+                        received,
+                        note="; ".join(
+                            filter(None, [note, f"{int(result['batches'])} pushes, fsync never"])
+                        ),
+                        decode_us=result["decode_seconds"] / events * 1e6,
+                        latency_ms=args.latency * 1000,
+                    )
+                )
+                print(f"  LokiSink parallelism {n}: {result['seconds']:.2f}s", file=sys.stderr)
+            receiver.ask("latency 0")
         if not args.no_baseline:
             argv = [
                 sys.executable, SELF, "logging-loki", "--url", receiver.url,
@@ -465,19 +520,23 @@ def _mb(usage: Any) -> float:
 def table(rows: list[Row]) -> str:
     base = next((r for r in rows if r.baseline), None)
     lines = [
-        f"{'sender':<34} {'events':>9} {'seconds':>8} {'events/s':>9} {'CPU s':>7} "
+        f"{'sender':<42} {'events':>9} {'seconds':>8} {'events/s':>9} {'CPU s':>7} "
         f"{'RSS at start':>12} {'peak RSS MB':>11} {'vs baseline':>11}  target"
     ]
     for r in rows:
         ratio, verdict = "", ""
+        one = next((o for o in rows if o.latency_ms and "1 push" in o.name), None)
         if r.baseline:
             ratio = "baseline"
+        elif r.latency_ms:
+            if one is not None and one.rate:
+                ratio = f"{r.rate / one.rate:.1f}x 1 push"
         elif base is not None and base.rate:
             x = r.rate / base.rate
             ratio = f"{x:.1f}x"
             verdict = f">= {TARGET:.0f}x {'ok' if x >= TARGET else 'BELOW'}"
         lines.append(
-            f"{r.name:<34} {r.events:>9,} {r.seconds:>8.2f} {r.rate:>9,.0f} {r.cpu_seconds:>7.2f} "
+            f"{r.name:<42} {r.events:>9,} {r.seconds:>8.2f} {r.rate:>9,.0f} {r.cpu_seconds:>7.2f} "
             f"{r.input_rss_mb:>12.1f} {r.peak_rss_mb:>11.1f} {ratio:>11}  {verdict}"
         )
         if r.note:
@@ -497,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fsync", required=True)
     p.add_argument("--spool", required=True)
     p.add_argument("--batch", type=int, default=BATCH_LINES)
+    p.add_argument("--parallelism", type=int, default=1)
     p = sub.add_parser("logging-loki", help="internal: python-logging-loki as the sender")
     p.add_argument("--url", required=True)
     p.add_argument("--file", required=True)
@@ -516,6 +576,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("always", "interval", "never"),
         help="spool fsync policy, one row each (default: always, never)",
     )
+    parser.add_argument(
+        "--parallelism",
+        action="append",
+        type=int,
+        help="loki.parallelism of the round-trip rows, one row each (default: 1, 4; 0 skips)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.05,
+        help="seconds the receiver holds each answer in the round-trip rows (default 0.05)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip python-logging-loki")
     parser.add_argument("--json", default="", help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -523,10 +595,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "receiver":
         return receiver_main()
     if args.mode == "sink":
-        return sink_main(args.url, args.file, args.fsync, args.spool, args.batch)
+        return sink_main(args.url, args.file, args.fsync, args.spool, args.batch, args.parallelism)
     if args.mode == "logging-loki":
         return logging_loki_main(args.url, args.file)
     args.fsync = args.fsync or ["always", "never"]
+    args.parallelism = [n for n in (args.parallelism or [1, 4]) if n > 0]
     work = Path(tempfile.mkdtemp(prefix="kube-audit-loki-bench-"))
     log_path = work / "children.log"
     rows: list[Row] = []

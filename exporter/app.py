@@ -13,13 +13,21 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from . import __version__
 from .alertmanager import Alertmanager
-from .config import Config, audit_metrics, detection_settings, loki_settings, rule_set
+from .config import (
+    Config,
+    audit_metrics,
+    detection_settings,
+    loki_settings,
+    otlp_settings,
+    rule_set,
+)
 from .detect import Detector
 from .event import Decoder
 from .httpserver import Limits
 from .logs import safe_url
 from .loki.sink import LokiSink
 from .metrics import AuditMetrics, HTTPMetrics
+from .otlp import otlp_sink
 from .pipeline import Pipeline, Processor, Sink
 from .redact import Redactor
 from .sources import aks, aks_eventhub
@@ -325,6 +333,10 @@ def build_pipeline(
         log.info("pushing to Loki", extra={"url": safe_url(settings.push_url)})
     else:
         log.info("loki.url is empty: events are not sent to Loki")
+    otlp = otlp_settings(cfg, spool_dir=spool_dir)
+    if otlp.url:
+        sinks.append(otlp_sink(otlp, metrics, redact=False))
+        log.info("sending OTLP logs", extra={"url": safe_url(otlp.push_url)})
     pipeline = Pipeline(
         metrics,
         processors=processors,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -109,6 +111,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 # Exit statuses of ``replay`` (besides 0, 1 for configuration, 130/141/143).
+# replay sends to Loki only: the OTLP output is for run.
+REPLAY_SKIPS = (*SOURCE_SECTIONS, "otlp")
 EXIT_INPUT = 2  # an input could not be read (missing file, read error)
 EXIT_LOKI = 3  # Loki did not take every entry (stall timeout, refused credentials)
 EXIT_INVALID = 4  # --strict: some inputs were not valid audit events
@@ -121,10 +125,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .loki.tempspool import TempSpool
 
     try:
-        cfg = load(args, skip=SOURCE_SECTIONS)
+        cfg = load(args, skip=REPLAY_SKIPS)
     except ConfigError as e:
         return _config_errors(e)
     logs.setup(cfg.log.format, "info" if args.verbose else "warning")
+    if not cfg.loki.writer:
+        # Its own Loki streams: a backfill older than the live data by more
+        # than max_chunk_age/2 would be "too far behind" in theirs.
+        writer = f"replay-{socket.gethostname()}-{os.getpid()}"
+        cfg = dataclasses.replace(cfg, loki=dataclasses.replace(cfg.loki, writer=writer))
     registry = CollectorRegistry()
     metrics = audit_metrics(cfg, registry, ["replay"])
     temp: TempSpool | None = None
@@ -341,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # The options of the pipeline (events.*, metrics.*, loki.*, spool.*,
     # detection); not those of run's sources and endpoints.
-    add_flags(replay, exclude=SOURCE_SECTIONS)
+    add_flags(replay, exclude=REPLAY_SKIPS)
     replay.set_defaults(func=cmd_replay)
 
     for name in COMMAND_MODULES:

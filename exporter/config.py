@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import os
 import re
+import socket
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -478,6 +479,94 @@ class LokiConfig:
     service_name: str = field(
         default=_LOKI.service_name, metadata=opt("The service_name stream label.")
     )
+    writer: str = field(
+        default="",
+        metadata=opt(
+            "The writer stream label, so that writers never share a stream; empty takes "
+            "the host name in run (the pod name in Kubernetes) and replay-<host>-<pid> "
+            "in replay."
+        ),
+    )
+    structured_metadata: bool = field(
+        default=_LOKI.structured_metadata,
+        metadata=opt(
+            "Send structured metadata (false for Loki 2.9, or Loki 3 on a schema before v13)."
+        ),
+    )
+    parallelism: int = field(
+        default=_LOKI.parallelism,
+        metadata=opt("Pushes in flight at once, each for its share of the streams (1 to 64)."),
+    )
+    deadline: float = field(
+        default=_LOKI.deadline,
+        metadata=opt(
+            "Deadline of a whole push request however slowly Loki answers; "
+            "0 takes connect_timeout + timeout.",
+            kind="duration",
+        ),
+    )
+
+
+_OTLP = LokiSettings(protocol="otlp")
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    url: str = field(
+        default="",
+        metadata=opt(
+            "OTLP/HTTP endpoint (/v1/logs is added: http://loki:3100/otlp, "
+            "http://collector:4318); empty disables the OTLP output."
+        ),
+    )
+    format: str = field(
+        default=_OTLP.format,
+        metadata=opt("Request encoding: protobuf or json (both gzip-compressed).", choices=FORMATS),
+    )
+    tenant: str = field(default="", metadata=opt("X-Scope-OrgID tenant; empty sends none."))
+    basic_auth_user: str = field(default="", metadata=opt("Basic auth user name."))
+    basic_auth_password_file: str = field(
+        default="", metadata=opt("File holding the basic auth password.", kind="file")
+    )
+    bearer_token_file: str = field(
+        default="", metadata=opt("File holding a bearer token.", kind="file")
+    )
+    ca_file: str = field(
+        default="", metadata=opt("CA bundle to verify the receiver with.", kind="file")
+    )
+    cert_file: str = field(default="", metadata=opt("Client certificate.", kind="file"))
+    key_file: str = field(default="", metadata=opt("Key of the client certificate.", kind="file"))
+    insecure_skip_verify: bool = field(
+        default=False, metadata=opt("Do not verify the receiver's certificate.")
+    )
+    headers: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("Extra static headers, each Name=value (repeatable).", kind="list"),
+    )
+    connect_timeout: float = field(
+        default=_OTLP.connect_timeout, metadata=opt("Connect timeout.", kind="duration")
+    )
+    timeout: float = field(default=_OTLP.timeout, metadata=opt("Read timeout.", kind="duration"))
+    deadline: float = field(
+        default=_OTLP.deadline,
+        metadata=opt(
+            "Deadline of a whole request; 0 takes connect_timeout + timeout.", kind="duration"
+        ),
+    )
+    batch_bytes: int = field(
+        default=_OTLP.batch_bytes, metadata=opt("A batch is sent at this size.", kind="bytes")
+    )
+    batch_wait: float = field(
+        default=_OTLP.batch_wait,
+        metadata=opt("...or when its oldest record waited this long.", kind="duration"),
+    )
+    parallelism: int = field(
+        default=_OTLP.parallelism,
+        metadata=opt("Requests in flight at once (1 to 64)."),
+    )
+    service_name: str = field(
+        default=_OTLP.service_name, metadata=opt("The service.name resource attribute.")
+    )
 
 
 @dataclass(frozen=True)
@@ -654,6 +743,7 @@ class Config:
     gke: GKEConfig = field(default_factory=GKEConfig)
     aks: AksConfig = field(default_factory=AksConfig)
     loki: LokiConfig = field(default_factory=LokiConfig)
+    otlp: OtlpConfig = field(default_factory=OtlpConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
@@ -1117,6 +1207,17 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
             else:
                 key = "loki." + name
             yield key + ":" + problem.split(":", 1)[1]
+    if cfg.otlp.url:
+        for item in _pairs(cfg.otlp.headers)[1]:
+            yield f"otlp.headers: {item!r} is not name=value"
+        settings = otlp_settings(cfg, spool_dir=cfg.spool.dir or "-")
+        for problem in settings.problems():
+            name, rest = problem.split(":", 1)
+            if name.startswith("spool_") or name.startswith("fsync"):
+                continue  # said for spool.* by the Loki check, or fine
+            if name in ("backoff_max", "backoff_min", "max_retries", "line_limit"):
+                continue  # loki.*, said above
+            yield "otlp." + name + ":" + rest
     yield from _detection_problems(cfg)
     if cfg.logfile.checkpoint_file and not cfg.logfile.path:
         yield "logfile.checkpoint_file: set without logfile.path"
@@ -1279,6 +1380,49 @@ def loki_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
         labels=lk.labels,
         service_name=lk.service_name,
         cluster=cfg.cluster,
+        writer=lk.writer or socket.gethostname(),
+        structured_metadata=lk.structured_metadata,
+        parallelism=lk.parallelism,
+        deadline=lk.deadline,
+    )
+
+
+def otlp_settings(cfg: Config, *, spool_dir: str | None = None) -> LokiSettings:
+    """The OTLP output's settings: its own endpoint, batching and spool (the
+    ``otlp`` subdirectory of spool.dir); redaction, retries, the line limit
+    and the spool's size and fsync policy as for Loki."""
+    o, lk, sp = cfg.otlp, cfg.loki, cfg.spool
+    base = sp.dir if spool_dir is None else spool_dir
+    return LokiSettings(
+        protocol="otlp",
+        url=o.url,
+        tenant=o.tenant,
+        basic_auth_user=o.basic_auth_user,
+        basic_auth_password_file=o.basic_auth_password_file,
+        bearer_token_file=o.bearer_token_file,
+        ca_file=o.ca_file,
+        cert_file=o.cert_file,
+        key_file=o.key_file,
+        insecure_skip_verify=o.insecure_skip_verify,
+        connect_timeout=o.connect_timeout,
+        timeout=o.timeout,
+        deadline=o.deadline,
+        headers=dict(_pairs(o.headers)[0]),
+        format=o.format,
+        batch_bytes=o.batch_bytes,
+        batch_wait=o.batch_wait,
+        parallelism=o.parallelism,
+        backoff_min=lk.backoff_min,
+        backoff_max=lk.backoff_max,
+        max_retries=lk.max_retries,
+        spool_dir=os.path.join(base, "otlp") if base else "",
+        spool_max_bytes=sp.max_bytes,
+        fsync=sp.fsync,
+        fsync_interval=sp.fsync_interval,
+        line_limit=lk.line_limit,
+        redact=lk.redact,
+        service_name=o.service_name,
+        cluster=cfg.cluster,
     )
 
 
@@ -1370,5 +1514,7 @@ def require_source(cfg: Config) -> None:
         )
     if cfg.loki.url and not cfg.spool.dir:
         problems.append("spool.dir: required with loki.url (the durable buffer for Loki)")
+    if cfg.otlp.url and not cfg.spool.dir:
+        problems.append("spool.dir: required with otlp.url (the durable buffer for OTLP)")
     if problems:
         raise ConfigError(problems)

@@ -11,6 +11,18 @@ It answers like Loki: 204 on success; 400 with a distributor-style body
 (``N errors like: ...`` joined by ``; ``) for refused entries, keeping the
 others; 413 above a body size; 401 without the expected credentials; and
 whatever a test scripts (429, 500, a reset connection, a slow answer).
+
+Loki's own refusals, with its messages (pkg/validation/validate.go,
+pkg/ingester/stream.go, pkg/chunkenc):
+
+- ``allow_structured_metadata = False``: every entry carrying structured
+  metadata is refused by the distributor (Loki 2.9's default);
+- ``max_chunk_age``: the ingester's unordered-writes window per stream; an
+  entry older than the stream's newest minus half of it is "too far
+  behind", and, as Loki's ingester does, only the last failing stream's
+  errors are reported (up to ``max_returned_errors`` lines and a total);
+- ``blocked_until``: 260 for every push (Loki 3.2+ blocked ingestion);
+- ``not_found_until``: 404 until that monotonic time (a gateway in a rollout).
 """
 
 from __future__ import annotations
@@ -199,6 +211,16 @@ class LokiReceiver:
         self.default: Action | None = None
         self.released = threading.Event()
         self.held = 0  # requests that were held (so far, released or not)
+        self.allow_structured_metadata = True
+        # seconds; None accepts any order (the ingester's window is off)
+        self.max_chunk_age: float | None = None
+        self.max_returned_errors = 10
+        self.highest_ts: dict[str, int] = {}
+        self.blocked_until: str | None = None
+        self.not_found_until: float | None = None
+        # Answers "trickle": headers, then the body a byte at a time, every
+        # trickle_interval seconds, until released.
+        self.trickle_interval = 0.05
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -275,6 +297,21 @@ class LokiReceiver:
                 self.held += 1
             self.released.wait()
             action = None
+        if action == "trickle":
+            self._trickle(h, req)
+            return
+        if self.not_found_until is not None and time.monotonic() < self.not_found_until:
+            self._answer(h, req, 404, "404 page not found\n")
+            return
+        if self.blocked_until is not None:
+            self._answer(
+                h,
+                req,
+                260,
+                f"ingestion blocked for user fake until '{self.blocked_until}' "
+                "with status code '260'\n",
+            )
+            return
         if action == "reset":
             # RST instead of an answer, like a proxy dropping the connection.
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -311,6 +348,8 @@ class LokiReceiver:
             return
         errors: list[str] = []
         accepted: list[Received] = []
+        ingester_error = ""
+        ingester_failed = 0
         for selector, entries in streams:
             try:
                 pairs = parse_selector(selector)
@@ -324,16 +363,55 @@ class LokiReceiver:
                 )
                 continue
             labels = dict(pairs)
+            valid: list[Received] = []
             for ts_ns, line, meta in entries:
                 r = Received(labels, selector, ts_ns, line, meta)
                 message = self.refuse(r) if self.refuse is not None else None
+                if message is None and meta and not self.allow_structured_metadata:
+                    message = (
+                        f"stream '{selector}' includes structured metadata, but this feature "
+                        "is disallowed. Please see `limits_config.allow_structured_metadata` "
+                        "or contact your Loki administrator to enable it."
+                    )
                 if message is not None:
                     errors.append(message)
                 else:
+                    valid.append(r)
+            if self.max_chunk_age is None:
+                accepted.extend(valid)
+                continue
+            # The ingester: in order per stream, within max_chunk_age/2 of the
+            # stream's newest entry.
+            window = int(self.max_chunk_age * 1e9) // 2
+            failed: list[str] = []
+            with self.lock:
+                highest = self.highest_ts.get(selector, 0)
+                for r in valid:
+                    cutoff = highest - window
+                    if highest and r.ts_ns < cutoff:
+                        failed.append(
+                            f"entry with timestamp {_go_time(r.ts_ns)} ignored, reason: "
+                            f"'entry too far behind, entry timestamp is: {_rfc3339(r.ts_ns)}, "
+                            f"oldest acceptable timestamp is: {_rfc3339(cutoff)}',\n"
+                        )
+                        continue
+                    highest = max(highest, r.ts_ns)
                     accepted.append(r)
-        req.entries = len(accepted) + len(errors)
+                self.highest_ts[selector] = highest
+            if failed:
+                ingester_error = (
+                    "".join(failed[: self.max_returned_errors])
+                    + f"user 'fake', total ignored: {len(failed)} out of {len(valid)} "
+                    f"for stream: {selector}"
+                )
+                ingester_failed = len(failed)
+        req.entries = len(accepted) + len(errors) + ingester_failed
         with self.lock:
             self.received.extend(accepted)
+        if not errors and ingester_error:
+            # Only the last failing stream's error reaches the client.
+            self._answer(h, req, 400, ingester_error + "\n")
+            return
         if errors:
             grouped = Counter(errors)
             parts = [
@@ -381,6 +459,23 @@ class LokiReceiver:
             return out
         raise ValueError(f"unsupported Content-Type {ctype!r}")
 
+    def _trickle(self, h: BaseHTTPRequestHandler, req: Request) -> None:
+        """A 204's headers promising a body that comes a byte at a time: no
+        single read ever waits long, so only a deadline ends it."""
+        req.status = -2
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "text/plain")
+            h.send_header("Content-Length", "1000000")
+            h.end_headers()
+            h.wfile.flush()
+            while not self.released.wait(self.trickle_interval):
+                h.wfile.write(b".")
+                h.wfile.flush()
+        except OSError:
+            pass
+        h.close_connection = True
+
     def _answer(self, h: BaseHTTPRequestHandler, req: Request, status: int, text: str) -> None:
         req.status = status
         data = text.encode()
@@ -393,6 +488,18 @@ class LokiReceiver:
         except OSError:
             # The client gave up first (a held answer after its timeout).
             h.close_connection = True
+
+
+def _go_time(ts_ns: int) -> str:
+    """Go's time.Time.String() in UTC: ``2006-01-02 15:04:05.999999999 +0000 UTC``."""
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    base = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+    frac = f".{nanos:09d}".rstrip("0") if nanos else ""
+    return f"{base}{frac} +0000 UTC"
+
+
+def _rfc3339(ts_ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts_ns // 1_000_000_000))
 
 
 def basic_auth(user: str, password: str) -> str:

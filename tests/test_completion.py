@@ -76,7 +76,7 @@ def zsh_complete(script: Path, *words: str) -> list[str]:
 
 def test_bash_completes_subcommands_flags_and_choices(scripts: dict[str, Path]) -> None:
     assert bash_complete(scripts["bash"], "repl") == ["replay"]
-    assert bash_complete(scripts["bash"], "replay", "--loki.st") == ["--loki.stall-timeout"]
+    assert bash_complete(scripts["bash"], "replay", "--loki.sta") == ["--loki.stall-timeout"]
     assert bash_complete(scripts["bash"], "rules", "list", "--con") == ["--config.file"]
     assert sorted(bash_complete(scripts["bash"], "replay", "--output", "")) == ["json", "text"]
     assert "--web.listen-address" not in bash_complete(scripts["bash"], "replay", "--")
@@ -85,7 +85,7 @@ def test_bash_completes_subcommands_flags_and_choices(scripts: dict[str, Path]) 
 
 def test_fish_completes_subcommands_flags_and_choices(scripts: dict[str, Path]) -> None:
     assert fish_complete(scripts["fish"], "kube-audit-exporter repl") == ["replay"]
-    assert fish_complete(scripts["fish"], "kube-audit-exporter replay --loki.st") == [
+    assert fish_complete(scripts["fish"], "kube-audit-exporter replay --loki.sta") == [
         "--loki.stall-timeout"
     ]
     assert fish_complete(scripts["fish"], "kube-audit-exporter rules li") == ["list"]
@@ -98,7 +98,7 @@ def test_fish_completes_subcommands_flags_and_choices(scripts: dict[str, Path]) 
 def test_zsh_completes_subcommands_flags_and_choices(scripts: dict[str, Path]) -> None:
     top = zsh_complete(scripts["zsh"], "rep")
     assert "replay" in top and "policy" in top and "--version" not in top
-    flags = zsh_complete(scripts["zsh"], "replay", "--loki.st")
+    flags = zsh_complete(scripts["zsh"], "replay", "--loki.sta")
     assert "--loki.stall-timeout" in flags and "--web.listen-address" not in flags
     assert zsh_complete(scripts["zsh"], "replay", "--output", "") == ["text", "json"]
     assert "--config.file" in zsh_complete(scripts["zsh"], "rules", "list", "--")

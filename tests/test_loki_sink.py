@@ -456,7 +456,10 @@ def test_401_stops_loudly_and_resumes_when_the_token_changes(
     events = unique_events(corpora, 20)
     sink = open_sink(
         sinks,
-        settings(tmp_path, loki, bearer_token_file=str(token)),
+        # A backoff far longer than the test: only the token's change resumes.
+        settings(
+            tmp_path, loki, bearer_token_file=str(token), backoff_min=600.0, backoff_max=600.0
+        ),
         metrics=AuditMetrics(registry),
     )
     assert sink.submit(events)

@@ -3,22 +3,38 @@
 Credentials are read from files on each push (cached by file identity), so a
 rotated token is picked up without a restart; their values are never logged
 and never part of an exception message.
+
+Proxies come from HTTP_PROXY, HTTPS_PROXY and NO_PROXY (either case), read
+once at start; nothing else is taken from the environment (no .netrc).
+Besides the connect and read timeouts, each request has a deadline for the
+whole exchange: when it passes, its socket is shut down, so a server that
+trickles its answer cannot hold a push for longer.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import os
 import re
+import socket
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
+import requests.adapters
+import requests.utils
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import PoolManager
 
 from .. import __version__
 from ..logs import safe_url
+from . import proto
 from .encode import Body
 from .settings import LokiSettings
 
@@ -26,7 +42,10 @@ OK = "ok"
 RETRY = "retry"
 REJECTED = "rejected"  # 400 and other final 4xx: Loki kept what it could
 TOO_LARGE = "too_large"  # 413: split the batch
-STOP = "stop"  # 401/403/404/405: configuration is wrong, retrying cannot help
+STOP = "stop"  # 401/403/404/405: configuration or a gateway; retried on a timer
+# 400 because Loki takes no structured metadata: send the same entries
+# again without it.
+NO_METADATA = "no_metadata"
 
 # Reasons an entry is refused, pre-initialised in the metrics. Loki's own
 # reason names where it has one (pkg/validation/validate.go).
@@ -58,6 +77,9 @@ _CLASSIFY = (
     ("invalid_labels", "label value too long"),
     ("invalid_labels", "duplicate label name"),
     ("invalid_labels", "label names; limit"),
+    # Loki 2.9's default, and Loki 3 on a schema before v13 (validate.go's
+    # DisallowedStructuredMetadataErrorMsg): resent without metadata.
+    ("structured_metadata_disabled", "structured metadata, but this feature is disallowed"),
     ("structured_metadata", "structured metadata"),
     ("missing_enforced_labels", "missing required labels"),
     ("blocked_ingestion", "ingestion blocked"),
@@ -180,12 +202,95 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _Watch:
+    """The socket of the request a client is making, so that a deadline can
+    cut it short from another thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.expired = False
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+# The watch of the push the current thread is making (set by LokiClient.push).
+_current = threading.local()
+
+
+def _watched(sock: Any) -> None:
+    watch: _Watch | None = getattr(_current, "watch", None)
+    if watch is not None and sock is not None:
+        with watch.lock:
+            watch.sock = sock
+            expired = watch.expired
+        if expired:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _watched(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watched(self.sock)  # a kept-alive connection: connect() is not called
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _watched(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watched(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections report their socket to the watch."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> PoolManager:
+        manager: PoolManager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
 class LokiClient:
     def __init__(self, settings: LokiSettings, session: requests.Session | None = None) -> None:
         self.url = settings.push_url
         self.safe_url = safe_url(self.url)
         self.timeout = (settings.connect_timeout, settings.timeout)
+        self.deadline = settings.request_deadline
+        self.protocol = settings.protocol
         s = session or requests.Session()
+        if session is None:
+            adapter = _WatchedAdapter()
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
         s.headers["User-Agent"] = f"kube-audit-exporter/{__version__}"
         s.headers.update(settings.headers)
         if settings.tenant:
@@ -199,8 +304,10 @@ class LokiClient:
         for path in (settings.ca_file, settings.cert_file, settings.key_file):
             if path and not os.access(path, os.R_OK):
                 raise LokiSetupError(f"cannot read {path}")
-        # No proxy from the environment: the pushes carry credentials.
+        # Only the proxy settings come from the environment (HTTP_PROXY,
+        # HTTPS_PROXY, NO_PROXY), never .netrc credentials.
         s.trust_env = False
+        self.proxies: dict[str, str] = requests.utils.get_environ_proxies(self.url)
         self.session = s
         self._user = settings.basic_auth_user
         self._password = (
@@ -232,6 +339,24 @@ class LokiClient:
         return None
 
     def push(self, body: Body, entries: int) -> PushResult:
+        """One request, within the deadline; what its answer means."""
+        watch = _Watch()
+        timer = threading.Timer(self.deadline, watch.expire)
+        timer.daemon = True
+        _current.watch = watch
+        timer.start()
+        try:
+            result = self._push(body, entries)
+        finally:
+            timer.cancel()
+            _current.watch = None
+        if watch.expired and result.outcome == RETRY:
+            return PushResult(
+                RETRY, "timeout", "timeout", f"no complete answer within {self.deadline:g}s"
+            )
+        return result
+
+    def _push(self, body: Body, entries: int) -> PushResult:
         headers = {"Content-Type": body.content_type}
         if body.content_encoding:
             headers["Content-Encoding"] = body.content_encoding
@@ -240,8 +365,15 @@ class LokiClient:
             headers["Authorization"] = auth
         try:
             resp = self.session.post(
-                self.url, data=body.data, headers=headers, timeout=self.timeout
+                self.url,
+                data=body.data,
+                headers=headers,
+                timeout=self.timeout,
+                proxies=self.proxies,
             )
+            status = resp.status_code
+            data = resp.content[: 4 << 20]
+            full = data.decode("utf-8", "replace")
         except requests.Timeout:
             return PushResult(RETRY, "timeout", "timeout", "no answer within the timeout")
         except requests.exceptions.SSLError:
@@ -251,17 +383,23 @@ class LokiClient:
             return PushResult(RETRY, "connection_error", "connection", _short(type(e).__name__))
         except requests.RequestException as e:
             return PushResult(RETRY, "error", "error", _short(type(e).__name__))
-        status = resp.status_code
         code = str(status)
-        full = resp.text[: 4 << 20]
         text = _short(full, 2000)
         resp.close()
+        if self.protocol == "otlp":
+            return otlp_result(status, code, data, text, entries, resp.headers)
+        if status == BLOCKED_STATUS or (200 <= status < 300 and _BLOCKED in full.lower()):
+            # Loki 3.2+ answers a blocked tenant with a 2xx (260 by default,
+            # blocked_ingestion_status_code) so that clients do not retry;
+            # the entries are dropped all the same.
+            return PushResult(REJECTED, code, "blocked", text, None, {"blocked_ingestion": entries})
         if 200 <= status < 300:
             return PushResult(OK, code)
         if status == 400:
-            return PushResult(
-                REJECTED, code, "rejected", text, None, parse_rejections(full, entries)
-            )
+            rejected = parse_rejections(full, entries)
+            if "structured_metadata_disabled" in rejected:
+                return PushResult(NO_METADATA, code, "rejected", text, None, rejected)
+            return PushResult(REJECTED, code, "rejected", text, None, rejected)
         if status in (401, 403, 404, 405):
             return PushResult(STOP, code, _STOP_REASONS[status], text)
         if status == 413:
@@ -274,6 +412,53 @@ class LokiClient:
                 RETRY, code, reason, text, _retry_after(resp.headers.get("Retry-After"))
             )
         return PushResult(REJECTED, code, "rejected", text, None, {"other": entries})
+
+
+BLOCKED_STATUS = 260
+_BLOCKED = "ingestion blocked for user"
+
+
+def otlp_result(
+    status: int, code: str, data: bytes, text: str, entries: int, headers: Any
+) -> PushResult:
+    """What an OTLP/HTTP answer means (the OTLP specification's rules):
+    2xx is success, except for the records a ``partialSuccess`` names as
+    rejected; 429, 502, 503 and 504 are retried (after any Retry-After);
+    401, 403, 404 and 405 stop as for Loki; 413 splits; the rest is final."""
+    if 200 <= status < 300:
+        rejected = _otlp_partial(data, headers.get("Content-Type", ""))
+        if rejected:
+            return PushResult(
+                REJECTED, code, "rejected", text, None, {"other": min(rejected, entries)}
+            )
+        return PushResult(OK, code)
+    if status in (401, 403, 404, 405):
+        return PushResult(STOP, code, _STOP_REASONS[status], text)
+    if status == 413:
+        return PushResult(TOO_LARGE, code, "too_large", text)
+    if status in (408, 429, 502, 503, 504):
+        reason = {408: "timeout", 429: "rate_limited"}.get(status, "http_5xx")
+        return PushResult(RETRY, code, reason, text, _retry_after(headers.get("Retry-After")))
+    if status >= 500:
+        return PushResult(RETRY, code, "http_5xx", text)
+    return PushResult(REJECTED, code, "rejected", text, None, {"other": entries})
+
+
+def _otlp_partial(data: bytes, content_type: str) -> int:
+    """rejected_log_records of an ExportLogsServiceResponse's partial_success
+    (field 1, its field 1), in protobuf or JSON; 0 when there is none."""
+    if "protobuf" in content_type:
+        try:
+            for number, partial in proto.fields(data):
+                if number == 1 and isinstance(partial, bytes):
+                    for n, value in proto.fields(partial):
+                        if n == 1 and isinstance(value, int):
+                            return value
+        except ValueError:
+            pass
+        return 0
+    m = re.search(rb'"rejected_?[lL]og_?[rR]ecords"\s*:\s*"?(\d+)', data)
+    return int(m.group(1)) if m else 0
 
 
 _STOP_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "not_found"}

@@ -37,12 +37,11 @@ METADATA_FIELDS = (
     "source_ip",
     "stage",
     "rules",
-    "severity",
+    "rule_severity",
     "detected_level",
 )
 
-# Returns extra structured metadata for an event (the detection stage's
-# ``rules`` and ``severity``), or nothing.
+# Returns extra structured metadata for an event, or nothing.
 MetadataHook = Callable[[AuditEvent], Iterable[tuple[str, str]]]
 
 # Called with (label, raw value) when a stream label value was folded.
@@ -226,6 +225,9 @@ class EntryBuilder:
         self.on_fold = on_fold
         self.service_name = settings.service_name
         self.cluster = settings.cluster
+        self.writer = settings.writer
+        # False: entries carry no structured metadata (a Loki without it).
+        self.with_metadata = settings.structured_metadata
         self.extra_labels: Sequence[str] = tuple(settings.labels)
         self.line_limit = settings.line_limit
         self.metadata_hook = metadata_hook
@@ -262,6 +264,7 @@ class EntryBuilder:
                 ("service_name", self.service_name),
                 ("cluster", self.cluster),
                 ("verb", values[0]),
+                ("writer", self.writer),
                 *zip(self.extra_labels, values[1:], strict=True),
             ]
             rendered = render_labels(pairs)
@@ -309,6 +312,8 @@ class EntryBuilder:
         return line
 
     def metadata(self, ev: AuditEvent) -> tuple[tuple[str, str], ...]:
+        if not self.with_metadata:
+            return ()
         pairs = [
             ("user", ev.username),
             ("user_kind", ev.user_kind),
@@ -322,7 +327,7 @@ class EntryBuilder:
             ("stage", ev.stage),
             # set by detection; empty (and so left out) when nothing matched
             ("rules", ",".join(ev.rules)),
-            ("severity", ev.severity),
+            ("rule_severity", ev.severity),
         ]
         if self.metadata_hook is not None:
             pairs.extend(self.metadata_hook(ev))
@@ -380,6 +385,8 @@ class EntryBuilder:
         n = len(line)
         if n:
             parts += (_T_LINE, _SMALL[n] if n < 128 else varint(n), line)
+        if not self.with_metadata:
+            return b"".join(parts)
         cached = self._cached
         c = self._caches
         put = parts.append
@@ -489,7 +496,9 @@ _H_AUDIT_ID = _metadata_head("audit_id")
 _H_SOURCE_IP = _metadata_head("source_ip")
 _H_STAGE = _metadata_head("stage")
 _H_RULES = _metadata_head("rules")
-_H_SEVERITY = _metadata_head("severity")
+# Not "severity": Loki's level detection reads that field (log_level_fields),
+# and Loki 3.1 to 3.4 would then add a second detected_level.
+_H_SEVERITY = _metadata_head("rule_severity")
 _LEVEL_FIELDS = tuple(
     _metadata_field(_metadata_head("detected_level"), level) for level in ("error", "warn", "info")
 )
@@ -516,6 +525,15 @@ def encode_record(entry: Entry) -> bytes:
         entry.ts_ns, entry.line, [(k.encode(), v.encode()) for k, v in entry.metadata]
     )
     return proto.varint(len(labels)) + labels + body
+
+
+def without_metadata(buf: bytes) -> bytes:
+    """A spool record again without its structured metadata (for a Loki
+    that refuses it); ValueError on a damaged record."""
+    entry = decode_record(buf)
+    if not entry.metadata:
+        return buf
+    return encode_record(Entry(entry.labels, entry.ts_ns, entry.line))
 
 
 def decode_record(buf: bytes) -> Entry:

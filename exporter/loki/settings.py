@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from ..redact import Path, RedactionPathError
 
 PUSH_PATH = "/loki/api/v1/push"
+OTLP_LOGS_PATH = "/v1/logs"
+PROTOCOLS = ("loki", "otlp")
 FORMATS = ("protobuf", "json")
 FSYNC_POLICIES = ("always", "interval", "never")
 
@@ -29,7 +31,7 @@ LABEL_FIELDS = (
     "api_group",
     "namespace",
 )
-FIXED_LABELS = ("service_name", "cluster", "verb")
+FIXED_LABELS = ("service_name", "cluster", "verb", "writer")
 
 # Loki's defaults: max_line_size 256KB (KB = 1000 bytes there) and
 # reject_old_samples_max_age 168h.
@@ -59,6 +61,12 @@ class LokiSettings:
     insecure_skip_verify: bool = False
     connect_timeout: float = 5.0
     timeout: float = 30.0
+    # The whole request (connect, send, answer), however the server trickles;
+    # 0 takes connect_timeout + timeout.
+    deadline: float = 0.0
+    # Pushes in flight at once, each for its own share of the streams (by a
+    # hash of the stream's labels, so one stream's entries stay in order).
+    parallelism: int = 1
     # Extra static headers sent with every push.
     headers: Mapping[str, str] = field(default_factory=dict)
     # protobuf (snappy-compressed logproto.PushRequest) or json (gzip).
@@ -86,15 +94,33 @@ class LokiSettings:
     labels: Sequence[str] = ()
     service_name: str = "kube-audit"
     cluster: str = ""
+    # The per-writer stream label ``writer`` (the pod or node in ``run``,
+    # ``replay-<host>-<pid>`` in replay), so that writers never share a
+    # stream; empty leaves it out.
+    writer: str = ""
+    # False sends no structured metadata (Loki 2.9, or a schema before v13).
+    structured_metadata: bool = True
+    # loki: Loki's push API; otlp: OTLP/HTTP logs (Loki's /otlp or a collector).
+    protocol: str = "loki"
     # Events older than this are refused by a default Loki; replay warns.
     max_age_warning: float = DEFAULT_MAX_AGE_SECONDS
 
     @property
     def push_url(self) -> str:
         parts = urlsplit(self.url)
-        if parts.path in ("", "/"):
+        if self.protocol == "otlp":
+            # As OTEL_EXPORTER_OTLP_ENDPOINT: the signal's path is appended
+            # (http://loki:3100/otlp -> /otlp/v1/logs), unless already there.
+            path = parts.path.rstrip("/")
+            if not path.endswith(OTLP_LOGS_PATH):
+                parts = parts._replace(path=path + OTLP_LOGS_PATH)
+        elif parts.path in ("", "/"):
             parts = parts._replace(path=PUSH_PATH)
         return urlunsplit(parts)
+
+    @property
+    def request_deadline(self) -> float:
+        return self.deadline if self.deadline > 0 else self.connect_timeout + self.timeout
 
     @property
     def segment_bytes(self) -> int:
@@ -121,6 +147,12 @@ class LokiSettings:
         for name in ("connect_timeout", "timeout", "batch_wait", "backoff_min", "fsync_interval"):
             if getattr(self, name) <= 0:
                 out.append(f"{name}: must be > 0")
+        if self.deadline < 0:
+            out.append("deadline: must be >= 0 (0 takes connect_timeout + timeout)")
+        if not 1 <= self.parallelism <= 64:
+            out.append("parallelism: must be between 1 and 64")
+        if self.protocol not in PROTOCOLS:
+            out.append(f"protocol: must be one of {', '.join(PROTOCOLS)}")
         if self.backoff_max < self.backoff_min:
             out.append("backoff_max: must be >= backoff_min")
         if self.batch_bytes <= 0:

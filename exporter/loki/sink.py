@@ -1,29 +1,44 @@
-"""The Loki output: a pipeline Sink in front of a disk spool and a sender thread.
+"""The Loki output: a pipeline Sink in front of a disk spool and sender threads.
 
 ``admit`` (the pipeline's thread, before detection sees the batch) says
 whether the spool has room for a batch, from its events' sizes; when it is
 full it refuses, so the webhook answers 503 and the log tailer keeps its
 checkpoint. ``submit`` then redacts, builds the entries and appends them to
-the spool, with the source's mark (its resume position) in the same write. The
-sender thread reads the spool in order, cuts batches at ``batch_bytes`` or
-after ``batch_wait``, pushes them one at a time, in order, and acknowledges
-each batch in the spool only once Loki has answered for it. While a batch's
-first push is in flight (made by a push thread), the sender reads and
-encodes the next batch, which is pushed only once the one before it is
-settled, so entries reach Loki and leave the spool in spool order:
+the spool, with the source's mark (its resume position) in the same write.
 
-- 2xx: sent.
+The sender thread reads the spool in order and hands each record to one of
+``parallelism`` shards, chosen by a hash of its stream's labels (as
+Alloy's loki.write shards its queue). Each shard cuts its batches at
+``batch_bytes`` or after ``batch_wait`` and pushes them from its own
+thread, one at a time, so one stream's entries reach Loki in spool order
+while other streams' pushes are in flight beside it. The spool is
+acknowledged up to the first record not yet answered for: nothing leaves
+it before Loki has answered for it. What each answer means:
+
+- 2xx: sent. A 2xx can hide refused entries (Loki's ingester reports only
+  the last stream's error), so the refusal counts are a lower bound.
+- 260 (Loki 3.2+ blocked ingestion, or any 2xx that says so): refused,
+  counted as ``blocked_ingestion``.
+- 400 naming disallowed structured metadata (Loki 2.9's default, Loki 3 on
+  a schema before v13): the same entries again without metadata, and every
+  entry from then on; said once in the log and in the metrics.
 - 400 (and other final 4xx): Loki kept the valid entries; the refused ones
-  are counted by reason and logged, never retried.
+  are counted by reason (``too_far_behind`` among them) and logged, never
+  retried.
 - 413: the batch is split in halves and each half pushed; a single entry
   that is still too large is counted (reason ``too_large``) and logged.
-- 408, 425, 429, 5xx, timeouts, connection errors: the same batch again after
-  a jittered exponential backoff (``backoff_min`` doubling up to
+- 408, 425, 429, 5xx, timeouts (the connect and read timeouts, and the
+  deadline of the whole request), connection errors: the same batch again
+  after a jittered exponential backoff (``backoff_min`` doubling up to
   ``backoff_max``, at least any Retry-After), without limit unless
   ``max_retries`` says otherwise.
-- 401, 403, 404, 405: the configuration is wrong. The sender stops, says so
-  at error level, shows ``loki_sender_up 0``, and resumes only when a
-  credential file changes; the spool keeps filling meanwhile.
+- 401, 403, 404, 405: the configuration is wrong, or a gateway is in a
+  rollout. The shard says so at error level, shows ``loki_sender_up 0``,
+  and pushes again after the same backoff, or at once when a credential
+  file changes; the spool keeps filling meanwhile.
+
+The same machinery carries the OTLP output (exporter/otlp), with its own
+:class:`~exporter.loki.codec.Codec`.
 """
 
 from __future__ import annotations
@@ -33,6 +48,8 @@ import queue
 import random
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import requests
@@ -43,8 +60,9 @@ from ..logs import RateLimitedLog, safe_url
 from ..metrics import AuditMetrics
 from ..redact import Redactor
 from . import client as c
-from .encode import Body, encode
-from .entry import Entry, EntryBuilder, MetadataHook, decode_record
+from .codec import Codec, LokiCodec
+from .encode import Body
+from .entry import Entry, EntryBuilder, MetadataHook
 from .metrics import LokiMetrics
 from .settings import LokiSettings
 from .spool import Position, Spool
@@ -79,12 +97,14 @@ class LokiSink:
         rng: Callable[[], float] = random.random,
         session: requests.Session | None = None,
         start: bool = True,
+        codec: Codec | None = None,
     ) -> None:
         """``redact`` defaults to ``settings.redact``; pass False when a
         :class:`~exporter.redact.Redactor` already runs as a pipeline
         processor (running it twice is harmless, only slower).
         ``metadata_hook`` adds structured metadata per event (the detection
-        stage's ``rules`` and ``severity``)."""
+        stage's).  ``codec`` is the wire protocol, Loki's push API unless
+        given (exporter/otlp)."""
         problems = settings.problems()
         if problems:
             raise c.LokiSetupError("; ".join(problems))
@@ -99,7 +119,11 @@ class LokiSink:
         )
         do_redact = settings.redact if redact is None else redact
         self.redactor = Redactor(settings.redact_paths) if do_redact else None
-        self.client = c.LokiClient(settings, session)
+        self.codec: Codec = codec if codec is not None else LokiCodec(self.builder)
+        self.name = self.codec.name
+        # One client per shard: each makes one request at a time.
+        self.clients = [c.LokiClient(settings, session) for _ in range(settings.parallelism)]
+        self.client = self.clients[0]
         self.spool = Spool(
             settings.spool_dir,
             max_bytes=settings.spool_max_bytes,
@@ -108,7 +132,15 @@ class LokiSink:
             fsync_interval=settings.fsync_interval,
             clock=clock,
         )
-        self.stats = LokiMetrics()
+        self.stats = LokiMetrics(self.name, "" if self.name == "loki" else self.name + "_")
+        # Entries go without structured metadata: Loki refused it (the
+        # spooled ones are stripped when sent), or the settings say so.
+        self._strip = False
+        if not settings.structured_metadata:
+            self.stats.metadata_off()
+        # (shard, batch, finished) of the batches the shards are done with,
+        # under spool.changed.
+        self._done: list[tuple[_Shard, _Batch, bool]] = []
         if metrics is not None:
             metrics.add_state(self.collect)
         self._warn = RateLimitedLog(log, burst=5, interval=60.0)
@@ -127,10 +159,10 @@ class LokiSink:
         self.stalled = False
         self._abandoned = False
         self._mean_entry = FIRST_ENTRY_GUESS
-        self._thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-sender", daemon=True)
         backlog = self.spool.stats()
         log.info(
-            "loki output enabled",
+            f"{self.name} output enabled",
             extra={
                 "url": safe_url(settings.push_url),
                 "tenant": settings.tenant or "-",
@@ -141,7 +173,7 @@ class LokiSink:
             },
         )
         if settings.insecure_skip_verify:
-            log.warning("loki: TLS certificate verification is off (insecure_skip_verify)")
+            log.warning(f"{self.name}: TLS certificate verification is off (insecure_skip_verify)")
         if start:
             self._thread.start()
 
@@ -186,7 +218,7 @@ class LokiSink:
             redact = self.redactor.redact
             for ev in events:
                 redact(ev)
-        record = self.builder.record
+        record = self.codec.record
         payloads = [record(ev) for ev in events]
         if payloads:
             self._mean_entry = sum(map(len, payloads)) // len(payloads)
@@ -208,8 +240,9 @@ class LokiSink:
         return True
 
     def drain(self, timeout: float | None = None, stall: float | None = None) -> bool:
-        """Wait until everything spooled is acknowledged (True), the sender
-        stopped on a configuration error, ``timeout`` passed, or Loki
+        """Wait until everything spooled is acknowledged (True), Loki
+        refused the credentials (401, 403: a 404 or 405 may be a gateway's
+        rollout, left to ``stall``), ``timeout`` passed, or Loki
         answered nothing for ``stall`` seconds (False; :attr:`stalled` says
         which). For replay, which ends only when its events are in Loki."""
         start = time.monotonic()
@@ -219,7 +252,7 @@ class LokiSink:
             self.spool.changed.notify_all()
             try:
                 while not self.spool.empty():
-                    if self.stopped_reason is not None or not self._thread.is_alive():
+                    if self.stopped_reason in _CREDENTIALS or not self._thread.is_alive():
                         return False
                     if self._stalled_since(start, stall):
                         return False
@@ -275,7 +308,8 @@ class LokiSink:
         left = self.spool.stats()
         if not drained and not self._abandoned:  # the one who abandoned it reports
             log.warning(
-                "loki output stopped with entries left in the spool; the next start sends them",
+                f"{self.name} output stopped with entries left in the spool; "
+                "the next start sends them",
                 extra={"spool_entries": left.entries, "spool_bytes": left.bytes},
             )
         return drained
@@ -288,136 +322,152 @@ class LokiSink:
 
     def _run(self) -> None:
         try:
-            self._loop()
+            self._send()
         except Exception:
             if self._stop.is_set():
                 return  # abandoned: its spool may be gone already
-            log.exception("loki sender failed; entries stay in the spool")
+            log.exception(f"{self.name} sender failed; entries stay in the spool")
             with self.stats.lock:
                 self.stats.sender_up = 0.0
 
-    def _loop(self) -> None:
-        pusher = _Pusher(self.client)
-        try:
-            self._send(pusher)
-        finally:
-            pusher.stop()
-
-    def _send(self, pusher: _Pusher) -> None:
+    def _send(self) -> None:
+        """Read the spool in order, hand each record to its stream's shard,
+        start each shard's batch when it is due and the shard is free, and
+        acknowledge the spool up to the first record not yet answered for."""
         spool = self.spool
         batch_bytes = self.settings.batch_bytes
         batch_wait = self.settings.batch_wait
-        fmt = self.settings.format
-        # The batch whose first push is in flight, settled by _settle.
-        inflight: tuple[list[bytes], Position, _Push] | None = None
+        shards = [_Shard(self, i, client) for i, client in enumerate(self.clients)]
+        route: dict[bytes, _Shard] = {}
+        # Reads not yet answered for entirely, in spool order, and their bytes:
+        # at most two batches per shard are read ahead.
+        window: deque[_Read] = deque()
+        window_bytes = 0
+        limit = 2 * batch_bytes * len(shards)
         cursor = spool.head()
-        # The records read for the next batch: payloads, when the first was
-        # appended, and the position just after the last.
-        pending: list[bytes] = []
-        pending_bytes = 0
-        first_ts = 0.0
-        end = cursor
-        while not self._stop.is_set():
-            spool.sync_if_due()
-            if pending_bytes < batch_bytes:
-                chunk = spool.read_chunk(cursor, batch_bytes - pending_bytes)
-                cursor = chunk.cursor
-                if chunk.payloads and chunk.end is not None and chunk.first_ts is not None:
-                    if not pending:
-                        first_ts = chunk.first_ts
-                    pending += chunk.payloads
-                    pending_bytes += sum(map(len, chunk.payloads))
-                    end = chunk.end
-                self.pending_entries = len(pending)
-            if pending and (
-                pending_bytes >= batch_bytes
-                or self._closing
-                or self._draining
-                or self.clock() - first_ts >= batch_wait
-            ):
-                batch, pending, pending_bytes = pending, [], 0
-                self.pending_entries = 0
-                try:
-                    body: Body | None = encode(batch, fmt)
-                except ValueError:
-                    body = None  # _deliver sorts out the damaged records
-                settled, inflight = inflight, None
-                if settled is not None and not self._settle(settled[0], settled[2]):
-                    return
-                if body is not None:
-                    inflight = (batch, end, pusher.push(body, len(batch)))
-                if settled is not None:
-                    # Acknowledged while the next push is in flight: still
-                    # in spool order, and only once Loki has answered.
-                    spool.ack(settled[1], len(settled[0]))
-                if body is None and not self._deliver(batch, end):
-                    return
-                continue
-            if inflight is not None:
-                # Nothing more to send yet: settle the push in flight first.
-                if not self._deliver(*inflight):
-                    return
-                inflight = None
-                continue
-            with spool.changed:
-                if self._stop.is_set() or (spool.available(cursor) and pending_bytes < batch_bytes):
-                    continue
-                if not pending:
-                    if self._closing:
-                        return  # drained
-                    timeout = self.settings.fsync_interval
-                else:
-                    timeout = max(0.0, batch_wait - (self.clock() - first_ts))
-                spool.changed.wait(min(timeout, batch_wait, 1.0) or 0.001)
+        try:
+            while not self._stop.is_set():
+                spool.sync_if_due()
+                with spool.changed:
+                    done, self._done = self._done, []
+                for shard, batch, ok in done:
+                    shard.busy = False
+                    if not ok:
+                        return  # stopped: what is not acknowledged stays spooled
+                    for read in batch.reads:
+                        read.left -= 1
+                count, end, now = 0, None, self.clock()
+                while window and window[0].left == 0:
+                    read = window.popleft()
+                    count += read.count
+                    end = read.end
+                    window_bytes -= read.nbytes
+                    self.stats.latency(max(0.0, now - read.first_ts), read.count)
+                if end is not None:
+                    spool.ack(end, count)
+                if window_bytes < limit:
+                    chunk = spool.read_chunk(cursor, min(batch_bytes, limit - window_bytes))
+                    cursor = chunk.cursor
+                    if chunk.payloads and chunk.end is not None and chunk.first_ts is not None:
+                        nbytes = sum(map(len, chunk.payloads))
+                        read = _Read(chunk.end, len(chunk.payloads), chunk.first_ts, nbytes)
+                        window.append(read)
+                        window_bytes += nbytes
+                        if len(shards) == 1:
+                            shards[0].add(chunk.payloads, read)
+                        else:
+                            self._route(chunk.payloads, read, shards, route)
+                flush = self._closing or self._draining > 0
+                wait = 1.0
+                for shard in shards:
+                    if shard.busy or not shard.pending:
+                        continue
+                    left = batch_wait - (self.clock() - shard.first_ts)
+                    if flush or shard.pending_bytes >= batch_bytes or left <= 0:
+                        shard.start(batch_bytes)
+                    else:
+                        wait = min(wait, left)
+                self.pending_entries = sum(len(s.pending) for s in shards)
+                if self._closing and not window and not any(s.busy for s in shards):
+                    return  # drained
+                with spool.changed:
+                    if self._stop.is_set() or self._done:
+                        continue
+                    if spool.available(cursor) and window_bytes < limit:
+                        continue
+                    if not window:
+                        wait = min(wait, self.settings.fsync_interval)
+                    spool.changed.wait(min(wait, batch_wait, 1.0) or 0.001)
+        finally:
+            for shard in shards:
+                shard.stop()
 
-    def _deliver(self, entries: list[bytes], end: Position, first: _Push | None = None) -> bool:
-        """Push ``entries`` (spool records up to ``end``) until Loki has
-        answered for every one; then ack. ``first`` is their first push,
-        already started. False when stopped first (the batch stays in the
-        spool)."""
-        if not self._settle(entries, first):
-            return False
-        self.spool.ack(end, len(entries))
-        return True
+    def _route(
+        self,
+        payloads: list[bytes],
+        read: _Read,
+        shards: list[_Shard],
+        route: dict[bytes, _Shard],
+    ) -> None:
+        """Each record to its stream's shard (remembered in ``route``)."""
+        stream = self.codec.stream
+        groups: dict[_Shard, list[bytes]] = {}
+        for payload in payloads:
+            key = stream(payload)
+            to = route.get(key)
+            if to is None:
+                if len(route) >= _ROUTE_CACHE_MAX:
+                    route.clear()
+                to = route[key] = shards[zlib.crc32(key) % len(shards)]
+            group = groups.get(to)
+            if group is None:
+                groups[to] = [payload]
+            else:
+                group.append(payload)
+        for to, group in groups.items():
+            to.add(group, read)
 
-    def _settle(self, entries: list[bytes], first: _Push | None = None) -> bool:
+    def _settle(self, entries: list[bytes], client: c.LokiClient) -> bool:
         """Push ``entries`` until Loki has answered for every one (sent,
         refused or dropped as too large), retrying as needed; False when
-        stopped first. The caller acknowledges them."""
+        stopped first. The sender acknowledges them."""
         work: list[list[bytes]] = [entries]
         attempt = 0
+        refusals = 0
         fmt = self.settings.format
         while work:
-            part = work[0]
-            if first is not None:
-                body = first.body
-                result, seconds = first.wait()
-                first = None
-            else:
-                part, pushed, result, seconds = self._push(part, fmt)
-                if pushed is None:
-                    work.pop(0)
-                    continue
-                work[0] = part
-                body = pushed
-            self.stats.request(result.code, seconds, result.reason)
+            # Taken before the push: another shard may learn meanwhile that
+            # Loki refuses metadata, and this push still carries it.
+            strip = self._strip
+            part, body, result, seconds = self._push(work[0], fmt, client, strip)
+            if body is None:
+                work.pop(0)
+                continue
+            work[0] = part
+            self.stats.request(result.code, seconds, result.reason, len(body.data))
             outcome = result.outcome
-            if outcome in (c.OK, c.REJECTED, c.TOO_LARGE):
+            if outcome in (c.OK, c.REJECTED, c.TOO_LARGE, c.NO_METADATA):
                 self.answered_at = time.monotonic()
             else:
                 self.last_failure = result.reason or f"HTTP {result.code}"
-            if outcome == c.OK:
-                self.stats.sent(len(part))
-                if self.stopped_reason is not None:
+            if outcome != c.STOP:
+                refusals = 0
+                if self.stopped_reason is not None and outcome != c.RETRY:
                     self._resumed()
+            if outcome == c.OK:
+                self.stats.sent(len(part), nbytes=body.raw_size)
                 work.pop(0)
                 attempt = 0
-            elif outcome == c.REJECTED:
+            elif outcome == c.NO_METADATA and not strip:
+                if not self._strip:
+                    self._metadata_refused(result)
+                self.stats.resent(len(part))
+            elif outcome in (c.REJECTED, c.NO_METADATA):
                 refused = sum(result.rejected.values())
                 self.stats.rejected(result.rejected)
                 self.stats.sent(len(part) - refused)
                 self._warn.warning(
-                    "loki refused entries; not retrying them",
+                    f"{self.name} refused entries; not retrying them",
                     status=result.code,
                     refused=refused,
                     entries=len(part),
@@ -430,7 +480,7 @@ class LokiSink:
                 if len(part) == 1:
                     self.stats.rejected({"too_large": 1})
                     log.error(
-                        "loki refused a single entry as too large; dropped",
+                        f"{self.name} refused a single entry as too large; dropped",
                         extra={"bytes": len(part[0]), "detail": result.detail},
                     )
                     work.pop(0)
@@ -438,12 +488,13 @@ class LokiSink:
                     half = len(part) // 2
                     work[0:1] = [part[:half], part[half:]]
                     log.info(
-                        "loki answered 413; splitting the batch",
+                        f"{self.name} answered 413; splitting the batch",
                         extra={"entries": len(part), "bytes": body.raw_size},
                     )
             elif outcome == c.STOP:
+                refusals += 1
                 self._stopped(result)
-                if not self._wait_for_credentials():
+                if not self._wait_to_retry(client, refusals):
                     return False
             else:
                 attempt += 1
@@ -460,7 +511,7 @@ class LokiSink:
                 self.stats.retry()
                 delay = self._backoff(attempt, result.retry_after)
                 self._warn.warning(
-                    "loki push failed; retrying",
+                    f"{self.name} push failed; retrying",
                     reason=result.reason,
                     status=result.code,
                     attempt=attempt,
@@ -472,16 +523,19 @@ class LokiSink:
         return True
 
     def _push(
-        self, part: list[bytes], fmt: str
+        self, part: list[bytes], fmt: str, client: c.LokiClient, strip: bool = False
     ) -> tuple[list[bytes], Body | None, c.PushResult, float]:
         """Encode and push ``part`` once: (what was pushed, body, result,
         seconds). Records that do not decode are counted, logged and left
         out; no body when none is left."""
+        codec = self.codec
+        if strip:
+            part = [_stripped(codec, r) for r in part]
         try:
-            body = encode(part, fmt)
+            body = codec.encode(part, fmt)
         except ValueError:
             # A record that passed its checksum but does not decode: a bug.
-            good = [r for r in part if _decodes(r)]
+            good = [r for r in part if codec.decodes(r)]
             self.stats.rejected({"other": len(part) - len(good)})
             log.error(
                 "spool records could not be decoded; skipped",
@@ -490,10 +544,23 @@ class LokiSink:
             if not good:
                 return good, None, c.PushResult(c.OK, ""), 0.0
             part = good
-            body = encode(part, fmt)
+            body = codec.encode(part, fmt)
         start = time.monotonic()
-        result = self.client.push(body, len(part))
+        result = client.push(body, len(part))
         return part, body, result, time.monotonic() - start
+
+    def _metadata_refused(self, result: c.PushResult) -> None:
+        """Loki takes no structured metadata: from now on entries go without
+        it (their lines still hold every field); said once."""
+        self._strip = True
+        self.builder.with_metadata = False
+        self.stats.metadata_off()
+        log.warning(
+            "loki refuses structured metadata (limits_config.allow_structured_metadata is off, "
+            "Loki 2.9's default, or a schema before v13); sending entries without it from now "
+            "on. Set loki.structured_metadata to false to say so, or enable it in Loki",
+            extra={"status": result.code, "detail": result.detail[:200]},
+        )
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         s = self.settings
@@ -506,8 +573,8 @@ class LokiSink:
     def _stopped(self, result: c.PushResult) -> None:
         if self.stopped_reason is None:
             log.error(
-                "LOKI REFUSED THE EXPORTER: pushing stopped until the credentials or the "
-                "configuration are fixed; events are kept in the spool meanwhile",
+                f"{self.name.upper()} REFUSED THE EXPORTER: pushes are retried with backoff and "
+                "at once when a credential file changes; events are kept in the spool meanwhile",
                 extra={
                     "status": result.code,
                     "reason": result.reason,
@@ -520,80 +587,124 @@ class LokiSink:
         self.stopped_reason = result.reason
 
     def _resumed(self) -> None:
-        log.info("loki accepts pushes again", extra={"was": self.stopped_reason})
+        log.info(f"{self.name} accepts pushes again", extra={"was": self.stopped_reason})
         self.stopped_reason = None
         with self.stats.lock:
             self.stats.sender_up = 1.0
 
-    def _wait_for_credentials(self) -> bool:
-        """Wait until a credential file changes (True) or the sink stops."""
-        before = self.client.credentials_signature()
-        while not self._stop.wait(CREDENTIALS_POLL):
+    def _wait_to_retry(self, client: c.LokiClient, refusals: int) -> bool:
+        """After a 401/403/404/405: wait for a credential file to change or
+        for the backoff (a gateway's 404 during a rollout passes by itself);
+        True to push again, False when the sink stops first."""
+        before = client.credentials_signature()
+        deadline = time.monotonic() + self._backoff(refusals, None)
+        while True:
+            left = deadline - time.monotonic()
+            if self._stop.wait(max(0.0, min(CREDENTIALS_POLL, left))):
+                return False
             if self._closing:
                 return False
-            if self.client.credentials_signature() != before:
-                log.info("credential file changed; trying Loki again")
+            if client.credentials_signature() != before:
+                log.info("credential file changed; trying again")
                 return True
-        return False
+            if time.monotonic() >= deadline:
+                return True
 
 
-class _Push:
-    """One push, made by the :class:`_Pusher` thread."""
-
-    def __init__(self, body: Body, entries: int) -> None:
-        self.body = body
-        self.entries = entries
-        self._done = threading.Event()
-        self._result: c.PushResult | None = None
-        self._error: BaseException | None = None
-        self._seconds = 0.0
-
-    def run(self, client: c.LokiClient) -> None:
-        start = time.monotonic()
-        try:
-            self._result = client.push(self.body, self.entries)
-        except BaseException as e:  # handed to the sender, as if it had pushed itself
-            self._error = e
-        self._seconds = time.monotonic() - start
-        self._done.set()
-
-    def wait(self) -> tuple[c.PushResult, float]:
-        """(result, seconds) once the push is answered; its exception, if any."""
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result, self._seconds
+_ROUTE_CACHE_MAX = 4096
+# Stop reasons that drain() gives up on at once.
+_CREDENTIALS = ("unauthorized", "forbidden")
 
 
-class _Pusher:
-    """The thread that makes each batch's first push, so that the sender can
-    read and encode the next batch meanwhile. The sender starts one push at a
-    time and waits for it before starting another."""
+class _Read:
+    """Records read from the spool together: acknowledged once every one of
+    them has been answered for, and all reads before them."""
 
-    def __init__(self, client: c.LokiClient) -> None:
-        self._client = client
-        self._jobs: queue.SimpleQueue[_Push | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="loki-push", daemon=True)
+    __slots__ = ("count", "end", "first_ts", "left", "nbytes")
+
+    def __init__(self, end: Position, count: int, first_ts: float, nbytes: int) -> None:
+        self.end = end
+        self.count = count
+        self.first_ts = first_ts
+        self.nbytes = nbytes
+        self.left = count
+
+
+class _Batch:
+    __slots__ = ("reads", "records")
+
+    def __init__(self, records: list[bytes], reads: list[_Read]) -> None:
+        self.records = records
+        self.reads = reads  # the read of each record
+
+
+class _Shard:
+    """One share of the streams: the records waiting for its next batch,
+    and the thread that pushes its batches, one at a time and in order, so
+    that each stream's entries reach Loki in spool order."""
+
+    def __init__(self, sink: LokiSink, index: int, client: c.LokiClient) -> None:
+        self.sink = sink
+        self.client = client
+        self.pending: list[bytes] = []
+        self.reads: list[_Read] = []
+        self.pending_bytes = 0
+        self.first_ts = 0.0
+        self.busy = False
+        self._jobs: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name=f"{sink.name}-push-{index}", daemon=True
+        )
         self._thread.start()
 
-    def push(self, body: Body, entries: int) -> _Push:
-        job = _Push(body, entries)
-        self._jobs.put(job)
-        return job
+    def add(self, records: list[bytes], read: _Read) -> None:
+        """Records of one spool read, in spool order."""
+        if not self.pending:
+            self.first_ts = read.first_ts
+        self.pending += records
+        self.reads += [read] * len(records)
+        self.pending_bytes += sum(map(len, records))
+
+    def start(self, max_bytes: int) -> None:
+        """Push the pending records, up to ``max_bytes`` of them (at least one)."""
+        n = 0
+        size = 0
+        for record in self.pending:
+            if n and size + len(record) > max_bytes:
+                break
+            size += len(record)
+            n += 1
+        batch = _Batch(self.pending[:n], self.reads[:n])
+        del self.pending[:n]
+        del self.reads[:n]
+        self.pending_bytes -= size
+        if self.pending:
+            self.first_ts = self.reads[0].first_ts
+        self.busy = True
+        self._jobs.put(batch)
 
     def stop(self) -> None:
-        """End the thread after the push it is making, if any."""
+        """End the thread after the batch it is pushing, if any."""
         self._jobs.put(None)
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job.run(self._client)
+        sink = self.sink
+        while (batch := self._jobs.get()) is not None:
+            try:
+                ok = sink._settle(batch.records, self.client)
+            except Exception:
+                if not sink._stop.is_set():
+                    log.exception(f"{sink.name} push failed; the batch stays in the spool")
+                ok = False
+            with sink.spool.changed:
+                sink._done.append((self, batch, ok))
+                sink.spool.changed.notify_all()
+            if not ok:
+                return
 
 
-def _decodes(record: bytes) -> bool:
+def _stripped(codec: Codec, record: bytes) -> bytes:
     try:
-        decode_record(record)
+        return codec.without_metadata(record)
     except ValueError:
-        return False
-    return True
+        return record  # left to the encoder's check
