@@ -39,6 +39,12 @@ def register(sub: Any) -> None:
     )
     lst.add_argument("files", nargs="*", metavar="FILE")
     lst.add_argument("--output", choices=("text", "json"), default="text")
+    lst.add_argument(
+        "--peers",
+        action="store_true",
+        help="print each rule's severity rationale and the peer rules (Falco k8saudit, "
+        "SigmaHQ, Elastic) it corresponds to",
+    )
     # lazily: the configuration module imports this package
     from ..config import add_flags
 
@@ -127,6 +133,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "active": active,
                 "inactive_reason": why or None,
                 "file": r.source,
+                "rationale": r.rationale or None,
+                "peers": {k: list(v) for k, v in r.peers.items()},
+                "variant_of": r.variant_of or None,
             }
         )
     if args.output == "json":
@@ -140,6 +149,24 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{row['id']:<{width}}  {row['severity']:<8}  {row['kind']:<10}  "
             f"{','.join(row['mitre']):<10}  {row['title']}{note}"
         )
+        if args.peers:
+            _print_peers(row, width)
     n_active = sum(1 for row in rows if row["active"])
     print(f"{len(rows)} rules, {n_active} active")
     return 0
+
+
+PEER_NAMES = {"falco": "Falco k8saudit", "sigma": "SigmaHQ", "elastic": "Elastic"}
+
+
+def _print_peers(row: dict[str, Any], width: int) -> None:
+    """The rationale and the peer mapping under a rule's line."""
+    pad = " " * (width + 2)
+    if row["variant_of"]:
+        print(f"{pad}variant of: {row['variant_of']}")
+    print(f"{pad}why {row['severity']}: {row['rationale'] or '(no rationale given)'}")
+    peers = row["peers"]
+    if not peers:
+        print(f"{pad}peers: none named")
+    for key, names in peers.items():
+        print(f"{pad}{PEER_NAMES.get(key, key)}: {'; '.join(names) if names else 'none'}")

@@ -29,8 +29,9 @@ A rule file is a YAML mapping::
           no_match: [<event>, ...]           # none may fire it
 
 Outcome changes severity: a ``refused`` section splits the rule in two (three
-with ``repeated``). The rule itself keeps its severity for requests that were
-not refused; ``<id>-refused`` takes the same condition on refused requests
+with ``repeated``). The rule itself keeps its severity for requests that
+succeeded (code below 400, or no code yet: other failures such as 404 or 409
+changed nothing and fire neither); ``<id>-refused`` takes the same condition on refused requests
 (responseStatus.code 401 or 403) at ``refused.severity``; and
 ``<id>-refused-repeated``, a threshold per user, rises back to the rule's
 severity when one user is refused ``count`` times within ``window``. Its
@@ -539,7 +540,11 @@ def expand_refused(rule: Rule) -> list[Rule]:
     if spec is None or rule.match is None:
         return [rule]
     refused = Field("responseStatus.code", FieldCond(eq=REFUSED_CODES))
-    not_refused = Field("responseStatus.code", FieldCond(negated=[FieldCond(eq=REFUSED_CODES)]))
+    # the rule itself: requests that succeeded (or have no outcome yet); other
+    # failures (404, 409, 422) changed nothing and are neither variant's
+    not_refused = Field(
+        "responseStatus.code", FieldCond(negated=[FieldCond(compare=(("gte", 400.0),))])
+    )
     base = dataclasses.replace(rule, match=And([rule.match, not_refused]))
     why = (
         f"A refused attempt: authorization or authentication held, so it is reconnaissance "
