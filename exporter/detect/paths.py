@@ -458,7 +458,28 @@ def _internal_host(host: str) -> bool:
             return True
         name = host.split(":", 1)[0]
         return name.endswith(_INTERNAL_SUFFIXES) or ".svc." in name
-    return not ip.is_global
+    return any(ip in net for net in _INTERNAL_NETWORKS if net.version == ip.version)
+
+
+# where a cluster's own and its site's services live: RFC 1918, carrier-grade
+# NAT (also Alibaba's metadata address), loopback, link-local (the metadata
+# addresses, reported by exec-cloud-metadata), unique-local IPv6
+_INTERNAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "0.0.0.0/8",
+        "::1/128",
+        "::/128",
+        "fe80::/10",
+        "fc00::/7",
+    )
+)
 
 
 def object_name(ev: AuditEvent) -> str:
