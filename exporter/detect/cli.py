@@ -149,7 +149,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{row['id']:<{width}}  {row['severity']:<8}  {row['kind']:<10}  "
             f"{','.join(row['mitre']):<10}  {row['title']}{note}"
         )
-        if args.peers:
+        if getattr(args, "peers", False):
             _print_peers(row, width)
     n_active = sum(1 for row in rows if row["active"])
     print(f"{len(rows)} rules, {n_active} active")
