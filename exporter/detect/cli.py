@@ -1,4 +1,4 @@
-"""``kube-audit-exporter rules test|list [FILE...]``."""
+"""``kube-audit-exporter rules test|list [FILE...]`` and ``rules import-sigma FILE...``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,17 @@ def register(sub: Any) -> None:
         help="print each rule's severity rationale and the peer rules (Falco k8saudit, "
         "SigmaHQ, Elastic) it corresponds to",
     )
+    sigma = verbs.add_parser(
+        "import-sigma",
+        help="translate Sigma rules for Kubernetes audit logs into a rule file",
+        description="Parse Sigma rules (pySigma) whose logsource is product kubernetes, "
+        "service audit, and write them as this project's rule file (stdout or --output). "
+        "A report on stderr says, rule by rule, what was translated and what could not be "
+        "and why. Exit 1 when nothing could be translated.",
+    )
+    sigma.add_argument("files", nargs="+", metavar="FILE")
+    sigma.add_argument("--output", default="", metavar="FILE", help="write the rules here")
+    sigma.set_defaults(func=cmd_import_sigma)
     # lazily: the configuration module imports this package
     from ..config import add_flags
 
@@ -170,3 +181,23 @@ def _print_peers(row: dict[str, Any], width: int) -> None:
         print(f"{pad}peers: none named")
     for key, names in peers.items():
         print(f"{pad}{PEER_NAMES.get(key, key)}: {'; '.join(names) if names else 'none'}")
+
+
+def cmd_import_sigma(args: argparse.Namespace) -> int:
+    from .sigma import import_files, render, report
+
+    translations = import_files(list(args.files))
+    report(translations, sys.stderr.write)
+    if not any(t.rule is not None for t in translations):
+        return 1
+    text = render(translations)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            print(f"cannot write {args.output}: {e.strerror}", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(text)
+    return 0
