@@ -42,7 +42,9 @@ def test_each_rule_is_translated_or_skipped_with_its_reason() -> None:
     assert first["severity"] == "warning"  # Sigma high
     assert first["mitre"] == "T1552.007"
     assert first["peers"] == {
-        "sigma": ["Secrets Listed With A Generic HTTP Client (6f1f3c1e-0d6a-4d51-9a53-1c2b8f1e0001)"]
+        "sigma": [
+            "Secrets Listed With A Generic HTTP Client (6f1f3c1e-0d6a-4d51-9a53-1c2b8f1e0001)"
+        ]
     }
     assert result["Anonymous Or Unnamed Access"].rule["severity"] == "info"  # type: ignore[index]
 
@@ -117,9 +119,7 @@ def test_imported_rules_have_no_examples_and_rules_test_says_so(
     from exporter.cli import main
 
     out = tmp_path / "sigma.yaml"
-    assert (
-        main(["rules", "import-sigma", TRANSLATABLE, UNTRANSLATABLE, "--output", str(out)]) == 0
-    )
+    assert main(["rules", "import-sigma", TRANSLATABLE, UNTRANSLATABLE, "--output", str(out)]) == 0
     err = capsys.readouterr().err
     assert "5 of 12 rules translated" in err
     assert "why: keyword search 'mimikatz'" in err

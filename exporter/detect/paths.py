@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any

@@ -410,7 +410,7 @@ def allowed_image(image: str, patterns: Sequence[str]) -> bool:
 def normalise_image(image: str) -> str:
     """``nginx:1.27`` -> ``docker.io/library/nginx:1.27``; references that name
     a registry (a first part with a dot, a colon or ``localhost``) stay."""
-    first, sep, rest = image.partition("/")
+    first, sep, _ = image.partition("/")
     if not sep:
         return "docker.io/library/" + image
     if "." in first or ":" in first or first == "localhost":

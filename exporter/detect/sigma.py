@@ -317,14 +317,20 @@ def _field(name: str, value: Any, notes: list[str]) -> dict[str, Any]:
             raise Untranslatable(f"{name} is a number; a regular expression cannot match it")
         pattern = str(value.regexp)
         flags = "".join(
-            sorted(f.name.lower()[0] for f in value.flags if f.name in ("IGNORECASE", "MULTILINE", "DOTALL"))
+            sorted(
+                f.name.lower()[0]
+                for f in value.flags
+                if f.name in ("IGNORECASE", "MULTILINE", "DOTALL")
+            )
         )
         if flags:  # scoped, so that alternatives can be joined into one pattern
             pattern = f"(?{flags.replace('d', 's')}:{pattern})"
         try:
             re.compile(pattern)
         except re.error as e:
-            raise Untranslatable(f"regular expression {pattern!r} is not valid in Python: {e}")
+            raise Untranslatable(
+                f"regular expression {pattern!r} is not valid in Python: {e}"
+            ) from None
         return {path: {"regex": pattern}}
     if isinstance(value, SigmaString):
         return _string(name, path, value, numeric)
@@ -349,9 +355,7 @@ def _string(name: str, path: str, value: Any, numeric: bool) -> dict[str, Any]:
     if numeric:
         text = "" if special else str(value)
         if not text.isdigit():
-            raise Untranslatable(
-                f"{name} is an HTTP status code; {str(value)!r} can never be one"
-            )
+            raise Untranslatable(f"{name} is an HTTP status code; {str(value)!r} can never be one")
         return {path: int(text)}
     if not special and IDENTIFIER_FIELDS.match(name):
         return {path: str(value)}
