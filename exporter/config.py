@@ -569,7 +569,7 @@ class DetectConfig:
         default=(),
         metadata=opt(
             "Site allow-list: namespace name globs that may be created; "
-            "enables disallowed-namespace.",
+            "enables disallowed-namespace-created.",
             kind="list",
         ),
     )
