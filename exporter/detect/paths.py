@@ -30,7 +30,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import fnmatchcase, translate
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -499,19 +499,39 @@ def object_name(ev: AuditEvent) -> str:
 
 def _user_allowed(ctx: Any) -> Callable[[AuditEvent], list[Any]]:
     patterns: tuple[str, ...] = ctx.settings.allowed_users
-    users = tuple(p for p in patterns if not p.startswith("group:"))
-    groups = tuple(p[len("group:") :] for p in patterns if p.startswith("group:"))
+    users = [p for p in patterns if not p.startswith("group:")]
+    groups = [p[len("group:") :] for p in patterns if p.startswith("group:")]
+    # the same few users and groups come back all day: remember the answers
+    user_ok = _memo_globs(users)
+    group_ok = _memo_globs(groups)
 
     def allowed(ev: AuditEvent) -> list[Any]:
-        if any(fnmatchcase(ev.username, p) for p in users):
+        if user_ok(ev.username):
             return [True]
         user = ev.obj.get("user")
         mine = user.get("groups") if type(user) is dict else None
         if groups and type(mine) is list:
-            return [any(type(g) is str and fnmatchcase(g, p) for g in mine for p in groups)]
+            return [any(type(g) is str and group_ok(g) for g in mine)]
         return [False]
 
     return allowed
+
+
+def _memo_globs(patterns: list[str]) -> Callable[[str], bool]:
+    """A test of a name against globs that remembers its answers (bounded)."""
+    regex = re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
+    cache: dict[str, bool] = {}
+
+    def test(name: str) -> bool:
+        hit = cache.get(name)
+        if hit is None:
+            hit = regex is not None and regex.match(name) is not None
+            if len(cache) >= 10_000:
+                cache.clear()
+            cache[name] = hit
+        return hit
+
+    return test
 
 
 def _images_not_allowed(ctx: Any) -> Callable[[AuditEvent], list[Any]]:
