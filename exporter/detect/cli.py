@@ -161,7 +161,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{','.join(row['mitre']):<10}  {row['title']}{note}"
         )
         if getattr(args, "peers", False):
-            _print_peers(row, width)
+            _print_peers(row)
     n_active = sum(1 for row in rows if row["active"])
     print(f"{len(rows)} rules, {n_active} active")
     return 0
@@ -170,9 +170,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 PEER_NAMES = {"falco": "Falco k8saudit", "sigma": "SigmaHQ", "elastic": "Elastic"}
 
 
-def _print_peers(row: dict[str, Any], width: int) -> None:
+def _print_peers(row: dict[str, Any]) -> None:
     """The rationale and the peer mapping under a rule's line."""
-    pad = " " * (width + 2)
+    pad = " " * 4
     if row["variant_of"]:
         print(f"{pad}variant of: {row['variant_of']}")
     print(f"{pad}why {row['severity']}: {row['rationale'] or '(no rationale given)'}")
