@@ -52,6 +52,10 @@ SETTINGS = DetectionSettings(
             allowed_principals=("system:serviceaccount:payments:*",),
         ),
     ),
+    allowed_users=("kubernetes-admin", "minikube-user", "group:system:masters"),
+    allowed_images=("registry.k8s.io/", "quay.io/", "docker.io/"),
+    allowed_namespaces=("default", "kube-*", "monitoring"),
+    allowed_nodes=("*",),
 )
 
 

@@ -638,6 +638,37 @@ class DetectConfig:
             choices=("info", "warning", "critical"),
         ),
     )
+    allowed_users: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "Site allow-list: user name globs (or group:NAME) that may use the cluster; "
+            "enables disallowed-user.",
+            kind="list",
+        ),
+    )
+    allowed_images: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "Site allow-list: image registries, repositories or globs pods may run; "
+            "enables disallowed-image.",
+            kind="list",
+        ),
+    )
+    allowed_namespaces: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "Site allow-list: namespace name globs that may be created; "
+            "enables disallowed-namespace-created.",
+            kind="list",
+        ),
+    )
+    allowed_nodes: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "Site allow-list: node name globs that may join; enables disallowed-node-joined.",
+            kind="list",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -1438,6 +1469,10 @@ def detection_settings(cfg: Config) -> DetectionSettings:
             "disabled_rules": list(d.disabled_rules),
             "max_state_entries": d.max_state_entries,
             "alert_min_severity": d.alert_min_severity,
+            "allowed_users": list(d.allowed_users),
+            "allowed_images": list(d.allowed_images),
+            "allowed_namespaces": list(d.allowed_namespaces),
+            "allowed_nodes": list(d.allowed_nodes),
         },
         {
             "url": list(am.url),

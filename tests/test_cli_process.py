@@ -114,5 +114,5 @@ def test_a_negative_duration_is_refused_by_its_key(tmp_path: Path) -> None:
 def test_version_names_the_rule_set_and_policy() -> None:
     out = cli("--version").stdout
     assert out.startswith("kube-audit-exporter ")
-    assert "rules: 6 files, sha256:" in out
+    assert "rules: 8 files, sha256:" in out
     assert "recommended policy: sha256:" in out

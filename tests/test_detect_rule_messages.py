@@ -20,7 +20,8 @@ rules:
 """
 RULE_KEYS = (
     "id, title, severity, mitre, description, kind, stages, match, except, group_by, "
-    "window, count, distinct, steps, value, ttl, learning, examples, enabled"
+    "window, count, distinct, steps, value, ttl, learning, examples, enabled, "
+    "rationale, peers, refused"
 )
 STAGES = "Panic, RequestReceived, ResponseComplete, ResponseStarted"
 SEQUENCE = """\

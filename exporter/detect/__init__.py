@@ -31,6 +31,10 @@ repeatable flags too)::
           allowed_principals: ["system:serviceaccount:payments:*", "group:dba"]
           allowed_windows: ["Mon-Fri 08:00-18:00"]   # empty = any time
           timezone: Europe/Berlin          # default UTC
+      allowed_users: [alice, "group:sre"]  # site allow-lists, each inactive until set:
+      allowed_images: [registry.example.com/]   # the "disallowed-*" rules
+      allowed_namespaces: ["team-*"]
+      allowed_nodes: ["worker-*"]
       disabled_rules: [workload-deleted]   # rule ids to switch off
       max_state_entries: 100000            # per stateful rule; the oldest are evicted, counted
       alert_min_severity: warning          # info, warning, critical
@@ -41,7 +45,7 @@ repeatable flags too)::
     cluster: prod-eu-1                     # top-level key; the alerts' cluster label
 
 Rules whose settings are empty (no trusted networks, no pod/node CIDRs, no
-critical workloads) are inactive; ``rules list`` says which settings each
+critical workloads, no allow-list) are inactive; ``rules list`` says which settings each
 rule needs, and ``kube_audit_detect_rule_active`` shows it at run time.
 The rule format is documented in :mod:`exporter.detect.rules` and
 :mod:`exporter.detect.matchers`.

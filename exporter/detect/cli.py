@@ -1,4 +1,4 @@
-"""``kube-audit-exporter rules test|list [FILE...]``."""
+"""``kube-audit-exporter rules test|list [FILE...]`` and ``rules import-sigma FILE...``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,23 @@ def register(sub: Any) -> None:
     )
     lst.add_argument("files", nargs="*", metavar="FILE")
     lst.add_argument("--output", choices=("text", "json"), default="text")
+    lst.add_argument(
+        "--peers",
+        action="store_true",
+        help="print each rule's severity rationale and the peer rules (Falco k8saudit, "
+        "SigmaHQ, Elastic) it corresponds to",
+    )
+    sigma = verbs.add_parser(
+        "import-sigma",
+        help="translate Sigma rules for Kubernetes audit logs into a rule file",
+        description="Parse Sigma rules (pySigma) whose logsource is product kubernetes, "
+        "service audit, and write them as this project's rule file (stdout or --output). "
+        "A report on stderr says, rule by rule, what was translated and what could not be "
+        "and why. Exit 1 when nothing could be translated.",
+    )
+    sigma.add_argument("files", nargs="+", metavar="FILE")
+    sigma.add_argument("--output", default="", metavar="FILE", help="write the rules here")
+    sigma.set_defaults(func=cmd_import_sigma)
     # lazily: the configuration module imports this package
     from ..config import add_flags
 
@@ -127,6 +144,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "active": active,
                 "inactive_reason": why or None,
                 "file": r.source,
+                "rationale": r.rationale or None,
+                "peers": {k: list(v) for k, v in r.peers.items()},
+                "variant_of": r.variant_of or None,
             }
         )
     if args.output == "json":
@@ -140,6 +160,44 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{row['id']:<{width}}  {row['severity']:<8}  {row['kind']:<10}  "
             f"{','.join(row['mitre']):<10}  {row['title']}{note}"
         )
+        if getattr(args, "peers", False):
+            _print_peers(row)
     n_active = sum(1 for row in rows if row["active"])
     print(f"{len(rows)} rules, {n_active} active")
+    return 0
+
+
+PEER_NAMES = {"falco": "Falco k8saudit", "sigma": "SigmaHQ", "elastic": "Elastic"}
+
+
+def _print_peers(row: dict[str, Any]) -> None:
+    """The rationale and the peer mapping under a rule's line."""
+    pad = " " * 4
+    if row["variant_of"]:
+        print(f"{pad}variant of: {row['variant_of']}")
+    print(f"{pad}why {row['severity']}: {row['rationale'] or '(no rationale given)'}")
+    peers = row["peers"]
+    if not peers:
+        print(f"{pad}peers: none named")
+    for key, names in peers.items():
+        print(f"{pad}{PEER_NAMES.get(key, key)}: {'; '.join(names) if names else 'none'}")
+
+
+def cmd_import_sigma(args: argparse.Namespace) -> int:
+    from .sigma import import_files, render, report
+
+    translations = import_files(list(args.files))
+    report(translations, sys.stderr.write)
+    if not any(t.rule is not None for t in translations):
+        return 1
+    text = render(translations)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            print(f"cannot write {args.output}: {e.strerror}", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(text)
     return 0

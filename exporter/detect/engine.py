@@ -63,9 +63,11 @@ class Match:
 
 
 class _WorkloadContext:
-    """Derived values that depend on the settings (critical workloads)."""
+    """Derived values that depend on the settings (critical workloads; the
+    site allow-lists read ``settings``)."""
 
     def __init__(self, settings: DetectionSettings) -> None:
+        self.settings = settings
         self.workloads = settings.critical_workloads
         # namespaces named without wildcards let most events out at once
         exact: set[str] = set()

@@ -218,6 +218,16 @@ What the attack run adds at warning or above (one line per rule):
   `admission-webhook-failing-open` (warning).
 - exec, attach and port-forward over WebSocket (kubectl 1.30+) are logged
   with verb `get`, over SPDY with `create`: rules take both.
+- `secret-burst` (five secrets in a minute) leaves operators reading the
+  secrets they manage with their own client: cert-manager fetches dozens of
+  certificates at once. People, and service accounts with kubectl or a
+  generic HTTP client, still count. Requests without a user agent (perfspec's
+  reconstruction) are not "scripted clients" for `refused-unusual-user-agent`.
+- Rules with a `refused:` section split by outcome: a refused attempt is the
+  `-refused` variant (info, or one step down), and only repeated refusals by
+  one user (`-refused-repeated`) rise back to the rule's own severity.
+- The site allow-list rules (`disallowed-*`) are inactive here: neither the
+  corpora nor the simulator configure `detect.allowed_*`.
 
 Known limits: a failed authentication (401) names no user, so the
 untrusted-then-trusted sequence correlates authorization refusals (403);
@@ -303,6 +313,10 @@ WHY_BENIGN = {
         "address, after the rule's hour of learning."
     ),
     "secret-enumeration": "Listing every namespace's secrets.",
+    "secret-burst": (
+        "alice reading five of argocd's secrets within a minute with kubectl: what the rule "
+        "is for, and once in 100,000 events."
+    ),
 }
 WHY_ATTACK = {
     "critical-workload-principal-not-allowed": (
@@ -318,6 +332,9 @@ WHY_ATTACK = {
     "secret-enumeration": "carol, newly cluster-admin, listing all secrets.",
     "service-account-token-outside-cluster": "Prometheus's token used with curl from the internet.",
     "pod-in-kube-system-by-non-system": "As in the benign run: an SRE's debug pod.",
+    "refused-unusual-user-agent": "Prometheus's stolen token tried with curl and refused.",
+    "secret-read-by-scripted-client": "The anonymous curl reading kube-system's secrets.",
+    "secret-burst": "As in the benign run: alice and argocd's secrets.",
 }
 
 

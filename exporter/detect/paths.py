@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase, translate
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ..event import AuditEvent
+from .patches import request_object
 
 MACROS = {
     "$pod_spec": "requestObject.{spec,spec.template.spec,spec.jobTemplate.spec.template.spec}",
@@ -241,7 +245,18 @@ def _flatten(values: list[Any]) -> list[Any]:
 
 
 def compile_getter(steps: list[Step]) -> Getter:
-    """A function from the event's JSON object to the list of values reached."""
+    """A function from the event's JSON object to the list of values reached.
+    ``requestObject`` is the object the request writes: for a patch, what the
+    patch produces (see patches.py)."""
+    if steps and steps[0] == ("key", "requestObject"):
+        rest = _compile_steps(steps[1:])
+        return lambda obj: rest(request_object(obj))
+    return _compile_steps(steps)
+
+
+def _compile_steps(steps: list[Step]) -> Getter:
+    if not steps:
+        return lambda obj: [] if obj is None else _flatten([obj])
     if all(s[0] == "key" for s in steps):
         keys = tuple(s[1] for s in steps)
 
@@ -280,26 +295,41 @@ def exec_command(ev: AuditEvent) -> list[Any]:
     return [" ".join(parts)] if parts else []
 
 
-def csr_organizations(ev: AuditEvent) -> list[Any]:
-    """The subject organisations (O=) of the PEM certificate request in a
-    CertificateSigningRequest's ``spec.request``: ``system:masters`` there asks
-    for a certificate that is cluster-admin and cannot be revoked."""
+def _csr_der(ev: AuditEvent) -> bytes | None:
+    """The DER certificate request in a CertificateSigningRequest's
+    ``spec.request`` (base64 of a PEM block), None when there is none."""
     if ev.resource != "certificatesigningrequests":
-        return []
+        return None
     obj = ev.obj.get("requestObject")
     spec = obj.get("spec") if type(obj) is dict else None
     request = spec.get("request") if type(spec) is dict else None
     if type(request) is not str:
-        return []
+        return None
     try:
         pem = base64.b64decode(request, validate=False).decode("ascii", "replace")
         body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
-        der = base64.b64decode(body)
+        return base64.b64decode(body)
     except (binascii.Error, ValueError):
-        return []
-    return _csr_subject_values(der, _OID_ORGANIZATION)
+        return None
 
 
+def csr_organizations(ev: AuditEvent) -> list[Any]:
+    """The subject organisations (O=) of the PEM certificate request in a
+    CertificateSigningRequest's ``spec.request``: ``system:masters`` there asks
+    for a certificate that is cluster-admin and cannot be revoked."""
+    der = _csr_der(ev)
+    return _csr_subject_values(der, _OID_ORGANIZATION) if der else []
+
+
+def csr_common_names(ev: AuditEvent) -> list[Any]:
+    """The subject common names (CN=) of a CertificateSigningRequest: the user
+    name the certificate would authenticate as (``system:node:worker-1``,
+    ``system:kube-controller-manager``)."""
+    der = _csr_der(ev)
+    return _csr_subject_values(der, _OID_COMMON_NAME) if der else []
+
+
+_OID_COMMON_NAME = bytes([0x55, 0x04, 0x03])  # 2.5.4.3
 _OID_ORGANIZATION = bytes([0x55, 0x04, 0x0A])  # 2.5.4.10
 
 
@@ -394,9 +424,143 @@ CONTROLLER_ACCOUNTS = frozenset(
 def control_plane(ev: AuditEvent) -> list[Any]:
     """True for the control plane acting: ``system:`` users (API server,
     controller manager, scheduler), nodes, and the built-in controllers'
-    service accounts."""
+    service accounts. Bootstrap tokens (``system:bootstrap:<id>``) are not:
+    they only ask for a node's certificate, and anything else they do is
+    someone holding a join token."""
     kind = ev.user_kind
-    return [kind == "system" or kind == "node" or ev.username in CONTROLLER_ACCOUNTS]
+    if kind == "system":
+        return [not ev.username.startswith("system:bootstrap:")]
+    return [kind == "node" or ev.username in CONTROLLER_ACCOUNTS]
+
+
+_URL = re.compile(r"(?i)\b(?:https?|ftp|tftp)://(\[[0-9a-f:.]+\]|[^/\s:?#'\"\\]+)")
+_INTERNAL_SUFFIXES = (".svc", ".cluster.local", ".local", ".internal", ".localdomain", ".lan")
+
+
+def exec_internet_hosts(ev: AuditEvent) -> list[Any]:
+    """Hosts of the URLs in an exec request's command that are on the
+    internet: not private, loopback or link-local addresses, not single-label
+    names (services in the namespace), not cluster or site-local domains."""
+    out: list[Any] = []
+    for command in exec_command(ev):
+        for m in _URL.finditer(command):
+            host = m.group(1).strip("[]").lower().rstrip(".")
+            if host and not _internal_host(host):
+                out.append(host)
+    return out
+
+
+def _internal_host(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if "." not in host or host == "localhost":
+            return True
+        name = host.split(":", 1)[0]
+        return name.endswith(_INTERNAL_SUFFIXES) or ".svc." in name
+    return any(ip in net for net in _INTERNAL_NETWORKS if net.version == ip.version)
+
+
+# where a cluster's own and its site's services live: RFC 1918, carrier-grade
+# NAT (also Alibaba's metadata address), loopback, link-local (the metadata
+# addresses, reported by exec-cloud-metadata), unique-local IPv6
+_INTERNAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "0.0.0.0/8",
+        "::1/128",
+        "::/128",
+        "fe80::/10",
+        "fc00::/7",
+    )
+)
+
+
+def object_name(ev: AuditEvent) -> str:
+    """The name of the object a request is about: objectRef.name, else (a
+    create names its object in the body) requestObject.metadata.name, else
+    responseObject.metadata.name."""
+    if ev.name:
+        return ev.name
+    for key in ("requestObject", "responseObject"):
+        body = ev.obj.get(key)
+        meta = body.get("metadata") if type(body) is dict else None
+        name = meta.get("name") if type(meta) is dict else None
+        if type(name) is str and name:
+            return name
+    return ""
+
+
+def _user_allowed(ctx: Any) -> Callable[[AuditEvent], list[Any]]:
+    patterns: tuple[str, ...] = ctx.settings.allowed_users
+    users = [p for p in patterns if not p.startswith("group:")]
+    groups = [p[len("group:") :] for p in patterns if p.startswith("group:")]
+    # the same few users and groups come back all day: remember the answers
+    user_ok = _memo_globs(users)
+    group_ok = _memo_globs(groups)
+
+    def allowed(ev: AuditEvent) -> list[Any]:
+        if user_ok(ev.username):
+            return [True]
+        user = ev.obj.get("user")
+        mine = user.get("groups") if type(user) is dict else None
+        if groups and type(mine) is list:
+            return [any(type(g) is str and group_ok(g) for g in mine)]
+        return [False]
+
+    return allowed
+
+
+def _memo_globs(patterns: list[str]) -> Callable[[str], bool]:
+    """A test of a name against globs that remembers its answers (bounded)."""
+    regex = re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
+    cache: dict[str, bool] = {}
+
+    def test(name: str) -> bool:
+        hit = cache.get(name)
+        if hit is None:
+            hit = regex is not None and regex.match(name) is not None
+            if len(cache) >= 10_000:
+                cache.clear()
+            cache[name] = hit
+        return hit
+
+    return test
+
+
+def _images_not_allowed(ctx: Any) -> Callable[[AuditEvent], list[Any]]:
+    from .settings import allowed_image
+
+    patterns: tuple[str, ...] = ctx.settings.allowed_images
+    images = compile_getter(parse("$containers.image"))
+
+    def not_allowed(ev: AuditEvent) -> list[Any]:
+        return [
+            i for i in images(ev.obj) if type(i) is str and i and not allowed_image(i, patterns)
+        ]
+
+    return not_allowed
+
+
+def _name_allowed(setting: str) -> Callable[[Any], Callable[[AuditEvent], list[Any]]]:
+    def make(ctx: Any) -> Callable[[AuditEvent], list[Any]]:
+        patterns: tuple[str, ...] = getattr(ctx.settings, setting)
+
+        def allowed(ev: AuditEvent) -> list[Any]:
+            name = object_name(ev)
+            if not name:
+                return []
+            return [any(fnmatchcase(name, p) for p in patterns)]
+
+        return allowed
+
+    return make
 
 
 @dataclass(frozen=True)
@@ -425,6 +589,38 @@ DERIVED: dict[str, Derived] = {
     "$csr_organizations": Derived(
         "subject O= values of a CertificateSigningRequest's PEM request",
         _static(csr_organizations),
+    ),
+    "$csr_common_names": Derived(
+        "subject CN= values of a CertificateSigningRequest's PEM request",
+        _static(csr_common_names),
+    ),
+    "$exec_internet_hosts": Derived(
+        "hosts of internet URLs (not private, cluster or site-local) in an exec command",
+        _static(exec_internet_hosts),
+    ),
+    "$object_name": Derived(
+        "objectRef.name, else the name in the request or response body (creates)",
+        _static(lambda ev: [n] if (n := object_name(ev)) else []),
+    ),
+    "$user_allowed": Derived(
+        "true when the user matches detect.allowed_users (globs, group:NAME)",
+        _user_allowed,
+        ("allowed_users",),
+    ),
+    "$images_not_allowed": Derived(
+        "container images written that detect.allowed_images does not allow",
+        _images_not_allowed,
+        ("allowed_images",),
+    ),
+    "$namespace_allowed": Derived(
+        "true when the object's name matches detect.allowed_namespaces",
+        _name_allowed("allowed_namespaces"),
+        ("allowed_namespaces",),
+    ),
+    "$node_allowed": Derived(
+        "true when the object's name matches detect.allowed_nodes",
+        _name_allowed("allowed_nodes"),
+        ("allowed_nodes",),
     ),
     "$critical_workload": Derived(
         "name of the configured critical workload the request touches",

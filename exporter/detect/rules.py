@@ -15,9 +15,28 @@ A rule file is a YAML mapping::
         match: {verb: delete, objectRef.resource: secrets, $user_kind: human}
         except:                              # allow-list: any condition here suppresses
           - {objectRef.namespace: scratch}
+        rationale: Why this severity.        # the reasoning behind `severity`
+        peers:                               # the peer rules it corresponds to
+          falco: [Falco k8saudit rule name]  # falco, sigma, elastic; {} when none
+          sigma: [SigmaHQ rule title]
+          elastic: [Elastic rule name]
+        refused:                             # optional: a refused attempt rates differently
+          severity: info                     # the attempt (401/403) is reconnaissance...
+          repeated: {count: 3, window: 10m}  # ...unless one user repeats it (optional)
+          examples: {match: [...], no_match: [...]}
         examples:
           match: [<event>, ...]              # each must fire the rule
           no_match: [<event>, ...]           # none may fire it
+
+Outcome changes severity: a ``refused`` section splits the rule in two (three
+with ``repeated``). The rule itself keeps its severity for requests that
+succeeded (code below 400, or no code yet: other failures such as 404 or 409
+changed nothing and fire neither); ``<id>-refused`` takes the same condition on refused requests
+(responseStatus.code 401 or 403) at ``refused.severity``; and
+``<id>-refused-repeated``, a threshold per user, rises back to the rule's
+severity when one user is refused ``count`` times within ``window``. Its
+examples are the refused examples, repeated ``count`` times (fires) and
+``count - 1`` times (does not). Only ``kind: match`` rules take ``refused``.
 
 Stateful kinds, all on event time (stageTimestamp):
 
@@ -45,6 +64,7 @@ when missing.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -59,14 +79,17 @@ from ..event import STAGES
 from . import located
 from .errors import RuleError
 from .located import LDict, LList, Where
-from .matchers import Node, Parser
+from .matchers import And, Field, FieldCond, Node, Parser
 from .paths import ATTRIBUTE_FIELDS, DERIVED, PathError, parse
-from .settings import SEVERITIES, DetectionSettings
+from .settings import SEVERITIES, SEVERITY_RANK, DetectionSettings
 
 KINDS = ("match", "threshold", "sequence", "first_seen")
 DEFAULT_STAGES = frozenset({"ResponseStarted", "ResponseComplete", "Panic"})
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _MITRE = re.compile(r"^T\d{4}(?:\.\d{3})?$")
+PEERS = ("falco", "sigma", "elastic")
+# what "refused" means for the refused variants: authentication or authorization said no
+REFUSED_CODES = (401, 403)
 _RULE_KEYS = (
     "id",
     "title",
@@ -87,6 +110,9 @@ _RULE_KEYS = (
     "learning",
     "examples",
     "enabled",
+    "rationale",
+    "peers",
+    "refused",
 )
 _KIND_KEYS = {
     "match": (),
@@ -119,6 +145,16 @@ class Example:
 
 
 @dataclass
+class Refused:
+    """A rule's ``refused:`` section."""
+
+    severity: str
+    count: int = 0  # 0: no repeated variant
+    window: float = 0.0
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass
 class Rule:
     id: str
     title: str
@@ -142,6 +178,11 @@ class Rule:
     examples: list[Example] = field(default_factory=list)
     references: frozenset[str] = frozenset()
     source: str = ""
+    rationale: str = ""
+    peers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    refused: Refused | None = None
+    # for the variants a `refused:` section makes: the rule they come from
+    variant_of: str = ""
 
     @property
     def stateful(self) -> bool:
@@ -319,8 +360,9 @@ def parse_rule_file(text: str, path: str, problems: list[str]) -> RuleFile | Non
     for i, item in enumerate(raw):
         rule = parse_rule(item, where_rules.item(raw, i).at(item), problems)
         if rule is not None:
-            rule.source = path
-            rules.append(rule)
+            for r in expand_refused(rule):
+                r.source = path
+                rules.append(r)
     return RuleFile(path, rules, settings)
 
 
@@ -423,9 +465,150 @@ def parse_rule(doc: Any, where: Where, problems: list[str]) -> Rule | None:
         _parse_state(doc, rule, where, parser, problems)
     rule.references = frozenset(parser.references)
     rule.examples = _parse_examples(doc.get("examples"), where.key(doc, "examples"), problems)
+    if "rationale" in doc:
+        rule.rationale = _text(doc, "rationale", where, problems)
+    if "peers" in doc:
+        rule.peers = _parse_peers(doc["peers"], where.key(doc, "peers"), problems)
+    if "refused" in doc:
+        w = where.key(doc, "refused")
+        if kind != "match":
+            problems.append(w("only kind match rules take `refused:`"))
+        else:
+            rule.refused = _parse_refused(doc["refused"], w, rule, problems)
     if len(problems) > before:
         return None
     return rule
+
+
+def _parse_peers(doc: Any, where: Where, problems: list[str]) -> dict[str, tuple[str, ...]]:
+    if not isinstance(doc, LDict):
+        problems.append(
+            where.at(doc)(f"must be a mapping of {', '.join(PEERS)} to rule names ({{}}: none)")
+        )
+        return {}
+    out: dict[str, tuple[str, ...]] = {}
+    for key, value in doc.items():
+        if key not in PEERS:
+            problems.append(where.unknown_key(doc, key, PEERS))
+            continue
+        items = value if isinstance(value, list) else [value]
+        names = [v for v in items if isinstance(v, str) and v.strip()]
+        if not items or len(names) != len(items):
+            problems.append(where.key(doc, key)("must be a rule name or a list of rule names"))
+        out[str(key)] = tuple(" ".join(n.split()) for n in names)
+    return out
+
+
+def _parse_refused(doc: Any, where: Where, rule: Rule, problems: list[str]) -> Refused | None:
+    if not isinstance(doc, LDict):
+        problems.append(where.at(doc)("must be a mapping with `severity:`"))
+        return None
+    for key in doc:
+        if key not in ("severity", "repeated", "examples"):
+            problems.append(where.unknown_key(doc, key, ("severity", "repeated", "examples")))
+    severity = doc.get("severity")
+    if severity not in SEVERITIES:
+        problems.append(
+            where.key(doc, "severity")(f"must be one of {', '.join(SEVERITIES)}, not {severity!r}")
+        )
+        return None
+    if SEVERITY_RANK[severity] >= SEVERITY_RANK[rule.severity]:
+        problems.append(
+            where.key(doc, "severity")(
+                f"a refused attempt rates below the rule's own severity ({rule.severity})"
+            )
+        )
+    out = Refused(severity)
+    if "repeated" in doc:
+        rep = doc["repeated"]
+        w = where.key(doc, "repeated")
+        if not isinstance(rep, LDict) or set(rep) != {"count", "window"}:
+            problems.append(w.at(rep)("must be {count: N, window: DURATION}"))
+        else:
+            out.count = int(_positive(rep, "count", w, problems, duration=False))
+            out.window = _positive(rep, "window", w, problems, duration=True)
+            if out.count and out.count < 2:
+                problems.append(w.key(rep, "count")("a repetition needs a count of at least 2"))
+    out.examples = _parse_examples(doc.get("examples"), where.key(doc, "examples"), problems)
+    return out
+
+
+def expand_refused(rule: Rule) -> list[Rule]:
+    """The rule, and the variants its ``refused:`` section asks for (see the
+    module docstring)."""
+    spec = rule.refused
+    if spec is None or rule.match is None:
+        return [rule]
+    refused = Field("responseStatus.code", FieldCond(eq=REFUSED_CODES))
+    # the rule itself: requests that succeeded (or have no outcome yet); other
+    # failures (404, 409, 422) changed nothing and are neither variant's
+    not_refused = Field(
+        "responseStatus.code", FieldCond(negated=[FieldCond(compare=(("gte", 400.0),))])
+    )
+    base = dataclasses.replace(rule, match=And([rule.match, not_refused]))
+    why = (
+        f"A refused attempt: authorization or authentication held, so it is reconnaissance "
+        f"rather than a change, rated {spec.severity} where success is {rule.severity}."
+    )
+    attempt = dataclasses.replace(
+        rule,
+        id=f"{rule.id}-refused",
+        title=f"{rule.title} (refused)",
+        severity=spec.severity,
+        match=And([rule.match, refused]),
+        description=f"{rule.description} This one was refused (401 or 403).",
+        rationale=why
+        + (
+            f" {spec.count} refusals for one user within {format_duration(spec.window)} "
+            f"are {rule.id}-refused-repeated ({rule.severity})."
+            if spec.count
+            else ""
+        ),
+        examples=spec.examples,
+        refused=None,
+        variant_of=rule.id,
+    )
+    out = [base, attempt]
+    if spec.count:
+        gap = spec.window / spec.count
+        examples: list[Example] = []
+        for ex in spec.examples:
+            if ex.expect and len(ex.events) == 1:
+                ev = ex.events[0].event
+                examples.append(Example(True, [ExampleEvent(ev, gap, spec.count)], ex.where))
+                examples.append(Example(False, [ExampleEvent(ev, gap, spec.count - 1)], ex.where))
+        out.append(
+            dataclasses.replace(
+                rule,
+                id=f"{rule.id}-refused-repeated",
+                title=f"{rule.title} (refused repeatedly)",
+                kind="threshold",
+                match=And([rule.match, refused]),
+                group_by=("user.username",),
+                window=spec.window,
+                count=spec.count,
+                description=(
+                    f"{rule.description} One user was refused this {spec.count} times within "
+                    f"{format_duration(spec.window)}: not a mistake but a search for a way in."
+                ),
+                rationale=(
+                    f"Repeated refusals are persistence, not a typo: back to the rule's own "
+                    f"severity ({rule.severity})."
+                ),
+                examples=examples,
+                refused=None,
+                variant_of=rule.id,
+            )
+        )
+    return out
+
+
+def format_duration(seconds: float) -> str:
+    """600 -> "10m", 90 -> "90s", 7200 -> "2h"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _text(doc: LDict, key: str, where: Where, problems: list[str]) -> str:

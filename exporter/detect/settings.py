@@ -159,6 +159,11 @@ class DetectionSettings:
     alert_link_template: str = ""
     alert_resolve_after: float = 900.0
     cluster: str = ""
+    # site allow-lists (globs); each empty list leaves its "disallowed ..." rule inactive
+    allowed_users: tuple[str, ...] = ()
+    allowed_images: tuple[str, ...] = ()
+    allowed_namespaces: tuple[str, ...] = ()
+    allowed_nodes: tuple[str, ...] = ()
 
     def networks(self, name: str) -> tuple[Network, ...]:
         """A named network list: trusted_networks, pod_cidrs, node_cidrs, or
@@ -206,6 +211,10 @@ def config_keys(setting: str) -> str:
     return f"detect.{setting}"
 
 
+# The site allow-lists: globs over user names (or ``group:NAME``), image
+# references (registry/repository[:tag][@digest]), namespace names and node names.
+ALLOW_LISTS = ("allowed_users", "allowed_images", "allowed_namespaces", "allowed_nodes")
+
 _DETECT_KEYS = (
     "trusted_networks",
     "pod_cidrs",
@@ -214,6 +223,7 @@ _DETECT_KEYS = (
     "disabled_rules",
     "max_state_entries",
     "alert_min_severity",
+    *ALLOW_LISTS,
 )
 _AM_KEYS = ("url", "link_template", "resolve_after")
 _WORKLOAD_KEYS = (
@@ -273,6 +283,8 @@ def _read_detect(doc: Any, where: Where, values: dict[str, Any], problems: list[
                 problems.append(w.item(doc[key], i)(str(e)))
         values[key] = nets
     values["disabled_rules"] = _strings(doc, "disabled_rules", where, problems)
+    for key in ALLOW_LISTS:
+        values[key] = _strings(doc, key, where, problems)
     if "max_state_entries" in doc:
         n = doc["max_state_entries"]
         if type(n) is not int or n < 1:
@@ -375,6 +387,35 @@ def _read_alertmanager(doc: Any, where: Where, values: dict[str, Any], problems:
             values["alert_resolve_after"] = seconds
         except ValueError as e:
             problems.append(where.key(doc, "resolve_after")(str(e)))
+
+
+def allowed_image(image: str, patterns: Sequence[str]) -> bool:
+    """An image reference matches an allow-list of globs. A pattern without a
+    wildcard names a registry or repository prefix (``registry.example.com``
+    allows everything below it); ``docker.io/library/`` is implied for short
+    names (``nginx`` is ``docker.io/library/nginx``)."""
+    full = normalise_image(image)
+    for p in patterns:
+        if any(c in p for c in "*?["):
+            if fnmatchcase(image, p) or fnmatchcase(full, p):
+                return True
+        else:
+            base = p.rstrip("/")
+            for candidate in (image, full):
+                if candidate == base or candidate.startswith((base + "/", base + ":", base + "@")):
+                    return True
+    return False
+
+
+def normalise_image(image: str) -> str:
+    """``nginx:1.27`` -> ``docker.io/library/nginx:1.27``; references that name
+    a registry (a first part with a dot, a colon or ``localhost``) stay."""
+    first, sep, _ = image.partition("/")
+    if not sep:
+        return "docker.io/library/" + image
+    if "." in first or ":" in first or first == "localhost":
+        return image
+    return "docker.io/" + image
 
 
 def utc_text(ts: float) -> str:
