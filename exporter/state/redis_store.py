@@ -1,10 +1,12 @@
 """Shared state in Redis or Valkey (``state.url``), one round trip per call.
 
-- :meth:`RedisStore.observe` sends a batch's observations as one pipeline of
-  EVALSHA calls (the scripts in :mod:`.scripts`, each atomic on the server).
-- :meth:`RedisStore.seen` asks with one MGET which dedupe keys another
-  replica (or this one) already took; :meth:`RedisStore.remember` records a
-  batch's keys with ``state.dedupe_ttl`` once the batch is stored.
+- :meth:`RedisStore.observe` sends a batch's observations as one EVALSHA of
+  :data:`~.scripts.OBSERVE`, which applies them in order, atomically.
+- :meth:`RedisStore.seen` asks with one EVALSHA of :data:`~.scripts.SEEN`
+  which dedupe keys another replica (or this one) already took;
+  :meth:`RedisStore.remember` records a batch's keys with
+  ``state.dedupe_ttl`` once the batch is stored (one EVALSHA of
+  :data:`~.scripts.REMEMBER`).
 
 It never raises on the store's account: a call that fails (refused,
 timed out past ``state.timeout``, an error reply) is counted in
@@ -63,12 +65,11 @@ class RedisStore:
         self.client = client if client is not None else _client(settings)
         self.clock = clock
         self._scripts = {
-            "threshold": scripts.THRESHOLD,
-            "distinct": scripts.DISTINCT,
-            "sequence": scripts.SEQUENCE,
-            "first_seen": scripts.FIRST_SEEN,
+            "observe": scripts.OBSERVE,
+            "seen": scripts.SEEN,
+            "remember": scripts.REMEMBER,
         }
-        self._shas = {kind: _sha(text) for kind, text in self._scripts.items()}
+        self._shas = {name: _sha(text) for name, text in self._scripts.items()}
         self.grace_ms = int(settings.grace * 1000)
         self.dedupe_ttl_ms = max(1, int(settings.dedupe_ttl * 1000))
         self._lock = threading.Lock()
@@ -86,21 +87,11 @@ class RedisStore:
             return []
 
         def run() -> list[bool]:
-            pipe = self.client.pipeline(transaction=False)
+            keys: list[Any] = []
+            args: list[Any] = []
             for o in observations:
-                self._call(pipe, o)
-            try:
-                replies = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                # a restarted (or flushed) server forgot the scripts: a script
-                # that is missing ran nowhere, so the batch runs again whole
-                for text in self._scripts.values():
-                    self.client.script_load(text)
-                pipe = self.client.pipeline(transaction=False)
-                for o in observations:
-                    self._call(pipe, o)
-                replies = pipe.execute()
-            return [bool(r) for r in replies]
+                self._encode(o, keys, args)
+            return [bool(r) for r in self._script("observe", keys, args)]
 
         found: list[bool] | None = self._attempt("detect", run)
         return found
@@ -110,8 +101,8 @@ class RedisStore:
             return set()
 
         def run() -> set[DedupeKey]:
-            found = self.client.mget([self._dedupe_key(k) for k in keys])
-            return {k for k, v in zip(keys, found, strict=True) if v is not None}
+            found = self._script("seen", self._dedupe_keys(keys), [])
+            return {keys[int(i) - 1] for i in found}
 
         taken: set[DedupeKey] | None = self._attempt("dedupe_check", run)
         return taken
@@ -121,10 +112,7 @@ class RedisStore:
             return True
 
         def run() -> bool:
-            pipe = self.client.pipeline(transaction=False)
-            for k in keys:
-                pipe.set(self._dedupe_key(k), b"1", px=self.dedupe_ttl_ms)
-            pipe.execute()
+            self._script("remember", self._dedupe_keys(keys), [self.dedupe_ttl_ms])
             return True
 
         return self._attempt("dedupe_mark", run) is not None
@@ -147,31 +135,42 @@ class RedisStore:
         # JSON keeps any character in a group value from merging two groups
         return self._key(kind, rule).encode() + b":" + orjson.dumps(group)
 
-    def _dedupe_key(self, k: DedupeKey) -> bytes:
-        return self._key("dedupe").encode() + b":" + orjson.dumps([k[0], k[1], repr(k[2])])
+    def _dedupe_keys(self, keys: list[DedupeKey]) -> list[str]:
+        # a stage never holds "|", nor a float's repr: the last two split it
+        head = self.prefix + "dedupe:"
+        return [f"{head}{audit_id}|{stage}|{ts!r}" for audit_id, stage, ts in keys]
 
-    def _call(self, pipe: Any, o: Observation) -> None:
+    def _script(self, name: str, keys: list[Any], args: list[Any]) -> Any:
+        """One EVALSHA; a restarted (or flushed) server forgot the scripts:
+        they are loaded again and the call repeated (a missing script ran
+        nowhere)."""
+        try:
+            return self.client.evalsha(self._shas[name], len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(self._scripts[name])
+            return self.client.evalsha(self._shas[name], len(keys), *keys, *args)
+
+    def _encode(self, o: Observation, keys: list[Any], args: list[Any]) -> None:
+        """``o`` as KEYS and ARGV of the OBSERVE script (see scripts.py)."""
         spec = o.spec
-        wm = self._key("wm", spec.rule)
-        life = str(int(spec.window * 1000) + self.grace_ms)
-        t = repr(o.t)
-        window = repr(spec.window)
-        sha = self._shas[spec.kind]
-        if spec.kind == "threshold":
-            keys: list[Any] = [wm, self._group("threshold", spec.rule, o.group)]
-            args: list[Any] = [t, window, life, spec.count, o.member]
-        elif spec.kind == "distinct":
-            keys = [wm, self._group("distinct", spec.rule, o.group)]
-            args = [t, window, life, spec.count, o.value]
-        elif spec.kind == "sequence":
+        keys.append(self._key("wm", spec.rule))
+        life = int(spec.window * 1000) + self.grace_ms
+        head = (repr(o.t), repr(spec.window), life)
+        kind = spec.kind
+        if kind == "threshold":
+            keys.append(self._group("threshold", spec.rule, o.group))
+            args += ("t", *head, spec.count, o.member)
+        elif kind == "distinct":
+            keys.append(self._group("distinct", spec.rule, o.group))
+            args += ("d", *head, spec.count, o.value)
+        elif kind == "sequence":
             mask = "".join("1" if o.steps >> i & 1 else "0" for i in range(len(spec.counts)))
-            keys = [wm, self._group("sequence", spec.rule, o.group)]
-            args = [t, window, life, mask, ",".join(str(c) for c in spec.counts)]
+            keys.append(self._group("sequence", spec.rule, o.group))
+            args += ("s", *head, mask, ",".join(str(c) for c in spec.counts))
         else:
             pair = self._group("first_seen", spec.rule, o.group) + b":" + orjson.dumps(o.value)
-            keys = [wm, self._key("started", spec.rule), pair]
-            args = [t, window, life, repr(spec.learning)]
-        pipe.evalsha(sha, len(keys), *keys, *args)
+            keys += (self._key("started", spec.rule), pair)
+            args += ("f", *head, repr(spec.learning), "")
 
     # --- health ------------------------------------------------------------------
 
