@@ -23,26 +23,51 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    """``tls``: (certificate, key, CA) files to serve TLS only (rediss://);
+    ``unix``: serve a unix socket only (unix://)."""
+
+    def __init__(
+        self, workdir: Path, *, tls: tuple[Path, Path, Path] | None = None, unix: bool = False
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; `make test` installs it (Debian package)")
         self.binary = binary
         self.workdir = workdir
         self.port = _free_port()
+        self.tls = tls
+        self.socket = workdir / "redis.sock" if unix else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.lives = 0
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.socket is not None:
+            return f"unix://{self.socket}?db=0"
+        scheme = "rediss" if self.tls is not None else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if self.socket is not None:
+            return ["--port", "0", "--unixsocket", str(self.socket)]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            return [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key),
+                "--tls-ca-cert-file", str(ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        return ["--port", str(self.port)]
 
     def start(self) -> None:
         self.lives += 1
         log = self.workdir / f"redis-{self.lives}.log"
         args = [
             self.binary,
-            "--port", str(self.port),
+            *self._listen_args(),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -50,7 +75,7 @@ class RedisServer:
             "--logfile", str(log),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = self.client()
         deadline = time.monotonic() + 20
         try:
             while True:
@@ -73,7 +98,8 @@ class RedisServer:
             self.proc.wait()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2)
+        extra = {"ssl_ca_certs": str(self.tls[2])} if self.tls is not None else {}
+        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2, **extra)
 
 
 def running_redis(tmp_path: Path) -> Iterator[RedisServer]:
