@@ -24,10 +24,16 @@ def _free_port() -> int:
 
 class RedisServer:
     """``tls``: (certificate, key, CA) files to serve TLS only (rediss://);
-    ``unix``: serve a unix socket only (unix://)."""
+    ``unix``: serve a unix socket only (unix://); ``password``: required
+    (in the URL's user part)."""
 
     def __init__(
-        self, workdir: Path, *, tls: tuple[Path, Path, Path] | None = None, unix: bool = False
+        self,
+        workdir: Path,
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        unix: bool = False,
+        password: str = "",
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -36,6 +42,7 @@ class RedisServer:
         self.workdir = workdir
         self.port = _free_port()
         self.tls = tls
+        self.password = password
         self.socket = workdir / "redis.sock" if unix else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.lives = 0
@@ -45,7 +52,8 @@ class RedisServer:
         if self.socket is not None:
             return f"unix://{self.socket}?db=0"
         scheme = "rediss" if self.tls is not None else "redis"
-        return f"{scheme}://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     def _listen_args(self) -> list[str]:
         if self.socket is not None:
@@ -62,12 +70,16 @@ class RedisServer:
             ]  # fmt: skip
         return ["--port", str(self.port)]
 
+    def _auth_args(self) -> list[str]:
+        return ["--requirepass", self.password] if self.password else []
+
     def start(self) -> None:
         self.lives += 1
         log = self.workdir / f"redis-{self.lives}.log"
         args = [
             self.binary,
             *self._listen_args(),
+            *self._auth_args(),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",

@@ -626,8 +626,9 @@ class Detector:
     def collect(self) -> Iterable[Metric]:
         entries = GaugeMetricFamily(
             "kube_audit_detect_state_entries",
-            "Groups, sequences or key/value pairs held by stateful rules (bounded by "
-            "detect.max_state_entries per rule).",
+            "Groups, sequences or key/value pairs held by stateful rules in this process "
+            "(bounded by detect.max_state_entries per rule; with state.url, what it holds "
+            "while the shared store is unreachable).",
             labels=("rule",),
         )
         evictions = CounterMetricFamily(

@@ -3,7 +3,8 @@ Service, each with its webhook, sharing one real redis-server: the API
 server's batches land on either; a held-back attack split between them
 fires once, a batch retried on the other one counts once, and Redis killed
 and restarted mid-stream is survived, shown on /metrics, and recovered
-from without a restart."""
+from without a restart. The server wants a password, which the exporters'
+logs never show."""
 
 from __future__ import annotations
 
@@ -21,14 +22,20 @@ from tests.integration.conftest import Process, exporter_cmd, free_port, poll
 from tests.integration.test_end_to_end import scrape
 from tests.integration.test_kill9 import total
 from tests.integration.test_redis_state import ATTACK_RULES, DEMO_LOG, Replica, attack_objects
-from tests.redis_server import RedisServer, running_redis
+from tests.redis_server import RedisServer
 
 BATCH = 100
 
 
+PASSWORD = "pw-4d1f9a"
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    yield from running_redis(tmp_path)
+    server = RedisServer(tmp_path, password=PASSWORD)
+    server.start()
+    yield server
+    server.kill()
 
 
 class Exporter:
@@ -132,3 +139,7 @@ def test_two_run_processes_share_state_through_redis_and_survive_its_restart(
         log = x.proc.output()
         assert log.count("shared state unreachable") == 1
         assert log.count("shared state reachable again") == 1
+        # the URL is logged, the password never (start-up, errors, recovery)
+        assert "***@127.0.0.1" in log
+        assert PASSWORD not in log
+        assert PASSWORD not in requests.get(f"http://127.0.0.1:{x.web}/metrics", timeout=5).text
