@@ -159,18 +159,18 @@ class RedisStore:
         kind = spec.kind
         if kind == "threshold":
             keys.append(self._group("threshold", spec.rule, o.group))
-            args += ("t", *head, spec.count, o.member)
+            args += ("t", *head, spec.count, "", o.member)
         elif kind == "distinct":
             keys.append(self._group("distinct", spec.rule, o.group))
-            args += ("d", *head, spec.count, o.value)
+            args += ("d", *head, spec.count, o.value, o.member)
         elif kind == "sequence":
             mask = "".join("1" if o.steps >> i & 1 else "0" for i in range(len(spec.counts)))
             keys.append(self._group("sequence", spec.rule, o.group))
-            args += ("s", *head, mask, ",".join(str(c) for c in spec.counts))
+            args += ("s", *head, mask, ",".join(str(c) for c in spec.counts), o.member)
         else:
             pair = self._group("first_seen", spec.rule, o.group) + b":" + orjson.dumps(o.value)
             keys += (self._key("started", spec.rule), pair)
-            args += ("f", *head, repr(spec.learning), "")
+            args += ("f", *head, repr(spec.learning), "", o.member)
 
     # --- health ------------------------------------------------------------------
 

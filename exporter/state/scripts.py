@@ -9,10 +9,11 @@ follow the in-memory states (exporter.detect.state) on event time: each
 rule keeps a watermark (the newest event time any replica saw); a window
 or TTL is measured back from it.
 
-Each observation takes six ARGV entries: its kind (``t`` threshold, ``d``
+Each observation takes seven ARGV entries: its kind (``t`` threshold, ``d``
 distinct, ``s`` sequence, ``f`` first_seen), the event time (Python's repr
 of a float, exact), the window or TTL in seconds, the keys' lifetime in
-milliseconds (window plus grace), and two that depend on the kind; and
+milliseconds (window plus grace), two that depend on the kind, and the
+event's identity (so that one event taken twice counts once); and
 KEYS entries: the rule's watermark, then the group's key (and, for
 first_seen, the pair's key after the rule's start key). Times written back
 use %.17g, which keeps a double exact. The answer is one 0 or 1 per
@@ -61,9 +62,9 @@ local function distinct(key, ts, t, horizon, life, count, value)
   return 0
 end
 
--- the group's hash {start, step, n}; mask: "1" or "0" per step, in order;
--- counts: each step's count, comma-separated
-local function sequence(key, ts, t, horizon, window, life, mask, counts_text)
+-- the group's hash {start, step, n, and "m:" .. member for each event counted};
+-- mask: "1" or "0" per step, in order; counts: each step's count, comma-separated
+local function sequence(key, ts, t, horizon, window, life, mask, counts_text, member)
   local counts = {}
   for c in string.gmatch(counts_text, '[^,]+') do counts[#counts + 1] = tonumber(c) end
   local p = redis.call('HMGET', key, 'start', 'step', 'n')
@@ -78,6 +79,8 @@ local function sequence(key, ts, t, horizon, window, life, mask, counts_text)
     redis.call('HSET', key, 'start', ts)
   elseif string.sub(mask, step + 1, step + 1) ~= '1' then
     return 0
+  elseif redis.call('HEXISTS', key, 'm:' .. member) == 1 then
+    return 0
   end
   n = n + 1
   if n >= counts[step + 1] then
@@ -88,7 +91,7 @@ local function sequence(key, ts, t, horizon, window, life, mask, counts_text)
       return 1
     end
   end
-  redis.call('HSET', key, 'step', step, 'n', n)
+  redis.call('HSET', key, 'step', step, 'n', n, 'm:' .. member, '1')
   redis.call('PEXPIRE', key, life)
   return 0
 end
@@ -111,19 +114,19 @@ end
 
 local out = {}
 local k = 1
-for i = 1, #ARGV, 6 do
+for i = 1, #ARGV, 7 do
   local kind, ts, window, life = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-  local x, y = ARGV[i + 4], ARGV[i + 5]
+  local x, y, member = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local t = tonumber(ts)
   local horizon = horizon_of(KEYS[k], ts, t, window, life)
   if kind == 't' then
-    out[#out + 1] = threshold(KEYS[k + 1], ts, t, horizon, life, x, y)
+    out[#out + 1] = threshold(KEYS[k + 1], ts, t, horizon, life, x, member)
     k = k + 2
   elseif kind == 'd' then
     out[#out + 1] = distinct(KEYS[k + 1], ts, t, horizon, life, x, y)
     k = k + 2
   elseif kind == 's' then
-    out[#out + 1] = sequence(KEYS[k + 1], ts, t, horizon, window, life, x, y)
+    out[#out + 1] = sequence(KEYS[k + 1], ts, t, horizon, window, life, x, y, member)
     k = k + 2
   else
     out[#out + 1] = first_seen(KEYS[k + 1], KEYS[k + 2], ts, t, horizon, window, life, x)

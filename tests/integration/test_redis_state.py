@@ -220,6 +220,43 @@ def test_every_stateful_rule_example_behaves_the_same_split_across_replicas(
     assert checked >= 15
 
 
+def test_events_both_replicas_take_at_once_count_once_in_every_example(
+    redis_server: RedisServer,
+) -> None:
+    """The race the dedupe window cannot close: the API server retried a
+    batch while the first replica was still working on it, so both take
+    it. Every event of each shipped stateful rule's examples is taken by
+    both replicas, one after the other: each example still fires where it
+    says and only there (a sequence whose first step needs three refusals
+    is not completed by two refusals taken twice)."""
+    ruleset = load_rules(None)
+    checked = 0
+    for rf in ruleset.files:
+        for rule in rf.rules:
+            if rule.kind == "match" or rule.missing(rf.example_settings):
+                continue
+            for n, example in enumerate(rule.examples):
+                prefix = f"twice:{rule.id}:{n}:"
+                solo = RuleSet([RuleFile(rule.source, [rule], rf.example_settings)])
+                a, b = (
+                    Detector(solo, rf.example_settings, shared=store(redis_server, prefix))
+                    for _ in range(2)
+                )
+                fired = []
+                for i, (ev, copy) in enumerate(
+                    zip(example_events(example), example_events(example), strict=True)
+                ):
+                    a([ev])
+                    b([copy])
+                    hits = (rule.id in ev.rules) + (rule.id in copy.rules)
+                    fired += [i + 1] * hits
+                events = len(example_events(example))
+                expected = [events] if example.expect else []
+                assert fired == expected, f"{rule.id} example {n}"
+                checked += 1
+    assert checked >= 15
+
+
 def test_a_batch_retried_on_the_other_replica_is_counted_once(
     redis_server: RedisServer,
 ) -> None:
