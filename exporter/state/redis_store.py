@@ -21,6 +21,7 @@ it up again (one log line). Error text never carries the URL's password.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -38,7 +39,7 @@ from redis.retry import Retry
 
 from ..logs import safe_url
 from . import scripts
-from .ops import DedupeKey, Observation
+from .ops import DedupeKey, Observation, RuleSpec
 from .settings import StateSettings
 
 log = logging.getLogger(__name__)
@@ -153,23 +154,24 @@ class RedisStore:
     def _encode(self, o: Observation, keys: list[Any], args: list[Any]) -> None:
         """``o`` as KEYS and ARGV of the OBSERVE script (see scripts.py)."""
         spec = o.spec
-        keys.append(self._key("wm", spec.rule))
+        rule = _rule_name(spec)
+        keys.append(self._key("wm", rule))
         life = int(spec.window * 1000) + self.grace_ms
         head = (repr(o.t), repr(spec.window), life)
         kind = spec.kind
         if kind == "threshold":
-            keys.append(self._group("threshold", spec.rule, o.group))
+            keys.append(self._group("threshold", rule, o.group))
             args += ("t", *head, spec.count, "", o.member)
         elif kind == "distinct":
-            keys.append(self._group("distinct", spec.rule, o.group))
+            keys.append(self._group("distinct", rule, o.group))
             args += ("d", *head, spec.count, o.value, o.member)
         elif kind == "sequence":
             mask = "".join("1" if o.steps >> i & 1 else "0" for i in range(len(spec.counts)))
-            keys.append(self._group("sequence", spec.rule, o.group))
+            keys.append(self._group("sequence", rule, o.group))
             args += ("s", *head, mask, ",".join(str(c) for c in spec.counts), o.member)
         else:
-            pair = self._group("first_seen", spec.rule, o.group) + b":" + orjson.dumps(o.value)
-            keys += (self._key("started", spec.rule), pair)
+            pair = self._group("first_seen", rule, o.group) + b":" + orjson.dumps(o.value)
+            keys += (self._key("started", rule), pair)
             args += ("f", *head, repr(spec.learning), "", o.member)
 
     # --- health ------------------------------------------------------------------
@@ -243,6 +245,15 @@ class RedisStore:
                 fallbacks.add_metric((op,), float(self.fallbacks[op]))
                 trips.add_metric((op,), float(self.round_trips[op]))
         return [up, failed, fallbacks, trips]
+
+
+@functools.cache
+def _rule_name(spec: RuleSpec) -> str:
+    """The rule's id and a digest of its parameters: a rule changed (a
+    rolling update to another window, count or steps) starts afresh instead
+    of reading state it would misread."""
+    digest = hashlib.sha1(repr(spec).encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{spec.rule}@{digest}"
 
 
 def _sha(text: str) -> str:

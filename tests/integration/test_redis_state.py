@@ -390,3 +390,19 @@ def test_replicas_racing_on_one_group_fire_once_per_count(redis_server: RedisSer
     for t in threads:
         t.join(60)
     assert sum(fired) == 200
+
+
+def test_a_rule_changed_in_a_rolling_update_starts_afresh(redis_server: RedisServer) -> None:
+    """Old and new replicas run different parameters under one rule id: the
+    new one neither reads the old one's progress (two steps done of three)
+    nor fails on it."""
+    old = RuleSpec("seq", "sequence", 300.0, counts=(1, 1, 1))
+    new = RuleSpec("seq", "sequence", 300.0, counts=(1,))
+    s = store(redis_server, "roll:")
+    assert s.observe([Observation(old, ("u",), START, steps=1, member="1")]) == [False]
+    assert s.observe([Observation(old, ("u",), START + 1, steps=2, member="2")]) == [False]
+    # the new rule's single step fires on its own first event
+    assert s.observe([Observation(new, ("u",), START + 2, steps=1, member="3")]) == [True]
+    # the old one's progress is intact: its third step completes it
+    assert s.observe([Observation(old, ("u",), START + 3, steps=4, member="4")]) == [True]
+    assert s.up and s.failed["detect"] == 0
