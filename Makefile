@@ -96,6 +96,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py --json bench/results.json
 	$(BIN)/python bench/loki.py --json bench/results-loki.json
 	$(BIN)/python bench/detect.py --json bench/results-detect.json
+	$(BIN)/python bench/state.py --json bench/results-state.json
 	$(BIN)/python bench/figures.py --run bench/results.json --loki bench/results-loki.json \
 	  --detect bench/results-detect.json
 	$(BIN)/python bench/report.py

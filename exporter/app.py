@@ -17,9 +17,11 @@ from .config import (
     Config,
     audit_metrics,
     detection_settings,
+    first_seen_path,
     loki_settings,
     otlp_settings,
     rule_set,
+    state_settings,
 )
 from .detect import Detector
 from .event import Decoder
@@ -38,6 +40,8 @@ from .sources.eks_cloudwatch import CloudWatchSource, make_client
 from .sources.gke import OIDCVerifier, PubSubPull, PubSubPushServer
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
+from .state.persist import FirstSeenFile
+from .state.redis_store import RedisStore
 from .web import MetricsServer
 
 T = TypeVar("T")
@@ -64,7 +68,7 @@ class App:
         ]
         self.metrics = audit_metrics(cfg, self.registry, sources)
         self.decoder = Decoder(cfg.events.max_bytes)
-        self.pipeline, self.notifier = build_pipeline(cfg, self.metrics)
+        self.pipeline, self.notifier = build_pipeline(cfg, self.metrics, live=True)
         self._ready = threading.Event()
         self.http_metrics = HTTPMetrics(self.registry)
         self.web = _listening("web.listen_address", MetricsServer)(
@@ -297,6 +301,11 @@ class App:
         for source in self.aks:
             source.stop(timeout)
         self.pipeline.close(timeout)
+        for processor in self.pipeline.processors:
+            if isinstance(processor, Detector):
+                processor.save_state()
+        if self.pipeline.state is not None:
+            self.pipeline.state.close()
         if self.notifier is not None:
             self.notifier.close(timeout)
         self.web.shutdown(timeout)
@@ -304,11 +313,13 @@ class App:
 
 
 def build_pipeline(
-    cfg: Config, metrics: AuditMetrics, *, spool_dir: str | None = None
+    cfg: Config, metrics: AuditMetrics, *, spool_dir: str | None = None, live: bool = False
 ) -> tuple[Pipeline, Alertmanager | None]:
     """decode -> redact -> detect -> sinks -> metrics, as configured, and the
     Alertmanager notifier (not started) when URLs are set. Shared by ``run``
-    and ``replay``. Raises LokiSetupError, RuleError or ValueError."""
+    and ``replay``; ``live`` (``run``) adds the state that outlives the
+    process: the shared store (state.url) or the first_seen file. Raises
+    LokiSetupError, RuleError or ValueError."""
     settings = loki_settings(cfg, spool_dir=spool_dir)
     processors: list[Processor] = []
     if settings.redact:
@@ -319,7 +330,29 @@ def build_pipeline(
     if detection.alertmanager_urls:
         notifier = Alertmanager(detection.alertmanager_urls, metrics)
     ruleset = rule_set(cfg)
-    processors.append(Detector(ruleset, detection, metrics, notifier))
+    shared: RedisStore | None = None
+    first_seen: FirstSeenFile | None = None
+    if live and cfg.state.url:
+        shared = RedisStore(state_settings(cfg))
+        metrics.add_state(shared.collect)
+        reachable = shared.check()
+        log.info(
+            "state shared through Redis/Valkey",
+            extra={"state_url": shared.where, "reachable": reachable},
+        )
+    elif live and first_seen_path(cfg):
+        first_seen = FirstSeenFile(first_seen_path(cfg))
+    processors.append(
+        Detector(
+            ruleset,
+            detection,
+            metrics,
+            notifier,
+            shared=shared,
+            first_seen_file=first_seen,
+            save_interval=cfg.state.save_interval,
+        )
+    )
     log.info(
         "detection rules loaded",
         extra={
@@ -342,6 +375,7 @@ def build_pipeline(
         processors=processors,
         sinks=sinks,
         dedupe_capacity=cfg.events.dedupe_capacity,
+        state=shared,
     )
     return pipeline, notifier
 

@@ -31,6 +31,7 @@ from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
 from .metrics import AuditMetrics
 from .sources.eks_cloudwatch import parse_start_at
 from .sources.gke import GOOGLE_CERTS_URL
+from .state import StateSettings, url_problem
 
 ENV_PREFIX = "KUBE_AUDIT_"
 
@@ -719,6 +720,62 @@ class EventsConfig:
     )
 
 
+_STATE = StateSettings()
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    url: str = field(
+        default="",
+        metadata=opt(
+            "Redis or Valkey (redis://[user:pass@]HOST:PORT/DB, rediss:// for TLS, "
+            "unix:///path.sock) where replicas and workers share the dedupe window and "
+            "the stateful rules' state; empty keeps state in this process's memory."
+        ),
+    )
+    prefix: str = field(
+        default=_STATE.prefix,
+        metadata=opt("Prefix of every key written (several exporters can share one Redis)."),
+    )
+    timeout: float = field(
+        default=_STATE.timeout,
+        metadata=opt(
+            "Deadline of connecting and of one round trip; past it the batch uses "
+            "this process's state.",
+            kind="duration",
+            minimum=0.001,
+        ),
+    )
+    dedupe_ttl: float = field(
+        default=_STATE.dedupe_ttl,
+        metadata=opt(
+            "How long the shared dedupe window remembers a stored event's key.",
+            kind="duration",
+            minimum=1,
+        ),
+    )
+    tls_ca_file: str = field(
+        default="",
+        metadata=opt("CA bundle that verifies a rediss:// server (PEM).", kind="file"),
+    )
+    first_seen_file: str = field(
+        default="",
+        metadata=opt(
+            "Without state.url: where first_seen rules' memory survives restarts "
+            "(default first-seen.json in spool.dir, else beside "
+            "logfile.checkpoint_file; neither: not kept)."
+        ),
+    )
+    save_interval: float = field(
+        default=60.0,
+        metadata=opt(
+            "How often state.first_seen_file is rewritten (and at shutdown).",
+            kind="duration",
+            minimum=1,
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     max_users: int = field(
@@ -782,6 +839,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as a flat dict for the start-up log line."""
@@ -1255,6 +1313,46 @@ def _cross_checks(cfg: Config) -> Iterator[str]:
     yield from _eks_problems(cfg)
     yield from _gke_problems(cfg.gke)
     yield from _aks_problems(cfg.aks)
+    yield from _state_problems(cfg.state)
+
+
+def _state_problems(st: StateConfig) -> Iterator[str]:
+    if st.url:
+        problem = url_problem(st.url)
+        if problem:
+            yield f"state.url: {problem}"
+        elif st.tls_ca_file and not st.url.startswith("rediss://"):
+            yield "state.tls_ca_file: set without a rediss:// state.url"
+        if st.first_seen_file:
+            yield "state.first_seen_file: first_seen state lives in state.url; unset one"
+    elif st.tls_ca_file:
+        yield "state.tls_ca_file: set without state.url"
+
+
+def state_settings(cfg: Config) -> StateSettings:
+    st = cfg.state
+    return StateSettings(
+        url=st.url,
+        prefix=st.prefix,
+        timeout=st.timeout,
+        dedupe_ttl=st.dedupe_ttl,
+        tls_ca_file=st.tls_ca_file,
+    )
+
+
+def first_seen_path(cfg: Config) -> str:
+    """Where first_seen rules' memory is kept without state.url ("" when
+    nowhere): state.first_seen_file, else beside the spool or the log
+    file's checkpoint."""
+    if cfg.state.url:
+        return ""
+    if cfg.state.first_seen_file:
+        return cfg.state.first_seen_file
+    if cfg.spool.dir:
+        return os.path.join(cfg.spool.dir, "first-seen.json")
+    if cfg.logfile.checkpoint_file:
+        return os.path.join(os.path.dirname(cfg.logfile.checkpoint_file), "first-seen.json")
+    return ""
 
 
 def _eks_problems(cfg: Config) -> Iterator[str]:

@@ -18,6 +18,13 @@ A source that resumes from a position after a crash (the log tailer) passes a
 (the Loki spool) stores it in the same write as the batch; without one, the
 pipeline has the source save it (durably) before the metrics count the batch.
 Either way, what is counted is never read again after a kill -9.
+
+With a shared store (``state``, exporter.state: Redis/Valkey for several
+replicas or workers) the dedupe window is also shared: a batch's keys are
+looked up there in one round trip before anything else, and recorded there
+after the sinks took the batch, so a batch one replica stored is a
+duplicate on every other. The local window is kept as well; it alone
+decides while the store is unreachable.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from .event import AuditEvent, Batch, InvalidEvent
 from .logs import RateLimitedLog
 from .metrics import AuditMetrics
 from .refusals import Refusals
+from .state import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +98,7 @@ class BatchResult:
     first_error: InvalidEvent | None = None
 
 
-Key = tuple[str, str, float]
+Key = tuple[str, str, float]  # exporter.state.DedupeKey
 
 
 class Deduper:
@@ -144,8 +152,10 @@ class Pipeline:
         dedupe_capacity: int = DEFAULT_DEDUPE_CAPACITY,
         clock: Callable[[], float] = time.time,
         invalid_log: RateLimitedLog | None = None,
+        state: SharedState | None = None,
     ) -> None:
         self.metrics = metrics
+        self.state = state
         self.sinks = list(sinks)
         self.processors = list(processors)
         self.dedupe = Deduper(dedupe_capacity)
@@ -172,13 +182,15 @@ class Pipeline:
             dedupe = self.dedupe
             keys = [(ev.audit_id, ev.stage, ev.stage_ts) for ev in events]
             batch_keys = set(keys)
+            # taken by some replica (None: the store is unreachable)
+            shared = self.state.seen(list(batch_keys)) if self.state is not None else None
             fresh = events
-            if len(batch_keys) != len(keys) or not dedupe.isdisjoint(batch_keys):
+            if len(batch_keys) != len(keys) or not dedupe.isdisjoint(batch_keys) or shared:
                 # a retry or an overlap: keep the first of each key
                 fresh = []
                 batch_keys = set()
                 for ev, key in zip(events, keys, strict=True):
-                    if key in dedupe or key in batch_keys:
+                    if key in dedupe or key in batch_keys or (shared and key in shared):
                         continue
                     batch_keys.add(key)
                     fresh.append(ev)
@@ -197,6 +209,8 @@ class Pipeline:
                 kept = kept or keeps
             if mark is not None and not kept:
                 mark.save()
+            if self.state is not None:
+                self.state.remember(list(batch_keys))
             now = self.clock()
             metrics = self.metrics
             with metrics.lock:

@@ -1,6 +1,13 @@
 """The Detector: a pipeline processor that runs the compiled rules over each
 batch, keeps the stateful rules' state, and reports matches (event fields for
-Loki, rule_matches_total, Alertmanager notifications)."""
+Loki, rule_matches_total, Alertmanager notifications).
+
+Stateful rules keep their state in this process's memory, each event applied
+as it comes; or, with a shared store (exporter.state, ``state.url``), the
+batch's observations are collected and sent in one round trip after the
+stateless rules ran, and the memory states serve only while the store is
+unreachable.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +18,14 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Protocol
 
+import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..event import COMMON_ANNOTATIONS, AuditEvent
 from ..logs import RateLimitedLog
 from ..metrics import AuditMetrics
+from ..state import Observation, RuleSpec, SharedState
+from ..state.persist import FirstSeenFile
 from .alerts import build_alert
 from .matchers import (
     And,
@@ -135,6 +145,11 @@ def _key_getter(path: str, ctx: Any) -> Callable[[AuditEvent], str]:
 
 
 IndexKey = tuple[str, str, str, str, str, int, bool, bool]
+# What a stateful rule takes from a matching event: its group, its value (the
+# distinct values or the first_seen value) and the sequence steps it matches.
+Extracted = tuple[Key, Any, int]
+# An observation waiting for the batch's round trip to the shared store.
+Pending = tuple["CompiledRule", AuditEvent, Key, Any, int]
 # A stateless rule's test (True on a match) or a stateful rule's check.
 Runner = Callable[[AuditEvent], "bool | Match | None"]
 
@@ -158,22 +173,32 @@ class CompiledRule:
     constraint and, for stateful kinds, its state."""
 
     __slots__ = (
+        "apply",
         "check",
         "constraint",
+        "defer",
         "errors",
+        "extract",
         "group",
         "id",
         "rank",
         "rule",
         "run",
         "severity",
+        "spec",
         "stages",
         "started",
         "state",
         "test",
     )
 
-    def __init__(self, rule: Rule, ctx: Context, settings: DetectionSettings) -> None:
+    def __init__(
+        self,
+        rule: Rule,
+        ctx: Context,
+        settings: DetectionSettings,
+        pending: list[Pending] | None = None,
+    ) -> None:
         self.rule = rule
         self.id = rule.id
         self.severity = rule.severity
@@ -185,6 +210,11 @@ class CompiledRule:
         self.state: (
             ThresholdState | DistinctThresholdState | SequenceState | FirstSeenState | None
         ) = None
+        self.spec: RuleSpec | None = None
+        # stateful kinds: what an event gives the state (None: nothing), and
+        # that applied to this process's memory (True: the rule fired)
+        extract: Callable[[AuditEvent], Extracted | None] | None = None
+        apply: Callable[[Key, Any, int, float], bool] | None = None
         test = compile_predicate(rule.match, rule.excepts, ctx, rule.id)
         # the rule's condition alone (no state): the report shows which events met it
         self.test = test
@@ -206,6 +236,9 @@ class CompiledRule:
             )
             sstate = SequenceState([s.count for s in rule.steps], rule.window, limit)
             self.state = sstate
+            self.spec = RuleSpec(
+                rule.id, "sequence", rule.window, counts=tuple(s.count for s in rule.steps)
+            )
             # the rule's condition and its first step in one test: while no
             # sequence is in progress, nothing else can matter
             parts = (
@@ -226,9 +259,23 @@ class CompiledRule:
                     return Match(rule, ev, key)
                 return None
 
+            def extract(ev: AuditEvent) -> Extracted | None:
+                # every step's test: which one counts depends on shared state
+                if not test(ev) or again(ev):
+                    return None
+                mask = 0
+                for i, step in enumerate(steps):
+                    if step(ev):
+                        mask |= 1 << i
+                return (group(ev), "", mask) if mask else None
+
+            def apply(key: Key, value: Any, mask: int, t: float) -> bool:
+                return sstate.observe(key, t, lambda i: bool(mask >> i & 1))
+
         elif rule.kind == "threshold" and rule.distinct:
             dstate = DistinctThresholdState(rule.window, rule.count, limit)
             self.state = dstate
+            self.spec = RuleSpec(rule.id, "distinct", rule.window, rule.count)
             distinct = [_key_getter(p, ctx.derived) for p in rule.distinct]
 
             def check(ev: AuditEvent) -> Match | None:
@@ -239,9 +286,18 @@ class CompiledRule:
                     return Match(rule, ev, key)
                 return None
 
+            def extract(ev: AuditEvent) -> Extracted | None:
+                if not test(ev) or again(ev):
+                    return None
+                return group(ev), tuple(g(ev) for g in distinct), 0
+
+            def apply(key: Key, value: Any, mask: int, t: float) -> bool:
+                return dstate.observe(key, value, t)
+
         elif rule.kind == "threshold":
             tstate = ThresholdState(rule.window, rule.count, limit)
             self.state = tstate
+            self.spec = RuleSpec(rule.id, "threshold", rule.window, rule.count)
 
             def check(ev: AuditEvent) -> Match | None:
                 if not test(ev) or again(ev):
@@ -251,9 +307,18 @@ class CompiledRule:
                     return Match(rule, ev, key)
                 return None
 
+            def extract(ev: AuditEvent) -> Extracted | None:
+                if not test(ev) or again(ev):
+                    return None
+                return group(ev), "", 0
+
+            def apply(key: Key, value: Any, mask: int, t: float) -> bool:
+                return tstate.observe(key, t)
+
         elif rule.kind == "first_seen":
             fstate = FirstSeenState(rule.ttl, rule.learning, limit)
             self.state = fstate
+            self.spec = RuleSpec(rule.id, "first_seen", rule.ttl, learning=rule.learning)
             value_of = _key_getter(rule.value, ctx.derived)
 
             def check(ev: AuditEvent) -> Match | None:
@@ -267,14 +332,35 @@ class CompiledRule:
                     return Match(rule, ev, key, value)
                 return None
 
+            def extract(ev: AuditEvent) -> Extracted | None:
+                if not test(ev) or again(ev):
+                    return None
+                value = value_of(ev)
+                return (group(ev), value, 0) if value else None
+
+            def apply(key: Key, value: Any, mask: int, t: float) -> bool:
+                return fstate.observe(key, value, t)
+
         else:
 
             def check(ev: AuditEvent) -> Match | None:
                 return Match(rule, ev) if test(ev) else None
 
         self.check = check
+        self.extract = extract
+        self.apply = apply
+        queue: list[Pending] = [] if pending is None else pending
+
+        def defer(ev: AuditEvent) -> None:
+            got = extract(ev) if extract is not None else None
+            if got is not None:
+                queue.append((self, ev, got[0], got[1], got[2]))
+
+        self.defer = defer
         # stateless rules run their test directly (True: a match); stateful
-        # ones their check, which feeds the state and returns the Match
+        # ones their check, which feeds the state and returns the Match (or,
+        # with a shared store, defer, which queues the observation for the
+        # batch's round trip)
         self.run: Runner = test if rule.kind == "match" else check
 
     def again(self, ev: AuditEvent) -> bool:
@@ -319,6 +405,10 @@ class Detector:
         *,
         clock: Callable[[], float] = time.time,
         on_match: Callable[[Match], None] | None = None,
+        shared: SharedState | None = None,
+        first_seen_file: FirstSeenFile | None = None,
+        save_interval: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -330,6 +420,9 @@ class Detector:
         self.inactive: dict[str, str] = {}
         ctx = Context(settings.networks, _WorkloadContext(settings))
         compiled: list[CompiledRule] = []
+        # stateful observations of the batch in hand, for the shared store
+        self.shared = shared
+        self._pending: list[Pending] = []
         disabled = set(settings.disabled_rules)
         for rule in ruleset.rules:
             if not rule.enabled:
@@ -342,8 +435,19 @@ class Detector:
             if missing:
                 self.inactive[rule.id] = "needs " + ", ".join(config_keys(m) for m in missing)
                 continue
-            compiled.append(CompiledRule(rule, ctx, settings))
+            compiled.append(CompiledRule(rule, ctx, settings, self._pending))
         self.rules = compiled
+        if shared is not None:
+            for r in compiled:
+                if r.spec is not None:
+                    r.run = r.defer
+        self.first_seen_file = first_seen_file if shared is None else None
+        self.save_interval = save_interval
+        self.monotonic = monotonic
+        self._saved_at = monotonic()
+        self._saved_changes = 0
+        if self.first_seen_file is not None:
+            self._restore(self.first_seen_file)
         # index key -> (the rule's test or check, the rule) for each candidate
         self._index: dict[IndexKey, tuple[tuple[Runner, CompiledRule], ...]] = {}
         self._errors_log = RateLimitedLog(log)
@@ -405,8 +509,82 @@ class Detector:
             if found:
                 self._mark(ev, found)
                 matches.extend(found)
+        if self._pending:
+            for m in self._settle():
+                self._mark(m.event, (m,))
+                matches.append(m)
         if matches:
             self._report(matches)
+        if self.first_seen_file is not None:
+            self._maybe_save()
+
+    # --- state in the shared store, or kept across restarts ----------------------
+
+    def _settle(self) -> list[Match]:
+        """The batch's stateful observations, in one round trip to the shared
+        store, or applied to this process's memory when it is unreachable."""
+        pending = self._pending
+        try:
+            fired: list[bool] | None = None
+            if self.shared is not None:
+                fired = self.shared.observe(
+                    [
+                        Observation(
+                            r.spec,  # type: ignore[arg-type]  # set for every stateful rule
+                            key,
+                            ev.stage_ts,
+                            value if type(value) is str else orjson.dumps(value).decode(),
+                            mask,
+                            f"{ev.audit_id}|{ev.stage}|{ev.stage_ts!r}",
+                        )
+                        for r, ev, key, value, mask in pending
+                    ]
+                )
+            if fired is None:
+                fired = []
+                for r, ev, key, value, mask in pending:
+                    try:
+                        fired.append(r.apply(key, value, mask, ev.stage_ts))  # type: ignore[misc]
+                    except Exception as e:  # a rule must never stop the pipeline
+                        self._failed(r, ev, e)
+                        fired.append(False)
+            return [
+                Match(r.rule, ev, key, value if r.rule.kind == "first_seen" else "")
+                for (r, ev, key, value, _), hit in zip(pending, fired, strict=True)
+                if hit
+            ]
+        finally:
+            pending.clear()
+
+    def _first_seen_states(self) -> list[tuple[str, FirstSeenState]]:
+        return [(r.id, r.state) for r in self.rules if isinstance(r.state, FirstSeenState)]
+
+    def _restore(self, store: FirstSeenFile) -> None:
+        data = store.load()
+        restored = 0
+        for rule_id, state in self._first_seen_states():
+            restored += state.restore(data.get(rule_id))
+        self._saved_changes = sum(s.changes for _, s in self._first_seen_states())
+        if data:
+            log.info("first_seen state restored", extra={"path": store.path, "entries": restored})
+
+    def _maybe_save(self) -> None:
+        if self.monotonic() - self._saved_at >= self.save_interval:
+            self.save_state()
+
+    def save_state(self) -> None:
+        """Writes the first_seen rules' memory (when kept in a file and
+        changed since the last save)."""
+        store = self.first_seen_file
+        self._saved_at = self.monotonic()
+        if store is None:
+            return
+        states = self._first_seen_states()
+        changes = sum(s.changes for _, s in states)
+        if changes == self._saved_changes:
+            return
+        if store.save({rule_id: s.dump() for rule_id, s in states}):
+            self._saved_changes = changes
 
     def _failed(self, r: CompiledRule, ev: AuditEvent, e: Exception) -> None:
         r.errors += 1
@@ -453,8 +631,9 @@ class Detector:
     def collect(self) -> Iterable[Metric]:
         entries = GaugeMetricFamily(
             "kube_audit_detect_state_entries",
-            "Groups, sequences or key/value pairs held by stateful rules (bounded by "
-            "detect.max_state_entries per rule).",
+            "Groups, sequences or key/value pairs held by stateful rules in this process "
+            "(bounded by detect.max_state_entries per rule; with state.url, what it holds "
+            "while the shared store is unreachable).",
             labels=("rule",),
         )
         evictions = CounterMetricFamily(

@@ -1,4 +1,8 @@
-"""State of the stateful rule kinds, on event time, with bounded memory.
+"""In-memory state of the stateful rule kinds, on event time, with bounded memory.
+
+This is the state of one process (the default, and the fallback while a
+shared store is unreachable); the shared store (exporter.state, with
+``state.url``) runs the same transitions in Redis/Valkey.
 
 Each state keeps at most ``max_entries`` groups (or key/value pairs). Entries
 are kept in least-recently-touched order; expired ones are dropped from the
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Callable, Hashable
+from typing import Any
 
 Key = tuple[str, ...]
 
@@ -185,12 +190,15 @@ class FirstSeenState(_Bounded):
         self.learning = learning
         self.started: float | None = None
         self.seen: dict[tuple[Key, str], float] = {}
+        # observations so far: a saver can tell whether anything changed
+        self.changes = 0
 
     @property
     def entries(self) -> int:
         return len(self.seen)
 
     def observe(self, key: Key, value: str, t: float) -> bool:
+        self.changes += 1
         if self.started is None:
             self.started = t
         if t > self.watermark:
@@ -208,3 +216,47 @@ class FirstSeenState(_Bounded):
         seen[pair] = t if last is None or t > last else last
         self._evict(seen)  # type: ignore[arg-type]
         return new and t >= self.started + self.learning
+
+    # --- kept across restarts (exporter.state.persist) --------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """What a restart needs, as JSON-ready data (oldest entry first)."""
+        watermark = None if self.watermark == float("-inf") else self.watermark
+        return {
+            "started": self.started,
+            "watermark": watermark,
+            "seen": [[list(key), value, t] for (key, value), t in self.seen.items()],
+        }
+
+    def restore(self, data: Any) -> int:
+        """Takes back what :meth:`dump` gave (skipping malformed entries,
+        keeping the bound); returns the entries restored."""
+        if not isinstance(data, dict):
+            return 0
+        started, watermark = data.get("started"), data.get("watermark")
+        if isinstance(started, int | float) and not isinstance(started, bool):
+            self.started = float(started)
+        if isinstance(watermark, int | float) and not isinstance(watermark, bool):
+            self.watermark = max(self.watermark, float(watermark))
+        seen = data.get("seen")
+        restored = 0
+        for item in seen if isinstance(seen, list) else ():
+            if not (isinstance(item, list) and len(item) == 3):
+                continue
+            key, value, t = item
+            if (
+                not isinstance(key, list)
+                or not all(isinstance(k, str) for k in key)
+                or not isinstance(value, str)
+                or not isinstance(t, int | float)
+                or isinstance(t, bool)
+            ):
+                continue
+            pair = (tuple(key), value)
+            self.seen.pop(pair, None)
+            self.seen[pair] = float(t)
+            restored += 1
+        before = self.evictions
+        self._evict(self.seen)  # type: ignore[arg-type]
+        self.evictions = before  # a smaller bound than last time is not an eviction
+        return min(restored, len(self.seen))
