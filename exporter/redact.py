@@ -226,12 +226,7 @@ def _no_secret_kind(raw: bytes | None) -> bool:
     """True when the event's bytes (``raw`` is the exact line ``obj`` was
     parsed from) cannot hold a ``kind`` that redaction acts on: none of the
     kinds' names appears, and no ``\\u`` escape could spell one."""
-    return (
-        raw is not None
-        and b"Secret" not in raw
-        and b"TokenRe" not in raw
-        and b"\\u" not in raw
-    )
+    return raw is not None and b"Secret" not in raw and b"TokenRe" not in raw and b"\\u" not in raw
 
 
 def _implied_kind(ev: AuditEvent) -> str | None:
