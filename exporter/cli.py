@@ -9,9 +9,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, write_to_textfile
@@ -123,6 +123,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cfg = load(args, skip=SOURCE_SECTIONS)
     except ConfigError as e:
         return _config_errors(e)
+    if args.jobs != 1 and (cfg.loki.url or cfg.alertmanager.url):
+        print(
+            "--jobs: sending to Loki or Alertmanager needs every event in one process; "
+            "use --jobs 1 with --loki.url and --alertmanager.url",
+            file=sys.stderr,
+        )
+        return 1
     logs.setup(cfg.log.format, "info" if args.verbose else "warning")
     registry = CollectorRegistry()
     metrics = audit_metrics(cfg, registry, ["replay"])
@@ -158,6 +165,7 @@ def _replay(
     from .report import Report, render_text
     from .runtime import tune_gc
     from .sources.replay import Progress, open_input, read_batches
+    from .sources.replay_jobs import ParallelReplay, Prepended, cpu_count
 
     if notifier is not None:
         notifier.start()
@@ -176,6 +184,16 @@ def _replay(
     tune_gc()
     status = 0
     finished = False
+    jobs = args.jobs or cpu_count()
+    parallel: ParallelReplay | None = None
+    if jobs > 1:
+        parallel = ParallelReplay(
+            jobs,
+            pipeline,
+            report,
+            decoder,
+            {"sources": ["replay"], "max_future_skew": cfg.events.max_future_skew},
+        )
     try:
         for path in args.files:
             try:
@@ -187,7 +205,14 @@ def _replay(
             report.files += 1
             progress = Progress(total)
             try:
-                for batch in read_batches(stream, decoder):
+                source: IO[bytes] = stream
+                if parallel is not None:
+                    head, lines = parallel.starts_lines(stream)
+                    if lines:
+                        parallel.run(head, stream, path, _progress(progress, counter, report))
+                        continue
+                    source = Prepended(head, stream)  # type: ignore[assignment]
+                for batch in read_batches(source, decoder):
                     if age is not None:
                         age([x for x in batch if not isinstance(x, InvalidEvent)])
                     result = pipeline.process(batch, "replay", context=path)
@@ -226,6 +251,8 @@ def _replay(
     finally:
         if loki is not None and not finished:
             loki.abandon()  # Ctrl-C, SIGTERM or a stall: no waiting for Loki
+        if parallel is not None:
+            parallel.close()
     pipeline.close()
     if notifier is not None:
         notifier.close(30.0)
@@ -247,6 +274,15 @@ def _replay(
     if args.strict and report.invalid and not status:
         status = EXIT_INVALID
     return status
+
+
+def _progress(progress: Any, counter: Any, report: Any) -> Callable[[], None]:
+    """Progress.update as a callback (with --jobs)."""
+
+    def update() -> None:
+        progress.update(counter.count if counter else 0, report.events)
+
+    return update
 
 
 class _LokiStalled(Exception):
@@ -322,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--output", choices=("text", "json"), default="text")
     replay.add_argument("--metrics-out", metavar="FILE", help="write the metrics exposition")
     replay.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
+    replay.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N",
+        help="processes that decode and count JSON-lines inputs in parallel, with the output "
+        "of one; 0 for one per CPU (default 1; Loki and Alertmanager need 1)",
+    )
     replay.add_argument("-v", "--verbose", action="store_true", help="log invalid inputs")
     replay.add_argument(
         "--strict",
@@ -362,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     sys.stdout.write(script(args.shell, parser))
     return 0
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (0 or more)")
+    return n
 
 
 def _duration(text: str) -> float:

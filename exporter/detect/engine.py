@@ -168,6 +168,7 @@ class CompiledRule:
         "stages",
         "started",
         "state",
+        "test",
     )
 
     def __init__(self, rule: Rule, ctx: Context, settings: DetectionSettings) -> None:
@@ -183,6 +184,8 @@ class CompiledRule:
             ThresholdState | DistinctThresholdState | SequenceState | FirstSeenState | None
         ) = None
         test = compile_predicate(rule.match, rule.excepts, ctx, rule.id)
+        # the rule's condition alone: no state read or changed
+        self.test = test
         base = constraints(rule.match, ctx) if rule.match is not None else None
         getters = [_key_getter(p, ctx.derived) for p in rule.group_by]
 
@@ -402,6 +405,30 @@ class Detector:
                 matches.extend(found)
         if matches:
             self._report(matches)
+
+    def scan(self, events: Sequence[AuditEvent]) -> list[int]:
+        """The positions of the events that some active rule's condition
+        holds for (or fails on), found without reading or changing any
+        state: on every other event the processor does nothing. ``replay
+        --jobs`` scans chunks in parallel and runs the processor on these
+        events alone, in input order, which matches, counts and changes
+        state exactly as running it on every event would."""
+        index = self._index
+        found: list[int] = []
+        for i, ev in enumerate(events):
+            key = index_key(ev)
+            cands = index.get(key)
+            if cands is None:
+                cands = self._candidates(key)
+            for _, r in cands:
+                try:
+                    hit = r.test(ev)
+                except Exception:  # the processor will count it
+                    hit = True
+                if hit:
+                    found.append(i)
+                    break
+        return found
 
     def _failed(self, r: CompiledRule, ev: AuditEvent, e: Exception) -> None:
         r.errors += 1
