@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -44,11 +45,11 @@ from ..metrics import AuditMetrics, RequestTally
 from ..pipeline import Deduper, Pipeline, Processor
 from ..refusals import Refusals
 from ..report import Report
-from .replay import BATCH_LINES, SNIFF_BYTES, _line_blocks, _starts_document
+from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
 
-# Lines per chunk: large enough that a chunk's result costs little to send
-# and merge, small enough to keep every job busy to the end.
-CHUNK_LINES = 4000
+# Bytes per chunk (whole lines): large enough that a chunk's result costs
+# little to send and merge, small enough to keep every job busy to the end.
+CHUNK_BYTES = 4 << 20
 # Chunks sent ahead of the one the parent waits for, per job.
 AHEAD = 3
 
@@ -77,8 +78,11 @@ class Partial:
     taken_as_duplicates: list[int]
     tally: RequestTally
     report: Report
-    # the events some rule's condition holds for, redacted, in order
-    scanned: list[AuditEvent]
+    # the events some rule's condition holds for, redacted, in order (as
+    # their line when it is still theirs: cheaper to send and decode again
+    # than the object), and the positions of those rules
+    scanned: list[AuditEvent | bytes]
+    rules: list[tuple[int, ...]]
     refusals: Refusals
     events: int
     future: int
@@ -101,6 +105,13 @@ class _Job:
 _JOB: _Job | None = None
 
 
+def _job_signals() -> None:
+    """A job ends as its parent tells it (the pool's terminate), quietly;
+    Ctrl-C is for the parent, which ends the jobs."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = None) -> Partial:
     """Process one chunk (lines joined by newlines, ``first_line`` the
     number of the line before it). ``duplicates``: the positions to drop as
@@ -111,6 +122,8 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
     decode = job.decoder.decode_record
     limit = job.decoder.max_event_bytes
     lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()  # the chunk's last newline ends its last line
     events: list[AuditEvent] = []
     refusals = Refusals()
     odd: list[tuple[int, int, int]] = []
@@ -123,6 +136,8 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
         elif not line or line.isspace():
             odd.append((i, 0, 0))
             continue
+        if len(line) > limit:
+            line = line[: limit + 1]  # as the reader cuts it (see _line_blocks)
         inputs = found = 0
         for item in decode(line):
             inputs += 1
@@ -153,7 +168,8 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
     metrics = AuditMetrics(CollectorRegistry(), **job.metrics_args)  # type: ignore[arg-type]
     tally = metrics.deferred = RequestTally()
     report = Report()
-    scanned: list[AuditEvent] = []
+    scanned: list[AuditEvent | bytes] = []
+    rules: list[tuple[int, ...]] = []
     now = time.time()
     step = job.batch_lines
     for start in range(0, len(fresh), step):
@@ -161,7 +177,10 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
         for processor in job.processors:
             processor(part)
         if job.detector is not None:
-            scanned.extend(part[i] for i in job.detector.scan(part))
+            for i, hits in job.detector.scan(part):
+                ev = part[i]
+                scanned.append(ev if ev.raw is None else ev.raw)
+                rules.append(hits)
         report(part)
         metrics.observe_batch(part, "replay", now)
     lag = metrics.lag.values.get(("replay",))
@@ -173,6 +192,7 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
         tally=tally,
         report=report,
         scanned=scanned,
+        rules=rules,
         refusals=refusals,
         events=len(fresh),
         future=int(metrics.future.values.get(("replay",), 0)),
@@ -181,18 +201,32 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
     )
 
 
-def _chunks(blocks: Iterator[list[bytes]], size: int) -> Iterator[tuple[bytes, int]]:
-    """(lines joined, number of the line before them) of ``size`` lines."""
-    pending: list[bytes] = []
-    first = 0
-    for lines in blocks:
-        pending.extend(lines)
-        while len(pending) >= size:
-            yield b"\n".join(pending[:size]), first
-            del pending[:size]
-            first += size
+def _chunks(head: bytes, stream: IO[bytes], size: int, limit: int) -> Iterator[tuple[bytes, int]]:
+    """(whole lines, number of the line before them) of about ``size``
+    bytes. Bytes without a newline beyond ``limit + 1`` are dropped as they
+    are read (the line is refused as too large either way), as
+    ``_line_blocks`` does, so garbage without newlines cannot fill the
+    memory."""
+    pending = head
+    lines = 0
+    while True:
+        block = stream.read(size)
+        if not block:
+            break
+        if pending:
+            block = pending + block
+        end = block.rfind(b"\n")
+        if end < 0:
+            pending = block if len(block) <= limit else block[: limit + 1]
+            continue
+        data = block[: end + 1]
+        pending = block[end + 1 :]
+        if len(pending) > limit:
+            pending = pending[: limit + 1]
+        yield data, lines
+        lines += data.count(b"\n")
     if pending:
-        yield b"\n".join(pending), first
+        yield pending, lines
 
 
 @dataclass
@@ -278,7 +312,7 @@ class ParallelReplay:
         decoder: Decoder,
         metrics_args: dict[str, object],
         *,
-        chunk_lines: int = CHUNK_LINES,
+        chunk_bytes: int = CHUNK_BYTES,
         batch_lines: int = BATCH_LINES,
     ) -> None:
         global _JOB
@@ -292,11 +326,14 @@ class ParallelReplay:
             if p is self.detector or p is report:
                 break
             before.append(p)
-        self.chunk_lines = chunk_lines
+        self.chunk_bytes = chunk_bytes
+        self.decoder = decoder
         self.batch_lines = batch_lines
         self.rechunked = 0  # chunks run again in the parent (duplicates across chunks)
         _JOB = _Job(decoder, before, self.detector, metrics_args, batch_lines)
-        self.pool: Pool | None = multiprocessing.get_context("fork").Pool(jobs)
+        self.pool: Pool | None = multiprocessing.get_context("fork").Pool(
+            jobs, initializer=_job_signals
+        )
         self.jobs = jobs
 
     def starts_lines(self, stream: IO[bytes]) -> tuple[bytes, bool]:
@@ -319,7 +356,7 @@ class ParallelReplay:
         batcher = _Batcher(self.pipeline.dedupe, self.batch_lines)
         inflight: deque[tuple[bytes, int, AsyncResult[Partial]]] = deque()
         waiting: _Pending | None = None
-        chunks = _chunks(_line_blocks(head, stream, limit), self.chunk_lines)
+        chunks = _chunks(head, stream, self.chunk_bytes, limit)
         ahead = self.jobs * AHEAD
         for data, first in chunks:
             inflight.append((data, first, self.pool.apply_async(run_chunk, (data, first))))
@@ -365,8 +402,13 @@ class ParallelReplay:
         metrics = self.metrics
         duplicates = len(p.taken_as_duplicates)
         if self.detector is not None and p.scanned:
-            self.detector(p.scanned)
-            for ev in p.scanned:
+            decode = self.decoder.decode_line
+            scanned = [
+                x if type(x) is AuditEvent else fast_event(x) or decode(x)  # type: ignore[arg-type]
+                for x in p.scanned
+            ]
+            self.detector(scanned, p.rules)
+            for ev in scanned:
                 if ev.rules:
                     self.report.detected(ev)
         self.report.merge(p.report)
