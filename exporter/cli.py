@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -63,12 +64,22 @@ def _config_errors(e: ConfigError) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .workers import READY_PREFIX, WORKER_ENV
+
     try:
         cfg = load(args)
         require_source(cfg)
     except ConfigError as e:
         return _config_errors(e)
     logs.setup(cfg.log.format, cfg.log.level)
+    worker = os.environ.get(WORKER_ENV)
+    if args.workers > 1 and worker is None:
+        return _supervise(cfg, args)
+    if worker is not None:
+        # a worker of run --workers: its own /metrics on loopback, for the supervisor
+        cfg = dataclasses.replace(
+            cfg, web=dataclasses.replace(cfg.web, listen_address="127.0.0.1:0")
+        )
     from .app import App
     from .detect import RuleError
     from .loki.client import LokiSetupError
@@ -89,8 +100,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if worker is not None:
+        print(f"{READY_PREFIX}{app.web.address[1]}", flush=True)
     stop.wait()
     app.stop()
+    return 0
+
+
+def _supervise(cfg: Config, args: argparse.Namespace) -> int:
+    """run --workers N (N > 1): the supervisor (see exporter/workers.py)."""
+    from .workers import Supervisor, check
+
+    problems = check(cfg)
+    if problems:
+        print("configuration is invalid:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    try:
+        supervisor = Supervisor(cfg, args.argv, args.workers)
+        supervisor.start()
+    except (OSError, ValueError) as e:
+        log.error("cannot start", extra={"error": str(e)})
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    supervisor.stop()
     return 0
 
 
@@ -332,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and a YAML key; flags win over the environment, which wins over the file.",
     )
     add_flags(run)
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="webhook processes on the same port (SO_REUSEPORT), one /metrics summing them; "
+        "share their dedupe and detection state with state.url (default 1)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser(
@@ -408,6 +458,16 @@ def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return 0
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+    return n
+
+
 def _jobs(text: str) -> int:
     try:
         n = int(text)
@@ -435,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     141, Ctrl-C 130, SIGTERM 143."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # what run --workers gives its workers
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
