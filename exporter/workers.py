@@ -106,6 +106,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self.registry = CollectorRegistry()
+        self.http_metrics = HTTPMetrics()
         self.registry.register(_Summed(self))
         self.web = MetricsServer(
             cfg.web.listen_address,
@@ -117,7 +118,8 @@ class Supervisor:
                 read_timeout=cfg.web.read_timeout,
                 idle_timeout=cfg.web.idle_timeout,
             ),
-            http_metrics=HTTPMetrics(self.registry),
+            # not registered: its families are merged with the workers' (one each)
+            http_metrics=self.http_metrics,
         )
         self._watcher = threading.Thread(target=self._watch, name="workers", daemon=True)
 
@@ -231,7 +233,7 @@ class _Summed(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sup = self.supervisor
-        yield from merge(sup.scrape())
+        yield from merge([*sup.scrape(), list(sup.http_metrics.collect())])
         up = GaugeMetricFamily(
             "kube_audit_workers", "Worker processes running and serving, of those configured."
         )
