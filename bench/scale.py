@@ -90,7 +90,7 @@ def write_inputs(work: Path, events: int) -> dict[str, Path]:
     base = [line for line in PERFSPEC.read_bytes().splitlines() if line.strip()]
     small.write_bytes(b"\n".join(_fresh_copies(base, events)) + b"\n")
     bodies = [
-        line
+        line.rstrip(b"\n")
         for line in simulate_lines(Options(events=200_000, seed=11))
         if b'"requestObject"' in line or b'"responseObject"' in line
     ]
@@ -99,7 +99,7 @@ def write_inputs(work: Path, events: int) -> dict[str, Path]:
     mixed = work / "simulated.log"
     with open(mixed, "wb") as f:
         for line in simulate_lines(Options(events=events, seed=1)):
-            f.write(line + b"\n")
+            f.write(line if line.endswith(b"\n") else line + b"\n")
     return {"metadata": small, "bodies": heavy, "simulated": mixed}
 
 
