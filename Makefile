@@ -96,8 +96,9 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py --json bench/results.json
 	$(BIN)/python bench/loki.py --json bench/results-loki.json
 	$(BIN)/python bench/detect.py --json bench/results-detect.json
+	$(BIN)/python bench/scale.py --json bench/results-scale.json
 	$(BIN)/python bench/figures.py --run bench/results.json --loki bench/results-loki.json \
-	  --detect bench/results-detect.json
+	  --detect bench/results-detect.json --scale bench/results-scale.json
 
 demo-data: $(VENV)/.installed
 	$(BIN)/kube-audit-exporter simulate --events 25000 --rate 25 --seed 20240501 \
