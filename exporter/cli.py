@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from .config import (
     require_source,
 )
 from .duration import parse_duration
-from .event import InvalidEvent
+from .event import Batch, InvalidEvent
 
 if TYPE_CHECKING:
     from .alertmanager import Alertmanager
@@ -248,13 +248,17 @@ def _replay(
             progress = Progress(total)
             try:
                 source: IO[bytes] = stream
+                batches: Iterable[Batch] = ()
                 if parallel is not None:
                     head, lines = parallel.starts_lines(stream)
                     if lines:
                         parallel.run(head, stream, path, _progress(progress, counter, report))
-                        continue
-                    source = Prepended(head, stream)  # type: ignore[assignment]
-                for batch in read_batches(source, decoder):
+                    else:
+                        source = Prepended(head, stream)  # type: ignore[assignment]
+                        batches = read_batches(source, decoder)
+                else:
+                    batches = read_batches(source, decoder)
+                for batch in batches:
                     if age is not None:
                         age([x for x in batch if not isinstance(x, InvalidEvent)])
                     result = pipeline.process(batch, "replay", context=path)

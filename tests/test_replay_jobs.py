@@ -5,6 +5,7 @@ with duplicates across chunks and with caps small enough to fold."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -167,3 +168,32 @@ def test_jobs_refuse_loki(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert b"--jobs 1" in out.stderr
+
+
+def test_a_cut_gzip_exits_2_with_the_same_summary(tmp_path: Path) -> None:
+    data = gzip.compress((CORPORA / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log")
+                         .read_bytes())  # fmt: skip
+    cut = tmp_path / "cut.log.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    outs = []
+    for jobs in (1, 2):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exporter.cli",
+                "replay",
+                "--jobs",
+                str(jobs),
+                "--output",
+                "json",
+                str(cut),
+            ],
+            capture_output=True,
+            cwd=ROOT,
+        )
+        assert out.returncode == 2, out.stderr.decode()[-500:]
+        assert b"read up to there" in out.stderr
+        outs.append(json.loads(out.stdout))
+    assert outs[0] == outs[1]
+    assert outs[0]["invalid"]["truncated_gzip"] == 1
