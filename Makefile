@@ -97,8 +97,9 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/loki.py --json bench/results-loki.json
 	$(BIN)/python bench/detect.py --json bench/results-detect.json
 	$(BIN)/python bench/state.py --json bench/results-state.json
+	$(BIN)/python bench/scale.py --json bench/results-scale.json
 	$(BIN)/python bench/figures.py --run bench/results.json --loki bench/results-loki.json \
-	  --detect bench/results-detect.json
+	  --detect bench/results-detect.json --scale bench/results-scale.json
 	$(BIN)/python bench/report.py
 
 # The auditor's report of the demo log, committed with a screenshot of each

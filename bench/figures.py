@@ -57,18 +57,52 @@ def machine() -> dict[str, Any]:
     }
 
 
-def collect(run: Path, loki: Path, detect: Path) -> dict[str, Any]:
+def collect(run: Path, loki: Path, detect: Path, scale: Path | None = None) -> dict[str, Any]:
     def rows(path: Path) -> list[dict[str, Any]]:
         data: list[dict[str, Any]] = json.loads(path.read_text())
         return data
 
-    return {
+    fig = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "run": rows(run),
         "loki": rows(loki),
         "detect": json.loads(detect.read_text()),
     }
+    if scale is not None:
+        fig["scale"] = rows(scale)  # bench/scale.py
+    return fig
+
+
+RATIO_TARGET = 0.3  # replay / orjson.loads loop, one core (bench/scale.py)
+JOBS_TARGET = 1.7  # replay --jobs 2 / --jobs 1
+
+
+def _pair(fig: dict[str, Any], group: str) -> float | None:
+    """The second row's rate over the first's in a bench/scale.py group."""
+    rows = [r for r in fig.get("scale", []) if r["group"] == group]
+    if len(rows) != 2 or not _rate(rows[0]):
+        return None
+    return _rate(rows[1]) / _rate(rows[0])
+
+
+def _scaling(fig: dict[str, Any]) -> str:
+    """One sentence of bench/scale.py's ratios ("" without them)."""
+    if "scale" not in fig:
+        return ""
+
+    def x(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    meta, bodies = _pair(fig, "ratio-metadata"), _pair(fig, "ratio-bodies")
+    jobs, workers = _pair(fig, "jobs"), _pair(fig, "workers")
+    return (
+        f"Scaling (`bench/scale.py`): `replay` on one core runs at {x(meta)} of a bare "
+        f"`orjson.loads` loop over small Metadata-level events and {x(bodies)} over "
+        f"body-heavy ones (target {RATIO_TARGET}); `replay --jobs 2` runs {x(jobs)} times "
+        f"`--jobs 1` (target {JOBS_TARGET}); `run --workers 2` takes {x(workers)} times "
+        f"the events of `--workers 1`, its client on the same two CPUs."
+    )
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -189,6 +223,20 @@ def render_bench(fig: dict[str, Any]) -> str:
             f"apart): {min(decode):.1f} µs an event.",
         ]
     d = fig["detect"]
+    if "scale" in fig:
+        out += [
+            "",
+            "Scaling (`bench/scale.py`):",
+            "",
+            "| run | events | seconds | events/s | peak RSS, MB | CPU s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in fig["scale"]:
+            out.append(
+                f"| {r['name']} | {_n(r['events'])} | {r['seconds']:.2f} | {_n(_rate(r))} | "
+                f"{r['peak_rss_mb']:.1f} | {r['cpu_seconds']:.2f} |"
+            )
+        out += ["", _scaling(fig)]
     out += [
         "",
         f"Detection (`bench/detect.py`: {_n(d['lines'])} lines of {', '.join(d['files'])}, "
@@ -248,9 +296,10 @@ def render_quote(fig: dict[str, Any]) -> str:
         f"({_n(d['events_per_second_with_detection'])} events/s with it, "
         f"{_n(d['events_per_second_without_detection'])} without, on the real corpora); "
         f"the detector alone {d['detector_alone_us_per_event']:.2f} µs an event.",
-        "",
-        _verdicts(fig),
     ]
+    if "scale" in fig:
+        out += ["", _scaling(fig)]
+    out += ["", _verdicts(fig)]
     return "\n".join(out)
 
 
@@ -278,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, default=BENCH / "results.json")
     parser.add_argument("--loki", type=Path, default=BENCH / "results-loki.json")
     parser.add_argument("--detect", type=Path, default=BENCH / "results-detect.json")
+    parser.add_argument("--scale", type=Path, default=None, help="bench/scale.py's JSON")
     parser.add_argument(
         "--render", action="store_true", help="only render bench/figures.json into the READMEs"
     )
@@ -285,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         fig = json.loads(FIGURES.read_text())
     else:
-        fig = collect(args.run, args.loki, args.detect)
+        fig = collect(args.run, args.loki, args.detect, args.scale)
         FIGURES.write_text(json.dumps(fig, indent=2) + "\n")
     render_files(fig)
     print(render_bench(fig))

@@ -11,9 +11,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, write_to_textfile
@@ -38,7 +38,7 @@ from .config import (
     require_source,
 )
 from .duration import parse_duration
-from .event import InvalidEvent
+from .event import Batch, InvalidEvent
 
 if TYPE_CHECKING:
     from .alertmanager import Alertmanager
@@ -66,12 +66,22 @@ def _config_errors(e: ConfigError) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .workers import READY_PREFIX, WORKER_ENV
+
     try:
         cfg = load(args)
         require_source(cfg)
     except ConfigError as e:
         return _config_errors(e)
     logs.setup(cfg.log.format, cfg.log.level)
+    worker = os.environ.get(WORKER_ENV)
+    if args.workers > 1 and worker is None:
+        return _supervise(cfg, args)
+    if worker is not None:
+        # a worker of run --workers: its own /metrics on loopback, for the supervisor
+        cfg = dataclasses.replace(
+            cfg, web=dataclasses.replace(cfg.web, listen_address="127.0.0.1:0")
+        )
     from .app import App
     from .detect import RuleError
     from .loki.client import LokiSetupError
@@ -92,8 +102,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if worker is not None:
+        print(f"{READY_PREFIX}{app.web.address[1]}", flush=True)
     stop.wait()
     app.stop()
+    return 0
+
+
+def _supervise(cfg: Config, args: argparse.Namespace) -> int:
+    """run --workers N (N > 1): the supervisor (see exporter/workers.py)."""
+    from .workers import Supervisor, check
+
+    problems = check(cfg)
+    if problems:
+        print("configuration is invalid:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    try:
+        supervisor = Supervisor(cfg, args.argv, args.workers)
+        supervisor.start()
+    except (OSError, ValueError) as e:
+        log.error("cannot start", extra={"error": str(e)})
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    supervisor.stop()
     return 0
 
 
@@ -128,6 +169,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cfg = load(args, skip=REPLAY_SKIPS)
     except ConfigError as e:
         return _config_errors(e)
+    if args.jobs != 1 and (cfg.loki.url or cfg.alertmanager.url):
+        print(
+            "--jobs: sending to Loki or Alertmanager needs every event in one process; "
+            "use --jobs 1 with --loki.url and --alertmanager.url",
+            file=sys.stderr,
+        )
+        return 1
     logs.setup(cfg.log.format, "info" if args.verbose else "warning")
     if not cfg.loki.writer:
         # Its own Loki streams: a backfill older than the live data by more
@@ -168,6 +216,7 @@ def _replay(
     from .report import Report, render_text
     from .runtime import tune_gc
     from .sources.replay import Progress, open_input, read_batches
+    from .sources.replay_jobs import ParallelReplay, Prepended, cpu_count
 
     if notifier is not None:
         notifier.start()
@@ -186,6 +235,16 @@ def _replay(
     tune_gc()
     status = 0
     finished = False
+    jobs = args.jobs or cpu_count()
+    parallel: ParallelReplay | None = None
+    if jobs > 1:
+        parallel = ParallelReplay(
+            jobs,
+            pipeline,
+            report,
+            decoder,
+            {"sources": ["replay"], "max_future_skew": cfg.events.max_future_skew},
+        )
     try:
         for path in args.files:
             try:
@@ -197,7 +256,18 @@ def _replay(
             report.files += 1
             progress = Progress(total)
             try:
-                for batch in read_batches(stream, decoder):
+                source: IO[bytes] = stream
+                batches: Iterable[Batch] = ()
+                if parallel is not None:
+                    head, lines = parallel.starts_lines(stream)
+                    if lines:
+                        parallel.run(head, stream, path, _progress(progress, counter, report))
+                    else:
+                        source = Prepended(head, stream)  # type: ignore[assignment]
+                        batches = read_batches(source, decoder)
+                else:
+                    batches = read_batches(source, decoder)
+                for batch in batches:
                     if age is not None:
                         age([x for x in batch if not isinstance(x, InvalidEvent)])
                     result = pipeline.process(batch, "replay", context=path)
@@ -236,6 +306,8 @@ def _replay(
     finally:
         if loki is not None and not finished:
             loki.abandon()  # Ctrl-C, SIGTERM or a stall: no waiting for Loki
+        if parallel is not None:
+            parallel.close()
     pipeline.close()
     if notifier is not None:
         notifier.close(30.0)
@@ -257,6 +329,15 @@ def _replay(
     if args.strict and report.invalid and not status:
         status = EXIT_INVALID
     return status
+
+
+def _progress(progress: Any, counter: Any, report: Any) -> Callable[[], None]:
+    """Progress.update as a callback (with --jobs)."""
+
+    def update() -> None:
+        progress.update(counter.count if counter else 0, report.events)
+
+    return update
 
 
 class _LokiStalled(Exception):
@@ -306,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and a YAML key; flags win over the environment, which wins over the file.",
     )
     add_flags(run)
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="webhook processes on the same port (SO_REUSEPORT), one /metrics summing them; "
+        "share their dedupe and detection state with state.url (default 1)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser(
@@ -332,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--output", choices=("text", "json"), default="text")
     replay.add_argument("--metrics-out", metavar="FILE", help="write the metrics exposition")
     replay.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
+    replay.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N",
+        help="processes that decode and count JSON-lines inputs in parallel, with the output "
+        "of one; 0 for one per CPU (default 1; Loki and Alertmanager need 1)",
+    )
     replay.add_argument("-v", "--verbose", action="store_true", help="log invalid inputs")
     replay.add_argument(
         "--strict",
@@ -374,6 +471,26 @@ def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return 0
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+    return n
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (0 or more)")
+    return n
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -391,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     141, Ctrl-C 130, SIGTERM 143."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # what run --workers gives its workers
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:

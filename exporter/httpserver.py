@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
 import threading
@@ -143,12 +144,19 @@ def format_address(address: tuple[str, int]) -> str:
 
 
 def _bind(listen_address: str) -> socket.socket:
-    """A listening socket for ``listen_address`` (dual-stack for ``:port``)."""
+    """A listening socket for ``listen_address`` (dual-stack for ``:port``).
+    In a worker of ``run --workers`` (exporter/workers.py sets the variable)
+    with SO_REUSEPORT, so that every worker listens on the same port."""
     host, port = parse_listen_address(listen_address)
+    reuse = os.environ.get("KUBE_AUDIT_INTERNAL_REUSE_PORT") == "1"
     if not host:
         if socket.has_dualstack_ipv6():
             return socket.create_server(
-                ("::", port), family=socket.AF_INET6, backlog=LISTEN_BACKLOG, dualstack_ipv6=True
+                ("::", port),
+                family=socket.AF_INET6,
+                backlog=LISTEN_BACKLOG,
+                dualstack_ipv6=True,
+                reuse_port=reuse,
             )
         host = "0.0.0.0"
     try:
@@ -159,7 +167,10 @@ def _bind(listen_address: str) -> socket.socket:
         raise ValueError(f"listen address {host!r}: cannot resolve: {e.strerror}") from None
     family, _, _, _, sockaddr = infos[0]
     return socket.create_server(
-        (str(sockaddr[0]), int(sockaddr[1])), family=family, backlog=LISTEN_BACKLOG
+        (str(sockaddr[0]), int(sockaddr[1])),
+        family=family,
+        backlog=LISTEN_BACKLOG,
+        reuse_port=reuse,
     )
 
 

@@ -180,6 +180,15 @@ class LabelBounds:
         self._resource_labels[(resource, subresource)] = value
         return value
 
+    def kept_resource(self, resource: str, subresource: str) -> str | None:
+        """The label of a resource that has its place (built-in or taken),
+        None for one that would fold now; takes no place."""
+        label = self._resource_labels.get((resource, subresource))
+        if label is not None:
+            return label
+        value = f"{resource}/{subresource}" if subresource else resource
+        return value if self._resources.admit(value, False) else None
+
     def api_group(self, group: str, code: int) -> str:
         return group if self._groups.admit(group, permitted(code)) else OTHER
 

@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import __version__
 from .duration import parse_go_duration
 from .event import COMMON_ANNOTATIONS, INVALID_REASONS, AuditEvent
-from .labels import FOLDED_CODES, OTHER, OTHER_VALUE, LabelBounds
+from .labels import FOLDED_CODES, OTHER, OTHER_VALUE, LabelBounds, permitted
 from .logs import RateLimitedLog
 from .sensitive import categories as sensitive_categories
 
@@ -171,15 +171,15 @@ class _CappedCounter(_Counter):
         self.known: set[str] = set()
         self.overflow = overflow
 
-    def inc_capped(self, first: str, rest: tuple[str, ...]) -> None:
+    def inc_capped(self, first: str, rest: tuple[str, ...], amount: float = 1.0) -> None:
         known = self.known
         if first not in known:
             if len(known) >= self.cap:
-                self.overflow.inc((self.name, self.labelnames[0]))
+                self.overflow.inc((self.name, self.labelnames[0]), amount)
                 first = OTHER
             else:
                 known.add(first)
-        self.inc((first, *rest))
+        self.inc((first, *rest), amount)
 
 
 class _Histogram:
@@ -234,6 +234,118 @@ class _Histogram:
 
 StateProvider = Callable[[], Iterable[Metric]]
 
+# An event's own values for the request families: verb, resource,
+# subresource, code, user_kind, and whether it came, not permitted, before
+# any permitted request of its resource in its tally (see RequestTally).
+RawKey = tuple[str, str, str, int, str, bool]
+
+# The codes of requests that got past authentication and authorization
+# (labels.permitted), as a set.
+_PERMITTED_CODES = frozenset(c for c in range(1000) if permitted(c))
+
+
+class RequestTally:
+    """What the request families take from a run of requests, keyed by the
+    events' own values, in the order they came.
+
+    The label bounds and the caps depend on the order in which values are
+    first seen: a resource takes a free place on its first permitted
+    request, a user or a source address on its first request. A tally keeps
+    that order (dictionaries in first-seen order, durations and latency
+    phases as sequences), so :meth:`AuditMetrics.apply` of tallies one after
+    another counts exactly what observing the requests one by one would,
+    whatever the tallies' sizes: ``observe_batch`` applies one per batch;
+    ``replay --jobs`` builds them over chunks in parallel and applies them
+    in input order."""
+
+    __slots__ = (
+        "auth",
+        "durations",
+        "permitted",
+        "phases",
+        "psa",
+        "requests",
+        "sensitive",
+        "sources",
+        "users",
+        "webhooks",
+    )
+
+    def __init__(self) -> None:
+        self.requests: dict[RawKey, int] = {}
+        # (request, duration) of each request with a latency, in order
+        self.durations: list[tuple[RawKey, float]] = []
+        self.users: dict[tuple[str, str, int], int] = {}
+        self.auth: dict[tuple[str, RawKey], int] = {}
+        self.sources: dict[tuple[str, str], int] = {}
+        self.sensitive: dict[tuple[str, RawKey], int] = {}
+        # (phase label, seconds) in order
+        self.phases: list[tuple[str, float]] = []
+        self.psa: dict[str, int] = {}
+        # failed-open webhook names, in order
+        self.webhooks: list[str] = []
+        # (resource, subresource) of permitted requests, in first-seen order
+        self.permitted: dict[tuple[str, str], None] = {}
+
+    def add(self, ev: AuditEvent) -> None:
+        """One event that counts as a request (see counts_as_request)."""
+        c = ev.code
+        res = (ev.resource, ev.subresource)
+        seen = self.permitted
+        if c in _PERMITTED_CODES:
+            if res not in seen:
+                seen[res] = None
+            early = False
+        else:
+            early = res not in seen
+        verb = ev.verb
+        rk = (verb, res[0], res[1], c, ev.user_kind, early)
+        d = self.requests
+        d[rk] = d.get(rk, 0) + 1
+        if ev.stage == "ResponseComplete" and not is_long_running(ev):
+            self.durations.append((rk, max(0.0, ev.stage_ts - ev.received_ts)))
+        if ev.username:
+            u = (ev.username, verb, c)
+            users = self.users
+            users[u] = users.get(u, 0) + 1
+        if c == 401 or c == 403:
+            reason = auth_failure_reason(ev)
+            if reason is not None:
+                a = (reason, rk)
+                self.auth[a] = self.auth.get(a, 0) + 1
+                if ev.source_ip:
+                    src = (ev.source_ip, reason)
+                    self.sources[src] = self.sources.get(src, 0) + 1
+        for category in sensitive_categories(ev):
+            k = (category, rk)
+            self.sensitive[k] = self.sensitive.get(k, 0) + 1
+        if not (ev.annotations.keys() <= COMMON_ANNOTATIONS):
+            self._annotations(ev)
+
+    def _annotations(self, ev: AuditEvent) -> None:
+        for key, value in ev.annotations.items():
+            if type(value) is not str:
+                continue
+            if key.startswith(LATENCY_PREFIX):
+                seconds = parse_go_duration(value)
+                if seconds is not None:
+                    phase = key[len(LATENCY_PREFIX) :]
+                    self.phases.append((phase if phase in KNOWN_PHASES else "other", seconds))
+            elif key == "pod-security.kubernetes.io/audit-violations":
+                self._psa(value)
+            elif key.startswith(FAILED_OPEN_PREFIXES):
+                self.webhooks.append(_webhook_name(value))
+        if ev.code == 403 and "pod-security.kubernetes.io/enforce-policy" in ev.annotations:
+            status = ev.obj.get("responseStatus")
+            message = status.get("message", "") if type(status) is dict else ""
+            if type(message) is str and "violates PodSecurity" in message:
+                self._psa(message)
+
+    def _psa(self, text: str) -> None:
+        m = _PSA_LEVEL.search(text)
+        level = m.group(1) if m and m.group(1) in PSA_LEVELS else "unknown"
+        self.psa[level] = self.psa.get(level, 0) + 1
+
 
 class AuditMetrics(Collector):
     """The kube_audit_* families, registered on ``registry``."""
@@ -253,6 +365,9 @@ class AuditMetrics(Collector):
         self.max_future_skew = max_future_skew
         self._future_log = RateLimitedLog(log, burst=5, interval=60.0)
         self._state: list[StateProvider] = []
+        # when set, observe_batch adds requests to this tally instead of
+        # counting them (a replay job: its parent applies the tally)
+        self.deferred: RequestTally | None = None
         c = _Counter
         self.series_overflow = c(
             "series_overflow_total",
@@ -443,69 +558,94 @@ class AuditMetrics(Collector):
             newest = stamps[future]
             if newest > self.last_event.get(source, 0.0):
                 self.last_event[source] = newest
-        observe = self.observe_request
+        tally = self.deferred
+        if tally is None:
+            tally = RequestTally()
+        add = tally.add
         for ev in events:
             if counts_as_request(ev):
-                observe(ev)
+                add(ev)
+        if self.deferred is None:
+            self.apply(tally)
 
     def observe_request(self, ev: AuditEvent) -> None:
         """The request families, for the one event that counts per request."""
+        tally = RequestTally()
+        tally.add(ev)
+        self.apply(tally)
+
+    def apply(self, tally: RequestTally) -> None:
+        """Count a tally's requests: the label bounds and caps take the
+        values in the order the tally saw them first (callers hold
+        :attr:`lock`)."""
         bounds = self.bounds
-        c = ev.code
-        verb = bounds.verb(ev.verb)
-        resource = bounds.resource(ev.resource, ev.subresource, c)
-        code = bounds.code(c)
-        code_cls = bounds.code_class(c)
-        if verb is OTHER_VALUE or resource is OTHER or code in FOLDED_CODES:
-            self._request_folds(ev, verb, resource, code)
-        kind = ev.user_kind
-        self.requests.inc((verb, resource, code, kind))
-        if ev.stage == "ResponseComplete" and not is_long_running(ev):
-            self.duration.observe((verb, resource), max(0.0, ev.stage_ts - ev.received_ts))
-        if ev.username:
-            self.user_requests.inc_capped(ev.username, (verb, code_cls))
-        if c == 401 or c == 403:
-            reason = auth_failure_reason(ev)
-            if reason is not None:
-                self.auth_failures.inc((reason, verb, resource, kind))
-                if ev.source_ip:
-                    self.source_auth_failures.inc_capped(ev.source_ip, (reason,))
-        for category in sensitive_categories(ev):
-            self.sensitive.inc((category, verb, resource, code_cls, kind))
-        if not (ev.annotations.keys() <= COMMON_ANNOTATIONS):
-            self._annotations(ev)
-
-    def _annotations(self, ev: AuditEvent) -> None:
-        for key, value in ev.annotations.items():
-            if type(value) is not str:
-                continue
-            if key.startswith(LATENCY_PREFIX):
-                seconds = parse_go_duration(value)
-                if seconds is not None:
-                    phase = key[len(LATENCY_PREFIX) :]
-                    self.phase.observe((phase if phase in KNOWN_PHASES else "other",), seconds)
-            elif key == "pod-security.kubernetes.io/audit-violations":
-                self._psa(value)
-            elif key.startswith(FAILED_OPEN_PREFIXES):
-                name = _webhook_name(value)
-                label = self.bounds.webhook(name)
-                if label is OTHER:
-                    self._fold(self.failed_open.name, "webhook", name)
-                self.failed_open.inc((label,))
-        if ev.code == 403 and "pod-security.kubernetes.io/enforce-policy" in ev.annotations:
-            status = ev.obj.get("responseStatus")
-            message = status.get("message", "") if type(status) is dict else ""
-            if type(message) is str and "violates PodSecurity" in message:
-                self._psa(message)
-
-    def _request_folds(self, ev: AuditEvent, verb: str, resource: str, code: str) -> None:
+        # what a request that could not admit its resource reads: the
+        # places taken before this tally
+        early: dict[tuple[str, str], str] = {}
+        for rk in tally.requests:
+            if rk[5]:
+                res = (rk[1], rk[2])
+                if res not in early:
+                    kept = bounds.kept_resource(*res)
+                    early[res] = OTHER if kept is None else kept
+        for res in tally.permitted:
+            bounds.resource(res[0], res[1], 200)  # takes a free place, if any
         name = self.requests.name
-        if verb is OTHER_VALUE:
-            self._fold(name, "verb", ev.verb)
-        if resource is OTHER:
-            self._fold(name, "resource", ev.resource_label)
-        if code in FOLDED_CODES:
-            self._fold(name, "code", str(ev.code))
+        fold = self._fold_n
+        # raw key -> (verb, resource, code class) labels
+        mapped: dict[RawKey, tuple[str, str, str]] = {}
+        requests = self.requests.values
+        for rk, n in tally.requests.items():
+            raw_verb, resource, subresource, c, kind, was_early = rk
+            verb = bounds.verb(raw_verb)
+            if was_early:
+                label = early[(resource, subresource)]
+            else:
+                kept = bounds.kept_resource(resource, subresource)
+                label = OTHER if kept is None else kept
+            code = bounds.code(c)
+            if verb is OTHER_VALUE:
+                fold(name, "verb", raw_verb, n)
+            if label is OTHER:
+                fold(name, "resource", f"{resource}/{subresource}" if subresource else resource, n)
+            if code in FOLDED_CODES:
+                fold(name, "code", str(c), n)
+            mapped[rk] = (verb, label, bounds.code_class(c))
+            key = (verb, label, code, kind)
+            requests[key] = requests.get(key, 0.0) + n
+        observe = self.duration.observe
+        for rk, took in tally.durations:
+            m = mapped[rk]
+            observe((m[0], m[1]), took)
+        verb_of, class_of = bounds.verb, bounds.code_class
+        inc_user = self.user_requests.inc_capped
+        for (user, raw_verb, c), n in tally.users.items():
+            inc_user(user, (verb_of(raw_verb), class_of(c)), n)
+        auth = self.auth_failures.inc
+        for (reason, rk), n in tally.auth.items():
+            m = mapped[rk]
+            auth((reason, m[0], m[1], rk[4]), n)
+        inc_source = self.source_auth_failures.inc_capped
+        for (ip, reason), n in tally.sources.items():
+            inc_source(ip, (reason,), n)
+        sensitive = self.sensitive.inc
+        for (category, rk), n in tally.sensitive.items():
+            m = mapped[rk]
+            sensitive((category, m[0], m[1], m[2], rk[4]), n)
+        phase = self.phase.observe
+        for label, seconds in tally.phases:
+            phase((label,), seconds)
+        for level, n in tally.psa.items():
+            self.psa.inc((level,), n)
+        for webhook in tally.webhooks:
+            label = bounds.webhook(webhook)
+            if label is OTHER:
+                self._fold(self.failed_open.name, "webhook", webhook)
+            self.failed_open.inc((label,))
+
+    def _fold_n(self, metric: str, label: str, value: str, n: int) -> None:
+        self.series_overflow.inc((metric, label), n)
+        self.bounds.folded(label, value, metric)
 
     def _fold(self, metric: str, label: str, value: str) -> None:
         self.series_overflow.inc((metric, label))
@@ -529,11 +669,6 @@ class AuditMetrics(Collector):
             events=n,
             hint="check the API server's clock, or raise events.max_future_skew",
         )
-
-    def _psa(self, text: str) -> None:
-        m = _PSA_LEVEL.search(text)
-        level = m.group(1) if m and m.group(1) in PSA_LEVELS else "unknown"
-        self.psa.inc((level,))
 
     def invalid_input(self, source: str, reason: str, amount: int = 1) -> None:
         with self.lock:

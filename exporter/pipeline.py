@@ -228,6 +228,10 @@ class Pipeline:
             first_error=refusals.first,
         )
 
+    def log_refusals(self, refusals: Refusals, source: str, context: str) -> None:
+        """Log refusals counted apart (replay's jobs) as process() logs its own."""
+        self._log_refusals(refusals, source, context)
+
     def _log_refusals(self, refusals: Refusals, source: str, context: str) -> None:
         """The first few refusals with their place, then how many more."""
         for err in refusals.samples:

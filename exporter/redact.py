@@ -222,6 +222,13 @@ def _walk(root: Any, implied: str | None) -> bool:
     return changed
 
 
+def _no_secret_kind(raw: bytes | None) -> bool:
+    """True when the event's bytes (``raw`` is the exact line ``obj`` was
+    parsed from) cannot hold a ``kind`` that redaction acts on: none of the
+    kinds' names appears, and no ``\\u`` escape could spell one."""
+    return raw is not None and b"Secret" not in raw and b"TokenRe" not in raw and b"\\u" not in raw
+
+
 def _implied_kind(ev: AuditEvent) -> str | None:
     """What a body without ``kind`` is, from the request's objectRef."""
     if ev.resource == "secrets" and not ev.subresource:
@@ -271,10 +278,14 @@ class Redactor:
         if not ev.has_body and not paths:
             # nothing to look at: leave the event (and its lazy JSON) alone
             return False
+        implied = _implied_kind(ev) if ev.has_body else None
+        if not paths and implied is None and _no_secret_kind(ev.raw):
+            # no body can be (or hold) a Secret, TokenRequest or TokenReview:
+            # nothing to walk, and the lazy JSON stays unparsed
+            return False
         obj = ev.obj
         changed: list[str] = []
         if ev.has_body:
-            implied = _implied_kind(ev)
             for key in BODIES:
                 body = obj.get(key)
                 if type(body) in (dict, list) and _walk(body, implied):

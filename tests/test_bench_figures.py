@@ -110,3 +110,28 @@ def test_one_run_of_the_three_benchmarks_renders_into_both_readmes(tmp_path: Pat
     assert "(bench/README.md#figures)" in quote
     text = f"a\n{figures.BEGIN}\nold\n{figures.END}\nb\n"
     assert figures.splice(text, "new") == f"a\n{figures.BEGIN}\nnew\n{figures.END}\nb\n"
+
+
+def test_scale_figures_render_their_ratios(tmp_path: Path) -> None:
+    """bench/scale.py's rows, when the run has them, render as a table and
+    one sentence of ratios in both READMEs."""
+    scale_rows = [
+        RunRow("ratio-metadata", "orjson.loads loop, small Metadata events", 1000, 0.001, 20.0,
+               0.001, baseline=True),
+        RunRow("ratio-metadata", "kube-audit-exporter replay, small Metadata events", 1000,
+               0.004, 90.0, 0.004),
+        RunRow("jobs", "replay --jobs 1 (every rule, report)", 1000, 0.01, 90.0, 0.01,
+               baseline=True),
+        RunRow("jobs", "replay --jobs 2 (every rule, report)", 1000, 0.005, 90.0, 0.02),
+    ]  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    finish(scale_rows, str(tmp_path / "scale.json"), work, keep=False)
+    fig = dict(stored())
+    fig["scale"] = json.loads((tmp_path / "scale.json").read_text())
+    bench = figures.render_bench(fig)
+    assert "| replay --jobs 2 (every rule, report) | 1,000 | 0.01 | 200,000 |" in bench
+    sentence = "runs at 0.25 of a bare `orjson.loads` loop over small Metadata-level events"
+    assert sentence in bench
+    assert "`replay --jobs 2` runs 2.00 times `--jobs 1`" in bench
+    assert sentence in figures.render_quote(fig)

@@ -216,7 +216,8 @@ class CompiledRule:
         extract: Callable[[AuditEvent], Extracted | None] | None = None
         apply: Callable[[Key, Any, int, float], bool] | None = None
         test = compile_predicate(rule.match, rule.excepts, ctx, rule.id)
-        # the rule's condition alone (no state): the report shows which events met it
+        # the rule's condition alone (no state read or changed): the report
+        # shows which events met it, and `replay --jobs` scans chunks with it
         self.test = test
         base = constraints(rule.match, ctx) if rule.match is not None else None
         getters = [_key_getter(p, ctx.derived) for p in rule.group_by]
@@ -448,6 +449,7 @@ class Detector:
         self._saved_changes = 0
         if self.first_seen_file is not None:
             self._restore(self.first_seen_file)
+        self._positions = {r: k for k, r in enumerate(compiled)}
         # index key -> (the rule's test or check, the rule) for each candidate
         self._index: dict[IndexKey, tuple[tuple[Runner, CompiledRule], ...]] = {}
         self._errors_log = RateLimitedLog(log)
@@ -467,10 +469,16 @@ class Detector:
         self._index[key] = found
         return found
 
-    def __call__(self, events: list[AuditEvent]) -> None:
+    def __call__(
+        self, events: list[AuditEvent], only: Sequence[Sequence[int]] | None = None
+    ) -> None:
+        """Run the rules on ``events``; ``only``: per event, the positions
+        (in :attr:`rules`) of the rules to run, the others known to do
+        nothing on it (see :meth:`scan`)."""
         index = self._index
         matches: list[Match] = []
-        for ev in events:
+        rules = self.rules
+        for i, ev in enumerate(events):
             ann = ev.annotations
             # index_key(ev), inlined: this loop runs for every event
             key = (
@@ -486,6 +494,9 @@ class Detector:
             cands = index.get(key)
             if cands is None:
                 cands = self._candidates(key)
+            if only is not None:
+                keep = {rules[k] for k in only[i]}
+                cands = tuple(c for c in cands if c[1] in keep)
             if not cands:
                 continue
             found: list[Match] | None = None
@@ -585,6 +596,37 @@ class Detector:
             return
         if store.save({rule_id: s.dump() for rule_id, s in states}):
             self._saved_changes = changes
+
+    def scan(self, events: Sequence[AuditEvent]) -> list[tuple[int, tuple[int, ...]]]:
+        """The positions of the events that some active rule's condition
+        holds for (or fails on), each with the positions (in :attr:`rules`)
+        of those rules, found without reading or changing any state: a rule
+        whose condition does not hold does nothing on an event. ``replay
+        --jobs`` scans chunks in parallel and runs the processor on these
+        events and rules alone, in input order (``only``), which matches,
+        counts and changes state exactly as running it on every event
+        would."""
+        index = self._index
+        position = self._positions
+        found: list[tuple[int, tuple[int, ...]]] = []
+        for i, ev in enumerate(events):
+            key = index_key(ev)
+            cands = index.get(key)
+            if cands is None:
+                cands = self._candidates(key)
+            hits: list[int] | None = None
+            for _, r in cands:
+                try:
+                    hit = r.test(ev)
+                except Exception:  # the processor will count it
+                    hit = True
+                if hit:
+                    if hits is None:
+                        hits = []
+                    hits.append(position[r])
+            if hits is not None:
+                found.append((i, tuple(hits)))
+        return found
 
     def _failed(self, r: CompiledRule, ev: AuditEvent, e: Exception) -> None:
         r.errors += 1

@@ -54,6 +54,7 @@ class Report:
     # auditID -> severity of a request a rule flagged at an earlier stage (an
     # exec is flagged at ResponseStarted, counted at ResponseComplete)
     _flagged: dict[str, str] = field(default_factory=dict)
+    # (duration, -position among the requests with a duration, who and what)
     _slowest: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
     _seq: int = 0
 
@@ -100,13 +101,14 @@ class Report:
                 self._sensitive(ev, cats)
             if ev.stage == "ResponseComplete" and not is_long_running(ev):
                 took = ev.stage_ts - ev.received_ts
+                self._seq += 1
                 slowest = self._slowest
+                # the ten slowest, the earlier first among equals: an entry
+                # is (duration, -position), the heap's first the one to go
                 if len(slowest) < 10:
-                    self._seq += 1
-                    heapq.heappush(slowest, (took, self._seq, who_what(ev)))
+                    heapq.heappush(slowest, (took, -self._seq, who_what(ev)))
                 elif took > slowest[0][0]:
-                    self._seq += 1
-                    heapq.heapreplace(slowest, (took, self._seq, who_what(ev)))
+                    heapq.heapreplace(slowest, (took, -self._seq, who_what(ev)))
 
     def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
         for c in cats:
@@ -136,6 +138,54 @@ class Report:
                 sorted(rows, key=lambda r: (SEVERITY_ORDER.get(r["severity"], 3), r["time"]))
             )
         return out
+
+    def merge(self, other: Report) -> None:
+        """Add what ``other`` saw on the events that came after this
+        report's (``replay --jobs``: each job reports on its chunks, the
+        parent merges them in input order; the result is the report of all
+        the events in order). Detections are not merged: the parent sees
+        the matches itself (see :meth:`detected`)."""
+        self.events += other.events
+        self.requests += other.requests
+        for ts in (other.first_ts, other.last_ts):
+            if ts is None:
+                continue
+            if self.first_ts is None or ts < self.first_ts:
+                self.first_ts = ts
+            if self.last_ts is None or ts > self.last_ts:
+                self.last_ts = ts
+        for mine, theirs in (
+            (self.by_request, other.by_request),
+            (self.users, other.users),
+            (self.user_agents, other.user_agents),
+            (self.auth_failures_by_user, other.auth_failures_by_user),
+            (self.auth_failures_by_ip, other.auth_failures_by_ip),
+            (self.sensitive_counts, other.sensitive_counts),
+        ):
+            # in their first-seen order: most_common breaks ties by it
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n  # type: ignore[index, arg-type]
+        for key, n in other.routine.items():
+            self.routine[key] += n
+        for mine_rows, their_rows in zip(self.sensitive_ranked, other.sensitive_ranked, strict=True):
+            room = self.max_rows - len(mine_rows)
+            if room > 0:
+                mine_rows.extend(their_rows[:room])
+        self._flagged.update(other._flagged)
+        base = self._seq
+        slowest = self._slowest
+        for took, position, row in other._slowest:
+            entry = (took, position - base, row)
+            if len(slowest) < 10:
+                heapq.heappush(slowest, entry)
+            elif entry[:2] > slowest[0][:2]:
+                heapq.heapreplace(slowest, entry)
+        self._seq += other._seq
+
+    def detected(self, ev: AuditEvent) -> None:
+        """An event with rule matches (``ev.rules``), seen apart from the
+        other events (``replay --jobs``)."""
+        self._detected(ev)
 
     def _detected(self, ev: AuditEvent) -> None:
         # per rule: the count and the first few events as examples
@@ -187,7 +237,7 @@ class Report:
             ],
             "slowest_requests": [
                 {"duration_seconds": round(d, 6), **row}
-                for d, _, row in sorted(self._slowest, key=lambda t: (-t[0], t[1]))
+                for d, _, row in sorted(self._slowest, key=lambda t: (-t[0], -t[1]))
             ],
         }
 

@@ -13,7 +13,7 @@ from typing import IO, cast
 
 import orjson
 
-from ..event import AuditEvent, Batch, Decoder, InvalidEvent, is_document, loads
+from ..event import AuditEvent, Batch, Decoder, InvalidEvent, fast_event, is_document, loads
 from ..gzstream import MAGIC, GzipStream
 
 BATCH_LINES = 1000
@@ -119,19 +119,40 @@ def read_batches(
                 batch = Batch()
         head = b""
     decode = decoder.decode_record
+    fast = fast_event
+    limit = decoder.max_event_bytes
     lineno = 0
-    for lines in _line_blocks(head, stream, decoder.max_event_bytes) if head else ():
+    # inputs in ``batch`` (events and refusals), kept here: cheaper than asking
+    inputs = 0
+    append = batch.append
+    for lines in _line_blocks(head, stream, limit) if head else ():
         for line in lines:
             lineno += 1
-            if not line or line.isspace():
+            if line[:1] == b"{" and len(line) <= limit:
+                # the common case, as decode_record would take it, without
+                # its generator: an event per line that the fast path reads
+                ev = fast(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
+                if ev is not None:
+                    append(ev)
+                    inputs += 1
+                    if inputs >= batch_lines:
+                        yield batch
+                        batch = Batch()
+                        append = batch.append
+                        inputs = 0
+                    continue
+            elif not line or line.isspace():
                 continue
             for item in decode(line):
                 if type(item) is not AuditEvent:
                     item.line = lineno  # type: ignore[union-attr]
                 batch.add(item)
-            if batch.inputs >= batch_lines:
+                inputs += 1
+            if inputs >= batch_lines:
                 yield batch
                 batch = Batch()
+                append = batch.append
+                inputs = 0
     problem = getattr(stream, "problem", None)
     if problem:
         # a cut or damaged .gz: everything before it was read; the cut counts

@@ -1,0 +1,276 @@
+"""Scaling benchmarks (issue 16): ``python bench/scale.py [--events N]``.
+
+1. One core: ``kube-audit-exporter replay`` (the real command, default
+   configuration) beside a bare ``orjson.loads`` loop over the same file,
+   each in its own process pinned to one CPU, on two inputs: small
+   Metadata-level events (the perfspec corpus, 490 bytes an event, repeated
+   with fresh auditIDs) and body-heavy events (the simulator's events that
+   carry a requestObject or responseObject, 3.6 KB an event). The ratio is
+   replay's events/s over the loop's; the target is 0.3.
+2. Replay scaling: ``replay --jobs 1`` and ``--jobs 2`` (every default rule
+   active through demo/config.yaml) on the simulator's output, unpinned; the
+   target is 2 jobs >= 1.7x 1 job on two CPUs.
+3. Run scaling: ``run --workers 1`` and ``--workers 2`` behind the webhook
+   over mutual TLS, a client posting EventLists of 400 events on 8
+   keep-alive connections (the client shares the two CPUs).
+
+Events/s is events over the wall-clock seconds of the measured process
+(start-up included for replay and the loop). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.results import finish  # noqa: E402
+from bench.run import (  # noqa: E402
+    DEMO_CONFIG,
+    EXPORTER,
+    WORKLOADS,
+    ChildFailed,
+    Row,
+    _bodies,
+    _cpu,
+    _free_port,
+    _mb,
+    _reap,
+    _scrape_events,
+    _wait_listening,
+    measure,
+)
+from bench.workloads import write_bodies  # noqa: E402
+from exporter.detect.noise import find_corpora  # noqa: E402
+from exporter.simulate import Options, simulate_lines  # noqa: E402
+
+PERFSPEC = find_corpora() / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log"
+RATIO_TARGET = 0.3
+JOBS_TARGET = 1.7
+LOOP = (
+    "import sys, orjson\n"
+    "n = 0\n"
+    "with open(sys.argv[1], 'rb') as f:\n"
+    "    for line in f:\n"
+    "        orjson.loads(line)\n"
+    "        n += 1\n"
+    "print(n)\n"
+)
+
+
+def _fresh_copies(lines: list[bytes], events: int) -> Iterator[bytes]:
+    """``lines`` over and over, each copy's auditIDs made its own."""
+    copy = 0
+    written = 0
+    while written < events:
+        tag = f'"auditID":"{copy:04x}'.encode()
+        for line in lines:
+            if written >= events:
+                return
+            yield line.replace(b'"auditID":"', tag, 1)
+            written += 1
+        copy += 1
+
+
+def write_inputs(work: Path, events: int) -> dict[str, Path]:
+    small = work / "metadata.log"
+    base = [line for line in PERFSPEC.read_bytes().splitlines() if line.strip()]
+    small.write_bytes(b"\n".join(_fresh_copies(base, events)) + b"\n")
+    bodies = [
+        line.rstrip(b"\n")
+        for line in simulate_lines(Options(events=200_000, seed=11))
+        if b'"requestObject"' in line or b'"responseObject"' in line
+    ]
+    heavy = work / "bodies.log"
+    heavy.write_bytes(b"\n".join(_fresh_copies(bodies, events // 3)) + b"\n")
+    mixed = work / "simulated.log"
+    with open(mixed, "wb") as f:
+        for line in simulate_lines(Options(events=events, seed=1)):
+            f.write(line if line.endswith(b"\n") else line + b"\n")
+    return {"metadata": small, "bodies": heavy, "simulated": mixed}
+
+
+def ratio_rows(inputs: dict[str, Path], cpu: int, log: IO[bytes]) -> list[Row]:
+    rows = []
+    for kind, label in (("metadata", "small Metadata events"), ("bodies", "body-heavy events")):
+        path = inputs[kind]
+        out, seconds, usage = measure([sys.executable, "-c", LOOP, str(path)], cpu=cpu, log=log)
+        n = int(out)
+        rows.append(
+            Row(f"ratio-{kind}", f"orjson.loads loop, {label}", n, seconds, _mb(usage),
+                _cpu(usage), baseline=True)
+        )  # fmt: skip
+        out, seconds, usage = measure(
+            [*EXPORTER, "replay", "--output", "json", str(path)], cpu=cpu, log=log
+        )
+        counted = int(json.loads(out)["events"])
+        rows.append(
+            Row(f"ratio-{kind}", f"kube-audit-exporter replay, {label}", counted, seconds,
+                _mb(usage), _cpu(usage))
+        )  # fmt: skip
+        print(f"  {kind}: {rows[-1].rate / rows[-2].rate:.2f} of the loop", file=sys.stderr)
+    return rows
+
+
+def jobs_rows(path: Path, log: IO[bytes]) -> list[Row]:
+    rows = []
+    for jobs in (1, 2):
+        out, seconds, usage = measure(
+            [*EXPORTER, "replay", "--jobs", str(jobs), "--config.file", str(DEMO_CONFIG),
+             "--output", "json", str(path)],
+            cpu=None,
+            log=log,
+        )  # fmt: skip
+        counted = int(json.loads(out)["events"])
+        rows.append(
+            Row("jobs", f"replay --jobs {jobs} (every rule, report)", counted, seconds,
+                _mb(usage), _cpu(usage), baseline=jobs == 1)
+        )  # fmt: skip
+        print(f"  --jobs {jobs}: {seconds:.1f}s", file=sys.stderr)
+    return rows
+
+
+def workers_rows(events: int, work: Path, log: IO[bytes]) -> list[Row]:
+    from tests.tlsutil import make_pki
+
+    pki = make_pki(work / "pki")
+    bodies = work / "bodies.bin"
+    write_bodies(bodies, _bodies(events))
+    ca, cert, key = str(pki.ca.cert_file), str(pki.server.cert_file), str(pki.server.key_file)
+    rows = []
+    for workers in (1, 2):
+        port, web = _free_port(), _free_port()
+        argv = [
+            *EXPORTER, "run", "--workers", str(workers),
+            "--webhook.listen-address", f"127.0.0.1:{port}",
+            "--webhook.tls-cert-file", cert, "--webhook.tls-key-file", key,
+            "--webhook.client-ca-file", ca, "--web.listen-address", f"127.0.0.1:{web}",
+            "--log.level", "error",
+        ]  # fmt: skip
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+        try:
+            _wait_listening(server, port, time.monotonic() + 60)
+            _wait_ready(server, web)
+            client = [
+                sys.executable, WORKLOADS, "client", "--url", f"https://127.0.0.1:{port}/audit",
+                "--bodies", str(bodies), "--connections", "8", "--ca", ca,
+                "--cert", str(pki.client.cert_file), "--key", str(pki.client.key_file),
+            ]  # fmt: skip
+            out, _, _ = measure(client, cpu=None, log=log)
+            sent = json.loads(out)
+            accepted = _scrape_events(web)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            _, usage = _reap(server)
+        note = "" if accepted == sent["events"] else f"server counted {accepted}"
+        if sent["errors"]:
+            note = f"{sent['errors']} posts failed"
+        rows.append(
+            Row("workers", f"run --workers {workers} (webhook, mutual TLS)", int(sent["events"]),
+                float(sent["seconds"]), _mb(usage), _cpu(usage), workers == 1, note)
+        )  # fmt: skip
+        print(f"  --workers {workers}: {sent['seconds']:.1f}s", file=sys.stderr)
+    return rows
+
+
+def _wait_ready(server: subprocess.Popen[bytes], web: int) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise ChildFailed(f"run exited {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)  # a child starting up, with a deadline
+    raise ChildFailed("run not ready after the deadline")
+
+
+def table(rows: Sequence[Row]) -> str:
+    lines = [f"{'benchmark':<58} {'events':>9} {'seconds':>8} {'events/s':>10}  vs first"]
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(r.group, []).append(r)
+    for group, members in groups.items():
+        base = members[0]
+        lines.append(f"-- {group}")
+        for r in members:
+            ratio = "" if r is base else f"{r.rate / base.rate:.2f}x"
+            lines.append(f"{r.name:<58} {r.events:>9,} {r.seconds:>8.2f} {r.rate:>10,.0f}  {ratio}")
+    return "\n".join(lines)
+
+
+def summary(rows: Sequence[Row]) -> dict[str, Any]:
+    def rate(group: str, first: bool) -> float:
+        members = [r for r in rows if r.group == group]
+        return members[0 if first else 1].rate if len(members) == 2 else 0.0
+
+    out = {}
+    for key, group in (
+        ("metadata_ratio", "ratio-metadata"),
+        ("bodies_ratio", "ratio-bodies"),
+        ("jobs_speedup", "jobs"),
+        ("workers_speedup", "workers"),
+    ):
+        base = rate(group, True)
+        out[key] = round(rate(group, False) / base, 3) if base else None
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="scaling benchmarks (figures, no assertions)")
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--webhook-events", type=int, default=100_000)
+    parser.add_argument("--json", default=str(BENCH / "results-scale.json"))
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    work = Path(tempfile.mkdtemp(prefix="kube-audit-scale-"))
+    rows: list[Row] = []
+    try:
+        with open(work / "children.log", "wb") as log:
+            inputs = write_inputs(work, args.events)
+            print(f"one core (CPU {cpu}): replay beside an orjson.loads loop", file=sys.stderr)
+            rows += ratio_rows(inputs, cpu, log)
+            print("replay --jobs 1 and 2", file=sys.stderr)
+            rows += jobs_rows(inputs["simulated"], log)
+            print("run --workers 1 and 2", file=sys.stderr)
+            rows += workers_rows(args.webhook_events, work, log)
+    except ChildFailed as e:
+        print(f"benchmark failed: {e}; see {work / 'children.log'}", file=sys.stderr)
+        args.keep = True
+        return 1
+    finally:
+        if rows:
+            print()
+            print(table(rows))
+            s = summary(rows)
+            print(
+                f"\nreplay / orjson loop: Metadata {s['metadata_ratio']}, bodies "
+                f"{s['bodies_ratio']} (target {RATIO_TARGET}); --jobs 2 / --jobs 1: "
+                f"{s['jobs_speedup']} (target {JOBS_TARGET}); --workers 2 / --workers 1: "
+                f"{s['workers_speedup']}; load average {os.getloadavg()[0]:.2f}"
+            )
+        finish(rows, args.json, work, args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

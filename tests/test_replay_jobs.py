@@ -1,0 +1,199 @@
+"""``replay --jobs 2`` gives what ``--jobs 1`` gives, field by field: the JSON
+summary (detections and their examples included) and every sample of
+``--metrics-out``, on the shared corpora and on the simulator's output,
+with duplicates across chunks and with caps small enough to fold."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import CORPORA
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "demo" / "config.yaml"
+# The lag is the wall clock at ingestion minus the event's time: its sum
+# differs between two runs of the same command.
+WALL_CLOCK = {"kube_audit_event_lag_seconds_sum"}
+
+
+def replay(tmp: Path, jobs: int, files: list[Path], *extra: str) -> tuple[dict[str, Any], str]:
+    metrics = tmp / f"metrics-{jobs}.prom"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter.cli",
+            "replay",
+            "--jobs",
+            str(jobs),
+            "--config.file",
+            str(DEMO_CONFIG),
+            "--output",
+            "json",
+            "--metrics-out",
+            str(metrics),
+            *extra,
+            *map(str, files),
+        ],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    return json.loads(out.stdout), metrics.read_text()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name not in WALL_CLOCK:
+                found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def series_order(text: str) -> list[str]:
+    """The exposition's lines without values: the order of the series."""
+    return [line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")]
+
+
+def assert_same(tmp: Path, files: list[Path], *extra: str) -> dict[str, Any]:
+    one, metrics_one = replay(tmp, 1, files, *extra)
+    two, metrics_two = replay(tmp, 2, files, *extra)
+    for key in one:
+        assert two[key] == one[key], key
+    assert two.keys() == one.keys()
+    a, b = samples(metrics_one), samples(metrics_two)
+    for key, value in a.items():
+        assert b.get(key) == value, key
+    assert b.keys() == a.keys()
+    assert series_order(metrics_two) == series_order(metrics_one)
+    return one
+
+
+def corpus_files() -> list[Path]:
+    return sorted(
+        p for p in CORPORA.rglob("*") if p.is_file() and p.suffix in (".log", ".json", ".jsonl")
+    )
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sim") / "audit.log"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter.cli",
+            "simulate",
+            "--events",
+            "30000",
+            "--seed",
+            "7",
+            "--output",
+            str(path),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    return path
+
+
+def test_jobs_give_the_output_of_one_on_the_corpora(tmp_path: Path) -> None:
+    files = corpus_files()
+    assert len(files) > 20
+    summary = assert_same(tmp_path, files)
+    assert summary["events"] > 16_000
+    assert summary["detections"], "the corpora hold rule matches"
+
+
+def test_jobs_give_the_output_of_one_on_the_simulator(tmp_path: Path, simulated: Path) -> None:
+    summary = assert_same(tmp_path, [simulated])
+    assert summary["events"] == 30_000
+    # stateful rules fire on the simulated attacks, in order
+    fired = {d["rule"] for d in summary["detections"]}
+    assert {"auth-failure-burst", "forbidden-burst-person"} <= fired
+
+
+def test_duplicates_across_chunks_are_dropped_as_with_one_process(
+    tmp_path: Path, simulated: Path
+) -> None:
+    """The second copy of lines 12,000-22,000 comes one chunk (4 MiB) or more
+    after the first: only the parent can know they are duplicates."""
+    lines = simulated.read_bytes().splitlines(keepends=True)
+    retried = tmp_path / "retried.log"
+    retried.write_bytes(b"".join(lines[:22_000] + lines[12_000:]))
+    summary = assert_same(tmp_path, [retried])
+    assert summary["duplicates"] == 10_000
+    assert summary["events"] == 30_000
+
+
+def test_folded_labels_and_caps_are_the_same(tmp_path: Path, simulated: Path) -> None:
+    """Which resource, user and address takes a place depends on the order
+    they are first seen in; with places for few of them, most fold."""
+    summary = assert_same(
+        tmp_path,
+        [simulated, CORPORA / "audit2rbac-demo" / "demo.log"],
+        "--metrics.max-users", "5",
+        "--metrics.max-extra-resources", "1",
+        "--metrics.max-source-ips", "2",
+        "--events.dedupe-capacity", "3000",
+    )  # fmt: skip
+    assert summary["events"] > 30_000
+
+
+def test_jobs_refuse_loki(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter.cli",
+            "replay",
+            "--jobs",
+            "2",
+            "--loki.url",
+            "http://127.0.0.1:9/",
+            str(CORPORA / "audit2rbac-demo" / "demo.log"),
+        ],
+        capture_output=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 1
+    assert b"--jobs 1" in out.stderr
+
+
+def test_a_cut_gzip_exits_2_with_the_same_summary(tmp_path: Path) -> None:
+    data = gzip.compress((CORPORA / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log")
+                         .read_bytes())  # fmt: skip
+    cut = tmp_path / "cut.log.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    outs = []
+    for jobs in (1, 2):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exporter.cli",
+                "replay",
+                "--jobs",
+                str(jobs),
+                "--output",
+                "json",
+                str(cut),
+            ],
+            capture_output=True,
+            cwd=ROOT,
+        )
+        assert out.returncode == 2, out.stderr.decode()[-500:]
+        assert b"read up to there" in out.stderr
+        outs.append(json.loads(out.stdout))
+    assert outs[0] == outs[1]
+    assert outs[0]["invalid"]["truncated_gzip"] == 1
