@@ -188,6 +188,10 @@
       // A stateful rule reached detect.max_state_entries and forgot state:
       // thresholds and sequences can miss what they look for.
       KubeAuditRuleStateEvictions: { enabled: true, severity: 'warning', 'for': '0m', window: '1h' },
+      // The shared state store (state.url: Redis or Valkey) does not answer:
+      // dedupe and stateful rules run per replica, so a retried batch can
+      // count twice and an attack split across replicas can go unseen.
+      KubeAuditSharedStateUnreachable: { enabled: true, severity: 'warning', 'for': '5m' },
     },
 
     // The exporter's own notifications for detection rule matches (POST to

@@ -278,6 +278,12 @@ local rules = import 'recording-rules.libsonnet';
             'Rule {{ $labels.rule }}%s is loaded but inactive: disabled by detect.disabled_rules, or a setting it needs (detect.trusted_networks, detect.pod_cidrs, detect.critical_workloads...) is empty. `kube-audit-exporter rules list` says which.' % inCluster,
           ) +
           alert(
+            'KubeAuditSharedStateUnreachable',
+            'max by (%s) (kube_audit_state_backend_up{%s}) == 0' % [by(['instance']), sel],
+            'The shared detection state (Redis/Valkey) does not answer.',
+            '{{ $labels.instance }}%s cannot reach state.url: deduplication and stateful rules run on this replica alone, so a batch retried on another replica can be counted twice and an attack split across replicas can go unseen. The exporter log says why (never the password); it reconnects by itself.' % inCluster,
+          ) +
+          alert(
             'KubeAuditRuleStateEvictions',
             'sum by (%s) (increase(kube_audit_detect_state_evictions_total{%s}[%s])) > 0' % [by(['instance', 'rule']), sel, a.KubeAuditRuleStateEvictions.window],
             'A stateful detection rule forgets state.',

@@ -43,7 +43,9 @@ def rank(ev: AuditEvent, cats: tuple[str, ...]) -> int:
         return RANK_PERSON
     if kind in ("anonymous", "unauthenticated"):
         return RANK_ANONYMOUS
-    if ev.rules or not ROUTINE_CATEGORIES.issuperset(cats):
+    # an info-level match (inventory, a service account reading a secret) is
+    # routine traffic described, not a reason to list it among what matters
+    if ev.severity in ("critical", "warning") or not ROUTINE_CATEGORIES.issuperset(cats):
         return RANK_PRINCIPAL
     return RANK_ROUTINE
 

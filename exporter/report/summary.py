@@ -57,6 +57,9 @@ class Report:
     # (duration, -position among the requests with a duration, who and what)
     _slowest: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
     _seq: int = 0
+    # replay --jobs: a job's report leaves what depends on detection (the
+    # severity of sensitive rows, their rank) to the parent (see ordered())
+    defer_sensitive: bool = False
 
     def __call__(self, events: list[AuditEvent]) -> None:
         """A pipeline processor: sees each accepted, non-duplicate batch."""
@@ -76,7 +79,7 @@ class Report:
             if ev.rules:
                 self._detected(ev)
             if not counts_as_request(ev):
-                if ev.severity:
+                if ev.severity and not self.defer_sensitive:
                     flagged = self._flagged
                     flagged[ev.audit_id] = ev.severity
                     if len(flagged) > FLAGGED_CAPACITY:
@@ -97,7 +100,7 @@ class Report:
                 if ev.source_ip:
                     self.auth_failures_by_ip[(ev.source_ip, reason)] += 1
             cats = categories(ev)
-            if cats:
+            if cats and not self.defer_sensitive:
                 self._sensitive(ev, cats)
             if ev.stage == "ResponseComplete" and not is_long_running(ev):
                 took = ev.stage_ts - ev.received_ts
@@ -167,7 +170,9 @@ class Report:
                 mine[key] = mine.get(key, 0) + n  # type: ignore[index, arg-type]
         for key, n in other.routine.items():
             self.routine[key] += n
-        for mine_rows, their_rows in zip(self.sensitive_ranked, other.sensitive_ranked, strict=True):
+        for mine_rows, their_rows in zip(
+            self.sensitive_ranked, other.sensitive_ranked, strict=True
+        ):
             room = self.max_rows - len(mine_rows)
             if room > 0:
                 mine_rows.extend(their_rows[:room])
@@ -181,6 +186,21 @@ class Report:
             elif entry[:2] > slowest[0][:2]:
                 heapq.heapreplace(slowest, entry)
         self._seq += other._seq
+
+    def ordered(self, ev: AuditEvent) -> None:
+        """What a job's report (``defer_sensitive``) left to the parent, for
+        one event that a rule's condition held for or that is sensitive, after
+        detection and in input order (``replay --jobs``)."""
+        if not counts_as_request(ev):
+            if ev.severity:
+                flagged = self._flagged
+                flagged[ev.audit_id] = ev.severity
+                if len(flagged) > FLAGGED_CAPACITY:
+                    del flagged[next(iter(flagged))]
+            return
+        cats = categories(ev)
+        if cats:
+            self._sensitive(ev, cats)
 
     def detected(self, ev: AuditEvent) -> None:
         """An event with rule matches (``ev.rules``), seen apart from the

@@ -45,6 +45,7 @@ from ..metrics import AuditMetrics, RequestTally
 from ..pipeline import Deduper, Pipeline, Processor
 from ..refusals import Refusals
 from ..report import Report
+from ..sensitive import categories
 from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
 
 # Bytes per chunk (whole lines): large enough that a chunk's result costs
@@ -83,6 +84,8 @@ class Partial:
     # than the object), and the positions of those rules
     scanned: list[AuditEvent | bytes]
     rules: list[tuple[int, ...]]
+    # the sensitive events among the others, each after how many scanned ones
+    sensitive: list[tuple[int, AuditEvent | bytes]]
     refusals: Refusals
     events: int
     future: int
@@ -167,20 +170,28 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
 
     metrics = AuditMetrics(CollectorRegistry(), **job.metrics_args)  # type: ignore[arg-type]
     tally = metrics.deferred = RequestTally()
-    report = Report()
+    report = Report(defer_sensitive=True)
     scanned: list[AuditEvent | bytes] = []
     rules: list[tuple[int, ...]] = []
+    # the sensitive events no rule's condition held for, each with the
+    # number of scanned events before it (the parent interleaves the two)
+    sensitive: list[tuple[int, AuditEvent | bytes]] = []
     now = time.time()
     step = job.batch_lines
     for start in range(0, len(fresh), step):
         part = fresh[start : start + step]
         for processor in job.processors:
             processor(part)
+        hit: dict[int, tuple[int, ...]] = {}
         if job.detector is not None:
-            for i, hits in job.detector.scan(part):
-                ev = part[i]
+            hit = dict(job.detector.scan(part))
+        for i, ev in enumerate(part):
+            hits = hit.get(i)
+            if hits is not None:
                 scanned.append(ev if ev.raw is None else ev.raw)
                 rules.append(hits)
+            elif categories(ev):
+                sensitive.append((len(scanned), ev if ev.raw is None else ev.raw))
         report(part)
         metrics.observe_batch(part, "replay", now)
     lag = metrics.lag.values.get(("replay",))
@@ -193,6 +204,7 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
         report=report,
         scanned=scanned,
         rules=rules,
+        sensitive=sensitive,
         refusals=refusals,
         events=len(fresh),
         future=int(metrics.future.values.get(("replay",), 0)),
@@ -401,8 +413,9 @@ class ParallelReplay:
             p = run_chunk(pending.data, pending.first_line, sorted(pending.duplicates))
         metrics = self.metrics
         duplicates = len(p.taken_as_duplicates)
+        decode = self.decoder.decode_line
+        scanned: list[AuditEvent] = []
         if self.detector is not None and p.scanned:
-            decode = self.decoder.decode_line
             scanned = [
                 x if type(x) is AuditEvent else fast_event(x) or decode(x)  # type: ignore[arg-type]
                 for x in p.scanned
@@ -411,6 +424,17 @@ class ParallelReplay:
             for ev in scanned:
                 if ev.rules:
                     self.report.detected(ev)
+        # the report's detection-dependent part, in input order
+        report = self.report
+        k = 0
+        for before, x in p.sensitive:
+            while k < before:
+                report.ordered(scanned[k])
+                k += 1
+            report.ordered(x if type(x) is AuditEvent else fast_event(x) or decode(x))  # type: ignore[arg-type]
+        while k < len(scanned):
+            report.ordered(scanned[k])
+            k += 1
         self.report.merge(p.report)
         self.report.duplicates += duplicates
         with metrics.lock:
