@@ -586,8 +586,9 @@ def test_queries_name_only_metrics_the_exporter_exposes(stack: Stack) -> None:
             if name.startswith("kube_audit_") and ":" not in name:
                 used.add(name)
     assert len(used) > 30
-    # the managed sources (EKS, GKE, AKS) are not configured in this stack
-    managed = ("kube_audit_eks_", "kube_audit_gke_", "kube_audit_aks_")
+    # the managed sources (EKS, GKE, AKS) and the shared state (state.url)
+    # are not configured in this stack
+    managed = ("kube_audit_eks_", "kube_audit_gke_", "kube_audit_aks_", "kube_audit_state_")
     assert {n for n in used - exposed if not n.startswith(managed)} == set()
 
 
@@ -602,7 +603,7 @@ def test_logql_names_only_labels_and_metadata_the_exporter_pushed(stack: Stack) 
         received = list(stack.loki.received)
     labels = set().union(*(r.labels for r in received))
     metadata = {RENAMED_METADATA.get(k, k) for r in received for k in r.metadata}
-    assert labels == {"service_name", "cluster", "verb"}
+    assert labels == {"service_name", "cluster", "verb", "writer"}
     assert {r.labels["service_name"] for r in received} == {"kube-audit"}
     assert {"rules", "rule_severity", "user", "source_ip", "subresource"} <= metadata
     service_name = rendered_config()["lokiServiceName"]
