@@ -80,10 +80,7 @@ class Report:
                 self._detected(ev)
             if not counts_as_request(ev):
                 if ev.severity and not self.defer_sensitive:
-                    flagged = self._flagged
-                    flagged[ev.audit_id] = ev.severity
-                    if len(flagged) > FLAGGED_CAPACITY:
-                        del flagged[next(iter(flagged))]
+                    self._flag(ev)
                 continue
             self.requests += 1
             code = ev.code
@@ -187,16 +184,19 @@ class Report:
                 heapq.heapreplace(slowest, entry)
         self._seq += other._seq
 
+    def _flag(self, ev: AuditEvent) -> None:
+        flagged = self._flagged
+        flagged[ev.audit_id] = ev.severity
+        if len(flagged) > FLAGGED_CAPACITY:
+            del flagged[next(iter(flagged))]
+
     def ordered(self, ev: AuditEvent) -> None:
         """What a job's report (``defer_sensitive``) left to the parent, for
         one event that a rule's condition held for or that is sensitive, after
         detection and in input order (``replay --jobs``)."""
         if not counts_as_request(ev):
             if ev.severity:
-                flagged = self._flagged
-                flagged[ev.audit_id] = ev.severity
-                if len(flagged) > FLAGGED_CAPACITY:
-                    del flagged[next(iter(flagged))]
+                self._flag(ev)
             return
         cats = categories(ev)
         if cats:
