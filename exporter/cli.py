@@ -66,7 +66,7 @@ def _config_errors(e: ConfigError) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .workers import READY_PREFIX, WORKER_ENV
+    from .workers import READY_PREFIX, WORKER_ENV, warn_orphaned_spools, worker_config
 
     try:
         cfg = load(args)
@@ -78,10 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers > 1 and worker is None:
         return _supervise(cfg, args)
     if worker is not None:
-        # a worker of run --workers: its own /metrics on loopback, for the supervisor
-        cfg = dataclasses.replace(
-            cfg, web=dataclasses.replace(cfg.web, listen_address="127.0.0.1:0")
-        )
+        # a worker of run --workers: its own /metrics on loopback for the
+        # supervisor, its own spool, Loki stream and first_seen file
+        cfg = worker_config(cfg, int(worker), args.workers)
+    else:
+        warn_orphaned_spools(cfg.spool.dir, 1)
     from .app import App
     from .detect import RuleError
     from .loki.client import LokiSetupError

@@ -22,16 +22,29 @@ The parent (the supervisor) runs no source itself. It starts N workers, each
 
 Deduplication and stateful detection are shared between workers only
 through ``state.url`` (Redis/Valkey); without it each worker has its own, and
-the supervisor says so when it starts. Pull sources (log file, CloudWatch,
+the supervisor says so when it starts.
+
+What a process must own alone is split per worker (:func:`worker_config`):
+worker 0 keeps ``spool.dir`` and the ``loki.writer`` label of a single
+process, so going from one worker to several continues the same spool;
+worker k > 0 spools in ``spool.dir/worker-k`` and writes the Loki stream
+``<writer>-w<k>`` (Loki refuses entries "too far behind" the newest of a
+stream, so two writers never share one). ``spool.max_bytes`` is divided
+between the workers, so the volume sized for it still holds them all. A
+spool left by a worker that no longer runs (fewer workers than before) is
+logged at start. Pull sources (log file, CloudWatch,
 Pub/Sub pull, AKS) would read the same data N times: ``--workers`` serves
 the webhook only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -87,6 +100,64 @@ def check(cfg: Config) -> list[str]:
     return problems
 
 
+def worker_config(cfg: Config, number: int, workers: int) -> Config:
+    """The configuration of worker ``number`` of ``workers``: its own
+    loopback /metrics, spool directory, share of the spool's size, Loki
+    writer label and first_seen file (see the module's docstring)."""
+    web = dataclasses.replace(cfg.web, listen_address="127.0.0.1:0")
+    spool = cfg.spool
+    if spool.dir:
+        spool = dataclasses.replace(
+            spool,
+            dir=spool.dir if number == 0 else os.path.join(spool.dir, f"worker-{number}"),
+            max_bytes=max(spool.max_bytes // max(workers, 1), 1),
+        )
+    loki = cfg.loki
+    if number:
+        loki = dataclasses.replace(loki, writer=f"{loki.writer or socket.gethostname()}-w{number}")
+    state = cfg.state
+    if number and state.first_seen_file:
+        state = dataclasses.replace(
+            state, first_seen_file=f"{state.first_seen_file}.worker-{number}"
+        )
+    return dataclasses.replace(cfg, web=web, spool=spool, loki=loki, state=state)
+
+
+_WORKER_DIR = re.compile(r"^worker-(\d+)$")
+
+
+def orphaned_spools(spool_dir: str, workers: int) -> list[str]:
+    """The spool directories of workers numbered ``workers`` or above that
+    still hold entries: nobody sends them until that many workers run."""
+    if not spool_dir:
+        return []
+    try:
+        names = os.listdir(spool_dir)
+    except OSError:
+        return []
+    found = []
+    for name in sorted(names):
+        m = _WORKER_DIR.match(name)
+        if m is None or int(m.group(1)) < workers:
+            continue
+        path = os.path.join(spool_dir, name)
+        try:
+            if any(f.endswith(".seg") for f in os.listdir(path)):
+                found.append(path)
+        except OSError:
+            continue
+    return found
+
+
+def warn_orphaned_spools(spool_dir: str, workers: int) -> None:
+    for path in orphaned_spools(spool_dir, workers):
+        log.warning(
+            "a spool of a worker that no longer runs holds entries that nobody sends: "
+            "run with more workers until it drains, or move its *.seg files away",
+            extra={"spool": path, "workers": workers},
+        )
+
+
 class _Worker:
     def __init__(self, number: int) -> None:
         self.number = number
@@ -137,6 +208,7 @@ class Supervisor:
                 "workers are not seen together); set state.url to share them",
                 extra={"workers": len(self.workers)},
             )
+        warn_orphaned_spools(self.cfg.spool.dir, len(self.workers))
         for w in self.workers:
             self._spawn(w)
         self.web.start()

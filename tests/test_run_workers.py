@@ -5,6 +5,7 @@ again and counted, and SIGTERM stops everything."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulate import Options, event_list, simulate_lines
 from exporter.workers import merge
+from tests.loki_receiver import LokiReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0
@@ -175,3 +178,69 @@ def test_merge_sums_counters_and_keeps_points_in_time() -> None:
         "kube_audit_events_total": 7,
         "kube_audit_last_event_timestamp_seconds": 100,
     }
+
+
+def test_two_workers_each_own_spool_and_loki_stream(tmp_path: Path, loki: LokiReceiver) -> None:
+    """Workers never share what a process must own alone: worker 0 keeps
+    spool.dir and the writer label, worker 1 spools in spool.dir/worker-1 and
+    writes its own stream; every event reaches Loki once."""
+    hook, web = free_port(), free_port()
+    spool = tmp_path / "spool"
+    # a spool of a third worker from an earlier run, which nobody sends now
+    (spool / "worker-2").mkdir(parents=True)
+    (spool / "worker-2" / "0000000000000000.seg").write_bytes(b"x")
+    log_path = tmp_path / "supervisor.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter.cli", "run", "--workers", "2",
+             "--webhook.insecure", "--webhook.listen-address", f"127.0.0.1:{hook}",
+             "--web.listen-address", f"127.0.0.1:{web}",
+             "--loki.url", loki.url, "--loki.writer", "pod-a", "--loki.batch-wait", "50ms",
+             "--spool.dir", str(spool), "--spool.max-bytes", "64MiB"],
+            cwd=ROOT, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for("readiness", lambda: ready(web), proc)
+            lines = list(simulate_lines(Options(events=6000, seed=9)))
+            for i in range(0, len(lines), 300):
+                assert post(hook, event_list(lines[i : i + 300])) == 200
+            wait_for("every entry in Loki", lambda: loki.count() >= len(lines), proc)
+            assert (spool / "worker-1").is_dir()
+            # each spool acknowledged what it sent (drained segments are deleted)
+            assert (spool / "worker-1" / "ack").is_file()
+            assert (spool / "ack").is_file()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    seen = Counter(r.line for r in loki.received)
+    assert len(seen) == len(lines) and max(seen.values()) == 1, "an event reached Loki twice"
+    writers = Counter(r.labels.get("writer") for r in loki.received)
+    assert set(writers) == {"pod-a", "pod-a-w1"}, writers
+    text = log_path.read_text()
+    assert "a spool of a worker that no longer runs" in text
+    assert str(spool / "worker-2") in text
+
+
+def test_worker_config_splits_what_a_process_owns_alone() -> None:
+    from exporter.config import Config
+    from exporter.workers import worker_config
+
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg,
+        spool=dataclasses.replace(cfg.spool, dir="/var/spool/kae", max_bytes=3 << 30),
+        loki=dataclasses.replace(cfg.loki, writer="pod-a"),
+        state=dataclasses.replace(cfg.state, first_seen_file="/data/first-seen.json"),
+    )
+    w0, w2 = worker_config(cfg, 0, 3), worker_config(cfg, 2, 3)
+    assert (w0.spool.dir, w0.loki.writer, w0.state.first_seen_file) == (
+        "/var/spool/kae", "pod-a", "/data/first-seen.json",
+    )  # fmt: skip
+    assert (w2.spool.dir, w2.loki.writer, w2.state.first_seen_file) == (
+        "/var/spool/kae/worker-2", "pod-a-w2", "/data/first-seen.json.worker-2",
+    )  # fmt: skip
+    assert w0.spool.max_bytes == w2.spool.max_bytes == 1 << 30
+    assert w0.web.listen_address == w2.web.listen_address == "127.0.0.1:0"
