@@ -31,7 +31,9 @@ from .matchers import (
     And,
     Constraint,
     Context,
+    KeyClasses,
     compile_predicate,
+    constraint_dims,
     constraints,
     merge_and,
     merge_union,
@@ -452,6 +454,26 @@ class Detector:
         self._positions = {r: k for k, r in enumerate(compiled)}
         # index key -> (the rule's test or check, the rule) for each candidate
         self._index: dict[IndexKey, tuple[tuple[Runner, CompiledRule], ...]] = {}
+        self._classes = KeyClasses(
+            [
+                node
+                for r in compiled
+                for node in ([r.rule.match] if r.rule.match is not None else [])
+                + [s.match for s in r.rule.steps]
+            ]
+        )
+        self._by_class: dict[tuple[Any, ...], tuple[CompiledRule, ...]] = {}
+        # rules grouped by the index dimensions their constraint reads (the
+        # stage always: see applies), each group's answers by those values
+        grouped: dict[tuple[int, ...], list[CompiledRule]] = {}
+        for r in compiled:
+            nodes = [r.rule.match] if r.rule.match is not None else []
+            nodes += [s.match for s in r.rule.steps]
+            dims = tuple(sorted(constraint_dims(nodes) | {0}))
+            grouped.setdefault(dims, []).append(r)
+        self._groups: list[
+            tuple[tuple[int, ...], tuple[CompiledRule, ...], dict[Any, tuple[CompiledRule, ...]]]
+        ] = [(dims, tuple(group), {}) for dims, group in grouped.items()]
         self._errors_log = RateLimitedLog(log)
         self.alerts_built = 0
         if metrics is not None:
@@ -463,7 +485,27 @@ class Detector:
     # --- the processor ---------------------------------------------------------
 
     def _candidates(self, key: IndexKey) -> tuple[tuple[Runner, CompiledRule], ...]:
-        found = tuple((r.run, r) for r in self.rules if r.applies(key))
+        # keys that no rule tells apart (see KeyClasses) share their rules
+        ckey = self._classes(key)
+        rules = self._by_class.get(ckey)
+        if rules is None:
+            # each group's answer depends only on the dimensions its rules read
+            picked: list[CompiledRule] = []
+            for dims, group, answers in self._groups:
+                part = tuple(ckey[i] for i in dims)
+                got = answers.get(part)
+                if got is None:
+                    got = answers[part] = tuple(r for r in group if r.applies(key))
+                picked.extend(got)
+            position = self._positions
+            rules = tuple(sorted(picked, key=position.__getitem__))
+            if len(self._by_class) >= INDEX_CAPACITY:
+                self._by_class.clear()
+                for _, _, answers in self._groups:
+                    answers.clear()
+                self._by_class.clear()
+            self._by_class[ckey] = rules
+        found = tuple((r.run, r) for r in rules)
         if len(self._index) >= INDEX_CAPACITY:
             self._index.clear()
         self._index[key] = found
