@@ -11,6 +11,7 @@ unreachable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -170,6 +171,30 @@ def index_key(ev: AuditEvent) -> IndexKey:
     )
 
 
+def _notify_once(rule: Rule, ctx: Context, limit: int) -> Callable[[Match], Match]:
+    """A rule's notify_once (see rules.py): the first match per group and
+    window keeps the rule's severity, the others are its info copy."""
+    getters = [_key_getter(p, ctx.derived) for p in rule.notify_per]
+    window = rule.notify_window
+    quiet_rule = dataclasses.replace(rule, severity="info")
+    notified: dict[Key, float] = {}  # group -> event time of its notified match
+
+    def quiet(m: Match) -> Match:
+        ev = m.event
+        key = tuple(g(ev) for g in getters)
+        t = ev.stage_ts
+        last = notified.get(key)
+        if last is not None and abs(t - last) < window:
+            return Match(quiet_rule, ev, m.group, m.value)
+        notified.pop(key, None)
+        notified[key] = t
+        if len(notified) > limit:
+            del notified[next(iter(notified))]
+        return m
+
+    return quiet
+
+
 class CompiledRule:
     """A rule ready to run: its predicate (match and not except), its index
     constraint and, for stateful kinds, its state."""
@@ -183,6 +208,7 @@ class CompiledRule:
         "extract",
         "group",
         "id",
+        "quiet",
         "rank",
         "rule",
         "run",
@@ -365,6 +391,11 @@ class CompiledRule:
         # with a shared store, defer, which queues the observation for the
         # batch's round trip)
         self.run: Runner = test if rule.kind == "match" else check
+        # notify_once: a match passes through, or comes back at info when its
+        # group was notified within the window
+        self.quiet: Callable[[Match], Match] | None = None
+        if rule.notify_window > 0:
+            self.quiet = _notify_once(rule, ctx, limit)
 
     def again(self, ev: AuditEvent) -> bool:
         """True for the ResponseComplete (or Panic) of a long-running request
@@ -480,6 +511,8 @@ class Detector:
             with metrics.lock:
                 for r in compiled:
                     metrics.rule_matches.init((r.id, r.severity))
+                    if r.quiet is not None:
+                        metrics.rule_matches.init((r.id, "info"))
             metrics.add_state(self.collect)
 
     # --- the processor ---------------------------------------------------------
@@ -556,6 +589,8 @@ class Detector:
                     m = Match(r.rule, ev)
                 else:
                     m = res
+                if r.quiet is not None:
+                    m = r.quiet(m)
                 if found is None:
                     found = []
                 found.append(m)
@@ -601,11 +636,12 @@ class Detector:
                     except Exception as e:  # a rule must never stop the pipeline
                         self._failed(r, ev, e)
                         fired.append(False)
-            return [
-                Match(r.rule, ev, key, value if r.rule.kind == "first_seen" else "")
-                for (r, ev, key, value, _), hit in zip(pending, fired, strict=True)
-                if hit
-            ]
+            out: list[Match] = []
+            for (r, ev, key, value, _), hit in zip(pending, fired, strict=True):
+                if hit:
+                    m = Match(r.rule, ev, key, value if r.rule.kind == "first_seen" else "")
+                    out.append(m if r.quiet is None else r.quiet(m))
+            return out
         finally:
             pending.clear()
 
