@@ -201,3 +201,17 @@ def test_perfspec_chart_installs_are_one_notification() -> None:
     sent = [a for a in notifier.alerts if a["labels"]["rule"] == "admission-webhook-changed"]
     assert len(sent) == 1
     assert len(notifier.alerts) == 1  # nothing else in that cluster is notified
+
+
+def test_rules_list_shows_it(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from exporter.cli import main
+
+    assert main(["rules", "list", "--output", "json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["admission-webhook-changed"]["notify_once"] == {
+        "per": ["user.username"],
+        "window_seconds": 3600.0,
+    }
+    assert rows["cluster-admin-binding"]["notify_once"] is None
