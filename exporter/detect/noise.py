@@ -69,7 +69,7 @@ CORPUS_KIND = {
     "elastic-integrations": (
         False,
         "parser fixtures: sanitised ingest-pipeline test inputs from unrelated clusters "
-        "(2018 to 2025) put in one stream",
+        "and years, put in one stream",
     ),
     "small-samples": (
         False,
@@ -208,7 +208,7 @@ the simulator's traffic. Regenerate with
 `python -m exporter.detect.noise > docs/noise-report.md`; a test fails when
 this file is out of date.
 
-- **Corpora** (`../shared/corpora`, real clusters, see its README): run with
+- **Corpora** (`../shared/corpora`, see its README): run with
   empty detection settings, as their networks are unknown, so the rules that
   need trusted networks, pod/node CIDRs or critical workloads stay inactive.
   Each corpus folder is one stream, files in name order.
