@@ -21,7 +21,7 @@ rules:
 RULE_KEYS = (
     "id, title, severity, mitre, description, kind, stages, match, except, group_by, "
     "window, count, distinct, steps, value, ttl, learning, examples, enabled, "
-    "rationale, peers, refused"
+    "rationale, peers, refused, notify_once"
 )
 STAGES = "Panic, RequestReceived, ResponseComplete, ResponseStarted"
 SEQUENCE = """\

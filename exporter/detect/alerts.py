@@ -119,6 +119,11 @@ def build_alert(m: Match, settings: DetectionSettings, now: float) -> dict[str, 
     extra = context_line(m)
     if extra:
         description += " " + extra
+    if rule.notify_window:
+        description += (
+            f" Further matches for the same {', '.join(rule.notify_per)} within "
+            f"{_duration_text(rule.notify_window)} are counted at info, not notified."
+        )
     annotations = {
         "summary": summary,
         "description": description,

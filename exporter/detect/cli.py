@@ -147,6 +147,11 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "rationale": r.rationale or None,
                 "peers": {k: list(v) for k, v in r.peers.items()},
                 "variant_of": r.variant_of or None,
+                "notify_once": (
+                    {"per": list(r.notify_per), "window_seconds": r.notify_window}
+                    if r.notify_window
+                    else None
+                ),
             }
         )
     if args.output == "json":

@@ -11,6 +11,7 @@ unreachable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,7 +32,9 @@ from .matchers import (
     And,
     Constraint,
     Context,
+    KeyClasses,
     compile_predicate,
+    constraint_dims,
     constraints,
     merge_and,
     merge_union,
@@ -168,6 +171,30 @@ def index_key(ev: AuditEvent) -> IndexKey:
     )
 
 
+def _notify_once(rule: Rule, ctx: Context, limit: int) -> Callable[[Match], Match]:
+    """A rule's notify_once (see rules.py): the first match per group and
+    window keeps the rule's severity, the others are its info copy."""
+    getters = [_key_getter(p, ctx.derived) for p in rule.notify_per]
+    window = rule.notify_window
+    quiet_rule = dataclasses.replace(rule, severity="info")
+    notified: dict[Key, float] = {}  # group -> event time of its notified match
+
+    def quiet(m: Match) -> Match:
+        ev = m.event
+        key = tuple(g(ev) for g in getters)
+        t = ev.stage_ts
+        last = notified.get(key)
+        if last is not None and abs(t - last) < window:
+            return Match(quiet_rule, ev, m.group, m.value)
+        notified.pop(key, None)
+        notified[key] = t
+        if len(notified) > limit:
+            del notified[next(iter(notified))]
+        return m
+
+    return quiet
+
+
 class CompiledRule:
     """A rule ready to run: its predicate (match and not except), its index
     constraint and, for stateful kinds, its state."""
@@ -181,6 +208,7 @@ class CompiledRule:
         "extract",
         "group",
         "id",
+        "quiet",
         "rank",
         "rule",
         "run",
@@ -363,6 +391,11 @@ class CompiledRule:
         # with a shared store, defer, which queues the observation for the
         # batch's round trip)
         self.run: Runner = test if rule.kind == "match" else check
+        # notify_once: a match passes through, or comes back at info when its
+        # group was notified within the window
+        self.quiet: Callable[[Match], Match] | None = None
+        if rule.notify_window > 0:
+            self.quiet = _notify_once(rule, ctx, limit)
 
     def again(self, ev: AuditEvent) -> bool:
         """True for the ResponseComplete (or Panic) of a long-running request
@@ -452,18 +485,60 @@ class Detector:
         self._positions = {r: k for k, r in enumerate(compiled)}
         # index key -> (the rule's test or check, the rule) for each candidate
         self._index: dict[IndexKey, tuple[tuple[Runner, CompiledRule], ...]] = {}
+        self._classes = KeyClasses(
+            [
+                node
+                for r in compiled
+                for node in ([r.rule.match] if r.rule.match is not None else [])
+                + [s.match for s in r.rule.steps]
+            ]
+        )
+        self._by_class: dict[tuple[Any, ...], tuple[CompiledRule, ...]] = {}
+        # rules grouped by the index dimensions their constraint reads (the
+        # stage always: see applies), each group's answers by those values
+        grouped: dict[tuple[int, ...], list[CompiledRule]] = {}
+        for r in compiled:
+            nodes = [r.rule.match] if r.rule.match is not None else []
+            nodes += [s.match for s in r.rule.steps]
+            dims = tuple(sorted(constraint_dims(nodes) | {0}))
+            grouped.setdefault(dims, []).append(r)
+        self._groups: list[
+            tuple[tuple[int, ...], tuple[CompiledRule, ...], dict[Any, tuple[CompiledRule, ...]]]
+        ] = [(dims, tuple(group), {}) for dims, group in grouped.items()]
         self._errors_log = RateLimitedLog(log)
         self.alerts_built = 0
         if metrics is not None:
             with metrics.lock:
                 for r in compiled:
                     metrics.rule_matches.init((r.id, r.severity))
+                    if r.quiet is not None:
+                        metrics.rule_matches.init((r.id, "info"))
             metrics.add_state(self.collect)
 
     # --- the processor ---------------------------------------------------------
 
     def _candidates(self, key: IndexKey) -> tuple[tuple[Runner, CompiledRule], ...]:
-        found = tuple((r.run, r) for r in self.rules if r.applies(key))
+        # keys that no rule tells apart (see KeyClasses) share their rules
+        ckey = self._classes(key)
+        rules = self._by_class.get(ckey)
+        if rules is None:
+            # each group's answer depends only on the dimensions its rules read
+            picked: list[CompiledRule] = []
+            for dims, group, answers in self._groups:
+                part = tuple(ckey[i] for i in dims)
+                got = answers.get(part)
+                if got is None:
+                    got = answers[part] = tuple(r for r in group if r.applies(key))
+                picked.extend(got)
+            position = self._positions
+            rules = tuple(sorted(picked, key=position.__getitem__))
+            if len(self._by_class) >= INDEX_CAPACITY:
+                self._by_class.clear()
+                for _, _, answers in self._groups:
+                    answers.clear()
+                self._by_class.clear()
+            self._by_class[ckey] = rules
+        found = tuple((r.run, r) for r in rules)
         if len(self._index) >= INDEX_CAPACITY:
             self._index.clear()
         self._index[key] = found
@@ -514,6 +589,8 @@ class Detector:
                     m = Match(r.rule, ev)
                 else:
                     m = res
+                if r.quiet is not None:
+                    m = r.quiet(m)
                 if found is None:
                     found = []
                 found.append(m)
@@ -559,11 +636,12 @@ class Detector:
                     except Exception as e:  # a rule must never stop the pipeline
                         self._failed(r, ev, e)
                         fired.append(False)
-            return [
-                Match(r.rule, ev, key, value if r.rule.kind == "first_seen" else "")
-                for (r, ev, key, value, _), hit in zip(pending, fired, strict=True)
-                if hit
-            ]
+            out: list[Match] = []
+            for (r, ev, key, value, _), hit in zip(pending, fired, strict=True):
+                if hit:
+                    m = Match(r.rule, ev, key, value if r.rule.kind == "first_seen" else "")
+                    out.append(m if r.quiet is None else r.quiet(m))
+            return out
         finally:
             pending.clear()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import translate
@@ -270,6 +271,88 @@ Pred = Callable[[Any], bool]
 Constraint = Callable[[tuple[Any, ...]], bool] | None
 
 
+class KeyClasses:
+    """Index keys that no rule tells apart, mapped to one class key.
+
+    Most resources and response codes appear in no rule; the Detector works
+    out a key's candidate rules once per class rather than once per key (a
+    real log has a hundred resources and a handful of codes). A resource is its own
+    class when some condition on ``objectRef.resource`` names it, otherwise
+    its class is the answers of the conditions' patterns; a code is its own
+    class when a condition names it or compares with it, otherwise its class
+    is its place among those numbers. Every condition the index evaluates on
+    these dimensions (see _field_constraint) answers alike within a class.
+    """
+
+    def __init__(self, nodes: list[Node]) -> None:
+        names: set[str] = {""}  # "" is absent
+        patterns: list[Callable[[str], Any]] = []
+        numbers: set[float] = {0.0}  # 0 is absent
+        self.resources = True
+        for cond in _conds(nodes, "objectRef.resource"):
+            if cond.eq is not None:
+                names.update(v for v in cond.eq if isinstance(v, str))
+            if cond.globs:
+                patterns.append(_glob_regex(cond.globs).match)
+            if cond.regexes:
+                patterns.append(_any_regex(cond.regexes).search)
+            if cond.cidrs:
+                self.resources = False  # an address test on a resource: no classes
+        for cond in _conds(nodes, "responseStatus.code"):
+            if cond.eq is not None:
+                numbers.update(
+                    float(v)
+                    for v in cond.eq
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                )
+            numbers.update(num for _, num in cond.compare)
+        self.names = frozenset(names)
+        self.patterns = tuple(patterns)
+        self.numbers = frozenset(numbers)
+        self.bounds = sorted(numbers)
+
+    def resource(self, value: str) -> Any:
+        if not self.resources or value in self.names:
+            return value
+        return tuple(p(value) is not None for p in self.patterns)
+
+    def code(self, value: int) -> Any:
+        if value in self.numbers:
+            return value
+        return ("between", bisect_left(self.bounds, value))
+
+    def __call__(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        r, c = DIMS.index("resource"), DIMS.index("code")
+        out = list(key)
+        out[r] = self.resource(key[r])
+        out[c] = self.code(key[c])
+        return tuple(out)
+
+
+def _conds(nodes: list[Node], path: str) -> list[FieldCond]:
+    """Every field condition on ``path`` in ``nodes``, negated ones too."""
+    out: list[FieldCond] = []
+
+    def cond(c: FieldCond) -> None:
+        out.append(c)
+        for n in c.negated:
+            cond(n)
+
+    def walk(node: Node) -> None:
+        if isinstance(node, Field):
+            if node.path == path:
+                cond(node.cond)
+        elif isinstance(node, Not):
+            walk(node.item)
+        else:
+            for item in node.items:
+                walk(item)
+
+    for node in nodes:
+        walk(node)
+    return out
+
+
 def _annotation_key(path: str) -> str | None:
     """The annotation a path reads (``annotations["k"]`` or ``annotations.k``),
     "*" for ``annotations.@keys`` / ``annotations.*``, else None."""
@@ -292,20 +375,69 @@ def _requires_value(c: FieldCond) -> bool:
 
 
 def constraints(node: Node, ctx: Context) -> Constraint:
-    """A necessary condition on the index key for ``node`` to hold."""
+    """A necessary condition on the index key for ``node`` to hold, compiled
+    into one function (None: any key)."""
+    comp = Compiler(ctx)
+    src = _constraint_src(node, comp)
+    if src is None:
+        return None
+    fn: Callable[[tuple[Any, ...]], bool] = eval(
+        compile(f"lambda k: {src}", "<index>", "eval"), comp.namespace
+    )
+    return fn
+
+
+def _constraint_src(node: Node, comp: Compiler) -> str | None:
+    """``constraints`` as the source of an expression over the key ``k``."""
     if isinstance(node, Field):
-        return _field_constraint(node, ctx)
+        return _field_constraint(node, comp)
     if isinstance(node, Not):
         inner = node.item
         if isinstance(inner, Field) and inner.path in DIM_FIELDS:
-            pred = _field_constraint(inner, ctx)
-            assert pred is not None
-            return lambda k: not pred(k)
+            return f"(not {_field_constraint(inner, comp)})"
         return None
-    subs = [constraints(item, ctx) for item in node.items]
+    subs = [_constraint_src(item, comp) for item in node.items]
     if isinstance(node, And):
-        return merge_and(*subs)
-    return merge_union(subs)
+        parts = [p for p in subs if p is not None]
+        return "(" + " and ".join(parts) + ")" if parts else None
+    # one of the alternatives holds: constrained only when every one is
+    if not subs or any(p is None for p in subs):
+        return None
+    return "(" + " or ".join(p for p in subs if p is not None) + ")"
+
+
+def constraint_dims(nodes: list[Node]) -> frozenset[int]:
+    """The positions in the index key that ``constraints`` of ``nodes`` may
+    read (more is safe, fewer is not): see _field_constraint."""
+    dims: set[int] = set()
+    for cond_path in _paths(nodes):
+        dim = DIM_FIELDS.get(cond_path)
+        if dim is not None:
+            dims.add(DIMS.index(dim))
+        elif cond_path == "user.username":
+            dims.add(DIMS.index("user_kind"))
+        elif cond_path.startswith("impersonatedUser."):
+            dims.add(DIMS.index("impersonated"))
+        elif cond_path.startswith("annotations"):
+            dims.add(DIMS.index("extra_annotations"))
+    return frozenset(dims)
+
+
+def _paths(nodes: list[Node]) -> list[str]:
+    out: list[str] = []
+
+    def walk(node: Node) -> None:
+        if isinstance(node, Field):
+            out.append(node.path)
+        elif isinstance(node, Not):
+            walk(node.item)
+        else:
+            for item in node.items:
+                walk(item)
+
+    for node in nodes:
+        walk(node)
+    return out
 
 
 def merge_and(*subs: Constraint) -> Constraint:
@@ -325,32 +457,25 @@ def merge_union(subs: list[Constraint]) -> Constraint:
     return lambda k: any(p(k) for p in preds)
 
 
-def _at(i: int, pred: Pred) -> Constraint:
-    return lambda k: pred(k[i])
-
-
-def _field_constraint(node: Field, ctx: Context) -> Constraint:
+def _field_constraint(node: Field, comp: Compiler) -> str | None:
     dim = DIM_FIELDS.get(node.path)
     c = node.cond
     if dim is not None:
         typ = ATTRIBUTE_FIELDS[node.path][1]
-        comp = Compiler(ctx)
-        src = f"lambda v: {comp.attr_cond('v', typ, c)}"
-        pred: Pred = eval(compile(src, f"<index {node.path}>", "eval"), comp.namespace)
-        return _at(DIMS.index(dim), pred)
-    kind = DIMS.index("user_kind")
+        return comp.attr_cond(f"k[{DIMS.index(dim)}]", typ, c)
+    kind = f"k[{DIMS.index('user_kind')}]"
     if node.path == "user.username" and c.eq is not None and _requires_value(c) and not c.globs:
-        kinds = {classify_user(v) for v in c.eq if isinstance(v, str) and v}
-        return _at(kind, lambda k: k in kinds)
+        kinds = frozenset(classify_user(v) for v in c.eq if isinstance(v, str) and v)
+        return f"({kind} in {comp.const(kinds)})"
     if node.path == "user.username" and c.globs and c.eq is None:
         prefixes = [re.split(r"[*?\\[]", g, maxsplit=1)[0] for g in c.globs]
         if all(p and not p.startswith("system:") and not "system:".startswith(p) for p in prefixes):
-            return _at(kind, lambda k: k == "human")
+            return f'({kind} == "human")'
     if node.path.startswith("impersonatedUser.") and _requires_value(c):
-        return _at(DIMS.index("impersonated"), lambda v: v is True)
+        return f"(k[{DIMS.index('impersonated')}] is True)"
     key = _annotation_key(node.path) if node.path.startswith("annotations") else None
     if key is not None and key not in COMMON_ANNOTATIONS and _requires_value(c):
-        return _at(DIMS.index("extra_annotations"), lambda v: v is True)
+        return f"(k[{DIMS.index('extra_annotations')}] is True)"
     return None
 
 
@@ -421,6 +546,11 @@ def _compare(op: str, num: float) -> Callable[[Any], bool]:
 _CMP_SRC = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
+# Paths starting here read the request or response body, which only events
+# with ``has_body`` carry (the Metadata level has none).
+_BODY_STEPS = (("key", "requestObject"), ("key", "responseObject"))
+
+
 class Compiler:
     """Turns a syntax tree into the source of one Python expression over
     ``ev``; constants live in ``namespace`` (never spliced into the source)."""
@@ -459,7 +589,11 @@ class Compiler:
         if path in DERIVED:
             fn = DERIVED[path].make(self.ctx.derived)
             return self.const(fn) + "(ev)"
-        get = compile_getter(parse(path))
+        steps = parse(path)
+        get = compile_getter(steps)
+        if steps[0] in _BODY_STEPS:
+            # without a body these paths yield nothing: no need to parse the event
+            return f"({self.const(get)}(ev.obj) if ev.has_body else [])"
         return self.const(get) + "(ev.obj)"
 
     def attr_cond(self, ref: str, typ: type, c: FieldCond) -> str:

@@ -20,6 +20,9 @@ A rule file is a YAML mapping::
           falco: [Falco k8saudit rule name]  # falco, sigma, elastic; {} when none
           sigma: [SigmaHQ rule title]
           elastic: [Elastic rule name]
+        notify_once:                         # optional: one notification per group and window
+          per: [user.username]               # paths: the group
+          window: 1h
         refused:                             # optional: a refused attempt rates differently
           severity: info                     # the attempt (401/403) is reconnaissance...
           repeated: {count: 3, window: 10m}  # ...unless one user repeats it (optional)
@@ -37,6 +40,17 @@ changed nothing and fire neither); ``<id>-refused`` takes the same condition on 
 severity when one user is refused ``count`` times within ``window``. Its
 examples are the refused examples, repeated ``count`` times (fires) and
 ``count - 1`` times (does not). Only ``kind: match`` rules take ``refused``.
+
+One notification per group: with ``notify_once``, the rule's first match
+for a group (the values of the ``per`` paths, "" where a path yields
+nothing) rates at the rule's severity and is notified; the group's further
+matches within ``window`` of it (event time) are still matches, marked on
+the event and counted in rule_matches_total, but at ``info`` and not
+notified. After the window the next match is notified again. A chart install
+that brings a mutating and a validating webhook is one notification, not
+five. The groups are kept in this process's memory (bounded by
+detect.max_state_entries): with several replicas each notifies once. Only
+rules above info take it; a ``refused`` variant at info drops it.
 
 Stateful kinds, all on event time (stageTimestamp):
 
@@ -113,6 +127,7 @@ _RULE_KEYS = (
     "rationale",
     "peers",
     "refused",
+    "notify_once",
 )
 _KIND_KEYS = {
     "match": (),
@@ -183,14 +198,13 @@ class Rule:
     refused: Refused | None = None
     # for the variants a `refused:` section makes: the rule they come from
     variant_of: str = ""
+    # notify_once: the group's paths and the window (0: every match notifies)
+    notify_per: tuple[str, ...] = ()
+    notify_window: float = 0.0
 
     @property
     def stateful(self) -> bool:
         return self.kind != "match"
-
-    @property
-    def alertname(self) -> str:
-        return "KubeAudit" + "".join(p[:1].upper() + p[1:] for p in self.id.split("-"))
 
     def requirements(self) -> list[str]:
         """The settings this rule needs (``trusted_networks``...)."""
@@ -469,6 +483,10 @@ def parse_rule(doc: Any, where: Where, problems: list[str]) -> Rule | None:
         rule.rationale = _text(doc, "rationale", where, problems)
     if "peers" in doc:
         rule.peers = _parse_peers(doc["peers"], where.key(doc, "peers"), problems)
+    if "notify_once" in doc:
+        w = where.key(doc, "notify_once")
+        _parse_notify_once(doc["notify_once"], w, rule, parser, problems)
+        rule.references = frozenset(parser.references)
     if "refused" in doc:
         w = where.key(doc, "refused")
         if kind != "match":
@@ -478,6 +496,25 @@ def parse_rule(doc: Any, where: Where, problems: list[str]) -> Rule | None:
     if len(problems) > before:
         return None
     return rule
+
+
+def _parse_notify_once(
+    doc: Any, where: Where, rule: Rule, parser: Parser, problems: list[str]
+) -> None:
+    if not isinstance(doc, LDict) or "per" not in doc or "window" not in doc:
+        problems.append(where.at(doc)("must be {per: [field paths], window: DURATION}"))
+        return
+    for key in doc:
+        if key not in ("per", "window"):
+            problems.append(where.unknown_key(doc, key, ("per", "window")))
+    if rule.severity == "info":
+        problems.append(where("an info rule notifies nobody: notify_once needs a higher severity"))
+    before = len(problems)
+    per = _paths(doc, "per", where, problems, parser)
+    if not per and len(problems) == before:
+        problems.append(where.key(doc, "per")("must name at least one field path"))
+    rule.notify_per = per
+    rule.notify_window = _positive(doc, "window", where, problems, duration=True)
 
 
 def _parse_peers(doc: Any, where: Where, problems: list[str]) -> dict[str, tuple[str, ...]]:
@@ -568,6 +605,8 @@ def expand_refused(rule: Rule) -> list[Rule]:
         refused=None,
         variant_of=rule.id,
     )
+    if spec.severity == "info":  # nobody is notified of it anyway
+        attempt.notify_per, attempt.notify_window = (), 0.0
     out = [base, attempt]
     if spec.count:
         gap = spec.window / spec.count

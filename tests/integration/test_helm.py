@@ -756,6 +756,41 @@ def test_rendered_config_passes_check_config(scenario: str, tmp_path: Path) -> N
     assert config.get("loki", {}).get("url") == values.get("loki", {}).get("url")
 
 
+def test_site_allow_lists_reach_the_config_and_activate_their_rules(tmp_path: Path) -> None:
+    allow = {
+        "allowedUsers": ["alice", "group:sre"],
+        "allowedImages": ["registry.example.com/", "docker.io/library/nginx:*"],
+        "allowedNamespaces": ["default", "team-*"],
+        "allowedNodes": ["worker-*"],
+    }
+    objs = objects(render_raw(merged(DEFAULT, {"detection": allow})))
+    root = tmp_path / "pod"
+    materialize_pod_filesystem(objs, root)
+    config = rooted_config(objs, root)
+    assert config["detect"]["allowed_users"] == ["alice", "group:sre"]
+    assert config["detect"]["allowed_images"] == allow["allowedImages"]
+    assert config["detect"]["allowed_namespaces"] == ["default", "team-*"]
+    assert config["detect"]["allowed_nodes"] == ["worker-*"]
+    env = pod_environment(objs)
+    result = check_config(config, tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    # the exporter reads them: the disallowed-* rules run
+    listed = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "rules", "list",
+         f"--config.file={tmp_path / 'config.yaml'}"],
+        capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("KUBE_AUDIT_")} | env,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines() if line.strip()}
+    for rule in ("disallowed-user", "disallowed-image", "disallowed-namespace-created",
+                 "disallowed-node-joined"):  # fmt: skip
+        assert "inactive" not in lines[rule], lines[rule]
+    # unset, they stay out of the config and the rules inactive
+    plain = exporter_config(objects(render_raw(DEFAULT)))
+    assert not {k for k in plain["detect"] if k.startswith("allowed_")}
+
+
 def test_check_config_notices_a_file_no_mount_provides(tmp_path: Path) -> None:
     """The check above is only as good as the pod filesystem: a credential
     key the Secret volume does not project is a missing file."""
@@ -913,6 +948,8 @@ def test_ci_scenarios_satisfy_the_schema(scenario: str) -> None:
         ({"webhook": {"tls": {"source": "vault"}}}, "/webhook/tls/source"),
         ({"serviceMonitor": {"enabled": "yes"}}, "/serviceMonitor/enabled"),
         ({"detection": {"trustedNetworks": ["office"]}}, "/detection/trustedNetworks/0"),
+        ({"detection": {"allowedUsers": "alice"}}, "/detection/allowedUsers"),
+        ({"detection": {"allowedImages": [""]}}, "/detection/allowedImages/0"),
         ({"loki": {"url": "loki:3100"}}, "/loki/url"),
         ({"loki": {"labels": ["user"]}}, "/loki/labels/0"),
         ({"config": {"lokii": {}}}, "invalid propertyName 'lokii'"),

@@ -108,6 +108,10 @@ the README's configuration reference), from the values. */}}
 {{- with $d.nodeCIDRs }}{{ $_ := set $detect "node_cidrs" . }}{{ end }}
 {{- with $d.criticalWorkloads }}{{ $_ := set $detect "critical_workloads" . }}{{ end }}
 {{- with $d.disabledRules }}{{ $_ := set $detect "disabled_rules" . }}{{ end }}
+{{- with $d.allowedUsers }}{{ $_ := set $detect "allowed_users" . }}{{ end }}
+{{- with $d.allowedImages }}{{ $_ := set $detect "allowed_images" . }}{{ end }}
+{{- with $d.allowedNamespaces }}{{ $_ := set $detect "allowed_namespaces" . }}{{ end }}
+{{- with $d.allowedNodes }}{{ $_ := set $detect "allowed_nodes" . }}{{ end }}
 {{- $_ := set $cfg "detect" $detect }}
 {{- if $v.alertmanager.urls }}
   {{- $am := dict "url" $v.alertmanager.urls }}

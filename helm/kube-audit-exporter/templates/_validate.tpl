@@ -185,7 +185,7 @@ the pod evicted, a full claim fails the writes */}}
   "loki" (list "url" "tenant" "basic_auth_user" "basic_auth_password_file" "bearer_token_file" "ca_file" "cert_file" "key_file" "labels" "writer")
   "spool" (list "dir" "max_bytes" "fsync")
   "rules" (list "file" "include_defaults")
-  "detect" (list "trusted_networks" "pod_cidrs" "node_cidrs" "critical_workloads" "disabled_rules" "alert_min_severity")
+  "detect" (list "trusted_networks" "pod_cidrs" "node_cidrs" "critical_workloads" "disabled_rules" "alert_min_severity" "allowed_users" "allowed_images" "allowed_namespaces" "allowed_nodes")
   "alertmanager" (list "url" "link_template")
   "eks" (list "log_group" "stream_prefix" "region" "endpoint_url" "checkpoint_file" "start_at" "firehose_listen_address" "firehose_path" "firehose_access_key_file" "firehose_tls_cert_file" "firehose_tls_key_file" "firehose_insecure")
   "gke" (list "subscription" "push_listen_address" "push_path" "push_audience" "push_service_account" "push_tls_cert_file" "push_tls_key_file" "push_insecure_http" "push_allow_unauthenticated")
