@@ -355,10 +355,12 @@ class LokiSink:
                 with spool.changed:
                     done, self._done = self._done, []
                 answered: list[Position] = []
+                stopped = False
                 for shard, batch, ok in done:
                     shard.busy = False
                     if not ok:
-                        return  # stopped: what is not acknowledged stays spooled
+                        stopped = True  # the other shards' answers still count
+                        continue
                     for read, i in zip(batch.reads, batch.index, strict=True):
                         read.left -= 1
                         read.answered[i] = 1
@@ -380,6 +382,8 @@ class LokiSink:
                         head = first.starts[i]
                 if head is not None or answered:
                     spool.ack(head, len(answered), answered)
+                if stopped:
+                    return  # what is not acknowledged stays spooled
                 if window_bytes < limit:
                     chunk = spool.read_chunk(cursor, min(batch_bytes, limit - window_bytes))
                     cursor = chunk.cursor
