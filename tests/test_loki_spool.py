@@ -12,6 +12,7 @@ import pytest
 
 from exporter.loki import spool as spool_mod
 from exporter.loki.spool import Spool
+from exporter.loki.spoolstate import StateFiles
 
 
 def payloads(n: int, size: int = 100, start: int = 0) -> list[bytes]:
@@ -435,9 +436,8 @@ def test_acknowledged_positions_past_the_end_never_skip_later_records(tmp_path: 
     # The acked file names record 3, the start of the next segment and one
     # far away; then record 3 is lost (a torn tail), so the next appends go
     # where record 3 was and to the start of the next segment.
-    fake = Spool(str(tmp_path / "other"))
-    fake._write_acked({records[3].start, (records[3].start[0] + 1, 0), (99, 12)})
-    (tmp_path / "other" / "acked").rename(tmp_path / "acked")
+    files = StateFiles(str(tmp_path), "always")
+    files.write_acked({records[3].start, (records[3].start[0] + 1, 0), (99, 12)})
     with open(seg, "r+b") as f:
         f.truncate(size - 10)
     s2 = Spool(str(tmp_path), segment_bytes=size)

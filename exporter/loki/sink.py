@@ -69,7 +69,8 @@ from .encode import Body
 from .entry import Entry, EntryBuilder, MetadataHook
 from .metrics import LokiMetrics
 from .settings import LokiSettings
-from .spool import Position, Spool
+from .spool import Spool
+from .spoolstate import Position
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@ Layout of the spool directory::
     acked                  records after that position Loki acknowledged too
     mark                   the last mark, once the segment holding it is gone
 
+(the last three: exporter/loki/spoolstate.py)
+
 A record is ``magic(2) | length(4) | crc32(4) | body`` with
 ``body = append time in ms (8) | payload``; the CRC covers the length and the
 body, so a torn write, a zeroed block or a bit flip is detected. After a bad
@@ -63,6 +65,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .spoolstate import Position, StateFiles
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"\xa7\x5d"
@@ -73,17 +77,11 @@ _STAMP = struct.Struct("<Q")  # append time, milliseconds since the epoch
 MARK_FLAG = 1 << 63
 MARKED_FLAG = 1 << 62
 _TIME = MARKED_FLAG - 1
-_MARK_FILE = struct.Struct("<I")  # crc32 of the mark, then the mark
 _LENGTH = struct.Struct("<I")
-_ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
-_ACKED_HEAD = struct.Struct("<II")  # crc32 of what follows, number of positions
-_ACKED_POS = struct.Struct("<QQ")  # segment, offset of one acknowledged record
 HEADER_SIZE = _HEADER.size + _STAMP.size
 MAX_RECORD = 64 << 20
 _SEGMENT_NAME = re.compile(r"^(\d{16})\.seg$")
 _READ_CHUNK = 1 << 20
-
-Position = tuple[int, int]  # (segment id, byte offset)
 
 
 class Record(NamedTuple):
@@ -263,6 +261,7 @@ class Spool:
         self._reading: tuple[str, int] | None = None
         self._read_lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
+        self._files = StateFiles(directory, fsync)
         self._recover()
 
     # --- paths ---------------------------------------------------------------
@@ -271,63 +270,15 @@ class Spool:
         return os.path.join(self.directory, f"{seg:016d}.seg")
 
     def _sync_dir(self) -> None:
-        if self.fsync == "never":
-            return
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._files.sync_dir()
+
+    def _write_ack(self, pos: Position) -> None:
+        self._files.write_ack(pos)
+
+    def _write_acked(self, positions: set[Position]) -> None:
+        self._files.write_acked(positions)
 
     # --- start-up -----------------------------------------------------------
-
-    def _read_ack(self) -> Position | None:
-        try:
-            with open(os.path.join(self.directory, "ack"), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        if len(data) != _ACK.size:
-            log.warning(
-                "spool ack file is damaged; resending everything", extra={"dir": self.directory}
-            )
-            return None
-        seg, off, crc = _ACK.unpack(data)
-        if zlib.crc32(data[:16]) != crc:
-            log.warning(
-                "spool ack file is damaged; resending everything", extra={"dir": self.directory}
-            )
-            return None
-        return seg, off
-
-    def _read_mark(self) -> bytes | None:
-        try:
-            with open(os.path.join(self.directory, "mark"), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        if (
-            len(data) < _MARK_FILE.size
-            or zlib.crc32(data[_MARK_FILE.size :]) != (_MARK_FILE.unpack_from(data)[0])
-        ):
-            log.warning("spool mark file is damaged; ignoring it", extra={"dir": self.directory})
-            return None
-        return data[_MARK_FILE.size :]
-
-    def _write_mark(self, mark: bytes) -> None:
-        self._replace("mark", _MARK_FILE.pack(zlib.crc32(mark)) + mark)
-
-    def _replace(self, name: str, data: bytes) -> None:
-        """Replace the small file ``name`` atomically (durably, per the policy)."""
-        path = os.path.join(self.directory, name)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync != "never":
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._sync_dir()
 
     def _recover(self) -> None:
         segs = sorted(
@@ -335,8 +286,8 @@ class Spool:
             for name in os.listdir(self.directory)
             if (m := _SEGMENT_NAME.match(name)) is not None
         )
-        ack = self._read_ack()
-        answered = self._read_acked()
+        ack = self._files.read_ack()
+        answered = self._files.read_acked()
         skip: set[Position] = set()
         if ack is not None:
             for seg in [s for s in segs if s < ack[0]]:
@@ -396,7 +347,7 @@ class Spool:
             segs = self._cut(run, segs, skip)
         self._recover_acked(answered, skip)
         if self._mark is None:
-            self._mark = self._read_mark()
+            self._mark = self._files.read_mark()
             self._mark_saved = True
         if segs:
             first = segs[0]
@@ -431,33 +382,6 @@ class Spool:
                 "spool: records Loki answered for before the restart are not sent again",
                 extra={"dir": self.directory, "entries": len(skip)},
             )
-
-    def _read_acked(self) -> set[Position]:
-        try:
-            with open(os.path.join(self.directory, "acked"), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return set()
-        if len(data) >= _ACKED_HEAD.size:
-            crc, n = _ACKED_HEAD.unpack_from(data)
-            body = data[_ACKED_HEAD.size :]
-            if len(body) == n * _ACKED_POS.size and zlib.crc32(data[4:]) == crc:
-                return {
-                    (seg, off)
-                    for seg, off in (
-                        _ACKED_POS.unpack_from(body, i * _ACKED_POS.size) for i in range(n)
-                    )
-                }
-        log.warning(
-            "spool acked file is damaged; resending the records it named",
-            extra={"dir": self.directory},
-        )
-        return set()
-
-    def _write_acked(self, positions: set[Position]) -> None:
-        flat = [x for pos in sorted(positions) for x in pos]
-        rest = struct.pack(f"<I{len(flat)}Q", len(positions), *flat)
-        self._replace("acked", struct.pack("<I", zlib.crc32(rest)) + rest)
 
     def _cut(self, run: _Run, segs: list[int], skip: set[Position]) -> list[int]:
         """Cut off ``run``, entries at the end of the spool without their
@@ -914,7 +838,7 @@ class Spool:
                 if mark is not None:
                     # The newest mark may be in a segment about to go; saved
                     # before the ack file, whose start-up deletes them unread.
-                    self._write_mark(mark)
+                    self._files.write_mark(mark)
                     with self._lock:
                         if self._mark is mark:
                             self._mark_saved = True
@@ -932,10 +856,6 @@ class Spool:
                 self._oldest = None
                 self._oldest_known = self._entries == 0
                 self.changed.notify_all()
-
-    def _write_ack(self, pos: Position) -> None:
-        data = _ACK.pack(pos[0], pos[1], 0)
-        self._replace("ack", data[:16] + struct.pack("<I", zlib.crc32(data[:16])))
 
     def _peek_ts(self, pos: Position) -> float | None:
         seg, off = pos
