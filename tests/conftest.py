@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -7,7 +8,9 @@ from types import ModuleType
 import pytest
 
 from exporter.detect.noise import find_corpora
-from tests.loki_receiver import LokiReceiver, compile_push_proto
+from exporter.loki import LokiSink
+from tests.loki_receiver import LokiReceiver, OtlpReceiver, compile_push_proto
+from tests.tlsutil import PKI, make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,3 +38,34 @@ def loki(push_pb2: ModuleType) -> Iterator[LokiReceiver]:
     receiver = LokiReceiver(push_pb2)
     yield receiver
     receiver.close()
+
+
+@pytest.fixture
+def tls_loki(push_pb2: ModuleType, tmp_path: Path) -> Iterator[tuple[LokiReceiver, PKI]]:
+    """The Loki receiver behind TLS that wants a client certificate (as a
+    proxy in front of Loki may), with the PKI to trust and present."""
+    pki = make_pki(tmp_path / "pki")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.server.cert_file), str(pki.server.key_file))
+    ctx.load_verify_locations(str(pki.ca.cert_file))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    receiver = LokiReceiver(push_pb2, ssl_context=ctx)
+    yield receiver, pki
+    receiver.close()
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    """An OTLP/HTTP logs endpoint on loopback."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[LokiSink]]:
+    """Loki (and OTLP) sinks a test opened; stopped at the end whatever happened."""
+    opened: list[LokiSink] = []
+    yield opened
+    for s in opened:
+        s.close(timeout=0.5)

@@ -72,3 +72,24 @@ def expected_ts_ns(obj: dict[str, object]) -> int:
     seconds = int(datetime.strptime(head[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
     digits = rest.rstrip("Zz")
     return seconds * 1_000_000_000 + (int(digits.ljust(9, "0")) if digits else 0)
+
+
+# Kinds whose bodies carry secret values: what redaction is tested on.
+SECRET_KINDS = (b'"Secret"', b'"SecretList"', b'"TokenRequest"', b'"TokenReview"')
+
+
+def unique_events(corpora: Path, n: int) -> list[AuditEvent]:
+    """The first ``n`` perfspec events with distinct (auditID, stage)."""
+    path = corpora / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log"
+    decoder = Decoder()
+    out: list[AuditEvent] = []
+    seen: set[tuple[str, str]] = set()
+    with open(path, "rb") as f:
+        for line in f:
+            ev = decoder.decode_line(line)
+            if (ev.audit_id, ev.stage) not in seen:
+                seen.add((ev.audit_id, ev.stage))
+                out.append(ev)
+                if len(out) == n:
+                    break
+    return out

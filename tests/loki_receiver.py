@@ -23,6 +23,11 @@ pkg/ingester/stream.go, pkg/chunkenc):
   errors are reported (up to ``max_returned_errors`` lines and a total);
 - ``blocked_until``: 260 for every push (Loki 3.2+ blocked ingestion);
 - ``not_found_until``: 404 until that monotonic time (a gateway in a rollout).
+
+:class:`OtlpReceiver`, on the same loopback server, takes OTLP/HTTP logs
+(Loki's ``/otlp/v1/logs`` or a collector's) and decodes them with
+opentelemetry-proto's generated classes, independently of the exporter's
+hand-written encoder.
 """
 
 from __future__ import annotations
@@ -161,7 +166,46 @@ def parse_selector(text: str) -> list[tuple[str, str]]:
     return out
 
 
-# --- the receiver ---------------------------------------------------------------------
+# --- the loopback server both receivers run on ---------------------------------------
+
+
+class LoopbackServer:
+    """An HTTP/1.1 server on a free loopback port (TLS with ``ssl_context``)
+    that hands every POST to ``handle``, each on its own daemon thread."""
+
+    def __init__(
+        self,
+        handle: Callable[[BaseHTTPRequestHandler], None],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                handle(self)
+
+        self.tls = ssl_context is not None
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- the Loki receiver ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -197,7 +241,6 @@ Action = int | str
 class LokiReceiver:
     def __init__(self, pb2: ModuleType, ssl_context: ssl.SSLContext | None = None) -> None:
         self.pb2 = pb2
-        self.tls = ssl_context is not None
         self.lock = threading.Lock()
         self.received: list[Received] = []
         self.requests: list[Request] = []
@@ -221,28 +264,12 @@ class LokiReceiver:
         # Answers "trickle": headers, then the body a byte at a time, every
         # trickle_interval seconds, until released.
         self.trickle_interval = 0.05
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                receiver._handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        if ssl_context is not None:
-            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        # Through a lambda: a subclass may override _handle.
+        self.http = LoopbackServer(lambda h: self._handle(h), ssl_context)
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        return self.http.base_url
 
     def release(self) -> None:
         """Answer every held request, and hold no more."""
@@ -250,8 +277,7 @@ class LokiReceiver:
 
     def close(self) -> None:
         self.release()
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
     # --- views -----------------------------------------------------------
 
@@ -500,6 +526,72 @@ def _go_time(ts_ns: int) -> str:
 
 def _rfc3339(ts_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts_ns // 1_000_000_000))
+
+
+class OtlpReceiver:
+    """POST /otlp/v1/logs (Loki's path) on loopback: every log record with
+    its resource attributes; scripted statuses first, and ``partial``
+    records of the next accepted request refused as a partial success."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: list[tuple[dict[str, str], Any]] = []
+        self.requests: list[tuple[str, int]] = []  # (path, status)
+        self.script: deque[int] = deque()
+        self.partial: int = 0  # rejected_log_records to answer once
+        self.http = LoopbackServer(self._handle)
+
+    @property
+    def url(self) -> str:
+        return self.http.base_url + "/otlp"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.records)
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        from google.protobuf import json_format
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+        body = h.rfile.read(int(h.headers.get("Content-Length", "0")))
+        with self.lock:
+            status = self.script.popleft() if self.script else 200
+            partial = 0
+            if status == 200:
+                partial, self.partial = self.partial, 0
+        if status == 200:
+            if h.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            msg = logs_service_pb2.ExportLogsServiceRequest()
+            if h.headers.get("Content-Type", "") == "application/json":
+                json_format.Parse(body, msg)  # strict: unknown fields fail
+            else:
+                msg.ParseFromString(body)
+            got = []
+            for rl in msg.resource_logs:
+                resource = {a.key: a.value.string_value for a in rl.resource.attributes}
+                for sl in rl.scope_logs:
+                    assert sl.scope.name == "kube-audit-exporter"
+                    got += [(resource, r) for r in sl.log_records]
+            with self.lock:
+                self.records += got[partial:]
+        with self.lock:
+            self.requests.append((h.path, status))
+        answer = b""
+        if status == 200:
+            response = logs_service_pb2.ExportLogsServiceResponse()
+            if partial:
+                response.partial_success.rejected_log_records = partial
+                response.partial_success.error_message = "dropped"
+            answer = response.SerializeToString()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/x-protobuf")
+        h.send_header("Content-Length", str(len(answer)))
+        h.end_headers()
+        h.wfile.write(answer)
 
 
 def basic_auth(user: str, password: str) -> str:

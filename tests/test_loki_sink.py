@@ -7,14 +7,11 @@ import copy
 import logging
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -26,13 +23,18 @@ from exporter.logs import LogfmtFormatter
 from exporter.loki import LokiSettings, LokiSink
 from exporter.loki import sink as sink_mod
 from exporter.metrics import AuditMetrics
-from tests.loki_corpus import CorpusEvent, corpus_events, expected_ts_ns
+from tests.loki_corpus import (
+    SECRET_KINDS,
+    CorpusEvent,
+    corpus_events,
+    expected_ts_ns,
+    unique_events,
+)
 from tests.loki_receiver import LokiReceiver, basic_auth, wait_for
-from tests.tlsutil import PKI, make_pki
+from tests.sinks import CLUSTER, open_sink, sink_settings
+from tests.tlsutil import PKI
 
-CLUSTER = "test-cluster"
 FALCO = "falco-k8s-audit-trace-files"
-SECRET_KINDS = (b'"Secret"', b'"SecretList"', b'"TokenRequest"', b'"TokenReview"')
 
 
 class Clock:
@@ -44,31 +46,7 @@ class Clock:
 
 
 def settings(tmp_path: Path, loki: LokiReceiver, **kw: Any) -> LokiSettings:
-    base: dict[str, Any] = {
-        "url": loki.url,
-        "spool_dir": str(tmp_path / "spool"),
-        "cluster": CLUSTER,
-        "batch_wait": 0.02,
-        "backoff_min": 0.01,
-        "backoff_max": 0.05,
-    }
-    base.update(kw)
-    return LokiSettings(**base)
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[LokiSink]]:
-    """Sinks a test opened; stopped at the end whatever happened."""
-    opened: list[LokiSink] = []
-    yield opened
-    for s in opened:
-        s.close(timeout=0.5)
-
-
-def open_sink(sinks: list[LokiSink], s: LokiSettings, **kw: Any) -> LokiSink:
-    sink = LokiSink(s, **kw)
-    sinks.append(sink)
-    return sink
+    return sink_settings(tmp_path, loki.url, **kw)
 
 
 def submit_all(sink: LokiSink, events: list[AuditEvent], batch: int = 400) -> None:
@@ -315,22 +293,6 @@ def test_secret_values_reach_neither_loki_nor_the_logs(
 
 
 # --- delivery ------------------------------------------------------------------------
-
-
-def unique_events(corpora: Path, n: int) -> list[AuditEvent]:
-    path = corpora / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log"
-    decoder = Decoder()
-    out: list[AuditEvent] = []
-    seen: set[tuple[str, str]] = set()
-    with open(path, "rb") as f:
-        for line in f:
-            ev = decoder.decode_line(line)
-            if (ev.audit_id, ev.stage) not in seen:
-                seen.add((ev.audit_id, ev.stage))
-                out.append(ev)
-                if len(out) == n:
-                    break
-    return out
 
 
 def test_429_and_500_storm_loses_and_duplicates_nothing(
@@ -728,18 +690,6 @@ def test_oversized_event_arrives_shrunk_and_marked(
 
 
 # --- TLS -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tls_loki(push_pb2: ModuleType, tmp_path: Path) -> Iterator[tuple[LokiReceiver, PKI]]:
-    pki = make_pki(tmp_path / "pki")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(pki.server.cert_file), str(pki.server.key_file))
-    ctx.load_verify_locations(str(pki.ca.cert_file))
-    ctx.verify_mode = ssl.CERT_REQUIRED  # Loki behind a proxy that wants client certificates
-    receiver = LokiReceiver(push_pb2, ssl_context=ctx)
-    yield receiver, pki
-    receiver.close()
 
 
 def test_tls_with_a_private_ca_and_a_client_certificate(

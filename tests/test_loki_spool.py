@@ -12,6 +12,7 @@ import pytest
 
 from exporter.loki import spool as spool_mod
 from exporter.loki.spool import Spool
+from exporter.loki.spoolstate import StateFiles
 
 
 def payloads(n: int, size: int = 100, start: int = 0) -> list[bytes]:
@@ -358,3 +359,113 @@ def test_a_batch_cut_before_its_mark_is_cut_off_across_segments(tmp_path: Path) 
     assert drain(s2) == payloads(5)
     assert s2.append(payloads(20, start=5), b"mark-2")
     assert drain(s2) == payloads(20, start=5)
+
+
+# --- records acknowledged ahead of the head (parallel pushes) -----------------
+
+
+def ack_ahead(s: Spool, n: int = 10, head: int = 2, ahead: tuple[int, ...] = (3, 6, 7)) -> None:
+    """Append ``n`` records; acknowledge the first ``head`` as the head and
+    the ``ahead`` ones out of order, as parallel pushes answer them."""
+    assert s.append(payloads(n))
+    records, _ = s.read(s.head(), 1 << 20)
+    assert len(records) == n
+    s.ack(records[head - 1].end, head + len(ahead), [records[i].start for i in ahead])
+
+
+def test_a_restart_skips_records_acknowledged_ahead_of_the_head(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    ack_ahead(s)
+    assert s.stats().entries == 5
+    # kill -9: no close().
+    s2 = Spool(str(tmp_path), segment_bytes=1 << 20)
+    assert s2.stats().entries == 5
+    expected = [p for i, p in enumerate(payloads(10)) if i not in (0, 1, 3, 6, 7)]
+    chunk = s2.read_chunk(s2.head(), 1 << 20)
+    assert chunk.payloads == expected
+    assert chunk.skipped == 3
+    # The chunk ends after the last record, skipped or not: acknowledging it
+    # empties the spool, and the next start finds nothing.
+    assert chunk.end is not None
+    s2.ack(chunk.end, len(chunk.payloads))
+    assert s2.empty()
+    assert drain(Spool(str(tmp_path), segment_bytes=1 << 20)) == []
+
+
+def test_records_acknowledged_ahead_stay_acknowledged_over_two_restarts(tmp_path: Path) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    ack_ahead(s)
+    s2 = Spool(str(tmp_path), segment_bytes=1 << 20)
+    # The second lifetime answers for record 4 only, then dies too: the first
+    # lifetime's answers must not be forgotten when it writes its own.
+    chunk = s2.read_chunk(s2.head(), 1 << 20)
+    assert chunk.payloads[1] == payloads(10)[4]
+    s2.ack(None, 1, [chunk.starts[1]])
+    s3 = Spool(str(tmp_path), segment_bytes=1 << 20)
+    assert drain(s3) == [payloads(10)[i] for i in (2, 5, 8, 9)]
+
+
+def test_a_damaged_acked_file_resends_those_records_and_keeps_the_head(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    ack_ahead(s)
+    acked = tmp_path / "acked"
+    data = acked.read_bytes()
+    caplog.set_level(logging.WARNING)
+    for torn in (data[: len(data) - 5], data[:3], data[:-1] + bytes([data[-1] ^ 1])):
+        acked.write_bytes(torn)  # a torn write, or a flipped bit
+        s2 = Spool(str(tmp_path), segment_bytes=1 << 20)
+        assert "acked file is damaged" in caplog.text
+        caplog.clear()
+        # At least once: what it named comes again; the head still holds.
+        assert s2.stats().entries == 8
+        records, _ = s2.read(s2.head(), 1 << 20)
+        assert [r.payload for r in records] == payloads(10)[2:]
+
+
+def test_acknowledged_positions_past_the_end_never_skip_later_records(tmp_path: Path) -> None:
+    # Four records fill a segment exactly.
+    size = 4 * (100 + spool_mod.HEADER_SIZE)
+    s = Spool(str(tmp_path), segment_bytes=size)
+    assert s.append(payloads(4))
+    records, _ = s.read(s.head(), 1 << 20)
+    s.close()
+    seg = segments(tmp_path)[-1]
+    assert seg.stat().st_size == size
+    # The acked file names record 3, the start of the next segment and one
+    # far away; then record 3 is lost (a torn tail), so the next appends go
+    # where record 3 was and to the start of the next segment.
+    files = StateFiles(str(tmp_path), "always")
+    files.write_acked({records[3].start, (records[3].start[0] + 1, 0), (99, 12)})
+    with open(seg, "r+b") as f:
+        f.truncate(size - 10)
+    s2 = Spool(str(tmp_path), segment_bytes=size)
+    assert s2.stats().entries == 3
+    assert s2.append(payloads(2, start=100))
+    assert len(segments(tmp_path)) == 2
+    s2.close()
+    s3 = Spool(str(tmp_path), segment_bytes=size)
+    assert drain(s3) == [*payloads(3), *payloads(2, start=100)]
+
+
+def test_acknowledging_ahead_writes_the_acked_file_only_when_it_gains_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    assert s.append(payloads(6))
+    records, _ = s.read(s.head(), 1 << 20)
+    written: list[set[tuple[int, int]]] = []
+    real = Spool._write_acked
+
+    def spy(self: Spool, positions: set[tuple[int, int]]) -> None:
+        written.append(set(positions))
+        real(self, positions)
+
+    monkeypatch.setattr(Spool, "_write_acked", spy)
+    s.ack(records[0].end, 1)  # in order: no acked file
+    s.ack(None, 1, [records[2].start])
+    s.ack(records[2].end, 1, [records[1].start])  # behind the new head: nothing to add
+    s.ack(None, 1, [records[4].start])
+    assert written == [{records[2].start}, {records[4].start}]
+    assert s.stats().entries == 2

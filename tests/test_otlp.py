@@ -1,21 +1,15 @@
-"""The OTLP logs output end to end, against an OTLP/HTTP receiver that
-decodes with opentelemetry-proto's generated classes (protobuf and the
-OTLP/JSON mapping), independently of the exporter's hand-written encoder."""
+"""The OTLP logs output end to end, against the OTLP/HTTP receiver of
+tests/loki_receiver.py, which decodes with opentelemetry-proto's generated
+classes (protobuf and the OTLP/JSON mapping), independently of the
+exporter's hand-written encoder."""
 
 from __future__ import annotations
 
-import gzip
-import threading
-from collections import deque
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from google.protobuf import json_format
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load, otlp_settings
@@ -23,116 +17,13 @@ from exporter.event import AuditEvent
 from exporter.loki import LokiSettings, LokiSink
 from exporter.metrics import AuditMetrics
 from exporter.otlp import otlp_sink
-from tests.loki_corpus import expected_ts_ns
-from tests.test_loki_sink import SECRET_KINDS, unique_events
-
-CLUSTER = "test-cluster"
-
-
-class OtlpReceiver:
-    """POST /otlp/v1/logs (Loki's path) on loopback: every log record with
-    its resource attributes; scripted statuses first."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.records: list[tuple[dict[str, str], Any]] = []
-        self.requests: list[tuple[str, int]] = []  # (path, status)
-        self.script: deque[int] = deque()
-        self.partial: int = 0  # rejected_log_records to answer once
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                receiver._handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/otlp"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.records)
-
-    def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        body = h.rfile.read(int(h.headers.get("Content-Length", "0")))
-        with self.lock:
-            status = self.script.popleft() if self.script else 200
-            partial = 0
-            if status == 200:
-                partial, self.partial = self.partial, 0
-        ctype = h.headers.get("Content-Type", "")
-        if status == 200:
-            if h.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            msg = logs_service_pb2.ExportLogsServiceRequest()
-            if ctype == "application/json":
-                json_format.Parse(body, msg)  # strict: unknown fields fail
-            else:
-                msg.ParseFromString(body)
-            got = []
-            for rl in msg.resource_logs:
-                resource = {a.key: a.value.string_value for a in rl.resource.attributes}
-                for sl in rl.scope_logs:
-                    assert sl.scope.name == "kube-audit-exporter"
-                    got += [(resource, r) for r in sl.log_records]
-            with self.lock:
-                self.records += got[partial:]
-        with self.lock:
-            self.requests.append((h.path, status))
-        answer = b""
-        if status == 200:
-            response = logs_service_pb2.ExportLogsServiceResponse()
-            if partial:
-                response.partial_success.rejected_log_records = partial
-                response.partial_success.error_message = "dropped"
-            answer = response.SerializeToString()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/x-protobuf")
-        h.send_header("Content-Length", str(len(answer)))
-        h.end_headers()
-        h.wfile.write(answer)
-
-
-@pytest.fixture
-def otlp() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[LokiSink]]:
-    opened: list[LokiSink] = []
-    yield opened
-    for s in opened:
-        s.close(timeout=0.5)
+from tests.loki_corpus import SECRET_KINDS, expected_ts_ns, unique_events
+from tests.loki_receiver import OtlpReceiver
+from tests.sinks import CLUSTER, sink_settings
 
 
 def settings(tmp_path: Path, otlp: OtlpReceiver, **kw: Any) -> LokiSettings:
-    base: dict[str, Any] = {
-        "protocol": "otlp",
-        "url": otlp.url,
-        "spool_dir": str(tmp_path / "spool" / "otlp"),
-        "cluster": CLUSTER,
-        "batch_wait": 0.02,
-        "backoff_min": 0.01,
-        "backoff_max": 0.05,
-    }
-    base.update(kw)
-    return LokiSettings(**base)
+    return sink_settings(tmp_path, otlp.url, "spool/otlp", **{"protocol": "otlp", **kw})
 
 
 def attributes(record: Any) -> dict[str, Any]:

@@ -12,8 +12,12 @@ Alloy's loki.write shards its queue). Each shard cuts its batches at
 ``batch_bytes`` or after ``batch_wait`` and pushes them from its own
 thread, one at a time, so one stream's entries reach Loki in spool order
 while other streams' pushes are in flight beside it. The spool is
-acknowledged up to the first record not yet answered for: nothing leaves
-it before Loki has answered for it. What each answer means:
+acknowledged up to the first record not yet answered for, and the records
+after it that were answered for are acknowledged one by one (the spool's
+``acked`` file): nothing leaves it before Loki has answered for it, and
+after a kill -9 only the records whose answer came after the last ack
+are sent again (at most the ``parallelism`` pushes in flight). What each
+answer means:
 
 - 2xx: sent. A 2xx can hide refused entries (Loki's ingester reports only
   the last stream's error), so the refusal counts are a lower bound.
@@ -65,7 +69,8 @@ from .encode import Body
 from .entry import Entry, EntryBuilder, MetadataHook
 from .metrics import LokiMetrics
 from .settings import LokiSettings
-from .spool import Position, Spool
+from .spool import Spool
+from .spoolstate import Position
 
 log = logging.getLogger(__name__)
 
@@ -350,31 +355,48 @@ class LokiSink:
                 spool.sync_if_due()
                 with spool.changed:
                     done, self._done = self._done, []
+                answered: list[Position] = []
+                stopped = False
                 for shard, batch, ok in done:
                     shard.busy = False
                     if not ok:
-                        return  # stopped: what is not acknowledged stays spooled
-                    for read in batch.reads:
+                        stopped = True  # the other shards' answers still count
+                        continue
+                    for read, i in zip(batch.reads, batch.index, strict=True):
                         read.left -= 1
-                count, end, now = 0, None, self.clock()
+                        read.answered[i] = 1
+                        answered.append(read.starts[i])
+                head: Position | None = None
+                now = self.clock()
                 while window and window[0].left == 0:
                     read = window.popleft()
-                    count += read.count
-                    end = read.end
+                    head = read.end
                     window_bytes -= read.nbytes
-                    self.stats.latency(max(0.0, now - read.first_ts), read.count)
-                if end is not None:
-                    spool.ack(end, count)
+                    if read.count:
+                        self.stats.latency(max(0.0, now - read.first_ts), read.count)
+                if window and answered:
+                    # Up to the first record of the oldest read not yet answered for.
+                    first = window[0]
+                    i = first.answered.find(0, first.open)
+                    if i > 0:
+                        first.open = i
+                        head = first.starts[i]
+                if head is not None or answered:
+                    spool.ack(head, len(answered), answered)
+                if stopped:
+                    return  # what is not acknowledged stays spooled
                 if window_bytes < limit:
                     chunk = spool.read_chunk(cursor, min(batch_bytes, limit - window_bytes))
                     cursor = chunk.cursor
-                    if chunk.payloads and chunk.end is not None and chunk.first_ts is not None:
+                    if chunk.end is not None and (chunk.payloads or chunk.skipped):
                         nbytes = sum(map(len, chunk.payloads))
-                        read = _Read(chunk.end, len(chunk.payloads), chunk.first_ts, nbytes)
+                        read = _Read(chunk.end, chunk.starts, chunk.first_ts or 0.0, nbytes)
                         window.append(read)
                         window_bytes += nbytes
-                        if len(shards) == 1:
-                            shards[0].add(chunk.payloads, read)
+                        if not chunk.payloads:
+                            pass  # only records answered for before a restart
+                        elif len(shards) == 1:
+                            shards[0].add(chunk.payloads, read, list(range(read.count)))
                         else:
                             self._route(chunk.payloads, read, shards, route)
                 flush = self._closing or self._draining > 0
@@ -411,8 +433,8 @@ class LokiSink:
     ) -> None:
         """Each record to its stream's shard (remembered in ``route``)."""
         stream = self.codec.stream
-        groups: dict[_Shard, list[bytes]] = {}
-        for payload in payloads:
+        groups: dict[_Shard, tuple[list[bytes], list[int]]] = {}
+        for i, payload in enumerate(payloads):
             key = stream(payload)
             to = route.get(key)
             if to is None:
@@ -421,11 +443,12 @@ class LokiSink:
                 to = route[key] = shards[zlib.crc32(key) % len(shards)]
             group = groups.get(to)
             if group is None:
-                groups[to] = [payload]
+                groups[to] = ([payload], [i])
             else:
-                group.append(payload)
-        for to, group in groups.items():
-            to.add(group, read)
+                group[0].append(payload)
+                group[1].append(i)
+        for to, (records, index) in groups.items():
+            to.add(records, read, index)
 
     def _settle(self, entries: list[bytes], client: c.LokiClient) -> bool:
         """Push ``entries`` until Loki has answered for every one (sent,
@@ -617,25 +640,30 @@ _CREDENTIALS = ("unauthorized", "forbidden")
 
 
 class _Read:
-    """Records read from the spool together: acknowledged once every one of
-    them has been answered for, and all reads before them."""
+    """Records read from the spool together (a chunk): acknowledged up to
+    the first of them not yet answered for once all reads before them are,
+    and the ones after it that were answered for one by one."""
 
-    __slots__ = ("count", "end", "first_ts", "left", "nbytes")
+    __slots__ = ("answered", "count", "end", "first_ts", "left", "nbytes", "open", "starts")
 
-    def __init__(self, end: Position, count: int, first_ts: float, nbytes: int) -> None:
-        self.end = end
-        self.count = count
+    def __init__(self, end: Position, starts: list[Position], first_ts: float, nbytes: int) -> None:
+        self.end = end  # after the last record (or the last one skipped)
+        self.starts = starts  # where each record starts
+        self.count = len(starts)
         self.first_ts = first_ts
         self.nbytes = nbytes
-        self.left = count
+        self.left = self.count
+        self.answered = bytearray(self.count)  # 1 once Loki answered for it
+        self.open = 0  # no record before this one is still unanswered
 
 
 class _Batch:
-    __slots__ = ("reads", "records")
+    __slots__ = ("index", "reads", "records")
 
-    def __init__(self, records: list[bytes], reads: list[_Read]) -> None:
+    def __init__(self, records: list[bytes], reads: list[_Read], index: list[int]) -> None:
         self.records = records
         self.reads = reads  # the read of each record
+        self.index = index  # and its place in that read
 
 
 class _Shard:
@@ -648,6 +676,7 @@ class _Shard:
         self.client = client
         self.pending: list[bytes] = []
         self.reads: list[_Read] = []
+        self.index: list[int] = []
         self.pending_bytes = 0
         self.first_ts = 0.0
         self.busy = False
@@ -657,12 +686,13 @@ class _Shard:
         )
         self._thread.start()
 
-    def add(self, records: list[bytes], read: _Read) -> None:
-        """Records of one spool read, in spool order."""
+    def add(self, records: list[bytes], read: _Read, index: list[int]) -> None:
+        """Records of one spool read, in spool order, and their places in it."""
         if not self.pending:
             self.first_ts = read.first_ts
         self.pending += records
         self.reads += [read] * len(records)
+        self.index += index
         self.pending_bytes += sum(map(len, records))
 
     def start(self, max_bytes: int) -> None:
@@ -674,9 +704,10 @@ class _Shard:
                 break
             size += len(record)
             n += 1
-        batch = _Batch(self.pending[:n], self.reads[:n])
+        batch = _Batch(self.pending[:n], self.reads[:n], self.index[:n])
         del self.pending[:n]
         del self.reads[:n]
+        del self.index[:n]
         self.pending_bytes -= size
         if self.pending:
             self.first_ts = self.reads[0].first_ts

@@ -5,7 +5,10 @@ Layout of the spool directory::
     0000000000000001.seg   segment files, records appended in order
     0000000000000002.seg
     ack                    position up to which Loki acknowledged everything
+    acked                  records after that position Loki acknowledged too
     mark                   the last mark, once the segment holding it is gone
+
+(the last three: exporter/loki/spoolstate.py)
 
 A record is ``magic(2) | length(4) | crc32(4) | body`` with
 ``body = append time in ms (8) | payload``; the CRC covers the length and the
@@ -28,8 +31,16 @@ rename), so acknowledging everything does not lose it.
 
 Entries leave the spool only through :meth:`Spool.ack`, after Loki answered
 for their batch: the ack position is written to ``ack`` (write, fsync,
-rename) before whole segments behind it are deleted. Everything after it is
-read again on the next start, so delivery is at least once.
+rename) before whole segments behind it are deleted. Parallel pushes
+answer records out of order: the positions of records after the ack
+position that Loki answered for already are written to ``acked`` (write,
+fsync, rename; after ``ack``, so that a crash between the two costs only
+resending those records). On the next start the reader skips them, and
+everything else after the ack position is read again: a record is resent
+only when Loki answered for it after the last ack was written. A damaged
+``acked`` file is ignored (its records are resent); positions in it that
+are not the start of a record in the spool (the spool was cut, or
+emptied and started again) are dropped at start-up, before any append.
 
 Thread safety: writers (the pipeline), one reader (the sender thread), and
 scrapes reading :meth:`stats`. The spool's state is under one lock; the
@@ -50,9 +61,11 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from .spoolstate import Position, StateFiles
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +77,11 @@ _STAMP = struct.Struct("<Q")  # append time, milliseconds since the epoch
 MARK_FLAG = 1 << 63
 MARKED_FLAG = 1 << 62
 _TIME = MARKED_FLAG - 1
-_MARK_FILE = struct.Struct("<I")  # crc32 of the mark, then the mark
 _LENGTH = struct.Struct("<I")
-_ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
 HEADER_SIZE = _HEADER.size + _STAMP.size
 MAX_RECORD = 64 << 20
 _SEGMENT_NAME = re.compile(r"^(\d{16})\.seg$")
 _READ_CHUNK = 1 << 20
-
-Position = tuple[int, int]  # (segment id, byte offset)
 
 
 class Record(NamedTuple):
@@ -81,18 +90,24 @@ class Record(NamedTuple):
     # The position just after this record: acknowledging it acknowledges
     # this record and all before it.
     end: Position
+    # Where it starts: what :meth:`Spool.ack` takes to acknowledge this
+    # record alone, ahead of the records before it.
+    start: Position
 
 
 class Chunk(NamedTuple):
     """Records read for a batch, without a Record per entry (the sender's
-    read): their payloads, when the first was appended and the position
-    just after the last (None and None when there were none), and the
-    position to read on from."""
+    read): their payloads and start positions, when the first was appended,
+    the position just after the last record read or skipped (None when
+    there was none), the position to read on from, and how many records
+    were skipped because Loki had answered for them before a restart."""
 
     payloads: list[bytes]
+    starts: list[Position]
     first_ts: float | None
     end: Position | None
     cursor: Position
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +231,11 @@ class Spool:
         self.changed = threading.Condition(self._lock)
         self._sizes: dict[int, int] = {}  # segment id -> committed size, in id order
         self._ack: Position = (0, 0)
+        # Starts of records after _ack that Loki answered for (the acked file).
+        self._acked: set[Position] = set()
+        # Those of them found at start-up: the reader skips them. Replaced,
+        # never changed in place, so a reader may use the one it took.
+        self._skip: frozenset[Position] = frozenset()
         self._entries = 0
         self._corrupt = 0
         self._known_bad: dict[Position, int] = {}  # start -> end of damage already counted
@@ -241,6 +261,7 @@ class Spool:
         self._reading: tuple[str, int] | None = None
         self._read_lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
+        self._files = StateFiles(directory, fsync)
         self._recover()
 
     # --- paths ---------------------------------------------------------------
@@ -249,63 +270,15 @@ class Spool:
         return os.path.join(self.directory, f"{seg:016d}.seg")
 
     def _sync_dir(self) -> None:
-        if self.fsync == "never":
-            return
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._files.sync_dir()
+
+    def _write_ack(self, pos: Position) -> None:
+        self._files.write_ack(pos)
+
+    def _write_acked(self, positions: set[Position]) -> None:
+        self._files.write_acked(positions)
 
     # --- start-up -----------------------------------------------------------
-
-    def _read_ack(self) -> Position | None:
-        try:
-            with open(os.path.join(self.directory, "ack"), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        if len(data) != _ACK.size:
-            log.warning(
-                "spool ack file is damaged; resending everything", extra={"dir": self.directory}
-            )
-            return None
-        seg, off, crc = _ACK.unpack(data)
-        if zlib.crc32(data[:16]) != crc:
-            log.warning(
-                "spool ack file is damaged; resending everything", extra={"dir": self.directory}
-            )
-            return None
-        return seg, off
-
-    def _read_mark(self) -> bytes | None:
-        try:
-            with open(os.path.join(self.directory, "mark"), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        if (
-            len(data) < _MARK_FILE.size
-            or zlib.crc32(data[_MARK_FILE.size :]) != (_MARK_FILE.unpack_from(data)[0])
-        ):
-            log.warning("spool mark file is damaged; ignoring it", extra={"dir": self.directory})
-            return None
-        return data[_MARK_FILE.size :]
-
-    def _write_mark(self, mark: bytes) -> None:
-        self._replace("mark", _MARK_FILE.pack(zlib.crc32(mark)) + mark)
-
-    def _replace(self, name: str, data: bytes) -> None:
-        """Replace the small file ``name`` atomically (durably, per the policy)."""
-        path = os.path.join(self.directory, name)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync != "never":
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._sync_dir()
 
     def _recover(self) -> None:
         segs = sorted(
@@ -313,7 +286,9 @@ class Spool:
             for name in os.listdir(self.directory)
             if (m := _SEGMENT_NAME.match(name)) is not None
         )
-        ack = self._read_ack()
+        ack = self._files.read_ack()
+        answered = self._files.read_acked()
+        skip: set[Position] = set()
         if ack is not None:
             for seg in [s for s in segs if s < ack[0]]:
                 os.unlink(self._path(seg))
@@ -333,6 +308,9 @@ class Spool:
                     if item.flags & MARK_FLAG:
                         self._mark = item.payload
                         self._mark_saved = False
+                        continue
+                    if (seg, item.start) in answered:
+                        skip.add((seg, item.start))
                         continue
                     self._entries += 1
                     if self._oldest is None:
@@ -366,9 +344,10 @@ class Spool:
                     os.fsync(f.fileno())
             self._sizes[seg] = size
         if run.entries and segs and run.end == (segs[-1], self._sizes[segs[-1]]):
-            segs = self._cut(run, segs)
+            segs = self._cut(run, segs, skip)
+        self._recover_acked(answered, skip)
         if self._mark is None:
-            self._mark = self._read_mark()
+            self._mark = self._files.read_mark()
             self._mark_saved = True
         if segs:
             first = segs[0]
@@ -390,10 +369,26 @@ class Spool:
                 },
             )
 
-    def _cut(self, run: _Run, segs: list[int]) -> list[int]:
+    def _recover_acked(self, answered: set[Position], skip: set[Position]) -> None:
+        """Keep of the acked file's positions those that start a record
+        after the ack position (``skip``), and rewrite the file when it held
+        others: stale positions could name records appended later."""
+        self._acked = set(skip)
+        self._skip = frozenset(skip)
+        if answered != skip:
+            self._write_acked(skip)
+        if skip:
+            log.info(
+                "spool: records Loki answered for before the restart are not sent again",
+                extra={"dir": self.directory, "entries": len(skip)},
+            )
+
+    def _cut(self, run: _Run, segs: list[int], skip: set[Position]) -> list[int]:
         """Cut off ``run``, entries at the end of the spool without their
         mark (kill -9 in the middle of a marked batch's write): their source
-        reads them again from the mark before them. The segments left."""
+        reads them again from the mark before them. The segments left.
+        ``skip`` (the answered records, not counted as entries) loses the
+        ones cut off."""
         for seg in [s for s in segs if s > run.seg]:
             os.unlink(self._path(seg))
             del self._sizes[seg]
@@ -401,7 +396,9 @@ class Spool:
             f.truncate(run.start)
             os.fsync(f.fileno())
         self._sizes[run.seg] = run.start
-        self._entries -= run.entries
+        gone = {p for p in skip if p >= (run.seg, run.start)}
+        skip -= gone
+        self._entries -= run.entries - len(gone)
         if not self._entries:
             self._oldest = None
         self._known_bad = {k: v for k, v in self._known_bad.items() if k < (run.seg, run.start)}
@@ -595,52 +592,63 @@ class Spool:
         """Records from ``pos`` on, about ``max_bytes`` of payload (at least
         one record when there is one), and the position after them."""
         out: list[bytes] = []
+        starts: list[Position] = []
         marks: list[tuple[float, Position]] = []
-        pos, _ = self._read(pos, max_bytes, out, marks, True)
-        return [Record(p, ts, end) for p, (ts, end) in zip(out, marks, strict=True)], pos
+        pos, _, _ = self._read(pos, max_bytes, out, starts, marks, True)
+        return [
+            Record(p, ts, end, start)
+            for p, start, (ts, end) in zip(out, starts, marks, strict=True)
+        ], pos
 
     def read_chunk(self, pos: Position, max_bytes: int) -> Chunk:
         """What :meth:`read` reads, as a :class:`Chunk`."""
         out: list[bytes] = []
+        starts: list[Position] = []
         marks: list[tuple[float, Position]] = []
-        pos, end = self._read(pos, max_bytes, out, marks, False)
-        return Chunk(out, marks[0][0] if marks else None, end, pos)
+        pos, end, skipped = self._read(pos, max_bytes, out, starts, marks, False)
+        return Chunk(out, starts, marks[0][0] if marks else None, end, pos, skipped)
 
     def _read(
         self,
         pos: Position,
         max_bytes: int,
         out: list[bytes],
+        starts: list[Position],
         marks: list[tuple[float, Position]],
         every: bool,
-    ) -> tuple[Position, Position | None]:
-        """Payloads into ``out``, (append time, end) into ``marks`` for each
-        (``every``) or for the first only; (next position, end of the last)."""
+    ) -> tuple[Position, Position | None, int]:
+        """Payloads into ``out``, their positions into ``starts``, (append
+        time, end) into ``marks`` for each (``every``) or for the first
+        only; (next position, end of the last record read or skipped,
+        records skipped as answered before a restart)."""
         last: Position | None = None
         budget = max_bytes
+        skipped = 0
         while budget > 0:
             with self._lock:
                 seg, off = pos
                 if seg not in self._sizes:
                     nxt = self._next_segment(seg)
                     if nxt is None:
-                        return pos, last
+                        return pos, last, skipped
                     pos = (nxt, 0)
                     continue
                 size = self._sizes[seg]
                 if off >= size:
                     nxt = self._next_segment(seg)
                     if nxt is None:
-                        return pos, last
+                        return pos, last, skipped
                     pos = (nxt, 0)
                     continue
                 path = self._path(seg)
                 known = dict(self._known_bad)
+                skip = self._skip
             want = min(size - off, max(budget + HEADER_SIZE * 64, _READ_CHUNK))
             data = self._pread(path, off, want)
-            got, consumed, end = self._records(
-                seg, off, data, size, out, marks, every, budget, known
+            got, consumed, end, n = self._records(
+                seg, off, data, size, out, starts, marks, every, budget, known, skip
             )
+            skipped += n
             if consumed == 0 and not got and out:
                 break  # the next record does not fit this read
             if consumed == 0 and not got:
@@ -650,9 +658,10 @@ class Spool:
                     need = _HEADER.size + length
                     if length <= MAX_RECORD and off + need <= size:
                         data = self._pread(path, off, need)
-                        got, consumed, end = self._records(
-                            seg, off, data, size, out, marks, every, budget, known
+                        got, consumed, end, n = self._records(
+                            seg, off, data, size, out, starts, marks, every, budget, known, skip
                         )
+                        skipped += n
                 if consumed == 0:
                     # Damage up to the end of what was written: skip it all.
                     self._count_bad(seg, off, size, known)
@@ -663,7 +672,7 @@ class Spool:
             budget -= got
             if got == 0 and consumed == 0:
                 break
-        return pos, last
+        return pos, last, skipped
 
     def _pread(self, path: str, off: int, n: int) -> bytes:
         with self._read_lock:
@@ -686,16 +695,21 @@ class Spool:
         data: bytes,
         size: int,
         out: list[bytes],
+        starts: list[Position],
         marks: list[tuple[float, Position]],
         every: bool,
         budget: int,
         known: dict[Position, int],
-    ) -> tuple[int, int, int]:
+        skip: frozenset[Position],
+    ) -> tuple[int, int, int, int]:
         """Append the payloads of whole records from ``data`` (at ``base``)
-        to ``out`` and their (append time, end) to ``marks``, for every
-        record or for the first; return (payload bytes taken, bytes consumed,
-        end of the last record taken or -1), offsets relative to ``base``."""
+        to ``out``, their positions to ``starts`` and their (append time,
+        end) to ``marks``, for every record or for the first; pass over
+        those in ``skip``. Return (payload bytes taken, bytes consumed, end
+        of the last record taken or skipped or -1, records skipped), offsets
+        relative to ``base``."""
         got = 0
+        skipped = 0
         pos = 0
         last = -1
         n = len(data)
@@ -719,7 +733,12 @@ class Spool:
                     if ms & MARK_FLAG:
                         pos = last = end  # a mark: acknowledged with the entries around it
                         continue
+                    if skip and (seg, base + pos) in skip:
+                        skipped += 1  # Loki answered for it before a restart
+                        pos = last = end
+                        continue
                     out.append(data[pos + HEADER_SIZE : end])
+                    starts.append((seg, base + pos))
                     if every or not marks:
                         marks.append(((ms & _TIME) / 1000.0, (seg, base + end)))
                     got += end - pos - HEADER_SIZE
@@ -744,7 +763,7 @@ class Spool:
                 self._count_bad(seg, base + pos, base + nxt, known)
                 bad_end = base + nxt
             pos = bad_end - base
-        return got, pos, last
+        return got, pos, last, skipped
 
     def _count_bad(self, seg: int, start: int, end: int, known: dict[Position, int]) -> None:
         if (seg, start) in known:
@@ -760,14 +779,21 @@ class Spool:
 
     # --- acknowledging -------------------------------------------------------
 
-    def ack(self, pos: Position, count: int) -> None:
-        """Loki has everything before ``pos`` (``count`` records since the last ack).
+    def ack(self, pos: Position | None, count: int, acked: Iterable[Position] = ()) -> None:
+        """Loki has everything before ``pos`` (None: the head stays where it
+        is) and the records starting at the positions ``acked`` after it;
+        ``count`` records were answered for since the last ack.
 
-        The ack file is written and the segments behind it deleted outside
-        the lock, so appends do not wait for that I/O; the records count as
-        gone (:meth:`empty`) only once the ack file is written."""
+        The ack file (and then the acked file, when ``acked`` adds records
+        after the head) is written and the segments behind it deleted
+        outside the lock, so appends do not wait for that I/O; the records
+        count as gone (:meth:`empty`) only once the files are written."""
         with self._ack_lock:
             with self._lock:
+                before = self._ack
+                if pos is None:
+                    pos = before
+                ahead = [p for p in acked if p >= pos]
                 seg, off = pos
                 left = max(0, self._entries - count)
                 if self._next_segment(seg) is None and off >= self._sizes.get(seg, 0):
@@ -792,21 +818,34 @@ class Spool:
                     finally:
                         self._append_lock.release()
                 self._ack = pos
+                moved = pos != before
                 done = [s for s in self._sizes if s < pos[0]]
                 for s in done:
                     del self._sizes[s]
                 self._known_bad = {k: v for k, v in self._known_bad.items() if k[0] >= pos[0]}
+                if moved and self._acked:
+                    # Behind the head now: a stale copy in the file is harmless.
+                    self._acked = {p for p in self._acked if p >= pos}
+                    if self._skip:
+                        self._skip = frozenset(p for p in self._skip if p >= pos)
+                snapshot: set[Position] | None = None
+                if ahead:
+                    self._acked.update(ahead)
+                    snapshot = set(self._acked)
             if done:
                 with self._lock:
                     mark = None if self._mark_saved else self._mark
                 if mark is not None:
                     # The newest mark may be in a segment about to go; saved
                     # before the ack file, whose start-up deletes them unread.
-                    self._write_mark(mark)
+                    self._files.write_mark(mark)
                     with self._lock:
                         if self._mark is mark:
                             self._mark_saved = True
-            self._write_ack(pos)
+            if moved:
+                self._write_ack(pos)
+            if snapshot is not None:
+                self._write_acked(snapshot)
             for s in done:
                 with self._read_lock:
                     self._close_reading(self._path(s))
@@ -817,10 +856,6 @@ class Spool:
                 self._oldest = None
                 self._oldest_known = self._entries == 0
                 self.changed.notify_all()
-
-    def _write_ack(self, pos: Position) -> None:
-        data = _ACK.pack(pos[0], pos[1], 0)
-        self._replace("ack", data[:16] + struct.pack("<I", zlib.crc32(data[:16])))
 
     def _peek_ts(self, pos: Position) -> float | None:
         seg, off = pos

@@ -92,11 +92,16 @@ class Lifetimes:
     lifetime counted (its last scrape before it died)."""
 
     def __init__(
-        self, tmp_path: Path, spawn: Callable[..., Process], loki: LokiReceiver | None
+        self,
+        tmp_path: Path,
+        spawn: Callable[..., Process],
+        loki: LokiReceiver | None,
+        parallelism: int = 1,
     ) -> None:
         self.tmp_path = tmp_path
         self.spawn = spawn
         self.loki = loki
+        self.parallelism = parallelism
         self.log = tmp_path / "audit.log"
         self.log.write_bytes(b"")
         self.final: list[Samples] = []
@@ -122,6 +127,7 @@ class Lifetimes:
                 "--loki.backoff-max", "100ms",
                 "--spool.dir", str(self.tmp_path / "spool"),
                 "--spool.max-bytes", "2MiB",
+                "--loki.parallelism", str(self.parallelism),
             ]  # fmt: skip
         self.proc = self.spawn(exporter_cmd(*args), f"exporter-{len(self.final) + 1}")
         poll(lambda: requests.get(self.url("readyz"), timeout=2).ok, what="ready")
@@ -172,13 +178,13 @@ class Lifetimes:
     def no_push(self) -> bool:
         """No push Loki took is waiting for its answer or its ack: every
         request is answered, and the last two refused (the sender acks a
-        batch before it retries the next)."""
+        batch before it starts the next), two per shard with several."""
         if self.loki is None:
             return True
         statuses = self.loki.statuses()
         taken = [i for i, status in enumerate(statuses) if status == 204]
         after = statuses[taken[-1] + 1 :] if taken else statuses
-        return 0 not in statuses and after.count(503) >= 2
+        return 0 not in statuses and after.count(503) >= 2 * self.parallelism
 
     def kill(self, samples: Samples) -> None:
         """SIGKILL, having counted ``samples`` (scraped while nothing moved)."""
@@ -227,10 +233,15 @@ def test_kill9_without_loki_counts_every_event_once(
     assert_rules_matched_once(runs, corpus)
 
 
+@pytest.mark.parametrize("parallelism", [1, 4])
 def test_kill9_with_loki_counts_and_sends_every_event_once(
-    tmp_path: Path, spawn: Callable[..., Process], corpus: list[bytes], loki: LokiReceiver
+    tmp_path: Path,
+    spawn: Callable[..., Process],
+    corpus: list[bytes],
+    loki: LokiReceiver,
+    parallelism: int,
 ) -> None:
-    runs = Lifetimes(tmp_path, spawn, loki)
+    runs = Lifetimes(tmp_path, spawn, loki, parallelism)
     runs.write(corpus)  # the whole log is there: the tailer is busy throughout
     loki.default = 503  # Loki is down: the spool fills, then the tailer waits
     runs.start()
@@ -260,11 +271,10 @@ def test_kill9_with_loki_counts_and_sends_every_event_once(
 
     assert runs.sum("kube_audit_events_total") == len(corpus)
     assert sum(counted(s) for s in runs.final) == len(corpus)
-    # Every entry arrives. Since pushes are sharded (loki.parallelism), a
-    # spool chunk is acknowledged only once all its entries are answered: a
-    # kill -9 after part of a chunk was sent and before the rest was resends
-    # that part (at least once). Bounded by one chunk per kill; the issue that
-    # tracks acknowledging part of a chunk wants this back to zero.
-    assert len(corpus) <= loki.count() <= len(corpus) + 2 * 1000
+    # Every entry arrived exactly once: the spool is acknowledged per entry,
+    # so a kill with no push in flight resends nothing, even when it comes
+    # after part of a spool chunk was sent and before the rest was (with
+    # several shards, after a later part was sent and before an earlier).
+    assert loki.count() == len(corpus)
     assert len(loki.keys()) == len(corpus)
     assert_rules_matched_once(runs, corpus)
