@@ -4,11 +4,9 @@ retry is the first time the processors see it, so it is counted once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.detect import DetectionSettings, Detector
@@ -47,14 +45,6 @@ class Collecting:
     def send(self, alert: dict[str, Any]) -> bool:
         self.alerts.append(alert)
         return True
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[LokiSink]]:
-    opened: list[LokiSink] = []
-    yield opened
-    for s in opened:
-        s.close(timeout=0.5)
 
 
 def small_spool(tmp_path: Path, loki: LokiReceiver, metrics: AuditMetrics) -> LokiSink:
