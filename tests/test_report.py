@@ -315,3 +315,21 @@ def test_long_record_widens_buckets_without_losing_requests(tmp_path: Path) -> N
     counts = re.findall(r"<tr><td>[^<]*</td><td class=n>([0-9,]+)</td>", requests)
     assert 1 < len(counts) <= 240
     assert sum(int(c.replace(",", "")) for c in counts) == 600
+
+
+def test_report_does_not_depend_on_the_batching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests are counted a batch at a time (the timeline, the levels) and
+    detections may widen the timeline in the middle of a batch: the page is
+    the same whether the demo log comes in batches of 1000 lines or of 7."""
+    import exporter.sources.replay as replay
+
+    args = ("--config.file", str(DEMO_CONFIG), str(DEMO))
+    status, whole = report(tmp_path, *args, name="1000.html")
+    assert status == 0
+    read = replay.read_batches
+    monkeypatch.setattr(replay, "read_batches", lambda stream, decoder: read(stream, decoder, 7))
+    status, small = report(tmp_path, *args, name="7.html")
+    assert status == 0
+    assert small == whole
