@@ -333,3 +333,92 @@ def test_report_does_not_depend_on_the_batching(
     status, small = report(tmp_path, *args, name="7.html")
     assert status == 0
     assert small == whole
+
+
+def test_detections_link_to_the_configured_template(tmp_path: Path) -> None:
+    """With alertmanager.link_template set, each detection row links to it
+    (the placeholders filled and URL-encoded); the link is a plain anchor
+    that the page's policy never follows by itself."""
+    template = "https://grafana.example.com/explore?audit=${audit_id}&user=${user}"
+    status, html = report(
+        tmp_path, "--config.file", str(DEMO_CONFIG), "--alertmanager.link-template", template,
+        str(DEMO),
+    )  # fmt: skip
+    assert status == 0
+    detections = html[html.index('<section id="detections">') :]
+    detections = detections[: detections.index("</section>")]
+    assert (
+        '<a href="https://grafana.example.com/explore?audit=6df430d5-c30c-4a2e-bfc3-d66b300fe2a9'
+        '&amp;user=dave%40example.com" rel="noreferrer noopener">open</a>'
+    ) in detections
+    # without a template there is no link at all
+    status, plain = report(tmp_path, "--config.file", str(DEMO_CONFIG), str(DEMO), name="p.html")
+    assert status == 0 and "grafana.example.com" not in plain and '<a href="http' not in plain
+
+
+def test_title_and_cluster_are_in_the_header(tmp_path: Path) -> None:
+    status, html = report(
+        tmp_path, "--title", "Q2 review <prod>", "--cluster", "prod-eu-1", str(AUDIT2RBAC)
+    )
+    assert status == 0
+    assert "<title>Q2 review &lt;prod&gt;</title>" in html
+    header = html[html.index("<header") : html.index("</header>")]
+    assert "Q2 review &lt;prod&gt;" in header and "cluster <strong>prod-eu-1</strong>" in header
+
+
+def test_critical_workload_accesses_get_their_verdicts(tmp_path: Path) -> None:
+    """Each access to a critical workload is listed with its verdict: an
+    allowed principal in its window, the same principal outside it, someone
+    not allowed (even on an object seen before); other objects are not."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "detect:\n"
+        "  critical_workloads:\n"
+        "    - name: payments-db\n"
+        "      namespaces: [payments]\n"
+        "      resources: [pods/exec]\n"
+        '      names: ["postgres-*"]\n'
+        '      allowed_principals: ["group:dba"]\n'
+        '      allowed_windows: ["Mon-Fri 09:00-17:00"]\n'
+    )
+
+    def exec_event(i: int, user: str, groups: list[str], when: str, pod: str) -> str:
+        return json.dumps(
+            {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+             "auditID": f"crit-{i}", "stage": "ResponseComplete", "verb": "get",
+             "requestURI": f"/api/v1/namespaces/payments/pods/{pod}/exec?command=psql",
+             "user": {"username": user, "groups": groups}, "sourceIPs": ["192.0.2.9"],
+             "objectRef": {"resource": "pods", "subresource": "exec",
+                           "namespace": "payments", "name": pod},
+             "responseStatus": {"code": 101},
+             "requestReceivedTimestamp": when, "stageTimestamp": when}
+        )  # fmt: skip
+
+    src = tmp_path / "crit.log"
+    src.write_text(
+        "\n".join(
+            [
+                # 2024-05-01 is a Wednesday, 2024-05-04 a Saturday
+                exec_event(1, "bob@example.com", ["dba"], "2024-05-01T10:00:00Z", "postgres-0"),
+                exec_event(2, "bob@example.com", ["dba"], "2024-05-04T10:00:00Z", "postgres-0"),
+                exec_event(3, "mallory@example.com", [], "2024-05-04T11:00:00Z", "postgres-0"),
+                exec_event(4, "mallory@example.com", [], "2024-05-04T12:00:00Z", "web-1"),
+            ]
+        )
+        + "\n"
+    )  # fmt: skip
+    status, html = report(tmp_path, "--config.file", str(config), str(src))
+    assert status == 0
+    section = html[html.index('<section id="critical">') :]
+    section = re.sub(r"</?span[^>]*>", "", section[: section.index("</section>")])
+    # each row marked (allowed: green, the others: red) as well as named
+    rows = re.findall(
+        r'<tr class="(\w+)"><td>(2024-[^<]*)</td><td>payments-db</td>'
+        r"<td>([^<]*)</td><td>([^<]*)</td>",
+        section,
+    )
+    assert rows == [
+        ("allowed", "2024-05-01T10:00:00.000000Z", "allowed", "bob@example.com"),
+        ("denied", "2024-05-04T10:00:00.000000Z", "outside its window", "bob@example.com"),
+        ("denied", "2024-05-04T11:00:00.000000Z", "principal not allowed", "mallory@example.com"),
+    ]
