@@ -422,3 +422,24 @@ def test_critical_workload_accesses_get_their_verdicts(tmp_path: Path) -> None:
         ("denied", "2024-05-04T10:00:00.000000Z", "outside its window", "bob@example.com"),
         ("denied", "2024-05-04T11:00:00.000000Z", "principal not allowed", "mallory@example.com"),
     ]
+
+
+def test_policy_findings_use_policy_lints_codes() -> None:
+    """What the report finds from the evidence, policy lint finds in the
+    policy that produced it, under the same codes."""
+    from collections import Counter
+
+    from exporter.policy.lint import lint_text
+    from exporter.report.judge import SECRET_BODIES, judge
+
+    # a policy that logs every body and keeps RequestReceived ...
+    policy = lint_text(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: RequestResponse\n"
+    )
+    linted = {f.code for f in policy.warnings}
+    # ... and the record it writes
+    levels = Counter({(r, "RequestResponse"): 1 for r in SECRET_BODIES})
+    findings, _, _ = judge(levels, Counter({"RequestReceived": 4, "ResponseComplete": 4}))
+    problems = {f.code for f in findings if f.verdict == "problem"}
+    assert problems == {"sensitive-body", "request-received"}
+    assert problems <= linted
