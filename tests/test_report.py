@@ -443,3 +443,13 @@ def test_policy_findings_use_policy_lints_codes() -> None:
     problems = {f.code for f in findings if f.verdict == "problem"}
     assert problems == {"sensitive-body", "request-received"}
     assert problems <= linted
+
+
+def test_gaps_inside_one_batch() -> None:
+    """A batch that spans less than the gap is one period; one that spans
+    more is cut where the silence is longer than the gap, in any order."""
+    cov = Coverage(gap=60.0)
+    cov.add([100.0, 40.0, 159.0])
+    assert cov.spans == [[40.0, 159.0]] and cov.gaps() == []
+    cov.add([400.0, 230.0, 300.0, 239.0])
+    assert cov.gaps() == [(159.0, 230.0), (239.0, 300.0), (300.0, 400.0)]

@@ -195,6 +195,7 @@ class Collector:
         others: dict[str, int] = {}  # events that are not requests, by stage
         for ev in events:
             stage = ev.stage
+            unusual = None  # annotations beyond the authorizer's, when needed
             if stage in evidence_stages:
                 # index_key(ev), inlined: this loop runs for every event
                 unusual = not (ev.annotations.keys() <= common)
@@ -239,7 +240,9 @@ class Collector:
                 self._impersonation(ev, ts)
             if workloads and (critical_ns is None or ev.namespace in critical_ns):
                 self._critical(ev)
-            if not (ev.annotations.keys() <= common):
+            if unusual is None:
+                unusual = not (ev.annotations.keys() <= common)
+            if unusual:
                 self._phases(ev)
         if pending:
             # matches on events this processor did not see (cannot happen in
