@@ -453,3 +453,17 @@ def test_gaps_inside_one_batch() -> None:
     assert cov.spans == [[40.0, 159.0]] and cov.gaps() == []
     cov.add([400.0, 230.0, 300.0, 239.0])
     assert cov.gaps() == [(159.0, 230.0), (239.0, 300.0), (300.0, 400.0)]
+
+
+def test_failing_pdf_engine_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A browser that runs but prints nothing (here: `false`) is named with
+    its exit status; the HTML is written all the same."""
+    status, html = report(
+        tmp_path, str(AUDIT2RBAC), "--pdf", str(tmp_path / "r.pdf"), "--chromium", "false"
+    )
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "Chromium failed to print (exit 1)" in err and "Traceback" not in err
+    assert html and not (tmp_path / "r.pdf").exists()
