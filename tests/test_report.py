@@ -467,3 +467,17 @@ def test_failing_pdf_engine_is_a_clear_error(
     assert status == 2
     assert "Chromium failed to print (exit 1)" in err and "Traceback" not in err
     assert html and not (tmp_path / "r.pdf").exists()
+
+
+def test_duplicates_and_invalid_inputs_are_counted(tmp_path: Path) -> None:
+    """The report's pipeline counts no request metrics, yet drops a
+    duplicate and refuses a bad line as replay does, and says so."""
+    lines = AUDIT2RBAC.read_text().splitlines()
+    src = tmp_path / "mixed.log"
+    src.write_text("\n".join([lines[0], lines[0], "{not json", *lines[1:]]) + "\n")
+    status, html = report(tmp_path, str(src))
+    assert status == 0
+    scope = re.sub(r"</?span[^>]*>", "", html[: html.index('<section id="who">')])
+    assert "<td>events</td><td class=n>757</td>" in scope
+    assert "<td>duplicates dropped</td><td class=n>1</td>" in scope
+    assert "<td>invalid inputs</td><td class=n>1</td>" in scope

@@ -224,13 +224,15 @@ def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes:
 
 class _Uncounted:
     """The pipeline's metrics for the report: the batches are not counted
-    (the report shows none of it); duplicates and invalid inputs still are,
-    and the Detector keeps the real metrics for its own counters."""
+    (the report shows none of it); everything else the pipeline asks of its
+    metrics (the lock, duplicates, invalid inputs, ...) goes to the real
+    ones, which the Detector keeps for its own counters."""
 
     def __init__(self, metrics: AuditMetrics) -> None:
-        self.lock = metrics.lock
-        self.duplicate = metrics.duplicate
-        self.invalid = metrics.invalid
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metrics, name)
 
     def observe_batch(self, events: list[AuditEvent], source: str, now: float) -> None:
         pass
