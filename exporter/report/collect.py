@@ -13,7 +13,6 @@ import heapq
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from ..detect.alerts import render_link
@@ -496,9 +495,6 @@ class Collector:
                 _brief(x) for x in (seen or ()) if not window or ts - window <= x[0] <= ts
             ]
         rec.kept.append(row)
-
-
-_stage = attrgetter("stage")
 
 
 def _brief(x: tuple[Any, ...]) -> dict[str, Any]:
