@@ -315,3 +315,169 @@ def test_long_record_widens_buckets_without_losing_requests(tmp_path: Path) -> N
     counts = re.findall(r"<tr><td>[^<]*</td><td class=n>([0-9,]+)</td>", requests)
     assert 1 < len(counts) <= 240
     assert sum(int(c.replace(",", "")) for c in counts) == 600
+
+
+def test_report_does_not_depend_on_the_batching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests are counted a batch at a time (the timeline, the levels) and
+    detections may widen the timeline in the middle of a batch: the page is
+    the same whether the demo log comes in batches of 1000 lines or of 7."""
+    import exporter.sources.replay as replay
+
+    args = ("--config.file", str(DEMO_CONFIG), str(DEMO))
+    status, whole = report(tmp_path, *args, name="1000.html")
+    assert status == 0
+    read = replay.read_batches
+    monkeypatch.setattr(replay, "read_batches", lambda stream, decoder: read(stream, decoder, 7))
+    status, small = report(tmp_path, *args, name="7.html")
+    assert status == 0
+    assert small == whole
+
+
+def test_detections_link_to_the_configured_template(tmp_path: Path) -> None:
+    """With alertmanager.link_template set, each detection row links to it
+    (the placeholders filled and URL-encoded); the link is a plain anchor
+    that the page's policy never follows by itself."""
+    template = "https://grafana.example.com/explore?audit=${audit_id}&user=${user}"
+    status, html = report(
+        tmp_path, "--config.file", str(DEMO_CONFIG), "--alertmanager.link-template", template,
+        str(DEMO),
+    )  # fmt: skip
+    assert status == 0
+    detections = html[html.index('<section id="detections">') :]
+    detections = detections[: detections.index("</section>")]
+    assert (
+        '<a href="https://grafana.example.com/explore?audit=6df430d5-c30c-4a2e-bfc3-d66b300fe2a9'
+        '&amp;user=dave%40example.com" rel="noreferrer noopener">open</a>'
+    ) in detections
+    # without a template there is no link at all
+    status, plain = report(tmp_path, "--config.file", str(DEMO_CONFIG), str(DEMO), name="p.html")
+    assert status == 0 and "grafana.example.com" not in plain and '<a href="http' not in plain
+
+
+def test_title_and_cluster_are_in_the_header(tmp_path: Path) -> None:
+    status, html = report(
+        tmp_path, "--title", "Q2 review <prod>", "--cluster", "prod-eu-1", str(AUDIT2RBAC)
+    )
+    assert status == 0
+    assert "<title>Q2 review &lt;prod&gt;</title>" in html
+    header = html[html.index("<header") : html.index("</header>")]
+    assert "Q2 review &lt;prod&gt;" in header and "cluster <strong>prod-eu-1</strong>" in header
+
+
+def test_critical_workload_accesses_get_their_verdicts(tmp_path: Path) -> None:
+    """Each access to a critical workload is listed with its verdict: an
+    allowed principal in its window, the same principal outside it, someone
+    not allowed (even on an object seen before); other objects are not."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "detect:\n"
+        "  critical_workloads:\n"
+        "    - name: payments-db\n"
+        "      namespaces: [payments]\n"
+        "      resources: [pods/exec]\n"
+        '      names: ["postgres-*"]\n'
+        '      allowed_principals: ["group:dba"]\n'
+        '      allowed_windows: ["Mon-Fri 09:00-17:00"]\n'
+    )
+
+    def exec_event(i: int, user: str, groups: list[str], when: str, pod: str) -> str:
+        return json.dumps(
+            {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+             "auditID": f"crit-{i}", "stage": "ResponseComplete", "verb": "get",
+             "requestURI": f"/api/v1/namespaces/payments/pods/{pod}/exec?command=psql",
+             "user": {"username": user, "groups": groups}, "sourceIPs": ["192.0.2.9"],
+             "objectRef": {"resource": "pods", "subresource": "exec",
+                           "namespace": "payments", "name": pod},
+             "responseStatus": {"code": 101},
+             "requestReceivedTimestamp": when, "stageTimestamp": when}
+        )  # fmt: skip
+
+    src = tmp_path / "crit.log"
+    src.write_text(
+        "\n".join(
+            [
+                # 2024-05-01 is a Wednesday, 2024-05-04 a Saturday
+                exec_event(1, "bob@example.com", ["dba"], "2024-05-01T10:00:00Z", "postgres-0"),
+                exec_event(2, "bob@example.com", ["dba"], "2024-05-04T10:00:00Z", "postgres-0"),
+                exec_event(3, "mallory@example.com", [], "2024-05-04T11:00:00Z", "postgres-0"),
+                exec_event(4, "mallory@example.com", [], "2024-05-04T12:00:00Z", "web-1"),
+            ]
+        )
+        + "\n"
+    )  # fmt: skip
+    status, html = report(tmp_path, "--config.file", str(config), str(src))
+    assert status == 0
+    section = html[html.index('<section id="critical">') :]
+    section = re.sub(r"</?span[^>]*>", "", section[: section.index("</section>")])
+    # each row marked (allowed: green, the others: red) as well as named
+    rows = re.findall(
+        r'<tr class="(\w+)"><td>(2024-[^<]*)</td><td>payments-db</td>'
+        r"<td>([^<]*)</td><td>([^<]*)</td>",
+        section,
+    )
+    assert rows == [
+        ("allowed", "2024-05-01T10:00:00.000000Z", "allowed", "bob@example.com"),
+        ("denied", "2024-05-04T10:00:00.000000Z", "outside its window", "bob@example.com"),
+        ("denied", "2024-05-04T11:00:00.000000Z", "principal not allowed", "mallory@example.com"),
+    ]
+
+
+def test_policy_findings_use_policy_lints_codes() -> None:
+    """What the report finds from the evidence, policy lint finds in the
+    policy that produced it, under the same codes."""
+    from collections import Counter
+
+    from exporter.policy.lint import lint_text
+    from exporter.report.judge import SECRET_BODIES, judge
+
+    # a policy that logs every body and keeps RequestReceived ...
+    policy = lint_text(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: RequestResponse\n"
+    )
+    linted = {f.code for f in policy.warnings}
+    # ... and the record it writes
+    levels = Counter({(r, "RequestResponse"): 1 for r in SECRET_BODIES})
+    findings, _, _ = judge(levels, Counter({"RequestReceived": 4, "ResponseComplete": 4}))
+    problems = {f.code for f in findings if f.verdict == "problem"}
+    assert problems == {"sensitive-body", "request-received"}
+    assert problems <= linted
+
+
+def test_gaps_inside_one_batch() -> None:
+    """A batch that spans less than the gap is one period; one that spans
+    more is cut where the silence is longer than the gap, in any order."""
+    cov = Coverage(gap=60.0)
+    cov.add([100.0, 40.0, 159.0])
+    assert cov.spans == [[40.0, 159.0]] and cov.gaps() == []
+    cov.add([400.0, 230.0, 300.0, 239.0])
+    assert cov.gaps() == [(159.0, 230.0), (239.0, 300.0), (300.0, 400.0)]
+
+
+def test_failing_pdf_engine_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A browser that runs but prints nothing (here: `false`) is named with
+    its exit status; the HTML is written all the same."""
+    status, html = report(
+        tmp_path, str(AUDIT2RBAC), "--pdf", str(tmp_path / "r.pdf"), "--chromium", "false"
+    )
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "Chromium failed to print (exit 1)" in err and "Traceback" not in err
+    assert html and not (tmp_path / "r.pdf").exists()
+
+
+def test_duplicates_and_invalid_inputs_are_counted(tmp_path: Path) -> None:
+    """The report's pipeline counts no request metrics, yet drops a
+    duplicate and refuses a bad line as replay does, and says so."""
+    lines = AUDIT2RBAC.read_text().splitlines()
+    src = tmp_path / "mixed.log"
+    src.write_text("\n".join([lines[0], lines[0], "{not json", *lines[1:]]) + "\n")
+    status, html = report(tmp_path, str(src))
+    assert status == 0
+    scope = re.sub(r"</?span[^>]*>", "", html[: html.index('<section id="who">')])
+    assert "<td>events</td><td class=n>757</td>" in scope
+    assert "<td>duplicates dropped</td><td class=n>1</td>" in scope
+    assert "<td>invalid inputs</td><td class=n>1</td>" in scope

@@ -5,7 +5,8 @@ take screenshots of its parts. Used to check the report in a real browser
 exporter.report.screenshots``).
 
 Only the protocol's stable domains are used (Target, Page, Network, Runtime,
-Emulation); the browser runs with a throw-away profile and is killed on exit.
+Log, Emulation); the browser runs with a throw-away profile and is killed on
+exit.
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ class Browser:
         session = attached["sessionId"]
         await self.call("Network.enable", session)
         await self.call("Page.enable", session)
+        # exceptions and console calls (Runtime), and what the browser itself
+        # reports (Log): a load the Content Security Policy refused, a failed one
+        await self.call("Runtime.enable", session)
+        await self.call("Log.enable", session)
         await self.call(
             "Emulation.setDeviceMetricsOverride",
             session,
@@ -195,11 +200,14 @@ class Page:
         ]
 
     def console_and_errors(self) -> list[dict[str, Any]]:
+        """Exceptions, console calls and the browser's own log entries (a
+        request the Content Security Policy refused is one)."""
         return [
             ev
             for ev in self.browser._events
             if ev.get("sessionId") == self.session
-            and ev.get("method") in ("Runtime.exceptionThrown", "Runtime.consoleAPICalled")
+            and ev.get("method")
+            in ("Runtime.exceptionThrown", "Runtime.consoleAPICalled", "Log.entryAdded")
         ]
 
     async def evaluate(self, expression: str) -> Any:

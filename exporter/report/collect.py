@@ -13,12 +13,11 @@ import heapq
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from ..detect.alerts import render_link
 from ..detect.engine import CompiledRule, Detector, Match
-from ..detect.settings import DetectionSettings
+from ..detect.settings import CriticalWorkload, DetectionSettings
 from ..duration import parse_go_duration
 from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
 from ..metrics import LATENCY_PREFIX
@@ -27,6 +26,9 @@ from .summary import Report, iso, who_what
 from .timeline import Coverage, Timeline
 
 OTHER = "__other__"
+# a batch's requests are counted by (stage, time bucket, code, resource,
+# subresource, level)
+RequestKey = tuple[str, int, int, str, str, str]
 # Timeline slots: requests by class, auth failures, detections by severity.
 CLASSES = ("2xx", "3xx", "4xx", "5xx", "unknown")
 SLOT_401 = 5
@@ -112,7 +114,7 @@ class Collector:
         self.principals_overflow = 0
         self.impersonations: dict[tuple[str, str], list[Any]] = {}
         self.impersonations_overflow = 0
-        # (resource, subresource, level) -> requests; see resource_levels()
+        # (resource, subresource, level) -> requests; see levels
         self._levels: dict[tuple[str, str, str], int] = {}
         self.stages: Counter[str] = Counter()
         self.phases: dict[str, list[float]] = {}
@@ -133,9 +135,18 @@ class Collector:
             r.id: OrderedDict() for r in self._stateful
         }
         self._evidence_index: dict[Any, tuple[CompiledRule, ...]] = {}
+        # the stages any stateful rule looks at: the others need no index key
+        self._evidence_stages = frozenset(s for r in self._stateful for s in r.stages)
+        # a sequence rule's state: its groups in progress
+        self._sequences = {r: r.state for r in self._stateful if r.rule.kind == "sequence"}
         self._code_slots: dict[int, int] = {}
-        # usernames that are not itemised (nodes, the control plane, ...)
-        self._skipped: set[str] = set()
+        # username -> its Principal, or None when it is not itemised (nodes,
+        # the control plane, ...; at most MAX_SKIPPED of those)
+        self._who: dict[str, Principal | None] = {}
+        self._skipped = 0
+        # (namespace, resource, subresource, name) -> the critical workload
+        # it touches (the first listed), or None
+        self._touches: dict[tuple[str, str, str, str], CriticalWorkload | None] = {}
         ns: set[str] | None = set()
         for w in settings.critical_workloads:
             if not w.namespaces or any(c in p for p in w.namespaces for c in "*?["):
@@ -167,23 +178,27 @@ class Collector:
         self.coverage.add([ev.stage_ts for ev in events])
         timeline = self.timeline
         stages = self.stages
-        levels = self._levels
-        principals = self.principals
-        stateful = self._stateful
         pending = self._pending
         workloads = self.settings.critical_workloads
         critical_ns = self._critical_ns
-        code_slots = self._code_slots
-        skipped = self._skipped
         evidence_index = self._evidence_index
+        evidence_stages = self._evidence_stages
+        who = self._who
         common = COMMON_ANNOTATIONS
-        stages.update(map(_stage, events))
-        buckets = timeline.buckets  # changed in place when the buckets widen
+        # requests per (stage, time bucket, code, resource, subresource,
+        # level), added to the timeline and the levels after the loop: one
+        # count per request here. The bucket is at this width; a detection
+        # may widen the timeline meanwhile (see _add_requests).
+        width = timeline.width
+        counts: dict[RequestKey, int] = {}
+        others: dict[str, int] = {}  # events that are not requests, by stage
         for ev in events:
-            unusual = not (ev.annotations.keys() <= common)
-            if stateful:
+            stage = ev.stage
+            unusual = None  # annotations beyond the authorizer's, when needed
+            if stage in evidence_stages:
                 # index_key(ev), inlined: this loop runs for every event
-                ikey = (ev.stage, ev.verb, ev.resource, ev.subresource, ev.user_kind, ev.code,
+                unusual = not (ev.annotations.keys() <= common)
+                ikey = (stage, ev.verb, ev.resource, ev.subresource, ev.user_kind, ev.code,
                         ev.impersonated_user != "", unusual)  # fmt: skip
                 cands = evidence_index.get(ikey)
                 if cands is None:
@@ -193,7 +208,6 @@ class Collector:
             if ev.rules and pending:
                 for m in pending.pop(id(ev), ()):
                     self._detected(m)
-            stage = ev.stage
             code = ev.code
             # counts_as_request(ev), inlined
             if not (
@@ -201,41 +215,32 @@ class Collector:
                 or stage == "Panic"
                 or (stage == "ResponseStarted" and code == 401)
             ):
+                try:
+                    others[stage] += 1
+                except KeyError:
+                    others[stage] = 1
                 continue
             ts = ev.stage_ts
-            # timeline.row(ts), inlined; the width can change (see _widen)
-            row = buckets.get(int(ts // timeline.width))
-            if row is None:
-                row = timeline.row(ts)
-            slot = code_slots.get(code)
-            if slot is None:
-                slot = code_slots[code] = CLASSES.index(code_class(code))
-            row[slot] += 1
-            if code == 401:
-                row[SLOT_401] += 1
-            elif code == 403:
-                row[SLOT_403] += 1
-            key = (ev.resource, ev.subresource, ev.level)
-            levels[key] = levels.get(key, 0) + 1
+            key = (stage, int(ts // width), code, ev.resource, ev.subresource, ev.level)
+            try:
+                counts[key] += 1
+            except KeyError:
+                counts[key] = 1
             username = ev.username
-            kind = ev.user_kind
-            p = principals.get(username)
-            if p is None and username not in skipped:
-                if not is_reported_principal(username, kind):
-                    if len(skipped) < MAX_SKIPPED:
-                        skipped.add(username)
-                elif len(principals) >= MAX_PRINCIPALS:
-                    self.principals_overflow += 1
-                else:
-                    p = principals[username] = Principal(kind, first=ts, last=ts)
+            try:
+                p = who[username]
+            except KeyError:
+                p = self._new_principal(ev, ts)
             if p is not None:
                 self._principal(p, ev, ts)
-                if kind == "human":
+                if ev.user_kind == "human":
                     timeline.add_keyed(username, ts)
             if ev.impersonated_user:
                 self._impersonation(ev, ts)
             if workloads and (critical_ns is None or ev.namespace in critical_ns):
                 self._critical(ev)
+            if unusual is None:
+                unusual = not (ev.annotations.keys() <= common)
             if unusual:
                 self._phases(ev)
         if pending:
@@ -245,6 +250,47 @@ class Collector:
                 for m in ms:
                     self._detected(m)
             pending.clear()
+        stages.update(others)
+        if counts:
+            self._add_requests(counts, width)
+
+    def _add_requests(self, counts: dict[RequestKey, int], width: int) -> None:
+        """A batch's requests into the stages, the timeline and the levels."""
+        stages = self.stages
+        levels = self._levels
+        timeline = self.timeline
+        code_slots = self._code_slots
+        for (stage, b, code, resource, subresource, level), n in counts.items():
+            stages[stage] += n
+            key = (resource, subresource, level)
+            levels[key] = levels.get(key, 0) + n
+            # the bucket's start: in the same bucket at any later width,
+            # since each width divides the next
+            row = timeline.row(float(b * width))
+            slot = code_slots.get(code)
+            if slot is None:
+                slot = code_slots[code] = CLASSES.index(code_class(code))
+            row[slot] += n
+            if code == 401:
+                row[SLOT_401] += n
+            elif code == 403:
+                row[SLOT_403] += n
+
+    def _new_principal(self, ev: AuditEvent, ts: float) -> Principal | None:
+        """The Principal of a username not met yet (None when it is not
+        itemised, or past MAX_PRINCIPALS: counted)."""
+        username = ev.username
+        kind = ev.user_kind
+        if not is_reported_principal(username, kind):
+            if self._skipped < MAX_SKIPPED:
+                self._skipped += 1
+                self._who[username] = None
+            return None
+        if len(self.principals) >= MAX_PRINCIPALS:
+            self.principals_overflow += 1
+            return None
+        p = self.principals[username] = self._who[username] = Principal(kind, first=ts, last=ts)
+        return p
 
     def _principal(self, p: Principal, ev: AuditEvent, ts: float) -> None:
         p.requests += 1
@@ -254,17 +300,36 @@ class Collector:
             p.first = ts
         if ts > p.last:
             p.last = ts
+        # bump(), inlined for the common case: a key already counted
         resource = ev.resource
-        if resource:
-            bump(p.actions, (ev.verb, resource, ev.subresource), 60)
-        else:
-            bump(p.actions, (ev.verb, ev.request_uri.split("?", 1)[0], ""), 60)
-        if ev.name or ev.namespace:
-            bump(p.objects, (resource, ev.subresource, ev.namespace, ev.name), 30)
-        if ev.source_ip:
-            bump(p.sources, ev.source_ip, 20)
-        if ev.user_agent:
-            bump(p.agents, ev.user_agent, 10)
+        sub = ev.subresource
+        action = (
+            (ev.verb, resource, sub) if resource else (ev.verb, ev.request_uri.split("?", 1)[0], "")
+        )
+        try:
+            p.actions[action] += 1
+        except KeyError:
+            bump(p.actions, action, 60)
+        namespace = ev.namespace
+        name = ev.name
+        if name or namespace:
+            obj = (resource, sub, namespace, name)
+            try:
+                p.objects[obj] += 1
+            except KeyError:
+                bump(p.objects, obj, 30)
+        source = ev.source_ip
+        if source:
+            try:
+                p.sources[source] += 1
+            except KeyError:
+                bump(p.sources, source, 20)
+        agent = ev.user_agent
+        if agent:
+            try:
+                p.agents[agent] += 1
+            except KeyError:
+                bump(p.agents, agent, 10)
 
     def _impersonation(self, ev: AuditEvent, ts: float) -> None:
         key = (ev.username or "(unauthenticated)", ev.impersonated_user)
@@ -284,9 +349,15 @@ class Collector:
         rec[4] = max(rec[4], ts)
 
     def _critical(self, ev: AuditEvent) -> None:
-        for w in self.settings.critical_workloads:
-            if not w.touches(ev.namespace, ev.resource, ev.subresource, ev.name):
-                continue
+        obj = (ev.namespace, ev.resource, ev.subresource, ev.name)
+        try:
+            w = self._touches[obj]
+        except KeyError:
+            w = next((w for w in self.settings.critical_workloads if w.touches(*obj)), None)
+            if len(self._touches) >= MAX_SKIPPED:
+                self._touches.clear()
+            self._touches[obj] = w
+        if w is not None:
             user = ev.obj.get("user")
             groups = user.get("groups") if type(user) is dict else None
             if not w.allows(ev.username, groups if type(groups) is list else ()):
@@ -298,7 +369,6 @@ class Collector:
             self.critical_counts[(w.name, verdict)] += 1
             if len(self.critical) < MAX_CRITICAL_ROWS:
                 self.critical.append({"workload": w.name, "verdict": verdict, **who_what(ev)})
-            return
 
     def _phases(self, ev: AuditEvent) -> None:
         worst = 0.0
@@ -342,18 +412,25 @@ class Collector:
         return found
 
     def _feed_evidence(self, ev: AuditEvent, cands: tuple[CompiledRule, ...]) -> None:
+        sequences = self._sequences
         for r in cands:
-            progress = r.state.groups if r.rule.kind == "sequence" else None  # type: ignore[union-attr]
-            matched = r.id in ev.rules
-            if progress is not None and not progress and not matched:
-                continue  # no sequence in progress: nothing to show later
+            state = sequences.get(r)
             try:
-                if not r.test(ev):
-                    continue
-                group = r.group(ev)
+                if state is not None and r.id not in ev.rules:
+                    # a sequence that did not fire here: only the events of
+                    # a sequence in progress are shown later (the group
+                    # first: cheaper than the test, and rarely in progress)
+                    progress = state.groups  # type: ignore[union-attr]
+                    if not progress:
+                        continue
+                    group = r.group(ev)
+                    if group not in progress or not r.test(ev):
+                        continue
+                else:
+                    if not r.test(ev):
+                        continue
+                    group = r.group(ev)
             except Exception:  # the Detector counts and logs rule failures
-                continue
-            if progress is not None and group not in progress and not matched:
                 continue
             groups = self._evidence[r.id]
             seen = groups.get(group)
@@ -418,9 +495,6 @@ class Collector:
                 _brief(x) for x in (seen or ()) if not window or ts - window <= x[0] <= ts
             ]
         rec.kept.append(row)
-
-
-_stage = attrgetter("stage")
 
 
 def _brief(x: tuple[Any, ...]) -> dict[str, Any]:

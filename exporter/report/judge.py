@@ -9,11 +9,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from ..policy.lint import SENSITIVE
+
 LEVELS = ("None", "Metadata", "Request", "RequestResponse")
 BODY_LEVELS = frozenset({"Request", "RequestResponse"})
 
-# Resources whose bodies hold secret values (as policy lint's SENSITIVE).
-SECRET_BODIES = ("secrets", "configmaps", "tokenreviews", "serviceaccounts/token")
+# Resources whose bodies hold secret values: policy lint's, as the report
+# labels them (resource or resource/subresource).
+SECRET_BODIES = tuple(
+    f"{s.resource}/{s.subresource}" if s.subresource else s.resource for s in SENSITIVE
+)
 
 # What an auditor expects to find in any real cluster's record; absent ones
 # are either untouched in the period or dropped by the policy (level None).

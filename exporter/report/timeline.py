@@ -9,7 +9,7 @@ closer than the gap threshold, so what is left between them are the gaps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 # Bucket widths in seconds; each divides the next.
 WIDTHS = (1, 2, 10, 20, 60, 120, 600, 1200, 3600, 7200, 21600, 43200, 86400)
@@ -113,12 +113,18 @@ class Coverage:
         self.gap = gap
         self.spans: list[list[float]] = []
 
-    def add(self, stamps: Iterable[float]) -> None:
+    def add(self, stamps: Sequence[float]) -> None:
         """One batch's timestamps, in any order."""
-        ordered = sorted(stamps)
-        if not ordered:
+        if not stamps:
             return
         gap = self.gap
+        low = min(stamps)
+        high = max(stamps)
+        if high - low <= gap:
+            # no silence inside the batch can be longer (the usual case)
+            self.spans = _merge(self.spans, [[low, high]], gap)
+            return
+        ordered = sorted(stamps)
         local: list[list[float]] = []
         start = end = ordered[0]
         for t in ordered[1:]:

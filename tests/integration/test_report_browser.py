@@ -132,3 +132,22 @@ def test_pdf_is_printed(tmp_path: Path) -> None:
     assert main(["report", str(CORPUS), "--output", str(out), "--pdf", str(pdf)]) == 0
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF-") and data.count(b"/Type /Page") >= 8
+
+
+def test_a_request_leaving_the_page_would_be_seen(tmp_path: Path) -> None:
+    """The checks above can fail: the same report with one external image
+    slipped in shows the attempt among the page's requests, and the page's
+    own Content Security Policy refusing it among the browser's errors."""
+    path = write_report(tmp_path, str(CORPUS))
+    html = path.read_text(encoding="utf-8")
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text(html.replace("<main>", '<main><img src="http://203.0.113.1/x.png">', 1))
+    _, requests, errors = load(leaky)
+    assert requests[0] == leaky.as_uri()
+    assert "http://203.0.113.1/x.png" in requests
+    refused = [
+        e["params"]["entry"]["text"]
+        for e in errors
+        if e["method"] == "Log.entryAdded" and e["params"]["entry"]["source"] == "security"
+    ]
+    assert any("http://203.0.113.1/x.png" in text for text in refused)
