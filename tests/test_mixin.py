@@ -301,6 +301,30 @@ def test_every_alert_has_a_runbook_section() -> None:
     assert headings == names
 
 
+def test_the_readme_lists_every_alert_with_its_meaning_and_what_to_do() -> None:
+    """The metrics reference's alert table (name, severity, when it fires)
+    and the troubleshooting table (what to do) name every alert, the ones
+    off by default included."""
+    readme = (ROOT / "README.md").read_text()
+    metrics = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    trouble = readme.split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+    cfg = rendered_config()
+    names = set(cfg["alerts"]) | set(cfg["lokiAlerts"])
+    table = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `(KubeAudit\w+)` \| ([a-z]+)[^|]* \| .+ \|$", metrics, re.M)
+    }
+    assert set(table) == names
+    for name, severity in table.items():
+        c = cfg["alerts"].get(name) or cfg["lokiAlerts"][name]
+        assert severity == c["severity"], name
+    todo = set()
+    for line in trouble.splitlines():
+        if line.startswith("| `KubeAudit"):
+            todo.update(re.findall(r"`(KubeAudit\w+)`", line.split(" | ")[0]))
+    assert todo == names
+
+
 def rendered_config() -> dict[str, Any]:
     gen = load_generator()
     snippet = "(import 'mixin.libsonnet')._config"
@@ -713,6 +737,29 @@ def test_queries_only_use_documented_metrics_and_recorded_series() -> None:
             if base not in documented:
                 unknown[name] = where
     assert not unknown
+
+
+def test_every_catalogued_metric_is_on_a_dashboard_or_in_an_alert() -> None:
+    """Each metric of the README's tables (the exporter's, the supervisor's
+    and the notifier's) is read by a panel, an alert or a recording rule
+    that a panel or an alert reads: none is exported for nobody."""
+    catalogue = documented_metrics()
+    for must in (
+        "kube_audit_requests_total",
+        "kube_audit_worker_restarts_total",
+        "kube_audit_state_fallbacks_total",
+        "kube_audit_otlp_sender_up",
+        "kube_audit_loki_entries_resent_without_metadata_total",
+    ):
+        assert must in catalogue, must
+    read: set[str] = set()
+    for _, expr in promql_expressions():
+        for name in _NAME.findall(_STRING.sub('""', expr)):
+            read.add(name)
+            for suffix in _HISTOGRAM_SUFFIXES:
+                read.add(name.removesuffix(suffix))
+    unread = sorted(catalogue - read)
+    assert not unread, f"on no dashboard and in no alert: {unread}"
 
 
 def recording_names() -> set[str]:

@@ -132,13 +132,28 @@ CORE_PANELS = {
 
 
 # Panels that rightly show nothing in this stack: the managed sources (EKS,
-# GKE, AKS) are not configured, no TLS handshake fails, and an exporter that
-# just started has evicted no detection state.
+# GKE, AKS), the OTLP output, --workers and the shared state (state.url) are
+# not configured, no TLS handshake fails, and an exporter that just started
+# has evicted no detection state.
 EMPTY_HERE = {
     "kube-audit-exporter-health.json: Managed source answers and messages",
     "kube-audit-exporter-health.json: Managed source errors",
     "kube-audit-exporter-health.json: AKS archive checkpoint age",
     "kube-audit-exporter-health.json: Webhook TLS handshake failures",
+    "kube-audit-exporter-health.json: OTLP entries",
+    "kube-audit-exporter-health.json: OTLP pushes",
+    "kube-audit-exporter-health.json: OTLP push duration and entry latency",
+    "kube-audit-exporter-health.json: OTLP bytes pushed",
+    "kube-audit-exporter-health.json: OTLP sender up by instance",
+    "kube-audit-exporter-health.json: OTLP spool size",
+    "kube-audit-exporter-health.json: OTLP spool entries",
+    "kube-audit-exporter-health.json: OTLP oldest spool entry age",
+    "kube-audit-exporter-health.json: OTLP spool full and damaged records",
+    "kube-audit-exporter-health.json: Workers serving",
+    "kube-audit-exporter-health.json: Worker restarts",
+    "kube-audit-exporter-health.json: Shared state up by instance",
+    "kube-audit-exporter-health.json: Shared state round trips",
+    "kube-audit-exporter-health.json: Shared state failures and fallbacks",
 }
 # The fallback alert keeps its `for`: it gives the direct notification time.
 KEEP_FOR = {"KubeAuditCriticalDetectionUndelivered"}
@@ -586,9 +601,16 @@ def test_queries_name_only_metrics_the_exporter_exposes(stack: Stack) -> None:
             if name.startswith("kube_audit_") and ":" not in name:
                 used.add(name)
     assert len(used) > 30
-    # the managed sources (EKS, GKE, AKS) and the shared state (state.url)
-    # are not configured in this stack
-    managed = ("kube_audit_eks_", "kube_audit_gke_", "kube_audit_aks_", "kube_audit_state_")
+    # the managed sources (EKS, GKE, AKS), the shared state (state.url), the
+    # OTLP output and the workers' supervisor are not configured in this stack
+    managed = (
+        "kube_audit_eks_",
+        "kube_audit_gke_",
+        "kube_audit_aks_",
+        "kube_audit_state_",
+        "kube_audit_otlp_",
+        "kube_audit_worker",
+    )
     assert {n for n in used - exposed if not n.startswith(managed)} == set()
 
 
