@@ -328,6 +328,34 @@ def test_filters_are_exact_not_substrings() -> None:
     assert longer not in {e.field("user") for e in got}
 
 
+def test_each_explorer_filter_selects_exactly_its_value() -> None:
+    """Issue 18: the Explorer filters by user, verb, resource, subresource,
+    namespace, name, code, user kind, source, rule, audit ID and stage; each
+    one, set to a value an entry really carries, returns that entry and only
+    entries with the value."""
+    entries = pushed()
+    wanted = {
+        "user", "verb", "resource", "subresource", "namespace", "name", "code",
+        "user_kind", "source_ip", "rule", "audit_id", "stage",
+    }  # fmt: skip
+    assert wanted <= set(variables_of(dashboards()[EXPLORER]))
+    for var in sorted(wanted):
+        if var == "rule":
+            e = next(e for e in entries if e.field("rules"))
+            value = e.field("rules").split(",")[-1]
+        elif var == "stage":
+            e = next(e for e in entries if e.field("stage") == "ResponseStarted")
+            value = "ResponseStarted"
+        else:
+            e = next(e for e in entries if e.field(var))
+            value = e.field(var)
+        got = select(explorer_query({var: value}), entries)
+        assert e in got, (var, value)
+        assert all(_matches_fixed(o, var, value) for o in got), (var, value)
+        others = [o for o in entries if not _matches_fixed(o, var, value)]
+        assert others, var  # the filter had something to leave out
+
+
 def test_the_evaluator_and_the_substitution_catch_mistakes() -> None:
     entries = pushed()
     # a value with regex characters is escaped, as Grafana does
