@@ -34,6 +34,9 @@
     // audit timestamps are UTC and auditors compare them with other logs.
     dashboardTags: ['kube-audit'],
     dashboardTimezone: 'utc',
+    // Auto-refresh of the Security and Exporter health dashboards. The
+    // Overview and the Explorer, whose Loki tables scan the whole time range,
+    // refresh on demand.
     dashboardRefresh: '1m',
     dashboardFrom: 'now-6h',
     // Rows in "top N" tables and legends: enough to see the head of a

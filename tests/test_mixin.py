@@ -481,6 +481,44 @@ def test_four_dashboards_with_stable_uids_from_their_file_names() -> None:
         assert "__inputs" not in d and "${DS_" not in json.dumps(d), name
 
 
+def test_dashboard_hygiene() -> None:
+    """Issue 18.11: every panel says what it shows; stat panels ask for one
+    value (instant), not a range; counts show whole numbers; quantile
+    legends read p99, not p0.99; a dashboard with Loki tables over the whole
+    range is refreshed on demand, not every minute; detections are
+    annotations on the Security dashboard's timelines."""
+    boards = dashboards()
+    for name, d in boards.items():
+        for p in panels_of(d):
+            if p["type"] == "row":
+                continue
+            where = f"{name}: {p['title']}"
+            assert len(p.get("description", "")) > 20, where
+            exprs = " ".join(t["expr"] for t in p["targets"])
+            if p["type"] == "stat":
+                for t in p["targets"]:
+                    if t["datasource"]["type"] == "loki":
+                        assert t["queryType"] == "instant", where
+                    else:
+                        assert t["instant"] is True and t["range"] is False, where
+            counts = "clamp_min(" in exprs or "count_over_time(" in exprs
+            if counts and p["type"] in ("timeseries", "table", "stat"):
+                assert p["fieldConfig"]["defaults"].get("decimals") == 0, where
+            for t in p["targets"]:
+                assert not re.search(r"\bp0\.", t.get("legendFormat", "")), where
+        loki_range = [
+            t["expr"]
+            for p in panels_of(d)
+            for t in p.get("targets", [])
+            if t["datasource"]["type"] == "loki" and "[$__range]" in t["expr"]
+        ]
+        if loki_range:
+            assert d["refresh"] == "", name
+    annotations = boards["kube-audit-security.json"]["annotations"]["list"]
+    severities = {re.search(r'rule_severity="(\w+)"', a["expr"]).group(1) for a in annotations}  # type: ignore[union-attr]
+    assert {"critical", "warning"} <= severities
+
+
 def test_panel_ids_are_unique_and_the_grid_has_no_overlap() -> None:
     for name, d in dashboards().items():
         panels = panels_of(d)

@@ -71,6 +71,9 @@ local g = import '../lib/g.libsonnet';
           for level in ['Metadata', 'Request', 'RequestResponse']
         ], w=12, stack=true, decimals=0, bars=true, description='The audit policy level of each event (Metadata, Request, RequestResponse), found by a line filter rather than by parsing every event. Much RequestResponse: bodies make events large (Loki limits, spool).'),
       ],
+      // The 403-by-user table is a Loki query over the whole range: refreshed
+      // on demand (or at the interval picked), not every minute.
+      refresh='',
     ),
   },
 }
