@@ -141,6 +141,14 @@
       // The spool is full: the webhook answers 503 and the API server's own
       // buffer fills, then drops events. Audit records are being lost.
       KubeAuditSpoolFull: { enabled: true, severity: 'critical', 'for': '5m', window: '5m' },
+      // The OTLP output (otlp.url), as the Loki output's alerts above: pushes
+      // failing over a window that holds through backoff, the sender stopped
+      // by 401/403, records refused for good, and its spool full (the webhook
+      // answers 503: audit records are being lost).
+      KubeAuditOTLPPushFailing: { enabled: true, severity: 'warning', 'for': '10m', threshold: 0.1, window: '15m' },
+      KubeAuditOTLPSenderStopped: { enabled: true, severity: 'warning', 'for': '5m' },
+      KubeAuditOTLPEntriesRejected: { enabled: true, severity: 'warning', 'for': '0m', window: '10m' },
+      KubeAuditOTLPSpoolFull: { enabled: true, severity: 'critical', 'for': '5m', window: '5m' },
       // Detection notifications given up (queue full, retries exhausted).
       KubeAuditAlertmanagerNotificationsFailing: { enabled: true, severity: 'warning', 'for': '0m', window: '15m' },
       // A rule of severity critical matched and the exporter could not notify

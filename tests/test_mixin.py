@@ -290,6 +290,7 @@ def test_severities_are_used_sparingly() -> None:
     assert sorted(by_severity["critical"]) == [
         "KubeAuditCriticalDetectionUndelivered",
         "KubeAuditExporterAbsent",
+        "KubeAuditOTLPSpoolFull",
         "KubeAuditSpoolFull",
         "KubeAuditTLSCertificateExpiryCritical",
     ]

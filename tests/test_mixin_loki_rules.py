@@ -301,6 +301,19 @@ def test_mass_deletion_fires_on_a_whole_collection() -> None:
     }
 
 
+def test_one_person_from_many_addresses_fires_and_service_accounts_do_not() -> None:
+    def req(user: str, ip: str) -> AuditEvent:
+        return event(verb="get", user={"username": user}, sourceIPs=[ip],
+                     objectRef={"resource": "pods", "namespace": "shop"})  # fmt: skip
+
+    events = [req("dave", f"203.0.113.{i}") for i in range(1, 7)]  # six addresses
+    events += [req("erin", f"198.51.100.{i}") for i in range(1, 6)] * 2  # five, twice
+    events += [req("system:serviceaccount:ci:runner", f"10.1.0.{i}") for i in range(1, 20)]
+    assert fired("KubeAuditUserFromManySourceIPs", events) == {
+        (("cluster", CLUSTER), ("user", "dave")): 6
+    }
+
+
 def test_the_evaluator_refuses_forms_it_does_not_know() -> None:
     with pytest.raises(AssertionError):
         evaluate('sum by (user) (rate({service_name="kube-audit"} [5m])) > 0', [])

@@ -238,6 +238,35 @@ local rules = import 'recording-rules.libsonnet';
             '{{ $labels.instance }}%s refused {{ $value | humanize }} batches in the last %s because its spool is full: the webhook answers 503 and the log tailer waits. The API server drops audit events once its own buffer is full.' % [inCluster, a.KubeAuditSpoolFull.window],
           ) +
           alert(
+            'KubeAuditOTLPPushFailing',
+            |||
+              sum by (%(by)s) (increase(kube_audit_otlp_push_failures_total{%(sel)s}[%(w)s]))
+              /
+              sum by (%(by)s) (increase(kube_audit_otlp_requests_total{%(sel)s}[%(w)s]))
+              > %(t)g
+            ||| % { by: by(['instance']), sel: sel, w: a.KubeAuditOTLPPushFailing.window, t: a.KubeAuditOTLPPushFailing.threshold },
+            'Pushes to the OTLP receiver fail.',
+            '{{ $value | humanizePercentage }} of the pushes of {{ $labels.instance }}%s to the OTLP receiver (otlp.url) failed over the last %s. The records wait in its spool; kube_audit_otlp_push_failures_total tells why.' % [inCluster, a.KubeAuditOTLPPushFailing.window],
+          ) +
+          alert(
+            'KubeAuditOTLPSenderStopped',
+            'max by (%s) (kube_audit_otlp_sender_up{%s}) == 0' % [by(['instance']), sel],
+            'The OTLP receiver refused the credentials of the exporter.',
+            'The OTLP receiver answered 401, 403, 404 or 405 to {{ $labels.instance }}%s: its sender waits until the credential files change or a push works again, and its spool fills meanwhile.' % inCluster,
+          ) +
+          alert(
+            'KubeAuditOTLPEntriesRejected',
+            'sum by (%s) (increase(kube_audit_otlp_entries_rejected_total{%s}[%s])) > 0' % [by(['instance', 'reason']), sel, a.KubeAuditOTLPEntriesRejected.window],
+            'The OTLP receiver rejected audit events.',
+            'The OTLP receiver refused {{ $value | humanize }} records from {{ $labels.instance }}%s in the last %s ({{ $labels.reason }}); they are not retried and are missing there.' % [inCluster, a.KubeAuditOTLPEntriesRejected.window],
+          ) +
+          alert(
+            'KubeAuditOTLPSpoolFull',
+            'sum by (%s) (increase(kube_audit_otlp_spool_full_total{%s}[%s])) > 0' % [by(['instance']), sel, a.KubeAuditOTLPSpoolFull.window],
+            'The OTLP spool is full and audit events are refused.',
+            '{{ $labels.instance }}%s refused {{ $value | humanize }} batches in the last %s because its OTLP spool is full: the webhook answers 503 and the log tailer waits. The API server drops audit events once its own buffer is full.' % [inCluster, a.KubeAuditOTLPSpoolFull.window],
+          ) +
+          alert(
             'KubeAuditAlertmanagerNotificationsFailing',
             'sum by (%s) (increase(kube_audit_alertmanager_failures_total{%s, reason=~"queue_full|retries_exhausted|shutdown"}[%s])) > 0' % [by(['instance', 'reason']), sel, a.KubeAuditAlertmanagerNotificationsFailing.window],
             'Detection notifications are being dropped.',
