@@ -247,7 +247,11 @@
       { rule: 'auth-failure-burst', alert: 'KubeAuditAuthFailureBurst', equal: ['cluster'] },
       { rule: 'anonymous-request-allowed', alert: 'KubeAuditAnonymousAccessAllowed', equal: ['cluster', 'namespace'] },
       { rule: 'exec-into-system-pod', alert: 'KubeAuditExecIntoSystemNamespace', equal: ['cluster', 'namespace', 'user'] },
+      // info-level rules notify only with detect.alert_min_severity info;
+      // then they say the same as well
+      { rule: 'pod-exec-or-attach', alert: 'KubeAuditExecIntoSystemNamespace', equal: ['cluster', 'namespace', 'user'] },
       { rule: 'admission-webhook-failing-open', alert: 'KubeAuditWebhookFailedOpen', equal: ['cluster'] },
+      { rule: 'admission-webhook-failed-open', alert: 'KubeAuditWebhookFailedOpen', equal: ['cluster'] },
     ],
 
     // Loki ruler alerts (LogQL on the raw events), same fields as above.

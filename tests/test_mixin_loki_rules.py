@@ -44,8 +44,8 @@ class Pushed:
     line: dict[str, Any]
 
 
-def push(events: list[AuditEvent]) -> list[Pushed]:
-    builder = EntryBuilder(LokiSettings(cluster=CLUSTER))
+def push(events: list[AuditEvent], cluster: str = CLUSTER) -> list[Pushed]:
+    builder = EntryBuilder(LokiSettings(cluster=cluster))
     out = []
     for ev in events:
         entry = builder.build(ev)
