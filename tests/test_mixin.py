@@ -520,6 +520,21 @@ def test_dashboard_hygiene() -> None:
     assert {"critical", "warning"} <= severities
 
 
+def test_every_number_about_audit_events_links_to_the_events() -> None:
+    """Issue 18: every number on the Overview and Security dashboards links
+    to the events behind it in the Explorer (the Exporter health dashboard
+    is about the exporter itself; the logs panels are the events)."""
+    explorer_uid = dashboards()["kube-audit-explorer.json"]["uid"]
+    for name in ("kube-audit-overview.json", "kube-audit-security.json"):
+        for p in panels_of(dashboards()[name]):
+            if p["type"] in ("row", "logs"):
+                continue
+            links = p["fieldConfig"]["defaults"].get("links", [])
+            assert links, f"{name}: {p['title']} links to no events"
+            for link in links:
+                assert link["url"].startswith(f"/d/{explorer_uid}/"), (name, p["title"])
+
+
 def test_panel_ids_are_unique_and_the_grid_has_no_overlap() -> None:
     for name, d in dashboards().items():
         panels = panels_of(d)

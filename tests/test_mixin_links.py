@@ -199,6 +199,10 @@ def row_of(link: Link, e: Pushed) -> dict[str, str] | None:
         "name": ev.name,
         "audit_id": ev.audit_id,
         "rule": ev.rules[0] if ev.rules else "",
+        "stage": ev.stage,
+        # rule_matches_total's severity: an event is on the series of its
+        # highest one, the Explorer's rule_severity
+        "severity": ev.severity,
     }
     if "kube_audit_" in link.query or ":kube_audit_" in link.query:
         # a metric: resource is resource/subresource until the panel splits it
