@@ -34,6 +34,9 @@
     // audit timestamps are UTC and auditors compare them with other logs.
     dashboardTags: ['kube-audit'],
     dashboardTimezone: 'utc',
+    // Auto-refresh of the Security and Exporter health dashboards. The
+    // Overview and the Explorer, whose Loki tables scan the whole time range,
+    // refresh on demand.
     dashboardRefresh: '1m',
     dashboardFrom: 'now-6h',
     // Rows in "top N" tables and legends: enough to see the head of a
@@ -109,7 +112,22 @@
       KubeAuditLokiSenderStopped: { enabled: true, severity: 'warning', 'for': '5m' },
       // Entries Loki refused for good (400: too old, too long, rate limits per
       // stream...): they are not in Loki and will not be.
+      // Not the reasons below, which have alerts of their own.
       KubeAuditLokiEntriesRejected: { enabled: true, severity: 'warning', 'for': '0m', window: '10m' },
+      // Loki refused entries as "too far behind": older than its
+      // out-of-order window allows behind the newest entry of their stream.
+      // Two writers share a stream (the same loki.writer), or a backfill was
+      // sent into live streams; the entries are not retried.
+      KubeAuditLokiEntriesTooFarBehind: { enabled: true, severity: 'warning', 'for': '0m', window: '10m' },
+      // Loki's operator blocked the tenant's ingestion (Loki 3.2+, status
+      // 260 by default): every entry is dropped by Loki and not retried, so
+      // the Explorer and the Loki alerts see nothing new.
+      KubeAuditLokiIngestionBlocked: { enabled: true, severity: 'warning', 'for': '0m', window: '10m' },
+      // Loki refused structured metadata (Loki 2.9, or a schema before v13)
+      // and the exporter sends entries without it: every Explorer filter and
+      // Loki alert that reads user, namespace, resource, code... finds
+      // nothing. Quiet when loki.structured_metadata is false on purpose.
+      KubeAuditLokiStructuredMetadataRefused: { enabled: true, severity: 'warning', 'for': '5m' },
       // Spool records skipped as damaged (torn writes after a crash).
       KubeAuditSpoolCorruptRecords: { enabled: true, severity: 'warning', 'for': '0m', window: '1h' },
       // The spool, at the growth of the last `trendWindow`, is full within
@@ -123,6 +141,14 @@
       // The spool is full: the webhook answers 503 and the API server's own
       // buffer fills, then drops events. Audit records are being lost.
       KubeAuditSpoolFull: { enabled: true, severity: 'critical', 'for': '5m', window: '5m' },
+      // The OTLP output (otlp.url), as the Loki output's alerts above: pushes
+      // failing over a window that holds through backoff, the sender stopped
+      // by 401/403, records refused for good, and its spool full (the webhook
+      // answers 503: audit records are being lost).
+      KubeAuditOTLPPushFailing: { enabled: true, severity: 'warning', 'for': '10m', threshold: 0.1, window: '15m' },
+      KubeAuditOTLPSenderStopped: { enabled: true, severity: 'warning', 'for': '5m' },
+      KubeAuditOTLPEntriesRejected: { enabled: true, severity: 'warning', 'for': '0m', window: '10m' },
+      KubeAuditOTLPSpoolFull: { enabled: true, severity: 'critical', 'for': '5m', window: '5m' },
       // Detection notifications given up (queue full, retries exhausted).
       KubeAuditAlertmanagerNotificationsFailing: { enabled: true, severity: 'warning', 'for': '0m', window: '15m' },
       // A rule of severity critical matched and the exporter could not notify
@@ -192,6 +218,16 @@
       // dedupe and stateful rules run per replica, so a retried batch can
       // count twice and an attack split across replicas can go unseen.
       KubeAuditSharedStateUnreachable: { enabled: true, severity: 'warning', 'for': '5m' },
+      // Round trips to the shared state store keep failing now and then
+      // while it is up (timeouts, error replies): each failed batch's dedupe
+      // and rule state went to this replica's memory. `window` without a
+      // fallback resolves it; `for` keeps a single blip from paging.
+      KubeAuditSharedStateFallbacks: { enabled: true, severity: 'warning', 'for': '15m', window: '10m' },
+      // A worker process of `run --workers N` exited and was started again
+      // (a crash or an OOM kill): the batches it held were answered with an
+      // error and the API server retried them elsewhere, or were lost with
+      // the process. Any restart in `window`.
+      KubeAuditWorkerRestarts: { enabled: true, severity: 'warning', 'for': '0m', window: '1h' },
     },
 
     // The exporter's own notifications for detection rule matches (POST to
@@ -211,7 +247,11 @@
       { rule: 'auth-failure-burst', alert: 'KubeAuditAuthFailureBurst', equal: ['cluster'] },
       { rule: 'anonymous-request-allowed', alert: 'KubeAuditAnonymousAccessAllowed', equal: ['cluster', 'namespace'] },
       { rule: 'exec-into-system-pod', alert: 'KubeAuditExecIntoSystemNamespace', equal: ['cluster', 'namespace', 'user'] },
+      // info-level rules notify only with detect.alert_min_severity info;
+      // then they say the same as well
+      { rule: 'pod-exec-or-attach', alert: 'KubeAuditExecIntoSystemNamespace', equal: ['cluster', 'namespace', 'user'] },
       { rule: 'admission-webhook-failing-open', alert: 'KubeAuditWebhookFailedOpen', equal: ['cluster'] },
+      { rule: 'admission-webhook-failed-open', alert: 'KubeAuditWebhookFailedOpen', equal: ['cluster'] },
     ],
 
     // Loki ruler alerts (LogQL on the raw events), same fields as above.

@@ -290,6 +290,7 @@ def test_severities_are_used_sparingly() -> None:
     assert sorted(by_severity["critical"]) == [
         "KubeAuditCriticalDetectionUndelivered",
         "KubeAuditExporterAbsent",
+        "KubeAuditOTLPSpoolFull",
         "KubeAuditSpoolFull",
         "KubeAuditTLSCertificateExpiryCritical",
     ]
@@ -299,6 +300,30 @@ def test_every_alert_has_a_runbook_section() -> None:
     headings = set(re.findall(r"^### (\w+)$", (MIXIN / "runbook.md").read_text(), re.M))
     names = all_prometheus_alert_names() | {a["alert"] for a in loki_alerts()}
     assert headings == names
+
+
+def test_the_readme_lists_every_alert_with_its_meaning_and_what_to_do() -> None:
+    """The metrics reference's alert table (name, severity, when it fires)
+    and the troubleshooting table (what to do) name every alert, the ones
+    off by default included."""
+    readme = (ROOT / "README.md").read_text()
+    metrics = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    trouble = readme.split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+    cfg = rendered_config()
+    names = set(cfg["alerts"]) | set(cfg["lokiAlerts"])
+    table = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `(KubeAudit\w+)` \| ([a-z]+)[^|]* \| .+ \|$", metrics, re.M)
+    }
+    assert set(table) == names
+    for name, severity in table.items():
+        c = cfg["alerts"].get(name) or cfg["lokiAlerts"][name]
+        assert severity == c["severity"], name
+    todo = set()
+    for line in trouble.splitlines():
+        if line.startswith("| `KubeAudit"):
+            todo.update(re.findall(r"`(KubeAudit\w+)`", line.split(" | ")[0]))
+    assert todo == names
 
 
 def rendered_config() -> dict[str, Any]:
@@ -455,6 +480,59 @@ def test_four_dashboards_with_stable_uids_from_their_file_names() -> None:
         assert isinstance(d["schemaVersion"], int) and d["schemaVersion"] >= 36
         assert d["title"] and d["tags"] == ["kube-audit"]
         assert "__inputs" not in d and "${DS_" not in json.dumps(d), name
+
+
+def test_dashboard_hygiene() -> None:
+    """Issue 18.11: every panel says what it shows; stat panels ask for one
+    value (instant), not a range; counts show whole numbers; quantile
+    legends read p99, not p0.99; a dashboard with Loki tables over the whole
+    range is refreshed on demand, not every minute; detections are
+    annotations on the Security dashboard's timelines."""
+    boards = dashboards()
+    for name, d in boards.items():
+        for p in panels_of(d):
+            if p["type"] == "row":
+                continue
+            where = f"{name}: {p['title']}"
+            assert len(p.get("description", "")) > 20, where
+            exprs = " ".join(t["expr"] for t in p["targets"])
+            if p["type"] == "stat":
+                for t in p["targets"]:
+                    if t["datasource"]["type"] == "loki":
+                        assert t["queryType"] == "instant", where
+                    else:
+                        assert t["instant"] is True and t["range"] is False, where
+            counts = "clamp_min(" in exprs or "count_over_time(" in exprs
+            if counts and p["type"] in ("timeseries", "table", "stat"):
+                assert p["fieldConfig"]["defaults"].get("decimals") == 0, where
+            for t in p["targets"]:
+                assert not re.search(r"\bp0\.", t.get("legendFormat", "")), where
+        loki_range = [
+            t["expr"]
+            for p in panels_of(d)
+            for t in p.get("targets", [])
+            if t["datasource"]["type"] == "loki" and "[$__range]" in t["expr"]
+        ]
+        if loki_range:
+            assert d["refresh"] == "", name
+    annotations = boards["kube-audit-security.json"]["annotations"]["list"]
+    severities = {re.search(r'rule_severity="(\w+)"', a["expr"]).group(1) for a in annotations}  # type: ignore[union-attr]
+    assert {"critical", "warning"} <= severities
+
+
+def test_every_number_about_audit_events_links_to_the_events() -> None:
+    """Issue 18: every number on the Overview and Security dashboards links
+    to the events behind it in the Explorer (the Exporter health dashboard
+    is about the exporter itself; the logs panels are the events)."""
+    explorer_uid = dashboards()["kube-audit-explorer.json"]["uid"]
+    for name in ("kube-audit-overview.json", "kube-audit-security.json"):
+        for p in panels_of(dashboards()[name]):
+            if p["type"] in ("row", "logs"):
+                continue
+            links = p["fieldConfig"]["defaults"].get("links", [])
+            assert links, f"{name}: {p['title']} links to no events"
+            for link in links:
+                assert link["url"].startswith(f"/d/{explorer_uid}/"), (name, p["title"])
 
 
 def test_panel_ids_are_unique_and_the_grid_has_no_overlap() -> None:
@@ -713,6 +791,29 @@ def test_queries_only_use_documented_metrics_and_recorded_series() -> None:
             if base not in documented:
                 unknown[name] = where
     assert not unknown
+
+
+def test_every_catalogued_metric_is_on_a_dashboard_or_in_an_alert() -> None:
+    """Each metric of the README's tables (the exporter's, the supervisor's
+    and the notifier's) is read by a panel, an alert or a recording rule
+    that a panel or an alert reads: none is exported for nobody."""
+    catalogue = documented_metrics()
+    for must in (
+        "kube_audit_requests_total",
+        "kube_audit_worker_restarts_total",
+        "kube_audit_state_fallbacks_total",
+        "kube_audit_otlp_sender_up",
+        "kube_audit_loki_entries_resent_without_metadata_total",
+    ):
+        assert must in catalogue, must
+    read: set[str] = set()
+    for _, expr in promql_expressions():
+        for name in _NAME.findall(_STRING.sub('""', expr)):
+            read.add(name)
+            for suffix in _HISTOGRAM_SUFFIXES:
+                read.add(name.removesuffix(suffix))
+    unread = sorted(catalogue - read)
+    assert not unread, f"on no dashboard and in no alert: {unread}"
 
 
 def recording_names() -> set[str]:

@@ -199,6 +199,10 @@ def row_of(link: Link, e: Pushed) -> dict[str, str] | None:
         "name": ev.name,
         "audit_id": ev.audit_id,
         "rule": ev.rules[0] if ev.rules else "",
+        "stage": ev.stage,
+        # rule_matches_total's severity: an event is on the series of its
+        # highest one, the Explorer's rule_severity
+        "severity": ev.severity,
     }
     if "kube_audit_" in link.query or ":kube_audit_" in link.query:
         # a metric: resource is resource/subresource until the panel splits it
@@ -326,6 +330,34 @@ def test_filters_are_exact_not_substrings() -> None:
     got = select(explorer_query({"user": short}), entries)
     assert got and {e.field("user") for e in got} == {short}
     assert longer not in {e.field("user") for e in got}
+
+
+def test_each_explorer_filter_selects_exactly_its_value() -> None:
+    """Issue 18: the Explorer filters by user, verb, resource, subresource,
+    namespace, name, code, user kind, source, rule, audit ID and stage; each
+    one, set to a value an entry really carries, returns that entry and only
+    entries with the value."""
+    entries = pushed()
+    wanted = {
+        "user", "verb", "resource", "subresource", "namespace", "name", "code",
+        "user_kind", "source_ip", "rule", "audit_id", "stage",
+    }  # fmt: skip
+    assert wanted <= set(variables_of(dashboards()[EXPLORER]))
+    for var in sorted(wanted):
+        if var == "rule":
+            e = next(e for e in entries if e.field("rules"))
+            value = e.field("rules").split(",")[-1]
+        elif var == "stage":
+            e = next(e for e in entries if e.field("stage") == "ResponseStarted")
+            value = "ResponseStarted"
+        else:
+            e = next(e for e in entries if e.field(var))
+            value = e.field(var)
+        got = select(explorer_query({var: value}), entries)
+        assert e in got, (var, value)
+        assert all(_matches_fixed(o, var, value) for o in got), (var, value)
+        others = [o for o in entries if not _matches_fixed(o, var, value)]
+        assert others, var  # the filter had something to leave out
 
 
 def test_the_evaluator_and_the_substitution_catch_mistakes() -> None:

@@ -24,6 +24,8 @@ local rules = import 'recording-rules.libsonnet';
     }] else [],
 
   local a = cfg.alerts,
+  // Loki refusal reasons with an alert of their own.
+  local ownRejectReasons = ['too_far_behind', 'blocked_ingestion'],
 
   // Events counted over `window` with more than `threshold`, where the
   // counter's series is created by the first event (webhook names, anonymous
@@ -176,9 +178,31 @@ local rules = import 'recording-rules.libsonnet';
           ) +
           alert(
             'KubeAuditLokiEntriesRejected',
-            'sum by (%s) (increase(kube_audit_loki_entries_rejected_total{%s}[%s])) > 0' % [by(['instance', 'reason']), sel, a.KubeAuditLokiEntriesRejected.window],
+            'sum by (%s) (increase(kube_audit_loki_entries_rejected_total{%s, reason!~"%s"}[%s])) > 0' % [by(['instance', 'reason']), sel, std.join('|', ownRejectReasons), a.KubeAuditLokiEntriesRejected.window],
             'Loki rejected audit events.',
             'Loki refused {{ $value | humanize }} entries from {{ $labels.instance }}%s in the last %s ({{ $labels.reason }}); they are not retried and are missing from Loki.' % [inCluster, a.KubeAuditLokiEntriesRejected.window],
+          ) +
+          alert(
+            'KubeAuditLokiEntriesTooFarBehind',
+            'sum by (%s) (increase(kube_audit_loki_entries_rejected_total{%s, reason="too_far_behind"}[%s])) > 0' % [by(['instance']), sel, a.KubeAuditLokiEntriesTooFarBehind.window],
+            'Loki refused audit events as too far behind their stream.',
+            'Loki refused {{ $value | humanize }} entries from {{ $labels.instance }}%s in the last %s as too far behind the newest entry of their stream; they are not retried and are missing from Loki. Two writers share a stream (the same loki.writer), or old events were sent into live streams.' % [inCluster, a.KubeAuditLokiEntriesTooFarBehind.window],
+          ) +
+          alert(
+            'KubeAuditLokiIngestionBlocked',
+            'sum by (%s) (increase(kube_audit_loki_entries_rejected_total{%s, reason="blocked_ingestion"}[%s])) > 0' % [by(['instance']), sel, a.KubeAuditLokiIngestionBlocked.window],
+            'Loki blocks the ingestion of audit events.',
+            "Loki answered that ingestion is blocked (status 260) for {{ $value | humanize }} entries from {{ $labels.instance }}%s in the last %s: Loki drops them and the exporter does not retry, so the Explorer and the Loki alerts see nothing new. Loki's operator set blocked_ingestion for the tenant (loki.tenant)." % [inCluster, a.KubeAuditLokiIngestionBlocked.window],
+          ) +
+          alert(
+            'KubeAuditLokiStructuredMetadataRefused',
+            |||
+              max by (%(by)s) (kube_audit_loki_entries_resent_without_metadata_total{%(sel)s}) > 0
+              and on (%(by)s)
+              max by (%(by)s) (kube_audit_loki_structured_metadata{%(sel)s}) == 0
+            ||| % { by: by(['instance']), sel: sel },
+            'Loki refuses structured metadata.',
+            "Loki refused the structured metadata of the entries of {{ $labels.instance }}%s, which sends them without it ({{ $value | humanize }} entries sent again): the Explorer's filters and the Loki alerts, which read user, namespace, resource and code from it, find nothing. Switch it on in Loki (allow_structured_metadata, schema v13), or set loki.structured_metadata: false to say it is meant." % inCluster,
           ) +
           alert(
             'KubeAuditSpoolCorruptRecords',
@@ -212,6 +236,35 @@ local rules = import 'recording-rules.libsonnet';
             'sum by (%s) (increase(kube_audit_spool_full_total{%s}[%s])) > 0' % [by(['instance']), sel, a.KubeAuditSpoolFull.window],
             'The Loki spool is full and audit events are refused.',
             '{{ $labels.instance }}%s refused {{ $value | humanize }} batches in the last %s because its spool is full: the webhook answers 503 and the log tailer waits. The API server drops audit events once its own buffer is full.' % [inCluster, a.KubeAuditSpoolFull.window],
+          ) +
+          alert(
+            'KubeAuditOTLPPushFailing',
+            |||
+              sum by (%(by)s) (increase(kube_audit_otlp_push_failures_total{%(sel)s}[%(w)s]))
+              /
+              sum by (%(by)s) (increase(kube_audit_otlp_requests_total{%(sel)s}[%(w)s]))
+              > %(t)g
+            ||| % { by: by(['instance']), sel: sel, w: a.KubeAuditOTLPPushFailing.window, t: a.KubeAuditOTLPPushFailing.threshold },
+            'Pushes to the OTLP receiver fail.',
+            '{{ $value | humanizePercentage }} of the pushes of {{ $labels.instance }}%s to the OTLP receiver (otlp.url) failed over the last %s. The records wait in its spool; kube_audit_otlp_push_failures_total tells why.' % [inCluster, a.KubeAuditOTLPPushFailing.window],
+          ) +
+          alert(
+            'KubeAuditOTLPSenderStopped',
+            'max by (%s) (kube_audit_otlp_sender_up{%s}) == 0' % [by(['instance']), sel],
+            'The OTLP receiver refused the credentials of the exporter.',
+            'The OTLP receiver answered 401, 403, 404 or 405 to {{ $labels.instance }}%s: its sender waits until the credential files change or a push works again, and its spool fills meanwhile.' % inCluster,
+          ) +
+          alert(
+            'KubeAuditOTLPEntriesRejected',
+            'sum by (%s) (increase(kube_audit_otlp_entries_rejected_total{%s}[%s])) > 0' % [by(['instance', 'reason']), sel, a.KubeAuditOTLPEntriesRejected.window],
+            'The OTLP receiver rejected audit events.',
+            'The OTLP receiver refused {{ $value | humanize }} records from {{ $labels.instance }}%s in the last %s ({{ $labels.reason }}); they are not retried and are missing there.' % [inCluster, a.KubeAuditOTLPEntriesRejected.window],
+          ) +
+          alert(
+            'KubeAuditOTLPSpoolFull',
+            'sum by (%s) (increase(kube_audit_otlp_spool_full_total{%s}[%s])) > 0' % [by(['instance']), sel, a.KubeAuditOTLPSpoolFull.window],
+            'The OTLP spool is full and audit events are refused.',
+            '{{ $labels.instance }}%s refused {{ $value | humanize }} batches in the last %s because its OTLP spool is full: the webhook answers 503 and the log tailer waits. The API server drops audit events once its own buffer is full.' % [inCluster, a.KubeAuditOTLPSpoolFull.window],
           ) +
           alert(
             'KubeAuditAlertmanagerNotificationsFailing',
@@ -284,10 +337,30 @@ local rules = import 'recording-rules.libsonnet';
             '{{ $labels.instance }}%s cannot reach state.url: deduplication and stateful rules run on this replica alone, so a batch retried on another replica can be counted twice and an attack split across replicas can go unseen. The exporter log says why (never the password); it reconnects by itself.' % inCluster,
           ) +
           alert(
+            'KubeAuditSharedStateFallbacks',
+            |||
+              sum by (%(by)s) (increase(kube_audit_state_fallbacks_total{%(sel)s}[%(w)s])) > 0
+              unless on (%(inst)s)
+              max by (%(inst)s) (kube_audit_state_backend_up{%(sel)s}) == 0
+            ||| % { by: by(['instance', 'op']), inst: by(['instance']), sel: sel, w: a.KubeAuditSharedStateFallbacks.window },
+            'Round trips to the shared detection state keep failing.',
+            '{{ $labels.instance }}%s put the {{ $labels.op }} state of {{ $value | humanize }} batches in its own memory in the last %s because round trips to state.url failed, while the store is up: retried batches can count twice and split attacks go unseen. kube_audit_state_operations_failed_total and the exporter log say why (timeouts, error replies).' % [inCluster, a.KubeAuditSharedStateFallbacks.window],
+          ) +
+          alert(
             'KubeAuditRuleStateEvictions',
             'sum by (%s) (increase(kube_audit_detect_state_evictions_total{%s}[%s])) > 0' % [by(['instance', 'rule']), sel, a.KubeAuditRuleStateEvictions.window],
             'A stateful detection rule forgets state.',
             'Rule {{ $labels.rule }} of {{ $labels.instance }}%s evicted {{ $value | humanize }} state entries in the last %s at its bound (detect.max_state_entries): its thresholds and sequences can miss what they look for. Raise the bound, or narrow the rule.' % [inCluster, a.KubeAuditRuleStateEvictions.window],
+          ),
+      },
+      {
+        name: 'kube-audit-exporter-workers',
+        rules:
+          alert(
+            'KubeAuditWorkerRestarts',
+            'sum by (%s) (increase(kube_audit_worker_restarts_total{%s}[%s])) > 0' % [by(['instance']), sel, a.KubeAuditWorkerRestarts.window],
+            'A worker process of the exporter was restarted.',
+            'Worker processes of {{ $labels.instance }}%s exited and were started again in the last %s (restarts: {{ $value | humanize }}; a crash or an OOM kill). The exporter log says how each exited; a pod memory limit too low for --workers is the usual cause.' % [inCluster, a.KubeAuditWorkerRestarts.window],
           ),
       },
       {

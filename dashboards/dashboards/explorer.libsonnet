@@ -22,6 +22,8 @@ local g = import '../lib/g.libsonnet';
     '| source_ip=~"${source_ip:regex}"',
     '| rules=~"(.*,)?${rule:regex}(,.*)?"',
     '| audit_id=~"${audit_id:regex}"',
+    '| stage=~"${stage:regex}"',
+    '| rule_severity=~"${rule_severity:regex}"',
   ]),
   local events = '%s\n  %s' % [g.lokiSelector(cfg, 'verb=~"${verb:regex}"'), filters],
   local filter(name, label, description) = g.filterVariable(name, label, description),
@@ -49,6 +51,8 @@ local g = import '../lib/g.libsonnet';
         filter('source_ip', 'source address', 'The source IP address exactly (the last of sourceIPs).'),
         filter('rule', 'detection rule', 'A detection rule id exactly: events it matched.'),
         filter('audit_id', 'audit ID', 'One request: its auditID, from a notification or a table.'),
+        g.filterVariable('rule_severity', 'detection severity', 'The highest severity among the rules an event matched: critical, warning or info.', ['critical', 'warning', 'info'], multi=true),
+        g.filterVariable('stage', 'stage', 'RequestReceived, ResponseStarted (the start of exec, attach, watch; the only one of a 401), ResponseComplete or Panic. One request logs up to three stages; ResponseComplete alone counts requests once.', ['RequestReceived', 'ResponseStarted', 'ResponseComplete', 'Panic'], multi=true),
       ],
       [
         g.row('Event volume'),

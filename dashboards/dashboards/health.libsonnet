@@ -79,8 +79,12 @@ local g = import '../lib/g.libsonnet';
           g.q('sum(%s)' % rate('kube_audit_loki_entries_sent_total'), 'sent'),
           g.q('sum by (reason) (%s)' % rate('kube_audit_loki_entries_rejected_total'), 'rejected {{reason}}'),
           g.q('sum(%s)' % rate('kube_audit_loki_entries_shrunk_total'), 'sent without bodies'),
-        ], 'ops', w=8, description='Entries Loki accepted, refused for good (by reason, KubeAuditLokiEntriesRejected), and sent without their bodies (over loki.line_limit).'),
-        g.timeseries('Pushes by code', g.q('sum by (code) (%s)' % rate('kube_audit_loki_requests_total'), '{{code}}'), 'reqps', w=8, description='Pushes by HTTP status or transport error. 429 and 5xx are retried with backoff; 401/403 stop the sender.'),
+          g.q('sum(%s)' % rate('kube_audit_loki_entries_resent_without_metadata_total'), 'resent without metadata'),
+        ], 'ops', w=8, description='Entries Loki accepted, refused for good (by reason: KubeAuditLokiEntriesRejected, too_far_behind KubeAuditLokiEntriesTooFarBehind, blocked_ingestion KubeAuditLokiIngestionBlocked), sent without their bodies (over loki.line_limit), and sent again without structured metadata after Loki refused it (KubeAuditLokiStructuredMetadataRefused).'),
+        g.timeseries('Pushes by code', [
+          g.q('sum by (code) (%s)' % rate('kube_audit_loki_requests_total'), '{{code}}'),
+          g.q('sum(%s)' % rate('kube_audit_loki_batches_sent_total'), 'answered 2xx'),
+        ], 'reqps', w=8, description='Pushes by HTTP status or transport error, and those answered 2xx. 429 and 5xx are retried with backoff; 401/403 stop the sender; 260 is a blocked tenant (KubeAuditLokiIngestionBlocked).'),
         g.timeseries('Push failures and retries', [
           g.q('sum by (reason) (%s)' % rate('kube_audit_loki_push_failures_total'), '{{reason}}'),
           g.q('sum(%s)' % rate('kube_audit_loki_retries_total'), 'retries'),
@@ -88,8 +92,17 @@ local g = import '../lib/g.libsonnet';
         g.timeseries('Push duration', [
           g.q('histogram_quantile(0.5, sum by (le) (%s))' % rate('kube_audit_loki_push_duration_seconds_bucket'), 'p50'),
           g.q('histogram_quantile(0.99, sum by (le) (%s))' % rate('kube_audit_loki_push_duration_seconds_bucket'), 'p99'),
-        ], 's', description='Duration of one push. Seconds: Loki is slow to ingest, and the spool grows.'),
-        g.timeseries('Loki sender up by instance', g.q('kube_audit_loki_sender_up{%s}' % S, '{{instance}}'), decimals=0, description='1 while the sender runs; 0 after Loki refused the credentials (KubeAuditLokiSenderStopped).'),
+        ], 's', w=8, description='Duration of one push. Seconds: Loki is slow to ingest, and the spool grows.'),
+        g.timeseries('Entry latency', [
+          g.q('histogram_quantile(0.5, sum by (le) (%s))' % rate('kube_audit_loki_entry_latency_seconds_bucket'), 'p50'),
+          g.q('histogram_quantile(0.99, sum by (le) (%s))' % rate('kube_audit_loki_entry_latency_seconds_bucket'), 'p99'),
+        ], 's', w=8, description="From an entry's spooling to Loki's answer for it: how late events show in the Explorer and the Loki alerts. Minutes: Loki is failing or slow (KubeAuditLokiPushFailing, KubeAuditSpoolEntriesOld)."),
+        g.timeseries('Bytes pushed', [
+          g.q('sum(%s)' % rate('kube_audit_loki_sent_bytes_total'), 'accepted, uncompressed'),
+          g.q('sum(%s)' % rate('kube_audit_loki_request_bytes_total'), 'sent, compressed, retries included'),
+        ], 'Bps', w=8, description="Uncompressed bytes of the pushes Loki accepted (what its ingestion_rate_mb limit counts), and request bodies as sent. Near the tenant's limit: 429s follow."),
+        g.timeseries('Loki sender up by instance', g.q('kube_audit_loki_sender_up{%s}' % S, '{{instance}}'), w=12, decimals=0, description='1 while the sender runs; 0 after Loki refused the credentials (KubeAuditLokiSenderStopped).'),
+        g.timeseries('Structured metadata by instance', g.q('kube_audit_loki_structured_metadata{%s}' % S, '{{instance}}'), w=12, decimals=0, description="1 while entries carry structured metadata; 0 when loki.structured_metadata is false or Loki refused it (KubeAuditLokiStructuredMetadataRefused): the Explorer's filters and the Loki alerts then find nothing."),
 
         g.row('Spool'),
         g.timeseries('Spool size', [
@@ -102,6 +115,48 @@ local g = import '../lib/g.libsonnet';
           g.q(counts('kube_audit_spool_full_total', ['instance']), 'refused, spool full {{instance}}'),
           g.q(counts('kube_audit_spool_corrupt_records_total', ['instance']), 'damaged records {{instance}}'),
         ], w=8, decimals=0, bars=true, description='Batches refused because the spool was full (events lost once the API server buffer fills: KubeAuditSpoolFull), and damaged records skipped after a crash, per interval.'),
+
+        g.row('OTLP output'),
+        g.timeseries('OTLP entries', [
+          g.q('sum(%s)' % rate('kube_audit_otlp_entries_sent_total'), 'sent'),
+          g.q('sum by (reason) (%s)' % rate('kube_audit_otlp_entries_rejected_total'), 'rejected {{reason}}'),
+          g.q('sum(%s)' % rate('kube_audit_otlp_entries_shrunk_total'), 'sent without bodies'),
+        ], 'ops', w=8, description='With otlp.url: log records the OTLP receiver accepted, refused for good (by reason), and sent without their bodies. Empty: no OTLP output.'),
+        g.timeseries('OTLP pushes', [
+          g.q('sum by (code) (%s)' % rate('kube_audit_otlp_requests_total'), '{{code}}'),
+          g.q('sum(%s)' % rate('kube_audit_otlp_batches_sent_total'), 'answered 2xx'),
+          g.q('sum by (reason) (%s)' % rate('kube_audit_otlp_push_failures_total'), 'failed {{reason}}'),
+          g.q('sum(%s)' % rate('kube_audit_otlp_retries_total'), 'retries'),
+        ], 'reqps', w=8, description='OTLP pushes by HTTP status or transport error, those answered 2xx, failures by reason and retries; retried with backoff as for Loki.'),
+        g.timeseries('OTLP push duration and entry latency', [
+          g.q('histogram_quantile(0.99, sum by (le) (%s))' % rate('kube_audit_otlp_push_duration_seconds_bucket'), 'push p99'),
+          g.q('histogram_quantile(0.99, sum by (le) (%s))' % rate('kube_audit_otlp_entry_latency_seconds_bucket'), 'entry latency p99'),
+        ], 's', w=8, description="Duration of one push, and from a record's spooling to the receiver's answer for it."),
+        g.timeseries('OTLP bytes pushed', [
+          g.q('sum(%s)' % rate('kube_audit_otlp_sent_bytes_total'), 'accepted, uncompressed'),
+          g.q('sum(%s)' % rate('kube_audit_otlp_request_bytes_total'), 'sent, compressed, retries included'),
+        ], 'Bps', w=8, description='Uncompressed bytes of the pushes the receiver accepted, and request bodies as sent.'),
+        g.timeseries('OTLP sender up by instance', g.q('kube_audit_otlp_sender_up{%s}' % S, '{{instance}}'), w=8, decimals=0, description='1 while the OTLP sender runs; 0 after the receiver refused the credentials (401/403): fix them; it resumes when the files change.'),
+        g.timeseries('OTLP spool size', [
+          g.q('max by (instance) (kube_audit_otlp_spool_bytes{%s})' % S, 'used {{instance}}'),
+          g.q('max by (instance) (kube_audit_otlp_spool_max_bytes{%s})' % S, 'limit {{instance}}'),
+        ], 'bytes', w=8, description='Bytes waiting for the OTLP receiver against its spool limit; at the limit the webhook answers 503.'),
+        g.timeseries('OTLP spool entries', g.q('max by (instance) (kube_audit_otlp_spool_entries{%s})' % S, '{{instance}}'), w=8, decimals=0, description='Records waiting for the OTLP receiver. Near 0 is healthy.'),
+        g.timeseries('OTLP oldest spool entry age', g.q('max by (instance) (kube_audit_otlp_spool_oldest_entry_age_seconds{%s})' % S, '{{instance}}'), 's', w=8, description='How long the oldest record has waited for the OTLP receiver.'),
+        g.timeseries('OTLP spool full and damaged records', [
+          g.q(counts('kube_audit_otlp_spool_full_total', ['instance']), 'refused, spool full {{instance}}'),
+          g.q(counts('kube_audit_otlp_spool_corrupt_records_total', ['instance']), 'damaged records {{instance}}'),
+        ], w=8, decimals=0, bars=true, description='Batches refused because the OTLP spool was full, and damaged records skipped after a crash, per interval.'),
+
+        g.row('Workers and shared state'),
+        g.timeseries('Workers serving', g.q('max by (instance) (kube_audit_workers{%s})' % S, '{{instance}}'), w=8, decimals=0, description='With run --workers N: worker processes running and serving, per pod. Below N: a worker is starting again (KubeAuditWorkerRestarts). Empty: one process per pod.'),
+        g.timeseries('Worker restarts', g.q(counts('kube_audit_worker_restarts_total', ['instance']), '{{instance}}'), w=8, decimals=0, bars=true, description='Workers that exited and were started again, per interval (KubeAuditWorkerRestarts): the supervisor logs how each exited.'),
+        g.timeseries('Shared state up by instance', g.q('max by (instance) (kube_audit_state_backend_up{%s})' % S, '{{instance}}'), w=8, decimals=0, description="With state.url: 1 while the shared store (Redis/Valkey) answers; 0 while dedupe and stateful rules run on the replica's memory (KubeAuditSharedStateUnreachable). Empty: no state.url."),
+        g.timeseries('Shared state round trips', g.q('sum by (op) (%s)' % rate('kube_audit_state_round_trips_total'), '{{op}}'), 'ops', w=12, description='Successful round trips to the shared store per second, by operation (connect, dedupe_check, detect, dedupe_mark).'),
+        g.timeseries('Shared state failures and fallbacks', [
+          g.q(counts('kube_audit_state_operations_failed_total', ['op']), 'failed {{op}}'),
+          g.q(counts('kube_audit_state_fallbacks_total', ['op']), 'fell back {{op}}'),
+        ], w=12, decimals=0, bars=true, description="Round trips that failed (refused, timed out, error reply), and batches whose state went to the replica's memory instead, per interval (KubeAuditSharedStateFallbacks). The exporter log says why."),
 
         g.row('Alertmanager'),
         g.timeseries('Notifications sent', g.q('sum by (instance) (%s)' % rate('kube_audit_alertmanager_alerts_sent_total'), '{{instance}}'), 'ops', w=8, description='Detection notifications Alertmanager accepted, per second (one per alert and Alertmanager).'),

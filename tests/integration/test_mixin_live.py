@@ -132,13 +132,28 @@ CORE_PANELS = {
 
 
 # Panels that rightly show nothing in this stack: the managed sources (EKS,
-# GKE, AKS) are not configured, no TLS handshake fails, and an exporter that
-# just started has evicted no detection state.
+# GKE, AKS), the OTLP output, --workers and the shared state (state.url) are
+# not configured, no TLS handshake fails, and an exporter that just started
+# has evicted no detection state.
 EMPTY_HERE = {
     "kube-audit-exporter-health.json: Managed source answers and messages",
     "kube-audit-exporter-health.json: Managed source errors",
     "kube-audit-exporter-health.json: AKS archive checkpoint age",
     "kube-audit-exporter-health.json: Webhook TLS handshake failures",
+    "kube-audit-exporter-health.json: OTLP entries",
+    "kube-audit-exporter-health.json: OTLP pushes",
+    "kube-audit-exporter-health.json: OTLP push duration and entry latency",
+    "kube-audit-exporter-health.json: OTLP bytes pushed",
+    "kube-audit-exporter-health.json: OTLP sender up by instance",
+    "kube-audit-exporter-health.json: OTLP spool size",
+    "kube-audit-exporter-health.json: OTLP spool entries",
+    "kube-audit-exporter-health.json: OTLP oldest spool entry age",
+    "kube-audit-exporter-health.json: OTLP spool full and damaged records",
+    "kube-audit-exporter-health.json: Workers serving",
+    "kube-audit-exporter-health.json: Worker restarts",
+    "kube-audit-exporter-health.json: Shared state up by instance",
+    "kube-audit-exporter-health.json: Shared state round trips",
+    "kube-audit-exporter-health.json: Shared state failures and fallbacks",
 }
 # The fallback alert keeps its `for`: it gives the direct notification time.
 KEEP_FOR = {"KubeAuditCriticalDetectionUndelivered"}
@@ -586,9 +601,16 @@ def test_queries_name_only_metrics_the_exporter_exposes(stack: Stack) -> None:
             if name.startswith("kube_audit_") and ":" not in name:
                 used.add(name)
     assert len(used) > 30
-    # the managed sources (EKS, GKE, AKS) and the shared state (state.url)
-    # are not configured in this stack
-    managed = ("kube_audit_eks_", "kube_audit_gke_", "kube_audit_aks_", "kube_audit_state_")
+    # the managed sources (EKS, GKE, AKS), the shared state (state.url), the
+    # OTLP output and the workers' supervisor are not configured in this stack
+    managed = (
+        "kube_audit_eks_",
+        "kube_audit_gke_",
+        "kube_audit_aks_",
+        "kube_audit_state_",
+        "kube_audit_otlp_",
+        "kube_audit_worker",
+    )
     assert {n for n in used - exposed if not n.startswith(managed)} == set()
 
 
@@ -685,3 +707,59 @@ def test_split_resource_labels_are_lokis_resource_and_subresource(stack: Stack) 
     labels = {r["metric"].get("resource", "") for r in raw}
     for res, sub in pairs:
         assert (f"{res}/{sub}" if sub else res) in labels, (res, sub)
+
+
+def test_every_data_link_on_a_prometheus_panel_opens_events_loki_received(stack: Stack) -> None:
+    """Each series a Prometheus panel with a data link really returns, its
+    labels put into the link as Grafana would, opens the Explorer on events
+    that the exporter pushed to Loki in this stack: the numbers and the
+    events behind them agree on real data."""
+    from tests.test_mixin_links import EXPLORER, Pushed, explorer_query, fill, links, select
+
+    events = sample_count(stack.scrape(), "kube_audit_events_total")
+    poll(lambda: stack.loki.count() >= events, timeout=120, what="Loki to receive every entry")
+    with stack.loki.lock:
+        received = list(stack.loki.received)
+    entries = [
+        Pushed(
+            dict(r.labels),
+            {RENAMED_METADATA.get(k, k): v for k, v in r.metadata.items()},
+            r.line.decode("utf-8", "replace"),
+            None,  # type: ignore[arg-type]
+        )
+        for r in received
+    ]
+    boards = dashboards()
+    # an hour covers everything this stack sent, so counts over a window see it
+    wide = {"$__interval": "1h", "$__range": "1h"}
+    checked, failures = 0, []
+    for link in links():
+        if link.board == EXPLORER:
+            continue
+        panel = next(p for p in panels_of(boards[link.board]) if p["title"] == link.panel)
+        fields = [
+            m.group(1)
+            for _, t in link.params
+            if (m := re.fullmatch(r"\$\{__(?:field\.labels|data\.fields)\.(\w+)\}", t))
+        ]
+        if not fields:
+            continue
+        for target in panel["targets"]:
+            if target["datasource"]["type"] != "prometheus":
+                continue
+            expr = target["expr"]
+            for var, value in wide.items():
+                expr = expr.replace(var, value)
+            for series in stack.query(substitute(expr))[:20]:
+                labels = series["metric"]
+                row = {f: labels.get(f, "") for f in fields}
+                if any(v in ("__other__", "other") for v in row.values()):
+                    continue  # folded: the Explorer has the exact values instead
+                if any(not row[f] for f in fields if f not in ("subresource", "namespace", "name")):
+                    continue  # a series of the panel without that label (a total line)
+                params = fill(link, row)
+                checked += 1
+                if not select(explorer_query(params), entries):
+                    failures.append(f"{link}: {params} opens no event")
+    assert checked >= 20, checked
+    assert not failures, "\n".join(failures)
