@@ -648,10 +648,10 @@ class AuditMetrics(Collector):
             row = rows.get(rk)
             if row is None:
                 m = mapped[rk]
-                key = (m[0], m[1])
-                row = histogram.get(key)
+                labels = (m[0], m[1])
+                row = histogram.get(labels)
                 if row is None:
-                    row = histogram[key] = [0.0] * width
+                    row = histogram[labels] = [0.0] * width
                 rows[rk] = row
             row[bisect_left(buckets, took)] += 1
             row[-1] += took
