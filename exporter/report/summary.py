@@ -35,7 +35,8 @@ class Report:
     invalid: Counter[str] = field(default_factory=Counter)
     first_ts: float | None = None
     last_ts: float | None = None
-    by_request: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # (verb, resource, subresource, code): labelled in to_dict
+    by_request: Counter[tuple[str, str, str, int]] = field(default_factory=Counter)
     users: Counter[str] = field(default_factory=Counter)
     user_agents: Counter[str] = field(default_factory=Counter)
     auth_failures_by_user: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -101,17 +102,7 @@ class Report:
         if not requests:
             return
         self.requests += len(requests)
-        label = CODE_LABEL.get
-        self.by_request.update(
-            [
-                (
-                    ev.verb,
-                    f"{ev.resource}/{ev.subresource}" if ev.subresource else ev.resource,
-                    label(ev.code) or str(ev.code),
-                )
-                for ev in requests
-            ]
-        )
+        self.by_request.update([(ev.verb, ev.resource, ev.subresource, ev.code) for ev in requests])
         self.users.update([ev.username or "(unauthenticated)" for ev in requests])
         self.user_agents.update([ev.user_agent for ev in requests if ev.user_agent])
         for ev in requests:
@@ -241,6 +232,15 @@ class Report:
             if len(examples) < 5:
                 examples.append(who_what(ev))
 
+    def _by_label(self) -> Counter[tuple[str, str, str]]:
+        """by_request with its labels: the resource with its subresource
+        (``pods/exec``), the code as text (``unknown`` for none)."""
+        out: Counter[tuple[str, str, str]] = Counter()
+        for (verb, resource, subresource, code), n in self.by_request.items():
+            label = f"{resource}/{subresource}" if subresource else resource
+            out[(verb, label, CODE_LABEL.get(code) or str(code))] += n
+        return out
+
     def to_dict(self, top: int = 10) -> dict[str, Any]:
         return {
             "files": self.files,
@@ -252,7 +252,7 @@ class Report:
             "last_event": iso(self.last_ts) if self.last_ts is not None else None,
             "requests_by_verb_resource_code": [
                 {"verb": v, "resource": r, "code": c, "count": n}
-                for (v, r, c), n in sorted(self.by_request.items(), key=lambda kv: (-kv[1], kv[0]))
+                for (v, r, c), n in sorted(self._by_label().items(), key=lambda kv: (-kv[1], kv[0]))
             ],
             "top_users": [{"user": u, "count": n} for u, n in self.users.most_common(top)],
             "top_user_agents": [
