@@ -12,26 +12,16 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from . import __version__
-from .alertmanager import Alertmanager
+from .assembly import build_pipeline as build_pipeline
 from .config import (
     Config,
     audit_metrics,
-    detection_settings,
-    first_seen_path,
-    loki_settings,
-    otlp_settings,
-    rule_set,
-    state_settings,
 )
 from .detect import Detector
 from .event import Decoder
 from .httpserver import Limits
-from .logs import safe_url
 from .loki.sink import LokiSink
-from .metrics import AuditMetrics, HTTPMetrics
-from .otlp import otlp_sink
-from .pipeline import Pipeline, Processor, Sink
-from .redact import Redactor
+from .metrics import HTTPMetrics
 from .sources import aks, aks_eventhub
 from .sources.aks import AzureBlobStore, BlobArchiveSource
 from .sources.aks_eventhub import EventHubSource
@@ -40,8 +30,6 @@ from .sources.eks_cloudwatch import CloudWatchSource, make_client
 from .sources.gke import OIDCVerifier, PubSubPull, PubSubPushServer
 from .sources.logfile import LogFileSource
 from .sources.webhook import WebhookServer
-from .state.persist import FirstSeenFile
-from .state.redis_store import RedisStore
 from .web import MetricsServer
 
 T = TypeVar("T")
@@ -310,74 +298,6 @@ class App:
             self.notifier.close(timeout)
         self.web.shutdown(timeout)
         log.info("stopped")
-
-
-def build_pipeline(
-    cfg: Config, metrics: AuditMetrics, *, spool_dir: str | None = None, live: bool = False
-) -> tuple[Pipeline, Alertmanager | None]:
-    """decode -> redact -> detect -> sinks -> metrics, as configured, and the
-    Alertmanager notifier (not started) when URLs are set. Shared by ``run``
-    and ``replay``; ``live`` (``run``) adds the state that outlives the
-    process: the shared store (state.url) or the first_seen file. Raises
-    LokiSetupError, RuleError or ValueError."""
-    settings = loki_settings(cfg, spool_dir=spool_dir)
-    processors: list[Processor] = []
-    if settings.redact:
-        # First, so that nothing after it (Loki, Alertmanager, logs) sees secrets.
-        processors.append(Redactor(settings.redact_paths))
-    detection = detection_settings(cfg)
-    notifier = None
-    if detection.alertmanager_urls:
-        notifier = Alertmanager(detection.alertmanager_urls, metrics)
-    ruleset = rule_set(cfg)
-    shared: RedisStore | None = None
-    first_seen: FirstSeenFile | None = None
-    if live and cfg.state.url:
-        shared = RedisStore(state_settings(cfg))
-        metrics.add_state(shared.collect)
-        reachable = shared.check()
-        log.info(
-            "state shared through Redis/Valkey",
-            extra={"state_url": shared.where, "reachable": reachable},
-        )
-    elif live and first_seen_path(cfg):
-        first_seen = FirstSeenFile(first_seen_path(cfg))
-    processors.append(
-        Detector(
-            ruleset,
-            detection,
-            metrics,
-            notifier,
-            shared=shared,
-            first_seen_file=first_seen,
-            save_interval=cfg.state.save_interval,
-        )
-    )
-    log.info(
-        "detection rules loaded",
-        extra={
-            "rules": len(ruleset.rules),
-            "alertmanager": [safe_url(u) for u in detection.alertmanager_urls],
-        },
-    )
-    sinks: list[Sink] = []
-    if settings.url:
-        sinks.append(LokiSink(settings, metrics, redact=False))
-        log.info("pushing to Loki", extra={"url": safe_url(settings.push_url)})
-    else:
-        log.info("loki.url is empty: events are not sent to Loki")
-    otlp = otlp_settings(cfg, spool_dir=spool_dir)
-    if otlp.url:
-        sinks.append(otlp_sink(otlp, metrics, redact=False))
-        log.info("sending OTLP logs", extra={"url": safe_url(otlp.push_url)})
-    pipeline = Pipeline(
-        metrics,
-        processors=processors,
-        sinks=sinks,
-        dedupe_capacity=cfg.events.dedupe_capacity,
-        state=shared,
-    )
-    return pipeline, notifier
 
 
 class ListenError(OSError):

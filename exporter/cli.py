@@ -42,6 +42,7 @@ from .event import Batch, InvalidEvent
 
 if TYPE_CHECKING:
     from .alertmanager import Alertmanager
+    from .loki.backfill import AgeCheck
     from .loki.sink import LokiSink
     from .pipeline import Pipeline
 
@@ -54,6 +55,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "exporter.simulate",
     "exporter.report.cli",
 )
+
+# The subcommands defined here: when one of them is asked for, the command
+# modules above (the simulator imports an HTTP client) are not imported.
+OWN_COMMANDS = frozenset({"run", "check-config", "replay"})
 
 log = logging.getLogger("exporter")
 
@@ -161,9 +166,8 @@ EXIT_INVALID = 4  # --strict: some inputs were not valid audit events
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .app import build_pipeline
+    from .assembly import build_pipeline
     from .detect import RuleError
-    from .loki.client import LokiSetupError
     from .loki.tempspool import TempSpool
 
     try:
@@ -188,12 +192,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     temp: TempSpool | None = None
     if cfg.loki.url and not cfg.spool.dir:
         temp = TempSpool()
+    # the Loki client (requests) is imported only when there is a Loki to send to
+    setup_errors: tuple[type[Exception], ...] = (RuleError, ValueError, OSError)
+    if cfg.loki.url:
+        from .loki.client import LokiSetupError
+
+        setup_errors = (LokiSetupError, *setup_errors)
     try:
         try:
             pipeline, notifier = build_pipeline(
                 cfg, metrics, spool_dir=temp.spool_dir if temp else None
             )
-        except (LokiSetupError, RuleError, ValueError, OSError) as e:
+        except setup_errors as e:
             print(f"cannot start: {e}", file=sys.stderr)
             return 1
         return _replay(args, cfg, pipeline, notifier, registry, temp is not None)
@@ -212,12 +222,9 @@ def _replay(
 ) -> int:
     from .detect import Detector
     from .event import Decoder
-    from .loki.backfill import AgeCheck
-    from .loki.sink import LokiSink
     from .report import Report, render_text
     from .runtime import tune_gc
     from .sources.replay import Progress, open_input, read_batches
-    from .sources.replay_jobs import ParallelReplay, Prepended, cpu_count
 
     if notifier is not None:
         notifier.start()
@@ -227,17 +234,28 @@ def _replay(
             report.rule_severity = {r.id: r.severity for r in processor.rules}
     pipeline.processors.append(report)
     loki: LokiSink | None = None
-    for sink in pipeline.sinks:
-        if isinstance(sink, LokiSink):
-            loki = sink
-    age = AgeCheck() if loki is not None else None
+    age: AgeCheck | None = None
+    if pipeline.sinks:
+        # only then: the Loki sink imports its HTTP client (requests)
+        from .loki.backfill import AgeCheck
+        from .loki.sink import LokiSink
+
+        for sink in pipeline.sinks:
+            if isinstance(sink, LokiSink):
+                loki = sink
+        age = AgeCheck() if loki is not None else None
     stall = args.stall_timeout or None
     decoder = Decoder(cfg.events.max_bytes)
     tune_gc()
     status = 0
     finished = False
-    jobs = args.jobs or cpu_count()
+    jobs = args.jobs
     parallel: ParallelReplay | None = None
+    if jobs != 1:
+        # multiprocessing and the jobs' machinery only when asked for
+        from .sources.replay_jobs import ParallelReplay, Prepended, cpu_count
+
+        jobs = jobs or cpu_count()
     if jobs > 1:
         parallel = ParallelReplay(
             jobs,
@@ -370,7 +388,9 @@ def _loki_summary(loki: LokiSink) -> dict[str, Any]:
     return {"sent": sent, "rejected": rejected, "undelivered": loki.undelivered()}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; given ``command`` (the subcommand the arguments
+    name), without the other modules' subcommands when it is one of ours."""
     parser = Parser(
         prog="kube-audit-exporter",
         description="Kubernetes audit events to Prometheus metrics, Loki and alerts.",
@@ -451,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(replay, exclude=REPLAY_SKIPS)
     replay.set_defaults(func=cmd_replay)
 
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if command not in OWN_COMMANDS else ():
         importlib.import_module(name).register(sub)
 
     completion = sub.add_parser(
@@ -507,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the subcommand, and turn the ways a command-line process
     ends into exit codes without a traceback: a closed stdout (``| head``)
     141, Ctrl-C 130, SIGTERM 143."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((w for w in words if not w.startswith("-")), None))
     args = parser.parse_args(argv)
     # what run --workers gives its workers
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -29,8 +29,7 @@ from .labels import LabelBounds
 from .logs import safe_url
 from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
 from .metrics import AuditMetrics
-from .sources.eks_cloudwatch import parse_start_at
-from .sources.gke import GOOGLE_CERTS_URL
+from .sources.gke_token import GOOGLE_CERTS_URL
 from .state import StateSettings, url_problem
 
 ENV_PREFIX = "KUBE_AUDIT_"
@@ -1358,6 +1357,9 @@ def first_seen_path(cfg: Config) -> str:
 def _eks_problems(cfg: Config) -> Iterator[str]:
     e = cfg.eks
     if e.log_group:
+        # here, not at the top: the EKS sources import the HTTP server (aiohttp)
+        from .sources.eks_cloudwatch import parse_start_at
+
         try:
             parse_start_at(e.start_at)
         except ValueError as err:

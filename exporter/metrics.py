@@ -289,38 +289,57 @@ class RequestTally:
 
     def add(self, ev: AuditEvent) -> None:
         """One event that counts as a request (see counts_as_request)."""
-        c = ev.code
-        res = (ev.resource, ev.subresource)
+        self.add_requests((ev,))
+
+    def add_requests(self, events: Iterable[AuditEvent]) -> None:
+        """Events that count as requests (see counts_as_request), in order."""
         seen = self.permitted
-        if c in _PERMITTED_CODES:
-            if res not in seen:
-                seen[res] = None
-            early = False
-        else:
-            early = res not in seen
-        verb = ev.verb
-        rk = (verb, res[0], res[1], c, ev.user_kind, early)
-        d = self.requests
-        d[rk] = d.get(rk, 0) + 1
-        if ev.stage == "ResponseComplete" and not is_long_running(ev):
-            self.durations.append((rk, max(0.0, ev.stage_ts - ev.received_ts)))
-        if ev.username:
-            u = (ev.username, verb, c)
-            users = self.users
-            users[u] = users.get(u, 0) + 1
-        if c == 401 or c == 403:
-            reason = auth_failure_reason(ev)
-            if reason is not None:
-                a = (reason, rk)
-                self.auth[a] = self.auth.get(a, 0) + 1
-                if ev.source_ip:
-                    src = (ev.source_ip, reason)
-                    self.sources[src] = self.sources.get(src, 0) + 1
-        for category in sensitive_categories(ev):
-            k = (category, rk)
-            self.sensitive[k] = self.sensitive.get(k, 0) + 1
-        if not (ev.annotations.keys() <= COMMON_ANNOTATIONS):
-            self._annotations(ev)
+        requests = self.requests
+        durations = self.durations
+        users = self.users
+        permitted_codes = _PERMITTED_CODES
+        long_verbs = LONG_RUNNING_VERBS
+        long_subresources = LONG_RUNNING_SUBRESOURCES
+        common = COMMON_ANNOTATIONS
+        for ev in events:
+            c = ev.code
+            resource = ev.resource
+            subresource = ev.subresource
+            res = (resource, subresource)
+            if c in permitted_codes:
+                if res not in seen:
+                    seen[res] = None
+                early = False
+            else:
+                early = res not in seen
+            verb = ev.verb
+            rk = (verb, resource, subresource, c, ev.user_kind, early)
+            requests[rk] = requests.get(rk, 0) + 1
+            # is_long_running(ev), inline: this runs for every request
+            if ev.stage == "ResponseComplete" and not (
+                verb in long_verbs
+                or subresource in long_subresources
+                or (subresource == "log" and "follow=true" in ev.request_uri)
+            ):
+                took = ev.stage_ts - ev.received_ts
+                durations.append((rk, took if took > 0.0 else 0.0))
+            if ev.username:
+                u = (ev.username, verb, c)
+                users[u] = users.get(u, 0) + 1
+            if c == 401 or c == 403:
+                reason = auth_failure_reason(ev)
+                if reason is not None:
+                    a = (reason, rk)
+                    self.auth[a] = self.auth.get(a, 0) + 1
+                    if ev.source_ip:
+                        src = (ev.source_ip, reason)
+                        self.sources[src] = self.sources.get(src, 0) + 1
+            for category in sensitive_categories(ev):
+                k = (category, rk)
+                self.sensitive[k] = self.sensitive.get(k, 0) + 1
+            annotations = ev.annotations
+            if annotations and not (annotations.keys() <= common):
+                self._annotations(ev)
 
     def _annotations(self, ev: AuditEvent) -> None:
         for key, value in ev.annotations.items():
@@ -561,10 +580,16 @@ class AuditMetrics(Collector):
         tally = self.deferred
         if tally is None:
             tally = RequestTally()
-        add = tally.add
-        for ev in events:
-            if counts_as_request(ev):
-                add(ev)
+        # counts_as_request(ev), inline: this runs for every event
+        tally.add_requests(
+            [
+                ev
+                for ev in events
+                if (stage := ev.stage) == "ResponseComplete"
+                or stage == "Panic"
+                or (stage == "ResponseStarted" and ev.code == 401)
+            ]
+        )
         if self.deferred is None:
             self.apply(tally)
 
@@ -613,10 +638,23 @@ class AuditMetrics(Collector):
             mapped[rk] = (verb, label, bounds.code_class(c))
             key = (verb, label, code, kind)
             requests[key] = requests.get(key, 0.0) + n
-        observe = self.duration.observe
+        # Histogram.observe, inline: this runs for every request with a
+        # duration; each raw key finds its row once per tally
+        rows: dict[RawKey, list[float]] = {}
+        histogram = self.duration.values
+        buckets = self.duration.bounds
+        width = len(buckets) + 2
         for rk, took in tally.durations:
-            m = mapped[rk]
-            observe((m[0], m[1]), took)
+            row = rows.get(rk)
+            if row is None:
+                m = mapped[rk]
+                labels = (m[0], m[1])
+                row = histogram.get(labels)
+                if row is None:
+                    row = histogram[labels] = [0.0] * width
+                rows[rk] = row
+            row[bisect_left(buckets, took)] += 1
+            row[-1] += took
         verb_of, class_of = bounds.verb, bounds.code_class
         inc_user = self.user_requests.inc_capped
         for (user, raw_verb, c), n in tally.users.items():

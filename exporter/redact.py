@@ -225,8 +225,13 @@ def _walk(root: Any, implied: str | None) -> bool:
 def _no_secret_kind(raw: bytes | None) -> bool:
     """True when the event's bytes (``raw`` is the exact line ``obj`` was
     parsed from) cannot hold a ``kind`` that redaction acts on: none of the
-    kinds' names appears, and no ``\\u`` escape could spell one."""
-    return raw is not None and b"Secret" not in raw and b"TokenRe" not in raw and b"\\u" not in raw
+    kinds' names appears, and no ``\\u`` escape could spell one. A name (and
+    the key ``kind``) is ASCII, and an escape that stands for an ASCII
+    character is ``\\u00XX``: others (``\\u2028``, emoji) cannot spell one,
+    and the four-byte needle is searched faster than ``\\u``."""
+    return (
+        raw is not None and b"Secret" not in raw and b"TokenRe" not in raw and b"\\u00" not in raw
+    )
 
 
 def _implied_kind(ev: AuditEvent) -> str | None:

@@ -35,7 +35,8 @@ class Report:
     invalid: Counter[str] = field(default_factory=Counter)
     first_ts: float | None = None
     last_ts: float | None = None
-    by_request: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # (verb, resource, subresource, code): labelled in to_dict
+    by_request: Counter[tuple[str, str, str, int]] = field(default_factory=Counter)
     users: Counter[str] = field(default_factory=Counter)
     user_agents: Counter[str] = field(default_factory=Counter)
     auth_failures_by_user: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -62,53 +63,69 @@ class Report:
     defer_sensitive: bool = False
 
     def __call__(self, events: list[AuditEvent]) -> None:
-        """A pipeline processor: sees each accepted, non-duplicate batch."""
+        """A pipeline processor: sees each accepted, non-duplicate batch.
+
+        Each table is filled in its own pass over the batch, in the batch's
+        order (tables that depend on each other, the flagged stages and the
+        sensitive rows, in the same pass), so the result is what one event
+        after the other gives; the counters take their keys a batch at a time."""
         if not events:
             return
         self.events += len(events)
-        first = min(ev.stage_ts for ev in events)
-        last = max(ev.stage_ts for ev in events)
+        stamps = [ev.stage_ts for ev in events]
+        first = min(stamps)
+        last = max(stamps)
         if self.first_ts is None or first < self.first_ts:
             self.first_ts = first
         if self.last_ts is None or last > self.last_ts:
             self.last_ts = last
-        by_request = self.by_request
-        users = self.users
-        agents = self.user_agents
+        defer = self.defer_sensitive
+        requests: list[AuditEvent] = []
+        request = requests.append
         for ev in events:
             if ev.rules:
                 self._detected(ev)
-            if not counts_as_request(ev):
-                if ev.severity and not self.defer_sensitive:
-                    self._flag(ev)
-                continue
-            self.requests += 1
+            stage = ev.stage
+            # counts_as_request(ev), inline: this runs for every event
+            if (
+                stage == "ResponseComplete"
+                or stage == "Panic"
+                or (stage == "ResponseStarted" and ev.code == 401)
+            ):
+                request(ev)
+                if not defer:
+                    cats = categories(ev)
+                    if cats:
+                        self._sensitive(ev, cats)
+            elif ev.severity and not defer:
+                self._flag(ev)
+        if not requests:
+            return
+        self.requests += len(requests)
+        self.by_request.update([(ev.verb, ev.resource, ev.subresource, ev.code) for ev in requests])
+        self.users.update([ev.username or "(unauthenticated)" for ev in requests])
+        self.user_agents.update([ev.user_agent for ev in requests if ev.user_agent])
+        for ev in requests:
             code = ev.code
-            key = (ev.verb, ev.resource_label, CODE_LABEL.get(code) or str(code))
-            by_request[key] = by_request.get(key, 0) + 1
-            who = ev.username or "(unauthenticated)"
-            users[who] = users.get(who, 0) + 1
-            agent = ev.user_agent
-            if agent:
-                agents[agent] = agents.get(agent, 0) + 1
             if code == 401 or code == 403:
+                who = ev.username or "(unauthenticated)"
                 reason = "unauthenticated" if code == 401 else "forbidden"
                 self.auth_failures_by_user[(who, reason)] += 1
                 if ev.source_ip:
                     self.auth_failures_by_ip[(ev.source_ip, reason)] += 1
-            cats = categories(ev)
-            if cats and not self.defer_sensitive:
-                self._sensitive(ev, cats)
+        seq = self._seq
+        slowest = self._slowest
+        for ev in requests:
             if ev.stage == "ResponseComplete" and not is_long_running(ev):
                 took = ev.stage_ts - ev.received_ts
-                self._seq += 1
-                slowest = self._slowest
+                seq += 1
                 # the ten slowest, the earlier first among equals: an entry
                 # is (duration, -position), the heap's first the one to go
                 if len(slowest) < 10:
-                    heapq.heappush(slowest, (took, -self._seq, who_what(ev)))
+                    heapq.heappush(slowest, (took, -seq, who_what(ev)))
                 elif took > slowest[0][0]:
-                    heapq.heapreplace(slowest, (took, -self._seq, who_what(ev)))
+                    heapq.heapreplace(slowest, (took, -seq, who_what(ev)))
+        self._seq = seq
 
     def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
         for c in cats:
@@ -215,6 +232,15 @@ class Report:
             if len(examples) < 5:
                 examples.append(who_what(ev))
 
+    def _by_label(self) -> Counter[tuple[str, str, str]]:
+        """by_request with its labels: the resource with its subresource
+        (``pods/exec``), the code as text (``unknown`` for none)."""
+        out: Counter[tuple[str, str, str]] = Counter()
+        for (verb, resource, subresource, code), n in self.by_request.items():
+            label = f"{resource}/{subresource}" if subresource else resource
+            out[(verb, label, CODE_LABEL.get(code) or str(code))] += n
+        return out
+
     def to_dict(self, top: int = 10) -> dict[str, Any]:
         return {
             "files": self.files,
@@ -226,7 +252,7 @@ class Report:
             "last_event": iso(self.last_ts) if self.last_ts is not None else None,
             "requests_by_verb_resource_code": [
                 {"verb": v, "resource": r, "code": c, "count": n}
-                for (v, r, c), n in sorted(self.by_request.items(), key=lambda kv: (-kv[1], kv[0]))
+                for (v, r, c), n in sorted(self._by_label().items(), key=lambda kv: (-kv[1], kv[0]))
             ],
             "top_users": [{"user": u, "count": n} for u, n in self.users.most_common(top)],
             "top_user_agents": [

@@ -163,30 +163,33 @@ def read_batches(
 
 def _line_blocks(head: bytes, stream: IO[bytes], limit: int) -> Iterator[list[bytes]]:
     """The input's lines, without their newlines, a block at a time: one
-    split of a large read costs far less than a readline per line.
+    split of a large read costs far less than a readline per line. Each read
+    is split where it is, without a copy: only a line that spans two reads
+    is joined.
 
     A line longer than ``limit`` is cut to ``limit + 1`` bytes while it is
     read (the decoder refuses it as too large either way), so garbage
     without newlines cannot fill the memory."""
-    parts = [head]
-    size = len(head)
-    while True:
-        chunk = stream.read(READ_BYTES)
-        if not chunk:
-            break
-        nl = chunk.rfind(b"\n")
-        if nl < 0:
+    # the start of a line whose end has not been read yet
+    parts: list[bytes] = []
+    size = 0
+    chunk = head
+    while chunk:
+        if chunk.find(b"\n") < 0:
             # no line ends in this read
             if size <= limit:
                 parts.append(chunk)
                 size += len(chunk)
-            continue
-        parts.append(chunk[:nl])
-        lines = b"".join(parts).split(b"\n")
-        tail = chunk[nl + 1 :]
-        parts = [tail]
-        size = len(tail)
-        yield lines if max(map(len, lines), default=0) <= limit else _cut(lines, limit)
+        else:
+            lines = chunk.split(b"\n")
+            tail = lines.pop()
+            if parts:
+                parts.append(lines[0])
+                lines[0] = b"".join(parts)
+            parts = [tail] if tail else []
+            size = len(tail)
+            yield lines if max(map(len, lines)) <= limit else _cut(lines, limit)
+        chunk = stream.read(READ_BYTES)
     rest = b"".join(parts)
     if rest:
         yield _cut(rest.split(b"\n"), limit)

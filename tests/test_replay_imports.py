@@ -1,0 +1,61 @@
+"""What ``replay`` imports: with the default configuration (no Loki, OTLP,
+Alertmanager or state.url), none of the HTTP servers and clients, the
+Redis client or multiprocessing, which only ``run`` and the configured
+outputs need (they were a third of replay's start-up)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("aiohttp", "requests", "redis", "multiprocessing.pool", "exporter.app")
+
+PROBE = f"""
+import json, sys
+from exporter.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({{"code": code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+
+
+def probe(tmp_path: Path, *argv: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    result: dict[str, object] = json.loads(out.splitlines()[-1])
+    return result
+
+
+def test_replay_and_check_config_start_without_the_servers_and_clients(
+    tmp_path: Path, corpora: Path
+) -> None:
+    log = corpora / "audit2rbac-demo" / "demo.log"
+    assert probe(tmp_path, "replay", "--output", "json", str(log)) == {"code": 0, "loaded": []}
+    assert probe(tmp_path, "check-config", "--logfile.path", str(log)) == {
+        "code": 0,
+        "loaded": [],
+    }
+
+
+def test_replay_with_loki_imports_its_client(tmp_path: Path, corpora: Path) -> None:
+    """The lazy import is not a missing one: a Loki URL brings the client
+    (nothing listens there: replay gives up after its stall timeout)."""
+    log = corpora / "audit2rbac-demo" / "demo.log"
+    result = probe(
+        tmp_path,
+        "replay",
+        "--output",
+        "json",
+        "--loki.url",
+        "http://127.0.0.1:9/loki/api/v1/push",
+        "--loki.stall-timeout",
+        "1s",
+        str(log),
+    )
+    assert result["code"] == 3  # EXIT_LOKI
+    assert result["loaded"] == ["requests"]
