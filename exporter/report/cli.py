@@ -95,7 +95,7 @@ def _duration(text: str) -> float:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..app import build_pipeline
+    from ..assembly import build_pipeline
     from ..detect import Detector, RuleError
     from ..runtime import tune_gc
     from .collect import Collector
