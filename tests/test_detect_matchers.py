@@ -254,3 +254,29 @@ def test_values_are_never_spliced_into_generated_code() -> None:
     assert not cond(yaml.safe_dump({"verb": nasty}))(event(verb="get"))
     glob: Any = cond(yaml.safe_dump({"objectRef.name": {"glob": nasty}}))
     assert not glob(event(verb="get", objectRef={"resource": "pods", "name": "p"}))
+
+
+def test_macro_paths_share_one_walk_per_event_and_answer_each_event() -> None:
+    """$containers' walk is kept for the last event only: paths that start
+    with it answer like the same path written out, event after event, also
+    when two events alternate (the cache is per object, not per time)."""
+    from exporter.detect.paths import _apply, _flatten, expand_macros
+
+    def pod(image: str, privileged: bool) -> dict[str, Any]:
+        c = {"image": image, "securityContext": {"privileged": privileged}}
+        return {"verb": "create", "requestObject": {"spec": {"containers": [c]}}}
+
+    def deploy(image: str) -> dict[str, Any]:
+        spec = {"template": {"spec": {"initContainers": [{"image": image}]}}}
+        return {"verb": "create", "requestObject": {"spec": spec}}
+
+    texts = ["$containers.image", "$containers.securityContext.privileged", "$containers"]
+    cached = {t: compile_getter(parse(t)) for t in texts}
+    written = {t: parse(expand_macros(t)) for t in texts}
+    events = [pod("a", True), deploy("b"), pod("c", False), {"verb": "get"}, deploy("d")]
+    for ev in events + events[::-1] + [events[0], events[1], events[0]]:
+        for t in texts:
+            expect = _flatten(_apply(written[t][1:], [ev.get("requestObject")]))
+            assert cached[t](ev) == expect, (t, ev)
+    assert cached["$containers.image"](pod("x", True)) == ["x"]
+    assert cached["$containers.image"](deploy("y")) == ["y"]

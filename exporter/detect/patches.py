@@ -41,13 +41,14 @@ _MAX_INDEX = 1000
 
 class _Last:
     """The last event's answer: every rule reading requestObject asks for the
-    same event in turn."""
+    same event in turn. One attribute holds the (object, view) pair, so a
+    thread reading it while another writes sees one whole pair, never the
+    object of one event with the view of another."""
 
-    __slots__ = ("obj", "view")
+    __slots__ = ("pair",)
 
     def __init__(self) -> None:
-        self.obj: Any = None
-        self.view: Any = None
+        self.pair: tuple[Any, Any] = (None, None)
 
 
 _last = _Last()
@@ -61,11 +62,11 @@ def request_object(obj: Any) -> Any:
     ro = obj.get("requestObject")
     if ro is None or obj.get("verb") != "patch":
         return ro
-    last = _last
-    if last.obj is obj:
-        return last.view
+    last_obj, last_view = _last.pair
+    if last_obj is obj:
+        return last_view
     view = patched_view(ro, obj.get("responseObject"))
-    last.obj, last.view = obj, view  # a reader in another thread sees the old or new pair
+    _last.pair = (obj, view)
     return view
 
 

@@ -244,11 +244,57 @@ def _flatten(values: list[Any]) -> list[Any]:
     return out
 
 
+class _Prefix:
+    """The values a macro's path reaches (``$containers``: every container
+    of the pod spec, wherever the object keeps it), for the last event asked:
+    a dozen rules read fields of the same containers in turn, and walking
+    the three pod-spec places times the three container lists is most of
+    their cost. One attribute holds the (object, values) pair, so a thread
+    reading it while another writes sees one whole pair."""
+
+    __slots__ = ("pair", "steps")
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.steps = steps
+        self.pair: tuple[Any, list[Any]] = (None, [])
+
+    def __call__(self, obj: Any) -> list[Any]:
+        last_obj, values = self.pair
+        if last_obj is not obj:
+            values = _apply(self.steps, [request_object(obj)])
+            self.pair = (obj, values)
+        return values
+
+
+# the macros whose expansion starts at requestObject, longest first
+_PREFIXES: list[tuple[list[Step], _Prefix]] = []
+
+
+def _prefix_for(steps: list[Step]) -> tuple[_Prefix, list[Step]] | None:
+    if not _PREFIXES:
+        found = []
+        for name in MACROS:
+            full = _Parser(expand_macros(name)).seq()
+            if full and full[0] == ("key", "requestObject"):
+                found.append((full, _Prefix(full[1:])))
+        _PREFIXES.extend(sorted(found, key=lambda p: -len(p[0])))
+    for full, prefix in _PREFIXES:
+        if steps[: len(full)] == full:
+            return prefix, steps[len(full) :]
+    return None
+
+
 def compile_getter(steps: list[Step]) -> Getter:
     """A function from the event's JSON object to the list of values reached.
     ``requestObject`` is the object the request writes: for a patch, what the
     patch produces (see patches.py)."""
     if steps and steps[0] == ("key", "requestObject"):
+        shared = _prefix_for(steps)
+        if shared is not None:
+            prefix, after = shared
+            if not after:
+                return lambda obj: _flatten(list(prefix(obj)))
+            return lambda obj: _flatten(_apply(after, prefix(obj)))
         rest = _compile_steps(steps[1:])
         return lambda obj: rest(request_object(obj))
     return _compile_steps(steps)
