@@ -6,22 +6,32 @@ decodes a chunk and runs on it everything whose result does not depend on
 the events before the chunk: redaction, the report, the request families
 as a :class:`~exporter.metrics.RequestTally` (raw values in first-seen
 order), the event and lag counters, and a scan for the events some rule's
-condition holds for (:meth:`~exporter.detect.Detector.scan`). The parent
-takes the chunks' results in input order and does what does depend on the
-order, on compact records:
+condition holds for (:meth:`~exporter.detect.Detector.scan`), each
+projected (:meth:`~exporter.detect.Detector.project`) to what the rules'
+state needs of it: per rule, the group, the value and the sequence steps
+it matches. The parent takes the chunks' results in input order and does
+what does depend on the order, on those compact records, never on whole
+events:
 
 - deduplication: the jobs send every event's key (auditID, stage,
-  stageTimestamp); the parent cuts them into the batches ``read_batches``
-  would have made and runs the pipeline's Deduper on them. A job takes an
-  event for a duplicate when its key came earlier in its chunk; when the
-  parent finds otherwise (a retry whose first copy was in an earlier chunk),
-  it runs the chunk again itself with its own verdicts, so a duplicate
-  across chunks is dropped as with one process;
+  stageTimestamp) as its 8-byte hash (the parent's Deduper holds hashes
+  too, so one file read whole and one read in chunks share it); the
+  parent cuts them into the batches ``read_batches`` would have made and
+  runs the Deduper on them. A job takes an event for a duplicate when its
+  key came earlier in its chunk; when the parent finds otherwise (a retry
+  whose first copy was in an earlier chunk), it runs the chunk again
+  itself with its own verdicts, so a duplicate across chunks is dropped as
+  with one process;
 - the label bounds and caps: it applies the tallies in order;
-- detection: it runs the Detector on the scanned events alone, in order, so
-  every stateful rule sees each key's events in time order, and a rule that
-  holds for no event of a chunk cannot change any state there;
-- the report: it merges the chunks' reports in order.
+- detection: it feeds the projections to the Detector in order
+  (:meth:`~exporter.detect.Detector.feed`), so every stateful rule sees
+  each key's events in time order, and a rule that holds for no event of a
+  chunk cannot change any state there. An event is decoded again in the
+  parent only when it matches (from its line in the chunk, which the
+  parent still holds), or when a rule failed on it in the job;
+- the report: it merges the chunks' reports in order, and runs the part
+  that depends on detection (sensitive rows' severity and rank, flagged
+  stages) on the sensitive and the matching events, in order.
 
 Sending to Loki and to Alertmanager needs every event in the parent: those
 stay with ``--jobs 1``.
@@ -33,16 +43,18 @@ import multiprocessing
 import os
 import signal
 import time
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.pool import AsyncResult, Pool
 from typing import IO
 
 from ..detect import Detector
+from ..detect.engine import Projected
 from ..event import AuditEvent, Decoder, InvalidEvent, fast_event
 from ..metrics import AuditMetrics, RequestTally
-from ..pipeline import Deduper, Pipeline, Processor
+from ..pipeline import Deduper, Key, Pipeline, Processor
 from ..refusals import Refusals
 from ..report import Report
 from ..sensitive import categories
@@ -54,8 +66,6 @@ CHUNK_BYTES = 4 << 20
 # Chunks sent ahead of the one the parent waits for, per job.
 AHEAD = 3
 
-Key = tuple[str, str, float]
-
 
 def cpu_count() -> int:
     """The CPUs this process may run on."""
@@ -65,13 +75,46 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def key_hash(audit_id: str, stage: str, stage_ts: float) -> int:
+    """The dedupe key (auditID, stage, stageTimestamp) as the 8-byte int the
+    jobs send. Forked jobs share the parent's string hashing; two keys of
+    one window share a hash with a chance of about one in 2**64 / the
+    window's size squared."""
+    return hash((audit_id, stage, stage_ts))
+
+
+class HashedDeduper(Deduper):
+    """The pipeline's Deduper, holding the keys' hashes (:func:`key_hash`):
+    files read whole (``Pipeline.process``, with keys) and files read in
+    chunks (the jobs' hashes) share one window."""
+
+    def __contains__(self, key: Key) -> bool:
+        return super().__contains__(hash(key))  # type: ignore[operator]
+
+    def isdisjoint(self, keys: set[Key]) -> bool:
+        return super().isdisjoint({hash(k) for k in keys})  # type: ignore[misc]
+
+    def update(self, keys: Iterable[Key]) -> None:
+        super().update(hash(k) for k in keys)  # type: ignore[misc]
+
+    # the jobs' hashes as they are
+    def has_hash(self, h: int) -> bool:
+        return Deduper.__contains__(self, h)  # type: ignore[operator]
+
+    def isdisjoint_hashes(self, hashes: set[int]) -> bool:
+        return Deduper.isdisjoint(self, hashes)  # type: ignore[arg-type]
+
+    def update_hashes(self, hashes: set[int]) -> None:
+        Deduper.update(self, hashes)  # type: ignore[arg-type]
+
+
 @dataclass
 class Partial:
     """A job's result for one chunk."""
 
     lines: int
-    # every decoded event's dedupe key, in input order
-    keys: list[Key]
+    # every decoded event's key_hash, in input order
+    keys: array[int]
     # (line in the chunk, inputs, events) of the lines that are not exactly
     # one event (blank lines, refusals, documents written on one line)
     odd: list[tuple[int, int, int]]
@@ -79,13 +122,17 @@ class Partial:
     taken_as_duplicates: list[int]
     tally: RequestTally
     report: Report
-    # the events some rule's condition holds for, redacted, in order (as
-    # their line when it is still theirs: cheaper to send and decode again
-    # than the object), and the positions of those rules
-    scanned: list[AuditEvent | bytes]
-    rules: list[tuple[int, ...]]
-    # the sensitive events among the others, each after how many scanned ones
-    sensitive: list[tuple[int, AuditEvent | bytes]]
+    # the events some rule's condition holds for, in order, projected
+    # (Detector.project); where each starts in the chunk (-1: in ``objects``,
+    # being redacted or out of a line that holds several), and which of
+    # them are sensitive
+    projected: list[Projected]
+    starts: array[int]
+    objects: dict[int, AuditEvent]
+    scanned_sensitive: list[int]
+    # the sensitive events among the others, each after how many scanned
+    # ones, as where it starts in the chunk or the event itself
+    sensitive: list[tuple[int, int | AuditEvent]]
     refusals: Refusals
     events: int
     future: int
@@ -115,9 +162,9 @@ def _job_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = None) -> Partial:
-    """Process one chunk (lines joined by newlines, ``first_line`` the
-    number of the line before it). ``duplicates``: the positions to drop as
+def run_chunk(data: bytes, duplicates: Sequence[int] | None = None) -> Partial:
+    """Process one chunk (lines joined by newlines; refusals carry their
+    line number in the chunk). ``duplicates``: the positions to drop as
     duplicates, when the parent knows them; by default an event whose key
     came earlier in the chunk."""
     job = _JOB
@@ -128,13 +175,19 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
     if data.endswith(b"\n"):
         lines.pop()  # the chunk's last newline ends its last line
     events: list[AuditEvent] = []
+    # where each event's line starts in the chunk (-1: one of several)
+    at: list[int] = []
     refusals = Refusals()
     odd: list[tuple[int, int, int]] = []
+    pos = 0
     for i, line in enumerate(lines):
+        start = pos
+        pos += len(line) + 1
         if line[:1] == b"{" and len(line) <= limit:
             ev = fast_event(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
             if ev is not None:
                 events.append(ev)
+                at.append(start)
                 continue
         elif not line or line.isspace():
             odd.append((i, 0, 0))
@@ -147,13 +200,14 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
             if type(item) is AuditEvent:
                 found += 1
                 events.append(item)
+                at.append(-1)
             else:
-                item.line = first_line + i + 1  # type: ignore[union-attr]
+                item.line = i + 1  # type: ignore[union-attr]
                 refusals.add(item)  # type: ignore[arg-type]
         odd.append((i, inputs, found))
-    keys = [(ev.audit_id, ev.stage, ev.stage_ts) for ev in events]
+    keys = array("q", [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events])
     if duplicates is None:
-        seen: set[Key] = set()
+        seen: set[int] = set()
         dropped: list[int] = []
         for i, key in enumerate(keys):
             if key in seen:
@@ -166,32 +220,42 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
     if dropped:
         skip = set(dropped)
         fresh = [ev for i, ev in enumerate(events) if i not in skip]
+        at = [a for i, a in enumerate(at) if i not in skip]
     from prometheus_client import CollectorRegistry
 
     metrics = AuditMetrics(CollectorRegistry(), **job.metrics_args)  # type: ignore[arg-type]
     tally = metrics.deferred = RequestTally()
     report = Report(defer_sensitive=True)
-    scanned: list[AuditEvent | bytes] = []
-    rules: list[tuple[int, ...]] = []
+    detector = job.detector
+    projected: list[Projected] = []
+    starts = array("q")
+    objects: dict[int, AuditEvent] = {}
+    scanned_sensitive: list[int] = []
     # the sensitive events no rule's condition held for, each with the
     # number of scanned events before it (the parent interleaves the two)
-    sensitive: list[tuple[int, AuditEvent | bytes]] = []
+    sensitive: list[tuple[int, int | AuditEvent]] = []
     now = time.time()
     step = job.batch_lines
-    for start in range(0, len(fresh), step):
-        part = fresh[start : start + step]
+    for first in range(0, len(fresh), step):
+        part = fresh[first : first + step]
         for processor in job.processors:
             processor(part)
         hit: dict[int, tuple[int, ...]] = {}
-        if job.detector is not None:
-            hit = dict(job.detector.scan(part))
+        if detector is not None:
+            hit = dict(detector.scan(part))
         for i, ev in enumerate(part):
             hits = hit.get(i)
+            where = at[first + i] if ev.raw is not None else -1
             if hits is not None:
-                scanned.append(ev if ev.raw is None else ev.raw)
-                rules.append(hits)
+                n = len(projected)
+                projected.append(detector.project(ev, hits))  # type: ignore[union-attr]
+                starts.append(where)
+                if where < 0:
+                    objects[n] = ev
+                if categories(ev):
+                    scanned_sensitive.append(n)
             elif categories(ev):
-                sensitive.append((len(scanned), ev if ev.raw is None else ev.raw))
+                sensitive.append((len(projected), ev if where < 0 else where))
         report(part)
         metrics.observe_batch(part, "replay", now)
     lag = metrics.lag.values.get(("replay",))
@@ -202,8 +266,10 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
         taken_as_duplicates=dropped,
         tally=tally,
         report=report,
-        scanned=scanned,
-        rules=rules,
+        projected=projected,
+        starts=starts,
+        objects=objects,
+        scanned_sensitive=scanned_sensitive,
         sensitive=sensitive,
         refusals=refusals,
         events=len(fresh),
@@ -213,14 +279,12 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
     )
 
 
-def _chunks(head: bytes, stream: IO[bytes], size: int, limit: int) -> Iterator[tuple[bytes, int]]:
-    """(whole lines, number of the line before them) of about ``size``
-    bytes. Bytes without a newline beyond ``limit + 1`` are dropped as they
-    are read (the line is refused as too large either way), as
-    ``_line_blocks`` does, so garbage without newlines cannot fill the
-    memory."""
+def _chunks(head: bytes, stream: IO[bytes], size: int, limit: int) -> Iterator[bytes]:
+    """Whole lines, about ``size`` bytes at a time. Bytes without a newline
+    beyond ``limit + 1`` are dropped as they are read (the line is refused
+    as too large either way), as ``_line_blocks`` does, so garbage without
+    newlines cannot fill the memory."""
     pending = head
-    lines = 0
     while True:
         block = stream.read(size)
         if not block:
@@ -235,10 +299,9 @@ def _chunks(head: bytes, stream: IO[bytes], size: int, limit: int) -> Iterator[t
         pending = block[end + 1 :]
         if len(pending) > limit:
             pending = pending[: limit + 1]
-        yield data, lines
-        lines += data.count(b"\n")
+        yield data
     if pending:
-        yield pending, lines
+        yield pending
 
 
 @dataclass
@@ -247,7 +310,6 @@ class _Pending:
     are not all known yet (its last batch goes on in the next chunk)."""
 
     data: bytes
-    first_line: int
     partial: Partial
     duplicates: list[int] = field(default_factory=list)
 
@@ -257,23 +319,25 @@ class _Batcher:
     that brings it to ``batch_lines`` inputs), from the chunks' keys and
     odd lines; runs the Deduper on each as Pipeline.process does."""
 
-    def __init__(self, dedupe: Deduper, batch_lines: int) -> None:
+    def __init__(self, dedupe: HashedDeduper, batch_lines: int) -> None:
         self.dedupe = dedupe
         self.batch_lines = batch_lines
         self.inputs = 0
-        self.keys: list[Key] = []
-        self.owners: list[tuple[_Pending, int]] = []
+        # the batch's keys, as runs (chunk, first position, count)
+        self.runs: list[tuple[_Pending, int, int]] = []
+        self.count = 0
 
     def feed(self, pending: _Pending) -> None:
         p = pending.partial
-        keys = p.keys
         at = 0  # next key
         line = 0  # next line
+        runs = self.runs
         for stop, inputs, events in [*p.odd, (p.lines, -1, 0)]:
             run = stop - line  # lines of one event each
             while run > 0:
                 take = min(run, self.batch_lines - self.inputs)
-                self._add(pending, keys, at, take)
+                runs.append((pending, at, take))
+                self.count += take
                 at += take
                 run -= take
                 self.inputs += take
@@ -281,35 +345,37 @@ class _Batcher:
                     self.close()
             if inputs < 0:
                 break
-            self._add(pending, keys, at, events)
+            if events:
+                runs.append((pending, at, events))
+                self.count += events
             at += events
             self.inputs += inputs
             if self.inputs >= self.batch_lines:
                 self.close()
             line = stop + 1
-        assert at == len(keys), "keys and lines disagree"
-
-    def _add(self, pending: _Pending, keys: list[Key], at: int, n: int) -> None:
-        if n:
-            self.keys.extend(keys[at : at + n])
-            self.owners.extend((pending, i) for i in range(at, at + n))
+        assert at == len(p.keys), "keys and lines disagree"
 
     def close(self) -> None:
         """End the batch: the Deduper's verdicts, as Pipeline.process gives them."""
-        keys, owners = self.keys, self.owners
-        self.keys, self.owners, self.inputs = [], [], 0
-        if not keys:
+        runs, count = self.runs, self.count
+        self.runs, self.count, self.inputs = [], 0, 0
+        if not count:
             return
         dedupe = self.dedupe
-        batch_keys = set(keys)
-        if len(batch_keys) != len(keys) or not dedupe.isdisjoint(batch_keys):
+        batch_keys: set[int] = set()
+        for pending, at, n in runs:
+            batch_keys.update(pending.partial.keys[at : at + n])
+        if len(batch_keys) != count or not dedupe.isdisjoint_hashes(batch_keys):
             batch_keys = set()
-            for key, (pending, i) in zip(keys, owners, strict=True):
-                if key in dedupe or key in batch_keys:
-                    pending.duplicates.append(i)
-                    continue
-                batch_keys.add(key)
-        dedupe.update(batch_keys)
+            for pending, at, n in runs:
+                keys = pending.partial.keys
+                for i in range(at, at + n):
+                    key = keys[i]
+                    if dedupe.has_hash(key) or key in batch_keys:
+                        pending.duplicates.append(i)
+                        continue
+                    batch_keys.add(key)
+        dedupe.update_hashes(batch_keys)
 
 
 class ParallelReplay:
@@ -342,6 +408,10 @@ class ParallelReplay:
         self.decoder = decoder
         self.batch_lines = batch_lines
         self.rechunked = 0  # chunks run again in the parent (duplicates across chunks)
+        # the window every file shares, as hashes (what the jobs send)
+        self.dedupe = HashedDeduper(pipeline.dedupe.capacity)
+        pipeline.dedupe = self.dedupe
+        self._lines = 0  # lines of the stream before the chunk merged next
         _JOB = _Job(decoder, before, self.detector, metrics_args, batch_lines)
         self.pool: Pool | None = multiprocessing.get_context("fork").Pool(
             jobs, initializer=_job_signals
@@ -365,13 +435,14 @@ class ParallelReplay:
         ``head``."""
         assert self.pool is not None
         limit = _JOB.decoder.max_event_bytes if _JOB else 0
-        batcher = _Batcher(self.pipeline.dedupe, self.batch_lines)
-        inflight: deque[tuple[bytes, int, AsyncResult[Partial]]] = deque()
+        batcher = _Batcher(self.dedupe, self.batch_lines)
+        inflight: deque[tuple[bytes, AsyncResult[Partial]]] = deque()
         waiting: _Pending | None = None
+        self._lines = 0
         chunks = _chunks(head, stream, self.chunk_bytes, limit)
         ahead = self.jobs * AHEAD
-        for data, first in chunks:
-            inflight.append((data, first, self.pool.apply_async(run_chunk, (data, first))))
+        for data in chunks:
+            inflight.append((data, self.pool.apply_async(run_chunk, (data,))))
             while len(inflight) > ahead:
                 waiting = self._next(inflight, batcher, waiting, context, progress)
         while inflight:
@@ -387,14 +458,14 @@ class ParallelReplay:
 
     def _next(
         self,
-        inflight: deque[tuple[bytes, int, AsyncResult[Partial]]],
+        inflight: deque[tuple[bytes, AsyncResult[Partial]]],
         batcher: _Batcher,
         waiting: _Pending | None,
         context: str,
         progress: Callable[[], None] | None,
     ) -> _Pending:
-        data, first, result = inflight.popleft()
-        pending = _Pending(data, first, result.get())
+        data, result = inflight.popleft()
+        pending = _Pending(data, result.get())
         batcher.feed(pending)
         # the chunk before is complete: its last batch ended in this one
         if waiting is not None:
@@ -403,6 +474,17 @@ class ParallelReplay:
             progress()
         return pending
 
+    def _event(self, data: bytes, where: int | AuditEvent) -> AuditEvent:
+        """An event a job saw, from where its line starts in the chunk (as
+        the job decoded it: nothing in it was redacted) or as sent."""
+        if type(where) is not int:
+            return where  # type: ignore[return-value]
+        end = data.find(b"\n", where)
+        line = data[where:] if end < 0 else data[where:end]
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        return fast_event(line) or self.decoder.decode_line(line)
+
     def _merge(self, pending: _Pending, context: str) -> None:
         """Take a chunk's result into the parent's pipeline and report."""
         p = pending.partial
@@ -410,33 +492,43 @@ class ParallelReplay:
             # a duplicate of an event in an earlier chunk (or not one after
             # all): this chunk again, with the parent's verdicts
             self.rechunked += 1
-            p = run_chunk(pending.data, pending.first_line, sorted(pending.duplicates))
+            p = run_chunk(pending.data, sorted(pending.duplicates))
         metrics = self.metrics
         duplicates = len(p.taken_as_duplicates)
-        decode = self.decoder.decode_line
-        scanned: list[AuditEvent] = []
-        if self.detector is not None and p.scanned:
-            scanned = [
-                x if type(x) is AuditEvent else fast_event(x) or decode(x)  # type: ignore[arg-type]
-                for x in p.scanned
-            ]
-            self.detector(scanned, p.rules)
-            for ev in scanned:
-                if ev.rules:
-                    self.report.detected(ev)
-        # the report's detection-dependent part, in input order
+        data = pending.data
+        starts, objects = p.starts, p.objects
+        decoded: dict[int, AuditEvent] = {}
+
+        def scanned(i: int) -> AuditEvent:
+            ev = decoded.get(i)
+            if ev is None:
+                where = starts[i]
+                ev = decoded[i] = self._event(data, where if where >= 0 else objects[i])
+            return ev
+
         report = self.report
+        matched: list[int] = []
+        if self.detector is not None and p.projected:
+            matched = self.detector.feed(p.projected, scanned)
+            for i in matched:
+                report.detected(decoded[i])
+        # the report's detection-dependent part, in input order, on the
+        # events it does something with: the sensitive ones and those a rule
+        # flagged (for any other, Report.ordered does nothing)
+        needed = p.scanned_sensitive
+        if matched:
+            needed = sorted(set(needed).union(matched))
         k = 0
         for before, x in p.sensitive:
-            while k < before:
-                report.ordered(scanned[k])
+            while k < len(needed) and needed[k] < before:
+                report.ordered(scanned(needed[k]))
                 k += 1
-            report.ordered(x if type(x) is AuditEvent else fast_event(x) or decode(x))  # type: ignore[arg-type]
-        while k < len(scanned):
-            report.ordered(scanned[k])
+            report.ordered(self._event(data, x))
+        while k < len(needed):
+            report.ordered(scanned(needed[k]))
             k += 1
-        self.report.merge(p.report)
-        self.report.duplicates += duplicates
+        report.merge(p.report)
+        report.duplicates += duplicates
         with metrics.lock:
             metrics.apply(p.tally)
             if p.events:
@@ -454,6 +546,10 @@ class ParallelReplay:
                 metrics.last_event["replay"] = p.last_event
             if duplicates:
                 metrics.duplicate("replay", duplicates)
+        for sample in p.refusals.samples:
+            if sample.line is not None:
+                sample.line += self._lines
+        self._lines += p.lines
         self._count_refusals(p.refusals, context)
 
     def _count_refusals(self, refusals: Refusals, context: str) -> None:
