@@ -53,7 +53,7 @@ from typing import IO
 from ..detect import Detector
 from ..detect.engine import Projected
 from ..event import AuditEvent, Decoder, InvalidEvent, fast_event
-from ..metrics import AuditMetrics, RequestTally
+from ..metrics import AuditMetrics, RequestTally, counts_as_request
 from ..pipeline import Deduper, Key, Pipeline, Processor
 from ..refusals import Refusals
 from ..report import Report
@@ -81,6 +81,59 @@ def key_hash(audit_id: str, stage: str, stage_ts: float) -> int:
     one window share a hash with a chance of about one in 2**64 / the
     window's size squared."""
     return hash((audit_id, stage, stage_ts))
+
+
+# What the report reads of a sensitive event (Report.ordered: categories,
+# rank, component, who_what), sent by the job so that the parent need not
+# decode it.
+FIELDS = (
+    "audit_id",
+    "stage",
+    "code",
+    "stage_ts",
+    "username",
+    "user_kind",
+    "impersonated_user",
+    "verb",
+    "resource",
+    "subresource",
+    "resource_label",
+    "api_group",
+    "namespace",
+    "name",
+    "request_uri",
+    "source_ip",
+    "user_agent",
+)
+
+
+class Seen:
+    """An event a job saw, in the parent: the fields the job sent, and the
+    rest from the event itself, decoded again (from its line in the chunk)
+    on the first read of any other field. Detection sets ``rules`` and
+    ``severity`` here."""
+
+    __slots__ = (*FIELDS, "_event", "_load", "rules", "severity")
+
+    def __init__(
+        self, names: Sequence[str], values: Sequence[object], load: Callable[[], AuditEvent]
+    ) -> None:
+        for name, value in zip(names, values, strict=True):
+            setattr(self, name, value)
+        self.rules: tuple[str, ...] = ()
+        self.severity = ""
+        self._load = load
+        self._event: AuditEvent | None = None
+
+    def __getattr__(self, name: str) -> object:
+        ev = self._event
+        if ev is None:
+            ev = self._event = self._load()
+        return getattr(ev, name)
+
+
+def fields(ev: AuditEvent) -> tuple[object, ...]:
+    return tuple(getattr(ev, name) for name in FIELDS)
 
 
 class HashedDeduper(Deduper):
@@ -124,15 +177,15 @@ class Partial:
     report: Report
     # the events some rule's condition holds for, in order, projected
     # (Detector.project); where each starts in the chunk (-1: in ``objects``,
-    # being redacted or out of a line that holds several), and which of
-    # them are sensitive
+    # being redacted or out of a line that holds several); the sensitive
+    # ones' FIELDS after the four a projection holds
     projected: list[Projected]
     starts: array[int]
     objects: dict[int, AuditEvent]
-    scanned_sensitive: list[int]
+    scanned_sensitive: dict[int, tuple[object, ...]]
     # the sensitive events among the others, each after how many scanned
-    # ones, as where it starts in the chunk or the event itself
-    sensitive: list[tuple[int, int | AuditEvent]]
+    # ones, with its FIELDS and where it starts in the chunk (or itself)
+    sensitive: list[tuple[int, tuple[object, ...], int | AuditEvent]]
     refusals: Refusals
     events: int
     future: int
@@ -230,10 +283,10 @@ def run_chunk(data: bytes, duplicates: Sequence[int] | None = None) -> Partial:
     projected: list[Projected] = []
     starts = array("q")
     objects: dict[int, AuditEvent] = {}
-    scanned_sensitive: list[int] = []
+    scanned_sensitive: dict[int, tuple[object, ...]] = {}
     # the sensitive events no rule's condition held for, each with the
     # number of scanned events before it (the parent interleaves the two)
-    sensitive: list[tuple[int, int | AuditEvent]] = []
+    sensitive: list[tuple[int, tuple[object, ...], int | AuditEvent]] = []
     now = time.time()
     step = job.batch_lines
     for first in range(0, len(fresh), step):
@@ -253,9 +306,9 @@ def run_chunk(data: bytes, duplicates: Sequence[int] | None = None) -> Partial:
                 if where < 0:
                     objects[n] = ev
                 if categories(ev):
-                    scanned_sensitive.append(n)
+                    scanned_sensitive[n] = fields(ev)[4:]
             elif categories(ev):
-                sensitive.append((len(projected), ev if where < 0 else where))
+                sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
         report(part)
         metrics.observe_batch(part, "replay", now)
     lag = metrics.lag.values.get(("replay",))
@@ -474,16 +527,24 @@ class ParallelReplay:
             progress()
         return pending
 
-    def _event(self, data: bytes, where: int | AuditEvent) -> AuditEvent:
-        """An event a job saw, from where its line starts in the chunk (as
-        the job decoded it: nothing in it was redacted) or as sent."""
+    def _seen(
+        self, names: Sequence[str], values: Sequence[object], data: bytes, where: int | AuditEvent
+    ) -> AuditEvent:
+        """An event a job saw: itself when it was sent, else a :class:`Seen`
+        of ``values`` that decodes it again from where its line starts in
+        the chunk (as the job did: nothing in it was redacted)."""
         if type(where) is not int:
             return where  # type: ignore[return-value]
-        end = data.find(b"\n", where)
-        line = data[where:] if end < 0 else data[where:end]
-        if line[-1:] == b"\r":
-            line = line[:-1]
-        return fast_event(line) or self.decoder.decode_line(line)
+        start: int = where
+
+        def load() -> AuditEvent:
+            end = data.find(b"\n", start)
+            line = data[start:] if end < 0 else data[start:end]
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            return fast_event(line) or self.decoder.decode_line(line)
+
+        return Seen(names, values, load)  # type: ignore[return-value]
 
     def _merge(self, pending: _Pending, context: str) -> None:
         """Take a chunk's result into the parent's pipeline and report."""
@@ -496,37 +557,46 @@ class ParallelReplay:
         metrics = self.metrics
         duplicates = len(p.taken_as_duplicates)
         data = pending.data
-        starts, objects = p.starts, p.objects
-        decoded: dict[int, AuditEvent] = {}
+        projected, starts = p.projected, p.starts
+        extra = p.scanned_sensitive
+        made: dict[int, AuditEvent] = {}
 
         def scanned(i: int) -> AuditEvent:
-            ev = decoded.get(i)
+            """The i-th scanned event as the parent needs it."""
+            ev = made.get(i)
             if ev is None:
                 where = starts[i]
-                ev = decoded[i] = self._event(data, where if where >= 0 else objects[i])
+                if where < 0:
+                    ev = p.objects[i]
+                else:
+                    more = extra.get(i)
+                    values = projected[i][:4] if more is None else projected[i][:4] + more
+                    ev = self._seen(FIELDS if more else FIELDS[:4], values, data, where)
+                made[i] = ev
             return ev
 
         report = self.report
         matched: list[int] = []
-        if self.detector is not None and p.projected:
-            matched = self.detector.feed(p.projected, scanned)
+        if self.detector is not None and projected:
+            matched = self.detector.feed(projected, scanned)
             for i in matched:
-                report.detected(decoded[i])
+                report.detected(made[i])
         # the report's detection-dependent part, in input order, on the
-        # events it does something with: the sensitive ones and those a rule
-        # flagged (for any other, Report.ordered does nothing)
-        needed = p.scanned_sensitive
+        # events it does something with: the sensitive ones and the stages
+        # a rule flagged that are not counted as requests (on any other
+        # event Report.ordered does nothing)
+        needed: Iterable[int] = extra
         if matched:
-            needed = sorted(set(needed).union(matched))
+            needed = sorted({*extra, *(i for i in matched if not counts_as_request(made[i]))})
         k = 0
-        for before, x in p.sensitive:
-            while k < len(needed) and needed[k] < before:
-                report.ordered(scanned(needed[k]))
+        for i in needed:
+            while k < len(p.sensitive) and p.sensitive[k][0] <= i:
+                _, values, where = p.sensitive[k]
+                report.ordered(self._seen(FIELDS, values, data, where))
                 k += 1
-            report.ordered(self._event(data, x))
-        while k < len(needed):
-            report.ordered(scanned(needed[k]))
-            k += 1
+            report.ordered(scanned(i))
+        for _, values, where in p.sensitive[k:]:
+            report.ordered(self._seen(FIELDS, values, data, where))
         report.merge(p.report)
         report.duplicates += duplicates
         with metrics.lock:
