@@ -39,6 +39,7 @@ stay with ``--jobs 1``.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import signal
@@ -215,13 +216,52 @@ def _job_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_chunk(data: bytes, duplicates: Sequence[int] | None = None) -> Partial:
+@dataclass(frozen=True)
+class Span:
+    """A chunk of a plain file, which the job reads itself (nothing of it
+    goes through the pipe)."""
+
+    path: str
+    device: int
+    inode: int
+    offset: int
+    length: int
+
+    def read(self, fd: int | None = None) -> bytes | None:
+        """The chunk, from ``fd`` or else from ``path`` (None when that is
+        no longer the same file, or shorter)."""
+        own = fd is None
+        try:
+            if fd is None:
+                fd = os.open(self.path, os.O_RDONLY)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (self.device, self.inode):
+                return None
+            data = os.pread(fd, self.length, self.offset)
+            while len(data) < self.length:
+                more = os.pread(fd, self.length - len(data), self.offset + len(data))
+                if not more:
+                    return None
+                data += more
+            return data
+        except OSError:
+            return None
+        finally:
+            if own and fd is not None:
+                os.close(fd)
+
+
+def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> Partial | None:
     """Process one chunk (lines joined by newlines; refusals carry their
-    line number in the chunk). ``duplicates``: the positions to drop as
-    duplicates, when the parent knows them; by default an event whose key
-    came earlier in the chunk."""
+    line number in the chunk); None when a Span cannot be read (the parent
+    reads it then). ``duplicates``: the positions to drop as duplicates,
+    when the parent knows them; by default an event whose key came earlier
+    in the chunk."""
     job = _JOB
     assert job is not None, "run_chunk outside a replay with jobs"
+    data = chunk.read() if isinstance(chunk, Span) else chunk
+    if data is None:
+        return None
     decode = job.decoder.decode_record
     limit = job.decoder.max_event_bytes
     lines = data.split(b"\n")
@@ -357,14 +397,88 @@ def _chunks(head: bytes, stream: IO[bytes], size: int, limit: int) -> Iterator[b
         yield pending
 
 
+def _file_chunks(raw: io.FileIO, start: int, size: int, limit: int) -> Iterator[bytes | Span]:
+    """Spans of whole lines of a plain file from ``start``, about ``size``
+    bytes each, cut at the first newline after ``size`` bytes. When there is
+    none within ``limit + 1`` bytes (a line too large either way), the rest
+    is read by the parent as a stream (_chunks), whose memory is bounded.
+    The file's position follows the spans (the progress line reads it)."""
+    fd = raw.fileno()
+    st = os.fstat(fd)
+    path = raw.name
+    assert isinstance(path, str)
+    pos = start
+    while True:
+        total = os.fstat(fd).st_size
+        if pos >= total:
+            return
+        cut = pos + size
+        if cut >= total:
+            cut = total
+        else:
+            look = cut - 1  # a newline there ends the span at ``cut``
+            while True:
+                window = os.pread(fd, 1 << 16, look)
+                found = window.find(b"\n")
+                if found >= 0:
+                    cut = look + found + 1
+                    break
+                look += len(window)
+                if not window:
+                    cut = look
+                    break
+                if look - pos > size + limit + 1:
+                    raw.seek(pos)
+                    yield from _chunks(b"", raw, size, limit)
+                    return
+        yield Span(path, st.st_dev, st.st_ino, pos, cut - pos)
+        pos = cut
+        raw.seek(pos)
+
+
 @dataclass
 class _Pending:
     """A chunk whose result came back and whose events' dedupe verdicts
     are not all known yet (its last batch goes on in the next chunk)."""
 
-    data: bytes
+    chunk: bytes | Span
     partial: Partial
+    fd: int | None
     duplicates: list[int] = field(default_factory=list)
+    _data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The chunk's bytes (read again from the file for a Span)."""
+        if isinstance(self.chunk, bytes):
+            return self.chunk
+        if self._data is None:
+            data = self.chunk.read(self.fd)
+            if data is None:
+                raise OSError(f"{self.chunk.path}: changed while it was replayed")
+            self._data = data
+        return self._data
+
+    def line(self, start: int) -> bytes:
+        """The line that starts at ``start`` in the chunk."""
+        chunk = self.chunk
+        if isinstance(chunk, bytes) or self._data is not None:
+            data = self.data
+            end = data.find(b"\n", start)
+            return data[start:] if end < 0 else data[start:end]
+        assert self.fd is not None
+        out = b""
+        at, stop = chunk.offset + start, chunk.offset + chunk.length
+        while at < stop:
+            window = os.pread(self.fd, min(1 << 16, stop - at), at)
+            if not window:
+                break
+            end = window.find(b"\n")
+            if end >= 0:
+                return out + window[:end]
+            out += window
+            at += len(window)
+        return out
 
 
 class _Batcher:
@@ -384,12 +498,11 @@ class _Batcher:
         p = pending.partial
         at = 0  # next key
         line = 0  # next line
-        runs = self.runs
         for stop, inputs, events in [*p.odd, (p.lines, -1, 0)]:
             run = stop - line  # lines of one event each
             while run > 0:
                 take = min(run, self.batch_lines - self.inputs)
-                runs.append((pending, at, take))
+                self.runs.append((pending, at, take))
                 self.count += take
                 at += take
                 run -= take
@@ -399,7 +512,7 @@ class _Batcher:
             if inputs < 0:
                 break
             if events:
-                runs.append((pending, at, events))
+                self.runs.append((pending, at, events))
                 self.count += events
             at += events
             self.inputs += inputs
@@ -489,17 +602,25 @@ class ParallelReplay:
         assert self.pool is not None
         limit = _JOB.decoder.max_event_bytes if _JOB else 0
         batcher = _Batcher(self.dedupe, self.batch_lines)
-        inflight: deque[tuple[bytes, AsyncResult[Partial]]] = deque()
+        inflight: deque[tuple[bytes | Span, AsyncResult[Partial | None]]] = deque()
         waiting: _Pending | None = None
         self._lines = 0
-        chunks = _chunks(head, stream, self.chunk_bytes, limit)
+        fd: int | None = None
+        chunks: Iterator[bytes | Span]
+        if type(stream) is io.FileIO and isinstance(stream.name, str) and stream.seekable():
+            # a plain file: the jobs read their spans of it themselves
+            fd = stream.fileno()
+            start = stream.tell() - len(head)
+            chunks = _file_chunks(stream, start, self.chunk_bytes, limit)
+        else:
+            chunks = _chunks(head, stream, self.chunk_bytes, limit)
         ahead = self.jobs * AHEAD
-        for data in chunks:
-            inflight.append((data, self.pool.apply_async(run_chunk, (data,))))
+        for chunk in chunks:
+            inflight.append((chunk, self.pool.apply_async(run_chunk, (chunk,))))
             while len(inflight) > ahead:
-                waiting = self._next(inflight, batcher, waiting, context, progress)
+                waiting = self._next(inflight, batcher, waiting, fd, context, progress)
         while inflight:
-            waiting = self._next(inflight, batcher, waiting, context, progress)
+            waiting = self._next(inflight, batcher, waiting, fd, context, progress)
         batcher.close()
         problem = getattr(stream, "problem", None)
         if waiting is not None:
@@ -511,14 +632,26 @@ class ParallelReplay:
 
     def _next(
         self,
-        inflight: deque[tuple[bytes, AsyncResult[Partial]]],
+        inflight: deque[tuple[bytes | Span, AsyncResult[Partial | None]]],
         batcher: _Batcher,
         waiting: _Pending | None,
+        fd: int | None,
         context: str,
         progress: Callable[[], None] | None,
     ) -> _Pending:
-        data, result = inflight.popleft()
-        pending = _Pending(data, result.get())
+        chunk, result = inflight.popleft()
+        partial = result.get()
+        if partial is None:
+            # the job could not open the file by its name: the parent reads
+            # the span from its own descriptor and runs the chunk itself
+            assert isinstance(chunk, Span)
+            data = chunk.read(fd)
+            if data is None:
+                raise OSError(f"{chunk.path}: changed while it was replayed")
+            chunk = data
+            partial = run_chunk(data)
+            assert partial is not None
+        pending = _Pending(chunk, partial, fd)
         batcher.feed(pending)
         # the chunk before is complete: its last batch ended in this one
         if waiting is not None:
@@ -528,7 +661,11 @@ class ParallelReplay:
         return pending
 
     def _seen(
-        self, names: Sequence[str], values: Sequence[object], data: bytes, where: int | AuditEvent
+        self,
+        names: Sequence[str],
+        values: Sequence[object],
+        pending: _Pending,
+        where: int | AuditEvent,
     ) -> AuditEvent:
         """An event a job saw: itself when it was sent, else a :class:`Seen`
         of ``values`` that decodes it again from where its line starts in
@@ -538,8 +675,7 @@ class ParallelReplay:
         start: int = where
 
         def load() -> AuditEvent:
-            end = data.find(b"\n", start)
-            line = data[start:] if end < 0 else data[start:end]
+            line = pending.line(start)
             if line[-1:] == b"\r":
                 line = line[:-1]
             return fast_event(line) or self.decoder.decode_line(line)
@@ -553,10 +689,11 @@ class ParallelReplay:
             # a duplicate of an event in an earlier chunk (or not one after
             # all): this chunk again, with the parent's verdicts
             self.rechunked += 1
-            p = run_chunk(pending.data, sorted(pending.duplicates))
+            again = run_chunk(pending.data, sorted(pending.duplicates))
+            assert again is not None
+            p = again
         metrics = self.metrics
         duplicates = len(p.taken_as_duplicates)
-        data = pending.data
         projected, starts = p.projected, p.starts
         extra = p.scanned_sensitive
         made: dict[int, AuditEvent] = {}
@@ -571,7 +708,7 @@ class ParallelReplay:
                 else:
                     more = extra.get(i)
                     values = projected[i][:4] if more is None else projected[i][:4] + more
-                    ev = self._seen(FIELDS if more else FIELDS[:4], values, data, where)
+                    ev = self._seen(FIELDS if more else FIELDS[:4], values, pending, where)
                 made[i] = ev
             return ev
 
@@ -592,11 +729,11 @@ class ParallelReplay:
         for i in needed:
             while k < len(p.sensitive) and p.sensitive[k][0] <= i:
                 _, values, where = p.sensitive[k]
-                report.ordered(self._seen(FIELDS, values, data, where))
+                report.ordered(self._seen(FIELDS, values, pending, where))
                 k += 1
             report.ordered(scanned(i))
         for _, values, where in p.sensitive[k:]:
-            report.ordered(self._seen(FIELDS, values, data, where))
+            report.ordered(self._seen(FIELDS, values, pending, where))
         report.merge(p.report)
         report.duplicates += duplicates
         with metrics.lock:
