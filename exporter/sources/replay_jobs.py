@@ -42,14 +42,18 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import queue
 import signal
+import threading
 import time
+import traceback
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.pool import AsyncResult, Pool
-from typing import IO
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import IO, Any
 
 from ..detect import Detector
 from ..detect.engine import Projected
@@ -210,10 +214,90 @@ _JOB: _Job | None = None
 
 
 def _job_signals() -> None:
-    """A job ends as its parent tells it (the pool's terminate), quietly;
-    Ctrl-C is for the parent, which ends the jobs."""
+    """A job ends as its parent tells it (SIGTERM), quietly; Ctrl-C is for
+    the parent, which ends the jobs."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Jobs:
+    """N forked processes that take numbered chunks from one pipe, each
+    when it is free, and put their results on another. The parent receives
+    the results itself (a job that dies is an error, not a wait for ever);
+    one thread writes the chunks, so that a chunk of bytes waiting for a
+    free job never stops the parent's merging."""
+
+    def __init__(self, n: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.tasks_out, self.tasks_in = ctx.Pipe(duplex=False)  # (reader, writer)
+        self.results_out, self.results_in = ctx.Pipe(duplex=False)
+        take, give = ctx.Lock(), ctx.Lock()
+        self.procs: list[BaseProcess] = []
+        for _ in range(n):
+            proc = ctx.Process(
+                target=_work, args=(self.tasks_out, take, self.results_in, give), daemon=True
+            )
+            proc.start()
+            self.procs.append(proc)
+        # the jobs' ends: once the jobs are gone, the pipes say so
+        self.tasks_out.close()
+        self.results_in.close()
+        self.done: dict[int, Partial | None] = {}
+        self.queue: queue.SimpleQueue[tuple[int, bytes | Span] | None] = queue.SimpleQueue()
+        self.sender = threading.Thread(target=self._send, name="replay-jobs-send", daemon=True)
+        self.sender.start()
+
+    def _send(self) -> None:
+        while True:
+            task = self.queue.get()
+            if task is None:
+                return
+            try:
+                self.tasks_in.send(task)
+            except OSError:  # the jobs ended
+                return
+
+    def send(self, number: int, chunk: bytes | Span) -> None:
+        self.queue.put((number, chunk))
+
+    def result(self, number: int) -> Partial | None:
+        """The result of chunk ``number``, waiting for it."""
+        done = self.done
+        while number not in done:
+            ready = wait([self.results_out, *(p.sentinel for p in self.procs)])
+            if self.results_out in ready:
+                got, result = self.results_out.recv()
+                if isinstance(result, str):
+                    raise RuntimeError(f"a replay job failed: {result}")
+                done[got] = result
+            elif any(not p.is_alive() for p in self.procs):
+                codes = [p.exitcode for p in self.procs]
+                raise RuntimeError(f"a replay job ended (exit codes {codes})")
+        return done.pop(number)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.join()
+        self.queue.put(None)
+        self.sender.join(5.0)  # a write the ended jobs left is an error now
+        self.tasks_in.close()
+        self.results_out.close()
+
+
+def _work(tasks: Connection, take: Any, results: Connection, give: Any) -> None:
+    """A job: chunks in, results out, until the parent ends it."""
+    _job_signals()
+    while True:
+        with take:
+            number, chunk = tasks.recv()
+        try:
+            result: Partial | str | None = run_chunk(chunk)
+        except Exception:
+            result = traceback.format_exc(limit=5)[-2000:]
+        with give:
+            results.send((number, result))
 
 
 @dataclass(frozen=True)
@@ -579,9 +663,7 @@ class ParallelReplay:
         pipeline.dedupe = self.dedupe
         self._lines = 0  # lines of the stream before the chunk merged next
         _JOB = _Job(decoder, before, self.detector, metrics_args, batch_lines)
-        self.pool: Pool | None = multiprocessing.get_context("fork").Pool(
-            jobs, initializer=_job_signals
-        )
+        self.pool: _Jobs | None = _Jobs(jobs)
         self.jobs = jobs
 
     def starts_lines(self, stream: IO[bytes]) -> tuple[bytes, bool]:
@@ -602,7 +684,7 @@ class ParallelReplay:
         assert self.pool is not None
         limit = _JOB.decoder.max_event_bytes if _JOB else 0
         batcher = _Batcher(self.dedupe, self.batch_lines)
-        inflight: deque[tuple[bytes | Span, AsyncResult[Partial | None]]] = deque()
+        inflight: deque[tuple[int, bytes | Span]] = deque()
         waiting: _Pending | None = None
         self._lines = 0
         fd: int | None = None
@@ -615,8 +697,9 @@ class ParallelReplay:
         else:
             chunks = _chunks(head, stream, self.chunk_bytes, limit)
         ahead = self.jobs * AHEAD
-        for chunk in chunks:
-            inflight.append((chunk, self.pool.apply_async(run_chunk, (chunk,))))
+        for number, chunk in enumerate(chunks):
+            self.pool.send(number, chunk)
+            inflight.append((number, chunk))
             while len(inflight) > ahead:
                 waiting = self._next(inflight, batcher, waiting, fd, context, progress)
         while inflight:
@@ -632,15 +715,16 @@ class ParallelReplay:
 
     def _next(
         self,
-        inflight: deque[tuple[bytes | Span, AsyncResult[Partial | None]]],
+        inflight: deque[tuple[int, bytes | Span]],
         batcher: _Batcher,
         waiting: _Pending | None,
         fd: int | None,
         context: str,
         progress: Callable[[], None] | None,
     ) -> _Pending:
-        chunk, result = inflight.popleft()
-        partial = result.get()
+        number, chunk = inflight.popleft()
+        assert self.pool is not None
+        partial = self.pool.result(number)
         if partial is None:
             # the job could not open the file by its name: the parent reads
             # the span from its own descriptor and runs the chunk itself
@@ -772,8 +856,7 @@ class ParallelReplay:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.close()
             self.pool = None
 
 
