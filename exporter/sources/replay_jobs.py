@@ -640,7 +640,7 @@ class ParallelReplay:
         decoder: Decoder,
         metrics_args: dict[str, object],
         *,
-        chunk_bytes: int = CHUNK_BYTES,
+        chunk_bytes: int | None = None,
         batch_lines: int = BATCH_LINES,
     ) -> None:
         global _JOB
@@ -654,7 +654,7 @@ class ParallelReplay:
             if p is self.detector or p is report:
                 break
             before.append(p)
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.decoder = decoder
         self.batch_lines = batch_lines
         self.rechunked = 0  # chunks run again in the parent (duplicates across chunks)
@@ -685,7 +685,7 @@ class ParallelReplay:
         limit = _JOB.decoder.max_event_bytes if _JOB else 0
         batcher = _Batcher(self.dedupe, self.batch_lines)
         inflight: deque[tuple[int, bytes | Span]] = deque()
-        waiting: _Pending | None = None
+        waiting: deque[_Pending] = deque()
         self._lines = 0
         fd: int | None = None
         chunks: Iterator[bytes | Span]
@@ -701,13 +701,13 @@ class ParallelReplay:
             self.pool.send(number, chunk)
             inflight.append((number, chunk))
             while len(inflight) > ahead:
-                waiting = self._next(inflight, batcher, waiting, fd, context, progress)
+                self._next(inflight, batcher, waiting, fd, context, progress)
         while inflight:
-            waiting = self._next(inflight, batcher, waiting, fd, context, progress)
+            self._next(inflight, batcher, waiting, fd, context, progress)
         batcher.close()
         problem = getattr(stream, "problem", None)
-        if waiting is not None:
-            self._merge(waiting, context)
+        while waiting:
+            self._merge(waiting.popleft(), context)
         if problem:
             extra = Refusals()
             extra.add(InvalidEvent("truncated_gzip", problem))
@@ -717,11 +717,11 @@ class ParallelReplay:
         self,
         inflight: deque[tuple[int, bytes | Span]],
         batcher: _Batcher,
-        waiting: _Pending | None,
+        waiting: deque[_Pending],
         fd: int | None,
         context: str,
         progress: Callable[[], None] | None,
-    ) -> _Pending:
+    ) -> None:
         number, chunk = inflight.popleft()
         assert self.pool is not None
         partial = self.pool.result(number)
@@ -737,12 +737,14 @@ class ParallelReplay:
             assert partial is not None
         pending = _Pending(chunk, partial, fd)
         batcher.feed(pending)
-        # the chunk before is complete: its last batch ended in this one
-        if waiting is not None:
-            self._merge(waiting, context)
+        waiting.append(pending)
+        # the chunks before the batch still open (which may span several)
+        # have every verdict
+        still = batcher.runs[0][0] if batcher.runs else None
+        while waiting and waiting[0] is not still:
+            self._merge(waiting.popleft(), context)
         if progress is not None:
             progress()
-        return pending
 
     def _seen(
         self,
