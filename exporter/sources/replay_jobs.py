@@ -120,11 +120,30 @@ class Seen:
 
     __slots__ = (*FIELDS, "_event", "_load", "rules", "severity")
 
-    def __init__(
-        self, names: Sequence[str], values: Sequence[object], load: Callable[[], AuditEvent]
-    ) -> None:
-        for name, value in zip(names, values, strict=True):
-            setattr(self, name, value)
+    def __init__(self, values: Sequence[object], load: Callable[[], AuditEvent]) -> None:
+        """``values``: the first four FIELDS, or all of them."""
+        if len(values) == 4:
+            self.audit_id, self.stage, self.code, self.stage_ts = values
+        else:
+            (
+                self.audit_id,
+                self.stage,
+                self.code,
+                self.stage_ts,
+                self.username,
+                self.user_kind,
+                self.impersonated_user,
+                self.verb,
+                self.resource,
+                self.subresource,
+                self.resource_label,
+                self.api_group,
+                self.namespace,
+                self.name,
+                self.request_uri,
+                self.source_ip,
+                self.user_agent,
+            ) = values
         self.rules: tuple[str, ...] = ()
         self.severity = ""
         self._load = load
@@ -213,6 +232,9 @@ class _Job:
 _JOB: _Job | None = None
 
 
+JOB_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _job_signals() -> None:
     """A job ends as its parent tells it (SIGTERM), quietly; Ctrl-C is for
     the parent, which ends the jobs."""
@@ -233,12 +255,18 @@ class _Jobs:
         self.results_out, self.results_in = ctx.Pipe(duplex=False)
         take, give = ctx.Lock(), ctx.Lock()
         self.procs: list[BaseProcess] = []
-        for _ in range(n):
-            proc = ctx.Process(
-                target=_work, args=(self.tasks_out, take, self.results_in, give), daemon=True
-            )
-            proc.start()
-            self.procs.append(proc)
+        # a job takes its own signal handlers first thing; until then the
+        # parent's (which raise) must not run in it: they wait, blocked
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+        try:
+            for _ in range(n):
+                proc = ctx.Process(
+                    target=_work, args=(self.tasks_out, take, self.results_in, give), daemon=True
+                )
+                proc.start()
+                self.procs.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         # the jobs' ends: once the jobs are gone, the pipes say so
         self.tasks_out.close()
         self.results_in.close()
@@ -289,6 +317,7 @@ class _Jobs:
 def _work(tasks: Connection, take: Any, results: Connection, give: Any) -> None:
     """A job: chunks in, results out, until the parent ends it."""
     _job_signals()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, JOB_SIGNALS)
     while True:
         with take:
             number, chunk = tasks.recv()
@@ -429,12 +458,17 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
                 starts.append(where)
                 if where < 0:
                     objects[n] = ev
-                if categories(ev):
+                if counts_as_request(ev) and categories(ev):
                     scanned_sensitive[n] = fields(ev)[4:]
-            elif categories(ev):
+            elif counts_as_request(ev) and categories(ev):
+                # (an event no rule's condition held for and that is not
+                # counted as a request is nothing to Report.ordered)
                 sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
         report(part)
         metrics.observe_batch(part, "replay", now)
+    # one object per request key: a duration then travels as a reference
+    same = {rk: rk for rk in tally.requests}
+    tally.durations = [(same[rk], took) for rk, took in tally.durations]
     lag = metrics.lag.values.get(("replay",))
     return Partial(
         lines=len(lines),
@@ -747,11 +781,7 @@ class ParallelReplay:
             progress()
 
     def _seen(
-        self,
-        names: Sequence[str],
-        values: Sequence[object],
-        pending: _Pending,
-        where: int | AuditEvent,
+        self, values: Sequence[object], pending: _Pending, where: int | AuditEvent
     ) -> AuditEvent:
         """An event a job saw: itself when it was sent, else a :class:`Seen`
         of ``values`` that decodes it again from where its line starts in
@@ -766,7 +796,7 @@ class ParallelReplay:
                 line = line[:-1]
             return fast_event(line) or self.decoder.decode_line(line)
 
-        return Seen(names, values, load)  # type: ignore[return-value]
+        return Seen(values, load)  # type: ignore[return-value]
 
     def _merge(self, pending: _Pending, context: str) -> None:
         """Take a chunk's result into the parent's pipeline and report."""
@@ -794,7 +824,7 @@ class ParallelReplay:
                 else:
                     more = extra.get(i)
                     values = projected[i][:4] if more is None else projected[i][:4] + more
-                    ev = self._seen(FIELDS if more else FIELDS[:4], values, pending, where)
+                    ev = self._seen(values, pending, where)
                 made[i] = ev
             return ev
 
@@ -815,11 +845,11 @@ class ParallelReplay:
         for i in needed:
             while k < len(p.sensitive) and p.sensitive[k][0] <= i:
                 _, values, where = p.sensitive[k]
-                report.ordered(self._seen(FIELDS, values, pending, where))
+                report.ordered(self._seen(values, pending, where))
                 k += 1
             report.ordered(scanned(i))
         for _, values, where in p.sensitive[k:]:
-            report.ordered(self._seen(FIELDS, values, pending, where))
+            report.ordered(self._seen(values, pending, where))
         report.merge(p.report)
         report.duplicates += duplicates
         with metrics.lock:
