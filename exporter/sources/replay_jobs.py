@@ -413,13 +413,14 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         odd.append((i, inputs, found))
     keys = array("q", [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events])
     if duplicates is None:
-        seen: set[int] = set()
         dropped: list[int] = []
-        for i, key in enumerate(keys):
-            if key in seen:
-                dropped.append(i)
-            else:
-                seen.add(key)
+        if len(set(keys)) != len(keys):
+            seen: set[int] = set()
+            for i, key in enumerate(keys):
+                if key in seen:
+                    dropped.append(i)
+                else:
+                    seen.add(key)
     else:
         dropped = list(duplicates)
     fresh = events
