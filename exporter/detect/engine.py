@@ -727,6 +727,33 @@ class Detector:
                 r.started = started
         return ev.audit_id, ev.stage, ev.code, ev.stage_ts, tuple(entries), failed
 
+    def quiet(self, p: Projected) -> bool:
+        """True when feeding ``p`` (see :meth:`project`) changes nothing while
+        no sequence is in progress: each of its rules is a sequence whose
+        first step it does not match, which check() looks no further at."""
+        if p[5]:
+            return False
+        rules = self.rules
+        for k, _, _, mask in p[4]:
+            if rules[k].rule.kind != "sequence" or mask & 1:
+                return False
+        return True
+
+    def sequences_may_run(self, projected: Iterable[Projected]) -> bool:
+        """True when a sequence rule has a sequence in progress, or one of
+        ``projected`` may start one (it matches a first step, or a rule
+        failed on it in the job): until then, the quiet ones change nothing."""
+        rules = self.rules
+        if any(r.rule.kind == "sequence" and r.state.groups for r in rules):  # type: ignore[union-attr]
+            return True
+        for p in projected:
+            if p[5]:
+                return True
+            for k, _, _, mask in p[4]:
+                if mask & 1 and rules[k].rule.kind == "sequence":
+                    return True
+        return False
+
     def feed(self, projected: Sequence[Projected], event: Callable[[int], AuditEvent]) -> list[int]:
         """The processor on the events projected (:meth:`project`), in
         order, as :meth:`__call__` with ``only`` runs it: ``again``, the

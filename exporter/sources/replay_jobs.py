@@ -42,6 +42,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -200,10 +201,13 @@ class Partial:
     tally: RequestTally
     report: Report
     # the events some rule's condition holds for, in order, projected
-    # (Detector.project); where each starts in the chunk (-1: in ``objects``,
-    # being redacted or out of a line that holds several); the sensitive
-    # ones' FIELDS after the four a projection holds
-    projected: list[Projected]
+    # (Detector.project), None for the quiet ones (Detector.quiet), which
+    # are in ``quiet`` (pickled, with their positions: the parent reads them
+    # only when a sequence may be in progress); where each starts in the
+    # chunk (-1: in ``objects``, being redacted or out of a line that holds
+    # several); the sensitive ones' FIELDS
+    projected: list[Projected | None]
+    quiet: bytes | None
     starts: array[int]
     objects: dict[int, AuditEvent]
     scanned_sensitive: dict[int, tuple[object, ...]]
@@ -434,7 +438,8 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
     tally = metrics.deferred = RequestTally()
     report = Report(defer_sensitive=True)
     detector = job.detector
-    projected: list[Projected] = []
+    projected: list[Projected | None] = []
+    quiet: list[tuple[int, Projected]] = []
     starts = array("q")
     objects: dict[int, AuditEvent] = {}
     scanned_sensitive: dict[int, tuple[object, ...]] = {}
@@ -455,12 +460,17 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
             where = at[first + i] if ev.raw is not None else -1
             if hits is not None:
                 n = len(projected)
-                projected.append(detector.project(ev, hits))  # type: ignore[union-attr]
+                record = detector.project(ev, hits)  # type: ignore[union-attr]
+                if detector.quiet(record):  # type: ignore[union-attr]
+                    quiet.append((n, record))
+                    projected.append(None)
+                else:
+                    projected.append(record)
                 starts.append(where)
                 if where < 0:
                     objects[n] = ev
                 if counts_as_request(ev) and categories(ev):
-                    scanned_sensitive[n] = fields(ev)[4:]
+                    scanned_sensitive[n] = fields(ev)
             elif counts_as_request(ev) and categories(ev):
                 # (an event no rule's condition held for and that is not
                 # counted as a request is nothing to Report.ordered)
@@ -479,6 +489,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         tally=tally,
         report=report,
         projected=projected,
+        quiet=pickle.dumps(quiet, protocol=pickle.HIGHEST_PROTOCOL) if quiet else None,
         starts=starts,
         objects=objects,
         scanned_sensitive=scanned_sensitive,
@@ -813,7 +824,24 @@ class ParallelReplay:
         duplicates = len(p.taken_as_duplicates)
         projected, starts = p.projected, p.starts
         extra = p.scanned_sensitive
+        detector = self.detector
+        # the records to feed, and their positions among the scanned events
+        records: list[Projected] = []
+        positions: list[int] | None = None
+        if detector is not None and projected:
+            if p.quiet is None:
+                records = projected  # type: ignore[assignment]
+            elif detector.sequences_may_run(r for r in projected if r is not None):
+                full = list(projected)
+                for i, record in pickle.loads(p.quiet):
+                    full[i] = record
+                records = full  # type: ignore[assignment]
+            else:
+                positions = [i for i, r in enumerate(projected) if r is not None]
+                records = [projected[i] for i in positions]  # type: ignore[misc]
         made: dict[int, AuditEvent] = {}
+        # a scanned event's record (a quiet one is asked for only when read)
+        by_position: Sequence[Projected | None] = records if positions is None else projected
 
         def scanned(i: int) -> AuditEvent:
             """The i-th scanned event as the parent needs it."""
@@ -823,16 +851,19 @@ class ParallelReplay:
                 if where < 0:
                     ev = p.objects[i]
                 else:
-                    more = extra.get(i)
-                    values = projected[i][:4] if more is None else projected[i][:4] + more
+                    values = extra.get(i) or by_position[i][:4]  # type: ignore[index]
                     ev = self._seen(values, pending, where)
                 made[i] = ev
             return ev
 
         report = self.report
         matched: list[int] = []
-        if self.detector is not None and projected:
-            matched = self.detector.feed(projected, scanned)
+        if detector is not None and records:
+            if positions is None:
+                matched = detector.feed(records, scanned)
+            else:
+                at = positions
+                matched = [at[j] for j in detector.feed(records, lambda j: scanned(at[j]))]
             for i in matched:
                 report.detected(made[i])
         # the report's detection-dependent part, in input order, on the
