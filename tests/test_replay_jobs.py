@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -289,3 +292,27 @@ def test_a_cut_gzip_exits_2_with_the_same_summary(tmp_path: Path) -> None:
         outs.append(json.loads(out.stdout))
     assert outs[0] == outs[1]
     assert outs[0]["invalid"]["truncated_gzip"] == 1
+
+
+def test_jobs_that_die_end_the_replay_with_an_error(simulated: Path) -> None:
+    """The jobs killed before the input comes (stdin, so the test decides
+    when): the parent says so and exits, rather than waiting for ever."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", "replay", "--jobs", "2", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 120
+    jobs: list[int] = []
+    while len(jobs) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        jobs = [int(p) for p in children.read_text().split()]
+        time.sleep(0.05)  # polling a child that is starting up, with a deadline
+    assert len(jobs) == 2, "the replay did not start its two jobs"
+    for pid in jobs:
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(simulated.read_bytes(), timeout=300)
+    assert proc.returncode != 0
+    assert b"a replay job ended" in err

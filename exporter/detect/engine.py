@@ -734,10 +734,7 @@ class Detector:
         if p[5]:
             return False
         rules = self.rules
-        for k, _, _, mask in p[4]:
-            if rules[k].rule.kind != "sequence" or mask & 1:
-                return False
-        return True
+        return all(rules[k].rule.kind == "sequence" and not mask & 1 for k, _, _, mask in p[4])
 
     def sequences_may_run(self, projected: Iterable[Projected]) -> bool:
         """True when a sequence rule has a sequence in progress, or one of

@@ -81,14 +81,6 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def key_hash(audit_id: str, stage: str, stage_ts: float) -> int:
-    """The dedupe key (auditID, stage, stageTimestamp) as the 8-byte int the
-    jobs send. Forked jobs share the parent's string hashing; two keys of
-    one window share a hash with a chance of about one in 2**64 / the
-    window's size squared."""
-    return hash((audit_id, stage, stage_ts))
-
-
 # What the report reads of a sensitive event (Report.ordered: categories,
 # rank, component, who_what), sent by the job so that the parent need not
 # decode it.
@@ -122,7 +114,7 @@ class Seen:
     __slots__ = (*FIELDS, "_event", "_load", "rules", "severity")
 
     def __init__(self, values: Sequence[object], load: Callable[[], AuditEvent]) -> None:
-        """``values``: the first four FIELDS, or all of them."""
+        """``values``: the first four FIELDS, or all of them (in their order)."""
         if len(values) == 4:
             self.audit_id, self.stage, self.code, self.stage_ts = values
         else:
@@ -158,13 +150,17 @@ class Seen:
 
 
 def fields(ev: AuditEvent) -> tuple[object, ...]:
+    """The FIELDS of an event, for a Seen."""
     return tuple(getattr(ev, name) for name in FIELDS)
 
 
 class HashedDeduper(Deduper):
-    """The pipeline's Deduper, holding the keys' hashes (:func:`key_hash`):
-    files read whole (``Pipeline.process``, with keys) and files read in
-    chunks (the jobs' hashes) share one window."""
+    """The pipeline's Deduper, holding the 8-byte hashes of the keys
+    (``hash((auditID, stage, stageTimestamp))``, which forked jobs compute
+    as the parent does): files read whole (``Pipeline.process``, with keys)
+    and files read in chunks (the jobs' hashes) share one window. Two keys
+    of a window of n share a hash with a chance of about n**2 / 2**65 (one
+    in a billion for the default window of 100,000)."""
 
     def __contains__(self, key: Key) -> bool:
         return super().__contains__(hash(key))  # type: ignore[operator]
@@ -191,7 +187,8 @@ class Partial:
     """A job's result for one chunk."""
 
     lines: int
-    # every decoded event's key_hash, in input order
+    # every decoded event's dedupe key as its hash (see HashedDeduper), in
+    # input order
     keys: array[int]
     # (line in the chunk, inputs, events) of the lines that are not exactly
     # one event (blank lines, refusals, documents written on one line)
@@ -298,11 +295,16 @@ class _Jobs:
         while number not in done:
             ready = wait([self.results_out, *(p.sentinel for p in self.procs)])
             if self.results_out in ready:
-                got, result = self.results_out.recv()
-                if isinstance(result, str):
-                    raise RuntimeError(f"a replay job failed: {result}")
-                done[got] = result
-            elif any(not p.is_alive() for p in self.procs):
+                try:
+                    got, result = self.results_out.recv()
+                except EOFError:  # every job is gone (or going)
+                    pass
+                else:
+                    if isinstance(result, str):
+                        raise RuntimeError(f"a replay job failed: {result}")
+                    done[got] = result
+                    continue
+            if any(not p.is_alive() for p in self.procs):
                 codes = [p.exitcode for p in self.procs]
                 raise RuntimeError(f"a replay job ended (exit codes {codes})")
         return done.pop(number)
@@ -327,8 +329,10 @@ def _work(tasks: Connection, take: Any, results: Connection, give: Any) -> None:
             number, chunk = tasks.recv()
         try:
             result: Partial | str | None = run_chunk(chunk)
-        except Exception:
-            result = traceback.format_exc(limit=5)[-2000:]
+        except Exception as e:
+            # where it failed, never its message: that may quote an event
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            result = f"{type(e).__name__} at {where.filename}:{where.lineno}"
         with give:
             results.send((number, result))
 
