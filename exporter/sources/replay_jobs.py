@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from operator import attrgetter
 from typing import IO, Any
 
 from ..detect import Detector
@@ -149,9 +150,8 @@ class Seen:
         return getattr(ev, name)
 
 
-def fields(ev: AuditEvent) -> tuple[object, ...]:
-    """The FIELDS of an event, for a Seen."""
-    return tuple(getattr(ev, name) for name in FIELDS)
+# The FIELDS of an event, for a Seen.
+fields: Callable[[AuditEvent], tuple[object, ...]] = attrgetter(*FIELDS)
 
 
 class HashedDeduper(Deduper):
