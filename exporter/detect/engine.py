@@ -158,6 +158,9 @@ Runner = Callable[[AuditEvent], "bool | Match | None"]
 # value, sequence step mask), and the event's (auditID, stage, code,
 # stageTimestamp, the rules' parts, whether a rule failed on it).
 Projection = tuple[int, Key, Any, int]
+# In a sequence's mask: the event is no first step, and the later steps were
+# not tested (they count only in a group whose sequence is in progress).
+LATER_STEPS_UNKNOWN = 1 << 62
 Projected = tuple[str, str, int, float, tuple[Projection, ...], bool]
 
 
@@ -699,8 +702,21 @@ class Detector:
         rules = self.rules
         entries: list[Projection] = []
         failed = False
+        first_steps = self._first_steps()
         for k in hits:
             r = rules[k]
+            first = first_steps.get(k)
+            if first is not None:
+                # a sequence: while no sequence of its group is in
+                # progress, only the first step counts (see feed)
+                try:
+                    if not first(ev):
+                        entries.append((k, r.group(ev), None, LATER_STEPS_UNKNOWN))
+                        continue
+                except Exception:  # the parent's processor counts it
+                    entries.append((k, (), None, 0))
+                    failed = True
+                    continue
             if r.extract is None:
                 # scan() takes a failing test for a hit: the processor counts it
                 try:
@@ -726,6 +742,18 @@ class Detector:
             finally:
                 r.started = started
         return ev.audit_id, ev.stage, ev.code, ev.stage_ts, tuple(entries), failed
+
+    def _first_steps(self) -> dict[int, Callable[[AuditEvent], bool]]:
+        """The first step's test of each sequence rule, by position."""
+        found: dict[int, Callable[[AuditEvent], bool]] | None = getattr(self, "_first", None)
+        if found is None:
+            ctx = Context(self.settings.networks, _WorkloadContext(self.settings))
+            found = self._first = {
+                k: compile_predicate(r.rule.steps[0].match, [], ctx, f"{r.id}-first")
+                for k, r in enumerate(self.rules)
+                if r.rule.kind == "sequence"
+            }
+        return found
 
     def quiet(self, p: Projected) -> bool:
         """True when feeding ``p`` (see :meth:`project`) changes nothing while
@@ -775,8 +803,23 @@ class Detector:
             for k, key, value, mask in entries:
                 r = rules[k]
                 kind = r.rule.kind
-                if kind == "sequence" and not r.state.groups and not mask & 1:  # type: ignore[union-attr]
-                    continue  # as check(): no sequence in progress, no first step
+                if kind == "sequence":
+                    groups = r.state.groups  # type: ignore[union-attr]
+                    if not groups and not mask & 1:
+                        continue  # as check(): no sequence in progress, no first step
+                    if mask & LATER_STEPS_UNKNOWN and key in groups:
+                        # its group's sequence is in progress: the rule on
+                        # the event itself, as one process runs it
+                        ev = event(i)
+                        try:
+                            m = r.check(ev)
+                        except Exception as e:  # a rule must never stop the pipeline
+                            self._failed(r, ev, e)
+                            continue
+                        if m is not None:
+                            found = found or []
+                            found.append((r, m.group, ""))
+                        continue
                 if r.again(seen):  # type: ignore[arg-type]
                     continue
                 apply = r.apply
