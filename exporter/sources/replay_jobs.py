@@ -461,8 +461,8 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
             hit = dict(detector.scan(part))
         for i, ev in enumerate(part):
             hits = hit.get(i)
-            where = at[first + i] if ev.raw is not None else -1
             if hits is not None:
+                where = at[first + i] if ev.raw is not None else -1
                 n = len(projected)
                 record = detector.project(ev, hits)  # type: ignore[union-attr]
                 if detector.quiet(record):  # type: ignore[union-attr]
@@ -478,6 +478,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
             elif counts_as_request(ev) and categories(ev):
                 # (an event no rule's condition held for and that is not
                 # counted as a request is nothing to Report.ordered)
+                where = at[first + i] if ev.raw is not None else -1
                 sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
         report(part)
         metrics.observe_batch(part, "replay", now)
