@@ -1,17 +1,19 @@
 """``replay --jobs N``: the replay of JSON-lines inputs spread over N
 processes, with the output of one.
 
-The input is cut into chunks of whole lines. Each job (a forked process)
-decodes a chunk and runs on it everything whose result does not depend on
-the events before the chunk: redaction, the report, the request families
-as a :class:`~exporter.metrics.RequestTally` (raw values in first-seen
-order), the event and lag counters, and a scan for the events some rule's
+The input is cut into chunks of whole lines: byte ranges of a plain file,
+which each job reads itself, or bytes the parent read (a .gz, standard
+input) sent through a pipe. Each job (a forked process) decodes a chunk
+and runs on it everything whose result does not depend on the events
+before the chunk: redaction, the report, the request families as a
+:class:`~exporter.metrics.RequestTally` (raw values in first-seen order),
+the event and lag counters, and a scan for the events some rule's
 condition holds for (:meth:`~exporter.detect.Detector.scan`), each
 projected (:meth:`~exporter.detect.Detector.project`) to what the rules'
-state needs of it: per rule, the group, the value and the sequence steps
-it matches. The parent takes the chunks' results in input order and does
-what does depend on the order, on those compact records, never on whole
-events:
+state needs of it: per rule, the group, the value, and the sequence steps
+it matches (or only that it is no first step). The parent takes the
+chunks' results in input order and does what does depend on the order, on
+those compact records, never on whole events:
 
 - deduplication: the jobs send every event's key (auditID, stage,
   stageTimestamp) as its 8-byte hash (the parent's Deduper holds hashes
@@ -26,9 +28,13 @@ events:
 - detection: it feeds the projections to the Detector in order
   (:meth:`~exporter.detect.Detector.feed`), so every stateful rule sees
   each key's events in time order, and a rule that holds for no event of a
-  chunk cannot change any state there. An event is decoded again in the
-  parent only when it matches (from its line in the chunk, which the
-  parent still holds), or when a rule failed on it in the job;
+  chunk cannot change any state there. The projections that change nothing
+  while no sequence is in progress (:meth:`~exporter.detect.Detector.quiet`)
+  travel pickled apart, and the parent unpickles them only for a chunk in
+  which a sequence may run. An event is read again in the parent (its line,
+  from the file or the chunk) only when it is shown as an example, when a
+  sequence's later steps must be tested for a group in progress, or when a
+  rule failed on it in the job;
 - the report: it merges the chunks' reports in order, and runs the part
   that depends on detection (sensitive rows' severity and rank, flagged
   stages) on the sensitive and the matching events, in order.
