@@ -759,10 +759,8 @@ class Detector:
         """True when feeding ``p`` (see :meth:`project`) changes nothing while
         no sequence is in progress: each of its rules is a sequence whose
         first step it does not match, which check() looks no further at."""
-        if p[5]:
-            return False
-        rules = self.rules
-        return all(rules[k].rule.kind == "sequence" and not mask & 1 for k, _, _, mask in p[4])
+        # project() marks a sequence's entry for an event that is no first step
+        return not p[5] and all(e[3] & LATER_STEPS_UNKNOWN for e in p[4])
 
     def sequences_may_run(self, projected: Iterable[Projected]) -> bool:
         """True when a sequence rule has a sequence in progress, or one of

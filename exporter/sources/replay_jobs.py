@@ -70,7 +70,6 @@ from ..metrics import AuditMetrics, RequestTally, counts_as_request
 from ..pipeline import Deduper, Key, Pipeline, Processor
 from ..refusals import Refusals
 from ..report import Report
-from ..sensitive import categories
 from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
 
 # Bytes per chunk (whole lines): large enough that a chunk's result costs
@@ -223,6 +222,20 @@ class Partial:
     # event_lag_seconds' row: bucket counts, +Inf, sum
     lag: list[float] | None
     last_event: float | None
+
+
+class _JobReport(Report):
+    """A job's report: what does not depend on detection, as
+    ``defer_sensitive`` leaves it, and the sensitive requests it finds (the
+    ones Report.ordered will rank in the parent), collected in order
+    instead of ranked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: set[int] = set()  # id() of each
+
+    def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
+        self.found.add(id(ev))
 
 
 @dataclass
@@ -446,7 +459,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
 
     metrics = AuditMetrics(CollectorRegistry(), **job.metrics_args)  # type: ignore[arg-type]
     tally = metrics.deferred = RequestTally()
-    report = Report(defer_sensitive=True)
+    report = _JobReport()
     detector = job.detector
     projected: list[Projected | None] = []
     quiet: list[tuple[int, Projected]] = []
@@ -465,6 +478,8 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         hit: dict[int, tuple[int, ...]] = {}
         if detector is not None:
             hit = dict(detector.scan(part))
+        report(part)
+        sensitive_ids = report.found
         for i, ev in enumerate(part):
             hits = hit.get(i)
             if hits is not None:
@@ -479,14 +494,14 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
                 starts.append(where)
                 if where < 0:
                     objects[n] = ev
-                if counts_as_request(ev) and categories(ev):
+                if sensitive_ids and id(ev) in sensitive_ids:
                     scanned_sensitive[n] = fields(ev)
-            elif counts_as_request(ev) and categories(ev):
+            elif sensitive_ids and id(ev) in sensitive_ids:
                 # (an event no rule's condition held for and that is not
                 # counted as a request is nothing to Report.ordered)
                 where = at[first + i] if ev.raw is not None else -1
                 sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
-        report(part)
+        sensitive_ids.clear()
         metrics.observe_batch(part, "replay", now)
     # one object per request key: a duration then travels as a reference
     same = {rk: rk for rk in tally.requests}
