@@ -755,7 +755,7 @@ class Detector:
             }
         return found
 
-    def quiet(self, p: Projected) -> bool:
+    def idle(self, p: Projected) -> bool:
         """True when feeding ``p`` (see :meth:`project`) changes nothing while
         no sequence is in progress: each of its rules is a sequence whose
         first step it does not match, which check() looks no further at."""
@@ -765,7 +765,7 @@ class Detector:
     def sequences_may_run(self, projected: Iterable[Projected]) -> bool:
         """True when a sequence rule has a sequence in progress, or one of
         ``projected`` may start one (it matches a first step, or a rule
-        failed on it in the job): until then, the quiet ones change nothing."""
+        failed on it in the job): until then, the idle ones change nothing."""
         rules = self.rules
         if any(r.rule.kind == "sequence" and r.state.groups for r in rules):  # type: ignore[union-attr]
             return True
@@ -835,7 +835,12 @@ class Detector:
                 found.append((r, key, value if kind == "first_seen" else ""))
             if found:
                 ev = event(i)
-                marked = [Match(r.rule, ev, key, value) for r, key, value in found]
+                marked = []
+                for r, key, value in found:
+                    m = Match(r.rule, ev, key, value)
+                    # a rule's notify_once, where rules have one, as __call__
+                    notify_once = getattr(r, "quiet", None)
+                    marked.append(m if notify_once is None else notify_once(m))
                 self._mark(ev, marked)
                 matches.extend(marked)
                 matched.append(i)

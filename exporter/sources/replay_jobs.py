@@ -29,7 +29,7 @@ those compact records, never on whole events:
   (:meth:`~exporter.detect.Detector.feed`), so every stateful rule sees
   each key's events in time order, and a rule that holds for no event of a
   chunk cannot change any state there. The projections that change nothing
-  while no sequence is in progress (:meth:`~exporter.detect.Detector.quiet`)
+  while no sequence is in progress (:meth:`~exporter.detect.Detector.idle`)
   travel pickled apart, and the parent unpickles them only for a chunk in
   which a sequence may run. An event is read again in the parent (its line,
   from the file or the chunk) only when it is shown as an example, when a
@@ -203,13 +203,13 @@ class Partial:
     tally: RequestTally
     report: Report
     # the events some rule's condition holds for, in order, projected
-    # (Detector.project), None for the quiet ones (Detector.quiet), which
-    # are in ``quiet`` (pickled, with their positions: the parent reads them
+    # (Detector.project), None for the idle ones (Detector.idle), which
+    # are in ``idle`` (pickled, with their positions: the parent reads them
     # only when a sequence may be in progress); where each starts in the
     # chunk (-1: in ``objects``, being redacted or out of a line that holds
     # several); the sensitive ones' FIELDS
     projected: list[Projected | None]
-    quiet: bytes | None
+    idle: bytes | None
     starts: array[int]
     objects: dict[int, AuditEvent]
     scanned_sensitive: dict[int, tuple[object, ...]]
@@ -462,7 +462,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
     report = _JobReport()
     detector = job.detector
     projected: list[Projected | None] = []
-    quiet: list[tuple[int, Projected]] = []
+    idle: list[tuple[int, Projected]] = []
     starts = array("q")
     objects: dict[int, AuditEvent] = {}
     scanned_sensitive: dict[int, tuple[object, ...]] = {}
@@ -486,8 +486,8 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
                 where = at[first + i] if ev.raw is not None else -1
                 n = len(projected)
                 record = detector.project(ev, hits)  # type: ignore[union-attr]
-                if detector.quiet(record):  # type: ignore[union-attr]
-                    quiet.append((n, record))
+                if detector.idle(record):  # type: ignore[union-attr]
+                    idle.append((n, record))
                     projected.append(None)
                 else:
                     projected.append(record)
@@ -515,7 +515,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         tally=tally,
         report=report,
         projected=projected,
-        quiet=pickle.dumps(quiet, protocol=pickle.HIGHEST_PROTOCOL) if quiet else None,
+        idle=pickle.dumps(idle, protocol=pickle.HIGHEST_PROTOCOL) if idle else None,
         starts=starts,
         objects=objects,
         scanned_sensitive=scanned_sensitive,
@@ -855,18 +855,18 @@ class ParallelReplay:
         records: list[Projected] = []
         positions: list[int] | None = None
         if detector is not None and projected:
-            if p.quiet is None:
+            if p.idle is None:
                 records = projected  # type: ignore[assignment]
             elif detector.sequences_may_run(r for r in projected if r is not None):
                 full = list(projected)
-                for i, record in pickle.loads(p.quiet):
+                for i, record in pickle.loads(p.idle):
                     full[i] = record
                 records = full  # type: ignore[assignment]
             else:
                 positions = [i for i, r in enumerate(projected) if r is not None]
                 records = [projected[i] for i in positions]  # type: ignore[misc]
         made: dict[int, AuditEvent] = {}
-        # a scanned event's record (a quiet one is asked for only when read)
+        # a scanned event's record (an idle one is asked for only when read)
         by_position: Sequence[Projected | None] = records if positions is None else projected
 
         def scanned(i: int) -> AuditEvent:
