@@ -700,9 +700,19 @@ class Detector:
         True when a rule failed on the event: the parent then runs the
         processor on the event itself, which counts the failure."""
         rules = self.rules
+        first_steps = self._first_steps()
+        if len(hits) == 1:
+            # the usual case, a sequence's condition alone: no first step
+            k = hits[0]
+            first = first_steps.get(k)
+            try:
+                if first is not None and not first(ev):
+                    entry = (k, rules[k].group(ev), None, LATER_STEPS_UNKNOWN)
+                    return ev.audit_id, ev.stage, ev.code, ev.stage_ts, (entry,), False
+            except Exception:  # the general path below counts it
+                pass
         entries: list[Projection] = []
         failed = False
-        first_steps = self._first_steps()
         for k in hits:
             r = rules[k]
             first = first_steps.get(k)
@@ -745,7 +755,7 @@ class Detector:
 
     def _first_steps(self) -> dict[int, Callable[[AuditEvent], bool]]:
         """The first step's test of each sequence rule, by position."""
-        found: dict[int, Callable[[AuditEvent], bool]] | None = getattr(self, "_first", None)
+        found: dict[int, Callable[[AuditEvent], bool]] | None = self.__dict__.get("_first")
         if found is None:
             ctx = Context(self.settings.networks, _WorkloadContext(self.settings))
             found = self._first = {
@@ -760,7 +770,10 @@ class Detector:
         no sequence is in progress: each of its rules is a sequence whose
         first step it does not match, which check() looks no further at."""
         # project() marks a sequence's entry for an event that is no first step
-        return not p[5] and all(e[3] & LATER_STEPS_UNKNOWN for e in p[4])
+        entries = p[4]
+        if len(entries) == 1:
+            return not p[5] and entries[0][3] & LATER_STEPS_UNKNOWN != 0
+        return not p[5] and all(e[3] & LATER_STEPS_UNKNOWN for e in entries)
 
     def sequences_may_run(self, projected: Iterable[Projected]) -> bool:
         """True when a sequence rule has a sequence in progress, or one of

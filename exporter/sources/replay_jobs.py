@@ -58,6 +58,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from operator import attrgetter
@@ -391,6 +392,12 @@ class Span:
                 os.close(fd)
 
 
+def _start(before: list[int], line: int) -> int:
+    """Where line ``line`` starts in its chunk (-1 for -1: an event of a
+    line that holds several)."""
+    return before[line] + line if line >= 0 else -1
+
+
 def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> Partial | None:
     """Process one chunk (lines joined by newlines; refusals carry their
     line number in the chunk); None when a Span cannot be read (the parent
@@ -408,19 +415,16 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
     if data.endswith(b"\n"):
         lines.pop()  # the chunk's last newline ends its last line
     events: list[AuditEvent] = []
-    # where each event's line starts in the chunk (-1: one of several)
+    # each event's line (-1: one of several on one line)
     at: list[int] = []
     refusals = Refusals()
     odd: list[tuple[int, int, int]] = []
-    pos = 0
     for i, line in enumerate(lines):
-        start = pos
-        pos += len(line) + 1
         if line[:1] == b"{" and len(line) <= limit:
             ev = fast_event(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
             if ev is not None:
                 events.append(ev)
-                at.append(start)
+                at.append(i)
                 continue
         elif not line or line.isspace():
             odd.append((i, 0, 0))
@@ -438,6 +442,8 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
                 item.line = i + 1  # type: ignore[union-attr]
                 refusals.add(item)  # type: ignore[arg-type]
         odd.append((i, inputs, found))
+    # where line i starts: before[i] + i (the newlines)
+    before = list(accumulate(map(len, lines), initial=0))
     keys = array("q", [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events])
     if duplicates is None:
         dropped: list[int] = []
@@ -483,7 +489,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         for i, ev in enumerate(part):
             hits = hit.get(i)
             if hits is not None:
-                where = at[first + i] if ev.raw is not None else -1
+                where = _start(before, at[first + i]) if ev.raw is not None else -1
                 n = len(projected)
                 record = detector.project(ev, hits)  # type: ignore[union-attr]
                 if detector.idle(record):  # type: ignore[union-attr]
@@ -499,7 +505,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
             elif sensitive_ids and id(ev) in sensitive_ids:
                 # (an event no rule's condition held for and that is not
                 # counted as a request is nothing to Report.ordered)
-                where = at[first + i] if ev.raw is not None else -1
+                where = _start(before, at[first + i]) if ev.raw is not None else -1
                 sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
         sensitive_ids.clear()
         metrics.observe_batch(part, "replay", now)
