@@ -392,7 +392,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
 @dataclass
 class _Pending:
     """A chunk whose result came back and whose events' dedupe verdicts
-    are not all known yet (its last batch goes on in the next chunk)."""
+    are not all known yet (its last batch may go on in the next chunks)."""
 
     chunk: bytes | Span
     partial: Partial
