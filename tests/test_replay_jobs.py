@@ -32,7 +32,7 @@ DEMO_CONFIG = ROOT / "demo" / "config.yaml"
 WALL_CLOCK = {"kube_audit_event_lag_seconds_sum"}
 
 
-# replay with chunks of the size given first (the default, 4 MiB, makes
+# replay with chunks of the size given first (the default, 1 MiB, makes
 # few chunks of a test's input)
 SMALL_CHUNKS = (
     "import sys\n"
@@ -151,7 +151,7 @@ def test_jobs_give_the_output_of_one_on_the_simulator(tmp_path: Path, simulated:
 def test_duplicates_across_chunks_are_dropped_as_with_one_process(
     tmp_path: Path, simulated: Path
 ) -> None:
-    """The second copy of lines 12,000-22,000 comes one chunk (4 MiB) or more
+    """The second copy of lines 12,000-22,000 comes one chunk (1 MiB) or more
     after the first: only the parent can know they are duplicates."""
     lines = simulated.read_bytes().splitlines(keepends=True)
     retried = tmp_path / "retried.log"

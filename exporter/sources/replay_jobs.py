@@ -68,8 +68,10 @@ from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
 from .replay_chunks import Jobs, Span, file_chunks, stream_chunks
 
 # Bytes per chunk (whole lines): large enough that a chunk's result costs
-# little to send and merge, small enough to keep every job busy to the end.
-CHUNK_BYTES = 4 << 20
+# little to send and merge, small enough that a chunk's lines and events stay
+# in a core's cache while the job works on them (4 MiB cost the jobs about a
+# tenth more CPU time) and that every job is busy to the end.
+CHUNK_BYTES = 1 << 20
 # Chunks sent ahead of the one the parent waits for, per job.
 AHEAD = 3
 
