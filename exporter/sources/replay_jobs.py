@@ -68,10 +68,10 @@ from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
 from .replay_chunks import Jobs, Span, file_chunks, stream_chunks
 
 # Bytes per chunk (whole lines): large enough that a chunk's result costs
-# little to send and merge, small enough that a chunk's lines and events stay
-# in a core's cache while the job works on them (4 MiB cost the jobs about a
-# tenth more CPU time) and that every job is busy to the end.
-CHUNK_BYTES = 1 << 20
+# little to send and merge (each costs the parent about a millisecond apart
+# from its events), small enough to keep every job busy to the end. A job
+# works through its chunk a batch of lines at a time, which stay in cache.
+CHUNK_BYTES = 4 << 20
 # Chunks sent ahead of the one the parent waits for, per job.
 AHEAD = 3
 
@@ -271,53 +271,14 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()  # the chunk's last newline ends its last line
-    events: list[AuditEvent] = []
-    # each event's line (-1: one of several on one line)
-    at: list[int] = []
-    refusals = Refusals()
-    odd: list[tuple[int, int, int]] = []
-    for i, line in enumerate(lines):
-        if line[:1] == b"{" and len(line) <= limit:
-            ev = fast_event(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
-            if ev is not None:
-                events.append(ev)
-                at.append(i)
-                continue
-        elif not line or line.isspace():
-            odd.append((i, 0, 0))
-            continue
-        if len(line) > limit:
-            line = line[: limit + 1]  # as the reader cuts it (see _line_blocks)
-        inputs = found = 0
-        for item in decode(line):
-            inputs += 1
-            if type(item) is AuditEvent:
-                found += 1
-                events.append(item)
-                at.append(-1)
-            else:
-                item.line = i + 1  # type: ignore[union-attr]
-                refusals.add(item)  # type: ignore[arg-type]
-        odd.append((i, inputs, found))
     # where line i starts: before[i] + i (the newlines)
     before = list(accumulate(map(len, lines), initial=0))
-    keys = array("q", [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events])
-    if duplicates is None:
-        dropped: list[int] = []
-        if len(set(keys)) != len(keys):
-            seen: set[int] = set()
-            for i, key in enumerate(keys):
-                if key in seen:
-                    dropped.append(i)
-                else:
-                    seen.add(key)
-    else:
-        dropped = list(duplicates)
-    fresh = events
-    if dropped:
-        skip = set(dropped)
-        fresh = [ev for i, ev in enumerate(events) if i not in skip]
-        at = [a for i, a in enumerate(at) if i not in skip]
+    refusals = Refusals()
+    odd: list[tuple[int, int, int]] = []
+    keys = array("q")
+    seen: set[int] = set()
+    dropped: list[int] = []
+    given = set(duplicates) if duplicates is not None else None
     from prometheus_client import CollectorRegistry
 
     metrics = AuditMetrics(CollectorRegistry(), **job.metrics_args)  # type: ignore[arg-type]
@@ -333,9 +294,64 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
     # number of scanned events before it (the parent interleaves the two)
     sensitive: list[tuple[int, tuple[object, ...], int | AuditEvent]] = []
     now = time.time()
+    fresh_count = 0
     step = job.batch_lines
-    for first in range(0, len(fresh), step):
-        part = fresh[first : first + step]
+    # a group of lines at a time, decoded and processed while its lines and
+    # events are still in the cache
+    for group in range(0, len(lines), step):
+        events: list[AuditEvent] = []
+        at: list[int] = []  # each event's line (-1: one of several on one line)
+        for i in range(group, min(group + step, len(lines))):
+            line = lines[i]
+            if line[:1] == b"{" and len(line) <= limit:
+                ev = fast_event(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
+                if ev is not None:
+                    events.append(ev)
+                    at.append(i)
+                    continue
+            elif not line or line.isspace():
+                odd.append((i, 0, 0))
+                continue
+            if len(line) > limit:
+                line = line[: limit + 1]  # as the reader cuts it (see _line_blocks)
+            inputs = found = 0
+            for item in decode(line):
+                inputs += 1
+                if type(item) is AuditEvent:
+                    found += 1
+                    events.append(item)
+                    at.append(-1)
+                else:
+                    item.line = i + 1  # type: ignore[union-attr]
+                    refusals.add(item)  # type: ignore[arg-type]
+            odd.append((i, inputs, found))
+        # duplicates: an event whose key came earlier in the chunk, or the
+        # parent's verdicts
+        base = len(keys)
+        hashes = [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events]
+        keys.extend(hashes)
+        part = events
+        if given is None:
+            if len(set(hashes)) == len(hashes) and seen.isdisjoint(hashes):
+                seen.update(hashes)
+            else:
+                part, kept_at = [], []
+                for j, h in enumerate(hashes):
+                    if h in seen:
+                        dropped.append(base + j)
+                    else:
+                        seen.add(h)
+                        part.append(events[j])
+                        kept_at.append(at[j])
+                at = kept_at
+        elif given:
+            keep = [j for j in range(len(events)) if base + j not in given]
+            if len(keep) != len(events):
+                part = [events[j] for j in keep]
+                at = [at[j] for j in keep]
+        if not part:
+            continue
+        fresh_count += len(part)
         for processor in job.processors:
             processor(part)
         hit: dict[int, tuple[int, ...]] = {}
@@ -346,7 +362,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         for i, ev in enumerate(part):
             hits = hit.get(i)
             if hits is not None:
-                where = _start(before, at[first + i]) if ev.raw is not None else -1
+                where = _start(before, at[i]) if ev.raw is not None else -1
                 n = len(projected)
                 record = detector.project(ev, hits)  # type: ignore[union-attr]
                 if detector.idle(record):  # type: ignore[union-attr]
@@ -362,10 +378,12 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
             elif sensitive_ids and id(ev) in sensitive_ids:
                 # (an event no rule's condition held for and that is not
                 # counted as a request is nothing to Report.ordered)
-                where = _start(before, at[first + i]) if ev.raw is not None else -1
+                where = _start(before, at[i]) if ev.raw is not None else -1
                 sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
         sensitive_ids.clear()
         metrics.observe_batch(part, "replay", now)
+    if duplicates is not None:
+        dropped = sorted(duplicates)
     # one object per request key: a duration then travels as a reference
     same = {rk: rk for rk in tally.requests}
     tally.durations = [(same[rk], took) for rk, took in tally.durations]
@@ -384,7 +402,7 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         scanned_sensitive=scanned_sensitive,
         sensitive=sensitive,
         refusals=refusals,
-        events=len(fresh),
+        events=fresh_count,
         future=int(metrics.future.values.get(("replay",), 0)),
         lag=lag,
         last_event=metrics.last_event.get("replay"),
