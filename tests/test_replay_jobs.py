@@ -1,14 +1,22 @@
 """``replay --jobs 2`` gives what ``--jobs 1`` gives, field by field: the JSON
 summary (detections and their examples included) and every sample of
 ``--metrics-out``, on the shared corpora and on the simulator's output,
-with duplicates across chunks and with caps small enough to fold."""
+with duplicates across chunks and with caps small enough to fold; and with
+chunks small enough that batches, retries and the steps of a sequence rule
+fall into different chunks, for plain files (which the jobs read
+themselves), gzip (which goes through the pipe) and a line too large to cut
+a span after."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +32,28 @@ DEMO_CONFIG = ROOT / "demo" / "config.yaml"
 WALL_CLOCK = {"kube_audit_event_lag_seconds_sum"}
 
 
-def replay(tmp: Path, jobs: int, files: list[Path], *extra: str) -> tuple[dict[str, Any], str]:
+# replay with chunks of the size given first (the default, 1 MiB, makes
+# few chunks of a test's input)
+SMALL_CHUNKS = (
+    "import sys\n"
+    "from exporter.sources import replay_jobs\n"
+    "replay_jobs.CHUNK_BYTES = int(sys.argv.pop(1))\n"
+    "from exporter.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def replay(
+    tmp: Path, jobs: int, files: list[Path], *extra: str, chunk_bytes: int | None = None
+) -> tuple[dict[str, Any], str]:
     metrics = tmp / f"metrics-{jobs}.prom"
+    command = ["-m", "exporter.cli"]
+    if chunk_bytes is not None:
+        command = ["-c", SMALL_CHUNKS, str(chunk_bytes)]
     out = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "exporter.cli",
+            *command,
             "replay",
             "--jobs",
             str(jobs),
@@ -65,9 +88,11 @@ def series_order(text: str) -> list[str]:
     return [line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")]
 
 
-def assert_same(tmp: Path, files: list[Path], *extra: str) -> dict[str, Any]:
+def assert_same(
+    tmp: Path, files: list[Path], *extra: str, chunk_bytes: int | None = None
+) -> dict[str, Any]:
     one, metrics_one = replay(tmp, 1, files, *extra)
-    two, metrics_two = replay(tmp, 2, files, *extra)
+    two, metrics_two = replay(tmp, 2, files, *extra, chunk_bytes=chunk_bytes)
     for key in one:
         assert two[key] == one[key], key
     assert two.keys() == one.keys()
@@ -126,7 +151,7 @@ def test_jobs_give_the_output_of_one_on_the_simulator(tmp_path: Path, simulated:
 def test_duplicates_across_chunks_are_dropped_as_with_one_process(
     tmp_path: Path, simulated: Path
 ) -> None:
-    """The second copy of lines 12,000-22,000 comes one chunk (4 MiB) or more
+    """The second copy of lines 12,000-22,000 comes one chunk (1 MiB) or more
     after the first: only the parent can know they are duplicates."""
     lines = simulated.read_bytes().splitlines(keepends=True)
     retried = tmp_path / "retried.log"
@@ -148,6 +173,76 @@ def test_folded_labels_and_caps_are_the_same(tmp_path: Path, simulated: Path) ->
         "--events.dedupe-capacity", "3000",
     )  # fmt: skip
     assert summary["events"] > 30_000
+
+
+def sequence_in_steps(lines: list[bytes], every: int) -> list[bytes]:
+    """``lines`` with the five events of untrusted-then-trusted-access
+    (three refusals from outside the trusted networks, one from inside, then
+    a success from inside, one user) put in, ``every`` lines apart, each at
+    the time of the line before it."""
+    template = next(
+        json.loads(line)
+        for line in lines
+        if b'"stage":"ResponseComplete"' in line and b'"username":"system:' not in line
+    )
+    steps = [("198.51.100.23", 403)] * 3 + [("10.8.0.7", 403), ("10.8.0.7", 200)]
+    out = list(lines)
+    for n, (ip, code) in reversed(list(enumerate(steps))):
+        at = every * (n + 1)
+        before = json.loads(out[at - 1])
+        ev = dict(template)
+        ev.update(
+            auditID=str(uuid.UUID(int=n + 1)),
+            user={"username": "mallory", "groups": ["system:authenticated"]},
+            sourceIPs=[ip],
+            verb="get",
+            objectRef={"resource": "secrets", "namespace": "payments", "name": "db"},
+            requestURI="/api/v1/namespaces/payments/secrets/db",
+            responseStatus={"metadata": {}, "code": code},
+            requestReceivedTimestamp=before["stageTimestamp"],
+            stageTimestamp=before["stageTimestamp"],
+        )
+        out.insert(at, json.dumps(ev).encode() + b"\n")
+    return out
+
+
+def test_small_chunks_cut_batches_retries_and_sequences(tmp_path: Path, simulated: Path) -> None:
+    """Chunks of 16 KiB (about 18 lines): every batch of the Deduper spans
+    many chunks, the retried lines come hundreds of chunks after their first
+    copy, and each step of a sequence rule is in a chunk of its own."""
+    lines = simulated.read_bytes().splitlines(keepends=True)
+    steps = tmp_path / "steps.log"
+    steps.write_bytes(b"".join(sequence_in_steps(lines[:3000], every=200)))
+    retried = tmp_path / "retried.log"
+    retried.write_bytes(b"".join(lines[:8_000] + lines[5_000:]))
+    summary = assert_same(tmp_path, [steps, retried], chunk_bytes=16 << 10)
+    assert summary["duplicates"] == 3_000 + 3_000  # steps.log's lines come again too
+    fired = {d["rule"]: d["count"] for d in summary["detections"]}
+    assert fired.get("untrusted-then-trusted-access") == 1
+    assert {"auth-failure-burst", "forbidden-burst-person"} <= fired.keys()
+
+
+def test_small_chunks_through_the_pipe_from_gzip(tmp_path: Path, simulated: Path) -> None:
+    """A .gz is read by the parent and its chunks sent to the jobs."""
+    lines = simulated.read_bytes().splitlines(keepends=True)
+    packed = tmp_path / "steps.log.gz"
+    packed.write_bytes(gzip.compress(b"".join(sequence_in_steps(lines[:6000], every=500))))
+    summary = assert_same(tmp_path, [packed], chunk_bytes=16 << 10)
+    fired = {d["rule"] for d in summary["detections"]}
+    assert "untrusted-then-trusted-access" in fired
+
+
+def test_a_line_too_large_to_cut_after_is_read_as_a_stream(tmp_path: Path, simulated: Path) -> None:
+    """A span ends at the first newline after its size; a line that goes on
+    past the size and the event limit is handed to the parent's bounded
+    stream reader, and counted too_large as with one process."""
+    lines = simulated.read_bytes().splitlines(keepends=True)
+    huge = b'{"kind":"Event","x":"' + b"y" * (300 << 10) + b'"}\n'
+    mixed = tmp_path / "huge.log"
+    mixed.write_bytes(b"".join([*lines[:200], huge, *lines[200:2000], huge[:-1]]))
+    summary = assert_same(tmp_path, [mixed], "--events.max-bytes", "64KiB", chunk_bytes=16 << 10)
+    assert summary["invalid"]["too_large"] == 2
+    assert summary["events"] == 2000
 
 
 def test_jobs_refuse_loki(tmp_path: Path) -> None:
@@ -197,3 +292,27 @@ def test_a_cut_gzip_exits_2_with_the_same_summary(tmp_path: Path) -> None:
         outs.append(json.loads(out.stdout))
     assert outs[0] == outs[1]
     assert outs[0]["invalid"]["truncated_gzip"] == 1
+
+
+def test_jobs_that_die_end_the_replay_with_an_error(simulated: Path) -> None:
+    """The jobs killed before the input comes (stdin, so the test decides
+    when): the parent says so and exits, rather than waiting for ever."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", "replay", "--jobs", "2", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 120
+    jobs: list[int] = []
+    while len(jobs) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        jobs = [int(p) for p in children.read_text().split()]
+        time.sleep(0.05)  # polling a child that is starting up, with a deadline
+    assert len(jobs) == 2, "the replay did not start its two jobs"
+    for pid in jobs:
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(simulated.read_bytes(), timeout=300)
+    assert proc.returncode != 0
+    assert b"a replay job ended" in err

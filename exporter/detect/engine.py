@@ -157,6 +157,27 @@ Pending = tuple["CompiledRule", AuditEvent, Key, Any, int]
 Runner = Callable[[AuditEvent], "bool | Match | None"]
 
 
+# replay --jobs: a rule's part of an event's projection (its position, group,
+# value, sequence step mask), and the event's (auditID, stage, code,
+# stageTimestamp, the rules' parts, whether a rule failed on it).
+Projection = tuple[int, Key, Any, int]
+# In a sequence's mask: the event is no first step, and the later steps were
+# not tested (they count only in a group whose sequence is in progress).
+LATER_STEPS_UNKNOWN = 1 << 62
+Projected = tuple[str, str, int, float, tuple[Projection, ...], bool]
+
+
+class _Seen:
+    """The fields of a projected event that again() and a failure's log read."""
+
+    __slots__ = ("audit_id", "code", "stage", "stage_ts")
+
+    def __init__(self) -> None:
+        self.audit_id = self.stage = ""
+        self.code = 0
+        self.stage_ts = 0.0
+
+
 def index_key(ev: AuditEvent) -> IndexKey:
     """The attributes the rules are indexed by (see matchers.DIMS)."""
     return (
@@ -745,6 +766,178 @@ class Detector:
             if SEVERITY_RANK[m.rule.severity] >= self.min_rank:
                 notifier.send(build_alert(m, self.settings, now))
                 self.alerts_built += 1
+
+    # --- replay --jobs: the ordered part on compact records -----------------------
+
+    def project(self, ev: AuditEvent, hits: Sequence[int]) -> Projected:
+        """What :meth:`feed` needs of one event that :meth:`scan` found with
+        the rules at ``hits``: per rule, its position and, for the stateful
+        kinds, the group, the value and the mask of the sequence steps the
+        event matches, computed without reading or changing any state (a
+        ``replay --jobs`` job projects; the parent feeds). The last field is
+        True when a rule failed on the event: the parent then runs the
+        processor on the event itself, which counts the failure."""
+        rules = self.rules
+        first_steps = self._first_steps()
+        if len(hits) == 1:
+            # the usual case, a sequence's condition alone: no first step
+            k = hits[0]
+            first = first_steps.get(k)
+            try:
+                if first is not None and not first(ev):
+                    entry = (k, rules[k].group(ev), None, LATER_STEPS_UNKNOWN)
+                    return ev.audit_id, ev.stage, ev.code, ev.stage_ts, (entry,), False
+            except Exception:  # the general path below counts it
+                pass
+        entries: list[Projection] = []
+        failed = False
+        for k in hits:
+            r = rules[k]
+            first = first_steps.get(k)
+            if first is not None:
+                # a sequence: while no sequence of its group is in
+                # progress, only the first step counts (see feed)
+                try:
+                    if not first(ev):
+                        entries.append((k, r.group(ev), None, LATER_STEPS_UNKNOWN))
+                        continue
+                except Exception:  # the parent's processor counts it
+                    entries.append((k, (), None, 0))
+                    failed = True
+                    continue
+            if r.extract is None:
+                # scan() takes a failing test for a hit: the processor counts it
+                try:
+                    failed = failed or not r.test(ev)
+                except Exception:
+                    failed = True
+                entries.append((k, (), None, 0))
+                continue
+            # again() is the ordered part's: extract() sees an empty memory
+            # of long-running requests, so it answers False
+            started, r.started = r.started, {}
+            try:
+                got = r.extract(ev)
+                if got is None:
+                    # no sequence step matches (the state's clock still
+                    # moves), or a first_seen event without a value
+                    entries.append((k, r.group(ev), None, 0))
+                else:
+                    entries.append((k, got[0], got[1], got[2]))
+            except Exception:  # the parent's processor counts it
+                entries.append((k, (), None, 0))
+                failed = True
+            finally:
+                r.started = started
+        return ev.audit_id, ev.stage, ev.code, ev.stage_ts, tuple(entries), failed
+
+    def _first_steps(self) -> dict[int, Callable[[AuditEvent], bool]]:
+        """The first step's test of each sequence rule, by position."""
+        found: dict[int, Callable[[AuditEvent], bool]] | None = self.__dict__.get("_first")
+        if found is None:
+            ctx = Context(self.settings.networks, _WorkloadContext(self.settings))
+            found = self._first = {
+                k: compile_predicate(r.rule.steps[0].match, [], ctx, f"{r.id}-first")
+                for k, r in enumerate(self.rules)
+                if r.rule.kind == "sequence"
+            }
+        return found
+
+    def idle(self, p: Projected) -> bool:
+        """True when feeding ``p`` (see :meth:`project`) changes nothing while
+        no sequence is in progress: each of its rules is a sequence whose
+        first step it does not match, which check() looks no further at."""
+        # project() marks a sequence's entry for an event that is no first step
+        entries = p[4]
+        if len(entries) == 1:
+            return not p[5] and entries[0][3] & LATER_STEPS_UNKNOWN != 0
+        return not p[5] and all(e[3] & LATER_STEPS_UNKNOWN for e in entries)
+
+    def sequences_may_run(self, projected: Iterable[Projected]) -> bool:
+        """True when a sequence rule has a sequence in progress, or one of
+        ``projected`` may start one (it matches a first step, or a rule
+        failed on it in the job): until then, the idle ones change nothing."""
+        rules = self.rules
+        if any(r.rule.kind == "sequence" and r.state.groups for r in rules):  # type: ignore[union-attr]
+            return True
+        for p in projected:
+            if p[5]:
+                return True
+            for k, _, _, mask in p[4]:
+                if mask & 1 and rules[k].rule.kind == "sequence":
+                    return True
+        return False
+
+    def feed(self, projected: Sequence[Projected], event: Callable[[int], AuditEvent]) -> list[int]:
+        """The processor on the events projected (:meth:`project`), in
+        order, as :meth:`__call__` with ``only`` runs it: ``again``, the
+        stateful rules' state, and the matches, their events marked,
+        counted and reported. ``event(i)`` gives the i-th event itself (the
+        same object each time), asked only for those that match or on which
+        a rule failed. Returns the positions of the events that matched."""
+        rules = self.rules
+        matched: list[int] = []
+        matches: list[Match] = []
+        seen = _Seen()
+        for i, p in enumerate(projected):
+            entries = p[4]
+            if p[5]:
+                ev = event(i)
+                self([ev], [tuple(e[0] for e in entries)])
+                if ev.rules:
+                    matched.append(i)
+                continue
+            seen.audit_id, seen.stage, seen.code, seen.stage_ts = p[0], p[1], p[2], p[3]
+            found: list[tuple[CompiledRule, Key, Any]] | None = None
+            for k, key, value, mask in entries:
+                r = rules[k]
+                kind = r.rule.kind
+                if kind == "sequence":
+                    groups = r.state.groups  # type: ignore[union-attr]
+                    if not groups and not mask & 1:
+                        continue  # as check(): no sequence in progress, no first step
+                    if mask & LATER_STEPS_UNKNOWN and key in groups:
+                        # its group's sequence is in progress: the rule on
+                        # the event itself, as one process runs it
+                        ev = event(i)
+                        try:
+                            m = r.check(ev)
+                        except Exception as e:  # a rule must never stop the pipeline
+                            self._failed(r, ev, e)
+                            continue
+                        if m is not None:
+                            found = found or []
+                            found.append((r, m.group, ""))
+                        continue
+                if r.again(seen):  # type: ignore[arg-type]
+                    continue
+                apply = r.apply
+                if apply is not None:
+                    if value is None and kind == "first_seen":
+                        continue  # no value
+                    try:
+                        if not apply(key, "" if value is None else value, mask, seen.stage_ts):
+                            continue
+                    except Exception as e:  # a rule must never stop the pipeline
+                        self._failed(r, seen, e)  # type: ignore[arg-type]
+                        continue
+                if found is None:
+                    found = []
+                found.append((r, key, value if kind == "first_seen" else ""))
+            if found:
+                ev = event(i)
+                marked = []
+                for r, key, value in found:
+                    m = Match(r.rule, ev, key, value)
+                    # a rule's notify_once, where rules have one, as __call__
+                    notify_once = getattr(r, "quiet", None)
+                    marked.append(m if notify_once is None else notify_once(m))
+                self._mark(ev, marked)
+                matches.extend(marked)
+                matched.append(i)
+        if matches:
+            self._report(matches)
+        return matched
 
     # --- metrics read at scrape time --------------------------------------------
 

@@ -1,27 +1,43 @@
 """``replay --jobs N``: the replay of JSON-lines inputs spread over N
 processes, with the output of one.
 
-The input is cut into chunks of whole lines. Each job (a forked process)
-decodes a chunk and runs on it everything whose result does not depend on
-the events before the chunk: redaction, the report, the request families
-as a :class:`~exporter.metrics.RequestTally` (raw values in first-seen
-order), the event and lag counters, and a scan for the events some rule's
-condition holds for (:meth:`~exporter.detect.Detector.scan`). The parent
-takes the chunks' results in input order and does what does depend on the
-order, on compact records:
+The input is cut into chunks of whole lines: byte ranges of a plain file,
+which each job reads itself, or bytes the parent read (a .gz, standard
+input) sent through a pipe (see :mod:`.replay_chunks`). Each job (a forked process) decodes a chunk
+and runs on it everything whose result does not depend on the events
+before the chunk: redaction, the report, the request families as a
+:class:`~exporter.metrics.RequestTally` (raw values in first-seen order),
+the event and lag counters, and a scan for the events some rule's
+condition holds for (:meth:`~exporter.detect.Detector.scan`), each
+projected (:meth:`~exporter.detect.Detector.project`) to what the rules'
+state needs of it: per rule, the group, the value, and the sequence steps
+it matches (or only that it is no first step). The parent takes the
+chunks' results in input order and does what does depend on the order, on
+those compact records, never on whole events:
 
 - deduplication: the jobs send every event's key (auditID, stage,
-  stageTimestamp); the parent cuts them into the batches ``read_batches``
-  would have made and runs the pipeline's Deduper on them. A job takes an
-  event for a duplicate when its key came earlier in its chunk; when the
-  parent finds otherwise (a retry whose first copy was in an earlier chunk),
-  it runs the chunk again itself with its own verdicts, so a duplicate
-  across chunks is dropped as with one process;
+  stageTimestamp) as its 8-byte hash (the parent's Deduper holds hashes
+  too, so one file read whole and one read in chunks share it); the
+  parent cuts them into the batches ``read_batches`` would have made and
+  runs the Deduper on them. A job takes an event for a duplicate when its
+  key came earlier in its chunk; when the parent finds otherwise (a retry
+  whose first copy was in an earlier chunk), it runs the chunk again
+  itself with its own verdicts, so a duplicate across chunks is dropped as
+  with one process;
 - the label bounds and caps: it applies the tallies in order;
-- detection: it runs the Detector on the scanned events alone, in order, so
-  every stateful rule sees each key's events in time order, and a rule that
-  holds for no event of a chunk cannot change any state there;
-- the report: it merges the chunks' reports in order.
+- detection: it feeds the projections to the Detector in order
+  (:meth:`~exporter.detect.Detector.feed`), so every stateful rule sees
+  each key's events in time order, and a rule that holds for no event of a
+  chunk cannot change any state there. The projections that change nothing
+  while no sequence is in progress (:meth:`~exporter.detect.Detector.idle`)
+  travel pickled apart, and the parent unpickles them only for a chunk in
+  which a sequence may run. An event is read again in the parent (its line,
+  from the file or the chunk) only when it is shown as an example, when a
+  sequence's later steps must be tested for a group in progress, or when a
+  rule failed on it in the job;
+- the report: it merges the chunks' reports in order, and runs the part
+  that depends on detection (sensitive rows' severity and rank, flagged
+  stages) on the sensitive and the matching events, in order.
 
 Sending to Loki and to Alertmanager needs every event in the parent: those
 stay with ``--jobs 1``.
@@ -29,32 +45,35 @@ stay with ``--jobs 1``.
 
 from __future__ import annotations
 
-import multiprocessing
+import io
 import os
-import signal
+import pickle
 import time
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.pool import AsyncResult, Pool
-from typing import IO
+from itertools import accumulate
+from operator import attrgetter
+from typing import IO, cast
 
 from ..detect import Detector
+from ..detect.engine import Projected
 from ..event import AuditEvent, Decoder, InvalidEvent, fast_event
-from ..metrics import AuditMetrics, RequestTally
-from ..pipeline import Deduper, Pipeline, Processor
+from ..metrics import AuditMetrics, RequestTally, counts_as_request
+from ..pipeline import Deduper, Key, Pipeline, Processor
 from ..refusals import Refusals
 from ..report import Report
-from ..sensitive import categories
 from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
+from .replay_chunks import Jobs, Span, file_chunks, stream_chunks
 
 # Bytes per chunk (whole lines): large enough that a chunk's result costs
-# little to send and merge, small enough to keep every job busy to the end.
+# little to send and merge (each costs the parent about a millisecond apart
+# from its events), small enough to keep every job busy to the end. A job
+# works through its chunk a batch of lines at a time, which stay in cache.
 CHUNK_BYTES = 4 << 20
 # Chunks sent ahead of the one the parent waits for, per job.
 AHEAD = 3
-
-Key = tuple[str, str, float]
 
 
 def cpu_count() -> int:
@@ -65,13 +84,114 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# What the report reads of a sensitive event (Report.ordered: categories,
+# rank, component, who_what), sent by the job so that the parent need not
+# decode it.
+FIELDS = (
+    "audit_id",
+    "stage",
+    "code",
+    "stage_ts",
+    "username",
+    "user_kind",
+    "impersonated_user",
+    "verb",
+    "resource",
+    "subresource",
+    "resource_label",
+    "api_group",
+    "namespace",
+    "name",
+    "request_uri",
+    "source_ip",
+    "user_agent",
+)
+
+
+class Seen:
+    """An event a job saw, in the parent: the fields the job sent, and the
+    rest from the event itself, decoded again (from its line in the chunk)
+    on the first read of any other field. Detection sets ``rules`` and
+    ``severity`` here."""
+
+    __slots__ = (*FIELDS, "_event", "_load", "rules", "severity")
+
+    def __init__(self, values: Sequence[object], load: Callable[[], AuditEvent]) -> None:
+        """``values``: the first four FIELDS, or all of them (in their order)."""
+        if len(values) == 4:
+            self.audit_id, self.stage, self.code, self.stage_ts = values
+        else:
+            (
+                self.audit_id,
+                self.stage,
+                self.code,
+                self.stage_ts,
+                self.username,
+                self.user_kind,
+                self.impersonated_user,
+                self.verb,
+                self.resource,
+                self.subresource,
+                self.resource_label,
+                self.api_group,
+                self.namespace,
+                self.name,
+                self.request_uri,
+                self.source_ip,
+                self.user_agent,
+            ) = values
+        self.rules: tuple[str, ...] = ()
+        self.severity = ""
+        self._load = load
+        self._event: AuditEvent | None = None
+
+    def __getattr__(self, name: str) -> object:
+        ev = self._event
+        if ev is None:
+            ev = self._event = self._load()
+        return getattr(ev, name)
+
+
+# The FIELDS of an event, for a Seen.
+fields: Callable[[AuditEvent], tuple[object, ...]] = attrgetter(*FIELDS)
+
+
+class HashedDeduper(Deduper):
+    """The pipeline's Deduper, holding the 8-byte hashes of the keys
+    (``hash((auditID, stage, stageTimestamp))``, which forked jobs compute
+    as the parent does): files read whole (``Pipeline.process``, with keys)
+    and files read in chunks (the jobs' hashes) share one window. Two keys
+    of a window of n share a hash with a chance of about n**2 / 2**65 (one
+    in a billion for the default window of 100,000)."""
+
+    def __contains__(self, key: Key) -> bool:
+        return super().__contains__(hash(key))  # type: ignore[operator]
+
+    def isdisjoint(self, keys: set[Key]) -> bool:
+        return super().isdisjoint({hash(k) for k in keys})  # type: ignore[misc]
+
+    def update(self, keys: Iterable[Key]) -> None:
+        super().update(hash(k) for k in keys)  # type: ignore[misc]
+
+    # the jobs' hashes as they are
+    def has_hash(self, h: int) -> bool:
+        return Deduper.__contains__(self, h)  # type: ignore[operator]
+
+    def isdisjoint_hashes(self, hashes: set[int]) -> bool:
+        return Deduper.isdisjoint(self, hashes)  # type: ignore[arg-type]
+
+    def update_hashes(self, hashes: set[int]) -> None:
+        Deduper.update(self, hashes)  # type: ignore[arg-type]
+
+
 @dataclass
 class Partial:
     """A job's result for one chunk."""
 
     lines: int
-    # every decoded event's dedupe key, in input order
-    keys: list[Key]
+    # every decoded event's dedupe key as its hash (see HashedDeduper), in
+    # input order
+    keys: array[int]
     # (line in the chunk, inputs, events) of the lines that are not exactly
     # one event (blank lines, refusals, documents written on one line)
     odd: list[tuple[int, int, int]]
@@ -79,19 +199,40 @@ class Partial:
     taken_as_duplicates: list[int]
     tally: RequestTally
     report: Report
-    # the events some rule's condition holds for, redacted, in order (as
-    # their line when it is still theirs: cheaper to send and decode again
-    # than the object), and the positions of those rules
-    scanned: list[AuditEvent | bytes]
-    rules: list[tuple[int, ...]]
-    # the sensitive events among the others, each after how many scanned ones
-    sensitive: list[tuple[int, AuditEvent | bytes]]
+    # the events some rule's condition holds for, in order, projected
+    # (Detector.project), None for the idle ones (Detector.idle), which
+    # are in ``idle`` (pickled, with their positions: the parent reads them
+    # only when a sequence may be in progress); where each starts in the
+    # chunk (-1: in ``objects``, being redacted or out of a line that holds
+    # several); the sensitive ones' FIELDS
+    projected: list[Projected | None]
+    idle: bytes | None
+    starts: array[int]
+    objects: dict[int, AuditEvent]
+    scanned_sensitive: dict[int, tuple[object, ...]]
+    # the sensitive events among the others, each after how many scanned
+    # ones, with its FIELDS and where it starts in the chunk (or itself)
+    sensitive: list[tuple[int, tuple[object, ...], int | AuditEvent]]
     refusals: Refusals
     events: int
     future: int
     # event_lag_seconds' row: bucket counts, +Inf, sum
     lag: list[float] | None
     last_event: float | None
+
+
+class _JobReport(Report):
+    """A job's report: what does not depend on detection, as
+    ``defer_sensitive`` leaves it, and the sensitive requests it finds (the
+    ones Report.ordered will rank in the parent), collected in order
+    instead of ranked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: set[int] = set()  # id() of each
+
+    def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
+        self.found.add(id(ev))
 
 
 @dataclass
@@ -108,92 +249,144 @@ class _Job:
 _JOB: _Job | None = None
 
 
-def _job_signals() -> None:
-    """A job ends as its parent tells it (the pool's terminate), quietly;
-    Ctrl-C is for the parent, which ends the jobs."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _start(before: list[int], line: int) -> int:
+    """Where line ``line`` starts in its chunk (-1 for -1: an event of a
+    line that holds several)."""
+    return before[line] + line if line >= 0 else -1
 
 
-def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = None) -> Partial:
-    """Process one chunk (lines joined by newlines, ``first_line`` the
-    number of the line before it). ``duplicates``: the positions to drop as
-    duplicates, when the parent knows them; by default an event whose key
-    came earlier in the chunk."""
+def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> Partial | None:
+    """Process one chunk (lines joined by newlines; refusals carry their
+    line number in the chunk); None when a Span cannot be read (the parent
+    reads it then). ``duplicates``: the positions to drop as duplicates,
+    when the parent knows them; by default an event whose key came earlier
+    in the chunk."""
     job = _JOB
     assert job is not None, "run_chunk outside a replay with jobs"
+    data = chunk.read() if isinstance(chunk, Span) else chunk
+    if data is None:
+        return None
     decode = job.decoder.decode_record
     limit = job.decoder.max_event_bytes
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()  # the chunk's last newline ends its last line
-    events: list[AuditEvent] = []
+    # where line i starts: before[i] + i (the newlines)
+    before = list(accumulate(map(len, lines), initial=0))
     refusals = Refusals()
     odd: list[tuple[int, int, int]] = []
-    for i, line in enumerate(lines):
-        if line[:1] == b"{" and len(line) <= limit:
-            ev = fast_event(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
-            if ev is not None:
-                events.append(ev)
-                continue
-        elif not line or line.isspace():
-            odd.append((i, 0, 0))
-            continue
-        if len(line) > limit:
-            line = line[: limit + 1]  # as the reader cuts it (see _line_blocks)
-        inputs = found = 0
-        for item in decode(line):
-            inputs += 1
-            if type(item) is AuditEvent:
-                found += 1
-                events.append(item)
-            else:
-                item.line = first_line + i + 1  # type: ignore[union-attr]
-                refusals.add(item)  # type: ignore[arg-type]
-        odd.append((i, inputs, found))
-    keys = [(ev.audit_id, ev.stage, ev.stage_ts) for ev in events]
-    if duplicates is None:
-        seen: set[Key] = set()
-        dropped: list[int] = []
-        for i, key in enumerate(keys):
-            if key in seen:
-                dropped.append(i)
-            else:
-                seen.add(key)
-    else:
-        dropped = list(duplicates)
-    fresh = events
-    if dropped:
-        skip = set(dropped)
-        fresh = [ev for i, ev in enumerate(events) if i not in skip]
+    keys = array("q")
+    seen: set[int] = set()
+    dropped: list[int] = []
+    given = set(duplicates) if duplicates is not None else None
     from prometheus_client import CollectorRegistry
 
     metrics = AuditMetrics(CollectorRegistry(), **job.metrics_args)  # type: ignore[arg-type]
     tally = metrics.deferred = RequestTally()
-    report = Report(defer_sensitive=True)
-    scanned: list[AuditEvent | bytes] = []
-    rules: list[tuple[int, ...]] = []
+    report = _JobReport()
+    detector = job.detector
+    projected: list[Projected | None] = []
+    idle: list[tuple[int, Projected]] = []
+    starts = array("q")
+    objects: dict[int, AuditEvent] = {}
+    scanned_sensitive: dict[int, tuple[object, ...]] = {}
     # the sensitive events no rule's condition held for, each with the
     # number of scanned events before it (the parent interleaves the two)
-    sensitive: list[tuple[int, AuditEvent | bytes]] = []
+    sensitive: list[tuple[int, tuple[object, ...], int | AuditEvent]] = []
     now = time.time()
+    fresh_count = 0
     step = job.batch_lines
-    for start in range(0, len(fresh), step):
-        part = fresh[start : start + step]
+    # a group of lines at a time, decoded and processed while its lines and
+    # events are still in the cache
+    for group in range(0, len(lines), step):
+        events: list[AuditEvent] = []
+        at: list[int] = []  # each event's line (-1: one of several on one line)
+        for i in range(group, min(group + step, len(lines))):
+            line = lines[i]
+            if line[:1] == b"{" and len(line) <= limit:
+                ev = fast_event(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
+                if ev is not None:
+                    events.append(ev)
+                    at.append(i)
+                    continue
+            elif not line or line.isspace():
+                odd.append((i, 0, 0))
+                continue
+            if len(line) > limit:
+                line = line[: limit + 1]  # as the reader cuts it (see _line_blocks)
+            inputs = found = 0
+            for item in decode(line):
+                inputs += 1
+                if type(item) is AuditEvent:
+                    found += 1
+                    events.append(item)
+                    at.append(-1)
+                else:
+                    item.line = i + 1  # type: ignore[union-attr]
+                    refusals.add(item)  # type: ignore[arg-type]
+            odd.append((i, inputs, found))
+        # duplicates: an event whose key came earlier in the chunk, or the
+        # parent's verdicts
+        base = len(keys)
+        hashes = [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events]
+        keys.extend(hashes)
+        part = events
+        if given is None:
+            if len(set(hashes)) == len(hashes) and seen.isdisjoint(hashes):
+                seen.update(hashes)
+            else:
+                part, kept_at = [], []
+                for j, h in enumerate(hashes):
+                    if h in seen:
+                        dropped.append(base + j)
+                    else:
+                        seen.add(h)
+                        part.append(events[j])
+                        kept_at.append(at[j])
+                at = kept_at
+        elif given:
+            keep = [j for j in range(len(events)) if base + j not in given]
+            if len(keep) != len(events):
+                part = [events[j] for j in keep]
+                at = [at[j] for j in keep]
+        if not part:
+            continue
+        fresh_count += len(part)
         for processor in job.processors:
             processor(part)
         hit: dict[int, tuple[int, ...]] = {}
-        if job.detector is not None:
-            hit = dict(job.detector.scan(part))
+        if detector is not None:
+            hit = dict(detector.scan(part))
+        report(part)
+        sensitive_ids = report.found
         for i, ev in enumerate(part):
             hits = hit.get(i)
             if hits is not None:
-                scanned.append(ev if ev.raw is None else ev.raw)
-                rules.append(hits)
-            elif categories(ev):
-                sensitive.append((len(scanned), ev if ev.raw is None else ev.raw))
-        report(part)
+                where = _start(before, at[i]) if ev.raw is not None else -1
+                n = len(projected)
+                record = detector.project(ev, hits)  # type: ignore[union-attr]
+                if detector.idle(record):  # type: ignore[union-attr]
+                    idle.append((n, record))
+                    projected.append(None)
+                else:
+                    projected.append(record)
+                starts.append(where)
+                if where < 0:
+                    objects[n] = ev
+                if sensitive_ids and id(ev) in sensitive_ids:
+                    scanned_sensitive[n] = fields(ev)
+            elif sensitive_ids and id(ev) in sensitive_ids:
+                # (an event no rule's condition held for and that is not
+                # counted as a request is nothing to Report.ordered)
+                where = _start(before, at[i]) if ev.raw is not None else -1
+                sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
+        sensitive_ids.clear()
         metrics.observe_batch(part, "replay", now)
+    if duplicates is not None:
+        dropped = sorted(duplicates)
+    # one object per request key: a duration then travels as a reference
+    same = {rk: rk for rk in tally.requests}
+    tally.durations = [(same[rk], took) for rk, took in tally.durations]
     lag = metrics.lag.values.get(("replay",))
     return Partial(
         lines=len(lines),
@@ -202,54 +395,63 @@ def run_chunk(data: bytes, first_line: int, duplicates: Sequence[int] | None = N
         taken_as_duplicates=dropped,
         tally=tally,
         report=report,
-        scanned=scanned,
-        rules=rules,
+        projected=projected,
+        idle=pickle.dumps(idle, protocol=pickle.HIGHEST_PROTOCOL) if idle else None,
+        starts=starts,
+        objects=objects,
+        scanned_sensitive=scanned_sensitive,
         sensitive=sensitive,
         refusals=refusals,
-        events=len(fresh),
+        events=fresh_count,
         future=int(metrics.future.values.get(("replay",), 0)),
         lag=lag,
         last_event=metrics.last_event.get("replay"),
     )
 
 
-def _chunks(head: bytes, stream: IO[bytes], size: int, limit: int) -> Iterator[tuple[bytes, int]]:
-    """(whole lines, number of the line before them) of about ``size``
-    bytes. Bytes without a newline beyond ``limit + 1`` are dropped as they
-    are read (the line is refused as too large either way), as
-    ``_line_blocks`` does, so garbage without newlines cannot fill the
-    memory."""
-    pending = head
-    lines = 0
-    while True:
-        block = stream.read(size)
-        if not block:
-            break
-        if pending:
-            block = pending + block
-        end = block.rfind(b"\n")
-        if end < 0:
-            pending = block if len(block) <= limit else block[: limit + 1]
-            continue
-        data = block[: end + 1]
-        pending = block[end + 1 :]
-        if len(pending) > limit:
-            pending = pending[: limit + 1]
-        yield data, lines
-        lines += data.count(b"\n")
-    if pending:
-        yield pending, lines
-
-
 @dataclass
 class _Pending:
     """A chunk whose result came back and whose events' dedupe verdicts
-    are not all known yet (its last batch goes on in the next chunk)."""
+    are not all known yet (its last batch may go on in the next chunks)."""
 
-    data: bytes
-    first_line: int
+    chunk: bytes | Span
     partial: Partial
+    fd: int | None
     duplicates: list[int] = field(default_factory=list)
+    _data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The chunk's bytes (read again from the file for a Span)."""
+        if isinstance(self.chunk, bytes):
+            return self.chunk
+        if self._data is None:
+            data = self.chunk.read(self.fd)
+            if data is None:
+                raise OSError(f"{self.chunk.path}: changed while it was replayed")
+            self._data = data
+        return self._data
+
+    def line(self, start: int) -> bytes:
+        """The line that starts at ``start`` in the chunk."""
+        chunk = self.chunk
+        if isinstance(chunk, bytes) or self._data is not None:
+            data = self.data
+            end = data.find(b"\n", start)
+            return data[start:] if end < 0 else data[start:end]
+        assert self.fd is not None
+        out = b""
+        at, stop = chunk.offset + start, chunk.offset + chunk.length
+        while at < stop:
+            window = os.pread(self.fd, min(1 << 16, stop - at), at)
+            if not window:
+                break
+            end = window.find(b"\n")
+            if end >= 0:
+                return out + window[:end]
+            out += window
+            at += len(window)
+        return out
 
 
 class _Batcher:
@@ -257,23 +459,24 @@ class _Batcher:
     that brings it to ``batch_lines`` inputs), from the chunks' keys and
     odd lines; runs the Deduper on each as Pipeline.process does."""
 
-    def __init__(self, dedupe: Deduper, batch_lines: int) -> None:
+    def __init__(self, dedupe: HashedDeduper, batch_lines: int) -> None:
         self.dedupe = dedupe
         self.batch_lines = batch_lines
         self.inputs = 0
-        self.keys: list[Key] = []
-        self.owners: list[tuple[_Pending, int]] = []
+        # the batch's keys, as runs (chunk, first position, count)
+        self.runs: list[tuple[_Pending, int, int]] = []
+        self.count = 0
 
     def feed(self, pending: _Pending) -> None:
         p = pending.partial
-        keys = p.keys
         at = 0  # next key
         line = 0  # next line
         for stop, inputs, events in [*p.odd, (p.lines, -1, 0)]:
             run = stop - line  # lines of one event each
             while run > 0:
                 take = min(run, self.batch_lines - self.inputs)
-                self._add(pending, keys, at, take)
+                self.runs.append((pending, at, take))
+                self.count += take
                 at += take
                 run -= take
                 self.inputs += take
@@ -281,35 +484,37 @@ class _Batcher:
                     self.close()
             if inputs < 0:
                 break
-            self._add(pending, keys, at, events)
+            if events:
+                self.runs.append((pending, at, events))
+                self.count += events
             at += events
             self.inputs += inputs
             if self.inputs >= self.batch_lines:
                 self.close()
             line = stop + 1
-        assert at == len(keys), "keys and lines disagree"
-
-    def _add(self, pending: _Pending, keys: list[Key], at: int, n: int) -> None:
-        if n:
-            self.keys.extend(keys[at : at + n])
-            self.owners.extend((pending, i) for i in range(at, at + n))
+        assert at == len(p.keys), "keys and lines disagree"
 
     def close(self) -> None:
         """End the batch: the Deduper's verdicts, as Pipeline.process gives them."""
-        keys, owners = self.keys, self.owners
-        self.keys, self.owners, self.inputs = [], [], 0
-        if not keys:
+        runs, count = self.runs, self.count
+        self.runs, self.count, self.inputs = [], 0, 0
+        if not count:
             return
         dedupe = self.dedupe
-        batch_keys = set(keys)
-        if len(batch_keys) != len(keys) or not dedupe.isdisjoint(batch_keys):
+        batch_keys: set[int] = set()
+        for pending, at, n in runs:
+            batch_keys.update(pending.partial.keys[at : at + n])
+        if len(batch_keys) != count or not dedupe.isdisjoint_hashes(batch_keys):
             batch_keys = set()
-            for key, (pending, i) in zip(keys, owners, strict=True):
-                if key in dedupe or key in batch_keys:
-                    pending.duplicates.append(i)
-                    continue
-                batch_keys.add(key)
-        dedupe.update(batch_keys)
+            for pending, at, n in runs:
+                keys = pending.partial.keys
+                for i in range(at, at + n):
+                    key = keys[i]
+                    if dedupe.has_hash(key) or key in batch_keys:
+                        pending.duplicates.append(i)
+                        continue
+                    batch_keys.add(key)
+        dedupe.update_hashes(batch_keys)
 
 
 class ParallelReplay:
@@ -324,7 +529,7 @@ class ParallelReplay:
         decoder: Decoder,
         metrics_args: dict[str, object],
         *,
-        chunk_bytes: int = CHUNK_BYTES,
+        chunk_bytes: int | None = None,
         batch_lines: int = BATCH_LINES,
     ) -> None:
         global _JOB
@@ -338,14 +543,16 @@ class ParallelReplay:
             if p is self.detector or p is report:
                 break
             before.append(p)
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.decoder = decoder
         self.batch_lines = batch_lines
         self.rechunked = 0  # chunks run again in the parent (duplicates across chunks)
+        # the window every file shares, as hashes (what the jobs send)
+        self.dedupe = HashedDeduper(pipeline.dedupe.capacity)
+        pipeline.dedupe = self.dedupe
+        self._lines = 0  # lines of the stream before the chunk merged next
         _JOB = _Job(decoder, before, self.detector, metrics_args, batch_lines)
-        self.pool: Pool | None = multiprocessing.get_context("fork").Pool(
-            jobs, initializer=_job_signals
-        )
+        self.pool: Jobs | None = Jobs(jobs, run_chunk)
         self.jobs = jobs
 
     def starts_lines(self, stream: IO[bytes]) -> tuple[bytes, bool]:
@@ -365,21 +572,31 @@ class ParallelReplay:
         ``head``."""
         assert self.pool is not None
         limit = _JOB.decoder.max_event_bytes if _JOB else 0
-        batcher = _Batcher(self.pipeline.dedupe, self.batch_lines)
-        inflight: deque[tuple[bytes, int, AsyncResult[Partial]]] = deque()
-        waiting: _Pending | None = None
-        chunks = _chunks(head, stream, self.chunk_bytes, limit)
+        batcher = _Batcher(self.dedupe, self.batch_lines)
+        inflight: deque[tuple[int, bytes | Span]] = deque()
+        waiting: deque[_Pending] = deque()
+        self._lines = 0
+        fd: int | None = None
+        chunks: Iterator[bytes | Span]
+        if type(stream) is io.FileIO and isinstance(stream.name, str) and stream.seekable():
+            # a plain file: the jobs read their spans of it themselves
+            fd = stream.fileno()
+            start = stream.tell() - len(head)
+            chunks = file_chunks(stream, start, self.chunk_bytes, limit)
+        else:
+            chunks = stream_chunks(head, stream, self.chunk_bytes, limit)
         ahead = self.jobs * AHEAD
-        for data, first in chunks:
-            inflight.append((data, first, self.pool.apply_async(run_chunk, (data, first))))
+        for number, chunk in enumerate(chunks):
+            self.pool.send(number, chunk)
+            inflight.append((number, chunk))
             while len(inflight) > ahead:
-                waiting = self._next(inflight, batcher, waiting, context, progress)
+                self._next(inflight, batcher, waiting, fd, context, progress)
         while inflight:
-            waiting = self._next(inflight, batcher, waiting, context, progress)
+            self._next(inflight, batcher, waiting, fd, context, progress)
         batcher.close()
         problem = getattr(stream, "problem", None)
-        if waiting is not None:
-            self._merge(waiting, context)
+        while waiting:
+            self._merge(waiting.popleft(), context)
         if problem:
             extra = Refusals()
             extra.add(InvalidEvent("truncated_gzip", problem))
@@ -387,21 +604,54 @@ class ParallelReplay:
 
     def _next(
         self,
-        inflight: deque[tuple[bytes, int, AsyncResult[Partial]]],
+        inflight: deque[tuple[int, bytes | Span]],
         batcher: _Batcher,
-        waiting: _Pending | None,
+        waiting: deque[_Pending],
+        fd: int | None,
         context: str,
         progress: Callable[[], None] | None,
-    ) -> _Pending:
-        data, first, result = inflight.popleft()
-        pending = _Pending(data, first, result.get())
+    ) -> None:
+        number, chunk = inflight.popleft()
+        assert self.pool is not None
+        partial = cast("Partial | None", self.pool.result(number))
+        if partial is None:
+            # the job could not open the file by its name: the parent reads
+            # the span from its own descriptor and runs the chunk itself
+            assert isinstance(chunk, Span)
+            data = chunk.read(fd)
+            if data is None:
+                raise OSError(f"{chunk.path}: changed while it was replayed")
+            chunk = data
+            partial = run_chunk(data)
+            assert partial is not None
+        pending = _Pending(chunk, partial, fd)
         batcher.feed(pending)
-        # the chunk before is complete: its last batch ended in this one
-        if waiting is not None:
-            self._merge(waiting, context)
+        waiting.append(pending)
+        # the chunks before the batch still open (which may span several)
+        # have every verdict
+        still = batcher.runs[0][0] if batcher.runs else None
+        while waiting and waiting[0] is not still:
+            self._merge(waiting.popleft(), context)
         if progress is not None:
             progress()
-        return pending
+
+    def _seen(
+        self, values: Sequence[object], pending: _Pending, where: int | AuditEvent
+    ) -> AuditEvent:
+        """An event a job saw: itself when it was sent, else a :class:`Seen`
+        of ``values`` that decodes it again from where its line starts in
+        the chunk (as the job did: nothing in it was redacted)."""
+        if type(where) is not int:
+            return where  # type: ignore[return-value]
+        start: int = where
+
+        def load() -> AuditEvent:
+            line = pending.line(start)
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            return fast_event(line) or self.decoder.decode_line(line)
+
+        return Seen(values, load)  # type: ignore[return-value]
 
     def _merge(self, pending: _Pending, context: str) -> None:
         """Take a chunk's result into the parent's pipeline and report."""
@@ -410,33 +660,73 @@ class ParallelReplay:
             # a duplicate of an event in an earlier chunk (or not one after
             # all): this chunk again, with the parent's verdicts
             self.rechunked += 1
-            p = run_chunk(pending.data, pending.first_line, sorted(pending.duplicates))
+            again = run_chunk(pending.data, sorted(pending.duplicates))
+            assert again is not None
+            p = again
         metrics = self.metrics
         duplicates = len(p.taken_as_duplicates)
-        decode = self.decoder.decode_line
-        scanned: list[AuditEvent] = []
-        if self.detector is not None and p.scanned:
-            scanned = [
-                x if type(x) is AuditEvent else fast_event(x) or decode(x)  # type: ignore[arg-type]
-                for x in p.scanned
-            ]
-            self.detector(scanned, p.rules)
-            for ev in scanned:
-                if ev.rules:
-                    self.report.detected(ev)
-        # the report's detection-dependent part, in input order
+        projected, starts = p.projected, p.starts
+        extra = p.scanned_sensitive
+        detector = self.detector
+        # the records to feed, and their positions among the scanned events
+        records: list[Projected] = []
+        positions: list[int] | None = None
+        if detector is not None and projected:
+            if p.idle is None:
+                records = projected  # type: ignore[assignment]
+            elif detector.sequences_may_run(r for r in projected if r is not None):
+                full = list(projected)
+                for i, record in pickle.loads(p.idle):
+                    full[i] = record
+                records = full  # type: ignore[assignment]
+            else:
+                positions = [i for i, r in enumerate(projected) if r is not None]
+                records = [projected[i] for i in positions]  # type: ignore[misc]
+        made: dict[int, AuditEvent] = {}
+        # a scanned event's record (an idle one is asked for only when read)
+        by_position: Sequence[Projected | None] = records if positions is None else projected
+
+        def scanned(i: int) -> AuditEvent:
+            """The i-th scanned event as the parent needs it."""
+            ev = made.get(i)
+            if ev is None:
+                where = starts[i]
+                if where < 0:
+                    ev = p.objects[i]
+                else:
+                    values = extra.get(i) or by_position[i][:4]  # type: ignore[index]
+                    ev = self._seen(values, pending, where)
+                made[i] = ev
+            return ev
+
         report = self.report
+        matched: list[int] = []
+        if detector is not None and records:
+            if positions is None:
+                matched = detector.feed(records, scanned)
+            else:
+                at = positions
+                matched = [at[j] for j in detector.feed(records, lambda j: scanned(at[j]))]
+            for i in matched:
+                report.detected(made[i])
+        # the report's detection-dependent part, in input order, on the
+        # events it does something with: the sensitive ones and the stages
+        # a rule flagged that are not counted as requests (on any other
+        # event Report.ordered does nothing)
+        needed: Iterable[int] = extra
+        if matched:
+            needed = sorted({*extra, *(i for i in matched if not counts_as_request(made[i]))})
         k = 0
-        for before, x in p.sensitive:
-            while k < before:
-                report.ordered(scanned[k])
+        for i in needed:
+            while k < len(p.sensitive) and p.sensitive[k][0] <= i:
+                _, values, where = p.sensitive[k]
+                report.ordered(self._seen(values, pending, where))
                 k += 1
-            report.ordered(x if type(x) is AuditEvent else fast_event(x) or decode(x))  # type: ignore[arg-type]
-        while k < len(scanned):
-            report.ordered(scanned[k])
-            k += 1
-        self.report.merge(p.report)
-        self.report.duplicates += duplicates
+            report.ordered(scanned(i))
+        for _, values, where in p.sensitive[k:]:
+            report.ordered(self._seen(values, pending, where))
+        report.merge(p.report)
+        report.duplicates += duplicates
         with metrics.lock:
             metrics.apply(p.tally)
             if p.events:
@@ -454,6 +744,10 @@ class ParallelReplay:
                 metrics.last_event["replay"] = p.last_event
             if duplicates:
                 metrics.duplicate("replay", duplicates)
+        for sample in p.refusals.samples:
+            if sample.line is not None:
+                sample.line += self._lines
+        self._lines += p.lines
         self._count_refusals(p.refusals, context)
 
     def _count_refusals(self, refusals: Refusals, context: str) -> None:
@@ -469,8 +763,7 @@ class ParallelReplay:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.close()
             self.pool = None
 
 
