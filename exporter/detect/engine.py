@@ -929,8 +929,8 @@ class Detector:
                 marked = []
                 for r, key, value in found:
                     m = Match(r.rule, ev, key, value)
-                    # a rule's notify_once, where rules have one, as __call__
-                    notify_once = getattr(r, "quiet", None)
+                    # the rule's notify_once, as __call__ applies it
+                    notify_once = r.quiet
                     marked.append(m if notify_once is None else notify_once(m))
                 self._mark(ev, marked)
                 matches.extend(marked)
