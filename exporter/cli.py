@@ -224,7 +224,7 @@ def _replay(
     from .event import Decoder
     from .report import Report, render_text
     from .runtime import tune_gc
-    from .sources.replay import Progress, open_input, read_batches
+    from .sources.replay import Progress, ReplayJobFailed, open_input, read_batches
 
     if notifier is not None:
         notifier.start()
@@ -249,6 +249,7 @@ def _replay(
     tune_gc()
     status = 0
     finished = False
+    job_failed = ""
     jobs = args.jobs
     parallel: ParallelReplay | None = None
     if jobs != 1:
@@ -322,6 +323,8 @@ def _replay(
         assert loki is not None
         status = EXIT_LOKI
         print(_undelivered(loki, stall, temporary_spool, str(e)), file=sys.stderr)
+    except ReplayJobFailed as e:
+        job_failed = str(e)
     finally:
         if loki is not None and not finished:
             loki.abandon()  # Ctrl-C, SIGTERM or a stall: no waiting for Loki
@@ -330,6 +333,9 @@ def _replay(
     pipeline.close()
     if notifier is not None:
         notifier.close(30.0)
+    if job_failed:
+        print(f"replay: {job_failed}; no result (run again, or with --jobs 1)", file=sys.stderr)
+        return 1
     summary = report.to_dict(top=args.top)
     if loki is not None:
         summary["loki"] = _loki_summary(loki)

@@ -313,6 +313,8 @@ def test_jobs_that_die_end_the_replay_with_an_error(simulated: Path) -> None:
     assert len(jobs) == 2, "the replay did not start its two jobs"
     for pid in jobs:
         os.kill(pid, signal.SIGKILL)
-    _, err = proc.communicate(simulated.read_bytes(), timeout=300)
-    assert proc.returncode != 0
-    assert b"a replay job ended" in err
+    out, err = proc.communicate(simulated.read_bytes(), timeout=300)
+    assert proc.returncode == 1
+    assert b"replay: a replay job ended (exit codes" in err
+    assert b"Traceback" not in err, "a clear message, not a traceback"
+    assert out == b"", "no partial summary"

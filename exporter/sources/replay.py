@@ -21,6 +21,11 @@ SNIFF_BYTES = 1 << 16
 READ_BYTES = 1 << 20
 
 
+class ReplayJobFailed(Exception):
+    """A job of ``replay --jobs`` failed or ended: the replay's result would
+    be incomplete, so there is none."""
+
+
 class Progress:
     """A one-line progress indicator on stderr, only when it is a terminal."""
 

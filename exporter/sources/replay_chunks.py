@@ -22,6 +22,8 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import IO, Any
 
+from .replay import ReplayJobFailed
+
 JOB_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -92,12 +94,12 @@ class Jobs:
                     pass
                 else:
                     if not ok:
-                        raise RuntimeError(f"a replay job failed: {result}")
+                        raise ReplayJobFailed(f"a replay job failed: {result}")
                     done[got] = result
                     continue
             if any(not p.is_alive() for p in self.procs):
                 codes = [p.exitcode for p in self.procs]
-                raise RuntimeError(f"a replay job ended (exit codes {codes})")
+                raise ReplayJobFailed(f"a replay job ended (exit codes {codes})")
         return done.pop(number)
 
     def close(self) -> None:
