@@ -59,7 +59,6 @@ from bench.run import (  # noqa: E402
     WORKLOADS,
     ChildFailed,
     Row,
-    _bodies,
     _cpu,
     _free_port,
     _mb,
@@ -68,7 +67,6 @@ from bench.run import (  # noqa: E402
     _wait_listening,
     measure,
 )
-from bench.workloads import write_bodies  # noqa: E402
 from exporter.detect.noise import find_corpora  # noqa: E402
 from exporter.simulate import Options, simulate_lines  # noqa: E402
 
@@ -113,6 +111,19 @@ def write_inputs(work: Path, events: int) -> dict[str, Path]:
     heavy.write_bytes(b"\n".join(_fresh_copies(bodies, events // 3)) + b"\n")
     mixed = write_simulated(work / "simulated.log", events)
     return {"metadata": small, "bodies": heavy, "simulated": mixed}
+
+
+def _in_child(call: str) -> None:
+    """Run ``call`` (Python, with this module's names) in a process of its
+    own. The inputs are built there so that this process stays small: a
+    child inherits its parent's peak RSS through fork and exec on Linux, so
+    a large benchmark process would be every measured command's peak RSS."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; "
+        "from bench.run import _bodies; from bench.workloads import write_bodies; "
+        f"from bench.scale import write_inputs, write_simulated; {call}"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def write_simulated(path: Path, events: int) -> Path:
@@ -235,7 +246,7 @@ def workers_rows(events: int, work: Path, log: IO[bytes]) -> list[Row]:
 
     pki = make_pki(work / "pki")
     bodies = work / "bodies.bin"
-    write_bodies(bodies, _bodies(events))
+    _in_child(f"write_bodies(Path({str(bodies)!r}), _bodies({events}))")
     ca, cert, key = str(pki.ca.cert_file), str(pki.server.cert_file), str(pki.server.key_file)
     rows = []
     for workers in (1, 2):
@@ -350,14 +361,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(work / "children.log", "wb") as log:
             inputs: dict[str, Path] = {}
             if "ratio" in sections:
-                inputs = write_inputs(work, args.events)
+                _in_child(f"write_inputs(Path({str(work)!r}), {args.events})")
+                inputs = {k: work / f"{k}.log" for k in ("metadata", "bodies", "simulated")}
                 print(f"one core (CPU {cpu}): replay beside an orjson.loads loop", file=sys.stderr)
                 rows += ratio_rows(inputs, cpu, log, args.repeat)
             if "jobs" in sections:
                 print("replay --jobs 1 and 2", file=sys.stderr)
                 jobs_input = inputs.get("simulated")
                 if jobs_input is None or args.jobs_events != args.events:
-                    jobs_input = write_simulated(work / "simulated-jobs.log", args.jobs_events)
+                    jobs_input = work / "simulated-jobs.log"
+                    _in_child(f"write_simulated(Path({str(jobs_input)!r}), {args.jobs_events})")
                 added, jobs_cpu = jobs_rows(jobs_input, work, log, args.jobs_rounds)
                 rows += added
             if "workers" in sections:
