@@ -69,7 +69,8 @@ def counted(samples: Samples) -> float:
 
 
 def stateless_rule_matches(lines: list[bytes]) -> dict[str, float]:
-    """rule_matches_total of the stateless rules over one uninterrupted run."""
+    """rule_matches_total of the stateless rules over one uninterrupted run,
+    summed over severities."""
     registry = CollectorRegistry()
     metrics = AuditMetrics(registry)
     detector = Detector(load_rules(None), DetectionSettings(), metrics)
@@ -77,14 +78,16 @@ def stateless_rule_matches(lines: list[bytes]) -> dict[str, float]:
     decoder = Decoder()
     for i in range(0, len(lines), 1000):
         pipeline.process([decoder.decode_line(ln) for ln in lines[i : i + 1000]], "logfile")
-    return {
-        r.id: registry.get_sample_value(
-            "kube_audit_rule_matches_total", {"rule": r.id, "severity": r.severity}
-        )
-        or 0.0
-        for r in detector.rules
-        if r.state is None
-    }
+    # every severity: a rule's notify_once lowers its repeats to info, and
+    # which repeat is the first of its window depends on the lifetimes
+    matches: dict[str, float] = {r.id: 0.0 for r in detector.rules if r.state is None}
+    for fam in registry.collect():
+        for sample in fam.samples:
+            if sample.name == "kube_audit_rule_matches_total":
+                rule = sample.labels.get("rule", "")
+                if rule in matches:
+                    matches[rule] += sample.value
+    return matches
 
 
 class Lifetimes:
