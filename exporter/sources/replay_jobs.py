@@ -384,9 +384,6 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         metrics.observe_batch(part, "replay", now)
     if duplicates is not None:
         dropped = sorted(duplicates)
-    # one object per request key: a duration then travels as a reference
-    same = {rk: rk for rk in tally.requests}
-    tally.durations = [(same[rk], took) for rk, took in tally.durations]
     lag = metrics.lag.values.get(("replay",))
     return Partial(
         lines=len(lines),
