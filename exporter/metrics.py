@@ -671,13 +671,27 @@ class AuditMetrics(Collector):
             buckets = self.duration.bounds
             width = len(buckets) + 2
             rows: list[list[float]] = []
+            # the (verb, resource, subresource) whose keys a row takes: a
+            # row that takes only one's, early and later keys, takes all of
+            # the early key's values before any of the later key's (a
+            # request is early only before the first permitted one of its
+            # resource in the tally), so key by key, in the keys' order,
+            # is the requests' order
+            owner: dict[int, tuple[str, str, str]] = {}
+            interleaved = False
             for dk in tally.duration_groups:
                 labels = row_of[dk]
                 row = histogram.get(labels)
                 if row is None:
                     row = histogram[labels] = [0.0] * width
                 rows.append(row)
+                if owner.setdefault(id(row), dk[:3]) != dk[:3]:
+                    interleaved = True  # folded labels
             for row, took in zip(rows, tally.durations, strict=True):
+                if len(took) < 8:
+                    for value in took:
+                        row[bisect_left(buckets, value)] += 1
+                    continue
                 ordered = sorted(took)
                 below = 0
                 for i, bound in enumerate(buckets):
@@ -685,8 +699,7 @@ class AuditMetrics(Collector):
                     row[i] += upto - below
                     below = upto
                 row[-2] += len(ordered) - below
-            if len({id(row) for row in rows}) == len(rows):
-                # one key per row: its values in order are the row's
+            if not interleaved:
                 for row, took in zip(rows, tally.durations, strict=True):
                     row[-1] = reduce(add, took, row[-1])
             else:
