@@ -21,8 +21,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from functools import reduce
+from operator import add
 from typing import Any
 
 import orjson
@@ -238,6 +241,9 @@ StateProvider = Callable[[], Iterable[Metric]]
 # subresource, code, user_kind, and whether it came, not permitted, before
 # any permitted request of its resource in its tally (see RequestTally).
 RawKey = tuple[str, str, str, int, str, bool]
+# What decides a request's row of request_duration_seconds: verb,
+# resource, subresource, and the RawKey's early flag.
+DurationKey = tuple[str, str, str, bool]
 
 # The codes of requests that got past authentication and authorization
 # (labels.permitted), as a set.
@@ -260,6 +266,8 @@ class RequestTally:
 
     __slots__ = (
         "auth",
+        "duration_groups",
+        "duration_order",
         "durations",
         "permitted",
         "phases",
@@ -273,8 +281,13 @@ class RequestTally:
 
     def __init__(self) -> None:
         self.requests: dict[RawKey, int] = {}
-        # (request, duration) of each request with a latency, in order
-        self.durations: list[tuple[RawKey, float]] = []
+        # the durations of the requests with a latency: per DurationKey (in
+        # first-seen order) its index in ``durations``, where its values
+        # are in order; and the index of each duration's key, in order
+        # (how the groups interleave, for rows that several keys share)
+        self.duration_groups: dict[DurationKey, int] = {}
+        self.durations: list[array[float]] = []
+        self.duration_order: array[int] = array("I")
         self.users: dict[tuple[str, str, int], int] = {}
         self.auth: dict[tuple[str, RawKey], int] = {}
         self.sources: dict[tuple[str, str], int] = {}
@@ -295,7 +308,9 @@ class RequestTally:
         """Events that count as requests (see counts_as_request), in order."""
         seen = self.permitted
         requests = self.requests
+        groups = self.duration_groups
         durations = self.durations
+        order = self.duration_order
         users = self.users
         permitted_codes = _PERMITTED_CODES
         long_verbs = LONG_RUNNING_VERBS
@@ -322,7 +337,13 @@ class RequestTally:
                 or (subresource == "log" and "follow=true" in ev.request_uri)
             ):
                 took = ev.stage_ts - ev.received_ts
-                durations.append((rk, took if took > 0.0 else 0.0))
+                dk = (verb, resource, subresource, early)
+                g = groups.get(dk)
+                if g is None:
+                    g = groups[dk] = len(durations)
+                    durations.append(array("d"))
+                durations[g].append(took if took > 0.0 else 0.0)
+                order.append(g)
             if ev.username:
                 u = (ev.username, verb, c)
                 users[u] = users.get(u, 0) + 1
@@ -619,6 +640,8 @@ class AuditMetrics(Collector):
         fold = self._fold_n
         # raw key -> (verb, resource, code class) labels
         mapped: dict[RawKey, tuple[str, str, str]] = {}
+        # DurationKey -> (verb, resource) labels
+        row_of: dict[DurationKey, tuple[str, str]] = {}
         requests = self.requests.values
         for rk, n in tally.requests.items():
             raw_verb, resource, subresource, c, kind, was_early = rk
@@ -636,25 +659,53 @@ class AuditMetrics(Collector):
             if code in FOLDED_CODES:
                 fold(name, "code", str(c), n)
             mapped[rk] = (verb, label, bounds.code_class(c))
+            row_of[(raw_verb, resource, subresource, was_early)] = (verb, label)
             key = (verb, label, code, kind)
             requests[key] = requests.get(key, 0.0) + n
-        # Histogram.observe, inline: this runs for every request with a
-        # duration; each raw key finds its row once per tally
-        rows: dict[RawKey, list[float]] = {}
-        histogram = self.duration.values
-        buckets = self.duration.bounds
-        width = len(buckets) + 2
-        for rk, took in tally.durations:
-            row = rows.get(rk)
-            if row is None:
-                m = mapped[rk]
-                labels = (m[0], m[1])
+        # request_duration_seconds: each key's row, made in the order of
+        # the keys' first requests (as one observe per request would); the
+        # bucket counts per key at once; the sums in the order of the
+        # requests, per row (a float sum depends on its order)
+        if tally.durations:
+            histogram = self.duration.values
+            buckets = self.duration.bounds
+            width = len(buckets) + 2
+            rows: list[list[float]] = []
+            # the (verb, resource, subresource) whose keys a row takes: a
+            # row that takes only one's, early and later keys, takes all of
+            # the early key's values before any of the later key's (a
+            # request is early only before the first permitted one of its
+            # resource in the tally), so key by key, in the keys' order,
+            # is the requests' order
+            owner: dict[int, tuple[str, str, str]] = {}
+            interleaved = False
+            for dk in tally.duration_groups:
+                labels = row_of[dk]
                 row = histogram.get(labels)
                 if row is None:
                     row = histogram[labels] = [0.0] * width
-                rows[rk] = row
-            row[bisect_left(buckets, took)] += 1
-            row[-1] += took
+                rows.append(row)
+                if owner.setdefault(id(row), dk[:3]) != dk[:3]:
+                    interleaved = True  # folded labels
+            for row, took in zip(rows, tally.durations, strict=True):
+                if len(took) < 8:
+                    for value in took:
+                        row[bisect_left(buckets, value)] += 1
+                    continue
+                ordered = sorted(took)
+                below = 0
+                for i, bound in enumerate(buckets):
+                    upto = bisect_right(ordered, bound, below)
+                    row[i] += upto - below
+                    below = upto
+                row[-2] += len(ordered) - below
+            if not interleaved:
+                for row, took in zip(rows, tally.durations, strict=True):
+                    row[-1] = reduce(add, took, row[-1])
+            else:
+                values = [iter(took) for took in tally.durations]
+                for g in tally.duration_order:
+                    rows[g][-1] += next(values[g])
         verb_of, class_of = bounds.verb, bounds.code_class
         inc_user = self.user_requests.inc_capped
         for (user, raw_verb, c), n in tally.users.items():

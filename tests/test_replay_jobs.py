@@ -10,6 +10,7 @@ a span after."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import signal
@@ -32,8 +33,8 @@ DEMO_CONFIG = ROOT / "demo" / "config.yaml"
 WALL_CLOCK = {"kube_audit_event_lag_seconds_sum"}
 
 
-# replay with chunks of the size given first (the default, 1 MiB, makes
-# few chunks of a test's input)
+# replay with chunks of the size given first (the default, 4 MiB, makes
+# few chunks of a test's input; a plain file's are up to four times that)
 SMALL_CHUNKS = (
     "import sys\n"
     "from exporter.sources import replay_jobs\n"
@@ -318,3 +319,36 @@ def test_jobs_that_die_end_the_replay_with_an_error(simulated: Path) -> None:
     assert b"replay: a replay job ended (exit codes" in err
     assert b"Traceback" not in err, "a clear message, not a traceback"
     assert out == b"", "no partial summary"
+
+
+def test_a_plain_file_is_cut_in_large_spans_then_small_ones(tmp_path: Path) -> None:
+    """Spans are whole lines that cover the file once, in order: the
+    ``share``-th part of what is left (at most ``largest``) while that is
+    more than ``size``, then about ``size`` bytes each to the end."""
+    from exporter.sources.replay_chunks import Span, file_chunks
+
+    lines = [b"x" * (20 + (i * 37) % 90) for i in range(4000)]
+    path = tmp_path / "input.log"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    data = path.read_bytes()
+    with open(path, "rb", buffering=0) as raw:
+        assert isinstance(raw, io.FileIO)
+        spans = list(file_chunks(raw, 0, 2000, 1000, largest=8000, share=4))
+    assert all(isinstance(s, Span) for s in spans)
+    got = [s.read() for s in spans if isinstance(s, Span)]
+    assert b"".join(x or b"" for x in got) == data
+    assert all(x is not None and x.endswith(b"\n") for x in got)
+    sizes = [len(x or b"") for x in got]
+    longest = max(map(len, lines)) + 1
+    # every span reaches its target (the first newline after it)
+    left = len(data)
+    for n in sizes[:-1]:
+        target = min(max(left // 4, 2000), 8000)
+        assert target <= n < target + longest
+        left -= n
+    assert sizes[0] >= 8000 and max(sizes[-4:]) < 2000 + longest
+    # without ``largest``, every span is about ``size``
+    with open(path, "rb", buffering=0) as raw:
+        assert isinstance(raw, io.FileIO)
+        even = [s.length for s in file_chunks(raw, 0, 2000, 1000) if isinstance(s, Span)]
+    assert sum(even) == len(data) and max(even) < 2000 + longest

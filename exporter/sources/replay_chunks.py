@@ -196,12 +196,19 @@ def stream_chunks(head: bytes, stream: IO[bytes], size: int, limit: int) -> Iter
         yield pending
 
 
-def file_chunks(raw: io.FileIO, start: int, size: int, limit: int) -> Iterator[bytes | Span]:
+def file_chunks(
+    raw: io.FileIO, start: int, size: int, limit: int, largest: int = 0, share: int = 1
+) -> Iterator[bytes | Span]:
     """Spans of whole lines of a plain file from ``start``, about ``size``
-    bytes each, cut at the first newline after ``size`` bytes. When there is
-    none within ``limit + 1`` bytes (a line too large either way), the rest
-    is read by the parent as a stream (stream_chunks), whose memory is bounded.
-    The file's position follows the spans (the progress line reads it)."""
+    bytes each, cut at the first newline after ``size`` bytes. With
+    ``largest``, a span is the ``share``-th part of what is left of the file,
+    at least ``size`` and at most ``largest`` bytes: large spans while there
+    is much to do (each costs the parent a little, whatever its size), spans
+    of ``size`` at the end, so that every job stays busy to the end (as in
+    guided scheduling). When there is no newline within ``limit + 1`` bytes
+    after the cut (a line too large either way), the rest is read by the
+    parent as a stream (stream_chunks), whose memory is bounded. The file's
+    position follows the spans (the progress line reads it)."""
     fd = raw.fileno()
     st = os.fstat(fd)
     path = raw.name
@@ -211,7 +218,8 @@ def file_chunks(raw: io.FileIO, start: int, size: int, limit: int) -> Iterator[b
         total = os.fstat(fd).st_size
         if pos >= total:
             return
-        cut = pos + size
+        step = min(max((total - pos) // share, size), largest) if largest > size else size
+        cut = pos + step
         if cut >= total:
             cut = total
         else:
@@ -226,7 +234,7 @@ def file_chunks(raw: io.FileIO, start: int, size: int, limit: int) -> Iterator[b
                 if not window:
                     cut = look
                     break
-                if look - pos > size + limit + 1:
+                if look - pos > step + limit + 1:
                     raw.seek(pos)
                     yield from stream_chunks(b"", raw, size, limit)
                     return

@@ -74,6 +74,13 @@ from .replay_chunks import Jobs, Span, file_chunks, stream_chunks
 CHUNK_BYTES = 4 << 20
 # Chunks sent ahead of the one the parent waits for, per job.
 AHEAD = 3
+# A plain file's chunks (which the jobs read themselves) are up to this
+# many times CHUNK_BYTES, while more than this many chunks per job are left:
+# fewer chunks cost the parent less (per chunk it merges each key of the
+# tallies and reports once), and the last chunks, of CHUNK_BYTES, still
+# keep every job busy to the end.
+LARGEST_CHUNK = 4
+CHUNK_SHARE = 4
 
 
 def cpu_count() -> int:
@@ -384,9 +391,6 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
         metrics.observe_batch(part, "replay", now)
     if duplicates is not None:
         dropped = sorted(duplicates)
-    # one object per request key: a duration then travels as a reference
-    same = {rk: rk for rk in tally.requests}
-    tally.durations = [(same[rk], took) for rk, took in tally.durations]
     lag = metrics.lag.values.get(("replay",))
     return Partial(
         lines=len(lines),
@@ -582,7 +586,14 @@ class ParallelReplay:
             # a plain file: the jobs read their spans of it themselves
             fd = stream.fileno()
             start = stream.tell() - len(head)
-            chunks = file_chunks(stream, start, self.chunk_bytes, limit)
+            chunks = file_chunks(
+                stream,
+                start,
+                self.chunk_bytes,
+                limit,
+                largest=LARGEST_CHUNK * self.chunk_bytes,
+                share=CHUNK_SHARE * self.jobs,
+            )
         else:
             chunks = stream_chunks(head, stream, self.chunk_bytes, limit)
         ahead = self.jobs * AHEAD
