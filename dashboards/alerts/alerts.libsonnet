@@ -9,6 +9,11 @@ local rules = import 'recording-rules.libsonnet';
   local by(labels=[]) = std.join(', ', [cfg.clusterLabel, 'job'] + labels),
   // " in cluster X" when the series has a cluster label, nothing otherwise.
   local inCluster = '{{ with $labels.%s }} in cluster {{ . }}{{ end }}' % cfg.clusterLabel,
+  // seconds as a person reads them: 900 is "15 minutes"
+  local readable(s) =
+    if s % 3600 == 0 then '%d hour%s' % [s / 3600, if s == 3600 then '' else 's']
+    else if s % 60 == 0 then '%d minutes' % (s / 60)
+    else '%d seconds' % s,
   local rec = rules.names(cfg),
 
   // One alert from its config entry, or nothing when it is disabled.
@@ -111,7 +116,7 @@ local rules = import 'recording-rules.libsonnet';
               count by (%(cluster)s) (kube_audit_events_total{%(sel)s} offset %(t)ds)
             ||| % { cluster: cfg.clusterLabel, sel: sel, t: a.KubeAuditNoEventsReceived.thresholdSeconds },
             'The exporter receives no audit events.',
-            'No exporter%s took in an audit event in the last %s: the API server was never wired to the webhook or the log file (a fresh install), stopped sending, or writes another log file than the one read.' % [inCluster, '%ds' % a.KubeAuditNoEventsReceived.thresholdSeconds],
+            'No exporter%s took in an audit event in the last %s: the API server was never wired to the webhook or the log file (a fresh install), stopped sending, or writes another log file than the one read.' % [inCluster, readable(a.KubeAuditNoEventsReceived.thresholdSeconds)],
           ) +
           certificateExpiry('KubeAuditTLSCertificateExpiring', 'A TLS certificate of the audit webhook expires soon.') +
           certificateExpiry('KubeAuditTLSCertificateExpiryCritical', 'A TLS certificate of the audit webhook is about to expire.') +
