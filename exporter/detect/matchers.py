@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Any
@@ -329,6 +329,17 @@ class KeyClasses:
         return tuple(out)
 
 
+def _fields(nodes: list[Node]) -> Iterator[Field]:
+    """Every field test in ``nodes``, under any and/or/not."""
+    for node in nodes:
+        if isinstance(node, Field):
+            yield node
+        elif isinstance(node, Not):
+            yield from _fields([node.item])
+        else:
+            yield from _fields(node.items)
+
+
 def _conds(nodes: list[Node], path: str) -> list[FieldCond]:
     """Every field condition on ``path`` in ``nodes``, negated ones too."""
     out: list[FieldCond] = []
@@ -338,18 +349,9 @@ def _conds(nodes: list[Node], path: str) -> list[FieldCond]:
         for n in c.negated:
             cond(n)
 
-    def walk(node: Node) -> None:
-        if isinstance(node, Field):
-            if node.path == path:
-                cond(node.cond)
-        elif isinstance(node, Not):
-            walk(node.item)
-        else:
-            for item in node.items:
-                walk(item)
-
-    for node in nodes:
-        walk(node)
+    for f in _fields(nodes):
+        if f.path == path:
+            cond(f.cond)
     return out
 
 
@@ -424,20 +426,7 @@ def constraint_dims(nodes: list[Node]) -> frozenset[int]:
 
 
 def _paths(nodes: list[Node]) -> list[str]:
-    out: list[str] = []
-
-    def walk(node: Node) -> None:
-        if isinstance(node, Field):
-            out.append(node.path)
-        elif isinstance(node, Not):
-            walk(node.item)
-        else:
-            for item in node.items:
-                walk(item)
-
-    for node in nodes:
-        walk(node)
-    return out
+    return [f.path for f in _fields(nodes)]
 
 
 def merge_and(*subs: Constraint) -> Constraint:
