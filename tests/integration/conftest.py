@@ -118,3 +118,30 @@ def client_tls(pki: PKI) -> dict[str, Any]:
         "verify": str(pki.ca.cert_file),
         "cert": (str(pki.client.cert_file), str(pki.client.key_file)),
     }
+
+
+def run_alertmanager(
+    spawn: Callable[..., Process], config_file: Path, data_dir: Path
+) -> tuple[str, Process]:
+    """Debian's Alertmanager on a loopback port with ``config_file``, alone
+    (no cluster), ready: its URL and process."""
+    binary = need("prometheus-alertmanager")
+    port = free_port()
+    proc = spawn(
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.path={data_dir}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        "alertmanager",
+    )
+    url = f"http://127.0.0.1:{port}"
+    poll(
+        lambda: proc.alive() and requests.get(f"{url}/-/ready", timeout=2).ok,
+        what="alertmanager ready",
+        on_timeout=proc.output,
+    )
+    return url, proc

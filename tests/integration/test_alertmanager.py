@@ -20,7 +20,7 @@ from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
 from tests.conftest import CORPORA
 from tests.detect_helpers import Receiver, event
-from tests.integration.conftest import Process, free_port, need, poll
+from tests.integration.conftest import Process, poll, run_alertmanager
 
 LINK = "https://grafana.example/explore?audit_id=${audit_id}&cluster=${cluster}"
 
@@ -35,8 +35,6 @@ def receiver() -> Iterator[Receiver]:
 def start_alertmanager(
     tmp_path: Path, spawn: Callable[..., Process], webhook: str
 ) -> tuple[str, Process]:
-    binary = need("prometheus-alertmanager")
-    port = free_port()
     config = tmp_path / "alertmanager.yml"
     config.write_text(
         f"""\
@@ -53,23 +51,7 @@ receivers:
         send_resolved: false
 """
     )
-    proc = spawn(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        "alertmanager",
-    )
-    url = f"http://127.0.0.1:{port}"
-    poll(
-        lambda: proc.alive() and requests.get(f"{url}/-/ready", timeout=2).ok,
-        what=f"alertmanager ready\n{proc.output()}",
-    )
-    return url, proc
+    return run_alertmanager(spawn, config, tmp_path / "am-data")
 
 
 def notifications(receiver: Receiver) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ from exporter.event import AuditEvent
 from exporter.metrics import AuditMetrics
 from exporter.pipeline import Pipeline
 from tests.conftest import ROOT
-from tests.integration.conftest import Process, free_port, need, poll
+from tests.integration.conftest import Process, poll, run_alertmanager
 
 OUT = ROOT / "dashboards" / "out"
 INHIBIT_RULES = OUT / "alertmanager" / "inhibit-rules.yaml"
@@ -126,8 +126,6 @@ def loki_alert_labels(
 
 
 def start_alertmanager(tmp_path: Path, spawn: Callable[..., Process]) -> tuple[str, Path]:
-    binary = need("prometheus-alertmanager")
-    port = free_port()
     config = {
         "route": {"receiver": "null", "group_by": ["..."]},
         "receivers": [{"name": "null"}],
@@ -136,23 +134,7 @@ def start_alertmanager(tmp_path: Path, spawn: Callable[..., Process]) -> tuple[s
     }
     path = tmp_path / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))
-    proc = spawn(
-        [
-            binary,
-            f"--config.file={path}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        "alertmanager",
-    )
-    url = f"http://127.0.0.1:{port}"
-    poll(
-        lambda: proc.alive() and requests.get(f"{url}/-/ready", timeout=2).ok,
-        what="alertmanager ready",
-        on_timeout=proc.output,
-    )
+    url, _ = run_alertmanager(spawn, path, tmp_path / "am-data")
     return url, path
 
 

@@ -44,7 +44,14 @@ import yaml
 
 from exporter.detect.examples import complete_event
 from exporter.detect.rules import Rule, load_rules
-from tests.integration.conftest import Process, exporter_cmd, free_port, need, poll
+from tests.integration.conftest import (
+    Process,
+    exporter_cmd,
+    free_port,
+    need,
+    poll,
+    run_alertmanager,
+)
 from tests.loki_receiver import LokiReceiver
 from tests.test_mixin import (
     RENAMED_METADATA,
@@ -296,7 +303,6 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, corpora: Path, push_pb2: ModuleType
 ) -> Iterator[Stack]:
     prometheus = need("prometheus")
-    alertmanager = need("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("mixin")
     pki = make_pki(tmp / "pki")
     loki = LokiReceiver(push_pb2)
@@ -310,7 +316,6 @@ def stack(
 
     try:
         # Alertmanager, delivering at once to the sink.
-        am_port = free_port()
         (tmp / "alertmanager.yml").write_text(
             yaml.safe_dump(
                 {
@@ -325,22 +330,7 @@ def stack(
                 }
             )
         )
-        am = start(
-            [
-                alertmanager,
-                f"--config.file={tmp / 'alertmanager.yml'}",
-                f"--storage.path={tmp / 'am'}",
-                f"--web.listen-address=127.0.0.1:{am_port}",
-                "--cluster.listen-address=",
-            ],
-            "alertmanager",
-        )
-        am_url = f"http://127.0.0.1:{am_port}"
-        poll(
-            lambda: requests.get(f"{am_url}/-/ready", timeout=2).ok,
-            what="Alertmanager ready",
-            on_timeout=am.output,
-        )
+        am_url, _ = run_alertmanager(start, tmp / "alertmanager.yml", tmp / "am")
 
         # The exporter: webhook, log file, Loki, Alertmanager.
         web, hook = free_port(), free_port()
@@ -395,7 +385,7 @@ def stack(
                     "rule_files": rule_files,
                     "alerting": {
                         "alertmanagers": [
-                            {"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}
+                            {"static_configs": [{"targets": [am_url.removeprefix("http://")]}]}
                         ]
                     },
                     "scrape_configs": [
