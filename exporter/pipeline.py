@@ -161,6 +161,10 @@ class Pipeline:
         self.dedupe = Deduper(dedupe_capacity)
         self.clock = clock
         self.invalid_log = invalid_log or RateLimitedLog(log)
+        # False: the events' own families (requests, latency, lag) are not
+        # counted, for a caller that shows none of them (the report);
+        # duplicates and invalid inputs still are
+        self.observe_batches = True
         self._lock = threading.Lock()
 
     def process(
@@ -214,7 +218,8 @@ class Pipeline:
             now = self.clock()
             metrics = self.metrics
             with metrics.lock:
-                metrics.observe_batch(fresh, source, now)
+                if self.observe_batches:
+                    metrics.observe_batch(fresh, source, now)
                 dedupe.update(batch_keys)
                 if duplicates:
                     metrics.duplicate(source, duplicates)

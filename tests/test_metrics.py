@@ -182,6 +182,20 @@ def test_duplicates_are_counted_not_measured() -> None:
     assert h.value("kube_audit_events_total", source="webhook") == 3
 
 
+def test_a_pipeline_that_observes_no_batches_still_counts_duplicates() -> None:
+    """The report's pipeline (observe_batches off) counts none of the events'
+    own families but still deduplicates and counts duplicates."""
+    h = Harness()
+    h.pipeline.observe_batches = False
+    h.feed(ev(), source="webhook")
+    h.feed(ev(), ev(auditID="new"), source="webhook")
+    assert h.value("kube_audit_events_duplicate_total", source="webhook") == 1
+    assert not h.value("kube_audit_events_total", source="webhook")
+    h.pipeline.observe_batches = True
+    h.feed(ev(auditID="third"), source="webhook")
+    assert h.value("kube_audit_events_total", source="webhook") == 1
+
+
 def test_series_exist_at_zero_and_both_formats_render() -> None:
     h = Harness()
     assert h.value("kube_audit_events_invalid_total", source="webhook", reason="too_large") == 0

@@ -16,7 +16,7 @@ import hashlib
 import os
 import sys
 import threading
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +24,6 @@ from .. import logs
 from ..config import SOURCE_SECTIONS, ConfigError, add_flags, audit_metrics, load
 from ..duration import parse_duration
 from ..event import AuditEvent, InvalidEvent, parse_time
-from ..metrics import AuditMetrics
 
 EXIT_INPUT = 2  # an input unreadable, or the PDF not printed
 
@@ -125,7 +124,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     # The report exposes no metrics: the pipeline does not count the batches
     # into them (about a tenth of replay's time). The rest of the pipeline is
     # replay's: deduplication, redaction, the rules.
-    pipeline.metrics = cast(AuditMetrics, _Uncounted(metrics))
+    pipeline.observe_batches = False
     detector = next((p for p in pipeline.processors if isinstance(p, Detector)), None)
     settings = detector.settings if detector is not None else None
     if settings is None:  # pragma: no cover - build_pipeline always adds one
@@ -220,22 +219,6 @@ def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes:
             digest, size = "", None
         scope.files.append(InputFile(path, digest, size, problem))
     return status
-
-
-class _Uncounted:
-    """The pipeline's metrics for the report: the batches are not counted
-    (the report shows none of it); everything else the pipeline asks of its
-    metrics (the lock, duplicates, invalid inputs, ...) goes to the real
-    ones, which the Detector keeps for its own counters."""
-
-    def __init__(self, metrics: AuditMetrics) -> None:
-        self._metrics = metrics
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._metrics, name)
-
-    def observe_batch(self, events: list[AuditEvent], source: str, now: float) -> None:
-        pass
 
 
 def _period(batch: list[AuditEvent], since: float | None, until: float | None, c: Any) -> None:
