@@ -4,6 +4,7 @@ group of rules are exactly the rules whose constraint holds for the key."""
 from __future__ import annotations
 
 import itertools
+import random
 from pathlib import Path
 
 from exporter.detect import DetectionSettings, Detector, load_rules
@@ -14,7 +15,7 @@ from exporter.detect.noise import corpus_sources
 from exporter.detect.settings import CriticalWorkload
 from exporter.event import AuditEvent, Decoder
 from tests.conftest import CORPORA
-from tests.detect_helpers import rules_from
+from tests.detect_helpers import event, rules_from
 
 # every setting filled, so that every default rule is active
 SETTINGS = DetectionSettings(
@@ -48,8 +49,10 @@ def test_candidates_equal_every_rule_tested_on_its_own() -> None:
         for path in files:
             for item in decoder.decode_document(path.read_bytes()):
                 if isinstance(item, AuditEvent):
-                    keys.add(index_key(item))
-    # and a grid of values rules name, compare with or never mention
+                    keys.add(index_key(item, det.atoms))
+    # and a grid of values rules name, compare with or never mention; each
+    # with two random masks of the rules' tests on annotations and on the
+    # principal (the last two dimensions: see IndexAtoms), seeded
     grid = itertools.product(
         ("ResponseStarted", "ResponseComplete"),
         ("get", "create", "patch", "delete", "connect"),
@@ -58,14 +61,24 @@ def test_candidates_equal_every_rule_tested_on_its_own() -> None:
         ("human", "serviceaccount", "node", "system", "anonymous", "unauthenticated"),
         (0, 101, 200, 299, 300, 401, 403, 404, 409, 503),
         (False, True),
-        (False, True),
     )
+    rng = random.Random(16)
+    annotation_bits = len(det.atoms.annotation) + 1  # bit 0: any other annotation
+    principal_bits = len(det.atoms.principal)
+
+    def mask(bits: int) -> int:
+        return sum(1 << n for n in range(bits) if rng.random() < 0.3)
+
+    masked = [
+        (*base, mask(annotation_bits), mask(principal_bits)) for base in grid for _ in range(2)
+    ]
     # the point of it: a real log's keys come in far fewer classes
     for key in keys:
         det._candidates(key)
     assert len(det._by_class) < 0.6 * len(keys), (len(det._by_class), len(keys))
-    keys.update(grid)
+    keys.update(masked)
     assert len(keys) > 50_000
+    assert len(det.atoms.principal) >= 5 and len(det.atoms.annotation) >= 3
     for key in keys:
         assert candidates(det, key) == brute_force(det, key), key
 
@@ -110,7 +123,81 @@ def test_an_address_test_on_a_resource_keeps_every_resource_apart(tmp_path: Path
     )
     det = Detector(ruleset, DetectionSettings())
     assert det._classes.resource("10.1.2.3") != det._classes.resource("widgets")
-    key = ("ResponseComplete", "get", "10.1.2.3", "", "human", 200, False, False)
+    key = ("ResponseComplete", "get", "10.1.2.3", "", "human", 200, False, 0, 0)
     assert candidates(det, key) == ["odd"]
-    other = ("ResponseComplete", "get", "widgets", "", "human", 200, False, False)
+    other = ("ResponseComplete", "get", "widgets", "", "human", 200, False, 0, 0)
     assert candidates(det, other) == []
+
+
+def test_every_rule_whose_condition_holds_is_a_candidate() -> None:
+    """The index's answer is a necessary condition: on the corpora and on
+    simulated traffic (with bodies, attacks, odd user agents), no rule
+    whose condition holds for an event at a stage it runs on is left out
+    of its candidates."""
+    from exporter.simulate import Options, simulate_lines
+
+    det = Detector(load_rules(None), SETTINGS)
+    decoder = Decoder()
+    events: list[AuditEvent] = []
+    for _, files in corpus_sources(CORPORA):
+        for path in files:
+            events.extend(
+                item
+                for item in decoder.decode_document(path.read_bytes())
+                if isinstance(item, AuditEvent)
+            )
+    for line in simulate_lines(Options(events=40_000, seed=5)):
+        events.extend(item for item in decoder.decode_record(line) if isinstance(item, AuditEvent))
+    assert len(events) > 50_000
+    plain = [r for r in det.rules if r.rule.kind != "sequence"]
+    held = 0
+    for ev in events:
+        names = {r.id for _, r in det._candidates(index_key(ev, det.atoms))}
+        for r in plain:
+            if r.id not in names and ev.stage in r.stages and r.test(ev):
+                raise AssertionError(f"{r.id} holds for {ev.audit_id} but is no candidate")
+        held += len(names)
+    # and it does prune: far fewer candidates than rules
+    assert held < 3 * len(events)
+
+
+def test_principal_and_annotation_bits_are_exact(tmp_path: Path) -> None:
+    ruleset = rules_from(
+        tmp_path,
+        "rules:\n"
+        "  - {id: tool, title: t, severity: info, description: d,\n"
+        '     match: {userAgent: {regex: "(?i)peirates"}}}\n'
+        "  - {id: not-kubectl, title: t, severity: info, description: d,\n"
+        '     match: {userAgent: {not: {glob: "kubectl/*"}}, user.username: alice}}\n'
+        "  - {id: outside, title: t, severity: info, description: d,\n"
+        "     match: {$source_ip: {exists: true, not: {cidr: [10.0.0.0/8]}}}}\n"
+        "  - {id: authz-keys, title: t, severity: info, description: d,\n"
+        '     match: {annotations.@keys: {glob: "authorization.k8s.io/*"}}}\n'
+        "  - {id: psa, title: t, severity: info, description: d,\n"
+        "     match: {'annotations[\"pod-security.kubernetes.io/enforce-policy\"]':\n"
+        "               {exists: true}}}\n",
+    )
+    det = Detector(ruleset, DetectionSettings())
+    # a test on the common annotations makes every event's keys matter
+    assert det.atoms.common_matters
+
+    def ids(agent: str, user: str, address: str, annotations: dict[str, str]) -> set[str]:
+        ev = event(
+            verb="get",
+            objectRef={"resource": "pods"},
+            userAgent=agent,
+            user={"username": user},
+            sourceIPs=[address],
+            annotations=annotations,
+        )
+        return {r.id for _, r in det._candidates(index_key(ev, det.atoms))}
+
+    common = {"authorization.k8s.io/decision": "allow", "authorization.k8s.io/reason": ""}
+    psa = {"pod-security.kubernetes.io/enforce-policy": "baseline"}
+    assert ids("kubectl/v1.30", "bob", "10.1.2.3", {}) == set()
+    assert ids("Peirates/1.1", "bob", "10.1.2.3", {}) == {"tool"}
+    assert ids("curl/8", "alice", "10.1.2.3", {}) == {"not-kubectl"}
+    assert ids("kubectl/v1.30", "alice", "203.0.113.9", common) == {"outside", "authz-keys"}
+    assert ids("kubectl/v1.30", "bob", "10.1.2.3", psa) == {"psa"}
+    # the same triple or key set again comes from the cache, with the same answer
+    assert ids("Peirates/1.1", "bob", "10.1.2.3", {}) == {"tool"}

@@ -32,6 +32,7 @@ from .matchers import (
     And,
     Constraint,
     Context,
+    IndexAtoms,
     KeyClasses,
     compile_predicate,
     constraint_dims,
@@ -147,7 +148,7 @@ def _key_getter(path: str, ctx: Any) -> Callable[[AuditEvent], str]:
     return generic
 
 
-IndexKey = tuple[str, str, str, str, str, int, bool, bool]
+IndexKey = tuple[str, str, str, str, str, int, bool, int, int]
 # What a stateful rule takes from a matching event: its group, its value (the
 # distinct values or the first_seen value) and the sequence steps it matches.
 Extracted = tuple[Key, Any, int]
@@ -178,8 +179,10 @@ class _Seen:
         self.stage_ts = 0.0
 
 
-def index_key(ev: AuditEvent) -> IndexKey:
-    """The attributes the rules are indexed by (see matchers.DIMS)."""
+def index_key(ev: AuditEvent, atoms: IndexAtoms) -> IndexKey:
+    """The attributes the rules are indexed by (see matchers.DIMS), with
+    ``atoms`` the Detector's (``Detector.atoms``)."""
+    ann = ev.annotations
     return (
         ev.stage,
         ev.verb,
@@ -188,7 +191,10 @@ def index_key(ev: AuditEvent) -> IndexKey:
         ev.user_kind,
         ev.code,
         ev.impersonated_user != "",
-        not (ev.annotations.keys() <= COMMON_ANNOTATIONS),
+        atoms.annotation_class(ann)
+        if atoms.common_matters or not (ann.keys() <= COMMON_ANNOTATIONS)
+        else 0,
+        atoms.principal_class((ev.username, ev.user_agent, ev.source_ip)) if atoms.principal else 0,
     )
 
 
@@ -474,6 +480,9 @@ class Detector:
         self.min_rank = SEVERITY_RANK[settings.alert_min_severity]
         self.inactive: dict[str, str] = {}
         ctx = Context(settings.networks, _WorkloadContext(settings))
+        # the index's tests on the principal and the annotations, which the
+        # rules' constraints register as they compile
+        self.atoms = ctx.atoms
         compiled: list[CompiledRule] = []
         # stateful observations of the batch in hand, for the shared store
         self.shared = shared
@@ -574,9 +583,20 @@ class Detector:
         index = self._index
         matches: list[Match] = []
         rules = self.rules
+        atoms = self.atoms
+        annotation_class = atoms.annotation_class
+        all_annotations = atoms.common_matters
+        principals = atoms.principals
+        principal_class = atoms.principal_class if atoms.principal else None
+        common = COMMON_ANNOTATIONS
         for i, ev in enumerate(events):
-            ann = ev.annotations
             # index_key(ev), inlined: this loop runs for every event
+            ann = ev.annotations
+            who = 0
+            if principal_class is not None:
+                triple = (ev.username, ev.user_agent, ev.source_ip)
+                cached = principals.get(triple)
+                who = principal_class(triple) if cached is None else cached
             key = (
                 ev.stage,
                 ev.verb,
@@ -585,7 +605,8 @@ class Detector:
                 ev.user_kind,
                 ev.code,
                 ev.impersonated_user != "",
-                not (ann.keys() <= COMMON_ANNOTATIONS),
+                annotation_class(ann) if all_annotations or not (ann.keys() <= common) else 0,
+                who,
             )
             cands = index.get(key)
             if cands is None:
@@ -708,8 +729,9 @@ class Detector:
         index = self._index
         position = self._positions
         found: list[tuple[int, tuple[int, ...]]] = []
+        atoms = self.atoms
         for i, ev in enumerate(events):
-            key = index_key(ev)
+            key = index_key(ev, atoms)
             cands = index.get(key)
             if cands is None:
                 cands = self._candidates(key)

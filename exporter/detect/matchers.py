@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Any
 
-from ..event import COMMON_ANNOTATIONS, AuditEvent, classify_user
+from ..event import COMMON_ANNOTATIONS, AuditEvent
 from .located import Where
 from .paths import ATTRIBUTE_FIELDS, DERIVED, PathError, compile_getter, parse
 from .settings import NETWORK_SETTINGS, Network, parse_network
@@ -244,9 +244,13 @@ class Parser:
 
 # The Detector indexes rules by a few cheap attributes of the event; a rule is
 # a candidate for an event only when its condition can hold for those values.
-# ``impersonated`` says whether impersonatedUser is set; ``extra_annotations``
-# whether the event has annotations besides the authorizer's decision and
-# reason (almost every event has only those two).
+# ``impersonated`` says whether impersonatedUser is set. The last two are
+# bit masks worked out once per distinct value (see IndexAtoms):
+# ``extra_annotations`` has bit 0 set when the event has annotations besides
+# the authorizer's decision and reason (almost every event has only those
+# two), and one bit per annotation test a rule makes; ``principal`` one bit
+# per test a rule makes on the user name, the user agent or the source
+# address, set when it holds.
 DIMS = (
     "stage",
     "verb",
@@ -256,6 +260,7 @@ DIMS = (
     "code",
     "impersonated",
     "extra_annotations",
+    "principal",
 )
 DIM_FIELDS = {
     "stage": "stage",
@@ -265,6 +270,8 @@ DIM_FIELDS = {
     "$user_kind": "user_kind",
     "responseStatus.code": "code",
 }
+# The attributes whose tests the ``principal`` dimension holds (see IndexAtoms).
+PRINCIPAL_FIELDS = ("user.username", "userAgent", "$source_ip")
 
 Pred = Callable[[Any], bool]
 # A necessary condition on the index key (a tuple in DIMS order); None: any key.
@@ -327,6 +334,93 @@ class KeyClasses:
         out[r] = self.resource(key[r])
         out[c] = self.code(key[c])
         return tuple(out)
+
+
+# bit 0 of the extra_annotations dimension: an annotation beyond the common two
+EXTRA_ANNOTATIONS = 1
+# distinct principals or annotation key sets remembered before starting over
+ATOM_CACHE_MAX = 65_536
+
+
+class IndexAtoms:
+    """The tests rules make on the principal (user name, user agent, source
+    address) and on annotation keys, each worked out once per distinct value
+    and kept as one bit of the index key (the ``principal`` and
+    ``extra_annotations`` dimensions).
+
+    Without them a rule that tests only the user agent is a candidate for
+    every event, and a rule that reads one annotation for every event that
+    carries any other (Pod Security's annotations come with most writes of
+    pods). A real log has few distinct (user, user agent, address) triples and
+    annotation key sets. A principal bit is the rule's own field test, as
+    the rule compiles it, so the index answers exactly for it; an
+    annotation bit is exact for ``annotations.@keys`` tests and says "this
+    key is present" for a test on one annotation's value."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        # (position of the attribute in the principal triple, its test)
+        self.principal: list[tuple[int, Callable[[str], Any]]] = []
+        self.annotation: list[Callable[[list[str]], bool]] = []
+        self.named: dict[str, int] = {}  # annotation key -> its bit
+        # a test that holds on the common annotations alone: then the key set
+        # of every event matters, not only of those with other annotations
+        self.common_matters = False
+        self.principals: dict[tuple[str, str, str], int] = {}
+        self.annotation_sets: dict[tuple[str, ...], int] = {}
+
+    def principal_bit(self, path: str, cond: FieldCond) -> int:
+        comp = Compiler(self.ctx)
+        src = comp.attr_cond("v", ATTRIBUTE_FIELDS[path][1], cond)
+        test = eval(compile(f"lambda v: {src}", "<index>", "eval"), comp.namespace)
+        self.principal.append((PRINCIPAL_FIELDS.index(path), test))
+        self.principals.clear()
+        return 1 << (len(self.principal) - 1)
+
+    def named_bit(self, key: str) -> int:
+        bit = self.named.get(key)
+        if bit is None:
+            bit = self.named[key] = self._annotation_bit(lambda keys: key in keys)
+        return bit
+
+    def keys_bit(self, cond: FieldCond) -> int:
+        return self._annotation_bit(Compiler(self.ctx).value_test_full(cond))
+
+    def _annotation_bit(self, test: Callable[[list[str]], bool]) -> int:
+        self.annotation.append(test)
+        self.annotation_sets.clear()
+        common = sorted(COMMON_ANNOTATIONS)
+        if any(test(keys) for keys in ([], common[:1], common[1:], common)):
+            self.common_matters = True
+        return 1 << len(self.annotation)  # bit 0 is EXTRA_ANNOTATIONS
+
+    def principal_class(self, triple: tuple[str, str, str]) -> int:
+        """The principal dimension for (user name, user agent, source address)."""
+        found = self.principals.get(triple)
+        if found is None:
+            found = 0
+            for n, (position, test) in enumerate(self.principal):
+                if test(triple[position]):
+                    found |= 1 << n
+            if len(self.principals) >= ATOM_CACHE_MAX:
+                self.principals.clear()
+            self.principals[triple] = found
+        return found
+
+    def annotation_class(self, annotations: dict[str, Any]) -> int:
+        """The extra_annotations dimension for an event's annotations."""
+        keys = tuple(annotations)
+        found = self.annotation_sets.get(keys)
+        if found is None:
+            names = list(keys)
+            found = 0 if COMMON_ANNOTATIONS.issuperset(names) else EXTRA_ANNOTATIONS
+            for n, test in enumerate(self.annotation, 1):
+                if test(names):
+                    found |= 1 << n
+            if len(self.annotation_sets) >= ATOM_CACHE_MAX:
+                self.annotation_sets.clear()
+            self.annotation_sets[keys] = found
+        return found
 
 
 def _fields(nodes: list[Node]) -> Iterator[Field]:
@@ -395,9 +489,8 @@ def _constraint_src(node: Node, comp: Compiler) -> str | None:
         return _field_constraint(node, comp)
     if isinstance(node, Not):
         inner = node.item
-        if isinstance(inner, Field) and inner.path in DIM_FIELDS:
-            return f"(not {_field_constraint(inner, comp)})"
-        return None
+        exact = _exact_constraint(inner, comp) if isinstance(inner, Field) else None
+        return None if exact is None else f"(not {exact})"
     subs = [_constraint_src(item, comp) for item in node.items]
     if isinstance(node, And):
         parts = [p for p in subs if p is not None]
@@ -416,8 +509,8 @@ def constraint_dims(nodes: list[Node]) -> frozenset[int]:
         dim = DIM_FIELDS.get(cond_path)
         if dim is not None:
             dims.add(DIMS.index(dim))
-        elif cond_path == "user.username":
-            dims.add(DIMS.index("user_kind"))
+        elif cond_path in PRINCIPAL_FIELDS:
+            dims.add(DIMS.index("principal"))
         elif cond_path.startswith("impersonatedUser."):
             dims.add(DIMS.index("impersonated"))
         elif cond_path.startswith("annotations"):
@@ -446,25 +539,38 @@ def merge_union(subs: list[Constraint]) -> Constraint:
     return lambda k: any(p(k) for p in preds)
 
 
-def _field_constraint(node: Field, comp: Compiler) -> str | None:
+def _exact_constraint(node: Field, comp: Compiler) -> str | None:
+    """The field test on the index key when the key holds everything it
+    reads (so that its negation is a constraint too), else None."""
     dim = DIM_FIELDS.get(node.path)
     c = node.cond
     if dim is not None:
         typ = ATTRIBUTE_FIELDS[node.path][1]
         return comp.attr_cond(f"k[{DIMS.index(dim)}]", typ, c)
-    kind = f"k[{DIMS.index('user_kind')}]"
-    if node.path == "user.username" and c.eq is not None and _requires_value(c) and not c.globs:
-        kinds = frozenset(classify_user(v) for v in c.eq if isinstance(v, str) and v)
-        return f"({kind} in {comp.const(kinds)})"
-    if node.path == "user.username" and c.globs and c.eq is None:
-        prefixes = [re.split(r"[*?\\[]", g, maxsplit=1)[0] for g in c.globs]
-        if all(p and not p.startswith("system:") and not "system:".startswith(p) for p in prefixes):
-            return f'({kind} == "human")'
+    atoms = comp.ctx.atoms
+    if node.path in PRINCIPAL_FIELDS:
+        return f"(k[{DIMS.index('principal')}] & {atoms.principal_bit(node.path, c)} != 0)"
+    if (
+        node.path.startswith("annotations")
+        and _annotation_key(node.path) == "*"
+        and parse(node.path)[1] == ("keys",)
+    ):
+        bit = atoms.keys_bit(c)
+        return f"(k[{DIMS.index('extra_annotations')}] & {bit} != 0)"
+    return None
+
+
+def _field_constraint(node: Field, comp: Compiler) -> str | None:
+    exact = _exact_constraint(node, comp)
+    if exact is not None:
+        return exact
+    c = node.cond
     if node.path.startswith("impersonatedUser.") and _requires_value(c):
         return f"(k[{DIMS.index('impersonated')}] is True)"
     key = _annotation_key(node.path) if node.path.startswith("annotations") else None
-    if key is not None and key not in COMMON_ANNOTATIONS and _requires_value(c):
-        return f"(k[{DIMS.index('extra_annotations')}] is True)"
+    if key is not None and key != "*" and key not in COMMON_ANNOTATIONS and _requires_value(c):
+        bit = comp.ctx.atoms.named_bit(key)
+        return f"(k[{DIMS.index('extra_annotations')}] & {bit} != 0)"
     return None
 
 
@@ -478,6 +584,8 @@ class Context:
     def __init__(self, networks: Callable[[str], tuple[Network, ...]], derived: Any) -> None:
         self.networks = networks
         self.derived = derived
+        # the index's tests on the principal and the annotations (see IndexAtoms)
+        self.atoms = IndexAtoms(self)
 
 
 def _ip_in(nets: tuple[Network, ...]) -> Callable[[Any], bool]:

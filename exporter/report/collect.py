@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..detect.alerts import render_link
-from ..detect.engine import CompiledRule, Detector, Match
+from ..detect.engine import CompiledRule, Detector, Match, index_key
 from ..detect.settings import CriticalWorkload, DetectionSettings
 from ..duration import parse_go_duration
 from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
@@ -135,6 +135,8 @@ class Collector:
             r.id: OrderedDict() for r in self._stateful
         }
         self._evidence_index: dict[Any, tuple[CompiledRule, ...]] = {}
+        # the Detector's tests on the principal and annotations (its index key)
+        self._atoms = detector.atoms if detector is not None else None
         # the stages any stateful rule looks at: the others need no index key
         self._evidence_stages = frozenset(s for r in self._stateful for s in r.stages)
         # a sequence rule's state: its groups in progress
@@ -185,6 +187,7 @@ class Collector:
         evidence_stages = self._evidence_stages
         who = self._who
         common = COMMON_ANNOTATIONS
+        atoms = self._atoms
         # requests per (stage, time bucket, code, resource, subresource,
         # level), added to the timeline and the levels after the loop: one
         # count per request here. The bucket is at this width; a detection
@@ -196,10 +199,8 @@ class Collector:
             stage = ev.stage
             unusual = None  # annotations beyond the authorizer's, when needed
             if stage in evidence_stages:
-                # index_key(ev), inlined: this loop runs for every event
                 unusual = not (ev.annotations.keys() <= common)
-                ikey = (stage, ev.verb, ev.resource, ev.subresource, ev.user_kind, ev.code,
-                        ev.impersonated_user != "", unusual)  # fmt: skip
+                ikey = index_key(ev, atoms)  # type: ignore[arg-type]
                 cands = evidence_index.get(ikey)
                 if cands is None:
                     cands = self._candidates(ikey)
