@@ -148,6 +148,18 @@ def _key_getter(path: str, ctx: Any) -> Callable[[AuditEvent], str]:
     return generic
 
 
+def _tuple_of(getters: list[Callable[[AuditEvent], str]]) -> Callable[[AuditEvent], Key]:
+    """The tuple of the getters' values for an event (a group, distinct
+    values), without a generator for the usual one or two getters."""
+    if len(getters) == 1:
+        (first,) = getters
+        return lambda ev: (first(ev),)
+    if len(getters) == 2:
+        first, second = getters
+        return lambda ev: (first(ev), second(ev))
+    return lambda ev: tuple(g(ev) for g in getters)
+
+
 IndexKey = tuple[str, str, str, str, str, int, bool, int, int]
 # What a stateful rule takes from a matching event: its group, its value (the
 # distinct values or the first_seen value) and the sequence steps it matches.
@@ -275,11 +287,7 @@ class CompiledRule:
         # shows which events met it, and `replay --jobs` scans chunks with it
         self.test = test
         base = constraints(rule.match, ctx) if rule.match is not None else None
-        getters = [_key_getter(p, ctx.derived) for p in rule.group_by]
-
-        def group(ev: AuditEvent) -> Key:
-            return tuple(g(ev) for g in getters)
-
+        group = _tuple_of([_key_getter(p, ctx.derived) for p in rule.group_by])
         self.group = group
         again = self.again
         limit = settings.max_state_entries
@@ -332,20 +340,20 @@ class CompiledRule:
             dstate = DistinctThresholdState(rule.window, rule.count, limit)
             self.state = dstate
             self.spec = RuleSpec(rule.id, "distinct", rule.window, rule.count)
-            distinct = [_key_getter(p, ctx.derived) for p in rule.distinct]
+            values_of = _tuple_of([_key_getter(p, ctx.derived) for p in rule.distinct])
 
             def check(ev: AuditEvent) -> Match | None:
                 if not test(ev) or again(ev):
                     return None
                 key = group(ev)
-                if dstate.observe(key, tuple(g(ev) for g in distinct), ev.stage_ts):
+                if dstate.observe(key, values_of(ev), ev.stage_ts):
                     return Match(rule, ev, key)
                 return None
 
             def extract(ev: AuditEvent) -> Extracted | None:
                 if not test(ev) or again(ev):
                     return None
-                return group(ev), tuple(g(ev) for g in distinct), 0
+                return group(ev), values_of(ev), 0
 
             def apply(key: Key, value: Any, mask: int, t: float) -> bool:
                 return dstate.observe(key, value, t)
@@ -587,16 +595,16 @@ class Detector:
         annotation_class = atoms.annotation_class
         all_annotations = atoms.common_matters
         principals = atoms.principals
-        principal_class = atoms.principal_class if atoms.principal else None
+        principal_class = atoms.principal_class
         common = COMMON_ANNOTATIONS
-        for i, ev in enumerate(events):
+        onlies = iter(only) if only is not None else None
+        for ev in events:
             # index_key(ev), inlined: this loop runs for every event
             ann = ev.annotations
-            who = 0
-            if principal_class is not None:
-                triple = (ev.username, ev.user_agent, ev.source_ip)
-                cached = principals.get(triple)
-                who = principal_class(triple) if cached is None else cached
+            triple = (ev.username, ev.user_agent, ev.source_ip)
+            who = principals.get(triple)
+            if who is None:
+                who = principal_class(triple)
             key = (
                 ev.stage,
                 ev.verb,
@@ -611,8 +619,8 @@ class Detector:
             cands = index.get(key)
             if cands is None:
                 cands = self._candidates(key)
-            if only is not None:
-                keep = {rules[k] for k in only[i]}
+            if onlies is not None:
+                keep = {rules[k] for k in next(onlies)}
                 cands = tuple(c for c in cands if c[1] in keep)
             if not cands:
                 continue

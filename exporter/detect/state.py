@@ -214,7 +214,8 @@ class FirstSeenState(_Bounded):
         last = seen.pop(pair, None)
         new = last is None or t - last > self.ttl
         seen[pair] = t if last is None or t > last else last
-        self._evict(seen)  # type: ignore[arg-type]
+        if len(seen) > self.max_entries:
+            self._evict(seen)  # type: ignore[arg-type]
         return new and t >= self.started + self.learning
 
     # --- kept across restarts (exporter.state.persist) --------------------------
