@@ -238,8 +238,22 @@ def _compile_apply(steps: list[Step]) -> Callable[[list[Any]], list[Any]]:
     each event (a dozen rules walk pod specs on every write of a pod)."""
     if not steps:
         return lambda frontier: frontier
-    namespace: dict[str, Any] = {}
-    lines = ["def apply(f):"]
+    return _generate(steps, flatten=False, prefix=None)
+
+
+def _generate(steps: list[Step], *, flatten: bool, prefix: _Prefix | None) -> Callable[[Any], Any]:
+    """The source of ``_apply(steps, frontier)`` (then ``_flatten`` of it
+    when ``flatten``), compiled. With ``prefix`` the function takes the
+    event's object and starts from the prefix's values for it."""
+    namespace: dict[str, Any] = {"P": prefix}
+    if prefix is None:
+        lines = ["def apply(f):"]
+    else:
+        lines = [
+            "def apply(obj):",
+            "    pair = P.pair",
+            "    f = pair[1] if pair[0] is obj else P(obj)",
+        ]
     for n, step in enumerate(steps):
         kind = step[0]
         lines.append("    o = []")
@@ -290,6 +304,22 @@ def _compile_apply(steps: list[Step]) -> Callable[[list[Any]], list[Any]]:
                 namespace[f"a{n}_{m}"] = _compile_apply(alt)
                 lines.append(f"    o.extend(a{n}_{m}(f))")
         lines += ["    if not o:", "        return o", "    f = o"]
+    if flatten:
+        # _flatten: a list at the end stands for its items
+        lines += [
+            "    for v in f:",
+            "        if type(v) is list:",
+            "            break",
+            "    else:",
+            "        return f",
+            "    o = []",
+            "    for v in f:",
+            "        if type(v) is list:",
+            "            o.extend([x for x in v if x is not None])",
+            "        else:",
+            "            o.append(v)",
+            "    f = o",
+        ]
     lines.append("    return f")
     exec(compile("\n".join(lines), "<path>", "exec"), namespace)
     fn: Callable[[list[Any]], list[Any]] = namespace["apply"]
@@ -359,8 +389,7 @@ def compile_getter(steps: list[Step]) -> Getter:
             prefix, after = shared
             if not after:
                 return lambda obj: _flatten(list(prefix(obj)))
-            walk = _compile_apply(after)
-            return lambda obj: _flatten(walk(prefix(obj)))
+            return _generate(after, flatten=True, prefix=prefix)
         rest = _compile_steps(steps[1:])
         return lambda obj: rest(request_object(obj))
     return _compile_steps(steps)
@@ -388,10 +417,10 @@ def _compile_steps(steps: list[Step]) -> Getter:
 
         return get_keys
 
-    walk = _compile_apply(steps)
+    walk = _generate(steps, flatten=True, prefix=None)
 
     def get(obj: Any) -> list[Any]:
-        return _flatten(walk([obj]))
+        return walk([obj])  # type: ignore[no-any-return]
 
     return get
 
