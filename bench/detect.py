@@ -8,6 +8,18 @@ them once per run and pushes them through the pipeline in batches of 1000,
 as `replay` does, once without processors and once with the Detector. Each
 repetition gets fresh auditIDs so that deduplication keeps every event.
 Prints events/s for both and the detector's cost per event.
+
+    python bench/detect.py --compare REV [--rounds N]
+
+compares the detector alone with another revision's (a git revision of this
+repository, e.g. a commit before a change of the rules or the engine): that
+revision's ``exporter`` package is extracted (``git archive``) and imported
+under another name into this same process, each side gets its own rules and
+decodes the input with its own decoder, and the two are timed in turns, N
+rounds (default 15), by CPU time. On a shared machine, two runs minutes
+apart differ by more than most changes do; turns in one process see the
+same neighbours. Prints the minimum and median of each side and the median
+of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import gzip
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -121,9 +134,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--repeat", type=int, default=6, help="copies of the input (default 6)")
-    parser.add_argument("--rounds", type=int, default=3, help="best of N rounds (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="best of N rounds (default 3; 15 with --compare)"
+    )
     parser.add_argument("--json", default="", help="also write the figures here as JSON")
+    parser.add_argument(
+        "--compare", metavar="REV", help="the detector alone against this git revision's"
+    )
     args = parser.parse_args()
+    if args.compare:
+        return compare(args.compare, args.files or DEFAULT_FILES, args.rounds or 15)
+    args.rounds = args.rounds or 3
     paths = args.files or DEFAULT_FILES
     runs = variants(read_lines(paths), args.repeat)
     n = sum(len(r) for r in runs)
@@ -172,6 +193,93 @@ def detector_alone(lines: list[bytes], rounds: int) -> float:
             detector(events[i : i + BATCH])
         best = min(best, time.perf_counter() - start)
     return best / len(events) * 1e6
+
+
+def compare(rev: str, paths: list[Path], rounds: int) -> int:
+    """The detector alone, this tree against ``rev``, in turns (see the
+    module's docstring)."""
+    import importlib
+    import io
+    import statistics
+    import subprocess
+    import tarfile
+    import tempfile
+
+    lines = read_lines(paths)
+    with tempfile.TemporaryDirectory(prefix="detect-compare-") as tmp:
+        try:
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", rev, "exporter"],
+                check=True,
+                capture_output=True,
+            ).stdout
+        except subprocess.CalledProcessError as e:
+            print(f"git archive {rev}: {e.stderr.decode(errors='replace').strip()}")
+            return 2
+        base = Path(tmp) / "base"
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(base, filter="data")
+        # the package's imports are relative: under another name it is whole
+        (base / "exporter").rename(base / "exporter_base")
+        sys.path.insert(0, str(base))
+        sides = {"this tree": _side(importlib.import_module("exporter"), lines)}
+        sides[rev] = _side(importlib.import_module("exporter_base"), lines)
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for n in range(rounds):
+            order = list(sides.items()) if n % 2 == 0 else list(sides.items())[::-1]
+            for name, (detector, events) in order:
+                start = time.process_time()
+                for i in range(0, len(events), BATCH):
+                    detector(events[i : i + BATCH])
+                times[name].append((time.process_time() - start) / len(events) * 1e6)
+    print(f"input: {len(lines):,} lines from {len(paths)} file(s); {rounds} rounds in turns")
+    for name, (detector, _) in sides.items():
+        t = times[name]
+        print(
+            f"{name:>12}: {len(detector.rules)} rules active, "
+            f"min {min(t):.2f} µs an event, median {statistics.median(t):.2f}"
+        )
+    ratios = [a / b for a, b in zip(times["this tree"], times[rev], strict=True)]
+    print(f"this tree / {rev}: median of the rounds' ratios {statistics.median(ratios):.3f}")
+    return 0
+
+
+def _side(pkg: Any, lines: list[bytes]) -> tuple[Any, list[Any]]:
+    """A revision's Detector (its default rules, every setting it knows
+    filled as SETTINGS fills them) with the input decoded by its decoder,
+    its index warmed."""
+    import dataclasses
+    import importlib
+
+    detect = importlib.import_module(pkg.__name__ + ".detect")
+    event = importlib.import_module(pkg.__name__ + ".event")
+    settings_mod = importlib.import_module(pkg.__name__ + ".detect.settings")
+    rules_dir = Path(detect.__file__).parent / "rules"
+    ruleset = detect.load_rules(sorted(str(p) for p in rules_dir.glob("*.yaml")))
+    known = {f.name for f in dataclasses.fields(detect.DetectionSettings)}
+    values = {
+        f.name: getattr(SETTINGS, f.name)
+        for f in dataclasses.fields(SETTINGS)
+        if f.name in known and f.name != "critical_workloads"
+    }
+    values["critical_workloads"] = tuple(
+        settings_mod.CriticalWorkload(
+            name=w.name,
+            namespaces=w.namespaces,
+            names=w.names,
+            allowed_principals=w.allowed_principals,
+        )
+        for w in SETTINGS.critical_workloads
+    )
+    detector = detect.Detector(ruleset, detect.DetectionSettings(**values))
+    decoder = event.Decoder()
+    events = []
+    for line in lines:
+        item = next(iter(decoder.decode_document(line)), None)
+        if item is not None and not isinstance(item, event.InvalidEvent):
+            events.append(item)
+    detector(events)
+    return detector, events
 
 
 if __name__ == "__main__":

@@ -201,3 +201,34 @@ def test_principal_and_annotation_bits_are_exact(tmp_path: Path) -> None:
     assert ids("kubectl/v1.30", "bob", "10.1.2.3", psa) == {"psa"}
     # the same triple or key set again comes from the cache, with the same answer
     assert ids("Peirates/1.1", "bob", "10.1.2.3", {}) == {"tool"}
+
+
+def test_derived_values_the_user_name_tells_are_bits(tmp_path: Path) -> None:
+    """$control_plane is decided by the user name (an exact bit, negation
+    too); $user_allowed only when the name is allowed (the groups may allow
+    the others): a necessary bit."""
+    ruleset = rules_from(
+        tmp_path,
+        "rules:\n"
+        "  - {id: people, title: t, severity: info, description: d,\n"
+        "     match: {$control_plane: false}}\n"
+        "  - {id: not-people, title: t, severity: info, description: d,\n"
+        "     match: {not: {$control_plane: false}}}\n"
+        "  - {id: stranger, title: t, severity: info, description: d,\n"
+        "     match: {$user_allowed: false}}\n",
+    )
+    settings = DetectionSettings(allowed_users=("alice", "group:admins"))
+    det = Detector(ruleset, settings)
+
+    def ids(user: str, groups: list[str]) -> set[str]:
+        ev = event(verb="get", user={"username": user, "groups": groups})
+        found = {r.id for _, r in det._candidates(index_key(ev, det.atoms))}
+        # necessary: every rule that holds is among them
+        assert {r.id for r in det.rules if r.test(ev)} <= found
+        return found
+
+    assert ids("alice", []) == {"people"}
+    assert ids("system:kube-scheduler", []) == {"not-people", "stranger"}
+    assert ids("system:serviceaccount:kube-system:job-controller", []) == {"not-people", "stranger"}
+    assert ids("bob", ["admins"]) == {"people", "stranger"}  # a candidate, which fails
+    assert ids("bob", []) == {"people", "stranger"}

@@ -377,6 +377,23 @@ class IndexAtoms:
         self.principals.clear()
         return 1 << (len(self.principal) - 1)
 
+    def derived_bit(self, path: str, cond: FieldCond) -> int:
+        """A bit for a test of a derived value that the user name tells
+        (paths.Derived.by_username): set when the test can hold for some
+        event of the user, exactly when it holds if the name decides."""
+        by_name = DERIVED[path].by_username
+        assert by_name is not None
+        values_of = by_name(self.ctx.derived)
+        test = Compiler(self.ctx).value_test_full(cond)
+
+        def holds(username: str) -> bool:
+            values = values_of(username)
+            return True if values is None else test(values)
+
+        self.principal.append((PRINCIPAL_FIELDS.index("user.username"), holds))
+        self.principals.clear()
+        return 1 << (len(self.principal) - 1)
+
     def named_bit(self, key: str) -> int:
         bit = self.named.get(key)
         if bit is None:
@@ -509,7 +526,9 @@ def constraint_dims(nodes: list[Node]) -> frozenset[int]:
         dim = DIM_FIELDS.get(cond_path)
         if dim is not None:
             dims.add(DIMS.index(dim))
-        elif cond_path in PRINCIPAL_FIELDS:
+        elif cond_path in PRINCIPAL_FIELDS or (
+            cond_path in DERIVED and DERIVED[cond_path].by_username is not None
+        ):
             dims.add(DIMS.index("principal"))
         elif cond_path.startswith("impersonatedUser."):
             dims.add(DIMS.index("impersonated"))
@@ -550,6 +569,9 @@ def _exact_constraint(node: Field, comp: Compiler) -> str | None:
     atoms = comp.ctx.atoms
     if node.path in PRINCIPAL_FIELDS:
         return f"(k[{DIMS.index('principal')}] & {atoms.principal_bit(node.path, c)} != 0)"
+    derived = DERIVED.get(node.path)
+    if derived is not None and derived.username_decides:
+        return f"(k[{DIMS.index('principal')}] & {atoms.derived_bit(node.path, c)} != 0)"
     if (
         node.path.startswith("annotations")
         and _annotation_key(node.path) == "*"
@@ -565,6 +587,10 @@ def _field_constraint(node: Field, comp: Compiler) -> str | None:
     if exact is not None:
         return exact
     c = node.cond
+    derived = DERIVED.get(node.path)
+    if derived is not None and derived.by_username is not None:
+        # the user name tells whether the test can hold (not whether it does)
+        return f"(k[{DIMS.index('principal')}] & {comp.ctx.atoms.derived_bit(node.path, c)} != 0)"
     if node.path.startswith("impersonatedUser.") and _requires_value(c):
         return f"(k[{DIMS.index('impersonated')}] is True)"
     key = _annotation_key(node.path) if node.path.startswith("annotations") else None

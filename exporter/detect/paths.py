@@ -34,7 +34,7 @@ from fnmatch import fnmatchcase, translate
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..event import AuditEvent
+from ..event import AuditEvent, classify_user
 from .patches import request_object
 
 MACROS = {
@@ -570,10 +570,13 @@ def control_plane(ev: AuditEvent) -> list[Any]:
     service accounts. Bootstrap tokens (``system:bootstrap:<id>``) are not:
     they only ask for a node's certificate, and anything else they do is
     someone holding a join token."""
-    kind = ev.user_kind
+    return _control_plane_user(ev.username, ev.user_kind)
+
+
+def _control_plane_user(username: str, kind: str) -> list[Any]:
     if kind == "system":
-        return [not ev.username.startswith("system:bootstrap:")]
-    return [kind == "node" or ev.username in CONTROLLER_ACCOUNTS]
+        return [not username.startswith("system:bootstrap:")]
+    return [kind == "node" or username in CONTROLLER_ACCOUNTS]
 
 
 _URL = re.compile(r"(?i)\b(?:https?|ftp|tftp)://(\[[0-9a-f:.]+\]|[^/\s:?#'\"\\]+)")
@@ -660,6 +663,22 @@ def _user_allowed(ctx: Any) -> Callable[[AuditEvent], list[Any]]:
     return allowed
 
 
+def _user_allowed_by_name(ctx: Any) -> Callable[[str], list[Any] | None]:
+    """$user_allowed from the user name alone: [True] for a user the
+    globs allow, None (the groups decide) for the others, or [False] when
+    no group is listed."""
+    patterns: tuple[str, ...] = ctx.settings.allowed_users
+    user_ok = _memo_globs([p for p in patterns if not p.startswith("group:")])
+    any_group = any(p.startswith("group:") for p in patterns)
+
+    def by_name(username: str) -> list[Any] | None:
+        if user_ok(username):
+            return [True]
+        return None if any_group else [False]
+
+    return by_name
+
+
 def _memo_globs(patterns: list[str]) -> Callable[[str], bool]:
     """A test of a name against globs that remembers its answers (bounded)."""
     regex = re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
@@ -715,6 +734,13 @@ class Derived:
     description: str
     make: Callable[[Any], Callable[[AuditEvent], list[Any]]]
     requires: tuple[str, ...] = ()
+    # The same values from the user name alone, for the Detector's index (see
+    # matchers.IndexAtoms): ``by_username(context)(name)`` gives the values
+    # every event of that user has, or None when the name alone does not
+    # tell. None here: the value depends on more than the user name.
+    by_username: Callable[[Any], Callable[[str], list[Any] | None]] | None = None
+    # by_username never answers None: the user name decides the value
+    username_decides: bool = False
 
 
 def _static(
@@ -727,6 +753,8 @@ DERIVED: dict[str, Derived] = {
     "$control_plane": Derived(
         "true for system: users, nodes and the built-in controllers' service accounts",
         _static(control_plane),
+        by_username=lambda _ctx: lambda name: _control_plane_user(name, classify_user(name)),
+        username_decides=True,
     ),
     "$exec_command": Derived("the command line of an exec request", _static(exec_command)),
     "$csr_organizations": Derived(
@@ -749,6 +777,7 @@ DERIVED: dict[str, Derived] = {
         "true when the user matches detect.allowed_users (globs, group:NAME)",
         _user_allowed,
         ("allowed_users",),
+        by_username=_user_allowed_by_name,
     ),
     "$images_not_allowed": Derived(
         "container images written that detect.allowed_images does not allow",
