@@ -7,6 +7,8 @@ import itertools
 import random
 from pathlib import Path
 
+import pytest
+
 from exporter.detect import DetectionSettings, Detector, load_rules
 from exporter.detect.engine import index_key
 from exporter.detect.located import Where
@@ -232,3 +234,25 @@ def test_derived_values_the_user_name_tells_are_bits(tmp_path: Path) -> None:
     assert ids("system:serviceaccount:kube-system:job-controller", []) == {"not-people", "stranger"}
     assert ids("bob", ["admins"]) == {"people", "stranger"}  # a candidate, which fails
     assert ids("bob", []) == {"people", "stranger"}
+
+
+def test_the_principal_caches_stay_bounded_and_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import exporter.detect.matchers as matchers
+
+    monkeypatch.setattr(matchers, "ATOM_CACHE_MAX", 16)
+    ruleset = rules_from(
+        tmp_path,
+        "rules:\n"
+        "  - {id: outside, title: t, severity: info, description: d,\n"
+        "     match: {$source_ip: {cidr: [198.51.100.0/24]}}}\n",
+    )
+    det = Detector(ruleset, DetectionSettings())
+    for n in range(200):
+        address = f"198.51.100.{n}" if n % 2 else f"10.0.0.{n}"
+        ev = event(verb="get", sourceIPs=[address], user={"username": f"user-{n % 40}"})
+        found = [r.id for _, r in det._candidates(index_key(ev, det.atoms))]
+        assert found == (["outside"] if n % 2 else []), address
+        assert all(len(c) <= 16 for c in det.atoms.principals)
+        assert len(det.atoms.triples) <= 16

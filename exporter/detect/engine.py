@@ -206,7 +206,7 @@ def index_key(ev: AuditEvent, atoms: IndexAtoms) -> IndexKey:
         atoms.annotation_class(ann)
         if atoms.common_matters or not (ann.keys() <= COMMON_ANNOTATIONS)
         else 0,
-        atoms.principal_class((ev.username, ev.user_agent, ev.source_ip)) if atoms.principal else 0,
+        atoms.principal_class((ev.username, ev.user_agent, ev.source_ip)),
     )
 
 
@@ -594,7 +594,7 @@ class Detector:
         atoms = self.atoms
         annotation_class = atoms.annotation_class
         all_annotations = atoms.common_matters
-        principals = atoms.principals
+        triples = atoms.triples
         principal_class = atoms.principal_class
         common = COMMON_ANNOTATIONS
         onlies = iter(only) if only is not None else None
@@ -602,7 +602,7 @@ class Detector:
             # index_key(ev), inlined: this loop runs for every event
             ann = ev.annotations
             triple = (ev.username, ev.user_agent, ev.source_ip)
-            who = principals.get(triple)
+            who = triples.get(triple)
             if who is None:
                 who = principal_class(triple)
             key = (

@@ -338,8 +338,9 @@ class KeyClasses:
 
 # bit 0 of the extra_annotations dimension: an annotation beyond the common two
 EXTRA_ANNOTATIONS = 1
-# distinct principals or annotation key sets remembered before starting over
-ATOM_CACHE_MAX = 65_536
+# distinct values of each principal attribute (user names, user agents,
+# source addresses) and annotation key sets remembered before starting over
+ATOM_CACHE_MAX = 16_384
 
 
 class IndexAtoms:
@@ -366,15 +367,22 @@ class IndexAtoms:
         # a test that holds on the common annotations alone: then the key set
         # of every event matters, not only of those with other annotations
         self.common_matters = False
-        self.principals: dict[tuple[str, str, str], int] = {}
+        # per principal attribute (PRINCIPAL_FIELDS' order): value -> its bits
+        self.principals: tuple[dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {})
+        self.triples: dict[tuple[str, str, str], int] = {}
         self.annotation_sets: dict[tuple[str, ...], int] = {}
 
     def principal_bit(self, path: str, cond: FieldCond) -> int:
         comp = Compiler(self.ctx)
         src = comp.attr_cond("v", ATTRIBUTE_FIELDS[path][1], cond)
         test = eval(compile(f"lambda v: {src}", "<index>", "eval"), comp.namespace)
-        self.principal.append((PRINCIPAL_FIELDS.index(path), test))
-        self.principals.clear()
+        return self._principal_bit(PRINCIPAL_FIELDS.index(path), test)
+
+    def _principal_bit(self, position: int, test: Callable[[str], Any]) -> int:
+        self.principal.append((position, test))
+        self.triples.clear()
+        for cache in self.principals:
+            cache.clear()
         return 1 << (len(self.principal) - 1)
 
     def derived_bit(self, path: str, cond: FieldCond) -> int:
@@ -390,9 +398,7 @@ class IndexAtoms:
             values = values_of(username)
             return True if values is None else test(values)
 
-        self.principal.append((PRINCIPAL_FIELDS.index("user.username"), holds))
-        self.principals.clear()
-        return 1 << (len(self.principal) - 1)
+        return self._principal_bit(PRINCIPAL_FIELDS.index("user.username"), holds)
 
     def named_bit(self, key: str) -> int:
         bit = self.named.get(key)
@@ -413,15 +419,28 @@ class IndexAtoms:
 
     def principal_class(self, triple: tuple[str, str, str]) -> int:
         """The principal dimension for (user name, user agent, source address)."""
-        found = self.principals.get(triple)
+        found = self.triples.get(triple)
         if found is None:
             found = 0
-            for n, (position, test) in enumerate(self.principal):
-                if test(triple[position]):
-                    found |= 1 << n
-            if len(self.principals) >= ATOM_CACHE_MAX:
-                self.principals.clear()
-            self.principals[triple] = found
+            for position, (cache, value) in enumerate(zip(self.principals, triple, strict=True)):
+                bits = cache.get(value)
+                found |= self.value_bits(position, value) if bits is None else bits
+            if len(self.triples) >= ATOM_CACHE_MAX:
+                self.triples.clear()
+            self.triples[triple] = found
+        return found
+
+    def value_bits(self, position: int, value: str) -> int:
+        """The bits of the tests on one principal attribute that hold for
+        ``value`` (remembered, like the other values, up to ATOM_CACHE_MAX)."""
+        found = 0
+        for n, (at, test) in enumerate(self.principal):
+            if at == position and test(value):
+                found |= 1 << n
+        cache = self.principals[position]
+        if len(cache) >= ATOM_CACHE_MAX:
+            cache.clear()
+        cache[value] = found
         return found
 
     def annotation_class(self, annotations: dict[str, Any]) -> int:
