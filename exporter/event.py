@@ -58,6 +58,8 @@ class AuditEvent:
 
     __slots__ = (
         "_obj",
+        "_request",
+        "_request_raw",
         "annotations",
         "api_group",
         "audit_id",
@@ -86,6 +88,8 @@ class AuditEvent:
 
     def __init__(self, obj: dict[str, Any], raw: bytes | None = None) -> None:
         self._obj: dict[str, Any] | None = obj
+        self._request: Any = _UNPARSED
+        self._request_raw: msgspec.Raw | None = None
         self.raw = raw
         # Set by detection: ids of the rules this event matched and the
         # highest severity among them ("" when none).
@@ -205,6 +209,24 @@ class AuditEvent:
         if obj is None:
             obj = self._obj = _parse_accepted(self.raw)  # type: ignore[arg-type]
         return obj
+
+    @property
+    def request_body(self) -> Any:
+        """``requestObject`` (None when absent). Read from the decoded JSON
+        when there is one; otherwise the fast path's bytes of requestObject
+        alone are parsed, not the whole event: the rules that read a pod's
+        spec need nothing else of an event that also carries the created
+        pod as its responseObject. Redaction runs first and parses the
+        event whenever it may change something, so this is never a body
+        redaction would have changed."""
+        obj = self._obj
+        if obj is not None:
+            return obj.get("requestObject")
+        body = self._request
+        if body is _UNPARSED:
+            raw = self._request_raw
+            body = self._request = _parse_accepted(memoryview(raw)) if raw else None
+        return body
 
     @property
     def resource_label(self) -> str:
@@ -385,7 +407,7 @@ _decode_lenient = msgspec.json.Decoder(float_hook=float).decode
 _new_event = object.__new__
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | memoryview) -> Any:
     """Parse JSON: orjson, and msgspec for the valid JSON orjson refuses
     (numbers beyond the float range). Raises orjson.JSONDecodeError."""
     try:
@@ -425,11 +447,15 @@ def dumps_event(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(out)
 
 
-def _parse_accepted(raw: bytes) -> dict[str, Any]:
+# AuditEvent._request before requestObject is parsed (it may be null).
+_UNPARSED: Any = object()
+
+
+def _parse_accepted(raw: bytes | memoryview) -> Any:
     """The whole object of a line the fast path accepted: it is valid UTF-8
     and valid JSON, so this never fails."""
     try:
-        return loads(raw)  # type: ignore[no-any-return]
+        return loads(raw)
     except orjson.JSONDecodeError:
         # msgspec's depth limit counts the caller's stack too, and this may
         # run deeper than the decode did: a fresh thread has the whole stack.
@@ -463,6 +489,8 @@ def _fast_event(line: bytes) -> AuditEvent | None:
         return None
     ev: AuditEvent = _new_event(AuditEvent)
     ev._obj = None
+    ev._request = _UNPARSED
+    ev._request_raw = f.requestObject
     ev.raw = line
     ev.rules = ()
     ev.severity = ""

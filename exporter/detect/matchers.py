@@ -38,7 +38,14 @@ from typing import Any
 
 from ..event import COMMON_ANNOTATIONS, AuditEvent
 from .located import Where
-from .paths import ATTRIBUTE_FIELDS, DERIVED, PathError, compile_getter, parse
+from .paths import (
+    ATTRIBUTE_FIELDS,
+    DERIVED,
+    PathError,
+    compile_event_getter,
+    compile_getter,
+    parse,
+)
 from .settings import NETWORK_SETTINGS, Network, parse_network
 
 VALUE_OPS = ("eq", "glob", "regex", "cidr", "gt", "gte", "lt", "lte")
@@ -732,6 +739,10 @@ class Compiler:
             fn = DERIVED[path].make(self.ctx.derived)
             return self.const(fn) + "(ev)"
         steps = parse(path)
+        of_event = compile_event_getter(steps)
+        if of_event is not None:
+            # the request body alone (no need to parse the rest of the event)
+            return f"({self.const(of_event)}(ev) if ev.has_body else [])"
         get = compile_getter(steps)
         if steps[0] in _BODY_STEPS:
             # without a body these paths yield nothing: no need to parse the event

@@ -241,18 +241,26 @@ def _compile_apply(steps: list[Step]) -> Callable[[list[Any]], list[Any]]:
     return _generate(steps, flatten=False, prefix=None)
 
 
-def _generate(steps: list[Step], *, flatten: bool, prefix: _Prefix | None) -> Callable[[Any], Any]:
+def _generate(
+    steps: list[Step],
+    *,
+    flatten: bool,
+    prefix: _Prefix | None,
+    source: Callable[[Any], Any] = request_object,
+) -> Callable[[Any], Any]:
     """The source of ``_apply(steps, frontier)`` (then ``_flatten`` of it
-    when ``flatten``), compiled. With ``prefix`` the function takes the
-    event's object and starts from the prefix's values for it."""
-    namespace: dict[str, Any] = {"P": prefix}
+    when ``flatten``), compiled. With ``prefix`` the function takes what
+    ``source`` reads the request object from (the event's JSON, or the
+    event) and starts from the prefix's values for that object."""
+    namespace: dict[str, Any] = {"P": prefix, "R": source}
     if prefix is None:
         lines = ["def apply(f):"]
     else:
         lines = [
-            "def apply(obj):",
+            "def apply(x):",
+            "    ro = R(x)",
             "    pair = P.pair",
-            "    f = pair[1] if pair[0] is obj else P(obj)",
+            "    f = pair[1] if pair[0] is ro else P(ro)",
         ]
     for n, step in enumerate(steps):
         kind = step[0]
@@ -340,11 +348,12 @@ def _flatten(values: list[Any]) -> list[Any]:
 
 class _Prefix:
     """The values a macro's path reaches (``$containers``: every container
-    of the pod spec, wherever the object keeps it), for the last event asked:
-    a dozen rules read fields of the same containers in turn, and walking
-    the three pod-spec places times the three container lists is most of
-    their cost. One attribute holds the (object, values) pair, so a thread
-    reading it while another writes sees one whole pair."""
+    of the pod spec, wherever the object keeps it) from a request object,
+    for the last one asked: a dozen rules read fields of the same containers
+    in turn, and walking the three pod-spec places times the three container
+    lists is most of their cost. One attribute holds the (request object,
+    values) pair, so a thread reading it while another writes sees one whole
+    pair."""
 
     __slots__ = ("apply", "pair", "steps")
 
@@ -353,11 +362,11 @@ class _Prefix:
         self.apply = _compile_apply(steps)
         self.pair: tuple[Any, list[Any]] = (None, [])
 
-    def __call__(self, obj: Any) -> list[Any]:
-        last_obj, values = self.pair
-        if last_obj is not obj:
-            values = self.apply([request_object(obj)])
-            self.pair = (obj, values)
+    def __call__(self, ro: Any) -> list[Any]:
+        last, values = self.pair
+        if last is not ro:
+            values = self.apply([ro])
+            self.pair = (ro, values)
         return values
 
 
@@ -383,15 +392,37 @@ def compile_getter(steps: list[Step]) -> Getter:
     """A function from the event's JSON object to the list of values reached.
     ``requestObject`` is the object the request writes: for a patch, what the
     patch produces (see patches.py)."""
+    return _compile_getter(steps, request_object)
+
+
+def compile_event_getter(steps: list[Step]) -> Callable[[AuditEvent], list[Any]] | None:
+    """For a path into ``requestObject``: the same as :func:`compile_getter`
+    as a function of the event, which parses the request body alone when
+    nothing has parsed the event (see AuditEvent.request_body). None for
+    other paths."""
+    if not steps or steps[0] != ("key", "requestObject"):
+        return None
+    return _compile_getter(steps, event_request_object)
+
+
+def event_request_object(ev: AuditEvent) -> Any:
+    """``requestObject`` as the object the request writes (patches.py): a
+    patch needs the event's response too, anything else its request body."""
+    if ev.verb == "patch":
+        return request_object(ev.obj)
+    return ev.request_body
+
+
+def _compile_getter(steps: list[Step], source: Callable[[Any], Any]) -> Getter:
     if steps and steps[0] == ("key", "requestObject"):
         shared = _prefix_for(steps)
         if shared is not None:
             prefix, after = shared
             if not after:
-                return lambda obj: _flatten(list(prefix(obj)))
-            return _generate(after, flatten=True, prefix=prefix)
+                return lambda x: _flatten(list(prefix(source(x))))
+            return _generate(after, flatten=True, prefix=prefix, source=source)
         rest = _compile_steps(steps[1:])
-        return lambda obj: rest(request_object(obj))
+        return lambda x: rest(source(x))
     return _compile_steps(steps)
 
 
