@@ -327,3 +327,32 @@ def _fields_of(node: Any) -> list[Any]:
     from exporter.detect.matchers import _fields
 
     return list(_fields([node]))
+
+
+def test_annotation_and_request_body_tests_leave_the_event_unparsed() -> None:
+    """A test of an annotation reads the decoder's annotations, and one of
+    requestObject the request body alone: the event's JSON stays unparsed.
+    Once something parsed it (redaction, which may change it), they read it."""
+    import orjson
+
+    from exporter.detect.examples import BASE_TIME, complete_event
+    from exporter.event import Decoder
+    from exporter.redact import Redactor
+
+    fields = {
+        "verb": "create",
+        "objectRef": {"resource": "configmaps", "namespace": "shop", "name": "c"},
+        "annotations": {"note": "keep"},
+        "requestObject": {"kind": "ConfigMap", "data": {"token": "s3cr3t"}},
+    }
+    line = orjson.dumps(complete_event(fields, 1, BASE_TIME))
+    note = cond(yaml.safe_dump({"annotations.note": "keep"}))
+    data = cond(yaml.safe_dump({"requestObject.data.token": "s3cr3t"}))
+    ev = Decoder().decode_line(line)
+    assert note(ev) and data(ev)
+    assert ev._obj is None
+    # redaction of extra paths changes the event's JSON: the tests read it
+    ev = Decoder().decode_line(line)
+    Redactor({"configmaps": ["annotations.note", "requestObject.data"]})([ev])
+    assert ev._obj is not None
+    assert not note(ev) and not data(ev)

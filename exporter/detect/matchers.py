@@ -741,8 +741,11 @@ class Compiler:
         steps = parse(path)
         of_event = compile_event_getter(steps)
         if of_event is not None:
-            # the request body alone (no need to parse the rest of the event)
-            return f"({self.const(of_event)}(ev) if ev.has_body else [])"
+            # the request body alone, or the decoded annotations: no need to
+            # parse the rest of the event
+            if steps[0] in _BODY_STEPS:
+                return f"({self.const(of_event)}(ev) if ev.has_body else [])"
+            return self.const(of_event) + "(ev)"
         get = compile_getter(steps)
         if steps[0] in _BODY_STEPS:
             # without a body these paths yield nothing: no need to parse the event

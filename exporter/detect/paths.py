@@ -396,13 +396,25 @@ def compile_getter(steps: list[Step]) -> Getter:
 
 
 def compile_event_getter(steps: list[Step]) -> Callable[[AuditEvent], list[Any]] | None:
-    """For a path into ``requestObject``: the same as :func:`compile_getter`
-    as a function of the event, which parses the request body alone when
-    nothing has parsed the event (see AuditEvent.request_body). None for
-    other paths."""
-    if not steps or steps[0] != ("key", "requestObject"):
+    """For a path into ``requestObject`` or into the annotations: the same
+    as :func:`compile_getter` as a function of the event, which does not
+    parse the event for it. The request body is parsed alone (see
+    AuditEvent.request_body); the annotations are the decoder's, until the
+    event is parsed (redaction may have changed its JSON). None for other
+    paths."""
+    if not steps:
         return None
-    return _compile_getter(steps, event_request_object)
+    if steps[0] == ("key", "requestObject"):
+        return _compile_getter(steps, event_request_object)
+    if steps[0] == ("key", "annotations") and len(steps) > 1:
+        rest = _compile_steps(steps[1:])
+
+        def annotations(ev: AuditEvent) -> list[Any]:
+            obj = ev._obj
+            return rest(ev.annotations if obj is None else obj.get("annotations"))
+
+        return annotations
+    return None
 
 
 def event_request_object(ev: AuditEvent) -> Any:
