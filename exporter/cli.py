@@ -223,7 +223,7 @@ def _replay(
     from .detect import Detector
     from .event import Decoder
     from .report import Report, render_text
-    from .runtime import tune_gc
+    from .runtime import BATCH_GC_YOUNG_THRESHOLD, tune_gc
     from .sources.replay import Progress, ReplayJobFailed, open_input, read_batches
 
     if notifier is not None:
@@ -251,7 +251,7 @@ def _replay(
         pipeline.observe_batches = False
     stall = args.stall_timeout or None
     decoder = Decoder(cfg.events.max_bytes)
-    tune_gc()
+    tune_gc(BATCH_GC_YOUNG_THRESHOLD)
     status = 0
     finished = False
     job_failed = ""
