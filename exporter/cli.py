@@ -169,6 +169,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .assembly import build_pipeline
     from .detect import RuleError
     from .loki.tempspool import TempSpool
+    from .runtime import defer_gc
+
+    defer_gc()
 
     try:
         cfg = load(args, skip=REPLAY_SKIPS)

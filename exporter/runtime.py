@@ -30,3 +30,11 @@ def tune_gc(young: int = GC_YOUNG_THRESHOLD) -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(young, max(older, 20), max(oldest, 100))
+
+
+def defer_gc() -> None:
+    """Collect rarely while a command starts (its configuration, its rules
+    and their compilation make objects that live on): tune_gc, called once
+    it has started, collects them once and freezes them."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(BATCH_GC_YOUNG_THRESHOLD, older, oldest)
