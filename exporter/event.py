@@ -472,7 +472,8 @@ def _fast_event(line: bytes) -> AuditEvent | None:
         f = _decode_fast(line)
     except (msgspec.DecodeError, RecursionError):
         return None
-    if not line.isascii():
+    ascii = line.isascii()
+    if not ascii:
         # msgspec does not check the UTF-8 of the values it skips
         try:
             line.decode()
@@ -482,11 +483,33 @@ def _fast_event(line: bytes) -> AuditEvent | None:
     stage_at = f.stageTimestamp
     if not f.kind or not f.apiVersion or not received_at or not stage_at:
         return None
-    try:
-        received = _api_time(received_at)
-        stage_ts = received if stage_at == received_at else _api_time(stage_at)
-    except InvalidEvent:
-        return None
+    # _api_time of both, inline (this runs for every event): in an ASCII
+    # line, isdigit() alone says the microseconds are six ASCII digits
+    received: float | None = None
+    stage_ts: float | None = None
+    cache = _SECOND_CACHE
+    if ascii and len(received_at) == 27 and received_at[26] == "Z" and received_at[19] == ".":
+        base = cache.get(received_at[:19])
+        if base is not None:
+            micros = received_at[20:26]
+            if micros.isdigit():
+                received = base + int(micros) * 1e-6
+    if stage_at == received_at:
+        stage_ts = received
+    elif ascii and len(stage_at) == 27 and stage_at[26] == "Z" and stage_at[19] == ".":
+        base = cache.get(stage_at[:19])
+        if base is not None:
+            micros = stage_at[20:26]
+            if micros.isdigit():
+                stage_ts = base + int(micros) * 1e-6
+    if received is None or stage_ts is None:
+        try:
+            if received is None:
+                received = _api_time(received_at)
+            if stage_ts is None:
+                stage_ts = received if stage_at == received_at else _api_time(stage_at)
+        except InvalidEvent:
+            return None
     ev: AuditEvent = _new_event(AuditEvent)
     ev._obj = None
     ev._request = _UNPARSED

@@ -614,6 +614,17 @@ class AuditMetrics(Collector):
         if self.deferred is None:
             self.apply(tally)
 
+    def check_future(self, events: list[AuditEvent], source: str, now: float) -> None:
+        """What observe_batch does about events stamped in the future, alone:
+        counted and logged (for a pipeline that observes no batches)."""
+        if not events:
+            return
+        skew = self.max_future_skew
+        # ts - now > skew exactly when observe_batch's lag (now - ts) < -skew
+        if max([ev.stage_ts for ev in events]) - now > skew:
+            n = sum(1 for ev in events if ev.stage_ts - now > skew)
+            self._future(events, source, now, n)
+
     def observe_request(self, ev: AuditEvent) -> None:
         """The request families, for the one event that counts per request."""
         tally = RequestTally()

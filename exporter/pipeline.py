@@ -162,8 +162,9 @@ class Pipeline:
         self.clock = clock
         self.invalid_log = invalid_log or RateLimitedLog(log)
         # False: the events' own families (requests, latency, lag) are not
-        # counted, for a caller that shows none of them (the report);
-        # duplicates and invalid inputs still are
+        # counted, for a caller that shows none of them (the report, a
+        # replay without --metrics-out); duplicates, invalid inputs and
+        # events stamped in the future still are
         self.observe_batches = True
         self._lock = threading.Lock()
 
@@ -220,6 +221,8 @@ class Pipeline:
             with metrics.lock:
                 if self.observe_batches:
                     metrics.observe_batch(fresh, source, now)
+                else:
+                    metrics.check_future(fresh, source, now)
                 dedupe.update(batch_keys)
                 if duplicates:
                     metrics.duplicate(source, duplicates)

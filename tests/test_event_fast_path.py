@@ -244,6 +244,22 @@ VARIANTS = [
         {"stage_time": "2024-05-01T10:00:00.100000Z", "stage_ts": T0 + 0.1},
     ),
     case("stageTimestamp", 17, GENERAL, "wrong_type"),
+    # the API server's shape, but not six ASCII digits of microseconds
+    case(
+        "stageTimestamp",
+        "2024-05-01T10:00:00.\u0663\u0665\u0660\u0660\u0660\u0660Z",
+        GENERAL,
+        "invalid_value",
+    ),
+    case("stageTimestamp", "2024-05-01T10:00:00.35_000Z", GENERAL, "invalid_value"),
+    case("requestReceivedTimestamp", "2024-05-01T10:00:00.+10000Z", GENERAL, "invalid_value"),
+    # before 1970: a negative epoch time
+    case(
+        "stageTimestamp",
+        "1969-12-31T23:59:59.500000Z",
+        FAST,
+        {"stage_time": "1969-12-31T23:59:59.500000Z", "stage_ts": -0.5},
+    ),
     # a null body is still a body key: redaction looks (and finds nothing)
     case("responseObject", None, FAST, {}),
     case("responseObject", DELETE, FAST, {"has_body": False}),

@@ -196,6 +196,27 @@ def test_a_pipeline_that_observes_no_batches_still_counts_duplicates() -> None:
     assert h.value("kube_audit_events_total", source="webhook") == 1
 
 
+def test_a_pipeline_that_observes_no_batches_still_counts_future_events(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Replay without --metrics-out observes no batches: an event stamped
+    beyond the skew is still counted and logged, one within it is not."""
+    h = Harness(max_future_skew=300.0)
+    h.pipeline.observe_batches = False
+    # the clock is 1714557700 (10:01:40): 10:06:41 is 301 s ahead, 10:06:39 299 s
+    h.feed(
+        ev(auditID="far", stageTimestamp="2024-05-01T10:06:41Z"),
+        ev(auditID="near", stageTimestamp="2024-05-01T10:06:39Z"),
+        ev(auditID="past"),
+    )
+    assert h.value("kube_audit_events_future_total", source="replay") == 1
+    (logged,) = [r for r in caplog.records if "stamped in the future" in r.getMessage()]
+    assert logged.__dict__["audit_id"] == "far"
+    h.feed(ev(auditID="near2", stageTimestamp="2024-05-01T10:06:39Z"))
+    assert h.value("kube_audit_events_future_total", source="replay") == 1
+    assert not h.value("kube_audit_events_total", source="replay")
+
+
 def test_series_exist_at_zero_and_both_formats_render() -> None:
     h = Harness()
     assert h.value("kube_audit_events_invalid_total", source="webhook", reason="too_large") == 0

@@ -48,3 +48,26 @@ def test_escapes_of_other_characters_leave_the_event_alone() -> None:
     assert not Redactor().redact(ev)
     assert ev.raw == line
     assert ev._obj is not None
+
+
+def test_a_kind_after_near_misses_is_still_found() -> None:
+    """The byte test looks for each name from its first byte on: a name that
+    comes after partial copies of the names (and of an escape) is found."""
+    misses = b'"SSecreSecrTTokenTokenR\\\\u0\\\\u\\\\"'
+    ev = decode(b'{"metadata":{"name":' + misses + b'},"kind":"Secret","data":{"k":"c2VjcmV0"}}')
+    assert Redactor().redact(ev)
+    assert b"c2VjcmV0" not in ev.to_bytes()
+    ev = decode(
+        b'{"metadata":{"name":' + misses + b'},"kind":"TokenRequest","status":{"token":"eyJh"}}'
+    )
+    assert Redactor().redact(ev)
+    assert ev.obj["requestObject"]["status"]["token"] == REDACTED
+    ev = decode(
+        b'{"metadata":{"name":' + misses + b'},"kind":"Secr\\u0065t","data":{"k":"c2VjcmV0"}}'
+    )
+    assert Redactor().redact(ev)
+    assert b"c2VjcmV0" not in ev.to_bytes()
+    # only the near misses: nothing to look at, the body stays unparsed
+    ev = decode(b'{"metadata":{"name":' + misses + b'},"kind":"ConfigMap"}')
+    assert not Redactor().redact(ev)
+    assert ev._obj is None

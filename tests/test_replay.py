@@ -33,6 +33,20 @@ def test_gzip_gives_the_same_report_as_plain(
     assert plain["events"] == 16_563
 
 
+def test_the_summary_is_the_same_with_and_without_metrics_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --metrics-out (and Loki) replay counts none of the events'
+    own metric families; its summary does not depend on them."""
+    prom = tmp_path / "replay.prom"
+    _, bare = replay_json(capsys, str(PERFSPEC))
+    _, counted = replay_json(capsys, "--metrics-out", str(prom), str(PERFSPEC))
+    assert bare == counted
+    text = prom.read_text()
+    assert 'kube_audit_events_total{source="replay"} 16563.0' in text
+    assert "kube_audit_requests_total{" in text
+
+
 def test_stdin_and_text_output() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "exporter.cli", "replay", "-"],

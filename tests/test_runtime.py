@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.runtime import GC_YOUNG_THRESHOLD, tune_gc
+from exporter.runtime import BATCH_GC_YOUNG_THRESHOLD, GC_YOUNG_THRESHOLD, defer_gc, tune_gc
 
 
 @pytest.fixture
@@ -33,3 +33,39 @@ def test_tune_gc_freezes_start_up_objects_and_still_collects_cycles(restore_gc: 
     keep = [[] for _ in range(3 * GC_YOUNG_THRESHOLD)]
     assert gone() is None
     assert len(keep) == 3 * GC_YOUNG_THRESHOLD
+
+
+def test_replay_threshold_still_collects_cycles(restore_gc: None) -> None:
+    """replay's higher threshold: a cycle still goes once enough new
+    objects stay alive (a batch's worth), not only at exit."""
+    tune_gc(BATCH_GC_YOUNG_THRESHOLD)
+    assert gc.get_threshold()[0] == BATCH_GC_YOUNG_THRESHOLD
+
+    class Node:
+        other: object
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    keep = [[] for _ in range(2 * BATCH_GC_YOUNG_THRESHOLD)]
+    assert gone() is None
+    assert len(keep) == 2 * BATCH_GC_YOUNG_THRESHOLD
+
+
+def test_defer_gc_then_tune_gc_collects_start_up_garbage_once(restore_gc: None) -> None:
+    """replay starts with defer_gc (rare collections while the rules are
+    compiled); tune_gc then collects what start-up left behind, cycles
+    included, before freezing the rest."""
+    defer_gc()
+    assert gc.get_threshold()[0] == BATCH_GC_YOUNG_THRESHOLD
+
+    class Node:
+        other: object
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    tune_gc(BATCH_GC_YOUNG_THRESHOLD)
+    assert gone() is None
