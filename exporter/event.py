@@ -228,6 +228,11 @@ class AuditEvent:
             body = self._request = _parse_accepted(memoryview(raw)) if raw else None
         return body
 
+    def release_request_body(self) -> None:
+        """Forget the request body parsed alone (request_body parses it
+        again if asked): freed while its memory is still in cache."""
+        self._request = _UNPARSED
+
     @property
     def resource_label(self) -> str:
         """``resource`` or ``resource/subresource``, as the metric label wants it."""

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+import exporter.event as event_module
 from exporter.detect import DetectionSettings, Detector, load_rules
 from exporter.detect.engine import Match
 from exporter.event import AuditEvent, Decoder, InvalidEvent
@@ -258,3 +259,32 @@ def test_on_match_sees_stateful_context(tmp_path: Path) -> None:
         )
     burst = [m for m in seen if m.rule.id == "auth-failure-burst"]
     assert len(burst) == 1 and burst[0].group == ("203.0.113.50",)
+
+
+def test_the_detector_releases_the_request_body_of_events_that_matched_nothing() -> None:
+    """A body parsed alone for the rules is let go once they are done with an
+    event that matched nothing (it is freed while in cache); an event that
+    matched keeps it for its alert and the report."""
+    import orjson
+
+    from exporter.detect.examples import BASE_TIME, complete_event
+
+    def pod(privileged: bool) -> AuditEvent:
+        spec = {"containers": [{"name": "a", "image": "nginx",
+                                "securityContext": {"privileged": privileged}}]}  # fmt: skip
+        fields = {
+            "verb": "create",
+            "user": {"username": "alice"},
+            "objectRef": {"resource": "pods", "namespace": "shop", "name": "p"},
+            "requestObject": {"kind": "Pod", "spec": spec},
+        }
+        return Decoder().decode_line(orjson.dumps(complete_event(fields, 1, BASE_TIME)))
+
+    det = Detector(load_rules(None), DetectionSettings())
+    plain, privileged = pod(False), pod(True)
+    det([plain, privileged])
+    assert plain.rules == () and privileged.rules and "privileged-container" in privileged.rules
+    assert plain._request is event_module._UNPARSED  # released
+    assert privileged._request is not event_module._UNPARSED  # kept
+    assert plain.request_body == {"kind": "Pod", "spec": plain.request_body["spec"]}
+    assert plain._obj is None and privileged._obj is None

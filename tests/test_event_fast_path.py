@@ -444,6 +444,10 @@ def test_the_request_body_is_parsed_alone_until_the_event_is() -> None:
     assert ev.request_body == pod
     assert ev._obj is None  # the rest of the event (responseObject) is not parsed
     assert ev.request_body is ev.request_body  # parsed once
+    # the detector releases it after an event that matched nothing: asked
+    # again, it is parsed again, equal
+    ev.release_request_body()
+    assert ev.request_body == pod and ev._obj is None
     none = Decoder().decode_line(orjson.dumps(dict(good(), requestObject=None)))
     assert none.request_body is None and none._obj is None
     secret = {"kind": "Secret", "metadata": {"name": "db"}, "data": {"password": "aHVudGVyMg=="}}

@@ -647,6 +647,8 @@ class Detector:
             if found:
                 self._mark(ev, found)
                 matches.extend(found)
+            elif ev.has_body:
+                ev.release_request_body()
         if self._pending:
             for m in self._settle():
                 self._mark(m.event, (m,))
