@@ -45,6 +45,7 @@ stay with ``--jobs 1``.
 
 from __future__ import annotations
 
+import gc
 import io
 import marshal
 import os
@@ -315,7 +316,23 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
     line number in the chunk); None when a Span cannot be read (the parent
     reads it then). ``duplicates``: the positions to drop as duplicates,
     when the parent knows them; by default an event whose key came earlier
-    in the chunk."""
+    in the chunk.
+
+    The garbage collector does not run meanwhile: a chunk's events form
+    next to no reference cycles (a few dozen in 250,000 of the simulator's
+    events), and the collections' walks over the events in hand cost about
+    3% of the jobs' CPU time. The first allocation after the chunk collects
+    what it left."""
+    if not gc.isenabled():
+        return _run_chunk(chunk, duplicates)
+    gc.disable()
+    try:
+        return _run_chunk(chunk, duplicates)
+    finally:
+        gc.enable()
+
+
+def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial | None:
     job = _JOB
     assert job is not None, "run_chunk outside a replay with jobs"
     data = chunk.read() if isinstance(chunk, Span) else chunk
