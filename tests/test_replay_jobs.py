@@ -430,3 +430,32 @@ def test_odd_lines_in_small_windows_keep_their_line_numbers(
 
     assert where(STDERR[2]) == where(STDERR[1])
     assert len(where(STDERR[1])) >= 2
+
+
+def test_a_job_drops_the_retries_within_its_chunk(
+    monkeypatch: pytest.MonkeyPatch, simulated: Path
+) -> None:
+    """Retries next to their first copy (in one group of lines) and far
+    after it (in a later group) are the job's duplicates, found by the job
+    itself, so that the parent agrees and need not run the chunk again."""
+    from exporter.event import Decoder
+    from exporter.sources import replay_jobs
+
+    monkeypatch.setattr(
+        replay_jobs, "_JOB", replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]}, 100)
+    )
+    lines = simulated.read_bytes().splitlines(keepends=True)[:1000]
+    out, expected = [], []
+    for i, line in enumerate(lines):
+        out.append(line)
+        if i % 10 == 4:
+            out.append(line)  # the same group
+            expected.append(len(out) - 1)
+    for line in lines[100:150]:  # groups later
+        out.append(line)
+        expected.append(len(out) - 1)
+    partial = replay_jobs.run_chunk(b"".join(out))
+    assert partial is not None
+    assert partial.taken_as_duplicates == expected
+    assert partial.events == 1000
+    assert partial.lines == len(out) == len(partial.keys)

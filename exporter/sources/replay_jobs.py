@@ -404,9 +404,15 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
             keys.extend(hashes)
             part = events
             if given is None:
-                if len(set(hashes)) == len(hashes) and seen.isdisjoint(hashes):
+                fresh = seen.isdisjoint(hashes)
+                if fresh:
+                    size = len(seen)
                     seen.update(hashes)
-                else:
+                    if len(seen) - size != len(hashes):
+                        # a key twice in the group: as before it, then one by one
+                        seen.difference_update(hashes)
+                        fresh = False
+                if not fresh:
                     part, kept_at = [], []
                     for j, h in enumerate(hashes):
                         if h in seen:
