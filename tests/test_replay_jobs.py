@@ -34,23 +34,34 @@ WALL_CLOCK = {"kube_audit_event_lag_seconds_sum"}
 
 
 # replay with chunks of the size given first (the default, 4 MiB, makes
-# few chunks of a test's input; a plain file's are up to four times that)
+# few chunks of a test's input; a plain file's are up to four times that),
+# split into lines windows of the size given second
 SMALL_CHUNKS = (
     "import sys\n"
     "from exporter.sources import replay_jobs\n"
     "replay_jobs.CHUNK_BYTES = int(sys.argv.pop(1))\n"
+    "replay_jobs.WINDOW_BYTES = int(sys.argv.pop(1))\n"
     "from exporter.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
 
+# each replay's standard error (its log), by --jobs
+STDERR: dict[int, str] = {}
+
+
 def replay(
-    tmp: Path, jobs: int, files: list[Path], *extra: str, chunk_bytes: int | None = None
+    tmp: Path,
+    jobs: int,
+    files: list[Path],
+    *extra: str,
+    chunk_bytes: int | None = None,
+    window_bytes: int = 1 << 20,
 ) -> tuple[dict[str, Any], str]:
     metrics = tmp / f"metrics-{jobs}.prom"
     command = ["-m", "exporter.cli"]
     if chunk_bytes is not None:
-        command = ["-c", SMALL_CHUNKS, str(chunk_bytes)]
+        command = ["-c", SMALL_CHUNKS, str(chunk_bytes), str(window_bytes)]
     out = subprocess.run(
         [
             sys.executable,
@@ -72,6 +83,7 @@ def replay(
         timeout=600,
     )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
+    STDERR[jobs] = out.stderr.decode()
     return json.loads(out.stdout), metrics.read_text()
 
 
@@ -90,10 +102,16 @@ def series_order(text: str) -> list[str]:
 
 
 def assert_same(
-    tmp: Path, files: list[Path], *extra: str, chunk_bytes: int | None = None
+    tmp: Path,
+    files: list[Path],
+    *extra: str,
+    chunk_bytes: int | None = None,
+    window_bytes: int = 1 << 20,
 ) -> dict[str, Any]:
     one, metrics_one = replay(tmp, 1, files, *extra)
-    two, metrics_two = replay(tmp, 2, files, *extra, chunk_bytes=chunk_bytes)
+    two, metrics_two = replay(
+        tmp, 2, files, *extra, chunk_bytes=chunk_bytes, window_bytes=window_bytes
+    )
     for key in one:
         assert two[key] == one[key], key
     assert two.keys() == one.keys()
@@ -352,3 +370,92 @@ def test_a_plain_file_is_cut_in_large_spans_then_small_ones(tmp_path: Path) -> N
         assert isinstance(raw, io.FileIO)
         even = [s.length for s in file_chunks(raw, 0, 2000, 1000) if isinstance(s, Span)]
     assert sum(even) == len(data) and max(even) < 2000 + longest
+
+
+def test_idle_projections_are_packed_and_unpacked_as_they_were() -> None:
+    """A job packs the idle projections with marshal, and with pickle when a
+    group value is of a type marshal cannot write; either way the parent
+    unpacks the same records, types and all."""
+    import ipaddress
+
+    from exporter.detect.engine import LATER_STEPS_UNKNOWN
+    from exporter.sources.replay_jobs import pack, unpack
+
+    later = LATER_STEPS_UNKNOWN
+    records = [
+        (0, ("a1", "ResponseComplete", 200, 2.25, ((3, ("alice", "ns"), None, later),), False)),
+        (7, ("a2", "ResponseStarted", 0, 1.0, ((3, ("bob", None, 4, True), None, later),), False)),
+    ]  # fmt: skip
+    data = pack(records)  # type: ignore[arg-type]
+    assert data[:1] == b"m"
+    back = unpack(data)
+    assert back == records
+    assert [type(v) for v in back[1][1][4][0][1]] == [str, type(None), int, bool]
+    address = ipaddress.ip_address("10.0.0.1")
+    odd = [(0, ("a3", "ResponseComplete", 200, 1.5, ((3, (address,), None, later),), False))]
+    data = pack(odd)  # type: ignore[arg-type]
+    assert data[:1] == b"p"
+    assert unpack(data) == odd
+
+
+def test_odd_lines_in_small_windows_keep_their_line_numbers(
+    tmp_path: Path, simulated: Path
+) -> None:
+    """A job splits its chunk into lines a window at a time: blank lines,
+    refusals, CRLF lines and an EventList on one line, in windows of about
+    two lines, count as with one process, and each refusal is logged with
+    its line in the file."""
+    lines = simulated.read_bytes().splitlines(keepends=True)[:3000]
+    items = [json.loads(line) for line in lines[:2]]
+    odd = [
+        b"\n",
+        b"   \n",
+        b"not json\n",
+        b'{"broken\n',
+        json.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).encode()
+        + b"\n",
+    ]
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line.replace(b"\n", b"\r\n") if i % 7 == 3 else line)
+        if i % 97 == 5:
+            out.append(odd[i % len(odd)])
+    mixed = tmp_path / "odd.log"
+    mixed.write_bytes(b"".join(out))
+    summary = assert_same(tmp_path, [mixed], chunk_bytes=64 << 10, window_bytes=2 << 10)
+    assert summary["invalid"]["invalid_json"] >= 10
+
+    def where(log: str) -> list[str]:
+        return sorted(part for part in log.split() if part.startswith("where="))
+
+    assert where(STDERR[2]) == where(STDERR[1])
+    assert len(where(STDERR[1])) >= 2
+
+
+def test_a_job_drops_the_retries_within_its_chunk(
+    monkeypatch: pytest.MonkeyPatch, simulated: Path
+) -> None:
+    """Retries next to their first copy (in one group of lines) and far
+    after it (in a later group) are the job's duplicates, found by the job
+    itself, so that the parent agrees and need not run the chunk again."""
+    from exporter.event import Decoder
+    from exporter.sources import replay_jobs
+
+    monkeypatch.setattr(
+        replay_jobs, "_JOB", replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]}, 100)
+    )
+    lines = simulated.read_bytes().splitlines(keepends=True)[:1000]
+    out, expected = [], []
+    for i, line in enumerate(lines):
+        out.append(line)
+        if i % 10 == 4:
+            out.append(line)  # the same group
+            expected.append(len(out) - 1)
+    for line in lines[100:150]:  # groups later
+        out.append(line)
+        expected.append(len(out) - 1)
+    partial = replay_jobs.run_chunk(b"".join(out))
+    assert partial is not None
+    assert partial.taken_as_duplicates == expected
+    assert partial.events == 1000
+    assert partial.lines == len(out) == len(partial.keys)
