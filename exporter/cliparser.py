@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any, NoReturn
 
-from . import __version__
+from . import package_version
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -90,7 +90,7 @@ def version_text(prog: str) -> str:
     )
     policy = resources.files("exporter.policy") / "policies" / "recommended.yaml"
     return (
-        f"{prog} {__version__}\n"
+        f"{prog} {package_version()}\n"
         f"rules: {len(rules)} files, sha256:{_digest(rules)}\n"
         f"recommended policy: sha256:{_digest([('recommended.yaml', policy.read_bytes())])}"
     )

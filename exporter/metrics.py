@@ -37,7 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import __version__
+from . import package_version
 from .duration import parse_go_duration
 from .event import COMMON_ANNOTATIONS, INVALID_REASONS, AuditEvent
 from .labels import FOLDED_CODES, OTHER, OTHER_VALUE, LabelBounds, permitted
@@ -798,7 +798,7 @@ class AuditMetrics(Collector):
             g.add_metric((source,), ts)
         yield g
         info = GaugeMetricFamily(PREFIX + "build_info", "Build information.", labels=("version",))
-        info.add_metric((__version__,), 1.0)
+        info.add_metric((package_version(),), 1.0)
         yield info
         for provider in self._state:
             yield from provider()

@@ -10,7 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("aiohttp", "requests", "redis", "multiprocessing.pool", "exporter.app")
+HEAVY = (
+    "aiohttp",
+    "requests",
+    "redis",
+    "multiprocessing.pool",
+    "exporter.app",
+    # the installed version (searched among every distribution) and the
+    # audit policy tools: asked for by --version, build_info and `policy`
+    "importlib.metadata",
+    "exporter.policy.lint",
+)
 
 PROBE = f"""
 import json, sys
@@ -58,4 +68,26 @@ def test_replay_with_loki_imports_its_client(tmp_path: Path, corpora: Path) -> N
         str(log),
     )
     assert result["code"] == 3  # EXIT_LOKI
-    assert result["loaded"] == ["requests"]
+    # the Loki client's User-Agent names the version: importlib.metadata too
+    assert result["loaded"] == ["requests", "importlib.metadata"]
+
+
+def test_the_policy_package_names_what_it_exports_lazily() -> None:
+    """exporter.policy imports a module when one of its names is first used:
+    every exported name has its home, and each home really holds it."""
+    import exporter.policy as policy
+    from exporter.policy import evaluate as evaluate_function
+
+    assert set(policy.__all__) - set(policy._HOMES) == {
+        "Attributes", "Decision", "Evaluator", "User", "evaluate", "rule_matches",
+    }  # fmt: skip
+    for name in policy.__all__:
+        assert getattr(policy, name) is not None
+    # a function, also once every module of the package is imported
+    assert callable(evaluate_function) and callable(policy.evaluate)
+
+
+def test_the_version_is_read_when_asked_for() -> None:
+    import exporter
+
+    assert exporter.__version__ == exporter.package_version() != ""
