@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..detect.alerts import render_link
-from ..detect.engine import CompiledRule, Detector, Match, index_key
+from ..detect.engine import CompiledRule, Detector, Match
 from ..detect.settings import CriticalWorkload, DetectionSettings
 from ..duration import parse_go_duration
 from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
@@ -188,6 +188,8 @@ class Collector:
         who = self._who
         common = COMMON_ANNOTATIONS
         atoms = self._atoms
+        triples = atoms.triples if atoms is not None else {}
+        all_annotations = atoms is not None and atoms.common_matters
         # requests per (stage, time bucket, code, resource, subresource,
         # level), added to the timeline and the levels after the loop: one
         # count per request here. The bucket is at this width; a detection
@@ -199,8 +201,18 @@ class Collector:
             stage = ev.stage
             unusual = None  # annotations beyond the authorizer's, when needed
             if stage in evidence_stages:
-                unusual = not (ev.annotations.keys() <= common)
-                ikey = index_key(ev, atoms)  # type: ignore[arg-type]
+                # index_key(ev), inlined: this loop runs for every event
+                annotations = ev.annotations
+                unusual = not (annotations.keys() <= common)
+                triple = (ev.username, ev.user_agent, ev.source_ip)
+                who_bits = triples.get(triple)
+                if who_bits is None:
+                    who_bits = atoms.principal_class(triple)  # type: ignore[union-attr]
+                ikey = (stage, ev.verb, ev.resource, ev.subresource, ev.user_kind, ev.code,
+                        ev.impersonated_user != "",
+                        atoms.annotation_class(annotations)  # type: ignore[union-attr]
+                        if unusual or all_annotations else 0,
+                        who_bits)  # fmt: skip
                 cands = evidence_index.get(ikey)
                 if cands is None:
                     cands = self._candidates(ikey)
