@@ -96,9 +96,12 @@ def _duration(text: str) -> float:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..assembly import build_pipeline
     from ..detect import Detector, RuleError
-    from ..runtime import tune_gc
+    from ..runtime import BATCH_GC_YOUNG_THRESHOLD, defer_gc, tune_gc
     from .collect import Collector
     from .html import Scope, render
+
+    # few collections while the configuration and the rules are built
+    defer_gc()
 
     try:
         cfg = load(args, skip=EXCLUDED)
@@ -136,7 +139,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         detector.on_match = collector.on_match
     pipeline.processors.append(collector)
     scope = Scope(title=args.title, cluster=cfg.cluster, since=args.since, until=args.until)
-    tune_gc()
+    # replay's collections: its batches die whole before the next is read
+    tune_gc(BATCH_GC_YOUNG_THRESHOLD)
     status = feed(args.files, pipeline, collector, scope, cfg.events.max_bytes)
     pipeline.close()
     page = render(collector, scope)
