@@ -1,22 +1,20 @@
 """kube-audit-exporter: Kubernetes audit events to metrics, Loki and alerts."""
 
+from functools import cache
 from typing import Any
 
 
+@cache
 def package_version() -> str:
     """The installed distribution's version (``0.0.0+unknown`` in a source
     tree that was not installed). Read on first use: importlib.metadata
     searches every installed distribution, about 40 ms of every start."""
-    found = globals().get("_version")
-    if found is None:
-        from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            found = version("kube-audit-exporter")
-        except PackageNotFoundError:  # running from a source tree without installing
-            found = "0.0.0+unknown"
-        globals()["_version"] = found
-    return str(found)
+    try:
+        return version("kube-audit-exporter")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0.0.0+unknown"
 
 
 def __getattr__(name: str) -> Any:

@@ -228,6 +228,13 @@ class AuditEvent:
             body = self._request = _parse_accepted(memoryview(raw)) if raw else None
         return body
 
+    def json_annotations(self) -> Any:
+        """``annotations`` as the event's JSON has them: the decoder's copy
+        while the event is not parsed, its JSON's once it is (redaction may
+        have changed them there)."""
+        obj = self._obj
+        return self.annotations if obj is None else obj.get("annotations")
+
     def release_request_body(self) -> None:
         """Forget the request body parsed alone (request_body parses it
         again if asked): freed while its memory is still in cache."""

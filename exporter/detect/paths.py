@@ -409,11 +409,7 @@ def compile_event_getter(steps: list[Step]) -> Callable[[AuditEvent], list[Any]]
     if steps[0] == ("key", "annotations") and len(steps) > 1:
         rest = _compile_steps(steps[1:])
 
-        def annotations(ev: AuditEvent) -> list[Any]:
-            obj = ev._obj
-            return rest(ev.annotations if obj is None else obj.get("annotations"))
-
-        return annotations
+        return lambda ev: rest(ev.json_annotations())
     return None
 
 
@@ -686,20 +682,25 @@ def object_name(ev: AuditEvent) -> str:
     return ""
 
 
-def _user_allowed(ctx: Any) -> Callable[[AuditEvent], list[Any]]:
+def _allowed_users(ctx: Any) -> tuple[Callable[[str], bool], Callable[[str], bool] | None]:
+    """detect.allowed_users as a test of a user name and one of a group
+    name (None when no ``group:NAME`` is listed). The same few users and
+    groups come back all day: each test remembers its answers."""
     patterns: tuple[str, ...] = ctx.settings.allowed_users
     users = [p for p in patterns if not p.startswith("group:")]
     groups = [p[len("group:") :] for p in patterns if p.startswith("group:")]
-    # the same few users and groups come back all day: remember the answers
-    user_ok = _memo_globs(users)
-    group_ok = _memo_globs(groups)
+    return _memo_globs(users), _memo_globs(groups) if groups else None
+
+
+def _user_allowed(ctx: Any) -> Callable[[AuditEvent], list[Any]]:
+    user_ok, group_ok = _allowed_users(ctx)
 
     def allowed(ev: AuditEvent) -> list[Any]:
         if user_ok(ev.username):
             return [True]
         user = ev.obj.get("user")
         mine = user.get("groups") if type(user) is dict else None
-        if groups and type(mine) is list:
+        if group_ok is not None and type(mine) is list:
             return [any(type(g) is str and group_ok(g) for g in mine)]
         return [False]
 
@@ -710,14 +711,12 @@ def _user_allowed_by_name(ctx: Any) -> Callable[[str], list[Any] | None]:
     """$user_allowed from the user name alone: [True] for a user the
     globs allow, None (the groups decide) for the others, or [False] when
     no group is listed."""
-    patterns: tuple[str, ...] = ctx.settings.allowed_users
-    user_ok = _memo_globs([p for p in patterns if not p.startswith("group:")])
-    any_group = any(p.startswith("group:") for p in patterns)
+    user_ok, group_ok = _allowed_users(ctx)
 
     def by_name(username: str) -> list[Any] | None:
         if user_ok(username):
             return [True]
-        return None if any_group else [False]
+        return None if group_ok is not None else [False]
 
     return by_name
 
