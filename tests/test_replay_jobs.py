@@ -459,3 +459,47 @@ def test_a_job_drops_the_retries_within_its_chunk(
     assert partial.taken_as_duplicates == expected
     assert partial.events == 1000
     assert partial.lines == len(out) == len(partial.keys)
+
+
+def test_without_metrics_out_the_jobs_count_no_requests(
+    monkeypatch: pytest.MonkeyPatch, simulated: Path
+) -> None:
+    """A replay that shows no metrics (no --metrics-out, no Loki) does not
+    count the request families, with one process or in its jobs: a job
+    then sends an empty tally, and still counts the events stamped in the
+    future."""
+    from exporter.event import Decoder
+    from exporter.sources import replay_jobs
+
+    lines = simulated.read_bytes().splitlines(keepends=True)[:500]
+    future = lines[7].replace(
+        b'"stageTimestamp":"', b'"stageTimestamp":"2999-01-01T00:00:00.000000Z","x":"'
+    )
+    assert future != lines[7]
+    chunk = b"".join([*lines, future])
+    for observe in (True, False):
+        job = replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]}, 100, observe)
+        monkeypatch.setattr(replay_jobs, "_JOB", job)
+        partial = replay_jobs.run_chunk(chunk)
+        assert partial is not None
+        assert partial.events == 501
+        assert partial.future == 1
+        if observe:
+            assert partial.tally.requests and partial.lag is not None
+        else:
+            assert not partial.tally.requests and not partial.tally.users
+            assert partial.lag is None
+
+
+def test_jobs_without_metrics_give_the_summary_of_one(tmp_path: Path, simulated: Path) -> None:
+    outs = []
+    for jobs in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-c", SMALL_CHUNKS, str(256 << 10), str(64 << 10), "replay",
+             "--jobs", str(jobs), "--config.file", str(DEMO_CONFIG), "--output", "json",
+             str(simulated)],
+            capture_output=True, cwd=ROOT, timeout=600, check=True,
+        )  # fmt: skip
+        outs.append(json.loads(out.stdout))
+    assert outs[1] == outs[0]
+    assert outs[0]["events"] == 30000 and outs[0]["detections"]

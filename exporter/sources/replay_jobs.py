@@ -255,6 +255,10 @@ class _Job:
     detector: Detector | None
     metrics_args: dict[str, object]
     batch_lines: int = BATCH_LINES
+    # as the pipeline's observe_batches: False when nothing shows the
+    # request families, the lag and the event counter (then only the
+    # events stamped in the future are counted, as with --jobs 1)
+    observe: bool = True
 
 
 _JOB: _Job | None = None
@@ -361,6 +365,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     # number of scanned events before it (the parent interleaves the two)
     sensitive: list[tuple[int, tuple[object, ...], int | AuditEvent]] = []
     now = time.time()
+    observe = metrics.observe_batch if job.observe else metrics.check_future
     fresh_count = 0
     step = job.batch_lines
     number = 0  # lines before the window
@@ -459,7 +464,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
                     where = _start(before, at[i], offset) if ev.raw is not None else -1
                     sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
             sensitive_ids.clear()
-            metrics.observe_batch(part, "replay", now)
+            observe(part, "replay", now)
     if duplicates is not None:
         dropped = sorted(duplicates)
     lag = metrics.lag.values.get(("replay",))
@@ -626,7 +631,10 @@ class ParallelReplay:
         self.dedupe = HashedDeduper(pipeline.dedupe.capacity)
         pipeline.dedupe = self.dedupe
         self._lines = 0  # lines of the stream before the chunk merged next
-        _JOB = _Job(decoder, before, self.detector, metrics_args, batch_lines)
+        _JOB = _Job(
+            decoder, before, self.detector, metrics_args, batch_lines, pipeline.observe_batches
+        )
+        self.observe = pipeline.observe_batches
         self.pool: Jobs | None = Jobs(jobs, run_chunk)
         self.jobs = jobs
 
@@ -811,7 +819,7 @@ class ParallelReplay:
         report.duplicates += duplicates
         with metrics.lock:
             metrics.apply(p.tally)
-            if p.events:
+            if p.events and self.observe:
                 metrics.events.inc(("replay",), p.events)
             if p.future:
                 metrics.future.inc(("replay",), p.future)
