@@ -58,6 +58,7 @@ generate: deps-system $(VENV)/.installed-test
 	$(BIN)/python dashboards/generate.py
 	helm/sync-files.sh
 	$(BIN)/python helm/values_doc.py
+	$(BIN)/python -m exporter.detect.shipped
 
 # Grafana's LogQL grammar (npm, pinned by the committed package-lock.json)
 # for tests/test_logql_grammar.py; npm ci writes the stamp file last. It runs

@@ -110,6 +110,17 @@ class Where:
         self.path = path
         self.pos = pos
 
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Where:
+            return NotImplemented
+        return (self.file, self.path, self.pos) == (other.file, other.path, other.pos)
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.path, self.pos))
+
+    def __repr__(self) -> str:
+        return f"Where({self.file!r}, {self.path!r}, {self.pos!r})"
+
     def key(self, container: Any, key: Any, label: str | None = None) -> Where:
         """The place of ``container[key]`` (a mapping value)."""
         pos = self.pos

@@ -304,6 +304,14 @@ def _parse_cached(text: str, path: str, problems: list[str]) -> RuleFile | None:
     rf = _PARSED.get(key)
     if rf is not None:
         return rf
+    if path.startswith("<default>/"):
+        # a shipped file as shipped: parsed ahead of time (see .shipped)
+        from .shipped import lookup
+
+        rf = lookup(path, text)
+        if rf is not None:
+            _PARSED[key] = rf
+            return rf
     before = len(problems)
     rf = parse_rule_file(text, path, problems)
     if rf is not None and len(problems) == before:
