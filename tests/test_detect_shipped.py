@@ -116,3 +116,19 @@ def test_the_fingerprint_follows_the_parser(
     assert shipped.fingerprint() != before
     # the committed pickle is then ignored
     assert shipped._load() == {}
+
+
+def test_a_pickle_of_other_classes_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its classes must be this package's RuleFile and kin (a copy of the
+    package imported under another name would unpickle the original's)."""
+
+    class RuleFile:  # the same name, another class
+        pass
+
+    doc = shipped.build()
+    name = next(iter(doc["files"]))
+    doc["files"][name] = (doc["files"][name][0], RuleFile())
+    monkeypatch.setattr(pickle, "loads", lambda data: doc)
+    assert shipped._load() == {}

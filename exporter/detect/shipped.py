@@ -73,7 +73,12 @@ def _load() -> dict[str, tuple[str, RuleFile]]:
             or type(doc.get("files")) is not dict
         ):
             return {}
-        return doc["files"]  # type: ignore[no-any-return]
+        files: dict[str, tuple[str, RuleFile]] = doc["files"]
+        # the pickle names its classes by module: they must be this
+        # package's (not those of a copy imported under another name)
+        if not all(type(rf) is RuleFile for _, rf in files.values()):
+            return {}
+        return files
     except Exception:  # anything at all: parse the YAML instead
         return {}
 
