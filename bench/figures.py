@@ -51,6 +51,9 @@ def machine() -> dict[str, Any]:
         "cpus": len(os.sched_getaffinity(0)),
         "cpu_model": model or platform.processor() or "unknown",
         "python": platform.python_version(),
+        # which build: the interpreter's speed on Python code differs between
+        # builds of one version (the venv's base interpreter)
+        "python_executable": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
         "system": f"{platform.system()} {platform.release()}",
         # when the figures were collected: the machine may be shared
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -156,12 +159,17 @@ def _verdicts(fig: dict[str, Any]) -> str:
     )
 
 
+def _executable(m: dict[str, Any]) -> str:
+    return f" ({m['python_executable']})" if m.get("python_executable") else ""
+
+
 def _where(fig: dict[str, Any]) -> str:
     m = fig["machine"]
     load = "/".join(f"{x:g}" for x in m["load_average"])
     return (
         f"one `make bench` run, {fig['date']}, on {m['cpus']} CPUs ({m['cpu_model']}), "
-        f"Python {m['python']}, {m['system']}; load average {load} (1/5/15 min) as it ended"
+        f"Python {m['python']}{_executable(m)}, {m['system']}; "
+        f"load average {load} (1/5/15 min) as it ended"
     )
 
 
