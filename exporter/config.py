@@ -17,10 +17,9 @@ import re
 import socket
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from prometheus_client.registry import CollectorRegistry
 
 from .detect import DetectionSettings, RuleError, RuleSet, load_rules, located
 from .detect.located import LDict, LList
@@ -31,6 +30,9 @@ from .loki.settings import FORMATS, FSYNC_POLICIES, LABEL_FIELDS, LokiSettings
 from .metrics import AuditMetrics
 from .sources.gke_token import GOOGLE_CERTS_URL
 from .state import StateSettings, url_problem
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 ENV_PREFIX = "KUBE_AUDIT_"
 
@@ -1584,7 +1586,9 @@ def detection_settings(cfg: Config) -> DetectionSettings:
     )
 
 
-def audit_metrics(cfg: Config, registry: CollectorRegistry, sources: Sequence[str]) -> AuditMetrics:
+def audit_metrics(
+    cfg: Config, registry: CollectorRegistry | None, sources: Sequence[str]
+) -> AuditMetrics:
     """The metrics as configured: the per-user and per-address caps, the
     label bounds shared with the Loki stream labels, the clock skew."""
     m = cfg.metrics

@@ -26,16 +26,9 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from functools import reduce
 from operator import add
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import package_version
 from .duration import parse_go_duration
@@ -43,6 +36,13 @@ from .event import COMMON_ANNOTATIONS, INVALID_REASONS, AuditEvent
 from .labels import FOLDED_CODES, OTHER, OTHER_VALUE, LabelBounds, permitted
 from .logs import RateLimitedLog
 from .sensitive import categories as sensitive_categories
+
+if TYPE_CHECKING:
+    # imported where the families are rendered: replay without
+    # --metrics-out never imports prometheus_client (about a sixth of its
+    # start-up)
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector, CollectorRegistry
 
 PREFIX = "kube_audit_"
 DEFAULT_MAX_FUTURE_SKEW = 300.0
@@ -145,6 +145,8 @@ class _Counter:
         self.values.setdefault(key, 0.0)
 
     def render(self) -> Metric:
+        from prometheus_client.core import CounterMetricFamily
+
         fam = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
         for key, value in list(self.values.items()):
             fam.add_metric(key, value)
@@ -222,6 +224,8 @@ class _Histogram:
         row[-1] += sum(values)
 
     def render(self) -> Metric:
+        from prometheus_client.core import HistogramMetricFamily
+
         fam = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
         names = [*(repr(b) for b in self.bounds), "+Inf"]
         for key, row in list(self.values.items()):
@@ -235,7 +239,7 @@ class _Histogram:
         return fam
 
 
-StateProvider = Callable[[], Iterable[Metric]]
+StateProvider = Callable[[], Iterable["Metric"]]
 
 # An event's own values for the request families: verb, resource,
 # subresource, code, user_kind, and whether it came, not permitted, before
@@ -387,12 +391,13 @@ class RequestTally:
         self.psa[level] = self.psa.get(level, 0) + 1
 
 
-class AuditMetrics(Collector):
-    """The kube_audit_* families, registered on ``registry``."""
+class AuditMetrics:
+    """The kube_audit_* families, registered on ``registry`` (a collector for
+    prometheus_client; None: counted, not exposed)."""
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None,
         *,
         max_users: int = 1000,
         max_source_ips: int = 1000,
@@ -572,7 +577,8 @@ class AuditMetrics(Collector):
             self.series_overflow.init((LOKI_STREAMS, label))
         for kind in ("rename", "truncate"):
             self.logfile_rotations.init((kind,))
-        registry.register(self)
+        if registry is not None:
+            registry.register(cast("Collector", self))
 
     # --- updates (callers hold self.lock) ---------------------------------
 
@@ -785,6 +791,8 @@ class AuditMetrics(Collector):
         self._state.append(provider)
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         with self.lock:
             rendered = [fam.render() for fam in self._families]
             last = dict(self.last_event)
@@ -832,7 +840,7 @@ HTTP_CUT_REASONS = (
 )
 
 
-class HTTPMetrics(Collector):
+class HTTPMetrics:
     """The HTTP layer's own families, shared by every listener of a process:
     ``http_connections_closed_total{listener,reason}`` (connections the server
     cut, reasons in :data:`HTTP_CUT_REASONS`) and ``http_connections{listener}``
@@ -848,7 +856,7 @@ class HTTPMetrics(Collector):
         self._open: dict[str, Callable[[], int]] = {}
         self._certificates: list[Callable[[], Iterable[tuple[str, float | None]]]] = []
         if registry is not None:
-            registry.register(self)
+            registry.register(cast("Collector", self))
 
     def add_certificates(self, expiries: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
         """``expiries`` gives (certificate, notAfter) pairs at scrape time for
@@ -867,6 +875,8 @@ class HTTPMetrics(Collector):
             self.closed.inc((listener, reason))
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         with self.lock:
             closed = self.closed.render()
             listeners = list(self._open.items())

@@ -1,7 +1,8 @@
 """What ``replay`` imports: with the default configuration (no Loki, OTLP,
 Alertmanager or state.url), none of the HTTP servers and clients, the
-Redis client or multiprocessing, which only ``run`` and the configured
-outputs need (they were a third of replay's start-up)."""
+Redis client, multiprocessing or prometheus_client, which only ``run``
+and the configured outputs need (they were a third of replay's start-up,
+prometheus_client another sixth)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ HEAVY = (
     # audit policy tools: asked for by --version, build_info and `policy`
     "importlib.metadata",
     "exporter.policy.lint",
+    # the metrics' exposition, only for a file to write (--metrics-out): it
+    # imports http.server and was a sixth of the start-up
+    "prometheus_client",
 )
 
 PROBE = f"""
@@ -69,7 +73,16 @@ def test_replay_with_loki_imports_its_client(tmp_path: Path, corpora: Path) -> N
     )
     assert result["code"] == 3  # EXIT_LOKI
     # the Loki client's User-Agent names the version: importlib.metadata too
-    assert result["loaded"] == ["requests", "importlib.metadata"]
+    assert result["loaded"] == ["requests", "importlib.metadata", "prometheus_client"]
+
+
+def test_replay_with_metrics_out_imports_prometheus_client(tmp_path: Path, corpora: Path) -> None:
+    log = corpora / "audit2rbac-demo" / "demo.log"
+    out = tmp_path / "metrics.prom"
+    result = probe(tmp_path, "replay", "--output", "json", "--metrics-out", str(out), str(log))
+    # kube_audit_build_info names the version: importlib.metadata too
+    assert result == {"code": 0, "loaded": ["importlib.metadata", "prometheus_client"]}
+    assert "kube_audit_requests_total{" in out.read_text()
 
 
 def test_the_policy_package_names_what_it_exports_lazily() -> None:

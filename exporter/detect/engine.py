@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..event import COMMON_ANNOTATIONS, AuditEvent
 from ..logs import RateLimitedLog
@@ -50,6 +49,9 @@ from .state import (
     SequenceState,
     ThresholdState,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -974,6 +976,8 @@ class Detector:
     # --- metrics read at scrape time --------------------------------------------
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         entries = GaugeMetricFamily(
             "kube_audit_detect_state_entries",
             "Groups, sequences or key/value pairs held by stateful rules in this process "

@@ -350,9 +350,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     seen: set[int] = set()
     dropped: list[int] = []
     given = set(duplicates) if duplicates is not None else None
-    from prometheus_client import CollectorRegistry
-
-    metrics = AuditMetrics(CollectorRegistry(), **job.metrics_args)  # type: ignore[arg-type]
+    metrics = AuditMetrics(None, **job.metrics_args)  # type: ignore[arg-type]
     tally = metrics.deferred = RequestTally()
     report = _JobReport()
     detector = job.detector
