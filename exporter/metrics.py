@@ -363,7 +363,7 @@ class RequestTally:
                 k = (category, rk)
                 self.sensitive[k] = self.sensitive.get(k, 0) + 1
             annotations = ev.annotations
-            if annotations and not (annotations.keys() <= common):
+            if annotations and not common.issuperset(annotations):
                 self._annotations(ev)
 
     def _annotations(self, ev: AuditEvent) -> None:

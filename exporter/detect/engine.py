@@ -206,7 +206,7 @@ def index_key(ev: AuditEvent, atoms: IndexAtoms) -> IndexKey:
         ev.code,
         ev.impersonated_user != "",
         atoms.annotation_class(ann)
-        if atoms.common_matters or not (ann.keys() <= COMMON_ANNOTATIONS)
+        if atoms.common_matters or not COMMON_ANNOTATIONS.issuperset(ann)
         else 0,
         atoms.principal_class((ev.username, ev.user_agent, ev.source_ip)),
     )
@@ -615,7 +615,7 @@ class Detector:
                 ev.user_kind,
                 ev.code,
                 ev.impersonated_user != "",
-                annotation_class(ann) if all_annotations or not (ann.keys() <= common) else 0,
+                annotation_class(ann) if all_annotations or not common.issuperset(ann) else 0,
                 who,
             )
             cands = index.get(key)
