@@ -18,6 +18,16 @@ EXEC_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
 
 def categories(ev: AuditEvent) -> tuple[str, ...]:
     """The sensitive categories of one request (often none)."""
+    resource = ev.resource
+    if (
+        resource != "secrets"
+        and resource != "serviceaccounts"
+        and not ev.subresource
+        and ev.api_group != RBAC_GROUP
+        and not ev.impersonated_user
+        and ev.user_kind != "anonymous"
+    ):
+        return ()  # none of the tests below can hold: the common case
     out: list[str] = []
     # Secrets, and TokenRequests (serviceaccounts/token) that mint credentials.
     if ev.resource == "secrets" or (ev.resource == "serviceaccounts" and ev.subresource == "token"):
