@@ -8,7 +8,7 @@ DEMO   := demo/audit.log.gz
 OUT    := demo/out
 WEB    ?= 127.0.0.1:9784
 
-.PHONY: run test lint bench demo-data generate clean deps-system report-demo
+.PHONY: run test lint bench demo-data generate clean deps-system deps-bench report-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ deps-system:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    $$missing >/dev/null; \
 	fi
+
+# valgrind for bench/instructions.py (instructions an event: a figure that
+# does not move with the machine's other work); only the benchmarks need it.
+deps-bench:
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    valgrind >/dev/null; }
 
 # Replay the bundled simulated audit log, then run the exporter tailing it.
 run: $(VENV)/.installed
