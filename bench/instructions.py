@@ -11,8 +11,12 @@ perfspec corpus repeated with fresh auditIDs; body-heavy events from the
 simulator):
 
 - the loop and ``replay`` (default configuration), each on the input's
-  first line alone (start-up) and on its first ``--events`` lines, so that
-  the difference over the events is what one event costs;
+  first line alone (start-up), on its first ``--events`` lines and on
+  twice as many: an event's cost is the difference between the last two
+  over the events added, when the caches of values seen before (the
+  detector's candidate rules per kind of event, its tests of principals,
+  the timestamps' seconds) are warm; what the first ``--events`` cost
+  beyond that and the start-up is their warm-up;
 - with ``--stages``, replay's parts: reading and decoding alone
   (``read_batches``), and replay with the detector's and the summary's
   work on a batch left out (each costs what leaving it out saves).
@@ -88,16 +92,36 @@ def count(argv: list[str]) -> int:
     return int(m.group(1))
 
 
-def per_event(argv: list[str], one: Path, many: Path, events: int) -> tuple[int, float]:
-    """(start-up instructions, instructions an event) of ``argv + [file]``."""
-    start = count([*argv, str(one)])
-    total = count([*argv, str(many)])
-    return start, (total - start) / (events - 1)
+class Counts:
+    """A command's instructions on one line, on ``events`` lines and on
+    twice as many."""
+
+    def __init__(self, argv: list[str], one: Path, half: Path, full: Path, events: int) -> None:
+        self.start = count([*argv, str(one)])
+        self.half = count([*argv, str(half)])
+        self.full = count([*argv, str(full)])
+        self.events = events
+
+    @property
+    def per_event(self) -> float:
+        """Instructions an event, caches warm."""
+        return (self.full - self.half) / self.events
+
+    @property
+    def warm_up(self) -> float:
+        """What the first ``events`` cost beyond start-up and per_event."""
+        return self.half - self.start - self.events * self.per_event
+
+    def at(self, size: int) -> float:
+        """The instructions of an input of ``size`` events (>= events)."""
+        return self.half + (size - self.events) * self.per_event
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="instructions an event (callgrind)")
-    parser.add_argument("--events", type=int, default=20_000, help="lines of each input counted")
+    parser.add_argument(
+        "--events", type=int, default=20_000, help="lines counted (and twice as many)"
+    )
     parser.add_argument(
         "--for-events",
         type=int,
@@ -115,33 +139,37 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([python, "-m", "compileall", "-q", str(ROOT / "exporter")], check=True)
     with tempfile.TemporaryDirectory(prefix="kube-audit-instructions-") as tmp:
         work = Path(tmp)
-        inputs = write_inputs(work, args.events)
+        inputs = write_inputs(work, 2 * args.events)
         for (kind, path), size in zip(
             (("metadata", inputs["metadata"]), ("bodies", inputs["bodies"])),
             args.for_events,
             strict=True,
         ):
             lines = path.read_bytes().splitlines(keepends=True)
-            events = min(args.events, len(lines))
-            one, many = work / f"{kind}-1.log", work / f"{kind}-n.log"
-            one.write_bytes(lines[0])
-            many.write_bytes(b"".join(lines[:events]))
-            loop = per_event([python, "-c", LOOP], one, many, events)
-            replay = per_event([python, "-c", REPLAY, "none", "replay"], one, many, events)
-            ratio = (loop[0] + size * loop[1]) / (replay[0] + size * replay[1])
-            print(f"{kind} ({events:,} events counted):")
-            print(f"  orjson.loads loop   {loop[1]:>9,.0f} an event, start-up {loop[0]:>13,}")
-            print(f"  replay              {replay[1]:>9,.0f} an event, start-up {replay[0]:>13,}")
+            events = min(args.events, len(lines) // 2)
+            files = [work / f"{kind}-{n}.log" for n in (1, events, 2 * events)]
+            for f, n in zip(files, (1, events, 2 * events), strict=True):
+                f.write_bytes(b"".join(lines[:n]))
+            one, half, full = files
+            loop = Counts([python, "-c", LOOP], one, half, full, events)
+            replay = Counts([python, "-c", REPLAY, "none", "replay"], one, half, full, events)
+            print(f"{kind} ({events:,} events and {2 * events:,} counted):")
+            for name, c in (("orjson.loads loop", loop), ("replay", replay)):
+                print(
+                    f"  {name:<18} {c.per_event:>9,.0f} an event, start-up {c.start:>13,}, "
+                    f"warm-up {c.warm_up:>13,.0f}"
+                )
             print(
-                f"  loop / replay for {size:,} events: {ratio:.3f} "
-                f"(after the start-up: {loop[1] / replay[1]:.3f})"
+                f"  loop / replay for {size:,} events: {loop.at(size) / replay.at(size):.3f} "
+                f"(an event, caches warm: {loop.per_event / replay.per_event:.3f})"
             )
             if args.stages:
-                read = per_event([python, "-c", READ], one, many, events)
-                print(f"  reading and decoding (read_batches)   {read[1]:>9,.0f} an event")
+                read = Counts([python, "-c", READ], one, half, full, events)
+                print(f"  reading and decoding (read_batches)   {read.per_event:>9,.0f} an event")
                 for stage in ("detector", "summary"):
-                    left = per_event([python, "-c", REPLAY, stage, "replay"], one, many, events)
-                    print(f"  the {stage:<34} {replay[1] - left[1]:>9,.0f} an event")
+                    left = Counts([python, "-c", REPLAY, stage, "replay"], one, half, full, events)
+                    saved = replay.per_event - left.per_event
+                    print(f"  the {stage:<34} {saved:>9,.0f} an event")
             sys.stdout.flush()
     return 0
 
