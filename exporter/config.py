@@ -19,8 +19,6 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .detect import DetectionSettings, RuleError, RuleSet, load_rules, located
 from .detect.located import LDict, LList
 from .duration import parse_duration
@@ -974,6 +972,8 @@ def _convert(o: Option, value: Any) -> Any:
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             value = value[-1]  # a repeated flag: the last one wins
         if isinstance(value, str):
+            import yaml  # (see located.load)
+
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError as e:
@@ -1084,6 +1084,8 @@ def _flatten(doc: LDict, problems: list[str], where: str, positions: Positions) 
 def load_file(path: str, problems: list[str], positions: Positions | None = None) -> dict[str, Any]:
     """The file's options as a flat dict (``loki.url``); problems located
     at ``file:line:col``; where each value is goes into ``positions``."""
+    import yaml  # (see located.load)
+
     try:
         with open(path, "rb") as fh:
             doc = located.load(fh.read())

@@ -24,6 +24,10 @@ HEAVY = (
     # the metrics' exposition, only for a file to write (--metrics-out): it
     # imports http.server and was a sixth of the start-up
     "prometheus_client",
+    # YAML: only for a configuration file, rule files of one's own, or the
+    # shipped ones when their parsed copy cannot be used (a tenth of the
+    # start-up)
+    "yaml",
 )
 
 PROBE = f"""
@@ -74,6 +78,14 @@ def test_replay_with_loki_imports_its_client(tmp_path: Path, corpora: Path) -> N
     assert result["code"] == 3  # EXIT_LOKI
     # the Loki client's User-Agent names the version: importlib.metadata too
     assert result["loaded"] == ["requests", "importlib.metadata", "prometheus_client"]
+
+
+def test_a_configuration_file_brings_yaml(tmp_path: Path, corpora: Path) -> None:
+    log = corpora / "audit2rbac-demo" / "demo.log"
+    config = tmp_path / "config.yaml"
+    config.write_text("metrics:\n  max_users: 50\n")
+    result = probe(tmp_path, "replay", "--config.file", str(config), "--output", "json", str(log))
+    assert result == {"code": 0, "loaded": ["yaml"]}
 
 
 def test_replay_with_metrics_out_imports_prometheus_client(tmp_path: Path, corpora: Path) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 
 class LDict(dict[Any, Any]):
@@ -43,30 +44,31 @@ def _pos(node: yaml.Node) -> tuple[int, int]:
 
 class _Builder:
     def __init__(self, loader: Any) -> None:
+        import yaml
+
         self.loader = loader
+        self.mapping = yaml.MappingNode
+        self.sequence = yaml.SequenceNode
+        self.error = yaml.constructor.ConstructorError
 
     def build(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, self.mapping):
             out = LDict()
             out.pos = _pos(node)
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
-                    raise yaml.constructor.ConstructorError(
+                    raise self.error(
                         None, None, "merge keys (<<) are not supported", key_node.start_mark
                     )
                 key = self.build(key_node)
                 if isinstance(key, (LDict, LList)):
-                    raise yaml.constructor.ConstructorError(
-                        None, None, "a key must be a scalar", key_node.start_mark
-                    )
+                    raise self.error(None, None, "a key must be a scalar", key_node.start_mark)
                 if key in out:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
+                    raise self.error(None, None, f"duplicate key {key!r}", key_node.start_mark)
                 out[key] = self.build(value_node)
                 out.key_pos[key] = _pos(key_node)
             return out
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, self.sequence):
             seq = LList()
             seq.pos = _pos(node)
             for item in node.value:
@@ -76,12 +78,13 @@ class _Builder:
         return self.loader.construct_object(node, deep=True)
 
 
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
-
-
 def load(text: str | bytes) -> Any:
-    """Parse one YAML document; raise yaml.YAMLError with a mark on failure."""
-    loader = _Loader(text)
+    """Parse one YAML document; raise yaml.YAMLError with a mark on failure.
+    (PyYAML is imported here, when there is YAML to read: it is about a
+    tenth of replay's start-up, which with the defaults reads none.)"""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml when present
     try:
         node = loader.get_single_node()
         if node is None:

@@ -86,8 +86,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..duration import parse_duration
 from ..event import STAGES
 from . import located
@@ -352,6 +350,8 @@ def _check_unique(rules: Iterable[Rule]) -> None:
 
 
 def parse_rule_file(text: str, path: str, problems: list[str]) -> RuleFile | None:
+    import yaml  # (see located.load)
+
     try:
         doc = located.load(text)
     except yaml.YAMLError as e:
