@@ -478,13 +478,16 @@ def _parse_accepted(raw: bytes | memoryview) -> Any:
         return result[0]
 
 
-def _fast_event(line: bytes) -> AuditEvent | None:
-    """The event in ``line``, or None when the general path must decide."""
+def _fast_event(line: bytes, ascii: bool | None = None) -> AuditEvent | None:
+    """The event in ``line``, or None when the general path must decide.
+    ``ascii``: True when the caller knows the line is ASCII (a block of
+    lines it asked at once), None to ask the line."""
     try:
         f = _decode_fast(line)
     except (msgspec.DecodeError, RecursionError):
         return None
-    ascii = line.isascii()
+    if ascii is None:
+        ascii = line.isascii()
     if not ascii:
         # msgspec does not check the UTF-8 of the values it skips
         try:

@@ -49,3 +49,44 @@ def test_lines_spanning_reads_are_whole(monkeypatch: pytest.MonkeyPatch, read: i
         ("invalid_json", 4),
         ("not_an_event", 6),
     ]
+
+
+EVENT = (
+    b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"@ID@",'
+    b'"stage":"ResponseComplete","requestURI":"/api/v1/pods","verb":"list",'
+    b'"user":{"username":"@NAME@"},"sourceIPs":["10.0.0.1"],'
+    b'"requestReceivedTimestamp":"2026-12-07T01:00:00.000000Z",'
+    b'"stageTimestamp":"2026-12-07T01:00:00.100000Z","x":"@VALUE@"}'
+)
+
+
+def event(n: int, name: bytes = b"alice", value: bytes = b"v") -> bytes:
+    line = EVENT.replace(b"@ID@", str(n).encode())
+    return line.replace(b"@NAME@", name).replace(b"@VALUE@", value)
+
+
+@pytest.mark.parametrize("read", [7, 100, 1 << 20])
+def test_blocks_asked_at_once_keep_each_lines_verdict(
+    monkeypatch: pytest.MonkeyPatch, read: int
+) -> None:
+    """The reader asks a whole block whether it is ASCII and holds a
+    carriage return: a line of invalid UTF-8 (in a value the fast path
+    skips) among ASCII lines, in whichever block or across reads, is still
+    refused; valid UTF-8 and CRLF lines are still read, with their names."""
+    monkeypatch.setattr(replay, "SNIFF_BYTES", 16)
+    monkeypatch.setattr(replay, "READ_BYTES", read)
+    lines = [
+        event(1),
+        event(2, value=b"\xff\xfe"),  # not UTF-8, in a skipped value
+        event(3, name="zoë".encode()),
+        event(4) + b"\r",
+        event(5, value=b"\xc3"),  # cut UTF-8
+        event(6),
+    ]
+    batches = list(read_batches(io.BytesIO(b"\n".join(lines) + b"\n"), Decoder()))
+    events = [ev for b in batches for ev in b]
+    assert [ev.audit_id for ev in events] == ["1", "3", "4", "6"]
+    assert events[1].username == "zoë"
+    assert events[2].raw == event(4)  # the carriage return is not the event's
+    reasons = [(r.reason, r.line) for b in batches for r in b.refusals.samples]
+    assert [line for _, line in reasons] == [2, 5]

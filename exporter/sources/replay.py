@@ -130,13 +130,14 @@ def read_batches(
     # inputs in ``batch`` (events and refusals), kept here: cheaper than asking
     inputs = 0
     append = batch.append
-    for lines in _line_blocks(head, stream, limit) if head else ():
+    for lines, ascii, cr in _line_blocks(head, stream, limit) if head else ():
         for line in lines:
             lineno += 1
             if line[:1] == b"{" and len(line) <= limit:
                 # the common case, as decode_record would take it, without
                 # its generator: an event per line that the fast path reads
-                ev = fast(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
+                # (told when the whole block is ASCII)
+                ev = fast(line.rstrip(b"\r") if cr and line[-1:] == b"\r" else line, ascii)
                 if ev is not None:
                     append(ev)
                     inputs += 1
@@ -166,11 +167,16 @@ def read_batches(
         yield batch
 
 
-def _line_blocks(head: bytes, stream: IO[bytes], limit: int) -> Iterator[list[bytes]]:
+def _line_blocks(
+    head: bytes, stream: IO[bytes], limit: int
+) -> Iterator[tuple[list[bytes], bool | None, bool]]:
     """The input's lines, without their newlines, a block at a time: one
     split of a large read costs far less than a readline per line. Each read
     is split where it is, without a copy: only a line that spans two reads
-    is joined.
+    is joined. With each block: True when all its lines are ASCII (None:
+    each line must be asked), and whether a carriage return is in it (when
+    not, no line ends with one): the block's bytes are asked once, which
+    costs far less than asking each line.
 
     A line longer than ``limit`` is cut to ``limit + 1`` bytes while it is
     read (the decoder refuses it as too large either way), so garbage
@@ -188,16 +194,21 @@ def _line_blocks(head: bytes, stream: IO[bytes], limit: int) -> Iterator[list[by
         else:
             lines = chunk.split(b"\n")
             tail = lines.pop()
+            ascii: bool | None = chunk.isascii() or None
+            cr = b"\r" in chunk
             if parts:
                 parts.append(lines[0])
                 lines[0] = b"".join(parts)
+                if ascii and not lines[0].isascii():
+                    ascii = None
+                cr = cr or b"\r" in lines[0]
             parts = [tail] if tail else []
             size = len(tail)
-            yield lines if max(map(len, lines)) <= limit else _cut(lines, limit)
+            yield lines if max(map(len, lines)) <= limit else _cut(lines, limit), ascii, cr
         chunk = stream.read(READ_BYTES)
     rest = b"".join(parts)
     if rest:
-        yield _cut(rest.split(b"\n"), limit)
+        yield _cut(rest.split(b"\n"), limit), rest.isascii() or None, b"\r" in rest
 
 
 def _cut(lines: list[bytes], limit: int) -> list[bytes]:
