@@ -503,3 +503,31 @@ def test_jobs_without_metrics_give_the_summary_of_one(tmp_path: Path, simulated:
         outs.append(json.loads(out.stdout))
     assert outs[1] == outs[0]
     assert outs[0]["events"] == 30000 and outs[0]["detections"]
+
+
+@pytest.mark.parametrize("window", [300, 1 << 20])
+def test_a_job_asks_each_window_once_and_keeps_each_lines_verdict(
+    monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """As the reader's blocks: invalid UTF-8 in a value the fast path skips,
+    among ASCII lines, is refused; CRLF lines are read without the CR."""
+    from exporter.event import Decoder
+    from exporter.sources import replay_jobs
+    from tests.test_replay_lines import event
+
+    monkeypatch.setattr(replay_jobs, "WINDOW_BYTES", window)
+    monkeypatch.setattr(
+        replay_jobs, "_JOB", replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]}, 100)
+    )
+    lines = [event(1), event(2, value=b"\xff\xfe"), event(3) + b"\r", event(4, name="zoë".encode())]
+    partial = replay_jobs.run_chunk(b"\n".join(lines) + b"\n")
+    assert partial is not None
+    assert partial.events == 3
+    # what one process's reader says of the same lines
+    from exporter.sources.replay import read_batches
+
+    data = b"\n".join(lines) + b"\n"
+    alone = list(read_batches(io.BytesIO(data), Decoder()))
+    expected = [(s.reason, s.line) for b in alone for s in b.refusals.samples]
+    assert [(s.reason, s.line) for s in partial.refusals.samples] == expected
+    assert [line for _, line in expected] == [2]

@@ -291,14 +291,16 @@ def _start(before: list[int], line: int, offset: int) -> int:
     return offset + before[line] + line if line >= 0 else -1
 
 
-def _windows(data: bytes, size: int) -> Iterator[tuple[int, int, list[bytes]]]:
+def _windows(data: bytes, size: int) -> Iterator[tuple[int, int, list[bytes], bool | None, bool]]:
     """A chunk's lines, whole lines of about ``size`` bytes at a time: where
     the window starts in the chunk, the number of its first line, and its
     lines (split one window at a time, so that they are still in the cache
     when they are decoded: splitting a 16 MiB chunk at once cost the jobs a
-    few percent more CPU time)."""
+    few percent more CPU time); then, as the reader's blocks (see
+    replay._line_blocks), True when the window is ASCII (None: ask each
+    line) and whether it holds a carriage return."""
     if not data:
-        yield 0, 0, [b""]
+        yield 0, 0, [b""], True, False
         return
     pos = number = 0
     total = len(data)
@@ -310,7 +312,7 @@ def _windows(data: bytes, size: int) -> Iterator[tuple[int, int, list[bytes]]]:
         lines = window.split(b"\n")
         if window.endswith(b"\n"):
             lines.pop()  # the window's last newline ends its last line
-        yield pos, number, lines
+        yield pos, number, lines, window.isascii() or None, b"\r" in window
         number += len(lines)
         pos = end
 
@@ -370,7 +372,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     lines: list[bytes] = []
     # a group of lines at a time, decoded and processed while its lines and
     # events are still in the cache
-    for offset, number, lines in _windows(data, WINDOW_BYTES):
+    for offset, number, lines, ascii, cr in _windows(data, WINDOW_BYTES):
         # where the window's line i starts: offset + before[i] + i (the newlines)
         before = list(accumulate(map(len, lines), initial=0))
         for group in range(0, len(lines), step):
@@ -379,7 +381,9 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
             for i in range(group, min(group + step, len(lines))):
                 line = lines[i]
                 if line[:1] == b"{" and len(line) <= limit:
-                    ev = fast_event(line.rstrip(b"\r") if line[-1:] == b"\r" else line)
+                    ev = fast_event(
+                        line.rstrip(b"\r") if cr and line[-1:] == b"\r" else line, ascii
+                    )
                     if ev is not None:
                         events.append(ev)
                         at.append(i)
