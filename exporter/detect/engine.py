@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -456,6 +456,10 @@ class CompiledRule:
         return self.constraint is None or self.constraint(key)
 
 
+def _no_dimensions(ckey: tuple[Any, ...]) -> tuple[()]:
+    return ()
+
+
 class Detector:
     """A pipeline processor: ``Pipeline(processors=[detector])``.
 
@@ -542,9 +546,19 @@ class Detector:
             nodes += [s.match for s in r.rule.steps]
             dims = tuple(sorted(constraint_dims(nodes) | {0}))
             grouped.setdefault(dims, []).append(r)
+        # per group: its dimensions' values in a key's classes (a value, a
+        # tuple of them, or () when it reads none), its rules, and their
+        # answers by those values
         self._groups: list[
-            tuple[tuple[int, ...], tuple[CompiledRule, ...], dict[Any, tuple[CompiledRule, ...]]]
-        ] = [(dims, tuple(group), {}) for dims, group in grouped.items()]
+            tuple[
+                Callable[[tuple[Any, ...]], Any],
+                tuple[CompiledRule, ...],
+                dict[Any, tuple[CompiledRule, ...]],
+            ]
+        ] = [
+            (itemgetter(*dims) if dims else _no_dimensions, tuple(group), {})
+            for dims, group in grouped.items()
+        ]
         self._errors_log = RateLimitedLog(log)
         self.alerts_built = 0
         if metrics is not None:
@@ -564,8 +578,8 @@ class Detector:
         if rules is None:
             # each group's answer depends only on the dimensions its rules read
             picked: list[CompiledRule] = []
-            for dims, group, answers in self._groups:
-                part = tuple(ckey[i] for i in dims)
+            for values_of, group, answers in self._groups:
+                part = values_of(ckey)
                 got = answers.get(part)
                 if got is None:
                     got = answers[part] = tuple(r for r in group if r.applies(key))
