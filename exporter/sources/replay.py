@@ -130,10 +130,10 @@ def read_batches(
     # inputs in ``batch`` (events and refusals), kept here: cheaper than asking
     inputs = 0
     append = batch.append
-    for lines, ascii, cr in _line_blocks(head, stream, limit) if head else ():
+    for lines, ascii, cr, within in _line_blocks(head, stream, limit) if head else ():
         for line in lines:
             lineno += 1
-            if line[:1] == b"{" and len(line) <= limit:
+            if line[:1] == b"{" and (within or len(line) <= limit):
                 # the common case, as decode_record would take it, without
                 # its generator: an event per line that the fast path reads
                 # (told when the whole block is ASCII)
@@ -169,14 +169,15 @@ def read_batches(
 
 def _line_blocks(
     head: bytes, stream: IO[bytes], limit: int
-) -> Iterator[tuple[list[bytes], bool | None, bool]]:
+) -> Iterator[tuple[list[bytes], bool | None, bool, bool]]:
     """The input's lines, without their newlines, a block at a time: one
     split of a large read costs far less than a readline per line. Each read
     is split where it is, without a copy: only a line that spans two reads
     is joined. With each block: True when all its lines are ASCII (None:
-    each line must be asked), and whether a carriage return is in it (when
-    not, no line ends with one): the block's bytes are asked once, which
-    costs far less than asking each line.
+    each line must be asked), whether a carriage return is in it (when
+    not, no line ends with one), and whether every line is within the
+    limit: the block is asked once, which costs far less than asking each
+    line.
 
     A line longer than ``limit`` is cut to ``limit + 1`` bytes while it is
     read (the decoder refuses it as too large either way), so garbage
@@ -204,11 +205,14 @@ def _line_blocks(
                 cr = cr or b"\r" in lines[0]
             parts = [tail] if tail else []
             size = len(tail)
-            yield lines if max(map(len, lines)) <= limit else _cut(lines, limit), ascii, cr
+            if max(map(len, lines)) <= limit:
+                yield lines, ascii, cr, True
+            else:
+                yield _cut(lines, limit), ascii, cr, False
         chunk = stream.read(READ_BYTES)
     rest = b"".join(parts)
     if rest:
-        yield _cut(rest.split(b"\n"), limit), rest.isascii() or None, b"\r" in rest
+        yield _cut(rest.split(b"\n"), limit), rest.isascii() or None, b"\r" in rest, False
 
 
 def _cut(lines: list[bytes], limit: int) -> list[bytes]:
