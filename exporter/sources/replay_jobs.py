@@ -375,12 +375,14 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     for offset, number, lines, ascii, cr in _windows(data, WINDOW_BYTES):
         # where the window's line i starts: offset + before[i] + i (the newlines)
         before = list(accumulate(map(len, lines), initial=0))
+        # no line longer than the limit: the lines need not be measured one by one
+        within = max(map(len, lines), default=0) <= limit
         for group in range(0, len(lines), step):
             events: list[AuditEvent] = []
             at: list[int] = []  # each event's line in the window (-1: one of several)
             for i in range(group, min(group + step, len(lines))):
                 line = lines[i]
-                if line[:1] == b"{" and len(line) <= limit:
+                if line[:1] == b"{" and (within or len(line) <= limit):
                     ev = fast_event(
                         line.rstrip(b"\r") if cr and line[-1:] == b"\r" else line, ascii
                     )
