@@ -185,7 +185,7 @@ class Collector:
         if not events:
             return
         self.summary(events)
-        self.coverage.add([ev.stage_ts for ev in events])
+        self.coverage.add(list(map(_stamp, events)))
         timeline = self.timeline
         pending = self._pending
         workloads = self.settings.critical_workloads
@@ -198,6 +198,9 @@ class Collector:
         taken = noted[0][0] if noted else None
         requests: list[AuditEvent] = []
         request = requests.append
+        # events by stage
+        stages = self.stages
+        received = started = complete = panic = 0
         for ev in events:
             if ev is taken:
                 j = self._feed_evidence(ev, noted, j)
@@ -205,13 +208,21 @@ class Collector:
             if ev.rules and pending:
                 for m in pending.pop(id(ev), ()):
                     self._detected(m)
-            stage = ev.stage
             # counts_as_request(ev), inlined
-            if not (
-                stage == "ResponseComplete"
-                or stage == "Panic"
-                or (stage == "ResponseStarted" and ev.code == 401)
-            ):
+            stage = ev.stage
+            if stage == "ResponseComplete":
+                complete += 1
+            elif stage == "RequestReceived":
+                received += 1
+                continue
+            elif stage == "ResponseStarted":
+                started += 1
+                if ev.code != 401:
+                    continue
+            elif stage == "Panic":
+                panic += 1
+            else:  # no other stage decodes; counted all the same
+                stages[stage] += 1
                 continue
             request(ev)
             username = ev.username
@@ -220,9 +231,10 @@ class Collector:
             except KeyError:
                 p = self._new_principal(ev, ev.stage_ts)
             if p is not None:
-                self._principal(p, ev, ev.stage_ts)
+                ts = ev.stage_ts
+                self._principal(p, ev, ts)
                 if ev.user_kind == "human":
-                    timeline.add_keyed(username, ev.stage_ts)
+                    timeline.add_keyed(username, ts)
             if ev.impersonated_user:
                 self._impersonation(ev, ev.stage_ts)
             if workloads and (critical_ns is None or ev.namespace in critical_ns):
@@ -240,8 +252,15 @@ class Collector:
                 for m in ms:
                     self._detected(m)
             pending.clear()
-        # the counts, each in one pass over the batch
-        self.stages.update(map(_stage, events))
+        for name, n in (
+            ("RequestReceived", received),
+            ("ResponseStarted", started),
+            ("ResponseComplete", complete),
+            ("Panic", panic),
+        ):
+            if n:
+                stages[name] += n
+        # the other counts, each in one pass over the batch's requests
         if requests:
             self._levels.update(map(_level_key, requests))
             self._add_requests(requests)
@@ -255,15 +274,16 @@ class Collector:
         # in the same bucket at any later width, since each width divides the
         # next
         width = timeline.width
-        buckets: Counter[tuple[int, int]] = Counter(
+        # (the bucket's number, as a float: ts // width, code)
+        buckets: Counter[tuple[float, int]] = Counter(
             zip(
-                map(int, map(float(width).__rfloordiv__, map(_stamp, requests))),
+                map(float(width).__rfloordiv__, map(_stamp, requests)),
                 map(_code, requests),
                 strict=True,
             )
         )
         for (b, code), n in buckets.items():
-            row = timeline.row(float(b * width))
+            row = timeline.row(b * width)
             slot = code_slots.get(code)
             if slot is None:
                 slot = code_slots[code] = CLASSES.index(code_class(code))
@@ -539,7 +559,6 @@ class Collector:
             self._evidence_done(rule.id)
 
 
-_stage = attrgetter("stage")
 _stamp = attrgetter("stage_ts")
 _code = attrgetter("code")
 _level_key = attrgetter("resource", "subresource", "level")
