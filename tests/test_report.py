@@ -481,3 +481,56 @@ def test_duplicates_and_invalid_inputs_are_counted(tmp_path: Path) -> None:
     assert "<td>events</td><td class=n>757</td>" in scope
     assert "<td>duplicates dropped</td><td class=n>1</td>" in scope
     assert "<td>invalid inputs</td><td class=n>1</td>" in scope
+
+
+def test_inputs_are_hashed_whole_plain_document_and_compressed(tmp_path: Path) -> None:
+    """A plain file is hashed from the blocks its reader reads, one JSON
+    document likewise (read in one go), a .gz from its compressed bytes read
+    again: each digest and size is the whole file's."""
+    import hashlib
+
+    document = tmp_path / "doc.json"
+    lines = AUDIT2RBAC.read_bytes().splitlines()[:3]
+    document.write_bytes(b'{"kind":"EventList","items":[' + b",".join(lines) + b"]}\n")
+    inputs = (AUDIT2RBAC, document, DEMO)
+    status, html = report(tmp_path, *map(str, inputs))
+    assert status == 0
+    scope = section_text(html, "scope")
+    for path in inputs:
+        data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest() in html
+        assert f"{len(data):,}" in scope
+
+
+def test_digest_of_a_file_not_read_through_is_the_whole_files(tmp_path: Path) -> None:
+    """When the reader stops early (or reads past the hashing stream), the
+    file is read again whole: the digest never covers part of it."""
+    import hashlib
+    import io
+
+    from exporter.report.digest import Hasher
+
+    path = tmp_path / "a.log"
+    path.write_bytes(b"x" * 300_000)
+    hasher = Hasher()
+    early = hasher.reading(io.FileIO(path))
+    early.read(1000)
+    hasher.done(str(path), early)
+    early.close()
+    other = tmp_path / "b.log"
+    other.write_bytes(b"y" * 300_000)
+    bypassed = hasher.reading(io.FileIO(other))
+    bypassed.read(100)
+    bypassed.raw.read()  # bytes that did not pass through the stream
+    hasher.done(str(other), bypassed)
+    bypassed.close()
+    through = tmp_path / "c.log"
+    through.write_bytes(b"z" * 300_000)
+    whole = hasher.reading(io.FileIO(through))
+    while whole.read(65536):
+        pass
+    hasher.done(str(through), whole)
+    whole.close()
+    digests = hasher.close()
+    for p in (path, other, through):
+        assert digests[str(p)] == (hashlib.sha256(p.read_bytes()).hexdigest(), 300_000)
