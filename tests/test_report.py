@@ -534,3 +534,46 @@ def test_digest_of_a_file_not_read_through_is_the_whole_files(tmp_path: Path) ->
     digests = hasher.close()
     for p in (path, other, through):
         assert digests[str(p)] == (hashlib.sha256(p.read_bytes()).hexdigest(), 300_000)
+
+
+def test_stateful_detections_past_those_kept_count_as_in_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sixty bursts of twenty 401s, each from its own address: the report
+    counts sixty auth-failure-burst matches as replay does, keeps the first
+    fifty (a warning's limit), each with the twenty events' latest ten as its
+    evidence, all from the burst's address (the collector stops keeping
+    evidence for a rule once its detections kept are complete)."""
+    from datetime import UTC, datetime
+
+    from exporter.report.collect import KEEP_PER_RULE, MAX_EVIDENCE
+
+    src = tmp_path / "bursts.log"
+    with src.open("w") as fh:
+        for ip in range(60):
+            for k in range(20):
+                t = datetime.fromtimestamp(1714550400 + ip * 400 + k * 5, UTC)
+                stamp = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                fh.write(
+                    json.dumps(
+                        {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+                         "auditID": f"id-{ip}-{k}", "stage": "ResponseStarted", "verb": "list",
+                         "requestURI": "/api/v1/secrets", "user": {},
+                         "sourceIPs": [f"203.0.113.{ip}"], "responseStatus": {"code": 401},
+                         "requestReceivedTimestamp": stamp, "stageTimestamp": stamp}
+                    ) + "\n"
+                )  # fmt: skip
+    assert main(["replay", str(src), "--output", "json"]) == 0
+    counts = {d["rule"]: d["count"] for d in json.loads(capsys.readouterr().out)["detections"]}
+    assert counts["auth-failure-burst"] == 60
+    status, html = report(tmp_path, str(src))
+    assert status == 0
+    det = html[html.index('id="rule-auth-failure-burst"') :]
+    det = det[: det.index('id="rule-', 10)]
+    assert "(auth-failure-burst, 60 matches)" in det
+    kept = det.split("events that made it fire")[1:]
+    assert len(kept) == KEEP_PER_RULE["warning"] == 50
+    for ip, part in enumerate(kept):
+        body = part[part.index("<tbody>") : part.index("</tbody>")]
+        assert body.count("<tr>") == MAX_EVIDENCE
+        assert set(re.findall(r"203\.0\.113\.\d+", body)) == {f"203.0.113.{ip}"}
