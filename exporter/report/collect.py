@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import Any
 
 from ..detect.alerts import render_link
-from ..detect.engine import CompiledRule, Detector, Match, Runner
+from ..detect.engine import CompiledRule, Detector, Match
 from ..detect.settings import CriticalWorkload, DetectionSettings
 from ..duration import parse_go_duration
 from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
@@ -139,9 +139,8 @@ class Collector:
         # looked at; and only until the rule's detections kept are complete
         # (see _detected): no later one shows evidence.
         self._noted: list[tuple[AuditEvent, CompiledRule]] = []
-        self._detector = detector
-        # rule id -> (the rule, its runner before _note)
-        self._runners: dict[str, tuple[CompiledRule, Runner]] = {}
+        # stateful rule id -> how many of its detections are kept at most
+        self._keep = {r.id: KEEP_PER_RULE.get(r.severity, 5) for r in self._stateful}
         # a sequence rule's state: its groups in progress
         self._sequences = {r: r.state for r in self._stateful if r.rule.kind == "sequence"}
         if detector is not None and self._stateful:
@@ -435,25 +434,19 @@ class Collector:
     def _note(self, r: CompiledRule) -> None:
         """Have the Detector note each event it runs the stateful rule ``r``
         on: the events its index finds ``r`` a candidate for, the only ones
-        whose evidence may count (see _feed_evidence)."""
+        whose evidence may count (see _feed_evidence); while the rule's
+        evidence is kept."""
         run = r.run
         note = self._noted.append
+        evidence = self._evidence
+        rule_id = r.id
 
         def noted(ev: AuditEvent) -> bool | Match | None:
-            note((ev, r))
+            if rule_id in evidence:
+                note((ev, r))
             return run(ev)
 
-        self._runners[r.id] = (r, run)
         r.run = noted
-
-    def _evidence_done(self, rule_id: str) -> None:
-        """No more evidence for this rule: its runner as it was, its
-        evidence dropped."""
-        r, run = self._runners.pop(rule_id)
-        r.run = run
-        del self._evidence[rule_id]
-        if self._detector is not None:
-            self._detector._index.clear()
 
     def _feed_evidence(
         self, ev: AuditEvent, noted: list[tuple[AuditEvent, CompiledRule]], j: int
@@ -554,9 +547,8 @@ class Collector:
         rec.kept.append(row)
         # no match of the rule (at its own severity or at info, see
         # notify_once) is kept after this many: nor is more evidence needed
-        runner = self._runners.get(rule.id)
-        if runner is not None and len(rec.kept) >= KEEP_PER_RULE.get(runner[0].severity, 5):
-            self._evidence_done(rule.id)
+        if rule.id in self._evidence and len(rec.kept) >= self._keep[rule.id]:
+            del self._evidence[rule.id]
 
 
 _stamp = attrgetter("stage_ts")
