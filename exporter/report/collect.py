@@ -184,7 +184,7 @@ class Collector:
         if not events:
             return
         self.summary(events)
-        self.coverage.add(list(map(_stamp, events)))
+        span = self.coverage.add(list(map(_stamp, events)))
         timeline = self.timeline
         pending = self._pending
         workloads = self.settings.critical_workloads
@@ -262,10 +262,11 @@ class Collector:
         # the other counts, each in one pass over the batch's requests
         if requests:
             self._levels.update(map(_level_key, requests))
-            self._add_requests(requests)
+            self._add_requests(requests, span)
 
-    def _add_requests(self, requests: list[AuditEvent]) -> None:
-        """A batch's requests into the timeline, by time bucket and code."""
+    def _add_requests(self, requests: list[AuditEvent], span: tuple[float, float] | None) -> None:
+        """A batch's requests into the timeline, by time bucket and code;
+        ``span``: the batch's earliest and latest times."""
         timeline = self.timeline
         code_slots = self._code_slots
         # the bucket at this width (a detection may have widened the
@@ -273,15 +274,22 @@ class Collector:
         # in the same bucket at any later width, since each width divides the
         # next
         width = timeline.width
-        # (the bucket's number, as a float: ts // width, code)
-        buckets: Counter[tuple[float, int]] = Counter(
-            zip(
-                map(float(width).__rfloordiv__, map(_stamp, requests)),
-                map(_code, requests),
-                strict=True,
+        counts: Counter[tuple[float, int]]
+        if span is not None and span[0] // width == span[1] // width:
+            # the whole batch in one bucket (the usual case once the
+            # buckets are wide): its requests by code alone
+            b = span[0] // width
+            counts = Counter({(b, code): n for code, n in Counter(map(_code, requests)).items()})
+        else:
+            # (the bucket's number, as a float: ts // width, code)
+            counts = Counter(
+                zip(
+                    map(float(width).__rfloordiv__, map(_stamp, requests)),
+                    map(_code, requests),
+                    strict=True,
+                )
             )
-        )
-        for (b, code), n in buckets.items():
+        for (b, code), n in counts.items():
             row = timeline.row(b * width)
             slot = code_slots.get(code)
             if slot is None:
