@@ -85,7 +85,9 @@ class RuleDetections:
 
 class Collector:
     """A pipeline processor (after the Detector) and the Detector's
-    ``on_match`` callback. ``since``/``until`` are only recorded here: the
+    ``on_match`` callback; made before the Detector runs, it wraps the
+    stateful rules' runners so that the Detector notes the events it runs
+    them on (see _note). ``since``/``until`` are only recorded here: the
     caller filters the events."""
 
     def __init__(
