@@ -148,8 +148,11 @@ class Collector:
         if detector is not None and self._stateful:
             for r in self._stateful:
                 self._note(r)
-            # candidates found before carry the runners met then
-            detector._index.clear()
+            # candidates the Detector found before (none when it has not run
+            # yet, as in cmd_report) would carry the runners met then
+            index = getattr(detector, "_index", None)
+            if isinstance(index, dict):
+                index.clear()
         self._code_slots: dict[int, int] = {}
         # username -> its Principal, or None when it is not itemised (nodes,
         # the control plane, ...; at most MAX_SKIPPED of those)
