@@ -8,6 +8,7 @@ import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -577,3 +578,33 @@ def test_stateful_detections_past_those_kept_count_as_in_replay(
         body = part[part.index("<tbody>") : part.index("</tbody>")]
         assert body.count("<tr>") == MAX_EVIDENCE
         assert set(re.findall(r"203\.0\.113\.\d+", body)) == {f"203.0.113.{ip}"}
+
+
+def test_timeline_counts_alike_whatever_the_order_of_a_batch() -> None:
+    """A batch in time order is counted a bucket at a time (slices of it),
+    any other one request by request, a batch within one bucket by code
+    alone: the timeline is the same."""
+    import gzip
+
+    from exporter.detect.settings import DetectionSettings
+    from exporter.event import Decoder
+    from exporter.metrics import counts_as_request
+    from exporter.report.collect import Collector
+
+    decoder = Decoder(1 << 20)
+    lines = gzip.decompress(DEMO.read_bytes()).splitlines()[:4000]
+    events = [ev for ev in decoder.decode_document(b"\n".join(lines)) if hasattr(ev, "stage_ts")]
+    requests = sorted((ev for ev in events if counts_as_request(ev)), key=lambda ev: ev.stage_ts)
+    assert len({int(ev.stage_ts) for ev in requests}) > 100  # many one-second buckets
+
+    def series(batches: list[list[Any]], span: bool = False) -> list[tuple[float, list[int]]]:
+        c = Collector(DetectionSettings())
+        for batch in batches:
+            stamps = [ev.stage_ts for ev in batch]
+            c._add_requests(batch, (min(stamps), max(stamps)) if span else None)
+        return c.timeline.series()
+
+    in_order = series([requests])
+    assert sum(row[0] + row[2] for _, row in in_order) > 0
+    assert series([requests[::-1]]) == in_order
+    assert series([requests[i : i + 7] for i in range(0, len(requests), 7)], span=True) == in_order

@@ -10,10 +10,12 @@ falls past a cap is counted, never kept. The terminal summary's aggregates
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import islice
+from operator import attrgetter, le
 from typing import Any
 
 from ..detect.alerts import render_link
@@ -279,21 +281,30 @@ class Collector:
         # in the same bucket at any later width, since each width divides the
         # next
         width = timeline.width
-        counts: Counter[tuple[float, int]]
+        # a time's bucket number, as a float: ts // width
+        bucket = float(width).__rfloordiv__
+        counts: dict[tuple[float, int], int]
         if span is not None and span[0] // width == span[1] // width:
             # the whole batch in one bucket (the usual case once the
             # buckets are wide): its requests by code alone
             b = span[0] // width
-            counts = Counter({(b, code): n for code, n in Counter(map(_code, requests)).items()})
+            counts = {(b, code): n for code, n in Counter(map(_code, requests)).items()}
         else:
-            # (the bucket's number, as a float: ts // width, code)
-            counts = Counter(
-                zip(
-                    map(float(width).__rfloordiv__, map(_stamp, requests)),
-                    map(_code, requests),
-                    strict=True,
-                )
-            )
+            stamps = list(map(_stamp, requests))
+            if all(map(le, stamps, islice(stamps, 1, None))):
+                # in time order (stops at the first that is not): each
+                # bucket's requests are a slice, counted by code alone
+                counts = {}
+                start = 0
+                end = len(stamps)
+                while start < end:
+                    b = bucket(stamps[start])
+                    stop = bisect_left(stamps, b + 1.0, start, end, key=bucket)
+                    for code, n in Counter(map(_code, requests[start:stop])).items():
+                        counts[(b, code)] = n
+                    start = stop
+            else:
+                counts = Counter(zip(map(bucket, stamps), map(_code, requests), strict=True))
         for (b, code), n in counts.items():
             row = timeline.row(b * width)
             slot = code_slots.get(code)
