@@ -8,6 +8,7 @@ import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -481,3 +482,129 @@ def test_duplicates_and_invalid_inputs_are_counted(tmp_path: Path) -> None:
     assert "<td>events</td><td class=n>757</td>" in scope
     assert "<td>duplicates dropped</td><td class=n>1</td>" in scope
     assert "<td>invalid inputs</td><td class=n>1</td>" in scope
+
+
+def test_inputs_are_hashed_whole_plain_document_and_compressed(tmp_path: Path) -> None:
+    """A plain file is hashed from the blocks its reader reads, one JSON
+    document likewise (read in one go), a .gz from its compressed bytes read
+    again: each digest and size is the whole file's."""
+    import hashlib
+
+    document = tmp_path / "doc.json"
+    lines = AUDIT2RBAC.read_bytes().splitlines()[:3]
+    document.write_bytes(b'{"kind":"EventList","items":[' + b",".join(lines) + b"]}\n")
+    inputs = (AUDIT2RBAC, document, DEMO)
+    status, html = report(tmp_path, *map(str, inputs))
+    assert status == 0
+    scope = section_text(html, "scope")
+    for path in inputs:
+        data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest() in html
+        assert f"{len(data):,}" in scope
+
+
+def test_digest_of_a_file_not_read_through_is_the_whole_files(tmp_path: Path) -> None:
+    """When the reader stops early (or reads past the hashing stream), the
+    file is read again whole: the digest never covers part of it."""
+    import hashlib
+    import io
+
+    from exporter.report.digest import Hasher
+
+    path = tmp_path / "a.log"
+    path.write_bytes(b"x" * 300_000)
+    hasher = Hasher()
+    early = hasher.reading(io.FileIO(path))
+    early.read(1000)
+    hasher.done(str(path), early)
+    early.close()
+    other = tmp_path / "b.log"
+    other.write_bytes(b"y" * 300_000)
+    bypassed = hasher.reading(io.FileIO(other))
+    bypassed.read(100)
+    bypassed.raw.read()  # bytes that did not pass through the stream
+    hasher.done(str(other), bypassed)
+    bypassed.close()
+    through = tmp_path / "c.log"
+    through.write_bytes(b"z" * 300_000)
+    whole = hasher.reading(io.FileIO(through))
+    while whole.read(65536):
+        pass
+    hasher.done(str(through), whole)
+    whole.close()
+    digests = hasher.close()
+    for p in (path, other, through):
+        assert digests[str(p)] == (hashlib.sha256(p.read_bytes()).hexdigest(), 300_000)
+
+
+def test_stateful_detections_past_those_kept_count_as_in_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sixty bursts of twenty 401s, each from its own address: the report
+    counts sixty auth-failure-burst matches as replay does, keeps the first
+    fifty (a warning's limit), each with the twenty events' latest ten as its
+    evidence, all from the burst's address (the collector stops keeping
+    evidence for a rule once its detections kept are complete)."""
+    from datetime import UTC, datetime
+
+    from exporter.report.collect import KEEP_PER_RULE, MAX_EVIDENCE
+
+    src = tmp_path / "bursts.log"
+    with src.open("w") as fh:
+        for ip in range(60):
+            for k in range(20):
+                t = datetime.fromtimestamp(1714550400 + ip * 400 + k * 5, UTC)
+                stamp = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                fh.write(
+                    json.dumps(
+                        {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+                         "auditID": f"id-{ip}-{k}", "stage": "ResponseStarted", "verb": "list",
+                         "requestURI": "/api/v1/secrets", "user": {},
+                         "sourceIPs": [f"203.0.113.{ip}"], "responseStatus": {"code": 401},
+                         "requestReceivedTimestamp": stamp, "stageTimestamp": stamp}
+                    ) + "\n"
+                )  # fmt: skip
+    assert main(["replay", str(src), "--output", "json"]) == 0
+    counts = {d["rule"]: d["count"] for d in json.loads(capsys.readouterr().out)["detections"]}
+    assert counts["auth-failure-burst"] == 60
+    status, html = report(tmp_path, str(src))
+    assert status == 0
+    det = html[html.index('id="rule-auth-failure-burst"') :]
+    det = det[: det.index('id="rule-', 10)]
+    assert "(auth-failure-burst, 60 matches)" in det
+    kept = det.split("events that made it fire")[1:]
+    assert len(kept) == KEEP_PER_RULE["warning"] == 50
+    for ip, part in enumerate(kept):
+        body = part[part.index("<tbody>") : part.index("</tbody>")]
+        assert body.count("<tr>") == MAX_EVIDENCE
+        assert set(re.findall(r"203\.0\.113\.\d+", body)) == {f"203.0.113.{ip}"}
+
+
+def test_timeline_counts_alike_whatever_the_order_of_a_batch() -> None:
+    """A batch in time order is counted a bucket at a time (slices of it),
+    any other one request by request, a batch within one bucket by code
+    alone: the timeline is the same."""
+    import gzip
+
+    from exporter.detect.settings import DetectionSettings
+    from exporter.event import Decoder
+    from exporter.metrics import counts_as_request
+    from exporter.report.collect import Collector
+
+    decoder = Decoder(1 << 20)
+    lines = gzip.decompress(DEMO.read_bytes()).splitlines()[:4000]
+    events = [ev for ev in decoder.decode_document(b"\n".join(lines)) if hasattr(ev, "stage_ts")]
+    requests = sorted((ev for ev in events if counts_as_request(ev)), key=lambda ev: ev.stage_ts)
+    assert len({int(ev.stage_ts) for ev in requests}) > 100  # many one-second buckets
+
+    def series(batches: list[list[Any]], span: bool = False) -> list[tuple[float, list[int]]]:
+        c = Collector(DetectionSettings())
+        for batch in batches:
+            stamps = [ev.stage_ts for ev in batch]
+            c._add_requests(batch, (min(stamps), max(stamps)) if span else None)
+        return c.timeline.series()
+
+    in_order = series([requests])
+    assert sum(row[0] + row[2] for _, row in in_order) > 0
+    assert series([requests[::-1]]) == in_order
+    assert series([requests[i : i + 7] for i in range(0, len(requests), 7)], span=True) == in_order

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
+import io
 import os
 import sys
-import threading
-from typing import Any
+from typing import IO, Any, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -170,6 +169,7 @@ def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes:
     SHA-256 and what went wrong. Returns 0 or EXIT_INPUT."""
     from ..event import Decoder
     from ..sources.replay import open_input, read_batches
+    from .digest import Hasher
     from .html import InputFile
 
     decoder = Decoder(max_bytes)
@@ -177,12 +177,8 @@ def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes:
     since, until = scope.since, scope.until
     status = 0
     # the digests are computed beside the reading, on another core when
-    # there is one (hashlib releases the GIL)
-    digests: dict[str, tuple[str, int | None]] = {}
-    hasher = threading.Thread(
-        target=lambda: digests.update((p, _hash(p)) for p in files), name="sha256", daemon=True
-    )
-    hasher.start()
+    # there is one: a plain file's from the blocks read (see digest.py)
+    hasher = Hasher()
     done: list[tuple[str, str]] = []
     for path in files:
         try:
@@ -194,8 +190,12 @@ def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes:
             continue
         summary.files += 1
         problem = ""
+        reading = hasher.reading(stream) if type(stream) is io.FileIO else None
+        if reading is None:
+            hasher.whole(path)
+        source = cast(IO[bytes], reading) if reading is not None else stream
         try:
-            for batch in read_batches(stream, decoder):
+            for batch in read_batches(source, decoder):
                 if since is not None or until is not None:
                     _period(batch, since, until, collector)
                 result = pipeline.process(batch, "replay", context=path)
@@ -210,13 +210,16 @@ def feed(files: list[str], pipeline: Any, collector: Any, scope: Any, max_bytes:
                 raise
             problem = f"read error: {e}"
         finally:
-            if stream is not sys.stdin.buffer:
+            if reading is not None:
+                hasher.done(path, reading)
+                reading.close()
+            elif stream is not sys.stdin.buffer:
                 stream.close()
         if problem:
             print(f"{path}: {problem}", file=sys.stderr)
             status = EXIT_INPUT
         done.append((path, problem))
-    hasher.join()
+    digests = hasher.close()
     for path, problem in done:
         digest, size = digests.get(path, ("", None))
         if problem.startswith("not read"):
@@ -233,19 +236,6 @@ def _period(batch: list[AuditEvent], since: float | None, until: float | None, c
     if len(kept) != len(batch):
         c.outside_period += len(batch) - len(kept)
         batch[:] = kept
-
-
-def _hash(path: str) -> tuple[str, int | None]:
-    """SHA-256 and size of a regular file ("" and None for a stream)."""
-    # never open a FIFO or a device here: that would take the reader's data
-    if path == "-" or not os.path.isfile(path):
-        return "", None
-    try:
-        with open(path, "rb") as fh:
-            h = hashlib.file_digest(fh, "sha256")
-            return h.hexdigest(), fh.tell()
-    except OSError:
-        return "", None
 
 
 def _write(path: str, text: str) -> None:

@@ -10,9 +10,12 @@ falls past a cap is counted, never kept. The terminal summary's aggregates
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import attrgetter, le
 from typing import Any
 
 from ..detect.alerts import render_link
@@ -26,9 +29,6 @@ from .summary import Report, iso, who_what
 from .timeline import Coverage, Timeline
 
 OTHER = "__other__"
-# a batch's requests are counted by (stage, time bucket, code, resource,
-# subresource, level)
-RequestKey = tuple[str, int, int, str, str, str]
 # Timeline slots: requests by class, auth failures, detections by severity.
 CLASSES = ("2xx", "3xx", "4xx", "5xx", "unknown")
 SLOT_401 = 5
@@ -87,7 +87,9 @@ class RuleDetections:
 
 class Collector:
     """A pipeline processor (after the Detector) and the Detector's
-    ``on_match`` callback. ``since``/``until`` are only recorded here: the
+    ``on_match`` callback; made before the Detector runs, it wraps the
+    stateful rules' runners so that the Detector notes the events it runs
+    them on (see _note). ``since``/``until`` are only recorded here: the
     caller filters the events."""
 
     def __init__(
@@ -115,7 +117,7 @@ class Collector:
         self.impersonations: dict[tuple[str, str], list[Any]] = {}
         self.impersonations_overflow = 0
         # (resource, subresource, level) -> requests; see levels
-        self._levels: dict[tuple[str, str, str], int] = {}
+        self._levels: Counter[tuple[str, str, str]] = Counter()
         self.stages: Counter[str] = Counter()
         self.phases: dict[str, list[float]] = {}
         self.phase_slowest: list[tuple[float, int, dict[str, Any]]] = []
@@ -134,13 +136,25 @@ class Collector:
         self._evidence: dict[str, OrderedDict[tuple[str, ...], deque[tuple[Any, ...]]]] = {
             r.id: OrderedDict() for r in self._stateful
         }
-        self._evidence_index: dict[Any, tuple[CompiledRule, ...]] = {}
-        # the Detector's tests on the principal and annotations (its index key)
-        self._atoms = detector.atoms if detector is not None else None
-        # the stages any stateful rule looks at: the others need no index key
-        self._evidence_stages = frozenset(s for r in self._stateful for s in r.stages)
+        # (event, stateful rule) for each time the Detector ran a stateful
+        # rule on an event (its index found the rule a candidate), in the
+        # order it did: see _note. The evidence is worked out from these in
+        # the event's turn, so only events a stateful rule may take are
+        # looked at; and only until the rule's detections kept are complete
+        # (see _detected): no later one shows evidence.
+        self._noted: list[tuple[AuditEvent, CompiledRule]] = []
+        # stateful rule id -> how many of its detections are kept at most
+        self._keep = {r.id: KEEP_PER_RULE.get(r.severity, 5) for r in self._stateful}
         # a sequence rule's state: its groups in progress
         self._sequences = {r: r.state for r in self._stateful if r.rule.kind == "sequence"}
+        if detector is not None and self._stateful:
+            for r in self._stateful:
+                self._note(r)
+            # candidates the Detector found before (none when it has not run
+            # yet, as in cmd_report) would carry the runners met then
+            index = getattr(detector, "_index", None)
+            if isinstance(index, dict):
+                index.clear()
         self._code_slots: dict[int, int] = {}
         # username -> its Principal, or None when it is not itemised (nodes,
         # the control plane, ...; at most MAX_SKIPPED of those)
@@ -177,109 +191,122 @@ class Collector:
         if not events:
             return
         self.summary(events)
-        self.coverage.add([ev.stage_ts for ev in events])
+        span = self.coverage.add(list(map(_stamp, events)))
         timeline = self.timeline
-        stages = self.stages
         pending = self._pending
         workloads = self.settings.critical_workloads
         critical_ns = self._critical_ns
-        evidence_index = self._evidence_index
-        evidence_stages = self._evidence_stages
         who = self._who
-        common = COMMON_ANNOTATIONS
-        atoms = self._atoms
-        triples = atoms.triples if atoms is not None else {}
-        all_annotations = atoms is not None and atoms.common_matters
-        # requests per (stage, time bucket, code, resource, subresource,
-        # level), added to the timeline and the levels after the loop: one
-        # count per request here. The bucket is at this width; a detection
-        # may widen the timeline meanwhile (see _add_requests).
-        width = timeline.width
-        counts: dict[RequestKey, int] = {}
-        others: dict[str, int] = {}  # events that are not requests, by stage
+        only_common = COMMON_ANNOTATIONS.issuperset
+        # the events a stateful rule ran on, in order: the next one is ``taken``
+        noted = self._noted
+        j = 0
+        taken = noted[0][0] if noted else None
+        requests: list[AuditEvent] = []
+        request = requests.append
+        # events by stage
+        stages = self.stages
+        received = started = complete = panic = 0
         for ev in events:
-            stage = ev.stage
-            unusual = None  # annotations beyond the authorizer's, when needed
-            if stage in evidence_stages:
-                # index_key(ev), inlined: this loop runs for every event
-                annotations = ev.annotations
-                unusual = not (annotations.keys() <= common)
-                triple = (ev.username, ev.user_agent, ev.source_ip)
-                who_bits = triples.get(triple)
-                if who_bits is None:
-                    who_bits = atoms.principal_class(triple)  # type: ignore[union-attr]
-                ikey = (stage, ev.verb, ev.resource, ev.subresource, ev.user_kind, ev.code,
-                        ev.impersonated_user != "",
-                        atoms.annotation_class(annotations)  # type: ignore[union-attr]
-                        if unusual or all_annotations else 0,
-                        who_bits)  # fmt: skip
-                cands = evidence_index.get(ikey)
-                if cands is None:
-                    cands = self._candidates(ikey)
-                if cands:
-                    self._feed_evidence(ev, cands)
+            if ev is taken:
+                j = self._feed_evidence(ev, noted, j)
+                taken = noted[j][0] if j < len(noted) else None
             if ev.rules and pending:
                 for m in pending.pop(id(ev), ()):
                     self._detected(m)
-            code = ev.code
             # counts_as_request(ev), inlined
-            if not (
-                stage == "ResponseComplete"
-                or stage == "Panic"
-                or (stage == "ResponseStarted" and code == 401)
-            ):
-                try:
-                    others[stage] += 1
-                except KeyError:
-                    others[stage] = 1
+            stage = ev.stage
+            if stage == "ResponseComplete":
+                complete += 1
+            elif stage == "RequestReceived":
+                received += 1
                 continue
-            ts = ev.stage_ts
-            key = (stage, int(ts // width), code, ev.resource, ev.subresource, ev.level)
-            try:
-                counts[key] += 1
-            except KeyError:
-                counts[key] = 1
+            elif stage == "ResponseStarted":
+                started += 1
+                if ev.code != 401:
+                    continue
+            elif stage == "Panic":
+                panic += 1
+            else:  # no other stage decodes; counted all the same
+                stages[stage] += 1
+                continue
+            request(ev)
             username = ev.username
             try:
                 p = who[username]
             except KeyError:
-                p = self._new_principal(ev, ts)
+                p = self._new_principal(ev, ev.stage_ts)
             if p is not None:
+                ts = ev.stage_ts
                 self._principal(p, ev, ts)
                 if ev.user_kind == "human":
                     timeline.add_keyed(username, ts)
             if ev.impersonated_user:
-                self._impersonation(ev, ts)
+                self._impersonation(ev, ev.stage_ts)
             if workloads and (critical_ns is None or ev.namespace in critical_ns):
                 self._critical(ev)
-            if unusual is None:
-                unusual = not (ev.annotations.keys() <= common)
-            if unusual:
+            if not only_common(ev.annotations):
+                # annotations beyond the authorizer's: maybe latency phases
                 self._phases(ev)
+        if noted:
+            # events a stateful rule ran on that this processor did not see
+            # (cannot happen in one pipeline, but never keep them)
+            noted.clear()
         if pending:
-            # matches on events this processor did not see (cannot happen in
-            # one pipeline, but never keep them)
+            # matches on events this processor did not see (likewise)
             for ms in pending.values():
                 for m in ms:
                     self._detected(m)
             pending.clear()
-        stages.update(others)
-        if counts:
-            self._add_requests(counts, width)
+        for name, n in (
+            ("RequestReceived", received),
+            ("ResponseStarted", started),
+            ("ResponseComplete", complete),
+            ("Panic", panic),
+        ):
+            if n:
+                stages[name] += n
+        # the other counts, each in one pass over the batch's requests
+        if requests:
+            self._levels.update(map(_level_key, requests))
+            self._add_requests(requests, span)
 
-    def _add_requests(self, counts: dict[RequestKey, int], width: int) -> None:
-        """A batch's requests into the stages, the timeline and the levels."""
-        stages = self.stages
-        levels = self._levels
+    def _add_requests(self, requests: list[AuditEvent], span: tuple[float, float] | None) -> None:
+        """A batch's requests into the timeline, by time bucket and code;
+        ``span``: the batch's earliest and latest times."""
         timeline = self.timeline
         code_slots = self._code_slots
-        for (stage, b, code, resource, subresource, level), n in counts.items():
-            stages[stage] += n
-            key = (resource, subresource, level)
-            levels[key] = levels.get(key, 0) + n
-            # the bucket's start: in the same bucket at any later width,
-            # since each width divides the next
-            row = timeline.row(float(b * width))
+        # the bucket at this width (a detection may have widened the
+        # timeline meanwhile; row() may widen it again): a bucket's start is
+        # in the same bucket at any later width, since each width divides the
+        # next
+        width = timeline.width
+        # a time's bucket number, as a float: ts // width
+        bucket = float(width).__rfloordiv__
+        counts: dict[tuple[float, int], int]
+        if span is not None and span[0] // width == span[1] // width:
+            # the whole batch in one bucket (the usual case once the
+            # buckets are wide): its requests by code alone
+            b = span[0] // width
+            counts = {(b, code): n for code, n in Counter(map(_code, requests)).items()}
+        else:
+            stamps = list(map(_stamp, requests))
+            if all(map(le, stamps, islice(stamps, 1, None))):
+                # in time order (stops at the first that is not): each
+                # bucket's requests are a slice, counted by code alone
+                counts = {}
+                start = 0
+                end = len(stamps)
+                while start < end:
+                    b = bucket(stamps[start])
+                    stop = bisect_left(stamps, b + 1.0, start, end, key=bucket)
+                    for code, n in Counter(map(_code, requests[start:stop])).items():
+                        counts[(b, code)] = n
+                    start = stop
+            else:
+                counts = Counter(zip(map(bucket, stamps), map(_code, requests), strict=True))
+        for (b, code), n in counts.items():
+            row = timeline.row(b * width)
             slot = code_slots.get(code)
             if slot is None:
                 slot = code_slots[code] = CLASSES.index(code_class(code))
@@ -313,36 +340,45 @@ class Collector:
             p.first = ts
         if ts > p.last:
             p.last = ts
-        # bump(), inlined for the common case: a key already counted
+        # bump(), inlined for the common case: a key already counted (get,
+        # not a KeyError: past a cap, new keys are common)
         resource = ev.resource
         sub = ev.subresource
         action = (
             (ev.verb, resource, sub) if resource else (ev.verb, ev.request_uri.split("?", 1)[0], "")
         )
-        try:
-            p.actions[action] += 1
-        except KeyError:
-            bump(p.actions, action, 60)
+        actions = p.actions
+        n = actions.get(action)
+        if n is not None:
+            actions[action] = n + 1
+        else:
+            bump(actions, action, 60)
         namespace = ev.namespace
         name = ev.name
         if name or namespace:
             obj = (resource, sub, namespace, name)
-            try:
-                p.objects[obj] += 1
-            except KeyError:
-                bump(p.objects, obj, 30)
+            objects = p.objects
+            n = objects.get(obj)
+            if n is not None:
+                objects[obj] = n + 1
+            else:
+                bump(objects, obj, 30)
         source = ev.source_ip
         if source:
-            try:
-                p.sources[source] += 1
-            except KeyError:
-                bump(p.sources, source, 20)
+            sources = p.sources
+            n = sources.get(source)
+            if n is not None:
+                sources[source] = n + 1
+            else:
+                bump(sources, source, 20)
         agent = ev.user_agent
         if agent:
-            try:
-                p.agents[agent] += 1
-            except KeyError:
-                bump(p.agents, agent, 10)
+            agents = p.agents
+            n = agents.get(agent)
+            if n is not None:
+                agents[agent] = n + 1
+            else:
+                bump(agents, agent, 10)
 
     def _impersonation(self, ev: AuditEvent, ts: float) -> None:
         key = (ev.username or "(unauthenticated)", ev.impersonated_user)
@@ -408,25 +444,50 @@ class Collector:
                 worst, worst_phase = seconds, phase
         if worst_phase:
             self._seq += 1
-            item = (worst, self._seq, {"phase": worst_phase, **who_what(ev)})
-            if len(self.phase_slowest) < 10:
-                heapq.heappush(self.phase_slowest, item)
-            elif worst > self.phase_slowest[0][0]:
-                heapq.heapreplace(self.phase_slowest, item)
+            slowest = self.phase_slowest
+            # the row is made only when it is kept
+            if len(slowest) < 10:
+                heapq.heappush(slowest, (worst, self._seq, {"phase": worst_phase, **who_what(ev)}))
+            elif worst > slowest[0][0]:
+                heapq.heapreplace(
+                    slowest, (worst, self._seq, {"phase": worst_phase, **who_what(ev)})
+                )
 
     # --- detections -------------------------------------------------------------
 
-    def _candidates(self, key: Any) -> tuple[CompiledRule, ...]:
-        """The stateful rules that may match events with this index key."""
-        index = self._evidence_index
-        if len(index) > 50_000:
-            index.clear()
-        found = index[key] = tuple(r for r in self._stateful if r.applies(key))
-        return found
+    def _note(self, r: CompiledRule) -> None:
+        """Have the Detector note each event it runs the stateful rule ``r``
+        on: the events its index finds ``r`` a candidate for, the only ones
+        whose evidence may count (see _feed_evidence); while the rule's
+        evidence is kept."""
+        run = r.run
+        note = self._noted.append
+        evidence = self._evidence
+        rule_id = r.id
 
-    def _feed_evidence(self, ev: AuditEvent, cands: tuple[CompiledRule, ...]) -> None:
+        def noted(ev: AuditEvent) -> bool | Match | None:
+            if rule_id in evidence:
+                note((ev, r))
+            return run(ev)
+
+        r.run = noted
+
+    def _feed_evidence(
+        self, ev: AuditEvent, noted: list[tuple[AuditEvent, CompiledRule]], j: int
+    ) -> int:
+        """The evidence of ``ev`` for the stateful rules noted for it from
+        ``noted[j]`` on; returns the position of the next event's."""
         sequences = self._sequences
-        for r in cands:
+        evidence = self._evidence
+        end = len(noted)
+        while j < end:
+            seen_ev, r = noted[j]
+            if seen_ev is not ev:
+                break
+            j += 1
+            groups = evidence.get(r.id)
+            if groups is None:  # the rule's detections kept are complete
+                continue
             state = sequences.get(r)
             try:
                 if state is not None and r.id not in ev.rules:
@@ -445,7 +506,6 @@ class Collector:
                     group = r.group(ev)
             except Exception:  # the Detector counts and logs rule failures
                 continue
-            groups = self._evidence[r.id]
             seen = groups.get(group)
             if seen is None:
                 if len(groups) >= MAX_EVIDENCE_GROUPS:
@@ -469,6 +529,7 @@ class Collector:
                     ev.stage,
                 )
             )
+        return j
 
     def _detected(self, m: Match) -> None:
         rule = m.rule
@@ -508,6 +569,15 @@ class Collector:
                 _brief(x) for x in (seen or ()) if not window or ts - window <= x[0] <= ts
             ]
         rec.kept.append(row)
+        # no match of the rule (at its own severity or at info, see
+        # notify_once) is kept after this many: nor is more evidence needed
+        if rule.id in self._evidence and len(rec.kept) >= self._keep[rule.id]:
+            del self._evidence[rule.id]
+
+
+_stamp = attrgetter("stage_ts")
+_code = attrgetter("code")
+_level_key = attrgetter("resource", "subresource", "level")
 
 
 def _brief(x: tuple[Any, ...]) -> dict[str, Any]:

@@ -113,17 +113,18 @@ class Coverage:
         self.gap = gap
         self.spans: list[list[float]] = []
 
-    def add(self, stamps: Sequence[float]) -> None:
-        """One batch's timestamps, in any order."""
+    def add(self, stamps: Sequence[float]) -> tuple[float, float] | None:
+        """One batch's timestamps, in any order; returns their earliest and
+        latest (None when there are none)."""
         if not stamps:
-            return
+            return None
         gap = self.gap
         low = min(stamps)
         high = max(stamps)
         if high - low <= gap:
             # no silence inside the batch can be longer (the usual case)
             self.spans = _merge(self.spans, [[low, high]], gap)
-            return
+            return low, high
         ordered = sorted(stamps)
         local: list[list[float]] = []
         start = end = ordered[0]
@@ -134,6 +135,7 @@ class Coverage:
             end = t
         local.append([start, end])
         self.spans = _merge(self.spans, local, gap)
+        return low, high
 
     def gaps(self) -> list[tuple[float, float]]:
         """(last event before, first event after) for each silence longer
