@@ -47,18 +47,20 @@ if TYPE_CHECKING:
     from .loki.sink import LokiSink
     from .pipeline import Pipeline
 
-# Modules that add a subcommand: each has ``register(subparsers)``, which adds
-# its parser and sets ``func`` to a callable taking the parsed args and
-# returning the exit code.
-COMMAND_MODULES: tuple[str, ...] = (
-    "exporter.detect.cli",
-    "exporter.policy.cli",
-    "exporter.simulate",
-    "exporter.report.cli",
-)
+# Modules that add a subcommand, with the subcommand each adds: each has
+# ``register(subparsers)``, which adds its parser and sets ``func`` to a
+# callable taking the parsed args and returning the exit code.
+COMMAND_MODULES: dict[str, str] = {
+    "exporter.detect.cli": "rules",
+    "exporter.policy.cli": "policy",
+    "exporter.simulate": "simulate",
+    "exporter.report.cli": "report",
+}
 
 # The subcommands defined here: when one of them is asked for, the command
-# modules above (the simulator imports an HTTP client) are not imported.
+# modules above (the simulator imports an HTTP client) are not imported;
+# when one of theirs is, only its own (all of them for help, completion
+# and anything unknown).
 OWN_COMMANDS = frozenset({"run", "check-config", "replay"})
 
 log = logging.getLogger("exporter")
@@ -493,8 +495,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_flags(replay, exclude=REPLAY_SKIPS)
     replay.set_defaults(func=cmd_replay)
 
-    for name in COMMAND_MODULES if command not in OWN_COMMANDS else ():
-        importlib.import_module(name).register(sub)
+    owner = [m for m, name in COMMAND_MODULES.items() if name == command]
+    for module in () if command in OWN_COMMANDS else owner or COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
 
     completion = sub.add_parser(
         "completion",

@@ -116,3 +116,33 @@ def test_the_version_is_read_when_asked_for() -> None:
     import exporter
 
     assert exporter.__version__ == exporter.package_version() != ""
+
+
+def test_a_command_of_a_module_imports_that_module_alone(tmp_path: Path, corpora: Path) -> None:
+    """`report` registers its own parser only: not the simulator's (with
+    its HTTP client), the policy tools' or the rule tools'; help still
+    lists every command."""
+    log = corpora / "audit2rbac-demo" / "demo.log"
+    others = ["exporter.simulate", "exporter.policy.cli", "exporter.detect.cli"]
+    code = (
+        "import json, sys\n"
+        "from exporter.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        f"print(json.dumps([m for m in {others!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "report", "--output", str(tmp_path / "r.html"), str(log)],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    assert json.loads(out.splitlines()[-1]) == []
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    helped = subprocess.run(
+        [sys.executable, "-m", "exporter", "--help"],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout.decode()
+    for command in ("rules", "policy", "simulate", "report", "replay", "run"):
+        assert command in helped
