@@ -256,3 +256,44 @@ def test_the_principal_caches_stay_bounded_and_right(
         assert found == (["outside"] if n % 2 else []), address
         assert all(len(c) <= 16 for c in det.atoms.principals)
         assert len(det.atoms.triples) <= 16
+
+
+def test_wrapped_runners_run_also_after_the_index_found_candidates() -> None:
+    """Detector.wrap_runners (the report notes the events a stateful rule
+    runs on): the wrapper runs for every event the rule is a candidate for,
+    also when the index had found that rule's candidates before, and the
+    rule's answers are the same."""
+    from exporter.simulate import Options, simulate_lines
+
+    det = Detector(load_rules(None), SETTINGS)
+    decoder = Decoder()
+    events = [
+        item
+        for line in simulate_lines(Options(events=20_000, seed=5))
+        for item in decoder.decode_record(line)
+        if isinstance(item, AuditEvent)
+    ]
+    half = len(events) // 2
+    det(events[:half])  # the index holds candidates with the plain runners
+    stateful = [r for r in det.rules if r.rule.kind != "match"]
+    seen: dict[str, int] = {}
+
+    def counting(r: object, run: object) -> object:
+        rule_id = r.id  # type: ignore[attr-defined]
+
+        def wrapped(ev: AuditEvent) -> object:
+            seen[rule_id] = seen.get(rule_id, 0) + 1
+            return run(ev)  # type: ignore[operator]
+
+        return wrapped
+
+    det.wrap_runners(stateful, counting)  # type: ignore[arg-type]
+    rest = events[half:]
+    det(rest)
+    expected: dict[str, int] = {}
+    for ev in rest:
+        for _, r in det._candidates(index_key(ev, det.atoms)):
+            if r in stateful:
+                expected[r.id] = expected.get(r.id, 0) + 1
+    assert seen == expected
+    assert sum(seen.values()) > 100

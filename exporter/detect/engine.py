@@ -571,6 +571,17 @@ class Detector:
 
     # --- the processor ---------------------------------------------------------
 
+    def wrap_runners(
+        self, rules: Iterable[CompiledRule], wrap: Callable[[CompiledRule, Runner], Runner]
+    ) -> None:
+        """Have each of ``rules`` run through ``wrap(rule, its runner)`` from
+        now on: the report notes the events the Detector runs a stateful rule
+        on. The index's candidates, which hold the runners they were found
+        with, are worked out again."""
+        for r in rules:
+            r.run = wrap(r, r.run)
+        self._index.clear()
+
     def _candidates(self, key: IndexKey) -> tuple[tuple[Runner, CompiledRule], ...]:
         # keys that no rule tells apart (see KeyClasses) share their rules
         ckey = self._classes(key)

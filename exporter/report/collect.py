@@ -19,7 +19,7 @@ from operator import attrgetter, le
 from typing import Any
 
 from ..detect.alerts import render_link
-from ..detect.engine import CompiledRule, Detector, Match
+from ..detect.engine import CompiledRule, Detector, Match, Runner
 from ..detect.settings import CriticalWorkload, DetectionSettings
 from ..duration import parse_go_duration
 from ..event import COMMON_ANNOTATIONS, AuditEvent, code_class
@@ -89,7 +89,7 @@ class Collector:
     """A pipeline processor (after the Detector) and the Detector's
     ``on_match`` callback; made before the Detector runs, it wraps the
     stateful rules' runners so that the Detector notes the events it runs
-    them on (see _note). ``since``/``until`` are only recorded here: the
+    them on (see _noting). ``since``/``until`` are only recorded here: the
     caller filters the events."""
 
     def __init__(
@@ -138,7 +138,7 @@ class Collector:
         }
         # (event, stateful rule) for each time the Detector ran a stateful
         # rule on an event (its index found the rule a candidate), in the
-        # order it did: see _note. The evidence is worked out from these in
+        # order it did: see _noting. The evidence is worked out from these in
         # the event's turn, so only events a stateful rule may take are
         # looked at; and only until the rule's detections kept are complete
         # (see _detected): no later one shows evidence.
@@ -148,13 +148,7 @@ class Collector:
         # a sequence rule's state: its groups in progress
         self._sequences = {r: r.state for r in self._stateful if r.rule.kind == "sequence"}
         if detector is not None and self._stateful:
-            for r in self._stateful:
-                self._note(r)
-            # candidates the Detector found before (none when it has not run
-            # yet, as in cmd_report) would carry the runners met then
-            index = getattr(detector, "_index", None)
-            if isinstance(index, dict):
-                index.clear()
+            detector.wrap_runners(self._stateful, self._noting)
         self._code_slots: dict[int, int] = {}
         # username -> its Principal, or None when it is not itemised (nodes,
         # the control plane, ...; at most MAX_SKIPPED of those)
@@ -455,12 +449,11 @@ class Collector:
 
     # --- detections -------------------------------------------------------------
 
-    def _note(self, r: CompiledRule) -> None:
-        """Have the Detector note each event it runs the stateful rule ``r``
-        on: the events its index finds ``r`` a candidate for, the only ones
-        whose evidence may count (see _feed_evidence); while the rule's
-        evidence is kept."""
-        run = r.run
+    def _noting(self, r: CompiledRule, run: Runner) -> Runner:
+        """The stateful rule ``r``'s runner ``run``, noting each event the
+        Detector runs it on: the events its index finds ``r`` a candidate
+        for, the only ones whose evidence may count (see _feed_evidence);
+        while the rule's evidence is kept."""
         note = self._noted.append
         evidence = self._evidence
         rule_id = r.id
@@ -470,7 +463,7 @@ class Collector:
                 note((ev, r))
             return run(ev)
 
-        r.run = noted
+        return noted
 
     def _feed_evidence(
         self, ev: AuditEvent, noted: list[tuple[AuditEvent, CompiledRule]], j: int
