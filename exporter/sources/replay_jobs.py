@@ -374,9 +374,10 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     # events are still in the cache
     for offset, number, lines, ascii, cr in _windows(data, WINDOW_BYTES):
         # where the window's line i starts: offset + before[i] + i (the newlines)
-        before = list(accumulate(map(len, lines), initial=0))
+        lengths = list(map(len, lines))
+        before = list(accumulate(lengths, initial=0))
         # no line longer than the limit: the lines need not be measured one by one
-        within = max(map(len, lines), default=0) <= limit
+        within = max(lengths, default=0) <= limit
         for group in range(0, len(lines), step):
             events: list[AuditEvent] = []
             at: list[int] = []  # each event's line in the window (-1: one of several)
@@ -638,7 +639,6 @@ class ParallelReplay:
         _JOB = _Job(
             decoder, before, self.detector, metrics_args, batch_lines, pipeline.observe_batches
         )
-        self.observe = pipeline.observe_batches
         self.pool: Jobs | None = Jobs(jobs, run_chunk)
         self.jobs = jobs
 
@@ -823,7 +823,7 @@ class ParallelReplay:
         report.duplicates += duplicates
         with metrics.lock:
             metrics.apply(p.tally)
-            if p.events and self.observe:
+            if p.events and self.pipeline.observe_batches:
                 metrics.events.inc(("replay",), p.events)
             if p.future:
                 metrics.future.inc(("replay",), p.future)
