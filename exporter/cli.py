@@ -365,7 +365,7 @@ def _replay(
                 f"\nLoki: {lk['sent']} entries sent, {sum(lk['rejected'].values())} refused, "
                 f"{lk['undelivered']} not delivered\n"
             )
-    if args.metrics_out and registry is not None:
+    if registry is not None:  # --metrics-out
         from prometheus_client import write_to_textfile
 
         write_to_textfile(args.metrics_out, registry)

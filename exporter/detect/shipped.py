@@ -64,10 +64,9 @@ def text_digest(text: str) -> str:
 
 def _load() -> dict[str, tuple[str, RuleFile]]:
     try:
-        data = PARSED.read_bytes()
-        doc = pickle.loads(data)
+        doc = current()
         if (
-            type(doc) is not dict
+            doc is None
             or doc.get("format") != FORMAT
             or doc.get("fingerprint") != fingerprint()
             or type(doc.get("files")) is not dict
