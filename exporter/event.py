@@ -13,11 +13,13 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 import orjson
 
+from . import accel
+from .accel import PURE_PYTHON_ENV as PURE_PYTHON_ENV
 from .gke_entry import entry_to_event, is_log_entry
 from .jsonsplit import not_a_json_container, split_items, split_lines
 from .refusals import INVALID_REASONS as INVALID_REASONS
@@ -498,8 +500,9 @@ def _fast_event(line: bytes, ascii: bool | None = None) -> AuditEvent | None:
     stage_at = f.stageTimestamp
     if not f.kind or not f.apiVersion or not received_at or not stage_at:
         return None
-    # _api_time of both, inline (this runs for every event): in an ASCII
-    # line, isdigit() alone says the microseconds are six ASCII digits
+    # _api_time of both, inline (this runs for every event when the C fast
+    # path was not built). isdigit() is true of other scripts' digits too,
+    # and an ASCII line can hold them as \u escapes: isascii() as well.
     received: float | None = None
     stage_ts: float | None = None
     cache = _SECOND_CACHE
@@ -507,7 +510,7 @@ def _fast_event(line: bytes, ascii: bool | None = None) -> AuditEvent | None:
         base = cache.get(received_at[:19])
         if base is not None:
             micros = received_at[20:26]
-            if micros.isdigit():
+            if micros.isascii() and micros.isdigit():
                 received = base + int(micros) * 1e-6
     if stage_at == received_at:
         stage_ts = received
@@ -515,7 +518,7 @@ def _fast_event(line: bytes, ascii: bool | None = None) -> AuditEvent | None:
         base = cache.get(stage_at[:19])
         if base is not None:
             micros = stage_at[20:26]
-            if micros.isdigit():
+            if micros.isascii() and micros.isdigit():
                 stage_ts = base + int(micros) * 1e-6
     if received is None or stage_ts is None:
         try:
@@ -543,10 +546,7 @@ def _fast_event(line: bytes, ascii: bool | None = None) -> AuditEvent | None:
     ev.username = username
     kind = _USER_KINDS.get(username)
     if kind is None:
-        kind = classify_user(username)
-        if len(_USER_KINDS) >= _USER_KINDS_MAX:
-            _USER_KINDS.clear()
-        _USER_KINDS[username] = kind
+        kind = _user_kind(username)
     ev.user_kind = kind
     imp = f.impersonatedUser
     ev.impersonated_user = imp.username if imp is not None else ""
@@ -571,13 +571,18 @@ def _fast_event(line: bytes, ascii: bool | None = None) -> AuditEvent | None:
     return ev
 
 
-# The fast path's own name: the replay reader calls it for each line that
-# starts an object (see exporter.sources.replay.read_batches).
-fast_event = _fast_event
-
 # username -> classify_user(username): a log has few distinct users
 _USER_KINDS: dict[str, str] = {}
 _USER_KINDS_MAX = 8192
+
+
+def _user_kind(username: str) -> str:
+    """classify_user, remembered (both fast paths read _USER_KINDS first)."""
+    kind = classify_user(username)
+    if len(_USER_KINDS) >= _USER_KINDS_MAX:
+        _USER_KINDS.clear()
+    _USER_KINDS[username] = kind
+    return kind
 
 
 def _api_time(value: str) -> float:
@@ -590,6 +595,33 @@ def _api_time(value: str) -> float:
             if micros.isascii() and micros.isdigit():
                 return base + int(micros) * 1e-6
     return parse_time(value)
+
+
+class FastPath(Protocol):
+    def __call__(self, line: bytes, ascii: bool | None = None, /) -> AuditEvent | None: ...
+
+
+def _compiled() -> FastPath | None:
+    """exporter._speedups.fast_event, set up, when it was built and not
+    turned off (see exporter.accel); None otherwise."""
+    _speedups = accel.compiled
+    if _speedups is None:
+        return None
+    _speedups.setup(
+        AuditEvent, _Fast, _User, _Ref, _Status, _decode_fast,
+        (msgspec.DecodeError, RecursionError), _api_time, InvalidEvent,
+        _user_kind, _USER_KINDS, _UNPARSED,
+    )  # fmt: skip
+    fast: FastPath = _speedups.fast_event
+    return fast
+
+
+# The fast path's own name, in C when it was built (the same results, see
+# tests/test_speedups.py): the decoder and the replay readers call it for
+# each line that starts an object.
+fast_event: FastPath = _compiled() or _fast_event
+# which one it is, for `version` and the benchmarks
+SPEEDUPS = fast_event is not _fast_event
 
 
 # --- documents ---------------------------------------------------------------
@@ -626,7 +658,7 @@ class Decoder:
                 if refused is not None:
                     yield refused
                     return
-                ev = _fast_event(line.rstrip(b"\r\n"))
+                ev = fast_event(line.rstrip(b"\r\n"))
                 if ev is not None:
                     yield ev
                     return
@@ -780,7 +812,7 @@ class Decoder:
                 if len(payload) > self.max_event_bytes:
                     raise self._too_large(len(payload))
                 line = payload.rstrip(b"\r\n")
-                ev = _fast_event(line)
+                ev = fast_event(line)
                 if ev is not None:
                     return ev
                 payload, raw = _parse(line), line

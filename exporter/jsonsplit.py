@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import orjson
 
+from .accel import split_newlines
 from .refusals import InvalidEvent, not_an_object
 
 # A string (escapes included), a run of opening or closing brackets, or a
@@ -122,7 +123,7 @@ def split_lines(data: bytes) -> Iterator[bytes]:
         end = data.find(b"\n", start + LINES_BLOCK)
         if end < 0:
             end = size
-        yield from data[start:end].split(b"\n")
+        yield from split_newlines(data[start:end])
         start = end + 1
 
 

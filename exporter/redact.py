@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from .accel import contains_any
 from .event import AuditEvent
 
 REDACTED = "[REDACTED]"
@@ -229,9 +230,12 @@ def _no_secret_kind(raw: bytes | None) -> bool:
     the key ``kind``) is ASCII, and an escape that stands for an ASCII
     character is ``\\u00XX``: others (``\\u2028``, emoji) cannot spell one,
     and the four-byte needle is searched faster than ``\\u``."""
-    return (
-        raw is not None and b"Secret" not in raw and b"TokenRe" not in raw and b"\\u00" not in raw
-    )
+    return raw is not None and not contains_any(raw, _KIND_NEEDLES)
+
+
+# the needles of _no_secret_kind: memmem (C) searches each faster than
+# Python, whose search of "\\u00" stops at every "0" of the line
+_KIND_NEEDLES = (b"Secret", b"TokenRe", b"\\u00")
 
 
 def _implied_kind(ev: AuditEvent) -> str | None:

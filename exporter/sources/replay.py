@@ -13,6 +13,7 @@ from typing import IO, cast
 
 import orjson
 
+from ..accel import split_newlines
 from ..event import AuditEvent, Batch, Decoder, InvalidEvent, fast_event, is_document, loads
 from ..gzstream import MAGIC, GzipStream
 
@@ -193,7 +194,7 @@ def _line_blocks(
                 parts.append(chunk)
                 size += len(chunk)
         else:
-            lines = chunk.split(b"\n")
+            lines = split_newlines(chunk)
             tail = lines.pop()
             ascii: bool | None = chunk.isascii() or None
             cr = b"\r" in chunk
@@ -212,7 +213,7 @@ def _line_blocks(
         chunk = stream.read(READ_BYTES)
     rest = b"".join(parts)
     if rest:
-        yield _cut(rest.split(b"\n"), limit), rest.isascii() or None, b"\r" in rest, False
+        yield _cut(split_newlines(rest), limit), rest.isascii() or None, b"\r" in rest, False
 
 
 def _cut(lines: list[bytes], limit: int) -> list[bytes]:

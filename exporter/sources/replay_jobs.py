@@ -59,6 +59,7 @@ from itertools import accumulate
 from operator import attrgetter
 from typing import IO, cast
 
+from ..accel import split_newlines
 from ..detect import Detector
 from ..detect.engine import Projected
 from ..event import AuditEvent, Decoder, InvalidEvent, fast_event
@@ -309,7 +310,7 @@ def _windows(data: bytes, size: int) -> Iterator[tuple[int, int, list[bytes], bo
         if end <= 0:
             end = total
         window = data if pos == 0 and end == total else data[pos:end]
-        lines = window.split(b"\n")
+        lines = split_newlines(window)
         if window.endswith(b"\n"):
             lines.pop()  # the window's last newline ends its last line
         yield pos, number, lines, window.isascii() or None, b"\r" in window

@@ -1,0 +1,289 @@
+"""exporter._speedups, the decoder's fast path in C, against the Python
+fast path it mirrors (exporter.event._fast_event): the same event, slot by
+slot and type by type, or None from both, on every real line, on the
+simulator's output and on generated events built to hit each branch (odd
+timestamps, missing and null fields, non-ASCII text, invalid UTF-8). Also
+that it holds no reference it should not, and that it can be turned off.
+
+The test environment builds the extension (`make test` installs the
+package, which compiles it): these tests fail, rather than skip, when it
+is missing, because then the decoder runs slower than documented.
+tests/test_event_fast_path.py runs its hand-written cases against both."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import exporter.event as event_module
+from exporter import _speedups
+from exporter.event import PURE_PYTHON_ENV, AuditEvent
+from exporter.simulate import Options, simulate_lines
+from tests.test_event_fast_path import corpus_lines
+
+C = _speedups.fast_event
+PY = event_module._fast_event
+
+
+def same(line: bytes, ascii: bool | None = None) -> AuditEvent | None:
+    """Both paths' events of ``line``, asserted equal; the C one."""
+    c = C(line, ascii)
+    py = PY(line, ascii)
+    if c is None or py is None:
+        assert c is None and py is None, (line[:300], c, py)
+        return None
+    for name in AuditEvent.__slots__:
+        a, b = getattr(c, name), getattr(py, name)
+        assert type(a) is type(b), (name, a, b, line[:300])
+        if name == "_request_raw":
+            assert bytes(a) == bytes(b), line[:300]
+        elif name == "_request":
+            assert a is b is event_module._UNPARSED
+        else:
+            # floats bit for bit: the same arithmetic, not merely close
+            assert a == b, (name, a, b, line[:300])
+    return c
+
+
+def test_the_extension_is_what_the_decoder_uses() -> None:
+    assert event_module.SPEEDUPS is (os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"))
+    if event_module.SPEEDUPS:
+        assert event_module.fast_event is C
+
+
+def test_every_corpus_line_decodes_the_same(corpora: Any) -> None:
+    events = 0
+    for where, raw in corpus_lines():
+        line = raw.rstrip(b"\r")
+        ev = same(line)
+        if line.isascii():
+            same(line, True)
+        same(line, False)
+        if ev is not None:
+            events += 1
+            assert ev.obj == orjson.loads(line), where
+    # the fast path carries the real logs (the other lines are documents,
+    # v1beta1 and items without kind/apiVersion: the general path's)
+    assert events > 15_000
+
+
+def test_the_simulators_output_decodes_the_same() -> None:
+    events = 0
+    for line in simulate_lines(Options(events=5_000, seed=3)):
+        events += same(line.rstrip(b"\n")) is not None
+    assert events > 4_000
+
+
+BASE: dict[str, Any] = {
+    "kind": "Event",
+    "apiVersion": "audit.k8s.io/v1",
+    "level": "Metadata",
+    "auditID": "a-1",
+    "stage": "ResponseComplete",
+    "requestURI": "/api/v1/namespaces/db/secrets",
+    "verb": "list",
+    "userAgent": "kubectl/v1.30.0",
+    "user": {"username": "alice"},
+    "sourceIPs": ["10.0.0.1"],
+    "objectRef": {"resource": "secrets", "namespace": "db"},
+    "responseStatus": {"code": 200},
+    "requestReceivedTimestamp": "2024-05-01T10:00:00.100000Z",
+    "stageTimestamp": "2024-05-01T10:00:00.200000Z",
+}
+
+digits = st.text("0123456789", min_size=1, max_size=2)
+# times near and beyond the edges of the calendar, and not quite the
+# API server's form
+timestamps = st.one_of(
+    st.datetimes(timezones=st.none()).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+    st.builds(
+        "{:04d}-{}-{}T{}:{}:{}.{}Z".format,
+        st.integers(0, 9999),
+        digits.map(lambda d: d.zfill(2)),
+        digits.map(lambda d: d.zfill(2)),
+        digits.map(lambda d: d.zfill(2)),
+        digits.map(lambda d: d.zfill(2)),
+        digits.map(lambda d: d.zfill(2)),
+        st.text("0123456789", min_size=6, max_size=6),
+    ),
+    st.sampled_from(
+        [
+            "2024-02-29T23:59:59.999999Z",
+            "2023-02-29T00:00:00.000000Z",
+            "2024-04-31T00:00:00.000000Z",
+            "2024-05-01T24:00:00.000000Z",
+            "2024-05-01T10:60:00.000000Z",
+            "2024-05-01T10:00:60.000000Z",
+            "0000-01-01T00:00:00.000000Z",
+            "0001-01-01T00:00:00.000000Z",
+            "9999-12-31T23:59:59.999999Z",
+            "1969-12-31T23:59:59.999999Z",
+            "2024-05-01t10:00:00.100000Z",
+            "2024-05-01 10:00:00.100000Z",
+            "2024-05-01T10:00:00.100000z",
+            "2024-05-01T10:00:00Z",
+            "2024-05-01T10:00:00.1Z",
+            "2024-05-01T10:00:00.1000000Z",
+            "2024-05-01T10:00:00.100000+02:00",
+            "2024-05-01T10:00:00.\u0661\u0660\u0660\u0660\u0660\u0660Z",
+            "\u0662024-05-01T10:00:00.100000Z",
+            "2024-05-01T10:00:00.+10000Z",
+            "",
+            "yesterday",
+        ]
+    ),
+)
+texts = st.text(max_size=12)
+names = st.one_of(st.none(), texts, st.sampled_from(["system:anonymous", "system:node:n1"]))
+
+
+@st.composite
+def events(draw: st.DrawFn) -> bytes:
+    obj = dict(BASE)
+    obj["requestReceivedTimestamp"] = draw(timestamps)
+    obj["stageTimestamp"] = draw(st.one_of(timestamps, st.just(obj["requestReceivedTimestamp"])))
+    user = draw(names)
+    obj["user"] = None if user is None else {"username": user}
+    if draw(st.booleans()):
+        imp = draw(names)
+        obj["impersonatedUser"] = None if imp is None else {"username": imp}
+    obj["sourceIPs"] = draw(st.one_of(st.none(), st.lists(texts, max_size=3)))
+    ref = draw(st.one_of(st.none(), st.dictionaries(st.sampled_from(
+        ["resource", "subresource", "namespace", "name", "apiGroup"]), texts)))  # fmt: skip
+    obj["objectRef"] = ref
+    obj["responseStatus"] = draw(
+        st.one_of(st.none(), st.just({}), st.builds(dict, code=st.integers(-(2**70), 2**70)))
+    )
+    obj["annotations"] = draw(st.one_of(st.none(), st.dictionaries(texts, texts, max_size=3)))
+    for body in ("requestObject", "responseObject"):
+        if draw(st.booleans()):
+            obj[body] = draw(st.one_of(st.none(), st.just({}), st.just({"k": "v\u00e9"})))
+    for key in ("kind", "apiVersion", "level", "userAgent", "requestURI"):
+        if draw(st.integers(0, 4)) == 0:
+            del obj[key]
+    # big integers and non-ASCII text as they are, or escaped
+    line = json.dumps(obj, ensure_ascii=draw(st.booleans()), separators=(",", ":")).encode()
+    if draw(st.integers(0, 9)) == 0:
+        # invalid UTF-8 where the typed decode does not look
+        line = line.replace(b'"verb"', b'"x":"\xff\xfe","verb"', 1)
+    return line
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events())
+def test_generated_events_decode_the_same(line: bytes) -> None:
+    same(line)
+    same(line, False)
+    if line.isascii():
+        same(line, True)
+
+
+def test_timestamps_are_bit_for_bit_those_of_parse_time() -> None:
+    """Every second of a leap day, and microseconds whose products round
+    differently: the C arithmetic is Python's, no fused multiply-add."""
+    for micros in (0, 1, 3, 7, 100_000, 333_333, 500_001, 999_999):
+        for stamp in (
+            f"2024-02-29T{h:02d}:{m:02d}:{s:02d}.{micros:06d}Z"
+            for h in range(24)
+            for m in (0, 59)
+            for s in (0, 1, 59)
+        ):
+            line = orjson.dumps(dict(BASE, requestReceivedTimestamp=stamp))
+            ev = same(line)
+            assert ev is not None
+            assert ev.received_ts == event_module.parse_time(stamp)
+
+
+def test_no_reference_is_kept_or_lost() -> None:
+    """Building and dropping events leaves every object it touched with
+    the references it had: nothing leaks, nothing is freed twice."""
+    line = orjson.dumps(
+        dict(BASE, annotations={"a": "b"}, requestObject={"k": 1}, user={"username": "zed"})
+    )
+    C(line)  # the user's kind is remembered once, on the first event
+    # (not "" or (): everything shares those)
+    shared = [line, event_module._UNPARSED, event_module.AuditEvent]
+    before = [sys.getrefcount(o) for o in shared]
+    lines = sys.getrefcount(line)
+    kept = [C(line) for _ in range(1000)]
+    assert all(ev is not None for ev in kept)
+    # each event's raw, and its request body's bytes (a view of the line)
+    assert sys.getrefcount(line) == lines + 2000
+    del kept
+    gc.collect()
+    assert [sys.getrefcount(o) for o in shared] == before
+    tracemalloc.start()
+    try:
+        for _ in range(2000):
+            C(line)
+        gc.collect()
+        first, _ = tracemalloc.get_traced_memory()
+        for _ in range(20_000):
+            C(line)
+        gc.collect()
+        second, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert second - first < 20_000  # not a byte an event
+
+
+def test_bad_arguments_are_refused_not_crashed() -> None:
+    with pytest.raises(TypeError):
+        C("not bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        C(memoryview(orjson.dumps(BASE)))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        C()  # type: ignore[call-arg]
+    # a class whose slots are not AuditEvent's is refused by setup
+    with pytest.raises(TypeError, match="slots"):
+        _speedups.setup(
+            type("Other", (), {"__slots__": ("a",)}), *([object] * 9), {}, object
+        )  # fmt: skip
+    assert C(b"") is None and C(b"{") is None and C(b"[]") is None
+    assert C(orjson.dumps(BASE)) is not None  # still set up as before
+
+
+def test_a_failing_helper_raises_through() -> None:
+    """An error that is not a refusal (here, one raised by the user-kind
+    helper) comes out of the call, not swallowed into a None."""
+    line = orjson.dumps(dict(BASE, user={"username": "never-seen-before-\u00e9"}))
+    real = event_module.classify_user
+
+    def broken(username: str) -> str:
+        raise MemoryError("test")
+
+    event_module.classify_user = broken  # type: ignore[assignment]
+    try:
+        with pytest.raises(MemoryError):
+            C(line)
+    finally:
+        event_module.classify_user = real
+    assert C(line) is not None
+
+
+def test_it_can_be_turned_off() -> None:
+    code = "import exporter.event as e; print(e.SPEEDUPS, e.fast_event.__module__)"
+    env = dict(os.environ, **{PURE_PYTHON_ENV: "1"})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "exporter.event"], out.stderr
+    env[PURE_PYTHON_ENV] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split()[0] == "True", out.stderr
+
+
+def test_msgspec_refusals_are_answered_none() -> None:
+    # a field of the wrong type (ValidationError) and bad JSON (DecodeError)
+    assert C(orjson.dumps(dict(BASE, verb=1))) is None
+    assert C(b'{"kind": "Event",') is None
+    assert issubclass(msgspec.ValidationError, msgspec.DecodeError)
