@@ -313,23 +313,12 @@ put_new(PyObject *ev, int slot, PyObject *value)
     SLOT(ev, S.event_off[slot]) = value; /* steals the reference */
 }
 
-/* fast_event(line, ascii=None): exporter.event._fast_event in C */
+/* The event in ``line`` (bytes), None when the general decoder must
+ * decide, NULL on an error. ``ascii``: 1 when the caller knows the line is
+ * ASCII, 0 when it knows it is not, -1 to find out. */
 static PyObject *
-fast_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+event_of(PyObject *line, int ascii)
 {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "fast_event(line, ascii=None)");
-        return NULL;
-    }
-    if (!S.ready) {
-        PyErr_SetString(PyExc_RuntimeError, "exporter._speedups.setup() was not called");
-        return NULL;
-    }
-    PyObject *line = args[0];
-    if (!PyBytes_CheckExact(line)) {
-        PyErr_SetString(PyExc_TypeError, "fast_event() wants bytes");
-        return NULL;
-    }
     PyObject *f = PyObject_CallOneArg(S.decode, line);
     if (f == NULL) {
         if (PyErr_ExceptionMatches(S.decode_errors)) {
@@ -341,15 +330,8 @@ fast_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *ev = NULL;
     if (!Py_IS_TYPE(f, S.fast_type))
         goto none;
-    int ascii;
-    if (nargs == 2 && args[1] != Py_None) {
-        ascii = PyObject_IsTrue(args[1]);
-        if (ascii < 0)
-            goto error;
-    }
-    else {
+    if (ascii < 0)
         ascii = all_ascii(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line));
-    }
     if (!ascii) {
         /* msgspec does not check the UTF-8 of the values it skips */
         PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(line),
@@ -571,7 +553,120 @@ split_newlines(PyObject *module, PyObject *data)
     }
 }
 
+/* ascii=None, True or False as event_of wants it: -1, 1 or 0 (-2 on an error) */
+static int
+ascii_arg(PyObject *value)
+{
+    if (value == Py_None)
+        return -1;
+    int truth = PyObject_IsTrue(value);
+    return truth < 0 ? -2 : truth;
+}
+
+static int
+ready(void)
+{
+    if (!S.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "exporter._speedups.setup() was not called");
+        return 0;
+    }
+    return 1;
+}
+
+/* fast_event(line, ascii=None): exporter.event._fast_event in C */
+static PyObject *
+fast_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "fast_event(line, ascii=None)");
+        return NULL;
+    }
+    if (!ready())
+        return NULL;
+    if (!PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "fast_event() wants bytes");
+        return NULL;
+    }
+    int ascii = nargs == 2 ? ascii_arg(args[1]) : -1;
+    if (ascii == -2)
+        return NULL;
+    return event_of(args[0], ascii);
+}
+
+/* fast_lines(lines, start, ascii, cr, within, limit, out, room):
+ * exporter.event._fast_lines in C. From lines[start] on, the events of the
+ * lines the fast path reads are appended to ``out``, until a line it does
+ * not read (an empty one, one that is not an object, too long, or one it
+ * hands to the general decoder) or ``room`` events; returns the position
+ * of the first line not appended. */
+static PyObject *
+fast_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8 || !PyList_Check(args[0]) || !PyList_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "fast_lines(lines: list, start, ascii, cr, within, limit, out: list, room)");
+        return NULL;
+    }
+    if (!ready())
+        return NULL;
+    PyObject *lines = args[0];
+    PyObject *out = args[6];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t room = PyLong_AsSsize_t(args[7]);
+    if ((start == -1 || limit == -1 || room == -1) && PyErr_Occurred())
+        return NULL;
+    int ascii = ascii_arg(args[2]);
+    int cr = PyObject_IsTrue(args[3]);
+    int within = PyObject_IsTrue(args[4]);
+    if (ascii == -2 || cr < 0 || within < 0)
+        return NULL;
+    Py_ssize_t appended = 0;
+    Py_ssize_t k = start < 0 ? 0 : start;
+    for (; k < PyList_GET_SIZE(lines); k++) {
+        if (appended >= room)
+            break;
+        PyObject *line = PyList_GET_ITEM(lines, k);
+        if (!PyBytes_CheckExact(line))
+            break;
+        const char *data = PyBytes_AS_STRING(line);
+        Py_ssize_t size = PyBytes_GET_SIZE(line);
+        if (size == 0 || data[0] != '{' || (!within && size > limit))
+            break;
+        PyObject *ev;
+        Py_ssize_t end = size;
+        while (cr && end > 0 && data[end - 1] == '\r')
+            end--; /* line.rstrip(b"\r") */
+        if (end < size) {
+            PyObject *stripped = PyBytes_FromStringAndSize(data, end);
+            if (stripped == NULL)
+                return NULL;
+            ev = event_of(stripped, ascii);
+            Py_DECREF(stripped);
+        }
+        else {
+            ev = event_of(line, ascii);
+        }
+        if (ev == NULL)
+            return NULL;
+        if (ev == Py_None) {
+            Py_DECREF(ev);
+            break;
+        }
+        int failed = PyList_Append(out, ev);
+        Py_DECREF(ev);
+        if (failed < 0)
+            return NULL;
+        appended++;
+    }
+    return PyLong_FromSsize_t(k);
+}
+
 static PyMethodDef methods[] = {
+    {"fast_lines", (PyCFunction)(void (*)(void))fast_lines, METH_FASTCALL,
+     "fast_lines(lines, start, ascii, cr, within, limit, out, room): events of "
+     "the lines from start on appended to out while the fast path reads them "
+     "(exporter.event._fast_lines in C); the position of the first line not appended."},
     {"split_newlines", (PyCFunction)split_newlines, METH_O,
      "split_newlines(data): data.split(b'\\n'), faster on long lines."},
     {"contains_any", (PyCFunction)(void (*)(void))contains_any, METH_FASTCALL,

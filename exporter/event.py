@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -597,6 +597,40 @@ def _api_time(value: str) -> float:
     return parse_time(value)
 
 
+def _fast_lines(
+    lines: list[bytes],
+    start: int,
+    ascii: bool | None,
+    cr: bool,
+    within: bool,
+    limit: int,
+    out: list[AuditEvent],
+    room: int,
+) -> int:
+    """From ``lines[start]`` on, append to ``out`` the events of the lines
+    the fast path reads, until a line it does not read (empty, not an
+    object, longer than ``limit`` unless ``within`` says none is, or handed
+    to the general decoder) or ``room`` events; the position of the first
+    line not appended. ``ascii`` as for _fast_event; ``cr``: whether a line
+    may end with carriage returns (they are left out)."""
+    fast = _fast_event
+    append = out.append
+    appended = 0
+    k = max(start, 0)
+    n = len(lines)
+    while k < n and appended < room:
+        line = lines[k]
+        if line[:1] != b"{" or not (within or len(line) <= limit):
+            break
+        ev = fast(line.rstrip(b"\r") if cr and line[-1:] == b"\r" else line, ascii)
+        if ev is None:
+            break
+        append(ev)
+        appended += 1
+        k += 1
+    return k
+
+
 class FastPath(Protocol):
     def __call__(self, line: bytes, ascii: bool | None = None, /) -> AuditEvent | None: ...
 
@@ -620,6 +654,10 @@ def _compiled() -> FastPath | None:
 # tests/test_speedups.py): the decoder and the replay readers call it for
 # each line that starts an object.
 fast_event: FastPath = _compiled() or _fast_event
+# and over a block of lines (the replay reader's)
+fast_lines: Callable[
+    [list[bytes], int, bool | None, bool, bool, int, list[AuditEvent], int], int
+] = _fast_lines if fast_event is _fast_event else accel.compiled.fast_lines  # type: ignore[union-attr]
 # which one it is, for `version` and the benchmarks
 SPEEDUPS = fast_event is not _fast_event
 

@@ -287,3 +287,119 @@ def test_msgspec_refusals_are_answered_none() -> None:
     assert C(orjson.dumps(dict(BASE, verb=1))) is None
     assert C(b'{"kind": "Event",') is None
     assert issubclass(msgspec.ValidationError, msgspec.DecodeError)
+
+
+def lines_both_ways(
+    lines: list[bytes], ascii: bool | None, cr: bool, within: bool, limit: int, room: int
+) -> tuple[int, list[AuditEvent]]:
+    """fast_lines in C and in Python from every start: the same stop, the
+    same events; the C one's."""
+    for start in range(len(lines) + 1):
+        c_out: list[AuditEvent] = []
+        py_out: list[AuditEvent] = []
+        c_stop = _speedups.fast_lines(lines, start, ascii, cr, within, limit, c_out, room)
+        py_stop = event_module._fast_lines(lines, start, ascii, cr, within, limit, py_out, room)
+        assert c_stop == py_stop, (start, lines)
+        assert len(c_out) == len(py_out) == c_stop - start
+        for c, py in zip(c_out, py_out, strict=True):
+            assert c.raw == py.raw and c.received_ts == py.received_ts
+    out: list[AuditEvent] = []
+    return _speedups.fast_lines(lines, 0, ascii, cr, within, limit, out, room), out
+
+
+def test_fast_lines_stop_where_the_python_loop_stops() -> None:
+    good = orjson.dumps(BASE)
+    other = orjson.dumps(dict(BASE, auditID="a-2"))
+    v1beta1 = orjson.dumps({k: v for k, v in BASE.items() if k != "kind"})
+    cases: list[list[bytes]] = [
+        [],
+        [good, other],
+        [good, b"", other],
+        [good, b"  ", other],
+        [good, b"[1]", other],
+        [good, v1beta1, other],  # the general decoder's
+        [good + b"\r", other + b"\r\r", good],  # carriage returns left out
+        [good, b"{" + b" " * 5000 + b"}", other],  # over the limit below
+        [good, b"not json", other, other],
+    ]
+    for lines in cases:
+        for cr in (False, True):
+            for within, limit in ((True, 1 << 20), (False, 4096)):
+                for room in (1, 2, 100):
+                    lines_both_ways(lines, None, cr, within, limit, room)
+                    if all(line.isascii() for line in lines):
+                        lines_both_ways(lines, True, cr, within, limit, room)
+    stop, out = lines_both_ways([good, other, b"", good], None, False, True, 1 << 20, 100)
+    assert stop == 2 and [ev.audit_id for ev in out] == ["a-1", "a-2"]
+    # a carriage return is only left out when the block says it may be there
+    stop, out = lines_both_ways([good + b"\r"], None, True, True, 1 << 20, 100)
+    assert stop == 1 and out[0].raw == good
+    stop, out = lines_both_ways([good, b"{" + b" " * 5000 + b"}"], None, False, False, 4096, 100)
+    assert stop == 1
+    # room: the batch is full after two
+    stop, out = lines_both_ways([good, other, good], True, False, True, 1 << 20, 2)
+    assert stop == 2 and len(out) == 2
+
+
+def test_fast_lines_refuse_what_is_not_a_list_of_bytes() -> None:
+    out: list[AuditEvent] = []
+    with pytest.raises(TypeError):
+        _speedups.fast_lines((b"{}",), 0, None, False, True, 10, out, 1)  # type: ignore[arg-type]
+    # an item that is not bytes: the caller's Python decides it
+    assert _speedups.fast_lines(["{}"], 0, None, False, True, 10, out, 1) == 0  # type: ignore[list-item]
+    assert out == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"\n", b"\r", b"{}", b"\xff", b""]), max_size=40))
+def test_split_newlines_is_bytes_split(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    assert _speedups.split_newlines(data) == data.split(b"\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=200),
+    st.lists(st.sampled_from([b"Secret", b"TokenRe", b"\\u00", b"a", b"\x00"]), max_size=4),
+)
+def test_contains_any_is_pythons_in(data: bytes, needles: list[bytes]) -> None:
+    data = data + b"".join(needles[:1])  # sometimes there, sometimes not
+    assert _speedups.contains_any(data, tuple(needles)) == any(n in data for n in needles)
+    assert accel_py_contains_any(data, tuple(needles)) == any(n in data for n in needles)
+
+
+def accel_py_contains_any(data: bytes, needles: tuple[bytes, ...]) -> bool:
+    from exporter.accel import py_contains_any
+
+    return py_contains_any(data, needles)
+
+
+def test_replay_says_the_same_with_and_without_the_extension(corpora: Any, tmp_path: Any) -> None:
+    """The whole of replay (reader, detector, summary) over real logs and
+    the simulator's, with the C helpers and with their Python twins: the
+    same JSON summary."""
+    simulated = tmp_path / "simulated.log"
+    simulated.write_bytes(b"".join(simulate_lines(Options(events=3_000, seed=5))))
+    # odd lines between the events: refusals, blank lines, carriage returns
+    mixed = tmp_path / "mixed.log"
+    real = (corpora / "perfspec-kubernetes-event-dataset" / "reconstructed-audit.log").read_bytes()
+    head = real.splitlines()[:2_000]
+    mixed.write_bytes(
+        b"\n".join(line + (b"\r" if i % 7 == 0 else b"") for i, line in enumerate(head))
+        + b"\n\n  \nnot json\n[1]\n"
+        + b"\n".join(head[:50])
+    )
+    files = [str(p) for p in sorted(corpora.rglob("*.log"))] + [str(simulated), str(mixed)]
+    outputs = []
+    for pure in ("0", "1"):
+        env = dict(os.environ, **{PURE_PYTHON_ENV: pure})
+        out = subprocess.run(
+            [sys.executable, "-m", "exporter", "replay", "--output", "json", *files],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        assert out.returncode in (0, 1), out.stderr[-2000:]
+        outputs.append(orjson.loads(out.stdout))
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["events"] > 10_000

@@ -14,7 +14,7 @@ from typing import IO, cast
 import orjson
 
 from ..accel import split_newlines
-from ..event import AuditEvent, Batch, Decoder, InvalidEvent, fast_event, is_document, loads
+from ..event import AuditEvent, Batch, Decoder, InvalidEvent, fast_lines, is_document, loads
 from ..gzstream import MAGIC, GzipStream
 
 BATCH_LINES = 1000
@@ -125,40 +125,40 @@ def read_batches(
                 batch = Batch()
         head = b""
     decode = decoder.decode_record
-    fast = fast_event
     limit = decoder.max_event_bytes
     lineno = 0
     # inputs in ``batch`` (events and refusals), kept here: cheaper than asking
     inputs = 0
-    append = batch.append
     for lines, ascii, cr, within in _line_blocks(head, stream, limit) if head else ():
-        for line in lines:
-            lineno += 1
-            if line[:1] == b"{" and (within or len(line) <= limit):
-                # the common case, as decode_record would take it, without
-                # its generator: an event per line that the fast path reads
-                # (told when the whole block is ASCII)
-                ev = fast(line.rstrip(b"\r") if cr and line[-1:] == b"\r" else line, ascii)
-                if ev is not None:
-                    append(ev)
-                    inputs += 1
-                    if inputs >= batch_lines:
-                        yield batch
-                        batch = Batch()
-                        append = batch.append
-                        inputs = 0
+        i = 0
+        count = len(lines)
+        while i < count:
+            # the common case, as decode_record would take it, without its
+            # generator: the lines the fast path reads, an event each, up
+            # to the first it does not (told when the whole block is ASCII)
+            room = batch_lines - inputs
+            stop = fast_lines(lines, i, ascii, cr, within, limit, batch, room)
+            lineno += stop - i
+            inputs += stop - i
+            full = stop - i == room
+            i = stop
+            if not full and i < count:
+                # a line the fast path does not read: empty, or the general
+                # decoder's (which yields its refusal, its event, or the
+                # events of a document written on one line)
+                line = lines[i]
+                lineno += 1
+                i += 1
+                if not line or line.isspace():
                     continue
-            elif not line or line.isspace():
-                continue
-            for item in decode(line):
-                if type(item) is not AuditEvent:
-                    item.line = lineno  # type: ignore[union-attr]
-                batch.add(item)
-                inputs += 1
+                for item in decode(line):
+                    if type(item) is not AuditEvent:
+                        item.line = lineno  # type: ignore[union-attr]
+                    batch.add(item)
+                    inputs += 1
             if inputs >= batch_lines:
                 yield batch
                 batch = Batch()
-                append = batch.append
                 inputs = 0
     problem = getattr(stream, "problem", None)
     if problem:
