@@ -62,7 +62,7 @@ from typing import IO, cast
 from ..accel import split_newlines
 from ..detect import Detector
 from ..detect.engine import Projected
-from ..event import AuditEvent, Decoder, InvalidEvent, fast_event
+from ..event import AuditEvent, Decoder, InvalidEvent, fast_event, fast_lines
 from ..metrics import AuditMetrics, RequestTally, counts_as_request
 from ..pipeline import Deduper, Key, Pipeline, Processor
 from ..refusals import Refusals
@@ -382,18 +382,19 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
         for group in range(0, len(lines), step):
             events: list[AuditEvent] = []
             at: list[int] = []  # each event's line in the window (-1: one of several)
-            for i in range(group, min(group + step, len(lines))):
-                line = lines[i]
-                if line[:1] == b"{" and (within or len(line) <= limit):
-                    ev = fast_event(
-                        line.rstrip(b"\r") if cr and line[-1:] == b"\r" else line, ascii
-                    )
-                    if ev is not None:
-                        events.append(ev)
-                        at.append(i)
-                        continue
-                elif not line or line.isspace():
-                    odd.append((number + i, 0, 0))
+            end = min(group + step, len(lines))
+            i = group
+            while i < end:
+                # the lines the fast path reads, a stretch at a time (as the
+                # reader takes them), then the first it does not
+                stop = fast_lines(lines, i, ascii, cr, within, limit, events, end - i)
+                at.extend(range(i, stop))
+                i = stop + 1
+                if stop >= end:
+                    break
+                line = lines[stop]
+                if not line or line.isspace():
+                    odd.append((number + stop, 0, 0))
                     continue
                 if len(line) > limit:
                     line = line[: limit + 1]  # as the reader cuts it (see _line_blocks)
@@ -405,9 +406,9 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
                         events.append(item)
                         at.append(-1)
                     else:
-                        item.line = number + i + 1  # type: ignore[union-attr]
+                        item.line = number + stop + 1  # type: ignore[union-attr]
                         refusals.add(item)  # type: ignore[arg-type]
-                odd.append((number + i, inputs, found))
+                odd.append((number + stop, inputs, found))
             # duplicates: an event whose key came earlier in the chunk, or the
             # parent's verdicts
             base = len(keys)
