@@ -14,8 +14,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# pip builds exporter._speedups (the decoder's fast path in C) when a C
+# compiler and Python's headers are there, and installs without it when not.
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py exporter/_speedups.c
 	$(BIN)/pip install -q -e .
+	@$(BIN)/python -c "import exporter._speedups" 2>/dev/null || \
+	  echo "note: exporter._speedups was not built (no C compiler or Python headers?):" \
+	    "the exporter runs its Python fast path, slower; the tests expect it built"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
@@ -25,15 +30,18 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 # Prometheus, promtool and Alertmanager for the integration tests,
 # jsonnetfmt for the monitoring mixin, node + npm for the LogQL grammar,
 # zsh and fish for the completion tests, redis-server for shared state and
-# chromium (headless) for the auditor's report, from Debian.
+# chromium (headless) for the auditor's report, from Debian; gcc and
+# Python's headers to build exporter._speedups, which the tests expect.
 deps-system:
 	@missing=""; \
 	for pair in prometheus:prometheus promtool:prometheus \
 	    prometheus-alertmanager:prometheus-alertmanager jsonnetfmt:jsonnet \
 	    node:nodejs npm:npm zsh:zsh fish:fish \
-	    redis-server:redis-server chromium:chromium; do \
+	    redis-server:redis-server chromium:chromium gcc:gcc; do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
+	$(PYTHON) -c "import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

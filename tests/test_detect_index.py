@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter.detect import DetectionSettings, Detector, load_rules
-from exporter.detect.engine import index_key
+from exporter.detect.engine import index_key, index_keys
 from exporter.detect.located import Where
 from exporter.detect.matchers import KeyClasses, Parser
 from exporter.detect.noise import corpus_sources
@@ -49,9 +49,15 @@ def test_candidates_equal_every_rule_tested_on_its_own() -> None:
     decoder = Decoder()
     for _, files in corpus_sources(CORPORA):
         for path in files:
-            for item in decoder.decode_document(path.read_bytes()):
-                if isinstance(item, AuditEvent):
-                    keys.add(index_key(item, det.atoms))
+            events = [
+                item
+                for item in decoder.decode_document(path.read_bytes())
+                if isinstance(item, AuditEvent)
+            ]
+            one_by_one = [index_key(ev, det.atoms) for ev in events]
+            # the batched keys the detector's loops use are the same
+            assert index_keys(events, det.atoms) == one_by_one
+            keys.update(one_by_one)
     # and a grid of values rules name, compare with or never mention; each
     # with two random masks of the rules' tests on annotations and on the
     # principal (the last two dimensions: see IndexAtoms), seeded

@@ -212,6 +212,39 @@ def index_key(ev: AuditEvent, atoms: IndexAtoms) -> IndexKey:
     )
 
 
+def index_keys(events: Iterable[AuditEvent], atoms: IndexAtoms) -> list[IndexKey]:
+    """index_key of each event, a batch at a time (the detector's and
+    ``scan``'s loops run it for every event): the principal's class is
+    looked up in the atoms' cache before it is worked out."""
+    annotation_class = atoms.annotation_class
+    all_annotations = atoms.common_matters
+    triples = atoms.triples
+    principal_class = atoms.principal_class
+    common = COMMON_ANNOTATIONS
+    keys: list[IndexKey] = []
+    append = keys.append
+    for ev in events:
+        ann = ev.annotations
+        triple = (ev.username, ev.user_agent, ev.source_ip)
+        who = triples.get(triple)
+        if who is None:
+            who = principal_class(triple)
+        append(
+            (
+                ev.stage,
+                ev.verb,
+                ev.resource,
+                ev.subresource,
+                ev.user_kind,
+                ev.code,
+                ev.impersonated_user != "",
+                annotation_class(ann) if all_annotations or not common.issuperset(ann) else 0,
+                who,
+            )
+        )
+    return keys
+
+
 def _notify_once(rule: Rule, ctx: Context, limit: int) -> Callable[[Match], Match]:
     """A rule's notify_once (see rules.py): the first match per group and
     window keeps the rule's severity, the others are its info copy."""
@@ -618,31 +651,8 @@ class Detector:
         index = self._index
         matches: list[Match] = []
         rules = self.rules
-        atoms = self.atoms
-        annotation_class = atoms.annotation_class
-        all_annotations = atoms.common_matters
-        triples = atoms.triples
-        principal_class = atoms.principal_class
-        common = COMMON_ANNOTATIONS
         onlies = iter(only) if only is not None else None
-        for ev in events:
-            # index_key(ev), inlined: this loop runs for every event
-            ann = ev.annotations
-            triple = (ev.username, ev.user_agent, ev.source_ip)
-            who = triples.get(triple)
-            if who is None:
-                who = principal_class(triple)
-            key = (
-                ev.stage,
-                ev.verb,
-                ev.resource,
-                ev.subresource,
-                ev.user_kind,
-                ev.code,
-                ev.impersonated_user != "",
-                annotation_class(ann) if all_annotations or not common.issuperset(ann) else 0,
-                who,
-            )
+        for ev, key in zip(events, index_keys(events, self.atoms), strict=True):
             cands = index.get(key)
             if cands is None:
                 cands = self._candidates(key)
@@ -766,9 +776,8 @@ class Detector:
         index = self._index
         position = self._positions
         found: list[tuple[int, tuple[int, ...]]] = []
-        atoms = self.atoms
-        for i, ev in enumerate(events):
-            key = index_key(ev, atoms)
+        for i, key in enumerate(index_keys(events, self.atoms)):
+            ev = events[i]
             cands = index.get(key)
             if cands is None:
                 cands = self._candidates(key)

@@ -1121,4 +1121,14 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_lint_clean() -> None:
     )
     assert any("--only-binary=:all:" in ln for ln in lines[: stages[1]])
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
-    assert ignored[ignored.index("*") :][:4] == ["*", "!pyproject.toml", "!README.md", "!exporter/"]
+    assert ignored[ignored.index("*") :][:5] == [
+        "*",
+        "!pyproject.toml",
+        "!setup.py",
+        "!README.md",
+        "!exporter/",
+    ]
+    # the C fast path is compiled in the build stage and checked there
+    build = lines[: stages[1]]
+    assert any("setup.py" in ln and ln.startswith("COPY ") for ln in build)
+    assert any('import exporter._speedups"' in ln for ln in build)
