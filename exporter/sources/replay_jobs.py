@@ -241,10 +241,23 @@ class _JobReport(Report):
 
     def __init__(self) -> None:
         super().__init__()
-        self.found: set[int] = set()  # id() of each
+        self.found: list[AuditEvent] = []  # in the batch's order
 
     def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
-        self.found.add(id(ev))
+        self.found.append(ev)
+
+
+def _positions(events: list[AuditEvent], some: list[AuditEvent]) -> list[int]:
+    """The positions in ``events`` of ``some`` of them, given in order:
+    list.index from the last one found, which compares identities in C."""
+    out: list[int] = []
+    start = 0
+    index = events.index
+    for ev in some:
+        start = index(ev, start)
+        out.append(start)
+        start += 1
+    return out
 
 
 @dataclass
@@ -444,13 +457,20 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
             fresh_count += len(part)
             for processor in job.processors:
                 processor(part)
-            hit: dict[int, tuple[int, ...]] = {}
-            if detector is not None:
-                hit = dict(detector.scan(part))
+            scanned = detector.scan(part) if detector is not None else []
             report(part)
-            sensitive_ids = report.found
-            for i, ev in enumerate(part):
-                hits = hit.get(i)
+            # the events that a rule's condition held for and the sensitive
+            # ones, in order: only these are visited, not the whole group
+            marked = report.found
+            sensitive_at: set[int] = set()
+            visit: Sequence[tuple[int, tuple[int, ...] | None]] = scanned
+            if marked:
+                sensitive_at = set(_positions(part, marked))
+                marked.clear()
+                hit = dict(scanned)
+                visit = [(i, hit.get(i)) for i in sorted(sensitive_at.union(hit))]
+            for i, hits in visit:
+                ev = part[i]
                 if hits is not None:
                     where = _start(before, at[i], offset) if ev.raw is not None else -1
                     n = len(projected)
@@ -463,14 +483,14 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
                     starts.append(where)
                     if where < 0:
                         objects[n] = ev
-                    if sensitive_ids and id(ev) in sensitive_ids:
+                    if i in sensitive_at:
                         scanned_sensitive[n] = fields(ev)
-                elif sensitive_ids and id(ev) in sensitive_ids:
-                    # (an event no rule's condition held for and that is not
-                    # counted as a request is nothing to Report.ordered)
+                else:
+                    # a sensitive event no rule's condition held for (one
+                    # that is not counted as a request is nothing to
+                    # Report.ordered)
                     where = _start(before, at[i], offset) if ev.raw is not None else -1
                     sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
-            sensitive_ids.clear()
             observe(part, "replay", now)
     if duplicates is not None:
         dropped = sorted(duplicates)
