@@ -132,4 +132,5 @@ demo-data: $(VENV)/.installed
 	  --start 2024-05-01T08:00:00Z --output $(DEMO)
 
 clean:
-	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache tests/logql/node_modules tests/azurite/node_modules
+	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache tests/logql/node_modules tests/azurite/node_modules build
+	rm -f exporter/_speedups.*.so

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +55,8 @@ def machine() -> dict[str, Any]:
         # which build: the interpreter's speed on Python code differs between
         # builds of one version (the venv's base interpreter)
         "python_executable": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+        # the decoder's fast path in C (exporter._speedups) or in Python
+        "speedups": _speedups(),
         "system": f"{platform.system()} {platform.release()}",
         # when the figures were collected: the machine may be shared
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -159,8 +162,21 @@ def _verdicts(fig: dict[str, Any]) -> str:
     )
 
 
+def _speedups() -> bool:
+    """Whether the benchmarked commands run exporter._speedups: they run
+    in processes of their own, with this environment."""
+    code = "import exporter.event as e; print(e.SPEEDUPS)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return out.stdout.strip() == "True"
+
+
 def _executable(m: dict[str, Any]) -> str:
-    return f" ({m['python_executable']})" if m.get("python_executable") else ""
+    where = f" ({m['python_executable']})" if m.get("python_executable") else ""
+    if "speedups" in m:
+        where += ", decoder fast path in " + ("C" if m["speedups"] else "Python")
+    return where
 
 
 def _where(fig: dict[str, Any]) -> str:

@@ -28,12 +28,15 @@ not time: an instruction of the C parser and one of the interpreter take
 different times, so this ratio and bench/scale.py's differ somewhat; the
 proxy's worth is that it does not move between runs, so a change's effect
 shows however busy the machine is. Nothing is asserted. Needs ``valgrind``
-(Debian's package; ``make deps-bench`` installs it).
+(Debian's package; ``make deps-bench`` installs it). The commands run in a
+fixed environment, but for ``KUBE_AUDIT_PURE_PYTHON``: set, they run the
+decoder's Python fast path instead of exporter._speedups.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -46,6 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.scale import write_inputs  # noqa: E402
+from exporter.accel import PURE_PYTHON_ENV  # noqa: E402
 
 LOOP = (
     "import sys, orjson\n"
@@ -83,7 +87,9 @@ def count(argv: list[str]) -> int:
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
         capture_output=True,
         cwd=ROOT,
-        env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"},
+        # a fixed environment, but for the choice of the C or Python fast path
+        env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"}
+        | {k: v for k, v in os.environ.items() if k == PURE_PYTHON_ENV},
         check=True,
     )
     m = COLLECTED.search(out.stderr)
