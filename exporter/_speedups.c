@@ -645,7 +645,11 @@ fast_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(stripped);
         }
         else {
+            /* held while Python code may run (a helper the decode calls
+             * back), which could change the list */
+            Py_INCREF(line);
             ev = event_of(line, ascii);
+            Py_DECREF(line);
         }
         if (ev == NULL)
             return NULL;
@@ -682,6 +686,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "exporter._speedups",
     "The decoder's fast path in C (see exporter.event._fast_event).", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
