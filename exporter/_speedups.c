@@ -666,7 +666,149 @@ fast_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(k);
 }
 
+static const int key_slots[] = {E_STAGE, E_VERB, E_RESOURCE, E_SUBRESOURCE, E_USER_KIND,
+                                E_CODE, E_IMPERSONATED_USER, E_ANNOTATIONS, E_USERNAME,
+                                E_USER_AGENT, E_SOURCE_IP};
+
+/* One event's index key (see index_keys), NULL on an error. */
+static PyObject *
+key_of(PyObject *ev, PyObject *triples, PyObject *principal_class, PyObject *annotation_class,
+       PyObject *common, int all_annotations, PyObject *one)
+{
+    int whole = Py_IS_TYPE(ev, S.event_type);
+    for (size_t r = 0; whole && r < sizeof(key_slots) / sizeof(key_slots[0]); r++) {
+        if (SLOT(ev, S.event_off[key_slots[r]]) == NULL)
+            whole = 0;
+    }
+    if (!whole)
+        return PyObject_CallOneArg(one, ev);
+#define EV(slot) SLOT(ev, S.event_off[slot])
+    /* the principal's class */
+    PyObject *triple = PyTuple_Pack(3, EV(E_USERNAME), EV(E_USER_AGENT), EV(E_SOURCE_IP));
+    if (triple == NULL)
+        return NULL;
+    PyObject *who = PyDict_GetItemWithError(triples, triple);
+    if (who != NULL)
+        Py_INCREF(who);
+    else if (!PyErr_Occurred())
+        who = PyObject_CallOneArg(principal_class, triple);
+    Py_DECREF(triple);
+    if (who == NULL)
+        return NULL;
+    /* the annotations' class; the slots are read again after each call
+     * into Python, which holds the event (its caller's reference) */
+    PyObject *ann = Py_NewRef(EV(E_ANNOTATIONS));
+    int plain = 0; /* every key common */
+    if (!all_annotations) {
+        if (PyDict_Check(ann)) {
+            plain = 1;
+            Py_ssize_t pos = 0;
+            PyObject *name;
+            while (plain == 1 && PyDict_Next(ann, &pos, &name, NULL))
+                plain = PySet_Contains(common, name);
+        }
+        else {
+            PyObject *holds = PyObject_CallMethod(common, "issuperset", "O", ann);
+            plain = holds == NULL ? -1 : PyObject_IsTrue(holds);
+            Py_XDECREF(holds);
+        }
+    }
+    PyObject *cls = NULL;
+    if (plain == 1)
+        cls = Py_NewRef(S.zero);
+    else if (plain == 0)
+        cls = PyObject_CallOneArg(annotation_class, ann);
+    Py_DECREF(ann);
+    if (cls == NULL) {
+        Py_DECREF(who);
+        return NULL;
+    }
+    int impersonated = -1;
+    PyObject *key = NULL;
+    for (size_t r = 0; r < sizeof(key_slots) / sizeof(key_slots[0]); r++) {
+        if (SLOT(ev, S.event_off[key_slots[r]]) == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "an event's slot was deleted");
+            goto done;
+        }
+    }
+    PyObject *imp = EV(E_IMPERSONATED_USER);
+    impersonated = PyUnicode_CheckExact(imp) ? PyUnicode_GET_LENGTH(imp) != 0
+                                             : PyObject_RichCompareBool(imp, S.empty, Py_NE);
+    if (impersonated < 0)
+        goto done;
+    key = PyTuple_New(9);
+    if (key == NULL)
+        goto done;
+    PyTuple_SET_ITEM(key, 0, Py_NewRef(EV(E_STAGE)));
+    PyTuple_SET_ITEM(key, 1, Py_NewRef(EV(E_VERB)));
+    PyTuple_SET_ITEM(key, 2, Py_NewRef(EV(E_RESOURCE)));
+    PyTuple_SET_ITEM(key, 3, Py_NewRef(EV(E_SUBRESOURCE)));
+    PyTuple_SET_ITEM(key, 4, Py_NewRef(EV(E_USER_KIND)));
+    PyTuple_SET_ITEM(key, 5, Py_NewRef(EV(E_CODE)));
+    PyTuple_SET_ITEM(key, 6, Py_NewRef(impersonated ? Py_True : Py_False));
+    PyTuple_SET_ITEM(key, 7, cls);
+    PyTuple_SET_ITEM(key, 8, who);
+    return key;
+#undef EV
+done:
+    Py_DECREF(cls);
+    Py_DECREF(who);
+    return NULL;
+}
+
+/* index_keys(events, triples, principal_class, annotation_class, common,
+ *            all_annotations, one): exporter.detect.engine.py_index_keys in
+ * C, the detector's index key of each event of a batch:
+ *   (stage, verb, resource, subresource, user_kind, code,
+ *    impersonated_user != "", annotations' class or 0, principal's class)
+ * the principal's class from the dict ``triples`` when it holds the
+ * (username, user_agent, source_ip) triple, else principal_class(triple);
+ * the annotations' class 0 when ``all_annotations`` is false and every key
+ * is in ``common``, else annotation_class(annotations). An event that is
+ * not an AuditEvent gets one(event). */
+static PyObject *
+index_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyDict_Check(args[1]) || !PyAnySet_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "index_keys(events, triples: dict, principal_class, annotation_class, "
+                        "common: frozenset, all_annotations, one)");
+        return NULL;
+    }
+    if (!ready())
+        return NULL;
+    int all_annotations = PyObject_IsTrue(args[5]);
+    if (all_annotations < 0)
+        return NULL;
+    PyObject *events = PySequence_Fast(args[0], "index_keys() wants a sequence of events");
+    if (events == NULL)
+        return NULL;
+    PyObject *keys = PyList_New(0);
+    if (keys == NULL) {
+        Py_DECREF(events);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(events); i++) {
+        /* held: the Python code key_of may call could change the list */
+        PyObject *ev = Py_NewRef(PySequence_Fast_GET_ITEM(events, i));
+        PyObject *key = key_of(ev, args[1], args[2], args[3], args[4], all_annotations, args[6]);
+        Py_DECREF(ev);
+        if (key == NULL || PyList_Append(keys, key) < 0) {
+            Py_XDECREF(key);
+            Py_DECREF(keys);
+            Py_DECREF(events);
+            return NULL;
+        }
+        Py_DECREF(key);
+    }
+    Py_DECREF(events);
+    return keys;
+}
+
 static PyMethodDef methods[] = {
+    {"index_keys", (PyCFunction)(void (*)(void))index_keys, METH_FASTCALL,
+     "index_keys(events, triples, principal_class, annotation_class, common, all_annotations, "
+     "one): the detector's index key of each event (exporter.detect.engine.py_index_keys in C)."},
     {"fast_lines", (PyCFunction)(void (*)(void))fast_lines, METH_FASTCALL,
      "fast_lines(lines, start, ascii, cr, within, limit, out, room): events of "
      "the lines from start on appended to out while the fast path reads them "

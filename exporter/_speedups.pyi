@@ -1,3 +1,5 @@
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from .event import AuditEvent
@@ -17,3 +19,13 @@ def fast_lines(
     room: int,
     /,
 ) -> int: ...
+def index_keys(
+    events: Sequence[Any],
+    triples: dict[Any, int],
+    principal_class: Callable[[Any], int],
+    annotation_class: Callable[[Any], int],
+    common: AbstractSet[str],
+    all_annotations: bool,
+    one: Callable[[Any], Any],
+    /,
+) -> list[Any]: ...

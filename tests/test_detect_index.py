@@ -4,13 +4,15 @@ group of rules are exactly the rules whose constraint holds for the key."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exporter.detect import DetectionSettings, Detector, load_rules
-from exporter.detect.engine import index_key, index_keys
+from exporter.detect.engine import index_key, index_keys, py_index_keys
 from exporter.detect.located import Where
 from exporter.detect.matchers import KeyClasses, Parser
 from exporter.detect.noise import corpus_sources
@@ -55,8 +57,11 @@ def test_candidates_equal_every_rule_tested_on_its_own() -> None:
                 if isinstance(item, AuditEvent)
             ]
             one_by_one = [index_key(ev, det.atoms) for ev in events]
-            # the batched keys the detector's loops use are the same
+            # the batched keys the detector's loops use are the same, in C
+            # (exporter._speedups, which the test environment builds) and
+            # in Python
             assert index_keys(events, det.atoms) == one_by_one
+            assert py_index_keys(events, det.atoms) == one_by_one
             keys.update(one_by_one)
     # and a grid of values rules name, compare with or never mention; each
     # with two random masks of the rules' tests on annotations and on the
@@ -303,3 +308,53 @@ def test_wrapped_runners_run_also_after_the_index_found_candidates() -> None:
                 expected[r.id] = expected.get(r.id, 0) + 1
     assert seen == expected
     assert sum(seen.values()) > 100
+
+
+def test_batched_keys_of_odd_events_are_the_single_ones() -> None:
+    """index_keys in C on what the Python one also takes: an object that
+    is not an AuditEvent (read through index_key), annotations that are
+    not a dict, non-common annotation keys, impersonation; and errors of
+    the atoms' callbacks come out of it."""
+    from types import SimpleNamespace
+
+    from exporter import _speedups
+    from exporter.detect.engine import COMMON_ANNOTATIONS
+
+    det = Detector(load_rules(None), SETTINGS)
+    base = {
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": "a",
+        "stage": "ResponseComplete", "verb": "get",
+        "requestReceivedTimestamp": "2024-05-01T10:00:00.000000Z",
+        "stageTimestamp": "2024-05-01T10:00:00.000000Z", "user": {"username": "kubernetes-admin"},
+        "sourceIPs": ["10.0.0.1"], "objectRef": {"resource": "pods", "subresource": "exec"},
+    }  # fmt: skip
+    decoder = Decoder()
+    events: list[Any] = [
+        decoder.decode_line(json.dumps(base | extra).encode())
+        for extra in (
+            {},
+            {"annotations": {"authorization.k8s.io/decision": "allow"}},
+            {"annotations": {"pod-security.kubernetes.io/exempt": "namespace"}},
+            {"impersonatedUser": {"username": "bob"}},
+        )
+    ]
+    # an event whose annotations are a list of pairs (not a dict)
+    odd = decoder.decode_line(json.dumps(base).encode())
+    odd.annotations = sorted(COMMON_ANNOTATIONS)[:1]  # type: ignore[assignment]
+    events.append(odd)
+    # not an AuditEvent: the fields alone, as the jobs' Seen has them
+    fields = {name: getattr(events[1], name) for name in AuditEvent.__slots__ if name[0] != "_"}
+    events.append(SimpleNamespace(**fields))
+    expected = [index_key(ev, det.atoms) for ev in events]
+    assert index_keys(events, det.atoms) == expected == py_index_keys(events, det.atoms)
+    assert expected[5] == expected[1]
+
+    def broken(_: Any) -> int:
+        raise LookupError("principal")
+
+    with pytest.raises(LookupError):
+        _speedups.index_keys(
+            events[:1], {}, broken, det.atoms.annotation_class, COMMON_ANNOTATIONS, False, None
+        )
+    with pytest.raises(TypeError):
+        _speedups.index_keys(events, [], broken, broken, COMMON_ANNOTATIONS, False, None)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from .. import accel
 from ..event import COMMON_ANNOTATIONS, AuditEvent
 from ..logs import RateLimitedLog
 from ..metrics import AuditMetrics
@@ -212,10 +213,32 @@ def index_key(ev: AuditEvent, atoms: IndexAtoms) -> IndexKey:
     )
 
 
-def index_keys(events: Iterable[AuditEvent], atoms: IndexAtoms) -> list[IndexKey]:
+def index_keys(events: Sequence[AuditEvent], atoms: IndexAtoms) -> list[IndexKey]:
     """index_key of each event, a batch at a time (the detector's and
-    ``scan``'s loops run it for every event): the principal's class is
-    looked up in the atoms' cache before it is worked out."""
+    ``scan``'s loops run it for every event): in C where exporter._speedups
+    was built (the same keys, see tests/test_detect_index.py), else
+    py_index_keys."""
+    if _c_index_keys is None:
+        return py_index_keys(events, atoms)
+    return _c_index_keys(
+        events,
+        atoms.triples,
+        atoms.principal_class,
+        atoms.annotation_class,
+        COMMON_ANNOTATIONS,
+        atoms.common_matters,
+        lambda ev: index_key(ev, atoms),
+    )
+
+
+_c_index_keys: Callable[..., list[IndexKey]] | None = (
+    accel.compiled.index_keys if accel.compiled is not None else None
+)
+
+
+def py_index_keys(events: Iterable[AuditEvent], atoms: IndexAtoms) -> list[IndexKey]:
+    """index_keys in Python: the principal's class is looked up in the
+    atoms' cache before it is worked out."""
     annotation_class = atoms.annotation_class
     all_annotations = atoms.common_matters
     triples = atoms.triples
