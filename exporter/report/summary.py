@@ -5,6 +5,7 @@ slowest requests. (``report`` writes the full HTML report: see html.py.)"""
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -107,38 +108,57 @@ class Report:
         if not requests:
             return
         self.requests += len(requests)
-        self.by_request.update([(ev.verb, ev.resource, ev.subresource, ev.code) for ev in requests])
-        self.users.update([ev.username or "(unauthenticated)" for ev in requests])
-        self.user_agents.update([ev.user_agent for ev in requests if ev.user_agent])
-        seq = self._seq
+        # the three tables' keys counted together, a batch at a time (a batch
+        # repeats a few dozen kinds of request), then added once per distinct
+        # kind: each table's keys still come in their first-seen order, by
+        # which most_common breaks ties
+        by_request = self.by_request
+        users = self.users
+        agents = self.user_agents
+        kinds = Counter(
+            [
+                (ev.verb, ev.resource, ev.subresource, ev.code, ev.username, ev.user_agent)
+                for ev in requests
+            ]
+        )
+        for (verb, resource, subresource, code, user, agent), n in kinds.items():
+            by_request[(verb, resource, subresource, code)] += n
+            users[user or "(unauthenticated)"] += n
+            if agent:
+                agents[agent] += n
+        for ev in [ev for ev in requests if ev.code == 401 or ev.code == 403]:
+            who = ev.username or "(unauthenticated)"
+            reason = "unauthenticated" if ev.code == 401 else "forbidden"
+            self.auth_failures_by_user[(who, reason)] += 1
+            if ev.source_ip:
+                self.auth_failures_by_ip[(ev.source_ip, reason)] += 1
+        # the ten slowest, the earlier first among equals: an entry is
+        # (duration, -position), the heap's first the one to go. Once ten are
+        # kept, the shortest of them only grows: a request no longer than it
+        # is now cannot get in, and only the others are looked at. A
+        # request's position is its number among the requests.
         slowest = self._slowest
-        # the auth failures and the slowest requests in one pass
-        for ev in requests:
-            code = ev.code
-            if code == 401 or code == 403:
-                who = ev.username or "(unauthenticated)"
-                reason = "unauthenticated" if code == 401 else "forbidden"
-                self.auth_failures_by_user[(who, reason)] += 1
-                if ev.source_ip:
-                    self.auth_failures_by_ip[(ev.source_ip, reason)] += 1
-            # is_long_running(ev), inline: this runs for every request
-            if ev.stage == "ResponseComplete":
-                subresource = ev.subresource
-                if (
-                    ev.verb in LONG_RUNNING_VERBS
-                    or subresource in LONG_RUNNING_SUBRESOURCES
-                    or (subresource == "log" and "follow=true" in ev.request_uri)
-                ):
-                    continue
-                took = ev.stage_ts - ev.received_ts
-                seq += 1
-                # the ten slowest, the earlier first among equals: an entry
-                # is (duration, -position), the heap's first the one to go
-                if len(slowest) < 10:
-                    heapq.heappush(slowest, (took, -seq, who_what(ev)))
-                elif took > slowest[0][0]:
-                    heapq.heapreplace(slowest, (took, -seq, who_what(ev)))
-        self._seq = seq
+        floor = slowest[0][0] if len(slowest) >= 10 else -math.inf
+        base = self._seq
+        self._seq = base + len(requests)
+        for i, ev in [
+            (i, ev) for i, ev in enumerate(requests) if ev.stage_ts - ev.received_ts > floor
+        ]:
+            # is_long_running(ev), inline
+            if ev.stage != "ResponseComplete":
+                continue
+            subresource = ev.subresource
+            if (
+                ev.verb in LONG_RUNNING_VERBS
+                or subresource in LONG_RUNNING_SUBRESOURCES
+                or (subresource == "log" and "follow=true" in ev.request_uri)
+            ):
+                continue
+            took = ev.stage_ts - ev.received_ts
+            if len(slowest) < 10:
+                heapq.heappush(slowest, (took, -(base + i + 1), who_what(ev)))
+            elif took > slowest[0][0]:
+                heapq.heapreplace(slowest, (took, -(base + i + 1), who_what(ev)))
 
     def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
         for c in cats:
