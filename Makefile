@@ -16,19 +16,17 @@ $(BIN)/python:
 
 # pip builds exporter._speedups (the decoder's fast path in C) when a C
 # compiler and Python's headers are there, and installs without it when not.
-# Editable installs in setuptools' compat mode: the checkout itself on the
-# path, the built module beside its source (the default mode warns about
-# that layout on every install).
-EDITABLE := --config-settings editable_mode=compat -e
+# (setuptools prints an "Editable installation" notice as it does so: the
+# built module lies beside its source in the checkout)
 $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py exporter/_speedups.c
-	$(BIN)/pip install -q $(EDITABLE) .
+	$(BIN)/pip install -q -e .
 	@$(BIN)/python -c "import exporter._speedups" 2>/dev/null || \
 	  echo "note: exporter._speedups was not built (no C compiler or Python headers?):" \
 	    "the exporter runs its Python fast path, slower; the tests expect it built"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q $(EDITABLE) '.[test]'
+	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 # Prometheus, promtool and Alertmanager for the integration tests,
@@ -109,7 +107,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test pyproject.toml
-	$(BIN)/pip install -q $(EDITABLE) '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 # One run, its figures written in one place: bench/figures.json, rendered
