@@ -171,6 +171,10 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((s.code_off = slot_offset((PyTypeObject *)args[4], "code")) < 0)
         return NULL;
+    /* set up once per process: a later call is checked as above, and then
+     * leaves the first one's state (and takes no references) */
+    if (S.ready)
+        Py_RETURN_NONE;
     s.empty = PyUnicode_FromStringAndSize("", 0);
     s.no_rules = PyTuple_New(0);
     s.zero = PyLong_FromLong(0);
@@ -193,9 +197,7 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     s.user_kinds = Py_NewRef(args[10]);
     s.unparsed = Py_NewRef(args[11]);
     s.ready = 1;
-    /* set up once per process: a second call keeps the first's references */
-    if (!S.ready)
-        S = s;
+    S = s;
     Py_RETURN_NONE;
 }
 

@@ -635,31 +635,24 @@ class FastPath(Protocol):
     def __call__(self, line: bytes, ascii: bool | None = None, /) -> AuditEvent | None: ...
 
 
-def _compiled() -> FastPath | None:
-    """exporter._speedups.fast_event, set up, when it was built and not
-    turned off (see exporter.accel); None otherwise."""
-    _speedups = accel.compiled
-    if _speedups is None:
-        return None
-    _speedups.setup(
+FastLines = Callable[[list[bytes], int, bool | None, bool, bool, int, list[AuditEvent], int], int]
+
+# The fast path's own name, over one line and over a block of lines (the
+# replay readers'): in C where exporter._speedups was built and not turned
+# off (see exporter.accel; the same results, see tests/test_speedups.py),
+# else the Python functions above.
+fast_event: FastPath = _fast_event
+fast_lines: FastLines = _fast_lines
+if accel.compiled is not None:
+    accel.compiled.setup(
         AuditEvent, _Fast, _User, _Ref, _Status, _decode_fast,
         (msgspec.DecodeError, RecursionError), _api_time, InvalidEvent,
         _user_kind, _USER_KINDS, _UNPARSED,
     )  # fmt: skip
-    fast: FastPath = _speedups.fast_event
-    return fast
-
-
-# The fast path's own name, in C when it was built (the same results, see
-# tests/test_speedups.py): the decoder and the replay readers call it for
-# each line that starts an object.
-fast_event: FastPath = _compiled() or _fast_event
-# and over a block of lines (the replay reader's)
-fast_lines: Callable[
-    [list[bytes], int, bool | None, bool, bool, int, list[AuditEvent], int], int
-] = _fast_lines if fast_event is _fast_event else accel.compiled.fast_lines  # type: ignore[union-attr]
-# which one it is, for `version` and the benchmarks
-SPEEDUPS = fast_event is not _fast_event
+    fast_event = accel.compiled.fast_event
+    fast_lines = accel.compiled.fast_lines
+# which one it is, for the tests and the benchmarks
+SPEEDUPS = accel.compiled is not None
 
 
 # --- documents ---------------------------------------------------------------

@@ -252,6 +252,17 @@ def test_bad_arguments_are_refused_not_crashed() -> None:
         )  # fmt: skip
     assert C(b"") is None and C(b"{") is None and C(b"[]") is None
     assert C(orjson.dumps(BASE)) is not None  # still set up as before
+    # setting up again is checked, and keeps the first set-up without
+    # taking references it would never give back
+    again = (
+        event_module.AuditEvent, event_module._Fast, event_module._User, event_module._Ref,
+        event_module._Status, event_module._decode_fast, (msgspec.DecodeError, RecursionError),
+        event_module._api_time, event_module.InvalidEvent, event_module._user_kind,
+        event_module._USER_KINDS, event_module._UNPARSED,
+    )  # fmt: skip
+    held = [sys.getrefcount(o) for o in again]
+    _speedups.setup(*again)
+    assert [sys.getrefcount(o) for o in again] == held
 
 
 def test_a_failing_helper_raises_through() -> None:

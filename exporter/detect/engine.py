@@ -196,21 +196,8 @@ class _Seen:
 
 def index_key(ev: AuditEvent, atoms: IndexAtoms) -> IndexKey:
     """The attributes the rules are indexed by (see matchers.DIMS), with
-    ``atoms`` the Detector's (``Detector.atoms``)."""
-    ann = ev.annotations
-    return (
-        ev.stage,
-        ev.verb,
-        ev.resource,
-        ev.subresource,
-        ev.user_kind,
-        ev.code,
-        ev.impersonated_user != "",
-        atoms.annotation_class(ann)
-        if atoms.common_matters or not COMMON_ANNOTATIONS.issuperset(ann)
-        else 0,
-        atoms.principal_class((ev.username, ev.user_agent, ev.source_ip)),
-    )
+    ``atoms`` the Detector's (``Detector.atoms``): see py_index_keys."""
+    return py_index_keys((ev,), atoms)[0]
 
 
 def index_keys(events: Sequence[AuditEvent], atoms: IndexAtoms) -> list[IndexKey]:
@@ -237,8 +224,10 @@ _c_index_keys: Callable[..., list[IndexKey]] | None = (
 
 
 def py_index_keys(events: Iterable[AuditEvent], atoms: IndexAtoms) -> list[IndexKey]:
-    """index_keys in Python: the principal's class is looked up in the
-    atoms' cache before it is worked out."""
+    """index_keys in Python, the definition of the key: (stage, verb,
+    resource, subresource, user kind, code, impersonated, the annotation
+    keys' class, the principal's class). The principal's class is looked up
+    in the atoms' cache before principal_class works it out."""
     annotation_class = atoms.annotation_class
     all_annotations = atoms.common_matters
     triples = atoms.triples
