@@ -524,18 +524,48 @@ contains_any(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_FALSE;
 }
 
-/* split_newlines(data): data.split(b"\n"), finding the newlines with
- * memchr: CPython's split on one byte compares byte by byte, which was a
- * tenth of replay's work on lines of a few kilobytes. */
-static PyObject *
-split_newlines(PyObject *module, PyObject *data)
+/* The range [start, end) of a bytes object from a call's optional
+ * arguments ``start`` and ``end`` (default: the whole), clamped as slices
+ * clamp them; 0, or -1 with an exception set. */
+static int
+byte_range(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t size, Py_ssize_t *start,
+           Py_ssize_t *end)
 {
-    if (!PyBytes_Check(data)) {
-        PyErr_SetString(PyExc_TypeError, "split_newlines() wants bytes");
+    *start = 0;
+    *end = size;
+    if (nargs > 1 && (*start = PyNumber_AsSsize_t(args[1], PyExc_OverflowError)) == -1 &&
+        PyErr_Occurred())
+        return -1;
+    if (nargs > 2 && (*end = PyNumber_AsSsize_t(args[2], PyExc_OverflowError)) == -1 &&
+        PyErr_Occurred())
+        return -1;
+    if (*start < 0 || *end < 0) {
+        PyErr_SetString(PyExc_ValueError, "start and end must not be negative");
+        return -1;
+    }
+    if (*end > size)
+        *end = size;
+    if (*start > *end)
+        *start = *end;
+    return 0;
+}
+
+/* split_newlines(data, start=0, end=len(data)): data[start:end].split(b"\n")
+ * without copying the range first, finding the newlines with memchr:
+ * CPython's split on one byte compares byte by byte, which was a tenth of
+ * replay's work on lines of a few kilobytes. */
+static PyObject *
+split_newlines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "split_newlines(data: bytes, start=0, end=len(data))");
         return NULL;
     }
-    const char *p = PyBytes_AS_STRING(data);
-    const char *end = p + PyBytes_GET_SIZE(data);
+    Py_ssize_t start, stop_at;
+    if (byte_range(args, nargs, PyBytes_GET_SIZE(args[0]), &start, &stop_at) < 0)
+        return NULL;
+    const char *p = PyBytes_AS_STRING(args[0]) + start;
+    const char *end = PyBytes_AS_STRING(args[0]) + stop_at;
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
@@ -553,6 +583,121 @@ split_newlines(PyObject *module, PyObject *data)
             return out;
         p = newline + 1;
     }
+}
+
+/* ascii_cr(data, start=0, end=len(data)): (whether data[start:end] is
+ * ASCII, whether it holds a carriage return), without copying the range. */
+static PyObject *
+ascii_cr(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "ascii_cr(data: bytes, start=0, end=len(data))");
+        return NULL;
+    }
+    Py_ssize_t start, end;
+    if (byte_range(args, nargs, PyBytes_GET_SIZE(args[0]), &start, &end) < 0)
+        return NULL;
+    const char *p = PyBytes_AS_STRING(args[0]) + start;
+    int ascii = all_ascii(p, end - start);
+    int cr = memchr(p, '\r', (size_t)(end - start)) != NULL;
+    return Py_BuildValue("(OO)", ascii ? Py_True : Py_False, cr ? Py_True : Py_False);
+}
+
+/* The slot of an event of exporter.event's AuditEvent (after setup()), or
+ * the attribute of another object: a new reference, or NULL with an
+ * exception set. */
+static PyObject *
+attribute(PyObject *ev, int slot, PyObject *name)
+{
+    if (S.ready && Py_TYPE(ev) == S.event_type) {
+        PyObject *value = SLOT(ev, S.event_off[slot]);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(ev, name);
+}
+
+/* hash((a, b, c)) as CPython's tuple hash computes it (xxHash's rounds on
+ * the items' hashes, Objects/tupleobject.c), without making the tuple.
+ * exporter.accel checks it against hash() before it uses it. */
+#if SIZEOF_VOID_P > 4
+#define XXPRIME_1 ((Py_uhash_t)11400714785074694791ULL)
+#define XXPRIME_2 ((Py_uhash_t)14029467366897019727ULL)
+#define XXPRIME_5 ((Py_uhash_t)2870177450012600261ULL)
+#define XXROTATE(x) ((x << 31) | (x >> 33))
+#else
+#define XXPRIME_1 ((Py_uhash_t)2654435761UL)
+#define XXPRIME_2 ((Py_uhash_t)2246822519UL)
+#define XXPRIME_5 ((Py_uhash_t)374761393UL)
+#define XXROTATE(x) ((x << 13) | (x >> 19))
+#endif
+
+static Py_hash_t
+hash_of_three(PyObject *const items[3])
+{
+    Py_uhash_t acc = XXPRIME_5;
+    for (int i = 0; i < 3; i++) {
+        Py_uhash_t lane = (Py_uhash_t)PyObject_Hash(items[i]);
+        if (lane == (Py_uhash_t)-1 && PyErr_Occurred())
+            return -1;
+        acc += lane * XXPRIME_2;
+        acc = XXROTATE(acc);
+        acc *= XXPRIME_1;
+    }
+    acc += (Py_uhash_t)3 ^ (XXPRIME_5 ^ 3527539UL);
+    if (acc == (Py_uhash_t)-1)
+        return 1546275796;
+    return (Py_hash_t)acc;
+}
+
+/* key_hashes(events): the bytes of an array('q') of each event's
+ * hash((audit_id, stage, stage_ts)), the dedupe key's hash (see
+ * exporter.sources.replay_jobs.HashedDeduper). */
+static PyObject *
+key_hashes(PyObject *module, PyObject *events_arg)
+{
+    static PyObject *names[3];
+    if (names[0] == NULL) {
+        const char *spelled[3] = {"audit_id", "stage", "stage_ts"};
+        for (int i = 0; i < 3; i++) {
+            if ((names[i] = PyUnicode_InternFromString(spelled[i])) == NULL)
+                return NULL;
+        }
+    }
+    PyObject *events = PySequence_Fast(events_arg, "key_hashes() wants a sequence of events");
+    if (events == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(events);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(long long));
+    if (out == NULL) {
+        Py_DECREF(events);
+        return NULL;
+    }
+    long long *hashes = (long long *)PyBytes_AS_STRING(out);
+    static const int slots[3] = {E_AUDIT_ID, E_STAGE, E_STAGE_TS};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *ev = Py_NewRef(PySequence_Fast_GET_ITEM(events, i));
+        PyObject *items[3] = {NULL, NULL, NULL};
+        Py_hash_t h = -1;
+        int k = 0;
+        for (; k < 3; k++) {
+            if ((items[k] = attribute(ev, slots[k], names[k])) == NULL)
+                break;
+        }
+        if (k == 3)
+            h = hash_of_three(items);
+        for (int j = 0; j < k; j++)
+            Py_DECREF(items[j]);
+        Py_DECREF(ev);
+        if (h == -1 && PyErr_Occurred()) {
+            Py_DECREF(out);
+            Py_DECREF(events);
+            return NULL;
+        }
+        hashes[i] = (long long)h;
+    }
+    Py_DECREF(events);
+    return out;
 }
 
 /* ascii=None, True or False as event_of wants it: -1, 1 or 0 (-2 on an error) */
@@ -815,8 +960,15 @@ static PyMethodDef methods[] = {
      "fast_lines(lines, start, ascii, cr, within, limit, out, room): events of "
      "the lines from start on appended to out while the fast path reads them "
      "(exporter.event._fast_lines in C); the position of the first line not appended."},
-    {"split_newlines", (PyCFunction)split_newlines, METH_O,
-     "split_newlines(data): data.split(b'\\n'), faster on long lines."},
+    {"split_newlines", (PyCFunction)(void (*)(void))split_newlines, METH_FASTCALL,
+     "split_newlines(data, start=0, end=len(data)): data[start:end].split(b'\\n'), "
+     "faster on long lines and without copying the range."},
+    {"ascii_cr", (PyCFunction)(void (*)(void))ascii_cr, METH_FASTCALL,
+     "ascii_cr(data, start=0, end=len(data)): (is data[start:end] ASCII, does it "
+     "hold a carriage return)."},
+    {"key_hashes", (PyCFunction)key_hashes, METH_O,
+     "key_hashes(events): the bytes of an array('q') of each event's "
+     "hash((audit_id, stage, stage_ts))."},
     {"contains_any", (PyCFunction)(void (*)(void))contains_any, METH_FASTCALL,
      "contains_any(data, needles): does one of the needles occur in data?"},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,

@@ -9,7 +9,10 @@ helpers below are the ones that need nothing set up."""
 from __future__ import annotations
 
 import os
+from array import array
+from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 # Set to anything but "" or "0" to run the Python code even where
 # exporter._speedups was built (to compare the two, or to rule it out).
@@ -29,8 +32,17 @@ def _load() -> ModuleType | None:
 compiled = _load()
 
 
-def py_split_newlines(data: bytes) -> list[bytes]:
-    return data.split(b"\n")
+def py_split_newlines(data: bytes, start: int = 0, end: int | None = None) -> list[bytes]:
+    return data[start:end].split(b"\n")
+
+
+def py_ascii_cr(data: bytes, start: int = 0, end: int | None = None) -> tuple[bool, bool]:
+    part = data[start:end]
+    return part.isascii(), b"\r" in part
+
+
+def py_key_hashes(events: Sequence[Any]) -> bytes:
+    return array("q", [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events]).tobytes()
 
 
 def py_contains_any(data: bytes, needles: tuple[bytes, ...]) -> bool:
@@ -42,3 +54,30 @@ def py_contains_any(data: bytes, needles: tuple[bytes, ...]) -> bool:
 split_newlines = compiled.split_newlines if compiled is not None else py_split_newlines
 # does one of ``needles`` occur in ``data``? (memmem in C)
 contains_any = compiled.contains_any if compiled is not None else py_contains_any
+# is a range of bytes ASCII, does it hold a carriage return? (no copy in C)
+ascii_cr = compiled.ascii_cr if compiled is not None else py_ascii_cr
+
+
+def _same_hashes(fn: Any) -> bool:
+    """Does ``fn`` give hash((audit_id, stage, stage_ts)) as this Python
+    does? The C one repeats CPython's tuple hash, which a later version
+    may change."""
+    from types import SimpleNamespace
+
+    samples = [
+        SimpleNamespace(audit_id=a, stage=s, stage_ts=t)
+        for a in ("", "0b5c5f3a-0c3e-4ba1-9d5e-6f7e5c2b9a11", "\u00e9\U0001f600")
+        for s in ("RequestReceived", "ResponseComplete")
+        for t in (0.0, -1.0, 1.7e9 + 0.123456, float("inf"))
+    ]
+    want = [hash((e.audit_id, e.stage, e.stage_ts)) for e in samples]
+    return bool(array("q", fn(samples)).tolist() == want)
+
+
+# the dedupe keys' hashes of a batch of events, as the bytes of an
+# array("q"): what replay --jobs sends the parent
+key_hashes = (
+    compiled.key_hashes
+    if compiled is not None and _same_hashes(compiled.key_hashes)
+    else py_key_hashes
+)

@@ -123,7 +123,7 @@ def split_lines(data: bytes) -> Iterator[bytes]:
         end = data.find(b"\n", start + LINES_BLOCK)
         if end < 0:
             end = size
-        yield from split_newlines(data[start:end])
+        yield from split_newlines(data, start, end)
         start = end + 1
 
 

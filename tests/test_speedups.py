@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from array import array
 from typing import Any
 
 import msgspec
@@ -27,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import exporter.event as event_module
-from exporter import _speedups
+from exporter import _speedups, accel
 from exporter.event import PURE_PYTHON_ENV, AuditEvent
 from exporter.simulate import Options, simulate_lines
 from tests.test_event_fast_path import corpus_lines
@@ -362,10 +363,81 @@ def test_fast_lines_refuse_what_is_not_a_list_of_bytes() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from([b"a", b"\n", b"\r", b"{}", b"\xff", b""]), max_size=40))
-def test_split_newlines_is_bytes_split(parts: list[bytes]) -> None:
+@given(
+    st.lists(st.sampled_from([b"a", b"\n", b"\r", b"{}", b"\xff", b""]), max_size=40),
+    st.integers(0, 45),
+    st.integers(0, 45),
+)
+def test_split_newlines_is_bytes_split(parts: list[bytes], start: int, end: int) -> None:
     data = b"".join(parts)
     assert _speedups.split_newlines(data) == data.split(b"\n")
+    # a range of it, as a slice takes it (clamped), without the copy
+    want = data[start:end].split(b"\n")
+    assert _speedups.split_newlines(data, start, end) == want
+    assert accel.py_split_newlines(data, start, end) == want
+    assert _speedups.split_newlines(data, start) == data[start:].split(b"\n")
+    # is the range ASCII, does it hold a carriage return
+    want_flags = (data[start:end].isascii(), b"\r" in data[start:end])
+    assert _speedups.ascii_cr(data, start, end) == want_flags
+    assert accel.py_ascii_cr(data, start, end) == want_flags
+    assert _speedups.ascii_cr(data) == (data.isascii(), b"\r" in data)
+
+
+def test_ranges_refuse_what_is_not_one() -> None:
+    for fn in (_speedups.split_newlines, _speedups.ascii_cr):
+        with pytest.raises(TypeError):
+            fn("text")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            fn(b"a", "1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            fn(b"a", -1)
+        with pytest.raises(TypeError):
+            fn(b"a", 0, 1, 2)  # type: ignore[call-arg]
+
+
+def test_key_hashes_are_pythons_tuple_hashes(tmp_path: Any) -> None:
+    """The dedupe keys' hashes that replay --jobs sends its parent: what
+    hash((audit_id, stage, stage_ts)) gives, on real and simulated events,
+    on odd values and on objects that are not AuditEvents."""
+    from types import SimpleNamespace
+
+    events = [ev for _, line in corpus_lines() if (ev := C(line)) is not None]
+    events += [C(line) or PY(line) for line in simulate_lines(Options(events=500, seed=3))]
+    odd = [
+        SimpleNamespace(audit_id=a, stage=s, stage_ts=t)
+        for a in ("", "x" * 100, "\u00e9\U0001f600")
+        for s in ("RequestReceived", "")
+        for t in (0.0, -0.0, -1.0, float("inf"), float("nan"), 1e300, 2**62)
+    ]
+    for sample in (events, odd, []):
+        want = [hash((e.audit_id, e.stage, e.stage_ts)) for e in sample]
+        assert array("q", _speedups.key_hashes(sample)).tolist() == want
+        assert array("q", accel.py_key_hashes(sample)).tolist() == want
+    # the C one is what replay uses when it agrees with hash() here
+    assert accel.key_hashes is _speedups.key_hashes
+    # an event without the attributes, or with an unhashable one: an error
+    with pytest.raises(AttributeError):
+        _speedups.key_hashes([SimpleNamespace(audit_id="a", stage="b")])
+    with pytest.raises(TypeError):
+        _speedups.key_hashes([SimpleNamespace(audit_id="a", stage=[], stage_ts=1.0)])
+    with pytest.raises(TypeError):
+        _speedups.key_hashes(3)  # type: ignore[arg-type]
+    # an AuditEvent whose slot is unset reads it as an attribute: an error
+    bare = AuditEvent.__new__(AuditEvent)
+    with pytest.raises(AttributeError):
+        _speedups.key_hashes([bare])
+
+
+def test_a_tuple_hash_that_differs_is_not_used() -> None:
+    """exporter.accel checks the C hashes against hash() before it takes
+    them: a function that gives other numbers is refused."""
+    assert accel._same_hashes(_speedups.key_hashes)
+    assert accel._same_hashes(accel.py_key_hashes)
+
+    def off_by_one(events: Any) -> bytes:
+        return array("q", [x + 1 for x in array("q", accel.py_key_hashes(events))]).tobytes()
+
+    assert not accel._same_hashes(off_by_one)
 
 
 @settings(max_examples=300, deadline=None)

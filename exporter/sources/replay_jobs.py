@@ -59,7 +59,7 @@ from itertools import accumulate
 from operator import attrgetter
 from typing import IO, cast
 
-from ..accel import split_newlines
+from ..accel import ascii_cr, key_hashes, split_newlines
 from ..detect import Detector
 from ..detect.engine import Projected
 from ..event import AuditEvent, Decoder, InvalidEvent, fast_event, fast_lines
@@ -310,9 +310,10 @@ def _windows(data: bytes, size: int) -> Iterator[tuple[int, int, list[bytes], bo
     the window starts in the chunk, the number of its first line, and its
     lines (split one window at a time, so that they are still in the cache
     when they are decoded: splitting a 16 MiB chunk at once cost the jobs a
-    few percent more CPU time); then, as the reader's blocks (see
-    replay._line_blocks), True when the window is ASCII (None: ask each
-    line) and whether it holds a carriage return."""
+    few percent more CPU time, and the windows are not copied out of the
+    chunk first); then, as the reader's blocks (see replay._line_blocks),
+    True when the window is ASCII (None: ask each line) and whether it
+    holds a carriage return."""
     if not data:
         yield 0, 0, [b""], True, False
         return
@@ -322,11 +323,10 @@ def _windows(data: bytes, size: int) -> Iterator[tuple[int, int, list[bytes], bo
         end = data.find(b"\n", pos + size) + 1 if pos + size < total else 0
         if end <= 0:
             end = total
-        window = data if pos == 0 and end == total else data[pos:end]
-        lines = split_newlines(window)
-        if window.endswith(b"\n"):
-            lines.pop()  # the window's last newline ends its last line
-        yield pos, number, lines, window.isascii() or None, b"\r" in window
+        # the window's last newline ends its last line
+        lines = split_newlines(data, pos, end - 1 if data[end - 1] == 10 else end)
+        ascii, cr = ascii_cr(data, pos, end)
+        yield pos, number, lines, ascii or None, cr
         number += len(lines)
         pos = end
 
@@ -425,8 +425,9 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
             # duplicates: an event whose key came earlier in the chunk, or the
             # parent's verdicts
             base = len(keys)
-            hashes = [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events]
-            keys.extend(hashes)
+            hashed = key_hashes(events)
+            keys.frombytes(hashed)
+            hashes = memoryview(hashed).cast("q")
             part = events
             if given is None:
                 fresh = seen.isdisjoint(hashes)
