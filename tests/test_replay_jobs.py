@@ -432,17 +432,20 @@ def test_odd_lines_in_small_windows_keep_their_line_numbers(
     assert len(where(STDERR[1])) >= 2
 
 
+@pytest.mark.parametrize("window", [20 << 10, 1 << 20])
 def test_a_job_drops_the_retries_within_its_chunk(
-    monkeypatch: pytest.MonkeyPatch, simulated: Path
+    monkeypatch: pytest.MonkeyPatch, simulated: Path, window: int
 ) -> None:
-    """Retries next to their first copy (in one group of lines) and far
-    after it (in a later group) are the job's duplicates, found by the job
-    itself, so that the parent agrees and need not run the chunk again."""
+    """Retries next to their first copy (in one window of lines) and far
+    after it (in a later window, or in the same one when the window holds
+    the chunk) are the job's duplicates, found by the job itself, so that
+    the parent agrees and need not run the chunk again."""
     from exporter.event import Decoder
     from exporter.sources import replay_jobs
 
+    monkeypatch.setattr(replay_jobs, "WINDOW_BYTES", window)
     monkeypatch.setattr(
-        replay_jobs, "_JOB", replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]}, 100)
+        replay_jobs, "_JOB", replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]})
     )
     lines = simulated.read_bytes().splitlines(keepends=True)[:1000]
     out, expected = [], []
@@ -478,7 +481,7 @@ def test_without_metrics_out_the_jobs_count_no_requests(
     assert future != lines[7]
     chunk = b"".join([*lines, future])
     for observe in (True, False):
-        job = replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]}, 100, observe)
+        job = replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]}, observe)
         monkeypatch.setattr(replay_jobs, "_JOB", job)
         partial = replay_jobs.run_chunk(chunk)
         assert partial is not None
@@ -517,7 +520,7 @@ def test_a_job_asks_each_window_once_and_keeps_each_lines_verdict(
 
     monkeypatch.setattr(replay_jobs, "WINDOW_BYTES", window)
     monkeypatch.setattr(
-        replay_jobs, "_JOB", replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]}, 100)
+        replay_jobs, "_JOB", replay_jobs._Job(Decoder(), [], None, {"sources": ["replay"]})
     )
     lines = [event(1), event(2, value=b"\xff\xfe"), event(3) + b"\r", event(4, name="zoë".encode())]
     partial = replay_jobs.run_chunk(b"\n".join(lines) + b"\n")

@@ -268,7 +268,6 @@ class _Job:
     processors: list[Processor]  # redaction
     detector: Detector | None
     metrics_args: dict[str, object]
-    batch_lines: int = BATCH_LINES
     # as the pipeline's observe_batches: False when nothing shows the
     # request families, the lag and the event counter (then only the
     # events stamped in the future are counted, as with --jobs 1)
@@ -381,118 +380,118 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     now = time.time()
     observe = metrics.observe_batch if job.observe else metrics.check_future
     fresh_count = 0
-    step = job.batch_lines
     number = 0  # lines before the window
     lines: list[bytes] = []
-    # a group of lines at a time, decoded and processed while its lines and
-    # events are still in the cache
+    # a window of lines at a time, decoded and processed as one batch while
+    # its lines and events are still in the cache (how the parent batches
+    # them for deduplication is the _Batcher's: nothing a job does depends
+    # on where a batch ends)
     for offset, number, lines, ascii, cr in _windows(data, WINDOW_BYTES):
         # where the window's line i starts: offset + before[i] + i (the newlines)
         lengths = list(map(len, lines))
         before = list(accumulate(lengths, initial=0))
         # no line longer than the limit: the lines need not be measured one by one
         within = max(lengths, default=0) <= limit
-        for group in range(0, len(lines), step):
-            events: list[AuditEvent] = []
-            at: list[int] = []  # each event's line in the window (-1: one of several)
-            end = min(group + step, len(lines))
-            i = group
-            while i < end:
-                # the lines the fast path reads, a stretch at a time (as the
-                # reader takes them), then the first it does not
-                stop = fast_lines(lines, i, ascii, cr, within, limit, events, end - i)
-                at.extend(range(i, stop))
-                i = stop + 1
-                if stop >= end:
-                    break
-                line = lines[stop]
-                if not line or line.isspace():
-                    odd.append((number + stop, 0, 0))
-                    continue
-                if len(line) > limit:
-                    line = line[: limit + 1]  # as the reader cuts it (see _line_blocks)
-                inputs = found = 0
-                for item in decode(line):
-                    inputs += 1
-                    if type(item) is AuditEvent:
-                        found += 1
-                        events.append(item)
-                        at.append(-1)
-                    else:
-                        item.line = number + stop + 1  # type: ignore[union-attr]
-                        refusals.add(item)  # type: ignore[arg-type]
-                odd.append((number + stop, inputs, found))
-            # duplicates: an event whose key came earlier in the chunk, or the
-            # parent's verdicts
-            base = len(keys)
-            hashed = key_hashes(events)
-            keys.frombytes(hashed)
-            hashes = memoryview(hashed).cast("q")
-            part = events
-            if given is None:
-                fresh = seen.isdisjoint(hashes)
-                if fresh:
-                    size = len(seen)
-                    seen.update(hashes)
-                    if len(seen) - size != len(hashes):
-                        # a key twice in the group: as before it, then one by one
-                        seen.difference_update(hashes)
-                        fresh = False
-                if not fresh:
-                    part, kept_at = [], []
-                    for j, h in enumerate(hashes):
-                        if h in seen:
-                            dropped.append(base + j)
-                        else:
-                            seen.add(h)
-                            part.append(events[j])
-                            kept_at.append(at[j])
-                    at = kept_at
-            elif given:
-                keep = [j for j in range(len(events)) if base + j not in given]
-                if len(keep) != len(events):
-                    part = [events[j] for j in keep]
-                    at = [at[j] for j in keep]
-            if not part:
+        events: list[AuditEvent] = []
+        at: list[int] = []  # each event's line in the window (-1: one of several)
+        end = len(lines)
+        i = 0
+        while i < end:
+            # the lines the fast path reads, a stretch at a time (as the
+            # reader takes them), then the first it does not
+            stop = fast_lines(lines, i, ascii, cr, within, limit, events, end - i)
+            at.extend(range(i, stop))
+            i = stop + 1
+            if stop >= end:
+                break
+            line = lines[stop]
+            if not line or line.isspace():
+                odd.append((number + stop, 0, 0))
                 continue
-            fresh_count += len(part)
-            for processor in job.processors:
-                processor(part)
-            scanned = detector.scan(part) if detector is not None else []
-            report(part)
-            # the events that a rule's condition held for and the sensitive
-            # ones, in order: only these are visited, not the whole group
-            marked = report.found
-            sensitive_at: set[int] = set()
-            visit: Sequence[tuple[int, tuple[int, ...] | None]] = scanned
-            if marked:
-                sensitive_at = set(_positions(part, marked))
-                marked.clear()
-                hit = dict(scanned)
-                visit = [(i, hit.get(i)) for i in sorted(sensitive_at.union(hit))]
-            for i, hits in visit:
-                ev = part[i]
-                if hits is not None:
-                    where = _start(before, at[i], offset) if ev.raw is not None else -1
-                    n = len(projected)
-                    record = detector.project(ev, hits)  # type: ignore[union-attr]
-                    if detector.idle(record):  # type: ignore[union-attr]
-                        idle.append((n, record))
-                        projected.append(None)
-                    else:
-                        projected.append(record)
-                    starts.append(where)
-                    if where < 0:
-                        objects[n] = ev
-                    if i in sensitive_at:
-                        scanned_sensitive[n] = fields(ev)
+            if len(line) > limit:
+                line = line[: limit + 1]  # as the reader cuts it (see _line_blocks)
+            inputs = found = 0
+            for item in decode(line):
+                inputs += 1
+                if type(item) is AuditEvent:
+                    found += 1
+                    events.append(item)
+                    at.append(-1)
                 else:
-                    # a sensitive event no rule's condition held for (one
-                    # that is not counted as a request is nothing to
-                    # Report.ordered)
-                    where = _start(before, at[i], offset) if ev.raw is not None else -1
-                    sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
-            observe(part, "replay", now)
+                    item.line = number + stop + 1  # type: ignore[union-attr]
+                    refusals.add(item)  # type: ignore[arg-type]
+            odd.append((number + stop, inputs, found))
+        # duplicates: an event whose key came earlier in the chunk, or the
+        # parent's verdicts
+        base = len(keys)
+        hashed = key_hashes(events)
+        keys.frombytes(hashed)
+        hashes = memoryview(hashed).cast("q")
+        part = events
+        if given is None:
+            fresh = seen.isdisjoint(hashes)
+            if fresh:
+                size = len(seen)
+                seen.update(hashes)
+                if len(seen) - size != len(hashes):
+                    # a key twice in the window: as before it, then one by one
+                    seen.difference_update(hashes)
+                    fresh = False
+            if not fresh:
+                part, kept_at = [], []
+                for j, h in enumerate(hashes):
+                    if h in seen:
+                        dropped.append(base + j)
+                    else:
+                        seen.add(h)
+                        part.append(events[j])
+                        kept_at.append(at[j])
+                at = kept_at
+        elif given:
+            keep = [j for j in range(len(events)) if base + j not in given]
+            if len(keep) != len(events):
+                part = [events[j] for j in keep]
+                at = [at[j] for j in keep]
+        if not part:
+            continue
+        fresh_count += len(part)
+        for processor in job.processors:
+            processor(part)
+        scanned = detector.scan(part) if detector is not None else []
+        report(part)
+        # the events that a rule's condition held for and the sensitive
+        # ones, in order: only these are visited, not the whole window
+        marked = report.found
+        sensitive_at: set[int] = set()
+        visit: Sequence[tuple[int, tuple[int, ...] | None]] = scanned
+        if marked:
+            sensitive_at = set(_positions(part, marked))
+            marked.clear()
+            hit = dict(scanned)
+            visit = [(i, hit.get(i)) for i in sorted(sensitive_at.union(hit))]
+        for i, hits in visit:
+            ev = part[i]
+            if hits is not None:
+                where = _start(before, at[i], offset) if ev.raw is not None else -1
+                n = len(projected)
+                record = detector.project(ev, hits)  # type: ignore[union-attr]
+                if detector.idle(record):  # type: ignore[union-attr]
+                    idle.append((n, record))
+                    projected.append(None)
+                else:
+                    projected.append(record)
+                starts.append(where)
+                if where < 0:
+                    objects[n] = ev
+                if i in sensitive_at:
+                    scanned_sensitive[n] = fields(ev)
+            else:
+                # a sensitive event no rule's condition held for (one
+                # that is not counted as a request is nothing to
+                # Report.ordered)
+                where = _start(before, at[i], offset) if ev.raw is not None else -1
+                sensitive.append((len(projected), fields(ev), ev if where < 0 else where))
+        observe(part, "replay", now)
     if duplicates is not None:
         dropped = sorted(duplicates)
     lag = metrics.lag.values.get(("replay",))
@@ -659,9 +658,7 @@ class ParallelReplay:
         self.dedupe = HashedDeduper(pipeline.dedupe.capacity)
         pipeline.dedupe = self.dedupe
         self._lines = 0  # lines of the stream before the chunk merged next
-        _JOB = _Job(
-            decoder, before, self.detector, metrics_args, batch_lines, pipeline.observe_batches
-        )
+        _JOB = _Job(decoder, before, self.detector, metrics_args, pipeline.observe_batches)
         self.pool: Jobs | None = Jobs(jobs, run_chunk)
         self.jobs = jobs
 
