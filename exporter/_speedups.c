@@ -952,6 +952,114 @@ index_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return keys;
 }
 
+/* scan_hits(events, keys, index, missing): for each event, the tests of
+ * index[key] (pairs (test, position); missing(key) computes and remembers
+ * the pairs of a key not in the dict) that hold for it, a test that raises
+ * an Exception counting as one that holds: [(i, (position, ...)), ...] for
+ * the events with at least one (exporter.accel.py_scan_hits in C, the loop
+ * of exporter.detect.Detector.scan). */
+static PyObject *
+scan_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "scan_hits(events, keys, index: dict, missing)");
+        return NULL;
+    }
+    PyObject *events = PySequence_Fast(args[0], "scan_hits() wants a sequence of events");
+    if (events == NULL)
+        return NULL;
+    PyObject *keys = PySequence_Fast(args[1], "scan_hits() wants a sequence of keys");
+    if (keys == NULL) {
+        Py_DECREF(events);
+        return NULL;
+    }
+    PyObject *found = NULL;
+    if (PySequence_Fast_GET_SIZE(keys) != PySequence_Fast_GET_SIZE(events)) {
+        PyErr_SetString(PyExc_ValueError, "scan_hits(): as many keys as events");
+        goto done;
+    }
+    if ((found = PyList_New(0)) == NULL)
+        goto done;
+    PyObject *hits[64];
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(events); i++) {
+        /* held: the tests are Python code, which could change the lists */
+        PyObject *ev = Py_NewRef(PySequence_Fast_GET_ITEM(events, i));
+        PyObject *key = Py_NewRef(PySequence_Fast_GET_ITEM(keys, i));
+        PyObject *cands = PyDict_GetItemWithError(args[2], key);
+        if (cands != NULL)
+            Py_INCREF(cands);
+        else if (!PyErr_Occurred())
+            cands = PyObject_CallOneArg(args[3], key);
+        Py_DECREF(key);
+        if (cands == NULL || !PyTuple_Check(cands)) {
+            if (cands != NULL)
+                PyErr_SetString(PyExc_TypeError, "scan_hits(): candidates must be a tuple");
+            Py_XDECREF(cands);
+            Py_DECREF(ev);
+            Py_CLEAR(found);
+            goto done;
+        }
+        Py_ssize_t n = 0, count = PyTuple_GET_SIZE(cands);
+        int failed = 0;
+        for (Py_ssize_t k = 0; k < count && !failed; k++) {
+            PyObject *pair = PyTuple_GET_ITEM(cands, k);
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                PyErr_SetString(PyExc_TypeError, "scan_hits(): a candidate is (test, position)");
+                failed = 1;
+                break;
+            }
+            PyObject *result = PyObject_CallOneArg(PyTuple_GET_ITEM(pair, 0), ev);
+            int hit;
+            if (result == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                    failed = 1;
+                    break;
+                }
+                PyErr_Clear(); /* the processor counts the failure */
+                hit = 1;
+            }
+            else {
+                hit = PyObject_IsTrue(result);
+                Py_DECREF(result);
+                if (hit < 0) {
+                    failed = 1;
+                    break;
+                }
+            }
+            if (hit) {
+                if (n == (Py_ssize_t)(sizeof hits / sizeof hits[0])) {
+                    PyErr_SetString(PyExc_ValueError, "scan_hits(): too many rules for one key");
+                    failed = 1;
+                    break;
+                }
+                hits[n++] = PyTuple_GET_ITEM(pair, 1);
+            }
+        }
+        PyObject *entry = NULL;
+        if (!failed && n > 0) {
+            PyObject *positions = PyTuple_New(n);
+            if (positions != NULL) {
+                for (Py_ssize_t k = 0; k < n; k++)
+                    PyTuple_SET_ITEM(positions, k, Py_NewRef(hits[k]));
+                entry = Py_BuildValue("(nN)", i, positions);
+            }
+            if (entry == NULL || PyList_Append(found, entry) < 0)
+                failed = 1;
+            Py_XDECREF(entry);
+        }
+        Py_DECREF(cands); /* after the positions, which it holds, are taken */
+        Py_DECREF(ev);
+        if (failed) {
+            Py_CLEAR(found);
+            goto done;
+        }
+    }
+done:
+    Py_DECREF(events);
+    Py_DECREF(keys);
+    return found;
+}
+
 static PyMethodDef methods[] = {
     {"index_keys", (PyCFunction)(void (*)(void))index_keys, METH_FASTCALL,
      "index_keys(events, triples, principal_class, annotation_class, common, all_annotations, "
@@ -966,6 +1074,9 @@ static PyMethodDef methods[] = {
     {"ascii_cr", (PyCFunction)(void (*)(void))ascii_cr, METH_FASTCALL,
      "ascii_cr(data, start=0, end=len(data)): (is data[start:end] ASCII, does it "
      "hold a carriage return)."},
+    {"scan_hits", (PyCFunction)(void (*)(void))scan_hits, METH_FASTCALL,
+     "scan_hits(events, keys, index, missing): the positions of the tests that hold "
+     "for each event (exporter.accel.py_scan_hits in C)."},
     {"key_hashes", (PyCFunction)key_hashes, METH_O,
      "key_hashes(events): the bytes of an array('q') of each event's "
      "hash((audit_id, stage, stage_ts))."},

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -41,6 +41,39 @@ def py_ascii_cr(data: bytes, start: int = 0, end: int | None = None) -> tuple[bo
     return part.isascii(), b"\r" in part
 
 
+def py_scan_hits(
+    events: Sequence[Any],
+    keys: Sequence[Any],
+    index: dict[Any, tuple[tuple[Callable[[Any], object], int], ...]],
+    missing: Callable[[Any], tuple[tuple[Callable[[Any], object], int], ...]],
+) -> list[tuple[int, tuple[int, ...]]]:
+    """For each event, the positions of the tests of ``index[key]`` (pairs
+    (test, position); ``missing(key)`` gives, and remembers, those of a key
+    not in it) that hold for it, a test that raises counting as one that
+    holds; the events with at least one, with their positions."""
+    if len(keys) != len(events):
+        raise ValueError("scan_hits(): as many keys as events")
+    found: list[tuple[int, tuple[int, ...]]] = []
+    for i, key in enumerate(keys):
+        ev = events[i]
+        cands = index.get(key)
+        if cands is None:
+            cands = missing(key)
+        hits: list[int] | None = None
+        for test, position in cands:
+            try:
+                hit = test(ev)
+            except Exception:  # the processor counts it
+                hit = True
+            if hit:
+                if hits is None:
+                    hits = []
+                hits.append(position)
+        if hits is not None:
+            found.append((i, tuple(hits)))
+    return found
+
+
 def py_key_hashes(events: Sequence[Any]) -> bytes:
     return array("q", [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events]).tobytes()
 
@@ -54,6 +87,8 @@ def py_contains_any(data: bytes, needles: tuple[bytes, ...]) -> bool:
 split_newlines = compiled.split_newlines if compiled is not None else py_split_newlines
 # does one of ``needles`` occur in ``data``? (memmem in C)
 contains_any = compiled.contains_any if compiled is not None else py_contains_any
+# the tests that hold for each event (Detector.scan's loop)
+scan_hits = compiled.scan_hits if compiled is not None else py_scan_hits
 # is a range of bytes ASCII, does it hold a carriage return? (no copy in C)
 ascii_cr = compiled.ascii_cr if compiled is not None else py_ascii_cr
 

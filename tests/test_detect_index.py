@@ -174,6 +174,89 @@ def test_every_rule_whose_condition_holds_is_a_candidate() -> None:
     assert held < 3 * len(events)
 
 
+@pytest.mark.parametrize("loop", ["c", "python"])
+def test_scan_finds_the_candidates_whose_condition_holds(
+    monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """Detector.scan (what replay --jobs runs in its jobs), with its loop in
+    C and in Python, against each candidate rule's condition tested one
+    event at a time, on the corpora and on simulated traffic, in batches."""
+    from exporter import accel
+    from exporter.simulate import Options, simulate_lines
+
+    if loop == "python":
+        monkeypatch.setattr(accel, "scan_hits", accel.py_scan_hits)
+    else:
+        assert accel.compiled is not None and accel.scan_hits is accel.compiled.scan_hits
+    det = Detector(load_rules(None), SETTINGS)
+    decoder = Decoder()
+    events: list[AuditEvent] = []
+    for _, files in corpus_sources(CORPORA):
+        for path in files:
+            events.extend(
+                item
+                for item in decoder.decode_document(path.read_bytes())
+                if isinstance(item, AuditEvent)
+            )
+    for line in simulate_lines(Options(events=20_000, seed=9)):
+        events.extend(item for item in decoder.decode_record(line) if isinstance(item, AuditEvent))
+    position = {r: k for k, r in enumerate(det.rules)}
+    found = 0
+    for start in range(0, len(events), 777):
+        batch = events[start : start + 777]
+        want = []
+        for i, ev in enumerate(batch):
+            hits = tuple(
+                position[r] for _, r in det._candidates(index_key(ev, det.atoms)) if r.test(ev)
+            )
+            if hits:
+                want.append((i, hits))
+        assert det.scan(batch) == want
+        found += len(want)
+    assert found > 1_000
+
+
+@pytest.mark.parametrize("loop", ["c", "python"])
+def test_scan_hits_counts_a_failing_test_and_asks_for_missing_keys(loop: str) -> None:
+    from exporter import accel
+
+    scan_hits = accel.compiled.scan_hits if loop == "c" else accel.py_scan_hits  # type: ignore[union-attr]
+
+    def boom(ev: object) -> bool:
+        raise ValueError("a rule's bug")
+
+    def stop(ev: object) -> bool:
+        raise KeyboardInterrupt
+
+    asked: list[object] = []
+    index: dict[object, Any] = {"a": ((bool, 0), (lambda ev: ev == 2, 1)), "b": ((boom, 4),)}
+
+    def missing(key: object) -> Any:
+        asked.append(key)
+        index[key] = found = ((lambda ev: [1] if ev else [], 7),)
+        return found
+
+    events = [0, 1, 2, 3, 0]
+    keys = ["a", "b", "a", "c", "c"]
+    # a truthy answer holds, a test that raises holds, a new key is asked once
+    assert scan_hits(events, keys, index, missing) == [(1, (4,)), (2, (0, 1)), (3, (7,))]
+    assert asked == ["c"]
+    assert scan_hits([], [], index, missing) == []
+    with pytest.raises(KeyboardInterrupt):  # not an Exception: it goes on up
+        scan_hits([1], ["x"], {"x": ((stop, 0),)}, missing)
+    with pytest.raises(ValueError):
+        scan_hits([1, 2], ["a"], index, missing)
+    if loop == "c":
+        with pytest.raises(TypeError):
+            scan_hits([1], ["x"], {"x": [(bool, 0)]}, missing)
+        with pytest.raises(TypeError):
+            scan_hits([1], ["x"], {"x": ((bool,),)}, missing)
+        with pytest.raises(TypeError):
+            scan_hits([1], ["x"], [], missing)
+        with pytest.raises(ZeroDivisionError):  # missing() failing is an error
+            scan_hits([1], ["y"], {}, lambda key: 1 / 0)
+
+
 def test_principal_and_annotation_bits_are_exact(tmp_path: Path) -> None:
     ruleset = rules_from(
         tmp_path,

@@ -239,6 +239,39 @@ def test_no_reference_is_kept_or_lost() -> None:
     assert second - first < 20_000  # not a byte an event
 
 
+def test_the_batch_helpers_keep_and_lose_no_reference() -> None:
+    """key_hashes, scan_hits and the range splitters, on their good paths
+    and their error paths: every object they touch keeps its references."""
+    events = [C(orjson.dumps(dict(BASE, auditID=f"id-{i}"))) for i in range(50)]
+    key, position = ("some", "key"), 3
+
+    def test(ev: object) -> bool:
+        return bool(ev is events[2])
+
+    def boom(ev: object) -> bool:
+        raise ValueError("x")
+
+    pairs = ((test, position), (boom, position))
+    index = {key: pairs}
+    data = b"a\nbb\r\nccc\n" * 10
+    watched = [*events[:3], key, position, test, boom, pairs, data]
+    for _ in range(2):  # the first round may cache (interned names, hashes)
+        before = [sys.getrefcount(o) for o in watched]
+        for _ in range(200):
+            _speedups.key_hashes(events)
+            found = _speedups.scan_hits(events, [key] * len(events), index, lambda k: pairs)
+            assert found[2] == (2, (3, 3)) and len(found) == 50
+            del found
+            with pytest.raises(TypeError):
+                _speedups.scan_hits(events, [key] * 50, {key: ((test,),)}, lambda k: pairs)
+            with pytest.raises(ZeroDivisionError):
+                _speedups.scan_hits(events, [object()] * 50, index, lambda k: 1 / 0)
+            _speedups.split_newlines(data, 3, 20)
+            _speedups.ascii_cr(data, 3, 20)
+        gc.collect()
+    assert [sys.getrefcount(o) for o in watched] == before
+
+
 def test_bad_arguments_are_refused_not_crashed() -> None:
     with pytest.raises(TypeError):
         C("not bytes")  # type: ignore[arg-type]

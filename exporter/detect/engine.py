@@ -574,6 +574,9 @@ class Detector:
         self._positions = {r: k for k, r in enumerate(compiled)}
         # index key -> (the rule's test or check, the rule) for each candidate
         self._index: dict[IndexKey, tuple[tuple[Runner, CompiledRule], ...]] = {}
+        # index key -> (the rule's condition, its position) for each
+        # candidate: what scan() tests
+        self._tests: dict[IndexKey, tuple[tuple[Callable[[AuditEvent], object], int], ...]] = {}
         self._classes = KeyClasses(
             [
                 node
@@ -626,6 +629,7 @@ class Detector:
         for r in rules:
             r.run = wrap(r, r.run)
         self._index.clear()
+        self._tests.clear()
 
     def _candidates(self, key: IndexKey) -> tuple[tuple[Runner, CompiledRule], ...]:
         # keys that no rule tells apart (see KeyClasses) share their rules
@@ -784,27 +788,20 @@ class Detector:
         --jobs`` scans chunks in parallel and runs the processor on these
         events and rules alone, in input order (``only``), which matches,
         counts and changes state exactly as running it on every event
-        would."""
-        index = self._index
+        would. The loop is exporter._speedups' where it was built."""
+        return accel.scan_hits(events, index_keys(events, self.atoms), self._tests, self._tests_of)
+
+    def _tests_of(self, key: IndexKey) -> tuple[tuple[Callable[[AuditEvent], object], int], ...]:
+        """The candidates' conditions for ``key`` (see :meth:`scan`), each
+        with its rule's position, remembered."""
+        cands = self._index.get(key)
+        if cands is None:
+            cands = self._candidates(key)
         position = self._positions
-        found: list[tuple[int, tuple[int, ...]]] = []
-        for i, key in enumerate(index_keys(events, self.atoms)):
-            ev = events[i]
-            cands = index.get(key)
-            if cands is None:
-                cands = self._candidates(key)
-            hits: list[int] | None = None
-            for _, r in cands:
-                try:
-                    hit = r.test(ev)
-                except Exception:  # the processor will count it
-                    hit = True
-                if hit:
-                    if hits is None:
-                        hits = []
-                    hits.append(position[r])
-            if hits is not None:
-                found.append((i, tuple(hits)))
+        found = tuple((r.test, position[r]) for _, r in cands)
+        if len(self._tests) >= INDEX_CAPACITY:
+            self._tests.clear()
+        self._tests[key] = found
         return found
 
     def _failed(self, r: CompiledRule, ev: AuditEvent, e: Exception) -> None:
