@@ -64,9 +64,6 @@ class Report:
     # (duration, -position among the requests with a duration, who and what)
     _slowest: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
     _seq: int = 0
-    # replay --jobs: a job's report leaves what depends on detection (the
-    # severity of sensitive rows, their rank) to the parent (see ordered())
-    defer_sensitive: bool = False
 
     def __call__(self, events: list[AuditEvent]) -> None:
         """A pipeline processor: sees each accepted, non-duplicate batch.
@@ -85,7 +82,6 @@ class Report:
             self.first_ts = first
         if self.last_ts is None or last > self.last_ts:
             self.last_ts = last
-        defer = self.defer_sensitive
         requests: list[AuditEvent] = []
         request = requests.append
         for ev in events:
@@ -99,11 +95,10 @@ class Report:
                 or (stage == "ResponseStarted" and ev.code == 401)
             ):
                 request(ev)
-                if not defer:
-                    cats = categories(ev)
-                    if cats:
-                        self._sensitive(ev, cats)
-            elif ev.severity and not defer:
+                cats = categories(ev)
+                if cats:
+                    self._sensitive(ev, cats)
+            elif ev.severity:
                 self._flag(ev)
         if not requests:
             return
@@ -241,7 +236,7 @@ class Report:
             del flagged[next(iter(flagged))]
 
     def ordered(self, ev: AuditEvent) -> None:
-        """What a job's report (``defer_sensitive``) left to the parent, for
+        """What a job's report (replay_jobs._JobReport) left to the parent, for
         one event that a rule's condition held for or that is sensitive, after
         detection and in input order (``replay --jobs``)."""
         if not counts_as_request(ev):

@@ -67,6 +67,7 @@ from ..metrics import AuditMetrics, RequestTally, counts_as_request
 from ..pipeline import Deduper, Key, Pipeline, Processor
 from ..refusals import Refusals
 from ..report import Report
+from ..report.significance import RANK_ROUTINE, rank
 from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
 from .replay_chunks import Jobs, Span, file_chunks, stream_chunks
 
@@ -240,17 +241,25 @@ class Partial:
 
 
 class _JobReport(Report):
-    """A job's report: what does not depend on detection, as
-    ``defer_sensitive`` leaves it, and the sensitive requests it finds (the
-    ones Report.ordered will rank in the parent), collected in order
-    instead of ranked."""
+    """A job's report: what does not depend on detection, and the sensitive
+    requests whose row depends on it (their rank and severity: the ones
+    Report.ordered ranks in the parent), collected in order instead. A
+    sensitive request no rule's condition held for gets no severity, so a
+    routine one (significance.RANK_ROUTINE) is counted here, as the parent
+    would count it: in totals that do not depend on order."""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: list[AuditEvent] = []  # in the batch's order
+        # the batch's events some rule's condition held for (Detector.scan),
+        # by id(): set before the report sees the batch
+        self.scanned: set[int] = set()
 
     def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
-        self.found.append(ev)
+        if id(ev) not in self.scanned and rank(ev, cats) == RANK_ROUTINE:
+            super()._sensitive(ev, cats)
+        else:
+            self.found.append(ev)
 
 
 def _positions(events: list[AuditEvent], some: list[AuditEvent]) -> list[int]:
@@ -464,6 +473,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
         for processor in job.processors:
             processor(part)
         scanned = detector.scan(part) if detector is not None else []
+        report.scanned = {id(part[i]) for i, _ in scanned}
         report(part)
         # the events that a rule's condition held for and the sensitive
         # ones, in order: only these are visited, not the whole window
