@@ -534,3 +534,25 @@ def test_a_job_asks_each_window_once_and_keeps_each_lines_verdict(
     expected = [(s.reason, s.line) for b in alone for s in b.refusals.samples]
     assert [(s.reason, s.line) for s in partial.refusals.samples] == expected
     assert [line for _, line in expected] == [2]
+
+
+def test_the_parents_window_takes_a_fresh_batch_whole_and_nothing_of_any_other() -> None:
+    """The parent checks and remembers a batch's hashes in one go: a batch
+    with no hash seen before and none twice is remembered; a batch with a
+    hash the window holds (in either generation) or one that comes twice
+    leaves the window as it was, for the one-by-one path."""
+    from exporter.sources.replay_jobs import HashedDeduper
+
+    window = HashedDeduper(4)
+    assert window.add_fresh_hashes([1, 2, 3])
+    assert len(window) == 3 and all(window.has_hash(h) for h in (1, 2, 3))
+    assert not window.add_fresh_hashes([7, 8, 2])  # 2 was seen
+    assert not window.add_fresh_hashes([9, 10, 9])  # 9 twice
+    assert len(window) == 3 and not any(window.has_hash(h) for h in (7, 8, 9, 10))
+    assert window.add_fresh_hashes([4, 5])  # the current generation fills: it becomes the previous
+    assert not window.add_fresh_hashes([6, 1])  # 1 is in the previous generation
+    assert window.add_fresh_hashes([6]) and len(window) == 6
+    # a window of no capacity remembers nothing and finds repeats within the batch
+    none = HashedDeduper(0)
+    assert none.add_fresh_hashes([1, 2]) and none.add_fresh_hashes([1, 2]) and len(none) == 0
+    assert not none.add_fresh_hashes([3, 3])

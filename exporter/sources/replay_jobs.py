@@ -196,11 +196,30 @@ class HashedDeduper(Deduper):
     def has_hash(self, h: int) -> bool:
         return Deduper.__contains__(self, h)  # type: ignore[operator]
 
-    def isdisjoint_hashes(self, hashes: set[int]) -> bool:
-        return Deduper.isdisjoint(self, hashes)  # type: ignore[arg-type]
-
     def update_hashes(self, hashes: set[int]) -> None:
         Deduper.update(self, hashes)  # type: ignore[arg-type]
+
+    def add_fresh_hashes(self, hashes: list[int]) -> bool:
+        """Remember a batch's ``hashes`` and say True when none of them was
+        seen and none comes twice (nearly every batch); else remember
+        nothing and say False (the caller goes one by one). Three passes of
+        set operations over the list and no set made of the batch: the
+        parent runs this on every event."""
+        if self.capacity <= 0:
+            return len(set(hashes)) == len(hashes)
+        current: set[int] = self._current  # type: ignore[assignment]
+        if not self._previous.isdisjoint(hashes) or not current.isdisjoint(hashes):
+            return False
+        size = len(current)
+        current.update(hashes)
+        if len(current) - size != len(hashes):
+            # one comes twice: take them out again (none was there before)
+            current.difference_update(hashes)
+            return False
+        if len(current) >= self.capacity:
+            self._previous = current  # type: ignore[assignment]
+            self._current = set()
+        return True
 
 
 @dataclass
@@ -624,19 +643,20 @@ class _Batcher:
         if not count:
             return
         dedupe = self.dedupe
+        hashes: list[int] = []
+        for pending, at, n in runs:
+            hashes += pending.partial.keys[at : at + n].tolist()
+        if dedupe.add_fresh_hashes(hashes):
+            return
         batch_keys: set[int] = set()
         for pending, at, n in runs:
-            batch_keys.update(pending.partial.keys[at : at + n])
-        if len(batch_keys) != count or not dedupe.isdisjoint_hashes(batch_keys):
-            batch_keys = set()
-            for pending, at, n in runs:
-                keys = pending.partial.keys
-                for i in range(at, at + n):
-                    key = keys[i]
-                    if dedupe.has_hash(key) or key in batch_keys:
-                        pending.duplicates.append(i)
-                        continue
-                    batch_keys.add(key)
+            keys = pending.partial.keys
+            for i in range(at, at + n):
+                key = keys[i]
+                if dedupe.has_hash(key) or key in batch_keys:
+                    pending.duplicates.append(i)
+                    continue
+                batch_keys.add(key)
         dedupe.update_hashes(batch_keys)
 
 
