@@ -22,6 +22,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifndef Py_T_OBJECT_EX
@@ -1060,6 +1061,283 @@ done:
     return found;
 }
 
+/* Sets of 64-bit hashes (the dedupe keys' hashes of replay --jobs) kept in
+ * a bytearray: int64 words [used, has_zero, slot 0, slot 1, ...], a power
+ * of two of slots, at most half of them used; 0 marks an empty slot (the
+ * hash 0 is the has_zero flag). A lookup reads one slot, where a Python set
+ * of ints reads a larger table and makes an int object for each hash; the
+ * Python twins in exporter.accel hold the same hashes in a set. An empty
+ * bytearray is an empty table. */
+#define HT_HEADER 2
+
+typedef struct {
+    int64_t *words;  /* NULL: an empty table without slots */
+    Py_ssize_t slots; /* a power of two, or 0 */
+} hash_table;
+
+static int
+ht_view(PyObject *obj, hash_table *t)
+{
+    if (!PyByteArray_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "a hash table is a bytearray from new_hash_table()");
+        return -1;
+    }
+    Py_ssize_t size = PyByteArray_GET_SIZE(obj);
+    if (size == 0) {
+        t->words = NULL;
+        t->slots = 0;
+        return 0;
+    }
+    Py_ssize_t slots = size / 8 - HT_HEADER;
+    if (size % 8 != 0 || slots < 1 || (slots & (slots - 1)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "not a hash table");
+        return -1;
+    }
+    int64_t *words = (int64_t *)PyByteArray_AS_STRING(obj);
+    if (words[0] < 0 || words[0] > slots + 1 || (words[1] != 0 && words[1] != 1)) {
+        PyErr_SetString(PyExc_ValueError, "not a hash table");
+        return -1;
+    }
+    t->words = words;
+    t->slots = slots;
+    return 0;
+}
+
+static inline size_t
+ht_start(int64_t h, Py_ssize_t slots)
+{
+    uint64_t x = (uint64_t)h * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(x ^ (x >> 32)) & (size_t)(slots - 1);
+}
+
+static int
+ht_contains(const hash_table *t, int64_t h)
+{
+    if (t->words == NULL)
+        return 0;
+    if (h == 0)
+        return t->words[1] != 0;
+    const int64_t *slot = t->words + HT_HEADER;
+    size_t mask = (size_t)(t->slots - 1);
+    size_t i = ht_start(h, t->slots);
+    /* at most every slot (only a table written by something else is full) */
+    for (Py_ssize_t n = 0; n < t->slots && slot[i] != 0; n++, i = (i + 1) & mask)
+        if (slot[i] == h)
+            return 1;
+    return 0;
+}
+
+/* h, which is not in the table, into it (room was made); -1 when there is
+ * no room after all (a table written by something else) */
+static int
+ht_add(hash_table *t, int64_t h)
+{
+    if (h == 0) {
+        t->words[0]++;
+        t->words[1] = 1;
+        return 0;
+    }
+    int64_t *slot = t->words + HT_HEADER;
+    size_t mask = (size_t)(t->slots - 1);
+    size_t i = ht_start(h, t->slots);
+    for (Py_ssize_t n = 0; n < t->slots; n++, i = (i + 1) & mask) {
+        if (slot[i] == 0) {
+            slot[i] = h;
+            t->words[0]++;
+            return 0;
+        }
+    }
+    PyErr_SetString(PyExc_ValueError, "not a hash table (full)");
+    return -1;
+}
+
+/* room in the table for ``more`` hashes */
+static int
+ht_reserve(PyObject *obj, hash_table *t, Py_ssize_t more)
+{
+    int64_t used = t->words != NULL ? t->words[0] : 0;
+    if (more > PY_SSIZE_T_MAX / 64 || used > PY_SSIZE_T_MAX / 64 - more) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t need = (Py_ssize_t)used + more;
+    if (t->words != NULL && need * 2 <= t->slots)
+        return 0;
+    Py_ssize_t slots = 16;
+    while (slots < need * 2)
+        slots *= 2;
+    int64_t *words = PyMem_Calloc((size_t)(HT_HEADER + slots), sizeof(int64_t));
+    if (words == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    hash_table grown = {words, slots};
+    if (t->words != NULL) {
+        words[1] = t->words[1];
+        words[0] = t->words[1] != 0;
+        for (Py_ssize_t i = 0; i < t->slots; i++)
+            if (t->words[HT_HEADER + i] != 0 && ht_add(&grown, t->words[HT_HEADER + i]) < 0) {
+                PyMem_Free(words);
+                return -1;
+            }
+    }
+    if (PyByteArray_Resize(obj, (HT_HEADER + slots) * (Py_ssize_t)sizeof(int64_t)) < 0) {
+        PyMem_Free(words);
+        return -1;
+    }
+    memcpy(PyByteArray_AS_STRING(obj), words, (size_t)(HT_HEADER + slots) * sizeof(int64_t));
+    PyMem_Free(words);
+    return ht_view(obj, t);
+}
+
+/* the hashes of a buffer of int64 (bytes, array('q'), ...) */
+static int
+hashes_view(PyObject *obj, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view->len % (Py_ssize_t)sizeof(int64_t) != 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "hashes: a whole number of 8-byte integers");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+tables_view(PyObject *tuple, hash_table *out, Py_ssize_t max)
+{
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) > max) {
+        PyErr_SetString(PyExc_TypeError, "tables: a tuple of at most 4 hash tables");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuple); k++)
+        if (ht_view(PyTuple_GET_ITEM(tuple, k), &out[k]) < 0)
+            return -1;
+    return (int)PyTuple_GET_SIZE(tuple);
+}
+
+/* seen_before(table, hashes, others): the positions of the hashes that are
+ * in ``table`` or in one of ``others`` (a tuple of tables) or came earlier
+ * in ``hashes``; the others go into ``table``, which grows as needed. */
+static PyObject *
+seen_before(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "seen_before(table, hashes, others)");
+        return NULL;
+    }
+    hash_table table, others[4];
+    int n_others = tables_view(args[2], others, 4);
+    if (n_others < 0 || ht_view(args[0], &table) < 0)
+        return NULL;
+    Py_buffer view;
+    if (hashes_view(args[1], &view) < 0)
+        return NULL;
+    PyObject *found = NULL;
+    Py_ssize_t count = view.len / (Py_ssize_t)sizeof(int64_t);
+    if (ht_reserve(args[0], &table, count) < 0)
+        goto done;
+    /* the others again: one may be the table, moved as it grew */
+    if (tables_view(args[2], others, 4) < 0 || (found = PyList_New(0)) == NULL)
+        goto done;
+    const char *at = view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t h;
+        memcpy(&h, at + i * (Py_ssize_t)sizeof h, sizeof h);
+        int seen = ht_contains(&table, h);
+        for (int k = 0; k < n_others && !seen; k++)
+            seen = ht_contains(&others[k], h);
+        if (!seen) {
+            if (ht_add(&table, h) < 0) {
+                Py_CLEAR(found);
+                goto done;
+            }
+            continue;
+        }
+        PyObject *position = PyLong_FromSsize_t(i);
+        if (position == NULL || PyList_Append(found, position) < 0) {
+            Py_XDECREF(position);
+            Py_CLEAR(found);
+            goto done;
+        }
+        Py_DECREF(position);
+    }
+done:
+    PyBuffer_Release(&view);
+    return found;
+}
+
+/* hashes_in(tables, hashes): the positions of the hashes that are in one
+ * of ``tables``; changes nothing. */
+static PyObject *
+hashes_in(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "hashes_in(tables, hashes)");
+        return NULL;
+    }
+    hash_table tables[4];
+    int n = tables_view(args[0], tables, 4);
+    if (n < 0)
+        return NULL;
+    Py_buffer view;
+    if (hashes_view(args[1], &view) < 0)
+        return NULL;
+    PyObject *found = PyList_New(0);
+    Py_ssize_t count = view.len / (Py_ssize_t)sizeof(int64_t);
+    const char *at = view.buf;
+    for (Py_ssize_t i = 0; i < count && found != NULL; i++) {
+        int64_t h;
+        memcpy(&h, at + i * (Py_ssize_t)sizeof h, sizeof h);
+        int seen = 0;
+        for (int k = 0; k < n && !seen; k++)
+            seen = ht_contains(&tables[k], h);
+        if (!seen)
+            continue;
+        PyObject *position = PyLong_FromSsize_t(i);
+        if (position == NULL || PyList_Append(found, position) < 0)
+            Py_CLEAR(found);
+        Py_XDECREF(position);
+    }
+    PyBuffer_Release(&view);
+    return found;
+}
+
+/* table_len(table): the hashes in a table */
+static PyObject *
+table_len(PyObject *module, PyObject *obj)
+{
+    hash_table t;
+    if (ht_view(obj, &t) < 0)
+        return NULL;
+    return PyLong_FromLongLong(t.words != NULL ? (long long)t.words[0] : 0);
+}
+
+/* table_hashes(table): the bytes of an array('q') of a table's hashes, in
+ * no particular order */
+static PyObject *
+table_hashes(PyObject *module, PyObject *obj)
+{
+    hash_table t;
+    if (ht_view(obj, &t) < 0)
+        return NULL;
+    Py_ssize_t used = t.words != NULL ? (Py_ssize_t)t.words[0] : 0;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, used * (Py_ssize_t)sizeof(int64_t));
+    if (out == NULL || used == 0)
+        return out;
+    int64_t *to = (int64_t *)PyBytes_AS_STRING(out);
+    Py_ssize_t n = 0;
+    if (t.words[1] != 0)
+        to[n++] = 0;
+    for (Py_ssize_t i = 0; i < t.slots && n < used; i++)
+        if (t.words[HT_HEADER + i] != 0)
+            to[n++] = t.words[HT_HEADER + i];
+    if (n < used && _PyBytes_Resize(&out, n * (Py_ssize_t)sizeof(int64_t)) < 0)
+        return NULL;
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"index_keys", (PyCFunction)(void (*)(void))index_keys, METH_FASTCALL,
      "index_keys(events, triples, principal_class, annotation_class, common, all_annotations, "
@@ -1080,6 +1358,14 @@ static PyMethodDef methods[] = {
     {"key_hashes", (PyCFunction)key_hashes, METH_O,
      "key_hashes(events): the bytes of an array('q') of each event's "
      "hash((audit_id, stage, stage_ts))."},
+    {"seen_before", (PyCFunction)(void (*)(void))seen_before, METH_FASTCALL,
+     "seen_before(table, hashes, others): the positions of the hashes in table, in one of "
+     "others or earlier in hashes; the rest go into table (exporter.accel.py_seen_before in C)."},
+    {"hashes_in", (PyCFunction)(void (*)(void))hashes_in, METH_FASTCALL,
+     "hashes_in(tables, hashes): the positions of the hashes in one of tables."},
+    {"table_len", (PyCFunction)table_len, METH_O, "table_len(table): the hashes in a table."},
+    {"table_hashes", (PyCFunction)table_hashes, METH_O,
+     "table_hashes(table): the bytes of an array('q') of a table's hashes."},
     {"contains_any", (PyCFunction)(void (*)(void))contains_any, METH_FASTCALL,
      "contains_any(data, needles): does one of the needles occur in data?"},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,

@@ -78,6 +78,39 @@ def py_key_hashes(events: Sequence[Any]) -> bytes:
     return array("q", [hash((ev.audit_id, ev.stage, ev.stage_ts)) for ev in events]).tobytes()
 
 
+def _hash_values(hashes: Any) -> Sequence[int]:
+    view = memoryview(hashes).cast("B")
+    if len(view) % 8:
+        raise ValueError("hashes: a whole number of 8-byte integers")
+    return view.cast("q")
+
+
+def py_new_hash_table() -> Any:
+    return set()
+
+
+def py_seen_before(table: set[int], hashes: Any, others: tuple[set[int], ...]) -> list[int]:
+    found: list[int] = []
+    for i, h in enumerate(_hash_values(hashes)):
+        if h in table or any(h in other for other in others):
+            found.append(i)
+        else:
+            table.add(h)
+    return found
+
+
+def py_hashes_in(tables: tuple[set[int], ...], hashes: Any) -> list[int]:
+    return [i for i, h in enumerate(_hash_values(hashes)) if any(h in t for t in tables)]
+
+
+def py_table_len(table: set[int]) -> int:
+    return len(table)
+
+
+def py_table_hashes(table: set[int]) -> bytes:
+    return array("q", table).tobytes()
+
+
 def py_contains_any(data: bytes, needles: tuple[bytes, ...]) -> bool:
     return any(needle in data for needle in needles)
 
@@ -89,6 +122,25 @@ split_newlines = compiled.split_newlines if compiled is not None else py_split_n
 contains_any = compiled.contains_any if compiled is not None else py_contains_any
 # the tests that hold for each event (Detector.scan's loop)
 scan_hits = compiled.scan_hits if compiled is not None else py_scan_hits
+# sets of 64-bit hashes (the dedupe keys' of replay --jobs): in C, an
+# open-addressing table in a bytearray (a lookup reads one slot and makes
+# no int object); in Python, a set of ints. A table is what
+# new_hash_table() makes; hashes come as a buffer of int64 (bytes,
+# array("q")). seen_before(table, hashes, others): the positions of the
+# hashes in table, in one of others or earlier in hashes, the rest added to
+# table; hashes_in(tables, hashes): the positions of those in one of tables
+if compiled is not None:
+    new_hash_table: Callable[[], Any] = bytearray
+    seen_before: Callable[[Any, Any, tuple[Any, ...]], list[int]] = compiled.seen_before
+    hashes_in: Callable[[tuple[Any, ...], Any], list[int]] = compiled.hashes_in
+    table_len: Callable[[Any], int] = compiled.table_len
+    table_hashes: Callable[[Any], bytes] = compiled.table_hashes
+else:
+    new_hash_table = py_new_hash_table
+    seen_before = py_seen_before
+    hashes_in = py_hashes_in
+    table_len = py_table_len
+    table_hashes = py_table_hashes
 # is a range of bytes ASCII, does it hold a carriage return? (no copy in C)
 ascii_cr = compiled.ascii_cr if compiled is not None else py_ascii_cr
 

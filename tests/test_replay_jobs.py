@@ -536,23 +536,39 @@ def test_a_job_asks_each_window_once_and_keeps_each_lines_verdict(
     assert [line for _, line in expected] == [2]
 
 
-def test_the_parents_window_takes_a_fresh_batch_whole_and_nothing_of_any_other() -> None:
-    """The parent checks and remembers a batch's hashes in one go: a batch
-    with no hash seen before and none twice is remembered; a batch with a
-    hash the window holds (in either generation) or one that comes twice
-    leaves the window as it was, for the one-by-one path."""
-    from exporter.sources.replay_jobs import HashedDeduper
+@pytest.mark.parametrize("pure", [False, True], ids=["C", "Python"])
+def test_the_parents_window_deduplicates_a_batch_as_the_pipelines_deduper(
+    pure: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's window of hashes (tables in C, or sets) gives each
+    batch the verdicts the pipeline's Deduper gives the same keys: the
+    first of each key is kept unless the window holds it, in either
+    generation; the kept ones are remembered, and a generation ends at the
+    same batch. Random batches with repeats, against the Deduper itself."""
+    import random
+    from array import array
 
-    window = HashedDeduper(4)
-    assert window.add_fresh_hashes([1, 2, 3])
-    assert len(window) == 3 and all(window.has_hash(h) for h in (1, 2, 3))
-    assert not window.add_fresh_hashes([7, 8, 2])  # 2 was seen
-    assert not window.add_fresh_hashes([9, 10, 9])  # 9 twice
-    assert len(window) == 3 and not any(window.has_hash(h) for h in (7, 8, 9, 10))
-    assert window.add_fresh_hashes([4, 5])  # the current generation fills: it becomes the previous
-    assert not window.add_fresh_hashes([6, 1])  # 1 is in the previous generation
-    assert window.add_fresh_hashes([6]) and len(window) == 6
-    # a window of no capacity remembers nothing and finds repeats within the batch
-    none = HashedDeduper(0)
-    assert none.add_fresh_hashes([1, 2]) and none.add_fresh_hashes([1, 2]) and len(none) == 0
-    assert not none.add_fresh_hashes([3, 3])
+    from exporter import accel
+    from exporter.pipeline import Deduper
+    from exporter.sources import replay_jobs
+
+    if pure:
+        for name in ("new_hash_table", "seen_before", "hashes_in", "table_len", "table_hashes"):
+            monkeypatch.setattr(replay_jobs, name, getattr(accel, f"py_{name}"))
+    rng = random.Random(7)
+    for capacity in (0, 1, 50, 400):
+        window, reference = replay_jobs.HashedDeduper(capacity), Deduper(capacity)
+        pool = [rng.getrandbits(64) - (1 << 63) for _ in range(600)] + [0, -1]
+        for _ in range(60):
+            batch = [rng.choice(pool) for _ in range(rng.randint(0, 40))]
+            # the pipeline's way: keys in the window or earlier in the batch
+            kept: set[int] = set()
+            want = []
+            for i, h in enumerate(batch):
+                if h in reference or h in kept:  # type: ignore[operator]
+                    want.append(i)
+                else:
+                    kept.add(h)
+            reference.update(kept)  # type: ignore[arg-type]
+            assert window.take_batch(array("q", batch)) == want
+            assert len(window) == len(reference)

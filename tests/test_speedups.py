@@ -519,3 +519,79 @@ def test_replay_says_the_same_with_and_without_the_extension(corpora: Any, tmp_p
         outputs.append(orjson.loads(out.stdout))
     assert outputs[0] == outputs[1]
     assert outputs[0]["events"] > 10_000
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, -1, 1, 2**62]), max_size=60),
+    st.lists(st.lists(st.integers(0, 80), max_size=300), max_size=6),
+)
+def test_hash_tables_are_sets_of_hashes(pool: list[int], batches: list[list[int]]) -> None:
+    """seen_before, hashes_in, table_len and table_hashes in C against
+    their Python twins over sets, batch after batch: the same positions,
+    the same members, through the tables' growth, with the hash 0, with
+    repeats within a batch and with the table among the others."""
+    pool = pool or [5]
+    c_table, py_table = bytearray(), accel.py_new_hash_table()
+    c_other, py_other = bytearray(), accel.py_new_hash_table()
+    half = array("q", pool[::2])
+    assert _speedups.seen_before(c_other, half, ()) == accel.py_seen_before(py_other, half, ())
+    for picks in batches:
+        batch = array("q", [pool[i % len(pool)] for i in picks])
+        tables = (c_other, c_table)  # the table itself among the others
+        want = accel.py_seen_before(py_table, batch.tobytes(), (py_other, py_table))
+        assert _speedups.seen_before(c_table, batch, tables) == want
+        assert _speedups.table_len(c_table) == len(py_table)
+        assert sorted(array("q", _speedups.table_hashes(c_table))) == sorted(py_table)
+        probe = array("q", pool)
+        assert _speedups.hashes_in((c_table, c_other), probe) == accel.py_hashes_in(
+            (py_table, py_other), probe
+        )
+
+
+def test_hash_tables_refuse_what_is_not_one() -> None:
+    table = bytearray()
+    _speedups.seen_before(table, array("q", [1, 2, 3]), ())
+    with pytest.raises(TypeError):
+        _speedups.seen_before(bytes(table), array("q", [1]), ())  # type: ignore[arg-type]
+    for foreign in (b"x" * 40, b"x" * 24, array("q", [-1, 0, 0, 0]).tobytes()):
+        with pytest.raises(ValueError, match="not a hash table"):
+            _speedups.table_len(bytearray(foreign))
+    # a table written by something else, full: refused, never a hang
+    full = bytearray(array("q", [0, 0, 5, 6]).tobytes())
+    assert _speedups.hashes_in((full,), array("q", [7, 5])) == [1]
+    assert array("q", _speedups.table_hashes(full)).tolist() == []
+    with pytest.raises(ValueError, match="full"):
+        _speedups.seen_before(full, array("q", [7]), ())
+    with pytest.raises(ValueError, match="8-byte"):
+        _speedups.seen_before(table, b"1234567", ())
+    with pytest.raises(ValueError, match="8-byte"):
+        accel.py_seen_before(set(), b"1234567", ())
+    with pytest.raises(TypeError):
+        _speedups.hashes_in((table,) * 5, array("q", [1]))
+    with pytest.raises(TypeError):
+        _speedups.hashes_in([table], array("q", [1]))  # type: ignore[arg-type]
+    # a table whose buffer is held cannot grow: an error, the table unchanged
+    held = memoryview(table)
+    with pytest.raises(BufferError):
+        _speedups.seen_before(table, array("q", range(10, 1000)), ())
+    held.release()
+    assert _speedups.table_len(table) == 3
+    assert _speedups.hashes_in((table,), array("q", [3, 4, 1])) == [0, 2]
+
+
+def test_hash_tables_keep_and_lose_no_reference() -> None:
+    table, other = bytearray(), bytearray()
+    hashes = array("q", range(-500, 500))
+    watched = [table, other, hashes]
+    for _ in range(2):
+        before = [sys.getrefcount(o) for o in watched]
+        for _ in range(100):
+            _speedups.seen_before(table, hashes, (other,))
+            _speedups.hashes_in((table, other), hashes)
+            _speedups.table_len(table)
+            _speedups.table_hashes(table)
+            with pytest.raises(ValueError):
+                _speedups.seen_before(table, b"123", (other,))
+        gc.collect()
+    assert [sys.getrefcount(o) for o in watched] == before

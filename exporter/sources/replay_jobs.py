@@ -59,7 +59,16 @@ from itertools import accumulate
 from operator import attrgetter
 from typing import IO, cast
 
-from ..accel import ascii_cr, key_hashes, split_newlines
+from ..accel import (
+    ascii_cr,
+    hashes_in,
+    key_hashes,
+    new_hash_table,
+    seen_before,
+    split_newlines,
+    table_hashes,
+    table_len,
+)
 from ..detect import Detector
 from ..detect.engine import Projected
 from ..event import AuditEvent, Decoder, InvalidEvent, fast_event, fast_lines
@@ -178,48 +187,55 @@ fields: Callable[[AuditEvent], tuple[object, ...]] = attrgetter(*FIELDS)
 class HashedDeduper(Deduper):
     """The pipeline's Deduper, holding the 8-byte hashes of the keys
     (``hash((auditID, stage, stageTimestamp))``, which forked jobs compute
-    as the parent does): files read whole (``Pipeline.process``, with keys)
-    and files read in chunks (the jobs' hashes) share one window. Two keys
-    of a window of n share a hash with a chance of about n**2 / 2**65 (one
-    in a billion for the default window of 100,000)."""
+    as the parent does) in two generations of hash tables (see
+    exporter.accel: in C, a lookup reads one slot of a table and makes no
+    int object): files read whole (``Pipeline.process``, with keys) and
+    files read in chunks (the jobs' hashes) share one window. Two keys of a
+    window of n share a hash with a chance of about n**2 / 2**65 (one in a
+    billion for the default window of 100,000)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self._current = new_hash_table()
+        self._previous = new_hash_table()
+
+    def _tables(self) -> tuple[object, object]:
+        return self._current, self._previous
 
     def __contains__(self, key: Key) -> bool:
-        return super().__contains__(hash(key))  # type: ignore[operator]
+        return bool(hashes_in(self._tables(), array("q", [hash(key)])))
 
     def isdisjoint(self, keys: set[Key]) -> bool:
-        return super().isdisjoint({hash(k) for k in keys})  # type: ignore[misc]
+        return not hashes_in(self._tables(), array("q", [hash(k) for k in keys]))
 
     def update(self, keys: Iterable[Key]) -> None:
-        super().update(hash(k) for k in keys)  # type: ignore[misc]
-
-    # the jobs' hashes as they are
-    def has_hash(self, h: int) -> bool:
-        return Deduper.__contains__(self, h)  # type: ignore[operator]
-
-    def update_hashes(self, hashes: set[int]) -> None:
-        Deduper.update(self, hashes)  # type: ignore[arg-type]
-
-    def add_fresh_hashes(self, hashes: list[int]) -> bool:
-        """Remember a batch's ``hashes`` and say True when none of them was
-        seen and none comes twice (nearly every batch); else remember
-        nothing and say False (the caller goes one by one). Three passes of
-        set operations over the list and no set made of the batch: the
-        parent runs this on every event."""
         if self.capacity <= 0:
-            return len(set(hashes)) == len(hashes)
-        current: set[int] = self._current  # type: ignore[assignment]
-        if not self._previous.isdisjoint(hashes) or not current.isdisjoint(hashes):
-            return False
-        size = len(current)
-        current.update(hashes)
-        if len(current) - size != len(hashes):
-            # one comes twice: take them out again (none was there before)
-            current.difference_update(hashes)
-            return False
-        if len(current) >= self.capacity:
-            self._previous = current  # type: ignore[assignment]
-            self._current = set()
-        return True
+            return  # remember nothing, as Deduper
+        seen_before(self._current, array("q", [hash(k) for k in keys]), ())
+        self._turn()
+
+    def __len__(self) -> int:
+        current, previous = (array("q", table_hashes(t)) for t in self._tables())
+        return len(set(current).union(previous))
+
+    def _turn(self) -> None:
+        """A new generation when the current one holds ``capacity`` keys, as
+        Deduper.update."""
+        if table_len(self._current) >= self.capacity:
+            self._previous = self._current
+            self._current = new_hash_table()
+
+    def take_batch(self, hashes: array[int]) -> list[int]:
+        """Deduplicate one batch given as its keys' hashes, as
+        Pipeline.process does with keys: the positions of the duplicates
+        (a hash in the window or earlier in the batch); the others are
+        remembered. One pass in C over the batch (the parent runs this on
+        every event of a replay with jobs)."""
+        if self.capacity <= 0:
+            return seen_before(new_hash_table(), hashes, ())
+        repeated = seen_before(self._current, hashes, (self._previous,))
+        self._turn()
+        return repeated
 
 
 @dataclass
@@ -396,7 +412,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     refusals = Refusals()
     odd: list[tuple[int, int, int]] = []
     keys = array("q")
-    seen: set[int] = set()
+    seen = new_hash_table()  # the keys' hashes so far
     dropped: list[int] = []
     given = set(duplicates) if duplicates is not None else None
     metrics = AuditMetrics(None, **job.metrics_args)  # type: ignore[arg-type]
@@ -460,27 +476,15 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
         base = len(keys)
         hashed = key_hashes(events)
         keys.frombytes(hashed)
-        hashes = memoryview(hashed).cast("q")
         part = events
         if given is None:
-            fresh = seen.isdisjoint(hashes)
-            if fresh:
-                size = len(seen)
-                seen.update(hashes)
-                if len(seen) - size != len(hashes):
-                    # a key twice in the window: as before it, then one by one
-                    seen.difference_update(hashes)
-                    fresh = False
-            if not fresh:
-                part, kept_at = [], []
-                for j, h in enumerate(hashes):
-                    if h in seen:
-                        dropped.append(base + j)
-                    else:
-                        seen.add(h)
-                        part.append(events[j])
-                        kept_at.append(at[j])
-                at = kept_at
+            repeated = seen_before(seen, hashed, ())
+            if repeated:
+                dropped.extend(base + j for j in repeated)
+                drop = set(repeated)
+                keep = [j for j in range(len(events)) if j not in drop]
+                part = [events[j] for j in keep]
+                at = [at[j] for j in keep]
         elif given:
             keep = [j for j in range(len(events)) if base + j not in given]
             if len(keep) != len(events):
@@ -642,22 +646,25 @@ class _Batcher:
         self.runs, self.count, self.inputs = [], 0, 0
         if not count:
             return
-        dedupe = self.dedupe
-        hashes: list[int] = []
-        for pending, at, n in runs:
-            hashes += pending.partial.keys[at : at + n].tolist()
-        if dedupe.add_fresh_hashes(hashes):
+        if len(runs) == 1:
+            pending, at, n = runs[0]
+            hashes = pending.partial.keys[at : at + n]
+        else:
+            hashes = array("q")
+            for pending, at, n in runs:
+                hashes += pending.partial.keys[at : at + n]
+        repeated = self.dedupe.take_batch(hashes)
+        if not repeated:
             return
-        batch_keys: set[int] = set()
-        for pending, at, n in runs:
-            keys = pending.partial.keys
-            for i in range(at, at + n):
-                key = keys[i]
-                if dedupe.has_hash(key) or key in batch_keys:
-                    pending.duplicates.append(i)
-                    continue
-                batch_keys.add(key)
-        dedupe.update_hashes(batch_keys)
+        # each duplicate's run and position there
+        k = 0
+        base = 0  # of runs[k] in the batch
+        for j in repeated:
+            while j >= base + runs[k][2]:
+                base += runs[k][2]
+                k += 1
+            pending, at, _ = runs[k]
+            pending.duplicates.append(at + j - base)
 
 
 class ParallelReplay:
