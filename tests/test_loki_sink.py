@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -493,6 +494,24 @@ def test_a_slow_loki_times_out_and_the_batch_is_sent_again(
     loki.release()
     wait_for(lambda: loki.count() == 10 * pushes)
     assert set(loki.keys().values()) == {pushes}
+
+
+def test_close_waits_for_the_push_in_flight_and_then_nothing_runs(
+    tmp_path: Path, loki: LokiReceiver, corpora: Path, sinks: list[LokiSink]
+) -> None:
+    """A push still in flight when close() gives up waiting for the spool
+    to drain is waited for (within the HTTP timeouts), so no pusher thread
+    outlives the sink to touch its closed spool or log after it stopped;
+    what was not acknowledged stays in the spool for the next start."""
+    loki.script.append("hold")
+    sink = open_sink(sinks, settings(tmp_path, loki, timeout=30))
+    assert sink.submit(unique_events(corpora, 5))
+    wait_for(lambda: loki.held == 1)
+    # Loki answers the held push a little after close() stopped waiting
+    threading.Timer(0.5, loki.release).start()
+    assert not sink.close(timeout=0.1)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(f"{sink.name}-")]
+    assert loki.statuses() == [204]
 
 
 # --- the spool behind the sink -------------------------------------------------------

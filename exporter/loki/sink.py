@@ -423,6 +423,10 @@ class LokiSink:
         finally:
             for shard in shards:
                 shard.stop()
+            # a push in flight ends within the HTTP timeouts, and its shard
+            # touches the spool until then: close() waits for it
+            for shard in shards:
+                shard.join(self.settings.connect_timeout + self.settings.timeout)
 
     def _route(
         self,
@@ -531,6 +535,8 @@ class LokiSink:
                     work.pop(0)
                     attempt = 0
                     continue
+                if self._stop.is_set():
+                    return False  # stopping: the batch stays in the spool, no retry
                 self.stats.retry()
                 delay = self._backoff(attempt, result.retry_after)
                 self._warn.warning(
@@ -717,6 +723,9 @@ class _Shard:
     def stop(self) -> None:
         """End the thread after the batch it is pushing, if any."""
         self._jobs.put(None)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         sink = self.sink
