@@ -142,14 +142,11 @@ def test_an_address_test_on_a_resource_keeps_every_resource_apart(tmp_path: Path
     assert candidates(det, other) == []
 
 
-def test_every_rule_whose_condition_holds_is_a_candidate() -> None:
-    """The index's answer is a necessary condition: on the corpora and on
-    simulated traffic (with bodies, attacks, odd user agents), no rule
-    whose condition holds for an event at a stage it runs on is left out
-    of its candidates."""
+def corpus_and_simulated_events(simulated: int, seed: int) -> list[AuditEvent]:
+    """Every event of the corpora, then ``simulated`` of the simulator's
+    (with bodies, attacks, odd user agents)."""
     from exporter.simulate import Options, simulate_lines
 
-    det = Detector(load_rules(None), SETTINGS)
     decoder = Decoder()
     events: list[AuditEvent] = []
     for _, files in corpus_sources(CORPORA):
@@ -159,8 +156,18 @@ def test_every_rule_whose_condition_holds_is_a_candidate() -> None:
                 for item in decoder.decode_document(path.read_bytes())
                 if isinstance(item, AuditEvent)
             )
-    for line in simulate_lines(Options(events=40_000, seed=5)):
+    for line in simulate_lines(Options(events=simulated, seed=seed)):
         events.extend(item for item in decoder.decode_record(line) if isinstance(item, AuditEvent))
+    return events
+
+
+def test_every_rule_whose_condition_holds_is_a_candidate() -> None:
+    """The index's answer is a necessary condition: on the corpora and on
+    simulated traffic (with bodies, attacks, odd user agents), no rule
+    whose condition holds for an event at a stage it runs on is left out
+    of its candidates."""
+    det = Detector(load_rules(None), SETTINGS)
+    events = corpus_and_simulated_events(40_000, seed=5)
     assert len(events) > 50_000
     plain = [r for r in det.rules if r.rule.kind != "sequence"]
     held = 0
@@ -182,24 +189,13 @@ def test_scan_finds_the_candidates_whose_condition_holds(
     C and in Python, against each candidate rule's condition tested one
     event at a time, on the corpora and on simulated traffic, in batches."""
     from exporter import accel
-    from exporter.simulate import Options, simulate_lines
 
     if loop == "python":
         monkeypatch.setattr(accel, "scan_hits", accel.py_scan_hits)
     else:
         assert accel.compiled is not None and accel.scan_hits is accel.compiled.scan_hits
     det = Detector(load_rules(None), SETTINGS)
-    decoder = Decoder()
-    events: list[AuditEvent] = []
-    for _, files in corpus_sources(CORPORA):
-        for path in files:
-            events.extend(
-                item
-                for item in decoder.decode_document(path.read_bytes())
-                if isinstance(item, AuditEvent)
-            )
-    for line in simulate_lines(Options(events=20_000, seed=9)):
-        events.extend(item for item in decoder.decode_record(line) if isinstance(item, AuditEvent))
+    events = corpus_and_simulated_events(20_000, seed=9)
     position = {r: k for k, r in enumerate(det.rules)}
     found = 0
     for start in range(0, len(events), 777):
