@@ -507,8 +507,14 @@ def test_close_waits_for_the_push_in_flight_and_then_nothing_runs(
     sink = open_sink(sinks, settings(tmp_path, loki, timeout=30))
     assert sink.submit(unique_events(corpora, 5))
     wait_for(lambda: loki.held == 1)
-    # Loki answers the held push a little after close() stopped waiting
-    threading.Timer(0.5, loki.release).start()
+
+    # Loki answers the held push once close() has stopped waiting for the
+    # spool to drain (the sink is stopping), whatever the machine's load
+    def answer_when_stopping() -> None:
+        sink._stop.wait(30)
+        loki.release()
+
+    threading.Thread(target=answer_when_stopping, daemon=True).start()
     assert not sink.close(timeout=0.1)
     assert not [t.name for t in threading.enumerate() if t.name.startswith(f"{sink.name}-")]
     assert loki.statuses() == [204]
