@@ -1127,6 +1127,24 @@ ht_contains(const hash_table *t, int64_t h)
     return 0;
 }
 
+/* Hashes looked up this many places ahead of the one being looked up have
+ * their slots fetched meanwhile: the parent's window of a replay with jobs
+ * is two tables of megabytes, where each lookup would otherwise wait for
+ * memory in turn. */
+#define HT_AHEAD 8
+
+static inline void
+ht_prefetch(const hash_table *t, int64_t h)
+{
+#if defined(__GNUC__)
+    if (t->words != NULL)
+        __builtin_prefetch(t->words + HT_HEADER + ht_start(h, t->slots));
+#else
+    (void)t;
+    (void)h;
+#endif
+}
+
 /* h, which is not in the table, into it (room was made); -1 when there is
  * no room after all (a table written by something else) */
 static int
@@ -1244,6 +1262,12 @@ seen_before(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char *at = view.buf;
     for (Py_ssize_t i = 0; i < count; i++) {
         int64_t h;
+        if (i + HT_AHEAD < count) {
+            memcpy(&h, at + (i + HT_AHEAD) * (Py_ssize_t)sizeof h, sizeof h);
+            ht_prefetch(&table, h);
+            for (int k = 0; k < n_others; k++)
+                ht_prefetch(&others[k], h);
+        }
         memcpy(&h, at + i * (Py_ssize_t)sizeof h, sizeof h);
         int seen = ht_contains(&table, h);
         for (int k = 0; k < n_others && !seen; k++)
@@ -1289,6 +1313,11 @@ hashes_in(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char *at = view.buf;
     for (Py_ssize_t i = 0; i < count && found != NULL; i++) {
         int64_t h;
+        if (i + HT_AHEAD < count) {
+            memcpy(&h, at + (i + HT_AHEAD) * (Py_ssize_t)sizeof h, sizeof h);
+            for (int k = 0; k < n; k++)
+                ht_prefetch(&tables[k], h);
+        }
         memcpy(&h, at + i * (Py_ssize_t)sizeof h, sizeof h);
         int seen = 0;
         for (int k = 0; k < n && !seen; k++)
@@ -1302,6 +1331,30 @@ hashes_in(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyBuffer_Release(&view);
     return found;
+}
+
+/* table_reserve(table, n): room in the table for n more hashes (a table
+ * that will take many at once grows only once) */
+static PyObject *
+table_reserve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "table_reserve(table, n)");
+        return NULL;
+    }
+    hash_table t;
+    if (ht_view(args[0], &t) < 0)
+        return NULL;
+    Py_ssize_t more = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (more == -1 && PyErr_Occurred())
+        return NULL;
+    if (more < 0) {
+        PyErr_SetString(PyExc_ValueError, "table_reserve: n < 0");
+        return NULL;
+    }
+    if (ht_reserve(args[0], &t, more) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* table_len(table): the hashes in a table */
@@ -1363,6 +1416,8 @@ static PyMethodDef methods[] = {
      "others or earlier in hashes; the rest go into table (exporter.accel.py_seen_before in C)."},
     {"hashes_in", (PyCFunction)(void (*)(void))hashes_in, METH_FASTCALL,
      "hashes_in(tables, hashes): the positions of the hashes in one of tables."},
+    {"table_reserve", (PyCFunction)(void (*)(void))table_reserve, METH_FASTCALL,
+     "table_reserve(table, n): room in table for n more hashes."},
     {"table_len", (PyCFunction)table_len, METH_O, "table_len(table): the hashes in a table."},
     {"table_hashes", (PyCFunction)table_hashes, METH_O,
      "table_hashes(table): the bytes of an array('q') of a table's hashes."},

@@ -103,6 +103,11 @@ def py_hashes_in(tables: tuple[set[int], ...], hashes: Any) -> list[int]:
     return [i for i, h in enumerate(_hash_values(hashes)) if any(h in t for t in tables)]
 
 
+def py_table_reserve(table: set[int], n: int) -> None:
+    if n < 0:
+        raise ValueError("table_reserve: n < 0")
+
+
 def py_table_len(table: set[int]) -> int:
     return len(table)
 
@@ -133,12 +138,14 @@ if compiled is not None:
     new_hash_table: Callable[[], Any] = bytearray
     seen_before: Callable[[Any, Any, tuple[Any, ...]], list[int]] = compiled.seen_before
     hashes_in: Callable[[tuple[Any, ...], Any], list[int]] = compiled.hashes_in
+    table_reserve: Callable[[Any, int], None] = compiled.table_reserve
     table_len: Callable[[Any], int] = compiled.table_len
     table_hashes: Callable[[Any], bytes] = compiled.table_hashes
 else:
     new_hash_table = py_new_hash_table
     seen_before = py_seen_before
     hashes_in = py_hashes_in
+    table_reserve = py_table_reserve
     table_len = py_table_len
     table_hashes = py_table_hashes
 # is a range of bytes ASCII, does it hold a carriage return? (no copy in C)

@@ -167,6 +167,88 @@ def test_jobs_give_the_output_of_one_on_the_simulator(tmp_path: Path, simulated:
     assert {"auth-failure-burst", "forbidden-burst-person"} <= fired
 
 
+def _harvesting(simulated: Path, tmp: Path) -> Path:
+    """The simulator's events with, in the middle, a service account of an
+    application reading 25 different secrets one by one (secret-harvesting:
+    a threshold rule of severity warning whose condition holds for every
+    secret a service account reads, as the info-level
+    secret-read-by-service-account's does)."""
+    lines = simulated.read_bytes().splitlines(keepends=True)
+    middle = json.loads(lines[len(lines) // 2])
+    base = middle["stageTimestamp"][:17]  # 2024-05-01T10:MM:
+    user = "system:serviceaccount:shop:cart"
+    added = []
+    for i in range(25):
+        ts = f"{base}{i * 2:02d}.000000Z"
+        added.append(
+            json.dumps(
+                {
+                    "kind": "Event",
+                    "apiVersion": "audit.k8s.io/v1",
+                    "level": "Metadata",
+                    "auditID": str(uuid.UUID(int=i + 1)),
+                    "stage": "ResponseComplete",
+                    "requestURI": f"/api/v1/namespaces/shop/secrets/s{i}",
+                    "verb": "get",
+                    "user": {"username": user, "groups": ["system:serviceaccounts"]},
+                    "sourceIPs": ["10.244.1.7"],
+                    "objectRef": {"resource": "secrets", "namespace": "shop", "name": f"s{i}"},
+                    "responseStatus": {"code": 200},
+                    "requestReceivedTimestamp": ts,
+                    "stageTimestamp": ts,
+                }
+            ).encode()
+            + b"\n"
+        )
+    path = tmp / "harvesting.log"
+    half = len(lines) // 2
+    path.write_bytes(b"".join(lines[:half] + added + lines[half:]))
+    return path
+
+
+def test_a_rule_that_raises_a_routine_operation_is_applied_in_order(
+    tmp_path: Path, simulated: Path
+) -> None:
+    """A job counts the routine sensitive requests (service accounts reading
+    secrets) itself, unless a rule of a severity that changes their rank may
+    match them: then the parent ranks them after detection. Here
+    secret-harvesting matches the twentieth read, which becomes a row of
+    its own; with that rule off, every read is routine, counted in the
+    jobs as in one process. Chunks of 256 KiB put the reads in several."""
+    path = _harvesting(simulated, tmp_path)
+    user = "system:serviceaccount:shop:cart"
+    summary = assert_same(tmp_path, [path], chunk_bytes=256 << 10, window_bytes=32 << 10)
+    fired = {d["rule"]: d["count"] for d in summary["detections"]}
+    assert fired.get("secret-harvesting") == 1
+    rows = [r for r in summary["sensitive_operations"]["events"] if r.get("user") == user]
+    assert len(rows) == 1, summary["sensitive_operations"]["events"][:3]
+    assert {r["severity"] for r in rows} == {"warning"}
+    routine = {
+        r["component"]: r["count"]
+        for r in summary["sensitive_operations"]["routine"]
+        if r["component"] == user
+    }
+    assert routine == {user: 24}
+
+    off = tmp_path / "off"
+    off.mkdir()
+    summary = assert_same(
+        off,
+        [path],
+        "--detect.disabled-rules",
+        "secret-harvesting",
+        chunk_bytes=256 << 10,
+        window_bytes=32 << 10,
+    )
+    assert not [r for r in summary["sensitive_operations"]["events"] if r.get("user") == user]
+    routine = {
+        r["component"]: r["count"]
+        for r in summary["sensitive_operations"]["routine"]
+        if r["component"] == user
+    }
+    assert routine == {user: 25}
+
+
 def test_duplicates_across_chunks_are_dropped_as_with_one_process(
     tmp_path: Path, simulated: Path
 ) -> None:
@@ -553,7 +635,14 @@ def test_the_parents_window_deduplicates_a_batch_as_the_pipelines_deduper(
     from exporter.sources import replay_jobs
 
     if pure:
-        for name in ("new_hash_table", "seen_before", "hashes_in", "table_len", "table_hashes"):
+        for name in (
+            "new_hash_table",
+            "seen_before",
+            "hashes_in",
+            "table_len",
+            "table_hashes",
+            "table_reserve",
+        ):
             monkeypatch.setattr(replay_jobs, name, getattr(accel, f"py_{name}"))
     rng = random.Random(7)
     for capacity in (0, 1, 50, 400):

@@ -527,10 +527,11 @@ def test_replay_says_the_same_with_and_without_the_extension(corpora: Any, tmp_p
     st.lists(st.lists(st.integers(0, 80), max_size=300), max_size=6),
 )
 def test_hash_tables_are_sets_of_hashes(pool: list[int], batches: list[list[int]]) -> None:
-    """seen_before, hashes_in, table_len and table_hashes in C against
-    their Python twins over sets, batch after batch: the same positions,
-    the same members, through the tables' growth, with the hash 0, with
-    repeats within a batch and with the table among the others."""
+    """seen_before, hashes_in, table_len, table_hashes and table_reserve
+    in C against their Python twins over sets, batch after batch: the same
+    positions, the same members, through the tables' growth (and room made
+    beforehand), with the hash 0, with repeats within a batch and with the
+    table among the others."""
     pool = pool or [5]
     c_table, py_table = bytearray(), accel.py_new_hash_table()
     c_other, py_other = bytearray(), accel.py_new_hash_table()
@@ -538,6 +539,9 @@ def test_hash_tables_are_sets_of_hashes(pool: list[int], batches: list[list[int]
     assert _speedups.seen_before(c_other, half, ()) == accel.py_seen_before(py_other, half, ())
     for picks in batches:
         batch = array("q", [pool[i % len(pool)] for i in picks])
+        if len(picks) % 2:  # room made beforehand changes no answer
+            _speedups.table_reserve(c_table, 3 * len(picks))
+            accel.py_table_reserve(py_table, 3 * len(picks))
         tables = (c_other, c_table)  # the table itself among the others
         want = accel.py_seen_before(py_table, batch.tobytes(), (py_other, py_table))
         assert _speedups.seen_before(c_table, batch, tables) == want
@@ -575,8 +579,23 @@ def test_hash_tables_refuse_what_is_not_one() -> None:
     held = memoryview(table)
     with pytest.raises(BufferError):
         _speedups.seen_before(table, array("q", range(10, 1000)), ())
+    with pytest.raises(BufferError):
+        _speedups.table_reserve(table, 1000)
     held.release()
     assert _speedups.table_len(table) == 3
+    for twin, t in ((_speedups.table_reserve, table), (accel.py_table_reserve, set())):
+        with pytest.raises(ValueError, match="n < 0"):
+            twin(t, -1)  # type: ignore[arg-type]
+    with pytest.raises((MemoryError, OverflowError)):
+        _speedups.table_reserve(table, 2**62)
+    with pytest.raises(ValueError, match="not a hash table"):
+        _speedups.table_reserve(bytearray(b"x" * 24), 10)
+    before = len(table)
+    _speedups.table_reserve(table, 2)  # room already: the table stays as it is
+    assert len(table) == before
+    _speedups.table_reserve(table, 5000)  # the slots for 5,000 more, at once
+    assert len(table) >= 8 * 2 * 5003
+    assert sorted(array("q", _speedups.table_hashes(table))) == [1, 2, 3]
     assert _speedups.hashes_in((table,), array("q", [3, 4, 1])) == [0, 2]
 
 
@@ -591,6 +610,7 @@ def test_hash_tables_keep_and_lose_no_reference() -> None:
             _speedups.hashes_in((table, other), hashes)
             _speedups.table_len(table)
             _speedups.table_hashes(table)
+            _speedups.table_reserve(table, 10)
             with pytest.raises(ValueError):
                 _speedups.seen_before(table, b"123", (other,))
         gc.collect()

@@ -21,6 +21,8 @@ RANK_ROUTINE = 3
 
 CONTROL_PLANE_SA = "system:serviceaccount:kube-system:"
 ROUTINE_CATEGORIES = frozenset({"secrets"})
+# A rule match of these severities makes an operation matter (see rank)
+MATTERING_SEVERITIES = frozenset({"critical", "warning"})
 
 
 def is_control_plane(username: str, user_kind: str) -> bool:
@@ -45,7 +47,7 @@ def rank(ev: AuditEvent, cats: tuple[str, ...]) -> int:
         return RANK_ANONYMOUS
     # an info-level match (inventory, a service account reading a secret) is
     # routine traffic described, not a reason to list it among what matters
-    if ev.severity in ("critical", "warning") or not ROUTINE_CATEGORIES.issuperset(cats):
+    if ev.severity in MATTERING_SEVERITIES or not ROUTINE_CATEGORIES.issuperset(cats):
         return RANK_PRINCIPAL
     return RANK_ROUTINE
 

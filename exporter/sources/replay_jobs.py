@@ -68,6 +68,7 @@ from ..accel import (
     split_newlines,
     table_hashes,
     table_len,
+    table_reserve,
 )
 from ..detect import Detector
 from ..detect.engine import Projected
@@ -76,7 +77,7 @@ from ..metrics import AuditMetrics, RequestTally, counts_as_request
 from ..pipeline import Deduper, Key, Pipeline, Processor
 from ..refusals import Refusals
 from ..report import Report
-from ..report.significance import RANK_ROUTINE, rank
+from ..report.significance import MATTERING_SEVERITIES, RANK_ROUTINE, rank
 from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
 from .replay_chunks import Jobs, Span, file_chunks, stream_chunks
 
@@ -198,6 +199,8 @@ class HashedDeduper(Deduper):
         super().__init__(capacity)
         self._current = new_hash_table()
         self._previous = new_hash_table()
+        if capacity > 0:
+            table_reserve(self._current, capacity)
 
     def _tables(self) -> tuple[object, object]:
         return self._current, self._previous
@@ -220,10 +223,12 @@ class HashedDeduper(Deduper):
 
     def _turn(self) -> None:
         """A new generation when the current one holds ``capacity`` keys, as
-        Deduper.update."""
+        Deduper.update. The new table has room for them at once: grown from
+        empty, it would rehash about twice as many keys as it takes."""
         if table_len(self._current) >= self.capacity:
             self._previous = self._current
             self._current = new_hash_table()
+            table_reserve(self._current, self.capacity)
 
     def take_batch(self, hashes: array[int]) -> list[int]:
         """Deduplicate one batch given as its keys' hashes, as
@@ -279,19 +284,24 @@ class _JobReport(Report):
     """A job's report: what does not depend on detection, and the sensitive
     requests whose row depends on it (their rank and severity: the ones
     Report.ordered ranks in the parent), collected in order instead. A
-    sensitive request no rule's condition held for gets no severity, so a
-    routine one (significance.RANK_ROUTINE) is counted here, as the parent
-    would count it: in totals that do not depend on order."""
+    sensitive request that no rule can give a severity that matters to its
+    rank (significance.MATTERING_SEVERITIES: no rule of such a severity
+    has its condition hold for it) keeps the rank it has here; a routine one
+    (significance.RANK_ROUTINE) is counted here, as the parent would count
+    it: in totals that do not depend on order. (Most of the sensitive
+    requests a rule's condition holds for are of this kind: service
+    accounts reading secrets, which an info-level rule describes.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: list[AuditEvent] = []  # in the batch's order
-        # the batch's events some rule's condition held for (Detector.scan),
-        # by id(): set before the report sees the batch
-        self.scanned: set[int] = set()
+        # the batch's events for which the condition of a rule of a
+        # severity that matters held (Detector.scan), by id(): set before
+        # the report sees the batch
+        self.raisable: set[int] = set()
 
     def _sensitive(self, ev: AuditEvent, cats: tuple[str, ...]) -> None:
-        if id(ev) not in self.scanned and rank(ev, cats) == RANK_ROUTINE:
+        if id(ev) not in self.raisable and rank(ev, cats) == RANK_ROUTINE:
             super()._sensitive(ev, cats)
         else:
             self.found.append(ev)
@@ -322,6 +332,15 @@ class _Job:
     # request families, the lag and the event counter (then only the
     # events stamped in the future are counted, as with --jobs 1)
     observe: bool = True
+    # the positions (in the detector's rules) of the rules whose matches
+    # have a severity that matters to a sensitive operation's rank
+    mattering: frozenset[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        rules = self.detector.rules if self.detector is not None else []
+        self.mattering = frozenset(
+            k for k, r in enumerate(rules) if r.rule.severity in MATTERING_SEVERITIES
+        )
 
 
 _JOB: _Job | None = None
@@ -496,7 +515,8 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
         for processor in job.processors:
             processor(part)
         scanned = detector.scan(part) if detector is not None else []
-        report.scanned = {id(part[i]) for i, _ in scanned}
+        mattering = job.mattering
+        report.raisable = {id(part[i]) for i, hits in scanned if not mattering.isdisjoint(hits)}
         report(part)
         # the events that a rule's condition held for and the sensitive
         # ones, in order: only these are visited, not the whole window
