@@ -276,11 +276,12 @@ def test_folded_labels_and_caps_are_the_same(tmp_path: Path, simulated: Path) ->
     assert summary["events"] > 30_000
 
 
-def sequence_in_steps(lines: list[bytes], every: int) -> list[bytes]:
+def sequence_in_steps(lines: list[bytes], every: int, plain_success: bool = False) -> list[bytes]:
     """``lines`` with the five events of untrusted-then-trusted-access
     (three refusals from outside the trusted networks, one from inside, then
     a success from inside, one user) put in, ``every`` lines apart, each at
-    the time of the line before it."""
+    the time of the line before it. With ``plain_success``, the success
+    lists pods, which no other rule's condition holds for."""
     template = next(
         json.loads(line)
         for line in lines
@@ -303,6 +304,12 @@ def sequence_in_steps(lines: list[bytes], every: int) -> list[bytes]:
             requestReceivedTimestamp=before["stageTimestamp"],
             stageTimestamp=before["stageTimestamp"],
         )
+        if plain_success and code == 200:
+            ev.update(
+                verb="list",
+                objectRef={"resource": "pods", "namespace": "payments"},
+                requestURI="/api/v1/namespaces/payments/pods",
+            )
         out.insert(at, json.dumps(ev).encode() + b"\n")
     return out
 
@@ -321,6 +328,21 @@ def test_small_chunks_cut_batches_retries_and_sequences(tmp_path: Path, simulate
     fired = {d["rule"]: d["count"] for d in summary["detections"]}
     assert fired.get("untrusted-then-trusted-access") == 1
     assert {"auth-failure-burst", "forbidden-burst-person"} <= fired.keys()
+
+
+def test_a_sequence_that_starts_and_ends_within_a_chunk_fires(
+    tmp_path: Path, simulated: Path
+) -> None:
+    """The five steps three lines apart, in one 64 KiB chunk before which no
+    sequence is in progress: the job says that a projection of the chunk
+    starts one, so the parent feeds the chunk's idle projections too (the
+    success's, which matches no first step and no other rule)."""
+    lines = simulated.read_bytes().splitlines(keepends=True)
+    steps = tmp_path / "steps.log"
+    steps.write_bytes(b"".join(sequence_in_steps(lines[:3000], every=3, plain_success=True)))
+    summary = assert_same(tmp_path, [steps], chunk_bytes=64 << 10)
+    fired = {d["rule"]: d["count"] for d in summary["detections"]}
+    assert fired.get("untrusted-then-trusted-access") == 1
 
 
 def test_small_chunks_through_the_pipe_from_gzip(tmp_path: Path, simulated: Path) -> None:

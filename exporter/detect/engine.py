@@ -930,20 +930,17 @@ class Detector:
             return not p[5] and entries[0][3] & LATER_STEPS_UNKNOWN != 0
         return not p[5] and all(e[3] & LATER_STEPS_UNKNOWN for e in entries)
 
-    def sequences_may_run(self, projected: Iterable[Projected]) -> bool:
-        """True when a sequence rule has a sequence in progress, or one of
-        ``projected`` may start one (it matches a first step, or a rule
-        failed on it in the job): until then, the idle ones change nothing."""
+    def sequences_in_progress(self) -> bool:
+        """True when a sequence rule has a sequence in progress: then the
+        idle projections (:meth:`idle`) may change something."""
+        return any(r.rule.kind == "sequence" and r.state.groups for r in self.rules)  # type: ignore[union-attr]
+
+    def may_start_sequence(self, p: Projected) -> bool:
+        """True when feeding ``p`` may start a sequence (it matches a first
+        step, or a rule failed on it in the job): after it, the idle
+        projections may change something. It reads no state (a job asks)."""
         rules = self.rules
-        if any(r.rule.kind == "sequence" and r.state.groups for r in rules):  # type: ignore[union-attr]
-            return True
-        for p in projected:
-            if p[5]:
-                return True
-            for k, _, _, mask in p[4]:
-                if mask & 1 and rules[k].rule.kind == "sequence":
-                    return True
-        return False
+        return p[5] or any(mask & 1 and rules[k].rule.kind == "sequence" for k, _, _, mask in p[4])
 
     def feed(self, projected: Sequence[Projected], event: Callable[[int], AuditEvent]) -> list[int]:
         """The processor on the events projected (:meth:`project`), in

@@ -266,6 +266,9 @@ class Partial:
     # several); the sensitive ones' FIELDS
     projected: list[Projected | None]
     idle: bytes | None
+    # whether one of the projections may start a sequence (then the parent
+    # reads the idle ones)
+    starts_sequence: bool
     starts: array[int]
     objects: dict[int, AuditEvent]
     scanned_sensitive: dict[int, tuple[object, ...]]
@@ -446,6 +449,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     # the sensitive events no rule's condition held for, each with the
     # number of scanned events before it (the parent interleaves the two)
     sensitive: list[tuple[int, tuple[object, ...], int | AuditEvent]] = []
+    starts_sequence = False
     now = time.time()
     observe = metrics.observe_batch if job.observe else metrics.check_future
     fresh_count = 0
@@ -539,6 +543,8 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
                     projected.append(None)
                 else:
                     projected.append(record)
+                    if not starts_sequence:
+                        starts_sequence = detector.may_start_sequence(record)  # type: ignore[union-attr]
                 starts.append(where)
                 if where < 0:
                     objects[n] = ev
@@ -563,6 +569,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
         report=report,
         projected=projected,
         idle=pack(idle) if idle else None,
+        starts_sequence=starts_sequence,
         starts=starts,
         objects=objects,
         scanned_sensitive=scanned_sensitive,
@@ -851,7 +858,7 @@ class ParallelReplay:
         if detector is not None and projected:
             if p.idle is None:
                 records = projected  # type: ignore[assignment]
-            elif detector.sequences_may_run(r for r in projected if r is not None):
+            elif p.starts_sequence or detector.sequences_in_progress():
                 full = list(projected)
                 for i, record in unpack(p.idle):
                     full[i] = record
