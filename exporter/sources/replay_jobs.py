@@ -143,10 +143,11 @@ class Seen:
     on the first read of any other field. Detection sets ``rules`` and
     ``severity`` here."""
 
-    __slots__ = (*FIELDS, "_event", "_load", "rules", "severity")
+    __slots__ = (*FIELDS, "_event", "_pending", "_start", "rules", "severity")
 
-    def __init__(self, values: Sequence[object], load: Callable[[], AuditEvent]) -> None:
-        """``values``: the first four FIELDS, or all of them (in their order)."""
+    def __init__(self, values: Sequence[object], pending: _Pending, start: int) -> None:
+        """``values``: the first four FIELDS, or all of them (in their order);
+        the event's line starts at ``start`` in ``pending``'s chunk."""
         if len(values) == 4:
             self.audit_id, self.stage, self.code, self.stage_ts = values
         else:
@@ -171,13 +172,14 @@ class Seen:
             ) = values
         self.rules: tuple[str, ...] = ()
         self.severity = ""
-        self._load = load
+        self._pending = pending
+        self._start = start
         self._event: AuditEvent | None = None
 
     def __getattr__(self, name: str) -> object:
         ev = self._event
         if ev is None:
-            ev = self._event = self._load()
+            ev = self._event = self._pending.event(self._start)
         return getattr(ev, name)
 
 
@@ -590,6 +592,8 @@ class _Pending:
     chunk: bytes | Span
     partial: Partial
     fd: int | None
+    # the decoder's decode_line, for the lines the fast path does not read
+    decode: Callable[[bytes], AuditEvent]
     duplicates: list[int] = field(default_factory=list)
     _data: bytes | None = None
 
@@ -604,6 +608,14 @@ class _Pending:
                 raise OSError(f"{self.chunk.path}: changed while it was replayed")
             self._data = data
         return self._data
+
+    def event(self, start: int) -> AuditEvent:
+        """The event of the line that starts at ``start`` in the chunk,
+        decoded again as the job decoded it (nothing in it was redacted)."""
+        line = self.line(start)
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        return fast_event(line) or self.decode(line)
 
     def line(self, start: int) -> bytes:
         """The line that starts at ``start`` in the chunk."""
@@ -808,7 +820,7 @@ class ParallelReplay:
             chunk = data
             partial = run_chunk(data)
             assert partial is not None
-        pending = _Pending(chunk, partial, fd)
+        pending = _Pending(chunk, partial, fd, self.decoder.decode_line)
         batcher.feed(pending)
         waiting.append(pending)
         # the chunks before the batch still open (which may span several)
@@ -819,23 +831,14 @@ class ParallelReplay:
         if progress is not None:
             progress()
 
-    def _seen(
-        self, values: Sequence[object], pending: _Pending, where: int | AuditEvent
-    ) -> AuditEvent:
+    @staticmethod
+    def _seen(values: Sequence[object], pending: _Pending, where: int | AuditEvent) -> AuditEvent:
         """An event a job saw: itself when it was sent, else a :class:`Seen`
         of ``values`` that decodes it again from where its line starts in
-        the chunk (as the job did: nothing in it was redacted)."""
+        the chunk."""
         if type(where) is not int:
             return where  # type: ignore[return-value]
-        start: int = where
-
-        def load() -> AuditEvent:
-            line = pending.line(start)
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            return fast_event(line) or self.decoder.decode_line(line)
-
-        return Seen(values, load)  # type: ignore[return-value]
+        return Seen(values, pending, where)  # type: ignore[return-value]
 
     def _merge(self, pending: _Pending, context: str) -> None:
         """Take a chunk's result into the parent's pipeline and report."""
@@ -873,15 +876,15 @@ class ParallelReplay:
         def scanned(i: int) -> AuditEvent:
             """The i-th scanned event as the parent needs it."""
             ev = made.get(i)
-            if ev is None:
-                where = starts[i]
-                if where < 0:
-                    ev = p.objects[i]
-                else:
-                    values = extra.get(i) or by_position[i][:4]  # type: ignore[index]
-                    ev = self._seen(values, pending, where)
-                made[i] = ev
-            return ev
+            if ev is not None:
+                return ev
+            where = starts[i]
+            if where < 0:
+                ev = made[i] = p.objects[i]
+                return ev
+            values = extra.get(i) or by_position[i][:4]  # type: ignore[index]
+            seen = made[i] = Seen(values, pending, where)  # type: ignore[assignment]
+            return seen  # type: ignore[return-value]
 
         report = self.report
         matched: list[int] = []
