@@ -956,8 +956,8 @@ index_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* scan_hits(events, keys, index, missing): for each event, the tests of
  * index[key] (pairs (test, position); missing(key) computes and remembers
  * the pairs of a key not in the dict) that hold for it, a test that raises
- * an Exception counting as one that holds: [(i, (position, ...)), ...] for
- * the events with at least one (exporter.accel.py_scan_hits in C, the loop
+ * an Exception counting as one that holds, given as ~position:
+ * [(i, (position, ...)), ...] for the events with at least one (exporter.accel.py_scan_hits in C, the loop
  * of exporter.detect.Detector.scan). */
 static PyObject *
 scan_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -982,6 +982,7 @@ scan_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if ((found = PyList_New(0)) == NULL)
         goto done;
     PyObject *hits[64];
+    int raised[64];
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(events); i++) {
         /* held: the tests are Python code, which could change the lists */
         PyObject *ev = Py_NewRef(PySequence_Fast_GET_ITEM(events, i));
@@ -1010,7 +1011,7 @@ scan_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 break;
             }
             PyObject *result = PyObject_CallOneArg(PyTuple_GET_ITEM(pair, 0), ev);
-            int hit;
+            int hit, raising = 0;
             if (result == NULL) {
                 if (!PyErr_ExceptionMatches(PyExc_Exception)) {
                     failed = 1;
@@ -1018,6 +1019,7 @@ scan_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
                 PyErr_Clear(); /* the processor counts the failure */
                 hit = 1;
+                raising = 1;
             }
             else {
                 hit = PyObject_IsTrue(result);
@@ -1033,6 +1035,7 @@ scan_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     failed = 1;
                     break;
                 }
+                raised[n] = raising;
                 hits[n++] = PyTuple_GET_ITEM(pair, 1);
             }
         }
@@ -1040,10 +1043,18 @@ scan_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!failed && n > 0) {
             PyObject *positions = PyTuple_New(n);
             if (positions != NULL) {
-                for (Py_ssize_t k = 0; k < n; k++)
-                    PyTuple_SET_ITEM(positions, k, Py_NewRef(hits[k]));
-                entry = Py_BuildValue("(nN)", i, positions);
+                for (Py_ssize_t k = 0; k < n; k++) {
+                    /* a test that raised: ~position */
+                    PyObject *at = raised[k] ? PyNumber_Invert(hits[k]) : Py_NewRef(hits[k]);
+                    if (at == NULL) {
+                        Py_CLEAR(positions);
+                        break;
+                    }
+                    PyTuple_SET_ITEM(positions, k, at);
+                }
             }
+            if (positions != NULL)
+                entry = Py_BuildValue("(nN)", i, positions);
             if (entry == NULL || PyList_Append(found, entry) < 0)
                 failed = 1;
             Py_XDECREF(entry);

@@ -50,7 +50,8 @@ def py_scan_hits(
     """For each event, the positions of the tests of ``index[key]`` (pairs
     (test, position); ``missing(key)`` gives, and remembers, those of a key
     not in it) that hold for it, a test that raises counting as one that
-    holds; the events with at least one, with their positions."""
+    holds, given as ``~position``; the events with at least one, with their
+    positions."""
     if len(keys) != len(events):
         raise ValueError("scan_hits(): as many keys as events")
     found: list[tuple[int, tuple[int, ...]]] = []
@@ -64,7 +65,10 @@ def py_scan_hits(
             try:
                 hit = test(ev)
             except Exception:  # the processor counts it
-                hit = True
+                if hits is None:
+                    hits = []
+                hits.append(~position)
+                continue
             if hit:
                 if hits is None:
                     hits = []

@@ -234,8 +234,9 @@ def test_scan_hits_counts_a_failing_test_and_asks_for_missing_keys(loop: str) ->
 
     events = [0, 1, 2, 3, 0]
     keys = ["a", "b", "a", "c", "c"]
-    # a truthy answer holds, a test that raises holds, a new key is asked once
-    assert scan_hits(events, keys, index, missing) == [(1, (4,)), (2, (0, 1)), (3, (7,))]
+    # a truthy answer holds, a test that raises holds (as ~position), a new
+    # key is asked once
+    assert scan_hits(events, keys, index, missing) == [(1, (~4,)), (2, (0, 1)), (3, (7,))]
     assert asked == ["c"]
     assert scan_hits([], [], index, missing) == []
     with pytest.raises(KeyboardInterrupt):  # not an Exception: it goes on up
@@ -251,6 +252,69 @@ def test_scan_hits_counts_a_failing_test_and_asks_for_missing_keys(loop: str) ->
             scan_hits([1], ["x"], [], missing)
         with pytest.raises(ZeroDivisionError):  # missing() failing is an error
             scan_hits([1], ["y"], {}, lambda key: 1 / 0)
+
+
+def test_a_condition_that_raises_is_counted_once_through_scan_project_and_feed(
+    tmp_path: Path,
+) -> None:
+    """replay --jobs' path (scan in a job, project there without testing
+    the conditions again, feed in the parent) against the processor on the
+    same events: the same matches per event and the same failures per rule,
+    with a stateless rule whose condition raises on some events (scan gives
+    it as ~position) and a threshold rule beside it."""
+    ruleset = rules_from(
+        tmp_path,
+        "rules:\n"
+        "  - {id: boom, title: t, severity: info, description: d, match: {verb: get}}\n"
+        "  - {id: burst, title: t, severity: warning, description: d, kind: threshold,\n"
+        "     match: {verb: get}, group_by: [user.username], window: 10m, count: 3}\n",
+    )
+
+    def events() -> list[AuditEvent]:
+        return [
+            event(at=i, verb="get", user={"username": ("alice", "mallory")[i % 2]}, auditID=f"e{i}")
+            for i in range(12)
+        ]
+
+    def flaky(det: Detector) -> Detector:
+        rule = det.rules[0]
+        assert rule.id == "boom"
+        test = rule.test
+
+        def raising(ev: AuditEvent) -> bool:
+            if ev.username == "mallory":
+                raise RuntimeError("a rule's bug")
+            return bool(test(ev))
+
+        rule.test = rule.run = raising
+        det._index.clear()
+        det._tests.clear()
+        return det
+
+    one = flaky(Detector(ruleset, DetectionSettings()))
+    alone = events()
+    one(alone)
+    two = flaky(Detector(ruleset, DetectionSettings()))
+    split = events()
+    scanned = two.scan(split)
+    assert [hits for i, hits in scanned if i % 2] == [(~0, 1)] * 6  # mallory's: boom raised
+    records = [two.project(split[i], hits) for i, hits in scanned]
+    assert [r[5] for r in records] == [i % 2 == 1 for i, _ in scanned]
+    picked = [split[i] for i, _ in scanned]
+    matched = two.feed(records, lambda j: picked[j])
+    assert [split[i].rules for i in range(12)] == [ev.rules for ev in alone]
+    assert [r.errors for r in two.rules] == [r.errors for r in one.rules] == [6, 0]
+    assert {split[i].audit_id for i in (scanned[j][0] for j in matched)} == {
+        ev.audit_id for ev in alone if ev.rules
+    }
+    assert [ev.rules for ev in alone][:6] == [
+        ("boom",),
+        (),
+        ("boom",),
+        (),
+        ("boom", "burst"),
+        ("burst",),
+    ]
 
 
 def test_principal_and_annotation_bits_are_exact(tmp_path: Path) -> None:

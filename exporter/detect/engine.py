@@ -293,6 +293,7 @@ class CompiledRule:
         "errors",
         "extract",
         "group",
+        "held",
         "id",
         "quiet",
         "rank",
@@ -328,6 +329,7 @@ class CompiledRule:
         # stateful kinds: what an event gives the state (None: nothing), and
         # that applied to this process's memory (True: the rule fired)
         extract: Callable[[AuditEvent], Extracted | None] | None = None
+        held: Callable[[AuditEvent], Extracted | None] | None = None
         apply: Callable[[Key, Any, int, float], bool] | None = None
         test = compile_predicate(rule.match, rule.excepts, ctx, rule.id)
         # the rule's condition alone (no state read or changed): the report
@@ -370,10 +372,8 @@ class CompiledRule:
                     return Match(rule, ev, key)
                 return None
 
-            def extract(ev: AuditEvent) -> Extracted | None:
+            def held(ev: AuditEvent) -> Extracted | None:
                 # every step's test: which one counts depends on shared state
-                if not test(ev) or again(ev):
-                    return None
                 mask = 0
                 for i, step in enumerate(steps):
                     if step(ev):
@@ -397,9 +397,7 @@ class CompiledRule:
                     return Match(rule, ev, key)
                 return None
 
-            def extract(ev: AuditEvent) -> Extracted | None:
-                if not test(ev) or again(ev):
-                    return None
+            def held(ev: AuditEvent) -> Extracted | None:
                 return group(ev), values_of(ev), 0
 
             def apply(key: Key, value: Any, mask: int, t: float) -> bool:
@@ -418,9 +416,7 @@ class CompiledRule:
                     return Match(rule, ev, key)
                 return None
 
-            def extract(ev: AuditEvent) -> Extracted | None:
-                if not test(ev) or again(ev):
-                    return None
+            def held(ev: AuditEvent) -> Extracted | None:
                 return group(ev), "", 0
 
             def apply(key: Key, value: Any, mask: int, t: float) -> bool:
@@ -443,9 +439,7 @@ class CompiledRule:
                     return Match(rule, ev, key, value)
                 return None
 
-            def extract(ev: AuditEvent) -> Extracted | None:
-                if not test(ev) or again(ev):
-                    return None
+            def held(ev: AuditEvent) -> Extracted | None:
                 value = value_of(ev)
                 return (group(ev), value, 0) if value else None
 
@@ -457,7 +451,18 @@ class CompiledRule:
             def check(ev: AuditEvent) -> Match | None:
                 return Match(rule, ev) if test(ev) else None
 
+        if held is not None:
+            given = held
+
+            def extract(ev: AuditEvent) -> Extracted | None:
+                if not test(ev) or again(ev):
+                    return None
+                return given(ev)
+
         self.check = check
+        # what a stateful rule takes of an event its condition holds for
+        # (and that is not again() a request it took): Detector.project's
+        self.held = held
         self.extract = extract
         self.apply = apply
         queue: list[Pending] = [] if pending is None else pending
@@ -783,7 +788,8 @@ class Detector:
     def scan(self, events: Sequence[AuditEvent]) -> list[tuple[int, tuple[int, ...]]]:
         """The positions of the events that some active rule's condition
         holds for (or fails on), each with the positions (in :attr:`rules`)
-        of those rules, found without reading or changing any state: a rule
+        of those rules (``~position`` for one whose condition raised), found
+        without reading or changing any state: a rule
         whose condition does not hold does nothing on an event. ``replay
         --jobs`` scans chunks in parallel and runs the processor on these
         events and rules alone, in input order (``only``), which matches,
@@ -851,9 +857,11 @@ class Detector:
         the rules at ``hits``: per rule, its position and, for the stateful
         kinds, the group, the value and the mask of the sequence steps the
         event matches, computed without reading or changing any state (a
-        ``replay --jobs`` job projects; the parent feeds). The last field is
-        True when a rule failed on the event: the parent then runs the
-        processor on the event itself, which counts the failure."""
+        ``replay --jobs`` job projects; the parent feeds). The rules'
+        conditions are not tested again: scan found that they hold, or
+        raised (``~position``). The last field is True when a rule failed on
+        the event: the parent then runs the processor on the event itself,
+        which counts the failure."""
         rules = self.rules
         first_steps = self._first_steps()
         if len(hits) == 1:
@@ -869,6 +877,10 @@ class Detector:
         entries: list[Projection] = []
         failed = False
         for k in hits:
+            if k < 0:  # its condition raised: the parent's processor counts it
+                entries.append((~k, (), None, 0))
+                failed = True
+                continue
             r = rules[k]
             first = first_steps.get(k)
             if first is not None:
@@ -882,19 +894,13 @@ class Detector:
                     entries.append((k, (), None, 0))
                     failed = True
                     continue
-            if r.extract is None:
-                # scan() takes a failing test for a hit: the processor counts it
-                try:
-                    failed = failed or not r.test(ev)
-                except Exception:
-                    failed = True
+            held = r.held
+            if held is None:  # a stateless rule: its condition is its match
                 entries.append((k, (), None, 0))
                 continue
-            # again() is the ordered part's: extract() sees an empty memory
-            # of long-running requests, so it answers False
-            started, r.started = r.started, {}
+            # again() is the ordered part's, which the parent runs
             try:
-                got = r.extract(ev)
+                got = held(ev)
                 if got is None:
                     # no sequence step matches (the state's clock still
                     # moves), or a first_seen event without a value
@@ -904,8 +910,6 @@ class Detector:
             except Exception:  # the parent's processor counts it
                 entries.append((k, (), None, 0))
                 failed = True
-            finally:
-                r.started = started
         return ev.audit_id, ev.stage, ev.code, ev.stage_ts, tuple(entries), failed
 
     def _first_steps(self) -> dict[int, Callable[[AuditEvent], bool]]:
