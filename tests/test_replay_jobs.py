@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CORPORA
@@ -717,3 +719,75 @@ def test_a_job_keeps_its_heap_for_the_next_chunk() -> None:
 
     assert faults("keep") < 500
     assert faults("default") > 2000  # 4,096 pages are 16 MiB
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"x")) | st.just(b"a\r"),
+        max_size=30,
+    ),
+    st.booleans(),
+    st.integers(1, 64),
+    st.integers(0, 5),
+    st.integers(0, 40),
+)
+def test_a_span_read_a_window_at_a_time_gives_the_windows_of_its_bytes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lines: list[bytes],
+    trailing: bool,
+    size: int,
+    slack: int,
+    skip: int,
+) -> None:
+    """A job reads a span of a file a window at a time: the same windows
+    (offsets, line numbers, lines, ASCII and carriage-return flags) as the
+    span's bytes cut at once, for lines longer than the window and than
+    what it reads beyond it (WINDOW_SLACK, made tiny here), a span that
+    starts inside the file and one without a last newline."""
+    from exporter.sources import replay_jobs
+    from exporter.sources.replay_chunks import Span
+
+    monkeypatch.setattr(replay_jobs, "WINDOW_SLACK", slack)
+    data = b"\n".join(lines) + (b"\n" if trailing else b"")
+    path = tmp_path / "span.log"
+    path.write_bytes(b"h" * skip + data)
+    st_ = path.stat()
+    span = Span(str(path), st_.st_dev, st_.st_ino, skip, len(data))
+    fd = span.open()
+    assert fd is not None
+    try:
+        got = list(replay_jobs._span_windows(fd, span, size))
+    finally:
+        os.close(fd)
+    assert got == list(replay_jobs._windows(data, size))
+
+
+def test_a_span_whose_file_changed_is_left_to_the_parent(tmp_path: Path) -> None:
+    """A span of a file that is now shorter, or another file by its name:
+    the job gives it back (the parent reads it, and says so)."""
+    from exporter.sources import replay_jobs
+    from exporter.sources.replay_chunks import Span
+
+    path = tmp_path / "span.log"
+    path.write_bytes(b"line\n" * 200_000)
+    st_ = path.stat()
+    span = Span(str(path), st_.st_dev, st_.st_ino, 0, st_.st_size)
+    fd = span.open()
+    assert fd is not None
+    try:
+        windows = replay_jobs._span_windows(fd, span, 1 << 16)
+        next(windows)
+        os.truncate(path, 100_000)
+        with pytest.raises(replay_jobs._SpanChanged):
+            list(windows)
+    finally:
+        os.close(fd)
+    other = tmp_path / "other.log"
+    other.write_bytes(b"line\n")
+    os.replace(other, path)
+    assert span.open() is None
+    assert span.read() is None

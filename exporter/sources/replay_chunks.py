@@ -176,28 +176,51 @@ class Span:
     offset: int
     length: int
 
+    def open(self) -> int | None:
+        """A descriptor of ``path`` (the caller closes it), None when that
+        is no longer the same file."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (self.device, self.inode):
+            os.close(fd)
+            return None
+        return fd
+
     def read(self, fd: int | None = None) -> bytes | None:
         """The chunk, from ``fd`` or else from ``path`` (None when that is
         no longer the same file, or shorter)."""
         own = fd is None
-        try:
+        if fd is None:
+            fd = self.open()
             if fd is None:
-                fd = os.open(self.path, os.O_RDONLY)
+                return None
+        try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (self.device, self.inode):
                 return None
-            data = os.pread(fd, self.length, self.offset)
-            while len(data) < self.length:
-                more = os.pread(fd, self.length - len(data), self.offset + len(data))
-                if not more:
-                    return None
-                data += more
-            return data
+            return pread_exactly(fd, self.length, self.offset)
         except OSError:
             return None
         finally:
-            if own and fd is not None:
+            if own:
                 os.close(fd)
+
+
+def pread_exactly(fd: int, size: int, offset: int) -> bytes | None:
+    """``size`` bytes of ``fd`` at ``offset``; None when it ends before."""
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            return None
+        data += more
+    return data
 
 
 def stream_chunks(head: bytes, stream: IO[bytes], size: int, limit: int) -> Iterator[bytes]:

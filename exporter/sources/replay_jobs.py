@@ -79,7 +79,7 @@ from ..refusals import Refusals
 from ..report import Report
 from ..report.significance import MATTERING_SEVERITIES, RANK_ROUTINE, rank
 from .replay import BATCH_LINES, SNIFF_BYTES, _starts_document
-from .replay_chunks import Jobs, Span, file_chunks, stream_chunks
+from .replay_chunks import Jobs, Span, file_chunks, pread_exactly, stream_chunks
 
 # Bytes per chunk (whole lines): large enough that a chunk's result costs
 # little to send and merge (each costs the parent about a millisecond apart
@@ -404,6 +404,59 @@ def _windows(data: bytes, size: int) -> Iterator[tuple[int, int, list[bytes], bo
         pos = end
 
 
+# Bytes read beyond a window's size to find the newline that ends it (the
+# simulator's lines are about 900 bytes; a longer line reads on).
+WINDOW_SLACK = 8 << 10
+
+
+class _SpanChanged(Exception):
+    """A span's file ended before the span did: it changed."""
+
+
+def _span_windows(
+    fd: int, span: Span, size: int
+) -> Iterator[tuple[int, int, list[bytes], bool | None, bool]]:
+    """What :func:`_windows` gives for the span's bytes, read from ``fd`` a
+    window at a time (as the reader reads a file), so that a window's bytes
+    are still in the cache when they are split and decoded; the whole
+    chunk read first (up to 16 MiB) went through the cache before its first
+    line was decoded. Raises _SpanChanged when the file is shorter."""
+    total = span.length
+    if not total:
+        yield 0, 0, [b""], True, False
+        return
+
+    def read(size: int, at: int) -> bytes:
+        try:
+            data = pread_exactly(fd, size, span.offset + at)
+        except OSError as e:
+            raise _SpanChanged(span.path) from e
+        if data is None:
+            raise _SpanChanged(span.path)
+        return data
+
+    pos = number = 0
+    while pos < total:
+        block = read(min(total - pos, size + WINDOW_SLACK), pos)
+        if pos + size < total:
+            # the window ends after the first newline from ``size`` on
+            look = size
+            end = block.find(b"\n", look) + 1
+            while end <= 0 and pos + len(block) < total:
+                look = len(block)
+                block += read(min(total - pos - look, 1 << 16), pos + look)
+                end = block.find(b"\n", look) + 1
+            if end <= 0:
+                end = len(block)
+        else:
+            end = len(block)
+        lines = split_newlines(block, 0, end - 1 if block[end - 1] == 10 else end)
+        ascii, cr = ascii_cr(block, 0, end)
+        yield pos, number, lines, ascii or None, cr
+        number += len(lines)
+        pos += end
+
+
 def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> Partial | None:
     """Process one chunk (lines joined by newlines; refusals carry their
     line number in the chunk); None when a Span cannot be read (the parent
@@ -426,11 +479,25 @@ def run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None = None) -> P
 
 
 def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial | None:
+    if not isinstance(chunk, Span):
+        return _run_windows(_windows(chunk, WINDOW_BYTES), duplicates)
+    fd = chunk.open()
+    if fd is None:
+        return None  # the parent reads it
+    try:
+        return _run_windows(_span_windows(fd, chunk, WINDOW_BYTES), duplicates)
+    except _SpanChanged:
+        return None  # the parent reads it, and finds out
+    finally:
+        os.close(fd)
+
+
+def _run_windows(
+    windows: Iterator[tuple[int, int, list[bytes], bool | None, bool]],
+    duplicates: Sequence[int] | None,
+) -> Partial:
     job = _JOB
     assert job is not None, "run_chunk outside a replay with jobs"
-    data = chunk.read() if isinstance(chunk, Span) else chunk
-    if data is None:
-        return None
     decode = job.decoder.decode_record
     limit = job.decoder.max_event_bytes
     refusals = Refusals()
@@ -461,7 +528,7 @@ def _run_chunk(chunk: bytes | Span, duplicates: Sequence[int] | None) -> Partial
     # its lines and events are still in the cache (how the parent batches
     # them for deduplication is the _Batcher's: nothing a job does depends
     # on where a batch ends)
-    for offset, number, lines, ascii, cr in _windows(data, WINDOW_BYTES):
+    for offset, number, lines, ascii, cr in windows:
         # where the window's line i starts: offset + before[i] + i (the newlines)
         lengths = list(map(len, lines))
         before = list(accumulate(lengths, initial=0))
