@@ -687,40 +687,6 @@ def test_the_parents_window_deduplicates_a_batch_as_the_pipelines_deduper(
             assert len(window) == len(reference)
 
 
-HEAP = """
-import resource, sys
-from exporter.sources.replay_chunks import keep_heap
-if sys.argv[1] == "keep" and not keep_heap():
-    sys.exit(3)  # not glibc
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-blob = b"x" * (16 << 20)  # a first chunk's bytes
-del blob
-before = faults()
-for i in range(8):
-    blob = b"xy"[i % 2 : i % 2 + 1] * (16 << 20)
-    del blob
-print(faults() - before)
-"""
-
-
-def test_a_job_keeps_its_heap_for_the_next_chunk() -> None:
-    """After keep_heap, 16 MiB blocks allocated and freed in turn (a job's
-    chunks) take their pages from the kernel once: the next ones reuse
-    them. Without it (the control), glibc gives a block back to the kernel
-    and takes it again."""
-
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", HEAP, mode], capture_output=True, cwd=ROOT)
-        if out.returncode == 3:
-            pytest.skip("the C library is not glibc")
-        assert out.returncode == 0, out.stderr.decode()
-        return int(out.stdout)
-
-    assert faults("keep") < 500
-    assert faults("default") > 2000  # 4,096 pages are 16 MiB
-
-
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -9,7 +9,6 @@ its result; what the function does is ``replay_jobs``'s.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import multiprocessing
 import os
@@ -114,33 +113,6 @@ class Jobs:
         self.results_out.close()
 
 
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-# Blocks up to this size come from the heap, and a job's heap keeps up to
-# this much free memory (see keep_heap): more than a chunk's bytes and
-# lines take at once (32 MiB was not enough).
-KEPT_BYTES = 256 << 20
-
-
-def keep_heap() -> bool:
-    """Have glibc's malloc keep the memory a job frees for the next chunk.
-    A job allocates a chunk's bytes (up to 16 MiB) and its lines anew for
-    each chunk; by default malloc maps a block that large itself, or trims
-    the heap once it is freed, so the next chunk takes the same memory from
-    the kernel again, page by page. On a million simulated events the jobs
-    took 57,000 to 83,000 page faults and 0.27 to 0.32 s of system time
-    without this, 19,000 to 23,000 and 0.19 to 0.21 s with it (4 runs each,
-    in turns). A job keeps only what it used at once, which its chunk
-    bounds. False where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(M_MMAP_THRESHOLD, KEPT_BYTES) and mallopt(M_TRIM_THRESHOLD, KEPT_BYTES))
-
-
 def _work(
     run: Callable[[bytes | Span], object],
     tasks: Connection,
@@ -151,7 +123,6 @@ def _work(
     """A job: chunks in, ``run``'s results out, until the parent ends it."""
     _job_signals()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, JOB_SIGNALS)
-    keep_heap()
     while True:
         with take:
             number, chunk = tasks.recv()
