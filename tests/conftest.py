@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Tests fail, never skip, without the corpora.
 CORPORA = find_corpora()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_ends_with_the_test() -> Iterator[None]:
+    """A command run in the test's process (cli.main) points the root
+    logger at the sys.stderr of its moment, which is the test's capture;
+    once the test is over that stream is closed, and what is logged later
+    (by the next tests, or a thread still stopping) fails to be written
+    ("--- Logging error --- ... I/O operation on closed file"). The root
+    logger's handlers and level are put back as they were."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
