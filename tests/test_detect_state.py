@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from exporter.detect import DetectionSettings
 from exporter.detect.state import (
     DistinctThresholdState,
@@ -304,3 +307,67 @@ def test_a_long_running_request_counts_once(tmp_path: Path) -> None:
     assert not fires(det, event(**watch(300, "ResponseComplete", "w1")), "watches")
     # a second watch is the second request
     assert fires(det, event(**watch(301, "ResponseStarted", "w2")), "watches")
+
+
+class _PlainDistinct:
+    """DistinctThresholdState as it first was, looking at every value of
+    the group on every event: the reference for the one that keeps bounds."""
+
+    def __init__(self, window: float, count: int, max_entries: int) -> None:
+        self.window, self.count, self.max_entries = window, count, max_entries
+        self.groups: dict[tuple[str, ...], dict[tuple[str, ...], float]] = {}
+        self.watermark = float("-inf")
+        self.evictions = 0
+
+    def observe(self, key: tuple[str, ...], value: tuple[str, ...], t: float) -> bool:
+        self.watermark = max(self.watermark, t)
+        horizon = self.watermark - self.window
+        if t < horizon:
+            return False
+        groups = self.groups
+        while groups:
+            first = next(iter(groups))
+            if max(groups[first].values()) >= horizon:
+                break
+            del groups[first]
+        seen = groups.pop(key, None) or {}
+        for v in [v for v, ts in seen.items() if ts < horizon]:
+            del seen[v]
+        seen[value] = max(t, seen.get(value, t))
+        if len(seen) >= self.count:
+            return True
+        groups[key] = seen
+        while len(groups) > self.max_entries:
+            del groups[next(iter(groups))]
+            self.evictions += 1
+        return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(-3, 40), st.integers(0, 3), st.integers(0, 6)),
+        max_size=120,
+    ),
+    st.integers(1, 5),
+    st.integers(1, 4),
+)
+# a group's oldest value expires while a newer one keeps the group
+@example([(0, 0, 0), (8, 0, 1), (4, 0, 2)], 5, 4)
+def test_distinct_threshold_keeps_the_answers_of_looking_at_every_value(
+    stream: list[tuple[int, int, int]], count: int, bound: int
+) -> None:
+    """The groups' time bounds change no answer, no eviction and no group
+    kept: late events, values seen again later, groups expiring from the
+    front and the bound reached, against the version that looks at every
+    value each time."""
+    fast = DistinctThresholdState(window=10, count=count, max_entries=bound)
+    plain = _PlainDistinct(10, count, bound)
+    t = 0.0
+    for step, group, value in stream:
+        t += step  # a negative step: an event that comes late
+        key, v = (f"g{group}",), (f"v{value}",)
+        assert fast.observe(key, v, t) == plain.observe(key, v, t)
+        assert list(fast.groups) == list(plain.groups)
+        assert {k: g.seen for k, g in fast.groups.items()} == plain.groups
+        assert fast.evictions == plain.evictions

@@ -77,6 +77,19 @@ class ThresholdState(_Bounded):
         return False
 
 
+class _Values:
+    """One group of a DistinctThresholdState: each value's newest time, and
+    bounds that spare a look at every value on every event: the newest time
+    of all (exact) and one no later than the oldest."""
+
+    __slots__ = ("newest", "oldest", "seen")
+
+    def __init__(self) -> None:
+        self.seen: dict[Key, float] = {}
+        self.newest = float("-inf")
+        self.oldest = float("inf")
+
+
 class DistinctThresholdState(_Bounded):
     """Fires when ``count`` distinct values show up in one group within
     ``window`` seconds (inclusive), then forgets that group."""
@@ -85,7 +98,7 @@ class DistinctThresholdState(_Bounded):
         super().__init__(max_entries)
         self.window = window
         self.count = count
-        self.groups: dict[Key, dict[Key, float]] = {}
+        self.groups: dict[Key, _Values] = {}
 
     @property
     def entries(self) -> int:
@@ -100,21 +113,30 @@ class DistinctThresholdState(_Bounded):
         groups = self.groups
         while groups:
             first = next(iter(groups))
-            if max(groups[first].values()) >= horizon:
+            if groups[first].newest >= horizon:
                 break
             del groups[first]
-        seen = groups.pop(key, None)
-        if seen is None:
-            seen = {}
-        else:
+        group = groups.pop(key, None)
+        if group is None:
+            group = _Values()
+        elif group.oldest < horizon:
+            seen = group.seen
             for v in [v for v, ts in seen.items() if ts < horizon]:
                 del seen[v]
+            group.oldest = min(seen.values(), default=float("inf"))
+            group.newest = max(seen.values(), default=float("-inf"))
+        seen = group.seen
         last = seen.get(value)
-        seen[value] = t if last is None or t > last else last
+        if last is None or t > last:
+            seen[value] = t
+            if t > group.newest:
+                group.newest = t
+            if t < group.oldest:
+                group.oldest = t
         if len(seen) >= self.count:
             return True
         # a group holds at most count - 1 values: memory stays bounded
-        groups[key] = seen
+        groups[key] = group
         self._evict(groups)  # type: ignore[arg-type]
         return False
 
