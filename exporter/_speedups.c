@@ -957,8 +957,8 @@ index_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * index[key] (pairs (test, position); missing(key) computes and remembers
  * the pairs of a key not in the dict) that hold for it, a test that raises
  * an Exception counting as one that holds, given as ~position:
- * [(i, (position, ...)), ...] for the events with at least one (exporter.accel.py_scan_hits in C, the loop
- * of exporter.detect.Detector.scan). */
+ * [(i, (position, ...)), ...] for the events with at least one
+ * (exporter.accel.py_scan_hits in C, the loop of Detector.scan). */
 static PyObject *
 scan_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1156,6 +1156,30 @@ ht_prefetch(const hash_table *t, int64_t h)
 #endif
 }
 
+/* is h in one of the n tables? */
+static inline int
+ht_in_any(const hash_table *tables, int n, int64_t h)
+{
+    for (int k = 0; k < n; k++)
+        if (ht_contains(&tables[k], h))
+            return 1;
+    return 0;
+}
+
+/* fetch the slots of the hash HT_AHEAD places after position i (of count)
+ * in each of the n tables */
+static inline void
+ht_prefetch_ahead(const hash_table *tables, int n, const char *at, Py_ssize_t i,
+                  Py_ssize_t count)
+{
+    if (i + HT_AHEAD >= count)
+        return;
+    int64_t h;
+    memcpy(&h, at + (i + HT_AHEAD) * (Py_ssize_t)sizeof h, sizeof h);
+    for (int k = 0; k < n; k++)
+        ht_prefetch(&tables[k], h);
+}
+
 /* h, which is not in the table, into it (room was made); -1 when there is
  * no room after all (a table written by something else) */
 static int
@@ -1256,35 +1280,29 @@ seen_before(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "seen_before(table, hashes, others)");
         return NULL;
     }
-    hash_table table, others[4];
-    int n_others = tables_view(args[2], others, 4);
-    if (n_others < 0 || ht_view(args[0], &table) < 0)
+    /* tables[0]: the table; then the others */
+    hash_table tables[5];
+    int n = tables_view(args[2], tables + 1, 4);
+    if (n < 0 || ht_view(args[0], &tables[0]) < 0)
         return NULL;
+    n++;
     Py_buffer view;
     if (hashes_view(args[1], &view) < 0)
         return NULL;
     PyObject *found = NULL;
     Py_ssize_t count = view.len / (Py_ssize_t)sizeof(int64_t);
-    if (ht_reserve(args[0], &table, count) < 0)
+    if (ht_reserve(args[0], &tables[0], count) < 0)
         goto done;
     /* the others again: one may be the table, moved as it grew */
-    if (tables_view(args[2], others, 4) < 0 || (found = PyList_New(0)) == NULL)
+    if (tables_view(args[2], tables + 1, 4) < 0 || (found = PyList_New(0)) == NULL)
         goto done;
     const char *at = view.buf;
     for (Py_ssize_t i = 0; i < count; i++) {
+        ht_prefetch_ahead(tables, n, at, i, count);
         int64_t h;
-        if (i + HT_AHEAD < count) {
-            memcpy(&h, at + (i + HT_AHEAD) * (Py_ssize_t)sizeof h, sizeof h);
-            ht_prefetch(&table, h);
-            for (int k = 0; k < n_others; k++)
-                ht_prefetch(&others[k], h);
-        }
         memcpy(&h, at + i * (Py_ssize_t)sizeof h, sizeof h);
-        int seen = ht_contains(&table, h);
-        for (int k = 0; k < n_others && !seen; k++)
-            seen = ht_contains(&others[k], h);
-        if (!seen) {
-            if (ht_add(&table, h) < 0) {
+        if (!ht_in_any(tables, n, h)) {
+            if (ht_add(&tables[0], h) < 0) {
                 Py_CLEAR(found);
                 goto done;
             }
@@ -1323,17 +1341,10 @@ hashes_in(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t count = view.len / (Py_ssize_t)sizeof(int64_t);
     const char *at = view.buf;
     for (Py_ssize_t i = 0; i < count && found != NULL; i++) {
+        ht_prefetch_ahead(tables, n, at, i, count);
         int64_t h;
-        if (i + HT_AHEAD < count) {
-            memcpy(&h, at + (i + HT_AHEAD) * (Py_ssize_t)sizeof h, sizeof h);
-            for (int k = 0; k < n; k++)
-                ht_prefetch(&tables[k], h);
-        }
         memcpy(&h, at + i * (Py_ssize_t)sizeof h, sizeof h);
-        int seen = 0;
-        for (int k = 0; k < n && !seen; k++)
-            seen = ht_contains(&tables[k], h);
-        if (!seen)
+        if (!ht_in_any(tables, n, h))
             continue;
         PyObject *position = PyLong_FromSsize_t(i);
         if (position == NULL || PyList_Append(found, position) < 0)
