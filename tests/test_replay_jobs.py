@@ -219,18 +219,21 @@ def test_a_rule_that_raises_a_routine_operation_is_applied_in_order(
     jobs as in one process. Chunks of 256 KiB put the reads in several."""
     path = _harvesting(simulated, tmp_path)
     user = "system:serviceaccount:shop:cart"
+
+    def routine(summary: dict[str, Any]) -> dict[str, int]:
+        return {
+            r["component"]: r["count"]
+            for r in summary["sensitive_operations"]["routine"]
+            if r["component"] == user
+        }
+
     summary = assert_same(tmp_path, [path], chunk_bytes=256 << 10, window_bytes=32 << 10)
     fired = {d["rule"]: d["count"] for d in summary["detections"]}
     assert fired.get("secret-harvesting") == 1
     rows = [r for r in summary["sensitive_operations"]["events"] if r.get("user") == user]
     assert len(rows) == 1, summary["sensitive_operations"]["events"][:3]
     assert {r["severity"] for r in rows} == {"warning"}
-    routine = {
-        r["component"]: r["count"]
-        for r in summary["sensitive_operations"]["routine"]
-        if r["component"] == user
-    }
-    assert routine == {user: 24}
+    assert routine(summary) == {user: 24}
 
     off = tmp_path / "off"
     off.mkdir()
@@ -243,12 +246,7 @@ def test_a_rule_that_raises_a_routine_operation_is_applied_in_order(
         window_bytes=32 << 10,
     )
     assert not [r for r in summary["sensitive_operations"]["events"] if r.get("user") == user]
-    routine = {
-        r["component"]: r["count"]
-        for r in summary["sensitive_operations"]["routine"]
-        if r["component"] == user
-    }
-    assert routine == {user: 25}
+    assert routine(summary) == {user: 25}
 
 
 def test_duplicates_across_chunks_are_dropped_as_with_one_process(

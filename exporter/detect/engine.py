@@ -788,9 +788,9 @@ class Detector:
     def scan(self, events: Sequence[AuditEvent]) -> list[tuple[int, tuple[int, ...]]]:
         """The positions of the events that some active rule's condition
         holds for (or fails on), each with the positions (in :attr:`rules`)
-        of those rules (``~position`` for one whose condition raised), found
-        without reading or changing any state: a rule
-        whose condition does not hold does nothing on an event. ``replay
+        of those rules (``~position`` for one whose condition raised),
+        found without reading or changing any state: a rule whose
+        condition does not hold does nothing on an event. ``replay
         --jobs`` scans chunks in parallel and runs the processor on these
         events and rules alone, in input order (``only``), which matches,
         counts and changes state exactly as running it on every event

@@ -147,6 +147,14 @@ class Span:
     offset: int
     length: int
 
+    def _same(self, fd: int) -> bool:
+        """Is ``fd`` still the file the span was cut from?"""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (self.device, self.inode)
+
     def open(self) -> int | None:
         """A descriptor of ``path`` (the caller closes it), None when that
         is no longer the same file."""
@@ -154,11 +162,7 @@ class Span:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError:
             return None
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            st = None
-        if st is None or (st.st_dev, st.st_ino) != (self.device, self.inode):
+        if not self._same(fd):
             os.close(fd)
             return None
         return fd
@@ -171,10 +175,9 @@ class Span:
             fd = self.open()
             if fd is None:
                 return None
+        elif not self._same(fd):
+            return None
         try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (self.device, self.inode):
-                return None
             return pread_exactly(fd, self.length, self.offset)
         except OSError:
             return None

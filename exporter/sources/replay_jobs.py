@@ -519,6 +519,7 @@ def _run_windows(
     # number of scanned events before it (the parent interleaves the two)
     sensitive: list[tuple[int, tuple[object, ...], int | AuditEvent]] = []
     starts_sequence = False
+    mattering = job.mattering
     now = time.time()
     observe = metrics.observe_batch if job.observe else metrics.check_future
     fresh_count = 0
@@ -588,7 +589,6 @@ def _run_windows(
         for processor in job.processors:
             processor(part)
         scanned = detector.scan(part) if detector is not None else []
-        mattering = job.mattering
         report.raisable = {id(part[i]) for i, hits in scanned if not mattering.isdisjoint(hits)}
         report(part)
         # the events that a rule's condition held for and the sensitive
